@@ -1,0 +1,193 @@
+"""Float reference execution of the IR: the same graph with real-valued weights and no rounding.
+
+Each quantized tensor's reference is clamped to the real range its grid can represent, because a
+grid is also a clamp (a uint8 tensor with zero point 0 is a ReLU): this is the fake-quant model
+without rounding, which is what quantization error should be measured against.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mrq.ir import Graph, Node, QParams
+
+
+def _grid_clamp(x: np.ndarray, qp: QParams | None) -> np.ndarray:
+    if qp is None:
+        return x
+    shape = qp.broadcast_shape(x.ndim)
+    s = qp.scale.astype(np.float64).reshape(shape)
+    z = qp.zero_point.astype(np.float64).reshape(shape)
+    return np.clip(x, (qp.qmin - z) * s, (qp.qmax - z) * s)
+
+
+def _apply_clamp(x, clamp):
+    if clamp is None:
+        return x
+    lo, hi = clamp
+    if lo is not None:
+        x = np.maximum(x, lo)
+    if hi is not None:
+        x = np.minimum(x, hi)
+    return x
+
+
+def _windows(x, kernel, strides, pads, dilations, ceil_mode, fill):
+    """[N, C, OH, OW, KH, KW] windows of an NCHW array, padded with ``fill``."""
+    kh, kw = kernel
+    sh, sw = strides
+    dh, dw = dilations
+    n, c, h, w = x.shape
+    top, left, bottom, right = pads
+    oh = _pool_out(h, kh, sh, top, bottom, dh, ceil_mode)
+    ow = _pool_out(w, kw, sw, left, right, dw, ceil_mode)
+    need_h = (oh - 1) * sh + (kh - 1) * dh + 1
+    need_w = (ow - 1) * sw + (kw - 1) * dw + 1
+    extra_b = max(0, need_h - (h + top + bottom))
+    extra_r = max(0, need_w - (w + left + right))
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom + extra_b), (left, right + extra_r)), constant_values=fill)
+    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw][:, :, :oh, :ow, ::dh, ::dw]
+    return win
+
+
+def _pool_out(size, k, s, p0, p1, d, ceil_mode):
+    eff = (k - 1) * d + 1
+    num = size + p0 + p1 - eff
+    out = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p0:
+        out -= 1  # the last window must start inside the input or its left padding (ONNX rule)
+    return out
+
+
+def conv2d_nchw(x, w, bias, strides, pads, dilations, group):
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    win = _windows(x, (kh, kw), strides, pads, dilations, False, 0.0)  # N,C,OH,OW,KH,KW
+    oh, ow = win.shape[2], win.shape[3]
+    out = np.empty((n, m, oh, ow), np.float64)
+    mg = m // group
+    for g in range(group):
+        xs = win[:, g * cg:(g + 1) * cg]                      # N,cg,OH,OW,KH,KW
+        ws = w[g * mg:(g + 1) * mg]                           # mg,cg,KH,KW
+        out[:, g * mg:(g + 1) * mg] = np.einsum("ncyxij,mcij->nmyx", xs, ws, optimize=True)
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1)
+    return out
+
+
+def _to_nchw(x, layout):
+    return x.transpose(0, 3, 1, 2) if layout == "NHWC" else x
+
+
+def _from_nchw(x, layout):
+    return x.transpose(0, 2, 3, 1) if layout == "NHWC" else x
+
+
+class FloatReference:
+    def __init__(self, graph: Graph):
+        self.g = graph
+
+    def _real_const(self, name):
+        t = self.g.tensors[name]
+        data = np.asarray(t.data)
+        if t.qparams is None:
+            return data.astype(np.float64)
+        return t.qparams.dequantize(data)
+
+    def run(self, feeds: dict) -> dict:
+        """Float64 values of every tensor. ``feeds`` are float inputs (or integer codes of a
+        quantized input, which are dequantized)."""
+        env = {}
+        for name, value in feeds.items():
+            t = self.g.tensors.get(name)
+            arr = np.asarray(value)
+            if t is not None and t.qparams is not None and arr.dtype.kind in "iu":
+                env[name] = t.qparams.dequantize(arr)
+            else:
+                env[name] = arr.astype(np.float64)
+        for node in self.g.nodes:
+            ins = []
+            for n in node.inputs:
+                ins.append(env[n] if n in env else self._real_const(n))
+            out = getattr(self, "_" + node.op)(node, *ins)
+            t = self.g.tensors[node.outputs[0]]
+            env[node.outputs[0]] = _grid_clamp(out, t.qparams)
+        return env
+
+    def _Quantize(self, node, x):
+        return x
+
+    def _Dequantize(self, node, x):
+        return x
+
+    def _Conv(self, node, x, w, b=None):
+        at = node.attrs
+        layout = at.get("layout", "NCHW")
+        y = conv2d_nchw(_to_nchw(x, layout), w, b, at["strides"], at["pads"], at["dilations"], at["group"])
+        return _apply_clamp(_from_nchw(y, layout), at.get("clamp"))
+
+    def _Gemm(self, node, a, w, b=None):
+        y = a @ w
+        if b is not None:
+            y = y + b
+        return _apply_clamp(y, node.attrs.get("clamp"))
+
+    def _Add(self, node, a, b):
+        return _apply_clamp(a + b, node.attrs.get("clamp"))
+
+    def _Mul(self, node, a, b):
+        return _apply_clamp(a * b, node.attrs.get("clamp"))
+
+    def _Clamp(self, node, x):
+        return _apply_clamp(x, (node.attrs.get("lo"), node.attrs.get("hi")))
+
+    def _Rescale(self, node, x):
+        return _apply_clamp(x, node.attrs.get("clamp"))
+
+    def _MaxPool(self, node, x):
+        at = node.attrs
+        layout = at.get("layout", "NCHW")
+        win = _windows(_to_nchw(x, layout), at["kernel"], at["strides"], at["pads"],
+                       at.get("dilations", (1, 1)), at.get("ceil_mode", 0), -np.inf)
+        return _from_nchw(win.max(axis=(4, 5)), layout)
+
+    def _AveragePool(self, node, x):
+        at = node.attrs
+        layout = at.get("layout", "NCHW")
+        xn = _to_nchw(x, layout)
+        args = (at["kernel"], at["strides"], at["pads"], (1, 1), at.get("ceil_mode", 0))
+        total = _windows(xn, *args, 0.0).sum(axis=(4, 5))
+        if at.get("count_include_pad", 0):
+            # ONNX counts padding but not the extra cells that ceil_mode adds past the padding.
+            top, left, bottom, right = at["pads"]
+            ones = np.pad(np.ones((1, 1) + xn.shape[2:]), ((0, 0), (0, 0), (top, bottom), (left, right)),
+                          constant_values=1.0)
+            count = _windows(ones, at["kernel"], at["strides"], (0, 0, 0, 0), (1, 1), at.get("ceil_mode", 0), 0.0).sum(axis=(4, 5))
+            count = count[:, :, :total.shape[2], :total.shape[3]]
+        else:
+            ones = np.ones((1, 1) + xn.shape[2:])
+            count = _windows(ones, *args, 0.0).sum(axis=(4, 5))
+        return _apply_clamp(_from_nchw(total / count, layout), at.get("clamp"))
+
+    def _GlobalAveragePool(self, node, x):
+        layout = node.attrs.get("layout", "NCHW")
+        axes = (2, 3) if layout == "NCHW" else (1, 2)
+        return _apply_clamp(x.mean(axis=axes, keepdims=True), node.attrs.get("clamp"))
+
+    def _Concat(self, node, *xs):
+        return np.concatenate(xs, axis=node.attrs["axis"])
+
+    def _Reshape(self, node, x):
+        shape = node.attrs.get("shape")
+        if shape is None:
+            return x
+        shape = tuple(x.shape[i] if d == 0 else d for i, d in enumerate(shape))
+        return x.reshape(shape)
+
+    def _Transpose(self, node, x):
+        return x.transpose(node.attrs["perm"])
+
+    def _Softmax(self, node, x):
+        axis = node.attrs.get("axis", -1)
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)

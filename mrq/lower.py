@@ -1,0 +1,416 @@
+"""IR + hardware arithmetic -> :class:`simulator.program.Program` (integers and arrays only).
+
+All float work (multipliers, clamp bounds) happens here, once; the simulator only sees integers,
+float32 constants where the hardware itself computes in float32 (ORT, XNNPACK), and strings that
+name the rounding and overflow behaviour.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from mrq import multipliers as mul
+from mrq.errors import UnsupportedOpError, ModelError
+from mrq.ir import Graph, Node, QParams, Tensor, storage_dtype
+from simulator.program import Program, Step, TensorSpec
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """The arithmetic facts of a hardware profile that lowering needs."""
+
+    name: str
+    requant: str = "float32"            # float32 | fixed_point | double_q31 | shift
+    multiplier_bits: int = 31
+    shift_min: int = -31
+    shift_max: int = 63
+    rounding: str = "half_even"         # rounding of the requantization
+    acc_bits: int = 32
+    acc_overflow: str = "wrap"
+    add: str = "ort_fma"                # ort_fma | tflite | fixed | float
+    mul: str = "fp32_zp_in"             # fp32_zp_in | double_q31 | fixed
+    avgpool: str = "ort_float"          # ort_float | tflite_raw | fixed
+    global_avgpool: str = "float32"     # float32 | fixed
+    rescale: str = "float_dq_q"         # float_dq_q | fixed
+    quantize_method: str = "divide"     # divide | multiply
+    quantize_rounding: str = "half_even"
+    supported_ops: Optional[frozenset] = None
+
+
+def arithmetic_from_profile(profile) -> Arithmetic:
+    """Adapter from :class:`mrq.hw_profile.HwProfile` to :class:`Arithmetic`."""
+    rq = profile.requant
+    ops = profile.ops
+    return Arithmetic(
+        name=profile.name,
+        requant=rq.arithmetic,
+        multiplier_bits=rq.multiplier_bits or 31,
+        shift_min=rq.shift_min if rq.shift_min is not None else -31,
+        shift_max=rq.shift_max if rq.shift_max is not None else 63,
+        rounding=rq.rounding,
+        acc_bits=profile.accumulator.bits,
+        acc_overflow=profile.accumulator.overflow,
+        add=ops.add, mul=ops.mul, avgpool=ops.avgpool, global_avgpool=ops.global_avgpool,
+        rescale=ops.rescale,
+        quantize_method=ops.quantize.method, quantize_rounding=ops.quantize.rounding,
+        supported_ops=frozenset(profile.supported_ops) if profile.supported_ops else None,
+    )
+
+
+# Which IR op a supported-ops list entry covers (ONNX names users write in profiles).
+IR_OP_NAMES = {
+    "Conv": {"Conv"}, "Gemm": {"Gemm", "MatMul"}, "Add": {"Add"}, "Mul": {"Mul"},
+    "Clamp": {"Relu", "Clip"}, "MaxPool": {"MaxPool"}, "AveragePool": {"AveragePool"},
+    "GlobalAveragePool": {"GlobalAveragePool"}, "Concat": {"Concat"},
+    "Reshape": {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}, "Transpose": {"Transpose"},
+    "Softmax": {"Softmax"}, "Rescale": set(), "Quantize": set(), "Dequantize": set(),
+}
+
+
+@dataclass
+class LoweredModel:
+    program: Program
+    graph: Graph
+    arithmetic: Arithmetic
+    # Step name -> IR node name (several steps may implement one node, e.g. Concat rescales).
+    step_node: dict
+
+
+def _round(x: np.ndarray, mode: str) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    if mode == "half_even":
+        return np.rint(x)
+    if mode == "half_away":
+        return np.sign(x) * np.floor(np.abs(x) + 0.5)
+    if mode == "half_up":
+        return np.floor(x + 0.5)
+    if mode == "floor":
+        return np.floor(x)
+    if mode == "toward_zero":
+        return np.trunc(x)
+    raise ValueError(mode)
+
+
+class _Lowerer:
+    def __init__(self, graph: Graph, arith: Arithmetic):
+        self.g = graph
+        self.a = arith
+        self.steps: list[Step] = []
+        self.step_node: dict = {}
+
+    # ------------------------------------------------------------------ shared blocks
+    def acc_block(self) -> dict:
+        return {"acc_bits": self.a.acc_bits, "acc_overflow": self.a.acc_overflow}
+
+    def quantize_real(self, value: float, qp: QParams) -> int:
+        """The code the profile's quantizer gives a real value (clamp bounds of Relu/Clip)."""
+        s = np.float32(qp.scale[0])
+        if self.a.quantize_method == "divide":
+            q = np.float32(np.float32(value) / s)
+        else:
+            q = np.float32(np.float32(value) * np.float32(np.float32(1.0) / s))
+        return int(_round(q, self.a.quantize_rounding)) + int(qp.zero_point[0])
+
+    def out_range(self, qp: QParams, clamp: Optional[tuple]) -> tuple[int, int]:
+        lo, hi = qp.qmin, qp.qmax
+        if clamp is not None:
+            c_lo, c_hi = clamp
+            if c_lo is not None:
+                lo = max(lo, min(hi, self.quantize_real(c_lo, qp)))
+            if c_hi is not None:
+                hi = min(hi, max(lo, self.quantize_real(c_hi, qp)))
+        return lo, hi
+
+    def requant_block(self, real: np.ndarray, out_qp: QParams, clamp, channel_axis: int,
+                      ort_multiplier: Optional[np.ndarray] = None, zp_inside: bool = False) -> dict:
+        """Requantization parameters for ``out = real * acc`` on the output grid ``out_qp``.
+
+        ``real`` is the float64 real multiplier per channel; ``ort_multiplier`` is the float32
+        multiplier exactly as ONNX Runtime computes it (operation order matters bit for bit)."""
+        lo, hi = self.out_range(out_qp, clamp)
+        block = {"out_zero_point": int(out_qp.zero_point[0]), "out_min": lo, "out_max": hi,
+                 "out_dtype": storage_dtype(out_qp.dtype), "channel_axis": channel_axis,
+                 "rq_rounding": self.a.rounding}
+        mode = self.a.requant
+        real = np.atleast_1d(np.asarray(real, np.float64))
+        if mode == "float32":
+            m = ort_multiplier if ort_multiplier is not None else real.astype(np.float32)
+            block.update(rq_mode="fp32_zp_in" if zp_inside else "fp32",
+                         rq_multiplier=np.atleast_1d(m).astype(np.float32),
+                         rq_shift=np.zeros(len(np.atleast_1d(m)), np.int64))
+        elif mode == "double_q31":
+            m, s = mul.tflite_multipliers(real)
+            block.update(rq_mode="double_q31", rq_multiplier=m, rq_shift=s)
+        elif mode == "fixed_point":
+            m, s = mul.fixed_point_multipliers(real, self.a.multiplier_bits, self.a.shift_min, self.a.shift_max)
+            block.update(rq_mode="fixed", rq_multiplier=m, rq_shift=s)
+        elif mode == "shift":
+            _, s = mul.pow2_shifts(real)
+            block.update(rq_mode="shift", rq_multiplier=np.ones(len(s), np.int64), rq_shift=s)
+        else:
+            raise ValueError(f"unknown requant arithmetic {mode!r}")
+        return block
+
+    def emit(self, kind, node: Node, inputs, outputs, suffix="", **params):
+        name = node.name + suffix
+        self.steps.append(Step(kind, name, tuple(inputs), tuple(outputs), params))
+        self.step_node[name] = node.name
+
+    def t(self, name) -> Tensor:
+        return self.g.tensors[name]
+
+    def ensure_buffer(self, name: str, node: Node) -> str:
+        """Constants used as activations (QLinearAdd with a constant operand) become steps."""
+        t = self.t(name)
+        if t.is_const and name not in self.const_emitted:
+            self.const_emitted.add(name)
+            self.steps.append(Step("constant", f"const_{name}", (), (name,),
+                                   {"value": np.asarray(t.data).astype(storage_dtype(t.dtype))}))
+            self.step_node[f"const_{name}"] = node.name
+        return name
+
+    # ------------------------------------------------------------------ ops
+    def lower(self) -> LoweredModel:
+        self.const_emitted: set = set()
+        for node in self.g.nodes:
+            if self.a.supported_ops is not None:
+                names = IR_OP_NAMES.get(node.op, {node.op})
+                if names and not (names & self.a.supported_ops):
+                    raise UnsupportedOpError(node.op, node.name,
+                                             f"profile {self.a.name!r} does not support it "
+                                             f"(supported: {', '.join(sorted(self.a.supported_ops))})")
+            getattr(self, "_" + node.op)(node)
+        g = self.g
+        inputs = tuple(TensorSpec(n, storage_dtype(g.tensors[n].dtype), tuple(g.tensors[n].shape)) for n in g.inputs)
+        outputs = tuple(TensorSpec(n, storage_dtype(g.tensors[n].dtype), tuple(g.tensors[n].shape)) for n in g.outputs)
+        program = Program(inputs, outputs, tuple(self.steps))
+        return LoweredModel(program, g, self.a, self.step_node)
+
+    def _Quantize(self, node):
+        qp = self.t(node.outputs[0]).qparams
+        self.emit("quantize", node, node.inputs, node.outputs,
+                  scale=qp.scale.astype(np.float32), zero_point=qp.zero_point.astype(np.int64),
+                  axis=qp.axis if qp.axis is not None else 1,
+                  rounding=self.a.quantize_rounding, method=self.a.quantize_method,
+                  out_min=qp.qmin, out_max=qp.qmax, out_dtype=storage_dtype(qp.dtype))
+
+    def _Dequantize(self, node):
+        qp = self.t(node.inputs[0]).qparams
+        self.emit("dequantize", node, node.inputs, node.outputs,
+                  scale=qp.scale.astype(np.float32), zero_point=qp.zero_point.astype(np.int64),
+                  axis=qp.axis if qp.axis is not None else 1)
+
+    def _bias_codes(self, node, x_qp, w_qp, n_out) -> np.ndarray:
+        if len(node.inputs) < 3:
+            return np.zeros(n_out, np.int64)
+        b = self.t(node.inputs[2])
+        codes = np.asarray(b.data, np.int64).reshape(-1)
+        if codes.size == 1 and n_out > 1:
+            codes = np.full(n_out, codes[0], np.int64)
+        expected = (np.float32(x_qp.scale[0]) * w_qp.scale.astype(np.float32)).astype(np.float32)
+        if b.qparams is not None:
+            bs = np.broadcast_to(b.qparams.scale, (n_out,)).astype(np.float64)
+            ex = np.broadcast_to(expected, (n_out,)).astype(np.float64)
+            if np.any(np.abs(bs - ex) > 1e-6 * ex):
+                # The bias lives on another grid than the accumulator: the hardware must
+                # pre-scale it, which we do here with the profile's rounding.
+                real = (codes - b.qparams.zero_point) * bs
+                codes = _round(real / ex, self.a.rounding).astype(np.int64)
+        return codes
+
+    def _conv_like(self, node, kind):
+        x, w, y = self.t(node.inputs[0]), self.t(node.inputs[1]), self.t(node.outputs[0])
+        x_qp, w_qp = x.qparams, w.qparams
+        n_out = w.data.shape[0] if kind == "conv" else w.data.shape[1]
+        wzp = np.broadcast_to(w_qp.zero_point, (n_out,)).astype(np.int64)
+        params = dict(weight=np.ascontiguousarray(w.data.astype(storage_dtype(w_qp.dtype))),
+                      weight_zero_point=np.ascontiguousarray(wzp),
+                      bias=np.ascontiguousarray(self._bias_codes(node, x_qp, w_qp, n_out)),
+                      input_zero_point=int(x_qp.zero_point[0]), **self.acc_block())
+        if kind == "conv":
+            params.update(strides=node.attrs["strides"], pads=node.attrs["pads"],
+                          dilations=node.attrs["dilations"], group=node.attrs["group"],
+                          layout=node.attrs.get("layout", "NCHW"))
+            channel_axis = 1 if params["layout"] == "NCHW" else 3
+        else:
+            channel_axis = -1
+        if node.attrs.get("integer_output"):
+            params.update(rq_mode="none", out_dtype="int32", channel_axis=channel_axis,
+                          out_min=-(2**31), out_max=2**31 - 1, out_zero_point=0,
+                          rq_multiplier=np.ones(1, np.int64), rq_shift=np.zeros(1, np.int64),
+                          rq_rounding=self.a.rounding)
+        else:
+            w_scale = np.broadcast_to(w_qp.scale, (n_out,)).astype(np.float32)
+            real = np.float64(x_qp.scale[0]) * w_scale.astype(np.float64) / np.float64(y.qparams.scale[0])
+            ort = mul.ort_multiplier(x_qp.scale[0], w_scale, y.qparams.scale[0])
+            params.update(self.requant_block(real, y.qparams, node.attrs.get("clamp"), channel_axis, ort))
+        self.emit(kind, node, node.inputs[:1], node.outputs, **params)
+
+    def _Conv(self, node):
+        self._conv_like(node, "conv")
+
+    def _Gemm(self, node):
+        self._conv_like(node, "gemm")
+
+    def _Add(self, node):
+        a, b = (self.ensure_buffer(n, node) for n in node.inputs)
+        qa, qb = self.t(a).qparams, self.t(b).qparams
+        qy = self.t(node.outputs[0]).qparams
+        lo, hi = self.out_range(qy, node.attrs.get("clamp"))
+        common = dict(zero_point_a=int(qa.zero_point[0]), zero_point_b=int(qb.zero_point[0]),
+                      zero_point_out=int(qy.zero_point[0]), out_min=lo, out_max=hi,
+                      out_dtype=storage_dtype(qy.dtype))
+        sa, sb, sy = (np.float32(q.scale[0]) for q in (qa, qb, qy))
+        mode = self.a.add
+        if mode in ("ort_fma", "float"):
+            self.emit("add", node, [a, b], node.outputs, mode=mode, scale_a=sa, scale_b=sb, scale_out=sy,
+                      rounding=self.a.quantize_rounding, **common)
+        elif mode == "tflite":
+            left_shift = 20
+            twice_max = 2.0 * max(float(sa), float(sb))
+            ma, ea = mul.tflite_quantize_multiplier(float(sa) / twice_max)
+            mb, eb = mul.tflite_quantize_multiplier(float(sb) / twice_max)
+            mo, eo = mul.tflite_quantize_multiplier(twice_max / ((1 << left_shift) * float(sy)))
+            self.emit("add", node, [a, b], node.outputs, mode="tflite", left_shift=left_shift,
+                      multiplier_a=ma, shift_a=ea, multiplier_b=mb, shift_b=eb,
+                      multiplier_out=mo, shift_out=eo, **common)
+        elif mode == "fixed":
+            ra, rb = float(sa) / float(sy), float(sb) / float(sy)
+            if self.a.requant == "shift":
+                _, sh = mul.pow2_shifts(np.array([ra, rb]))
+                shift = int(max(sh.max(), 0))
+                m_a = int(np.ldexp(1.0, shift - int(sh[0])))
+                m_b = int(np.ldexp(1.0, shift - int(sh[1])))
+            else:
+                bits = self.a.multiplier_bits
+                big = max(ra, rb)
+                shift = bits - int(np.frexp(big)[1])
+                shift = int(np.clip(shift, self.a.shift_min, self.a.shift_max))
+                m_a = int(_round(ra * 2.0 ** shift, "half_away"))
+                m_b = int(_round(rb * 2.0 ** shift, "half_away"))
+            self.emit("add", node, [a, b], node.outputs, mode="fixed", multiplier_a=m_a, multiplier_b=m_b,
+                      rq_mode="shift", rq_multiplier=np.ones(1, np.int64),
+                      rq_shift=np.array([shift], np.int64), rq_rounding=self.a.rounding,
+                      out_zero_point=int(qy.zero_point[0]), channel_axis=-1, **common)
+        else:
+            raise ValueError(f"unknown add arithmetic {mode!r}")
+
+    def _Mul(self, node):
+        a, b = (self.ensure_buffer(n, node) for n in node.inputs)
+        qa, qb = self.t(a).qparams, self.t(b).qparams
+        qy = self.t(node.outputs[0]).qparams
+        real = np.array([float(qa.scale[0]) * float(qb.scale[0]) / float(qy.scale[0])])
+        ort = np.array([np.float32(np.float32(qa.scale[0]) * np.float32(qb.scale[0])) / np.float32(qy.scale[0])],
+                       np.float32)
+        block = self.requant_block(real, qy, node.attrs.get("clamp"), -1, ort, zp_inside=(self.a.mul == "fp32_zp_in"))
+        self.emit("mul", node, [a, b], node.outputs, zero_point_a=int(qa.zero_point[0]),
+                  zero_point_b=int(qb.zero_point[0]), **block)
+
+    def _rescale_params(self, x_qp: QParams, y_qp: QParams, clamp) -> dict:
+        if self.a.rescale == "float_dq_q":
+            lo, hi = self.out_range(y_qp, clamp)
+            return dict(input_zero_point=int(x_qp.zero_point[0]), rq_mode="float_dq_q",
+                        scale_in=np.float32(x_qp.scale[0]), scale_out=np.float32(y_qp.scale[0]),
+                        out_zero_point=int(y_qp.zero_point[0]), out_min=lo, out_max=hi,
+                        out_dtype=storage_dtype(y_qp.dtype), rq_rounding=self.a.quantize_rounding,
+                        channel_axis=-1)
+        real = np.array([float(x_qp.scale[0]) / float(y_qp.scale[0])])
+        return dict(input_zero_point=int(x_qp.zero_point[0]), **self.requant_block(real, y_qp, clamp, -1))
+
+    def _Rescale(self, node):
+        x_qp = self.t(node.inputs[0]).qparams
+        y_qp = self.t(node.outputs[0]).qparams
+        self.emit("rescale", node, node.inputs, node.outputs,
+                  **self._rescale_params(x_qp, y_qp, node.attrs.get("clamp")))
+
+    def _Clamp(self, node):
+        x_qp = self.t(node.inputs[0]).qparams
+        y_qp = self.t(node.outputs[0]).qparams
+        clamp = (node.attrs.get("lo"), node.attrs.get("hi"))
+        if x_qp.same_grid(y_qp):
+            lo, hi = self.out_range(y_qp, clamp)
+            self.emit("clamp", node, node.inputs, node.outputs, out_min=lo, out_max=hi)
+        else:
+            self.emit("rescale", node, node.inputs, node.outputs, **self._rescale_params(x_qp, y_qp, clamp))
+
+    def _MaxPool(self, node):
+        at = node.attrs
+        self.emit("maxpool", node, node.inputs, node.outputs, layout=at.get("layout", "NCHW"),
+                  kernel=at["kernel"], strides=at["strides"], pads=at["pads"],
+                  dilations=at.get("dilations", (1, 1)), ceil_mode=at.get("ceil_mode", 0))
+
+    def _AveragePool(self, node):
+        at = node.attrs
+        x_qp = self.t(node.inputs[0]).qparams
+        y_qp = self.t(node.outputs[0]).qparams
+        geom = dict(layout=at.get("layout", "NCHW"), kernel=at["kernel"], strides=at["strides"],
+                    pads=at["pads"], ceil_mode=at.get("ceil_mode", 0),
+                    count_include_pad=at.get("count_include_pad", 0))
+        lo, hi = self.out_range(y_qp, at.get("clamp"))
+        mode = self.a.avgpool
+        if mode == "tflite_raw" and not x_qp.same_grid(y_qp):
+            raise UnsupportedOpError("AveragePool", node.name,
+                                     "TFLite-style average pooling needs equal input and output scale/zero point")
+        if mode in ("ort_float", "tflite_raw"):
+            self.emit("avgpool", node, node.inputs, node.outputs, mode=mode, **geom,
+                      scale_in=np.float32(x_qp.scale[0]), zero_point_in=int(x_qp.zero_point[0]),
+                      scale_out=np.float32(y_qp.scale[0]), zero_point_out=int(y_qp.zero_point[0]),
+                      out_min=lo, out_max=hi, out_dtype=storage_dtype(y_qp.dtype))
+        else:
+            real = np.array([float(x_qp.scale[0]) / float(y_qp.scale[0])])
+            self.emit("avgpool", node, node.inputs, node.outputs, mode="fixed", **geom,
+                      input_zero_point=int(x_qp.zero_point[0]),
+                      **self.requant_block(real, y_qp, at.get("clamp"), -1))
+
+    def _GlobalAveragePool(self, node):
+        x = self.t(node.inputs[0])
+        x_qp, y_qp = x.qparams, self.t(node.outputs[0]).qparams
+        layout = node.attrs.get("layout", "NCHW")
+        spatial = x.shape[2:4] if layout == "NCHW" else x.shape[1:3]
+        if len(spatial) != 2 or any(d is None for d in spatial):
+            raise ModelError(f"node {node.name!r}: GlobalAveragePool needs a static spatial input shape")
+        count = int(spatial[0]) * int(spatial[1])
+        real = np.array([float(x_qp.scale[0]) / (float(y_qp.scale[0]) * count)])
+        ort = np.array([np.float32(x_qp.scale[0]) / np.float32(np.float32(y_qp.scale[0]) * np.float32(count))],
+                       np.float32)
+        self.emit("global_avgpool", node, node.inputs, node.outputs, layout=layout,
+                  input_zero_point=int(x_qp.zero_point[0]),
+                  **self.requant_block(real, y_qp, node.attrs.get("clamp"), -1, ort))
+
+    def _Concat(self, node):
+        y_qp = self.t(node.outputs[0]).qparams
+        inputs = []
+        for i, name in enumerate(node.inputs):
+            name = self.ensure_buffer(name, node)
+            x_qp = self.t(name).qparams
+            if x_qp.same_grid(y_qp):
+                inputs.append(name)
+                continue
+            tmp = f"{node.outputs[0]}__in{i}"
+            self.emit("rescale", node, [name], [tmp], suffix=f"/rescale{i}",
+                      **self._rescale_params(x_qp, y_qp, None))
+            inputs.append(tmp)
+        self.emit("concat", node, inputs, node.outputs, axis=node.attrs["axis"])
+        if node.attrs.get("clamp") is not None:
+            raise UnsupportedOpError("Concat", node.name, "a clamp fused after Concat")
+
+    def _Reshape(self, node):
+        shape = node.attrs.get("shape")
+        self.emit("reshape", node, node.inputs, node.outputs, shape=None if shape is None else tuple(shape))
+
+    def _Transpose(self, node):
+        self.emit("transpose", node, node.inputs, node.outputs, perm=tuple(node.attrs["perm"]))
+
+    def _Softmax(self, node):
+        x_qp = self.t(node.inputs[0]).qparams
+        y_qp = self.t(node.outputs[0]).qparams
+        self.emit("softmax", node, node.inputs, node.outputs, axis=node.attrs.get("axis", -1), mode="float",
+                  scale_in=np.float32(x_qp.scale[0]), zero_point_in=int(x_qp.zero_point[0]),
+                  scale_out=np.float32(y_qp.scale[0]), zero_point_out=int(y_qp.zero_point[0]),
+                  out_min=y_qp.qmin, out_max=y_qp.qmax, out_dtype=storage_dtype(y_qp.dtype))
+
+
+def lower(graph: Graph, arithmetic: Arithmetic) -> LoweredModel:
+    return _Lowerer(graph, arithmetic).lower()

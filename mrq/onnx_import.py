@@ -1,0 +1,715 @@
+"""ONNX (QDQ and QOperator) -> :mod:`mrq.ir`.
+
+QDQ graphs carry integer tensors between QuantizeLinear/DequantizeLinear pairs and compute in
+float in between. We read them as integer programs: a DequantizeLinear of an activation is only a
+*view* of the integer tensor (an alias), a float op whose inputs are such views and whose output
+(through any Relu/Clip) feeds a QuantizeLinear becomes one quantized IR op, and the clamps on the
+way are kept as the op's fused clamp. QOperator nodes (QLinearConv, ...) map to the same IR ops.
+Data-movement ops (Reshape, Transpose, MaxPool, Relu/Clip on one grid, ...) propagate the grid.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from mrq.errors import ModelError, UnsupportedOpError
+from mrq.ir import Graph, Node, QParams, Tensor
+
+MS_DOMAIN = "com.microsoft"
+
+QUANT_MARKERS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                 "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
+                 "QLinearGlobalAveragePool", "QGemm", "QLinearConcat"}
+# Float ops that compute new values: they need a QuantizeLinear after them.
+COMPUTE_FLOAT_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "GlobalAveragePool",
+                     "Concat", "Softmax"}
+# Ops that only move or select values, so their output lives on their input's grid.
+GRID_PRESERVING_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool",
+                       "Identity", "Relu", "Clip"}
+CLAMP_OPS = {"Relu", "Clip"}
+
+_ONNX_INT_DTYPES = {np.dtype(k): k for k in ("int8", "uint8", "int16", "uint16", "int32", "int64")}
+
+
+def load_onnx(path: str) -> onnx.ModelProto:
+    if not os.path.exists(path):
+        raise ModelError(f"{path}: no such file")
+    try:
+        model = onnx.load(path)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.graph.node:
+        raise ModelError(f"{path}: the ONNX graph has no nodes")
+    return model
+
+
+def import_onnx(model: onnx.ModelProto, source: str = "model") -> Graph:
+    return _Importer(model, source).run()
+
+
+def load_model(path: str) -> Graph:
+    """Load a quantized ONNX or TFLite model file into the IR."""
+    if path.lower().endswith(".tflite"):
+        from mrq.tflite_import import import_tflite  # optional dependency: tflite
+        return import_tflite(path)
+    return import_onnx(load_onnx(path), source=path)
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _decode(v):
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, source: str):
+        self.source = source
+        try:
+            model = onnx.shape_inference.infer_shapes(model)
+        except Exception:
+            pass  # shapes are only needed for auto_pad/Flatten/Squeeze; we fail there if missing
+        self.model = model
+        g = model.graph
+        self.init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        for node in g.node:
+            if node.op_type == "Constant":
+                attrs = _attrs(node)
+                if "value" not in attrs:
+                    raise UnsupportedOpError("Constant", node.name, "only 'value' constants are supported")
+                self.init[node.output[0]] = numpy_helper.to_array(attrs["value"])
+        self.shapes = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            t = vi.type.tensor_type
+            if t.HasField("shape"):
+                self.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                             for d in t.shape.dim)
+        self.consumers = {}
+        for node in g.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.graph_outputs = [o.name for o in g.output]
+        self.graph_inputs = [i.name for i in g.input if i.name not in self.init]
+        self.tensors: dict[str, Tensor] = {}
+        self.nodes: list[Node] = []
+        self.alias: dict[str, str] = {}      # float view name -> integer tensor name
+        self.consts: dict[str, tuple] = {}   # dequantized-constant name -> (codes, QParams)
+        self.done: set[int] = set()          # ids of ONNX nodes already folded into an IR node
+        self.names: set[str] = set()
+
+    # -------------------------------------------------------------------------------- helpers
+    def _name(self, node: onnx.NodeProto) -> str:
+        base = node.name or f"{node.op_type}_{node.output[0]}"
+        name, i = base, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+    def _shape(self, name: str) -> tuple:
+        shape = self.shapes.get(name)
+        if shape is None:
+            return ()
+        return (None,) + tuple(shape[1:]) if shape else shape
+
+    def _const(self, name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
+        if name not in self.init:
+            raise UnsupportedOpError(node.op_type, node.name or node.output[0],
+                                     f"{what} ({name!r}) must be a constant initializer")
+        return self.init[name]
+
+    def _qparams(self, node, scale_name, zp_name, axis=None, like: Optional[np.ndarray] = None) -> QParams:
+        scale = np.asarray(self._const(scale_name, node, "scale"), np.float32)
+        if zp_name:
+            zp_arr = self._const(zp_name, node, "zero point")
+            dtype = _ONNX_INT_DTYPES.get(zp_arr.dtype)
+        else:
+            zp_arr = np.zeros(scale.shape, np.int64)
+            dtype = _ONNX_INT_DTYPES.get(like.dtype) if like is not None else "uint8"
+        if dtype is None:
+            raise UnsupportedOpError(node.op_type, node.name, f"zero point dtype {zp_arr.dtype} is not supported")
+        if np.any(scale <= 0) or not np.all(np.isfinite(scale)):
+            raise ModelError(f"node {node.name!r}: scale {scale_name!r} must be finite and positive")
+        if scale.size > 1:
+            if axis is None:
+                raise ModelError(f"node {node.name!r}: per-axis scale without an axis")
+            return QParams(scale.reshape(-1), np.asarray(zp_arr).reshape(-1), dtype, axis=axis)
+        return QParams(scale.reshape(-1), np.asarray(zp_arr).reshape(-1), dtype)
+
+    def _add_tensor(self, name, shape, dtype, qparams=None, data=None) -> str:
+        self.tensors[name] = Tensor(name, tuple(shape), dtype, qparams, data)
+        return name
+
+    def _const_tensor(self, base: str, codes: np.ndarray, qp: Optional[QParams]) -> str:
+        name = base
+        i = 1
+        while name in self.tensors:
+            name, i = f"{base}_{i}", i + 1
+        dtype = qp.dtype if qp is not None else str(codes.dtype)
+        return self._add_tensor(name, codes.shape, dtype, qp, codes)
+
+    def _emit(self, op, name, inputs, outputs, **attrs) -> Node:
+        node = Node(op, name, list(inputs), list(outputs), dict(attrs))
+        self.nodes.append(node)
+        return node
+
+    def _int_input(self, name: str, node) -> str:
+        """The integer tensor behind an input: an alias (DQ view), an integer tensor, or a const."""
+        if name in self.alias:
+            return self.alias[name]
+        if name in self.tensors and self.tensors[name].is_quantized:
+            return name
+        if name in self.consts:
+            codes, qp = self.consts[name]
+            return self._const_tensor(name + "_q", codes, qp)
+        if name in self.init:
+            raise UnsupportedOpError(node.op_type, node.name,
+                                     f"input {name!r} is a float constant; quantize it (QDQ) first")
+        raise ModelError(f"node {node.name!r} ({node.op_type}): input {name!r} is a float tensor that is "
+                         f"not quantized; mrq simulates integer graphs only")
+
+    # ------------------------------------------------------------------------------- main loop
+    def run(self) -> Graph:
+        g = self.model.graph
+        if not any(n.op_type in QUANT_MARKERS for n in g.node):
+            raise ModelError(f"{self.source}: the model is not quantized (no QuantizeLinear/DequantizeLinear "
+                             f"or QLinear* ops); quantize it first, e.g. with "
+                             f"onnxruntime.quantization.quantize_static")
+        for inp in g.input:
+            if inp.name in self.init:
+                continue
+            elem = inp.type.tensor_type.elem_type
+            np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+            self._add_tensor(inp.name, self._shape(inp.name), str(np_dtype))
+        for node in g.node:
+            if id(node) in self.done or node.op_type == "Constant":
+                continue
+            handler = getattr(self, "_op_" + node.op_type, None)
+            if handler is None:
+                if node.op_type in COMPUTE_FLOAT_OPS or node.op_type in GRID_PRESERVING_OPS:
+                    handler = self._float_op
+                else:
+                    raise UnsupportedOpError(node.op_type, node.name or node.output[0])
+            handler(node)
+        outputs = []
+        for out in self.graph_outputs:
+            if out in self.tensors:
+                outputs.append(out)
+            elif out in self.alias:
+                # A float graph output that is only a view of an integer tensor.
+                src = self.alias[out]
+                self._add_tensor(out, self.tensors[src].shape, "float32")
+                self._emit("Dequantize", "dequantize_" + out, [src], [out])
+                outputs.append(out)
+            else:
+                raise ModelError(f"graph output {out!r} is computed in float outside any quantized op")
+        graph = Graph(self.tensors, self.nodes, list(self.graph_inputs), outputs,
+                      name=g.name or "graph", meta={"source": self.source, "format": "onnx"})
+        _check_inputs_used(graph)
+        return graph
+
+    # ------------------------------------------------------------------------- Q / DQ
+    def _op_QuantizeLinear(self, node):
+        x, out = node.input[0], node.output[0]
+        axis = _attrs(node).get("axis", 1)
+        qp = self._qparams(node, node.input[1], node.input[2] if len(node.input) > 2 else "", axis=axis)
+        if x in self.alias:
+            src = self.alias[x]
+            src_qp = self.tensors[src].qparams
+            self._add_tensor(out, self.tensors[src].shape, qp.dtype, qp)
+            if src_qp.same_grid(qp):
+                self._emit("Reshape", self._name(node), [src], [out], shape=None)
+            else:
+                self._emit("Rescale", self._name(node), [src], [out])
+        elif x in self.init:
+            raise UnsupportedOpError("QuantizeLinear", node.name, "quantizing a float constant at run time")
+        elif x in self.tensors and not self.tensors[x].is_quantized:
+            self._add_tensor(out, self.tensors[x].shape, qp.dtype, qp)
+            self._emit("Quantize", self._name(node), [x], [out])
+        else:
+            raise ModelError(f"node {node.name!r}: QuantizeLinear input {x!r} comes from a float op "
+                             f"that mrq could not attach to a quantized op")
+
+    def _op_DequantizeLinear(self, node):
+        q, out = node.input[0], node.output[0]
+        axis = _attrs(node).get("axis", 1)
+        if q in self.init:
+            codes = self.init[q]
+            if codes.dtype == np.float32:
+                raise ModelError(f"node {node.name!r}: DequantizeLinear of a float constant")
+            qp = self._qparams(node, node.input[1], node.input[2] if len(node.input) > 2 else "",
+                               axis=axis, like=codes)
+            self.consts[out] = (codes, qp)
+        elif q in self.alias:  # DQ of a DQ output is not valid ONNX; treat defensively
+            raise ModelError(f"node {node.name!r}: DequantizeLinear of a float tensor")
+        elif q in self.tensors and self.tensors[q].is_quantized:
+            # Only a view: the integer tensor stays the truth.
+            self.alias[out] = q
+        else:
+            raise ModelError(f"node {node.name!r}: DequantizeLinear input {q!r} is not an integer tensor")
+
+    # ------------------------------------------------------------------- QDQ float islands
+    def _follow_to_quantize(self, node) -> tuple[Optional[onnx.NodeProto], list, list]:
+        """From a float op, walk single-consumer Relu/Clip nodes to the QuantizeLinear that ends
+        the float island. Returns (quantize node or None, clamp bounds, nodes folded)."""
+        out = node.output[0]
+        clamps, folded = [], []
+        while True:
+            if out in self.graph_outputs:
+                return None, clamps, folded
+            users = self.consumers.get(out, [])
+            if len(users) != 1:
+                if users and all(u.op_type == "QuantizeLinear" for u in users):
+                    first = users[0]
+                    if all(list(u.input[1:]) == list(first.input[1:]) for u in users):
+                        return first, clamps, folded + users[1:]
+                return None, clamps, folded
+            user = users[0]
+            if user.op_type == "QuantizeLinear":
+                return user, clamps, folded
+            if user.op_type in CLAMP_OPS:
+                clamps.append(self._clamp_bounds(user))
+                folded.append(user)
+                out = user.output[0]
+                continue
+            return None, clamps, folded
+
+    def _clamp_bounds(self, node) -> tuple:
+        if node.op_type == "Relu":
+            return (0.0, None)
+        attrs = _attrs(node)
+        lo, hi = attrs.get("min"), attrs.get("max")
+        if len(node.input) > 1 and node.input[1]:
+            lo = float(self._const(node.input[1], node, "Clip min"))
+        if len(node.input) > 2 and node.input[2]:
+            hi = float(self._const(node.input[2], node, "Clip max"))
+        return (None if lo is None else float(lo), None if hi is None else float(hi))
+
+    def _float_op(self, node):
+        op = node.op_type
+        if op in GRID_PRESERVING_OPS:
+            return self._grid_preserving(node)
+        quant, clamps, folded = self._follow_to_quantize(node)
+        if quant is None:
+            raise ModelError(f"node {node.name!r} ({op}): its float output is not followed by "
+                             f"QuantizeLinear, so it is not quantized; mrq simulates integer graphs only")
+        out = quant.output[0]
+        axis = _attrs(quant).get("axis", 1)
+        qp = self._qparams(quant, quant.input[1], quant.input[2] if len(quant.input) > 2 else "", axis=axis)
+        for n in folded + [quant]:
+            self.done.add(id(n))
+        clamp = _merge_clamps(clamps)
+        for extra in folded:
+            if extra.op_type == "QuantizeLinear":   # duplicate Q nodes of the same tensor
+                self._add_tensor(extra.output[0], self._shape(out), qp.dtype, qp)
+                self._emit("Reshape", self._name(extra), [out], [extra.output[0]], shape=None)
+        self._quantized_compute(node, out, qp, clamp)
+
+    def _quantized_compute(self, node, out, qp, clamp, inputs=None):
+        """Emit the IR op for a float compute op (QDQ) with integer inputs and output grid qp."""
+        op = node.op_type
+        attrs = _attrs(node)
+        name = self._name(node)
+        ins = list(node.input) if inputs is None else inputs
+        extra = {"clamp": clamp} if clamp is not None else {}
+        out_shape = self._shape(node.output[0]) or self._shape(out)
+        self._add_tensor(out, out_shape, qp.dtype, qp)
+        if op == "Conv":
+            x = self._int_input(ins[0], node)
+            w = self._weight(ins[1], node)
+            b = self._bias(ins[2], node) if len(ins) > 2 and ins[2] else None
+            self._emit("Conv", name, [x, w] + ([b] if b else []), [out],
+                       **self._conv_attrs(node, attrs, ins[0], self.tensors[w].data.shape), **extra)
+        elif op in ("Gemm", "MatMul"):
+            x = self._int_input(ins[0], node)
+            w, b = self._gemm_weight(node, attrs, ins)
+            self._emit("Gemm", name, [x, w] + ([b] if b else []), [out], **extra)
+        elif op in ("Add", "Mul"):
+            a, b = (self._int_input(i, node) for i in ins[:2])
+            self._emit(op, name, [a, b], [out], **extra)
+        elif op == "AveragePool":
+            x = self._int_input(ins[0], node)
+            self._emit("AveragePool", name, [x], [out], **self._pool_attrs(node, attrs, ins[0]), **extra)
+        elif op == "GlobalAveragePool":
+            x = self._int_input(ins[0], node)
+            self._emit("GlobalAveragePool", name, [x], [out], layout="NCHW", **extra)
+        elif op == "Concat":
+            xs = [self._int_input(i, node) for i in ins]
+            self._emit("Concat", name, xs, [out], axis=int(attrs["axis"]), **extra)
+        elif op == "Softmax":
+            x = self._int_input(ins[0], node)
+            self._emit("Softmax", name, [x], [out], axis=int(attrs.get("axis", -1)), **extra)
+        else:
+            raise UnsupportedOpError(op, node.name)
+
+    def _grid_preserving(self, node):
+        """Ops whose output is on the input's grid. With a float (DQ view) input, the output is a
+        view too; with an integer input, it is an integer tensor of the same grid."""
+        op = node.op_type
+        x_in = node.input[0]
+        is_view = x_in in self.alias
+        src = self._int_input(x_in, node)
+        src_t = self.tensors[src]
+        out_name = node.output[0]
+        int_out = (src + "__" + out_name) if is_view else out_name
+        if int_out in self.tensors:
+            int_out = int_out + "_1"
+        shape = self._shape(out_name)
+        self._add_tensor(int_out, shape, src_t.dtype, src_t.qparams)
+        name = self._name(node)
+        attrs = _attrs(node)
+        if op in CLAMP_OPS:
+            lo, hi = self._clamp_bounds(node)
+            self._emit("Clamp", name, [src], [int_out], lo=lo, hi=hi)
+        elif op == "MaxPool":
+            if len(node.output) > 1 and node.output[1]:
+                raise UnsupportedOpError("MaxPool", node.name, "the Indices output is not supported")
+            if attrs.get("storage_order", 0):
+                raise UnsupportedOpError("MaxPool", node.name, "storage_order=1 is not supported")
+            self._emit("MaxPool", name, [src], [int_out], **self._pool_attrs(node, attrs, x_in))
+        elif op == "Transpose":
+            perm = attrs.get("perm")
+            if perm is None:
+                perm = list(range(len(src_t.shape)))[::-1]
+            if perm[0] != 0:
+                raise UnsupportedOpError("Transpose", node.name, "transposing the batch dimension")
+            self._emit("Transpose", name, [src], [int_out], perm=tuple(int(p) for p in perm))
+        elif op == "Identity":
+            self._emit("Reshape", name, [src], [int_out], shape=None)
+        else:  # Reshape, Flatten, Squeeze, Unsqueeze
+            self._emit("Reshape", name, [src], [int_out], shape=self._reshape_target(node, attrs, x_in))
+        if src_t.qparams is not None and src_t.qparams.per_channel and op != "Clamp":
+            raise UnsupportedOpError(op, node.name, "per-channel quantized activations through data movement")
+        if is_view:
+            self.alias[out_name] = int_out
+
+    def _reshape_target(self, node, attrs, x_in) -> tuple:
+        op = node.op_type
+        in_shape = self.shapes.get(x_in) or self.shapes.get(self.alias.get(x_in, ""), None)
+        out_shape = self.shapes.get(node.output[0])
+        if op == "Flatten":
+            axis = attrs.get("axis", 1)
+            if axis == 1:
+                return (0, -1)
+            if out_shape is None or any(d is None for d in out_shape[1:]):
+                raise UnsupportedOpError(op, node.name, "Flatten with axis != 1 needs static shapes")
+            return (0,) + tuple(int(d) for d in out_shape[1:])
+        if op == "Reshape":
+            target = [int(v) for v in self._const(node.input[1], node, "shape")]
+            if attrs.get("allowzero", 0):
+                raise UnsupportedOpError(op, node.name, "allowzero=1")
+            if in_shape and len(target) >= 1 and target[0] != 0:
+                rest = target[1:]
+                in_rest = in_shape[1:]
+                if all(d is not None for d in in_rest) and -1 not in rest and \
+                        int(np.prod(rest)) == int(np.prod(in_rest)):
+                    target[0] = 0   # the first dim was the export-time batch size
+                elif -1 in rest and target[0] != -1:
+                    target[0] = 0
+                elif target[0] == -1 and -1 not in rest:
+                    target[0] = 0
+            return tuple(target)
+        # Squeeze / Unsqueeze: use the inferred output shape, keeping the batch dimension.
+        if out_shape is None or any(d is None for d in out_shape[1:]):
+            raise UnsupportedOpError(op, node.name, "needs a static output shape (run shape inference)")
+        return (0,) + tuple(int(d) for d in out_shape[1:])
+
+    # ---------------------------------------------------------------------- op attributes
+    def _spatial(self, name: str) -> Optional[tuple]:
+        shape = self.shapes.get(name)
+        if shape is None and name in self.alias:
+            shape = self.shapes.get(self.alias[name])
+        if shape is None or len(shape) != 4:
+            return None
+        return shape[2], shape[3]
+
+    def _auto_pads(self, node, attrs, x_name, kernel, strides, dilations) -> list:
+        auto = _decode(attrs.get("auto_pad", "NOTSET"))
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        if auto in ("NOTSET", "VALID"):
+            return [0, 0, 0, 0] if auto == "VALID" else pads
+        spatial = self._spatial(x_name)
+        if spatial is None or None in spatial:
+            raise UnsupportedOpError(node.op_type, node.name, f"auto_pad={auto} needs static input shapes")
+        begin, end = [], []
+        for size, k, s, d in zip(spatial, kernel, strides, dilations):
+            out = -(-size // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto == "SAME_UPPER" else big)
+            end.append(big if auto == "SAME_UPPER" else small)
+        return begin + end
+
+    def _conv_attrs(self, node, attrs, x_name, w_shape) -> dict:
+        if len(w_shape) != 4:
+            raise UnsupportedOpError(node.op_type, node.name, f"only 2-D convolution is supported (weight rank {len(w_shape)})")
+        kernel = tuple(int(k) for k in w_shape[2:])
+        strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
+        dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
+        pads = self._auto_pads(node, attrs, x_name, kernel, strides, dilations)
+        layout = "NHWC" if attrs.get("channels_last", 0) else "NCHW"
+        return dict(strides=strides, pads=tuple(int(p) for p in pads), dilations=dilations,
+                    group=int(attrs.get("group", 1)), layout=layout)
+
+    def _pool_attrs(self, node, attrs, x_name) -> dict:
+        kernel = tuple(int(k) for k in attrs["kernel_shape"])
+        if len(kernel) != 2:
+            raise UnsupportedOpError(node.op_type, node.name, "only 2-D pooling is supported")
+        strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
+        dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
+        pads = self._auto_pads(node, attrs, x_name, kernel, strides, dilations)
+        return dict(kernel=kernel, strides=strides, pads=tuple(int(p) for p in pads),
+                    dilations=dilations, ceil_mode=int(attrs.get("ceil_mode", 0)),
+                    count_include_pad=int(attrs.get("count_include_pad", 0)),
+                    layout="NHWC" if attrs.get("channels_last", 0) else "NCHW")
+
+    # ---------------------------------------------------------------------- constants
+    def _weight(self, name, node) -> str:
+        if name not in self.consts:
+            raise UnsupportedOpError(node.op_type, node.name,
+                                     f"weight {name!r} must be a quantized constant (DequantizeLinear of an initializer)")
+        codes, qp = self.consts[name]
+        if qp.per_channel and qp.axis % codes.ndim != 0:
+            raise UnsupportedOpError(node.op_type, node.name, "per-channel weights must use axis 0")
+        if qp.per_channel:
+            qp = qp.with_(axis=0)
+        return self._const_tensor(name + "_q", codes, qp)
+
+    def _bias(self, name, node) -> str:
+        if name in self.consts:
+            codes, qp = self.consts[name]
+            return self._const_tensor(name + "_q", codes.astype(np.int64).reshape(-1), qp.with_(axis=0 if qp.per_channel else None))
+        if name in self.init:
+            raise UnsupportedOpError(node.op_type, node.name, f"bias {name!r} is float; it must be quantized to int32")
+        raise UnsupportedOpError(node.op_type, node.name, f"bias {name!r} must be a constant")
+
+    def _gemm_weight(self, node, attrs, ins) -> tuple:
+        if node.op_type == "Gemm":
+            if attrs.get("transA", 0):
+                raise UnsupportedOpError("Gemm", node.name, "transA=1 is not supported")
+            if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+                raise UnsupportedOpError("Gemm", node.name, "alpha/beta other than 1 are not supported")
+        trans_b = bool(attrs.get("transB", 0)) if node.op_type in ("Gemm", "QGemm") else False
+        if ins[1] not in self.consts:
+            raise UnsupportedOpError(node.op_type, node.name,
+                                     "the second operand must be a quantized constant weight")
+        codes, qp = self.consts[ins[1]]
+        if codes.ndim != 2:
+            raise UnsupportedOpError(node.op_type, node.name, "weight must be 2-D")
+        if trans_b:
+            codes = codes.T
+            if qp.per_channel:
+                if qp.axis % 2 != 0:
+                    raise UnsupportedOpError(node.op_type, node.name, "per-channel weight must be per output column")
+                qp = qp.with_(axis=1)
+        elif qp.per_channel and qp.axis % 2 != 1:
+            raise UnsupportedOpError(node.op_type, node.name, "per-channel weight must be per output column")
+        w = self._const_tensor(ins[1] + "_q", np.ascontiguousarray(codes), qp)
+        b = None
+        if len(ins) > 2 and ins[2]:
+            b = self._bias(ins[2], node)
+        return w, b
+
+    # -------------------------------------------------------------------- QOperator ops
+    def _qop_out(self, node, out, scale_idx, zp_idx, like=None) -> QParams:
+        qp = self._qparams(node, node.input[scale_idx], node.input[zp_idx] if len(node.input) > zp_idx else "",
+                           like=like)
+        return qp
+
+    def _view_int(self, name, node) -> str:
+        if name in self.tensors and self.tensors[name].is_quantized:
+            return name
+        return self._int_input(name, node)
+
+    def _set_input_qparams(self, node, tname, scale_idx, zp_idx):
+        """QOperator nodes restate their input's grid; check it agrees with what produced it."""
+        t = self.tensors[tname]
+        qp = self._qparams(node, node.input[scale_idx], node.input[zp_idx] if node.input[zp_idx] else "",
+                           axis=1, like=np.zeros(1, np.dtype(t.dtype)) if t.dtype != "float32" else None)
+        if t.qparams is None:
+            t.qparams = qp
+        elif not t.qparams.same_grid(qp):
+            raise ModelError(f"node {node.name!r}: input {tname!r} is read with scale/zero point "
+                             f"{qp.scale.tolist()}/{qp.zero_point.tolist()} but was produced with "
+                             f"{t.qparams.scale.tolist()}/{t.qparams.zero_point.tolist()}")
+
+    def _op_QLinearConv(self, node):
+        ins = node.input
+        x = self._view_int(ins[0], node)
+        self._set_input_qparams(node, x, 1, 2)
+        codes = self._const(ins[3], node, "weight")
+        w_scale = np.asarray(self._const(ins[4], node, "weight scale"), np.float32).reshape(-1)
+        w_zp = np.asarray(self._const(ins[5], node, "weight zero point")).reshape(-1)
+        w_qp = QParams(w_scale, w_zp.astype(np.int64), _ONNX_INT_DTYPES[codes.dtype],
+                       axis=0 if w_scale.size > 1 else None)
+        w = self._const_tensor(ins[3] + "_q", codes, w_qp)
+        y_qp = self._qop_out(node, node.output[0], 6, 7, like=self.init.get(ins[7]))
+        b = None
+        if len(ins) > 8 and ins[8]:
+            bias = self._const(ins[8], node, "bias").astype(np.int64).reshape(-1)
+            x_scale = self.tensors[x].qparams.scale[0]
+            b_qp = QParams((np.float32(x_scale) * w_scale).astype(np.float32), np.zeros(w_scale.size, np.int64),
+                           "int32", axis=0 if w_scale.size > 1 else None)
+            b = self._const_tensor(ins[8] + "_q", bias, b_qp)
+        attrs = _attrs(node)
+        self._add_tensor(node.output[0], self._shape(node.output[0]), y_qp.dtype, y_qp)
+        self._emit("Conv", self._name(node), [x, w] + ([b] if b else []), [node.output[0]],
+                   **self._conv_attrs(node, attrs, ins[0], codes.shape))
+
+    def _op_QLinearMatMul(self, node):
+        ins = node.input
+        x = self._view_int(ins[0], node)
+        self._set_input_qparams(node, x, 1, 2)
+        codes = self._const(ins[3], node, "B")
+        b_scale = np.asarray(self._const(ins[4], node, "B scale"), np.float32).reshape(-1)
+        b_zp = np.asarray(self._const(ins[5], node, "B zero point")).reshape(-1)
+        if codes.ndim != 2:
+            raise UnsupportedOpError("QLinearMatMul", node.name, "B must be a 2-D constant")
+        qp = QParams(b_scale, b_zp.astype(np.int64), _ONNX_INT_DTYPES[codes.dtype], axis=1 if b_scale.size > 1 else None)
+        w = self._const_tensor(ins[3] + "_q", codes, qp)
+        y_qp = self._qop_out(node, node.output[0], 6, 7, like=self.init.get(ins[7]))
+        self._add_tensor(node.output[0], self._shape(node.output[0]), y_qp.dtype, y_qp)
+        self._emit("Gemm", self._name(node), [x, w], [node.output[0]])
+
+    def _op_QGemm(self, node):
+        ins = list(node.input)
+        attrs = _attrs(node)
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0:
+            raise UnsupportedOpError("QGemm", node.name, "transA=1 or alpha != 1 is not supported")
+        if len(ins) < 8 or not ins[7]:
+            raise UnsupportedOpError("QGemm", node.name, "QGemm with a float output is not supported")
+        x = self._view_int(ins[0], node)
+        self._set_input_qparams(node, x, 1, 2)
+        codes = self._const(ins[3], node, "B")
+        b_scale = np.asarray(self._const(ins[4], node, "B scale"), np.float32).reshape(-1)
+        b_zp = np.asarray(self._const(ins[5], node, "B zero point")).reshape(-1).astype(np.int64)
+        if attrs.get("transB", 0):
+            codes = codes.T
+        qp = QParams(b_scale, b_zp, _ONNX_INT_DTYPES[codes.dtype], axis=1 if b_scale.size > 1 else None)
+        w = self._const_tensor(ins[3] + "_q", np.ascontiguousarray(codes), qp)
+        b = None
+        if ins[6]:
+            bias = self._const(ins[6], node, "C").astype(np.int64).reshape(-1)
+            x_scale = self.tensors[x].qparams.scale[0]
+            b_qp = QParams((np.float32(x_scale) * b_scale).astype(np.float32), np.zeros(b_scale.size, np.int64),
+                           "int32", axis=0 if b_scale.size > 1 else None)
+            b = self._const_tensor(ins[6] + "_q", bias, b_qp)
+        y_qp = self._qop_out(node, node.output[0], 7, 8, like=self.init.get(ins[8]) if len(ins) > 8 else None)
+        self._add_tensor(node.output[0], self._shape(node.output[0]), y_qp.dtype, y_qp)
+        self._emit("Gemm", self._name(node), [x, w] + ([b] if b else []), [node.output[0]])
+
+    def _integer_op(self, node, kind):
+        ins = list(node.input) + [""] * 4
+        x = self._view_int(ins[0], node) if ins[0] in self.alias else ins[0]
+        t = self.tensors.get(x)
+        if t is None:
+            raise ModelError(f"node {node.name!r}: input {ins[0]!r} is unknown")
+        x_zp = self.init[ins[2]].reshape(-1) if ins[2] else np.zeros(1, t.dtype)
+        if t.qparams is None:
+            t.qparams = QParams(np.ones(1, np.float32), x_zp.astype(np.int64), t.dtype)
+        codes = self._const(ins[1], node, "weight")
+        w_zp = self.init[ins[3]].reshape(-1) if ins[3] else np.zeros(1, codes.dtype)
+        axis = None
+        if w_zp.size > 1:
+            axis = 0 if kind == "Conv" else 1
+        w_qp = QParams(np.ones(w_zp.size, np.float32), w_zp.astype(np.int64), _ONNX_INT_DTYPES[codes.dtype], axis=axis)
+        w = self._const_tensor(ins[1] + "_q", codes, w_qp)
+        out = node.output[0]
+        self._add_tensor(out, self._shape(out), "int32")
+        attrs = _attrs(node)
+        extra = self._conv_attrs(node, attrs, ins[0], codes.shape) if kind == "Conv" else {}
+        self._emit(kind, self._name(node), [x, w], [out], integer_output=True, **extra)
+
+    def _op_ConvInteger(self, node):
+        self._integer_op(node, "Conv")
+
+    def _op_MatMulInteger(self, node):
+        self._integer_op(node, "Gemm")
+
+    def _qbinary(self, node, op):
+        ins = node.input
+        inputs = []
+        for idx, (s, z) in ((0, (1, 2)), (3, (4, 5))):
+            name = ins[idx]
+            if name in self.init:
+                codes = self.init[name]
+                qp = self._qparams(node, ins[s], ins[z] if ins[z] else "", like=codes)
+                inputs.append(self._const_tensor(name + "_q", codes, qp))
+            else:
+                t = self._view_int(name, node)
+                self._set_input_qparams(node, t, s, z)
+                inputs.append(t)
+        y_qp = self._qop_out(node, node.output[0], 6, 7, like=self.init.get(ins[7]) if len(ins) > 7 and ins[7] else None)
+        if len(ins) <= 7 or not ins[7]:
+            y_qp = y_qp.with_(dtype=self.tensors[inputs[0]].dtype)
+        self._add_tensor(node.output[0], self._shape(node.output[0]), y_qp.dtype, y_qp)
+        self._emit(op, self._name(node), inputs, [node.output[0]])
+
+    def _op_QLinearAdd(self, node):
+        self._qbinary(node, "Add")
+
+    def _op_QLinearMul(self, node):
+        self._qbinary(node, "Mul")
+
+    def _op_QLinearAveragePool(self, node):
+        x = self._view_int(node.input[0], node)
+        self._set_input_qparams(node, x, 1, 2)
+        y_qp = self._qop_out(node, node.output[0], 3, 4, like=self.init.get(node.input[4]) if len(node.input) > 4 else None)
+        if len(node.input) <= 4 or not node.input[4]:
+            y_qp = y_qp.with_(dtype=self.tensors[x].dtype)
+        self._add_tensor(node.output[0], self._shape(node.output[0]), y_qp.dtype, y_qp)
+        self._emit("AveragePool", self._name(node), [x], [node.output[0]],
+                   **self._pool_attrs(node, _attrs(node), node.input[0]))
+
+    def _op_QLinearGlobalAveragePool(self, node):
+        x = self._view_int(node.input[0], node)
+        self._set_input_qparams(node, x, 1, 2)
+        y_qp = self._qop_out(node, node.output[0], 3, 4, like=self.init.get(node.input[4]))
+        self._add_tensor(node.output[0], self._shape(node.output[0]), y_qp.dtype, y_qp)
+        layout = "NHWC" if _attrs(node).get("channels_last", 0) else "NCHW"
+        self._emit("GlobalAveragePool", self._name(node), [x], [node.output[0]], layout=layout)
+
+    def _op_QLinearConcat(self, node):
+        ins = node.input
+        y_qp = self._qparams(node, ins[0], ins[1], like=None)
+        xs = []
+        for i in range(2, len(ins), 3):
+            name = ins[i]
+            if name in self.init:
+                codes = self.init[name]
+                qp = self._qparams(node, ins[i + 1], ins[i + 2], like=codes)
+                xs.append(self._const_tensor(name + "_q", codes, qp))
+            else:
+                t = self._view_int(name, node)
+                self._set_input_qparams(node, t, i + 1, i + 2)
+                xs.append(t)
+        self._add_tensor(node.output[0], self._shape(node.output[0]), y_qp.dtype, y_qp)
+        self._emit("Concat", self._name(node), xs, [node.output[0]], axis=int(_attrs(node)["axis"]))
+
+
+def _merge_clamps(clamps: list) -> Optional[tuple]:
+    if not clamps:
+        return None
+    lo, hi = None, None
+    for c_lo, c_hi in clamps:
+        if c_lo is not None:
+            lo = c_lo if lo is None else max(lo, c_lo)
+            if hi is not None:
+                lo = min(lo, hi)
+        if c_hi is not None:
+            hi = c_hi if hi is None else min(hi, c_hi)
+            if lo is not None:
+                hi = max(hi, lo)
+    return (lo, hi)
+
+
+def _check_inputs_used(graph: Graph) -> None:
+    used = {name for node in graph.nodes for name in node.inputs}
+    for name in graph.inputs:
+        if name not in used and name not in graph.outputs:
+            raise ModelError(f"graph input {name!r} is not used by any quantized op")
