@@ -30,10 +30,11 @@ class Arithmetic:
     acc_bits: int = 32
     acc_overflow: str = "wrap"
     add: str = "ort_fma"                # ort_fma | tflite | fixed | float
-    mul: str = "fp32_zp_in"             # fp32_zp_in | double_q31 | fixed
+    mul: str = "fp32_zp_in"             # fp32_zp_in (zero point inside the rounding) | other:
+                                        # the profile's requant arithmetic
     avgpool: str = "ort_float"          # ort_float | tflite_raw | fixed
-    global_avgpool: str = "float32"     # float32 | fixed
-    rescale: str = "float_dq_q"         # float_dq_q | fixed
+    global_avgpool: str = "fp32"        # fp32 (ORT multiplier) | avgpool | fixed | double_q31
+    rescale: str = "float_dq_q"         # float_dq_q | requant
     quantize_method: str = "divide"     # divide | multiply
     quantize_rounding: str = "half_even"
     supported_ops: Optional[frozenset] = None
@@ -349,10 +350,13 @@ class _Lowerer:
                     pads=at["pads"], ceil_mode=at.get("ceil_mode", 0),
                     count_include_pad=at.get("count_include_pad", 0))
         lo, hi = self.out_range(y_qp, at.get("clamp"))
-        mode = self.a.avgpool
-        if mode == "tflite_raw" and not x_qp.same_grid(y_qp):
+        if self.a.avgpool == "tflite_raw" and not x_qp.same_grid(y_qp):
             raise UnsupportedOpError("AveragePool", node.name,
                                      "TFLite-style average pooling needs equal input and output scale/zero point")
+        self._emit_avgpool(node, geom, x_qp, y_qp, lo, hi, at.get("clamp"))
+
+    def _emit_avgpool(self, node, geom, x_qp, y_qp, lo, hi, clamp):
+        mode = self.a.avgpool
         if mode in ("ort_float", "tflite_raw"):
             self.emit("avgpool", node, node.inputs, node.outputs, mode=mode, **geom,
                       scale_in=np.float32(x_qp.scale[0]), zero_point_in=int(x_qp.zero_point[0]),
@@ -362,7 +366,7 @@ class _Lowerer:
             real = np.array([float(x_qp.scale[0]) / float(y_qp.scale[0])])
             self.emit("avgpool", node, node.inputs, node.outputs, mode="fixed", **geom,
                       input_zero_point=int(x_qp.zero_point[0]),
-                      **self.requant_block(real, y_qp, at.get("clamp"), -1))
+                      **self.requant_block(real, y_qp, clamp, -1))
 
     def _GlobalAveragePool(self, node):
         x = self.t(node.inputs[0])
@@ -372,6 +376,13 @@ class _Lowerer:
         if len(spatial) != 2 or any(d is None for d in spatial):
             raise ModelError(f"node {node.name!r}: GlobalAveragePool needs a static spatial input shape")
         count = int(spatial[0]) * int(spatial[1])
+        if self.a.global_avgpool == "avgpool":
+            # Hardware without a 1/N multiplier: an average pool over the whole plane.
+            geom = dict(layout=layout, kernel=tuple(int(d) for d in spatial), strides=(1, 1),
+                        pads=(0, 0, 0, 0), ceil_mode=0, count_include_pad=0)
+            lo, hi = self.out_range(y_qp, node.attrs.get("clamp"))
+            self._emit_avgpool(node, geom, x_qp, y_qp, lo, hi, node.attrs.get("clamp"))
+            return
         real = np.array([float(x_qp.scale[0]) / (float(y_qp.scale[0]) * count)])
         ort = np.array([np.float32(x_qp.scale[0]) / np.float32(np.float32(y_qp.scale[0]) * np.float32(count))],
                        np.float32)

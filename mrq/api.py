@@ -1,0 +1,142 @@
+"""Python API: load a model, lower it for a profile, simulate it, and measure its fidelity."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional, Union
+
+import numpy as np
+
+from mrq.errors import InputDataError
+from mrq.float_ref import FloatReference
+from mrq.hw_profile import HwProfile, load_profile
+from mrq.ir import Graph
+from mrq.lower import LoweredModel, arithmetic_from_profile, lower
+from mrq.metrics import LayerFidelity, layer_fidelity
+from mrq.onnx_import import load_model
+from simulator.program import Program, TensorSpec
+from simulator.run import run
+
+
+def resolve_profile(profile: Union[str, HwProfile]) -> HwProfile:
+    return profile if isinstance(profile, HwProfile) else load_profile(profile)
+
+
+def profile_violations(graph: Graph, profile: HwProfile) -> list[str]:
+    """Lines describing where the model's quantization breaks the profile's format rules."""
+    lines = []
+    roles = {}
+    for node in graph.nodes:
+        if node.op in ("Conv", "Gemm"):
+            roles[node.inputs[1]] = "weights"
+    for name, t in graph.tensors.items():
+        if t.qparams is None or t.dtype in ("int32", "int64"):
+            continue
+        role = roles.get(name, "activations")
+        qp = t.qparams
+        for problem in profile.check_tensor(role, qp.dtype, qp.scale, qp.zero_point, qp.axis):
+            lines.append(f"{name}: {problem}")
+    return lines
+
+
+def prepare(model: Union[str, Graph], profile: Union[str, HwProfile]) -> LoweredModel:
+    graph = load_model(model) if isinstance(model, str) else model
+    return lower(graph, arithmetic_from_profile(resolve_profile(profile)))
+
+
+def _check_shape(name: str, spec_shape: tuple, arr: np.ndarray) -> None:
+    if len(spec_shape) and arr.ndim != len(spec_shape):
+        raise InputDataError(f"input {name!r}: expected rank {len(spec_shape)} "
+                             f"{_fmt_shape(spec_shape)}, got shape {tuple(arr.shape)}")
+    for i, (want, got) in enumerate(zip(spec_shape, arr.shape)):
+        if i == 0 or want is None or want == 0:
+            continue
+        if want != got:
+            raise InputDataError(f"input {name!r}: expected shape {_fmt_shape(spec_shape)}, "
+                                 f"got {tuple(arr.shape)} (dimension {i} is {got}, must be {want})")
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join("N" if i == 0 or d is None else str(d) for i, d in enumerate(shape)) + ")"
+
+
+def bind_inputs(lowered: LoweredModel, feeds: dict) -> tuple[Program, dict]:
+    """Check user arrays against the model's inputs. Float arrays go through the model's input
+    quantization; integer arrays are taken as already quantized (the Quantize step is skipped)."""
+    program = lowered.program
+    expected = {s.name: s for s in program.inputs}
+    unknown = sorted(set(feeds) - set(expected))
+    missing = sorted(set(expected) - set(feeds))
+    if unknown or missing:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
+        if unknown:
+            parts.append(f"unknown input(s) {', '.join(map(repr, unknown))}")
+        raise InputDataError("; ".join(parts) + f" (the model's inputs: {', '.join(map(repr, expected))})")
+    steps = list(program.steps)
+    inputs = []
+    bound = {}
+    for spec in program.inputs:
+        arr = np.asarray(feeds[spec.name])
+        _check_shape(spec.name, spec.shape, arr)
+        if arr.ndim == 0:
+            raise InputDataError(f"input {spec.name!r}: a scalar; the leading dimension is the batch")
+        if arr.dtype == np.dtype(spec.dtype):
+            bound[spec.name] = np.ascontiguousarray(arr)
+            inputs.append(spec)
+            continue
+        quant = [s for s in steps if s.kind == "quantize" and s.inputs == (spec.name,)]
+        if spec.dtype == "float32" and arr.dtype.kind == "f":
+            bound[spec.name] = np.ascontiguousarray(arr.astype(np.float32))
+            inputs.append(spec)
+        elif spec.dtype == "float32" and arr.dtype.kind in "iu" and len(quant) == 1:
+            q = quant[0]
+            if arr.dtype != np.dtype(q.params["out_dtype"]):
+                raise InputDataError(f"input {spec.name!r}: integer arrays must be already-quantized "
+                                     f"{q.params['out_dtype']} codes, got {arr.dtype}")
+            steps.remove(q)
+            out = q.outputs[0]
+            bound[out] = np.ascontiguousarray(arr)
+            inputs.append(TensorSpec(out, q.params["out_dtype"], spec.shape))
+        else:
+            raise InputDataError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {arr.dtype}")
+    return replace(program, inputs=tuple(inputs), steps=tuple(steps)), bound
+
+
+@dataclass
+class SimResult:
+    outputs: dict
+    trace: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)     # list[LayerFidelity]
+    violations: list = field(default_factory=list)
+    lowered: Optional[LoweredModel] = None
+
+
+def simulate(model: Union[str, Graph], profile: Union[str, HwProfile], feeds: dict,
+             fidelity: bool = True, trace: bool = False) -> SimResult:
+    """Run ``model`` as the profile's hardware would, and (``fidelity``) compare every layer
+    with the float reference."""
+    prof = resolve_profile(profile)
+    graph = load_model(model) if isinstance(model, str) else model
+    lowered = lower(graph, arithmetic_from_profile(prof))
+    program, bound = bind_inputs(lowered, feeds)
+    result = run(program, bound, trace=trace or fidelity)
+    sim = SimResult(outputs=result.outputs, stats=result.stats, lowered=lowered,
+                    violations=profile_violations(graph, prof))
+    full_trace = dict(result.trace)
+    full_trace.update(bound)
+    if trace:
+        sim.trace = full_trace
+    if fidelity:
+        reference = FloatReference(graph).run({k: np.asarray(v) for k, v in feeds.items()})
+        node_steps: dict = {}
+        for step_name, node_name in lowered.step_node.items():
+            node_steps.setdefault(node_name, []).append(step_name)
+        sim.layers = layer_fidelity(graph, full_trace, reference, result.stats, node_steps)
+    return sim
+
+
+def simulate_model(model_path: str, profile: Union[str, HwProfile], feeds: dict) -> dict:
+    """Outputs only (dict name -> array with the dtype/shape ONNX Runtime returns)."""
+    return simulate(model_path, profile, feeds, fidelity=False).outputs
