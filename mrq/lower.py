@@ -14,6 +14,7 @@ import numpy as np
 from mrq import multipliers as mul
 from mrq.errors import UnsupportedOpError, ModelError
 from mrq.ir import Graph, Node, QParams, Tensor, storage_dtype
+from mrq.lower_extra import ExtraOpsLowering
 from simulator.program import Program, Step, TensorSpec
 
 
@@ -94,7 +95,7 @@ def _round(x: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(mode)
 
 
-class _Lowerer:
+class _Lowerer(ExtraOpsLowering):
     def __init__(self, graph: Graph, arith: Arithmetic):
         self.g = graph
         self.a = arith
@@ -413,14 +414,6 @@ class _Lowerer:
 
     def _Transpose(self, node):
         self.emit("transpose", node, node.inputs, node.outputs, perm=tuple(node.attrs["perm"]))
-
-    def _Softmax(self, node):
-        x_qp = self.t(node.inputs[0]).qparams
-        y_qp = self.t(node.outputs[0]).qparams
-        self.emit("softmax", node, node.inputs, node.outputs, axis=node.attrs.get("axis", -1), mode="float",
-                  scale_in=np.float32(x_qp.scale[0]), zero_point_in=int(x_qp.zero_point[0]),
-                  scale_out=np.float32(y_qp.scale[0]), zero_point_out=int(y_qp.zero_point[0]),
-                  out_min=y_qp.qmin, out_max=y_qp.qmax, out_dtype=storage_dtype(y_qp.dtype))
 
 
 def lower(graph: Graph, arithmetic: Arithmetic) -> LoweredModel:
