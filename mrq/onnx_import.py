@@ -211,7 +211,7 @@ class _Importer:
         graph = Graph(self.tensors, self.nodes, list(self.graph_inputs), outputs,
                       name=g.name or "graph", meta={"source": self.source, "format": "onnx"})
         _check_inputs_used(graph)
-        return graph
+        return remove_identities(graph)
 
     # ------------------------------------------------------------------------- Q / DQ
     def _op_QuantizeLinear(self, node):
@@ -713,3 +713,19 @@ def _check_inputs_used(graph: Graph) -> None:
     for name in graph.inputs:
         if name not in used and name not in graph.outputs:
             raise ModelError(f"graph input {name!r} is not used by any quantized op")
+
+
+def remove_identities(graph: Graph) -> Graph:
+    """Drop identity Reshape nodes (QDQ pairs on one grid, Identity ops) by rewiring their
+    consumers, except where the identity produces a graph output (its name is the contract)."""
+    rename = {}
+    kept = []
+    for node in graph.nodes:
+        node.inputs = [rename.get(n, n) for n in node.inputs]
+        if node.op == "Reshape" and node.attrs.get("shape") is None and node.outputs[0] not in graph.outputs:
+            rename[node.outputs[0]] = node.inputs[0]
+            graph.tensors.pop(node.outputs[0], None)
+            continue
+        kept.append(node)
+    graph.nodes = kept
+    return graph

@@ -1,0 +1,245 @@
+"""IR -> standard ONNX QDQ model.
+
+Every integer tensor becomes a QuantizeLinear output; ops compute in float between
+DequantizeLinear and QuantizeLinear, exactly as ONNX Runtime's quantization tool writes them, so
+the result loads in any ONNX runtime and re-imports into the same IR. Clamps (fused Relu/Clip,
+including clamps that the old grid only implied) are written as explicit Clip nodes, so a
+runtime that ignores the grid still sees them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mrq.ir import Graph, Node, QParams, storage_dtype
+
+_ELEM = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8, "uint8": TensorProto.UINT8,
+         "int16": TensorProto.INT16, "uint16": TensorProto.UINT16, "int32": TensorProto.INT32,
+         "int64": TensorProto.INT64, "int4": TensorProto.INT8, "uint4": TensorProto.UINT8}
+
+
+class _Exporter:
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.nodes: list = []
+        self.inits: list = []
+        self.dq_names: dict = {}
+        self.used: set = set(graph.tensors)
+        self.wide = any(t.qparams is not None and storage_dtype(t.dtype) in ("int16", "uint16")
+                        and not t.is_const for t in graph.tensors.values())
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.used:
+            name, i = f"{base}_{i}", i + 1
+        self.used.add(name)
+        return name
+
+    def init(self, base: str, array: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def qparam_inits(self, base: str, qp: QParams, n: int | None = None):
+        scale = qp.scale.astype(np.float32)
+        zp = qp.zero_point.astype(storage_dtype(qp.dtype))
+        if qp.scale.size == 1:
+            scale, zp = scale.reshape(()), zp.reshape(())
+        return self.init(base + "_scale", scale), self.init(base + "_zero_point", zp)
+
+    def float_view(self, name: str) -> str:
+        """The float (dequantized) name of an integer tensor, emitting its DequantizeLinear once."""
+        if name in self.dq_names:
+            return self.dq_names[name]
+        t = self.g.tensors[name]
+        if t.qparams is None:
+            return name
+        src = name
+        if t.is_const:
+            src = self.init(name, np.asarray(t.data).astype(storage_dtype(t.dtype)))
+        s, z = self.qparam_inits(name, t.qparams)
+        out = self.fresh(name + "_dq")
+        attrs = {}
+        if t.qparams.per_channel:
+            attrs["axis"] = int(t.qparams.axis)
+        self.nodes.append(helper.make_node("DequantizeLinear", [src, s, z], [out], name=self.fresh("DQ_" + name), **attrs))
+        self.dq_names[name] = out
+        return out
+
+    def quantize(self, float_name: str, out: str, qp: QParams):
+        s, z = self.qparam_inits(out, qp)
+        self.nodes.append(helper.make_node("QuantizeLinear", [float_name, s, z], [out], name=self.fresh("Q_" + out)))
+
+    def clamp(self, name: str, clamp, base: str) -> str:
+        if clamp is None:
+            return name
+        lo, hi = clamp
+        if lo is None and hi is None:
+            return name
+        out = self.fresh(base + "_clamped")
+        if lo == 0.0 and hi is None:
+            self.nodes.append(helper.make_node("Relu", [name], [out], name=self.fresh(base + "_relu")))
+            return out
+        lo_name = self.init(base + "_min", np.array(lo if lo is not None else -np.inf, np.float32))
+        hi_name = self.init(base + "_max", np.array(hi if hi is not None else np.inf, np.float32))
+        self.nodes.append(helper.make_node("Clip", [name, lo_name, hi_name], [out], name=self.fresh(base + "_clip")))
+        return out
+
+    def nchw(self, name: str, layout: str, base: str, back: bool = False) -> str:
+        if layout != "NHWC":
+            return name
+        out = self.fresh(base + ("_nhwc" if back else "_nchw"))
+        perm = [0, 2, 3, 1] if back else [0, 3, 1, 2]
+        self.nodes.append(helper.make_node("Transpose", [name], [out], perm=perm, name=self.fresh(base + "_transpose")))
+        return out
+
+    def finish(self, node: Node, y_float: str):
+        out = node.outputs[0]
+        t = self.g.tensors[out]
+        y_float = self.clamp(y_float, node.attrs.get("clamp"), node.name)
+        if t.qparams is None:
+            self.nodes.append(helper.make_node("Identity", [y_float], [out], name=self.fresh(node.name + "_out")))
+        else:
+            self.quantize(y_float, out, t.qparams)
+
+    def export(self, opset: int | None = None) -> onnx.ModelProto:
+        for node in self.g.nodes:
+            getattr(self, "_" + node.op)(node)
+        g = self.g
+        inputs = [helper.make_tensor_value_info(n, _ELEM[storage_dtype(g.tensors[n].dtype)],
+                                                _dims(g.tensors[n].shape)) for n in g.inputs]
+        outputs = [helper.make_tensor_value_info(n, _ELEM[storage_dtype(g.tensors[n].dtype)],
+                                                 _dims(g.tensors[n].shape)) for n in g.outputs]
+        graph = helper.make_graph(self.nodes, g.name or "mrq", inputs, outputs, self.inits)
+        opset = opset or (21 if self.wide else 17)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                  producer_name="mrq")
+        model.ir_version = 10 if opset >= 21 else 8
+        return model
+
+    # ---------------------------------------------------------------------- ops
+    def _Quantize(self, node):
+        self.quantize(node.inputs[0], node.outputs[0], self.g.tensors[node.outputs[0]].qparams)
+
+    def _Dequantize(self, node):
+        src = self.float_view(node.inputs[0])
+        self.nodes.append(helper.make_node("Identity", [src], [node.outputs[0]], name=self.fresh(node.name)))
+
+    def _Conv(self, node):
+        at = node.attrs
+        if at.get("integer_output"):
+            raise NotImplementedError("exporting integer-output convolutions")
+        layout = at.get("layout", "NCHW")
+        x = self.nchw(self.float_view(node.inputs[0]), layout, node.name)
+        ins = [x] + [self.float_view(n) for n in node.inputs[1:]]
+        y = self.fresh(node.name + "_y")
+        w = self.g.tensors[node.inputs[1]].data
+        self.nodes.append(helper.make_node(
+            "Conv", ins, [y], name=self.fresh(node.name), kernel_shape=list(w.shape[2:]),
+            strides=list(at["strides"]), pads=list(at["pads"]), dilations=list(at["dilations"]),
+            group=int(at["group"])))
+        self.finish(node, self.nchw(y, layout, node.name, back=True))
+
+    def _Gemm(self, node):
+        a = self.float_view(node.inputs[0])
+        w = self.float_view(node.inputs[1])
+        y = self.fresh(node.name + "_y")
+        rank = len(self.g.tensors[node.inputs[0]].shape)
+        if rank == 2:
+            ins = [a, w] + ([self.float_view(node.inputs[2])] if len(node.inputs) > 2 else [])
+            self.nodes.append(helper.make_node("Gemm", ins, [y], name=self.fresh(node.name)))
+        else:
+            mm = self.fresh(node.name + "_matmul")
+            self.nodes.append(helper.make_node("MatMul", [a, w], [mm if len(node.inputs) > 2 else y],
+                                               name=self.fresh(node.name)))
+            if len(node.inputs) > 2:
+                self.nodes.append(helper.make_node("Add", [mm, self.float_view(node.inputs[2])], [y],
+                                                   name=self.fresh(node.name + "_bias")))
+        self.finish(node, y)
+
+    def _binary(self, node, op):
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node(op, [self.float_view(n) for n in node.inputs], [y], name=self.fresh(node.name)))
+        self.finish(node, y)
+
+    def _Add(self, node):
+        self._binary(node, "Add")
+
+    def _Mul(self, node):
+        self._binary(node, "Mul")
+
+    def _Clamp(self, node):
+        x = self.float_view(node.inputs[0])
+        y = self.clamp(x, (node.attrs.get("lo"), node.attrs.get("hi")), node.name)
+        self.finish(node, y)
+
+    def _Rescale(self, node):
+        self.finish(node, self.float_view(node.inputs[0]))
+
+    def _pool(self, node, op, **extra):
+        at = node.attrs
+        layout = at.get("layout", "NCHW")
+        x = self.nchw(self.float_view(node.inputs[0]), layout, node.name)
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node(op, [x], [y], name=self.fresh(node.name), **extra))
+        self.finish(node, self.nchw(y, layout, node.name, back=True))
+
+    def _MaxPool(self, node):
+        at = node.attrs
+        self._pool(node, "MaxPool", kernel_shape=list(at["kernel"]), strides=list(at["strides"]),
+                   pads=list(at["pads"]), dilations=list(at.get("dilations", (1, 1))),
+                   ceil_mode=int(at.get("ceil_mode", 0)))
+
+    def _AveragePool(self, node):
+        at = node.attrs
+        self._pool(node, "AveragePool", kernel_shape=list(at["kernel"]), strides=list(at["strides"]),
+                   pads=list(at["pads"]), ceil_mode=int(at.get("ceil_mode", 0)),
+                   count_include_pad=int(at.get("count_include_pad", 0)))
+
+    def _GlobalAveragePool(self, node):
+        self._pool(node, "GlobalAveragePool")
+
+    def _Concat(self, node):
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node("Concat", [self.float_view(n) for n in node.inputs], [y],
+                                           axis=int(node.attrs["axis"]), name=self.fresh(node.name)))
+        self.finish(node, y)
+
+    def _Reshape(self, node):
+        x = self.float_view(node.inputs[0])
+        y = self.fresh(node.name + "_y")
+        shape = node.attrs.get("shape")
+        if shape is None:
+            self.nodes.append(helper.make_node("Identity", [x], [y], name=self.fresh(node.name)))
+        else:
+            s = self.init(node.name + "_shape", np.array(shape, np.int64))
+            self.nodes.append(helper.make_node("Reshape", [x, s], [y], name=self.fresh(node.name)))
+        self.finish(node, y)
+
+    def _Transpose(self, node):
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node("Transpose", [self.float_view(node.inputs[0])], [y],
+                                           perm=list(node.attrs["perm"]), name=self.fresh(node.name)))
+        self.finish(node, y)
+
+    def _Softmax(self, node):
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node("Softmax", [self.float_view(node.inputs[0])], [y],
+                                           axis=int(node.attrs.get("axis", -1)), name=self.fresh(node.name)))
+        self.finish(node, y)
+
+    def _Logistic(self, node):
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node("Sigmoid", [self.float_view(node.inputs[0])], [y], name=self.fresh(node.name)))
+        self.finish(node, y)
+
+
+def _dims(shape):
+    return [("N" if d is None else int(d)) for d in shape] if shape else None
+
+
+def export_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
+    model = _Exporter(graph).export(opset)
+    onnx.checker.check_model(model)
+    return model
