@@ -20,6 +20,16 @@ def _grid_clamp(x: np.ndarray, qp: QParams | None) -> np.ndarray:
     return np.clip(x, (qp.qmin - z) * s, (qp.qmax - z) * s)
 
 
+def _grid_round(x: np.ndarray, qp: QParams | None) -> np.ndarray:
+    """Fake quantization: round onto the grid (half to even) and clamp to its codes."""
+    if qp is None:
+        return x
+    shape = qp.broadcast_shape(x.ndim)
+    s = qp.scale.astype(np.float64).reshape(shape)
+    z = qp.zero_point.astype(np.float64).reshape(shape)
+    return (np.clip(np.rint(x / s) + z, qp.qmin, qp.qmax) - z) * s
+
+
 def _apply_clamp(x, clamp):
     if clamp is None:
         return x
@@ -84,8 +94,15 @@ def _from_nchw(x, layout):
 
 
 class FloatReference:
-    def __init__(self, graph: Graph):
+    """Float64 execution of the IR.
+
+    ``fake_quant=False``: the float reference (grids clamp but do not round).
+    ``fake_quant=True``: every integer tensor is also rounded onto its grid, which models the
+    integer execution closely (not bit-exactly) and is what calibration passes run."""
+
+    def __init__(self, graph: Graph, fake_quant: bool = False):
         self.g = graph
+        self.finish = _grid_round if fake_quant else _grid_clamp
 
     def _real_const(self, name):
         t = self.g.tensors[name]
@@ -94,9 +111,11 @@ class FloatReference:
             return data.astype(np.float64)
         return t.qparams.dequantize(data)
 
-    def run(self, feeds: dict) -> dict:
+    def run(self, feeds: dict, before_node=None, keep=None) -> dict:
         """Float64 values of every tensor. ``feeds`` are float inputs (or integer codes of a
-        quantized input, which are dequantized)."""
+        quantized input, which are dequantized). ``before_node(node, env)`` runs before each node
+        is computed and may change the graph's constants (calibration passes). ``keep`` (a set of
+        tensor names) limits what stays in memory after the tensor's last use."""
         env = {}
         for name, value in feeds.items():
             t = self.g.tensors.get(name)
@@ -105,17 +124,28 @@ class FloatReference:
                 env[name] = t.qparams.dequantize(arr)
             else:
                 env[name] = arr.astype(np.float64)
-        for node in self.g.nodes:
+        last_use = {}
+        if keep is not None:
+            for i, node in enumerate(self.g.nodes):
+                for n in node.inputs:
+                    last_use[n] = i
+        for i, node in enumerate(self.g.nodes):
+            if before_node is not None:
+                before_node(node, env)
             ins = []
             for n in node.inputs:
                 ins.append(env[n] if n in env else self._real_const(n))
             out = getattr(self, "_" + node.op)(node, *ins)
             t = self.g.tensors[node.outputs[0]]
-            env[node.outputs[0]] = _grid_clamp(out, t.qparams)
+            env[node.outputs[0]] = self.finish(out, t.qparams)
+            if keep is not None:
+                for n in set(node.inputs):
+                    if last_use.get(n) == i and n not in keep and n not in self.g.outputs:
+                        env.pop(n, None)
         return env
 
     def _Quantize(self, node, x):
-        return x
+        return _apply_clamp(x, node.attrs.get("clamp"))
 
     def _Dequantize(self, node, x):
         return x

@@ -192,11 +192,12 @@ class _Lowerer(ExtraOpsLowering):
 
     def _Quantize(self, node):
         qp = self.t(node.outputs[0]).qparams
+        lo, hi = self.out_range(qp, node.attrs.get("clamp"))
         self.emit("quantize", node, node.inputs, node.outputs,
                   scale=qp.scale.astype(np.float32), zero_point=qp.zero_point.astype(np.int64),
                   axis=qp.axis if qp.axis is not None else 1,
                   rounding=self.a.quantize_rounding, method=self.a.quantize_method,
-                  out_min=qp.qmin, out_max=qp.qmax, out_dtype=storage_dtype(qp.dtype))
+                  out_min=lo, out_max=hi, out_dtype=storage_dtype(qp.dtype))
 
     def _Dequantize(self, node):
         qp = self.t(node.inputs[0]).qparams

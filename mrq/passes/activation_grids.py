@@ -1,0 +1,138 @@
+"""activation_grids: move every activation tensor that breaks the profile onto a grid that
+satisfies it (bits, signedness, symmetry, scale form).
+
+- Lossless first: a grid that differs only by signedness (uint8 zero point z <-> int8 zero point
+  z - 128) is re-coded exactly, and reported as lossless.
+- Otherwise the new grid covers the real range the old grid represented, intersected with the
+  op's explicit clamp (so a ReLU output stays non-negative). Tensors linked by Reshape/Transpose/
+  MaxPool keep one grid.
+- Scale selection (when enabled and calibration data is given): among candidate scales (clipping
+  factors; for power-of-two scales the two neighbouring powers) the one with the smallest mean
+  squared re-quantization error on the input model's calibration activations wins. Without it,
+  the naive grid is the smallest one that covers the range.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mrq.grids import describe, grid_for_range, real_range
+from mrq.ir import Graph, QParams
+from mrq.passes.grid_classes import grid_classes, members
+
+CLIP_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+MAX_SAMPLES = 200_000
+
+
+def signedness_flip(qp: QParams, fmt) -> QParams | None:
+    """The same grid in the other signedness (codes shifted by 2**(bits-1)), if allowed."""
+    if qp.dtype not in ("int8", "uint8", "int16", "uint16"):
+        return None
+    half = 128 if qp.dtype.endswith("8") else 32768
+    if qp.dtype.startswith("u"):
+        new_dtype, shift = qp.dtype[1:], -half
+    else:
+        new_dtype, shift = "u" + qp.dtype, half
+    if new_dtype not in fmt.dtypes():
+        return None
+    return QParams(qp.scale, qp.zero_point + shift, new_dtype, axis=qp.axis, narrow_range=qp.narrow_range)
+
+
+def quant_mse(values: np.ndarray, qp: QParams) -> float:
+    s = np.float64(qp.scale[0])
+    z = np.float64(qp.zero_point[0])
+    q = np.clip(np.rint(values / s) + z, qp.qmin, qp.qmax)
+    return float(np.mean(np.square((q - z) * s - values)))
+
+
+def candidate_grids(lo: float, hi: float, fmt, select: bool) -> list:
+    if not select:
+        return [grid_for_range(lo, hi, fmt, direction="up")]
+    directions = ("up", "down") if fmt.scale.form != "float" else ("up",)
+    out = []
+    for factor in CLIP_FACTORS:
+        for d in directions:
+            out.append(grid_for_range(lo, hi, fmt, scale_multiplier=factor, direction=d))
+    return out
+
+
+def _class_range(graph: Graph, names: list) -> tuple[float, float]:
+    lo, hi = np.inf, -np.inf
+    for name in names:
+        qp = graph.tensors[name].qparams
+        r_lo, r_hi = (float(v[0]) for v in real_range(qp))
+        prod = graph.producer(name)
+        clamp = None
+        if prod is not None:
+            clamp = prod.attrs.get("clamp") or ((prod.attrs.get("lo"), prod.attrs.get("hi")) if prod.op == "Clamp" else None)
+        if clamp is not None:
+            c_lo, c_hi = clamp
+            if c_lo is not None:
+                r_lo = max(r_lo, c_lo)
+            if c_hi is not None:
+                r_hi = min(r_hi, c_hi)
+        lo, hi = min(lo, r_lo), max(hi, r_hi)
+    return lo, hi
+
+
+def _samples(ctx, name: str, rng) -> np.ndarray | None:
+    if ctx.calib is None:
+        return None
+    values = np.asarray(ctx.original_env().get(name))
+    if values is None or values.size == 0:
+        return None
+    flat = values.reshape(-1)
+    if flat.size > MAX_SAMPLES:
+        flat = flat[rng.choice(flat.size, MAX_SAMPLES, replace=False)]
+    return flat
+
+
+def activation_grids(graph: Graph, ctx) -> Graph:
+    fmt = ctx.profile.activations
+    select = ctx.options.scale_selection and ctx.calib is not None
+    rng = np.random.default_rng(0)
+    for root, names in members(grid_classes(graph)).items():
+        t = graph.tensors[root]
+        qp = t.qparams
+        if qp.dtype in ("int32", "int64"):
+            continue
+        if not ctx.profile.check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis):
+            continue
+        flipped = signedness_flip(qp, fmt)
+        if flipped is not None and not ctx.profile.check_tensor("activations", flipped.dtype, flipped.scale,
+                                                                flipped.zero_point, flipped.axis):
+            new, lossless, note = flipped, True, "code shift by 2**(bits-1)"
+        else:
+            lo, hi = _class_range(graph, names)
+            candidates = candidate_grids(lo, hi, fmt, select)
+            new, note = candidates[0], "covers the old range"
+            samples = _samples(ctx, root, rng) if len(candidates) > 1 else None
+            if samples is not None:
+                errors = [quant_mse(samples, c) for c in candidates]
+                new = candidates[int(np.argmin(errors))]
+                note = f"scale selected on calibration data (MSE {min(errors):.3g} vs {errors[0]:.3g} covering)"
+            lossless = False
+        for name in names:
+            graph.tensors[name].qparams = new
+            graph.tensors[name].dtype = new.dtype
+        ctx.report.change(root, "activations", describe(qp), describe(new), lossless, "activation_grids",
+                          note + (f"; shared by {len(names)} tensors" if len(names) > 1 else ""))
+    _recode_constant_activations(graph, ctx)
+    return graph
+
+
+def _recode_constant_activations(graph: Graph, ctx) -> None:
+    """Constant operands of Add/Mul/Concat (activations by role) onto a conforming grid."""
+    fmt = ctx.profile.activations
+    weights_like = {n.inputs[1] for n in graph.nodes if n.op in ("Conv", "Gemm")}
+    biases = {n.inputs[2] for n in graph.nodes if n.op in ("Conv", "Gemm") and len(n.inputs) > 2}
+    for name, t in graph.tensors.items():
+        if not t.is_const or t.qparams is None or name in weights_like or name in biases:
+            continue
+        qp = t.qparams
+        if not ctx.profile.check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis):
+            continue
+        real = qp.dequantize(np.asarray(t.data))
+        new = grid_for_range(real.min(), real.max(), fmt)
+        t.data = np.clip(np.rint(real / new.scale[0]) + new.zero_point[0], new.qmin, new.qmax).astype(np.int64)
+        t.qparams, t.dtype = new, new.dtype
+        ctx.report.change(name, "activations", describe(qp), describe(new), False, "activation_grids", "constant")

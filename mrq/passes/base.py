@@ -1,0 +1,103 @@
+"""Re-quantization passes: each is a function ``(graph, ctx) -> graph``.
+
+Contract for every pass (one module each in :mod:`mrq.passes`):
+
+- It receives a copy of the graph (the driver copies), may edit that copy, and returns it.
+  It never touches ``ctx.original`` and writes no files.
+- It records what it did in ``ctx.report`` (tensor re-gridding, per-layer errors), labelling each
+  rewrite lossless or lossy.
+- It runs once (no fixed point is needed: passes are ordered so that each sees the grids the
+  previous ones chose).
+- It can be switched off by name (``--disable NAME``) for ablation; the driver then skips it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from mrq.errors import PassError
+from mrq.ir import Graph
+
+
+@dataclass
+class TensorChange:
+    tensor: str
+    role: str            # activations | weights | bias
+    old: str
+    new: str
+    lossless: bool
+    pass_name: str
+    note: str = ""
+
+
+@dataclass
+class RequantReport:
+    profile: str
+    changes: list = field(default_factory=list)          # list[TensorChange]
+    layer_errors: dict = field(default_factory=dict)     # stage -> {layer: output MSE vs input model}
+    bias_saturated: dict = field(default_factory=dict)   # layer -> number of saturated bias codes
+    passes_run: list = field(default_factory=list)
+    passes_skipped: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    end_to_end_sqnr_db: Optional[float] = None
+    seconds: float = 0.0
+
+    def change(self, *args, **kwargs):
+        self.changes.append(TensorChange(*args, **kwargs))
+
+
+@dataclass
+class Options:
+    weight_correction: bool = True
+    error_folding: bool = True
+    scale_selection: bool = True
+    disabled: frozenset = frozenset()
+
+    def enabled(self, name: str) -> bool:
+        if name in self.disabled:
+            return False
+        return {"weight_correction": self.weight_correction, "error_folding": self.error_folding}.get(name, True)
+
+
+@dataclass
+class Context:
+    profile: object                  # mrq.hw_profile.HwProfile
+    original: Graph                  # the input model; never modified
+    calib: Optional[dict]            # graph input name -> float array (batch first)
+    options: Options
+    report: RequantReport
+    cache: dict = field(default_factory=dict)
+
+    def original_env(self) -> dict:
+        """Every tensor of the input model on the calibration data (fake-quantized float64)."""
+        if "original_env" not in self.cache:
+            from mrq.float_ref import FloatReference
+            self.cache["original_env"] = FloatReference(self.original, fake_quant=True).run(self.calib)
+        return self.cache["original_env"]
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    fn: Callable
+    needs_calib: bool = False
+    doc: str = ""
+
+
+def run_passes(graph: Graph, passes: list, ctx: Context) -> Graph:
+    done = []
+    for p in passes:
+        if not ctx.options.enabled(p.name):
+            ctx.report.passes_skipped.append(p.name)
+            continue
+        try:
+            graph = p.fn(graph.copy(), ctx)
+        except PassError:
+            raise
+        except np.linalg.LinAlgError as exc:
+            raise PassError(f"pass {p.name!r} failed ({exc}); passes run before it: {', '.join(done) or 'none'}") from exc
+        done.append(p.name)
+        ctx.report.passes_run.append(p.name)
+    return graph
