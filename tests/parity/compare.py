@@ -23,7 +23,8 @@ def api_available() -> bool:
 
 
 def cli_available() -> bool:
-    return shutil.which("mrq") is not None or (REPO / "mrq" / "__main__.py").exists()
+    return shutil.which("mrq") is not None or any(
+        (REPO / "mrq" / f).exists() for f in ("__main__.py", "cli.py"))
 
 
 def simulate_api(model_path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -34,7 +35,11 @@ def simulate_api(model_path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarr
 
 def mrq_cli_argv() -> list[str]:
     exe = shutil.which("mrq")
-    return [exe] if exe else [sys.executable, "-m", "mrq"]
+    if exe:
+        return [exe]
+    if (REPO / "mrq" / "__main__.py").exists():
+        return [sys.executable, "-m", "mrq"]
+    return [sys.executable, "-m", "mrq.cli"]  # the console script's target, not installed
 
 
 def simulate_cli(model_path, feeds: dict[str, np.ndarray], workdir=None) -> dict[str, np.ndarray]:

@@ -117,7 +117,8 @@ class _Builder:
 
     def init(self, prefix: str, arr: np.ndarray) -> str:
         name = self.fresh(prefix)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        # (np.ascontiguousarray would turn a 0-d array into shape [1]; Clip needs true scalars)
+        self.inits.append(numpy_helper.from_array(np.array(arr, order="C", copy=True), name))
         return name
 
     def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> list[str]:
