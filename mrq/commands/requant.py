@@ -1,0 +1,103 @@
+"""``mrq requant``: re-quantize a quantized model to a hardware profile and write ONNX QDQ."""
+import os
+import sys
+
+import numpy as np
+
+from mrq.commands.common import finite
+
+
+def register(sub):
+    p = sub.add_parser("requant", help="re-quantize a quantized model so it satisfies a hardware profile")
+    p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
+    p.add_argument("--profile", required=True, help="target profile name (see `mrq profiles`) or YAML path")
+    p.add_argument("-o", "--output", required=True, help="re-quantized ONNX QDQ model to write")
+    p.add_argument("--calib", help=".npz of calibration inputs keyed by graph input name (float32, batch first)")
+    p.add_argument("--report", help="JSON report: per-tensor scheme changes, per-layer errors, end-to-end SQNR")
+    p.add_argument("--no-weight-correction", action="store_true", help="round weights to nearest (ablation)")
+    p.add_argument("--no-error-folding", action="store_true", help="do not fold the expected error into biases")
+    p.add_argument("--no-scale-selection", action="store_true", help="use the covering scale, no search")
+    p.add_argument("--disable", nargs="+", default=[], metavar="PASS",
+                   help="switch off passes by name (explicit_clamps, activation_grids, weight_grids, "
+                        "bias_grids, weight_correction, error_folding)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mrq.api import profile_violations, resolve_profile, simulate
+    from mrq.errors import MrqError
+    from mrq.fileio import atomic_path, check_writable, load_npz, save_json
+    from mrq.metrics import sqnr_db
+    from mrq.onnx_export import export_onnx
+    from mrq.onnx_import import load_model
+    from mrq.passes.base import Options
+    from mrq.requant import PASS_NAMES, requantize
+    import onnx
+
+    if os.path.exists(args.output) and os.path.samefile(args.output, args.model):
+        raise MrqError(f"{args.output}: refusing to overwrite the input model; choose another output path")
+    check_writable(args.output)
+    if args.report:
+        check_writable(args.report)
+    unknown = sorted(set(args.disable) - set(PASS_NAMES))
+    if unknown:
+        raise MrqError(f"--disable: unknown pass(es) {', '.join(unknown)}; passes are {', '.join(PASS_NAMES)}")
+    profile = resolve_profile(args.profile)
+    graph = load_model(args.model)
+    calib = load_npz(args.calib) if args.calib else None
+    options = Options(weight_correction=not args.no_weight_correction, error_folding=not args.no_error_folding,
+                      scale_selection=not args.no_scale_selection, disabled=frozenset(args.disable))
+    new, report = requantize(graph, profile, calib, options)
+    violations = profile_violations(new, profile)
+    model = export_onnx(new)
+    with atomic_path(args.output, ".onnx") as tmp:
+        onnx.save(model, tmp)
+
+    sqnr = None
+    if calib is not None:
+        from mrq.float_ref import FloatReference
+        old_out = FloatReference(graph, fake_quant=True).run(calib)
+        sim = simulate(new, profile, calib, fidelity=False)
+        sqnr = {name: sqnr_db(old_out[name], sim.outputs[name].astype(np.float64)) for name in new.outputs}
+        report.end_to_end_sqnr_db = min(sqnr.values())
+    _print(report, args, sqnr)
+    if violations:
+        print(f"warning: {len(violations)} profile violation(s) remain, first: {violations[0]}", file=sys.stderr)
+    if args.report:
+        save_json(args.report, finite(_report_json(report, args, sqnr, violations)))
+    return 0
+
+
+def _print(report, args, sqnr):
+    print(f"{args.model} -> {args.output} for profile {report.profile} ({report.seconds:.2f} s)")
+    print(f"passes: {', '.join(report.passes_run)}" + (f" (off: {', '.join(report.passes_skipped)})" if report.passes_skipped else ""))
+    print(f"{'tensor':<40} {'role':<11} {'old':<36} {'new':<36} kind")
+    for c in report.changes:
+        name = c.tensor if len(c.tensor) <= 40 else "…" + c.tensor[-39:]
+        print(f"{name:<40} {c.role:<11} {c.old:<36} {c.new:<36} {'lossless' if c.lossless else 'lossy'}")
+    for stage, rows in report.layer_errors.items():
+        if not rows:
+            continue
+        print(f"\nlayer output MSE vs the input model, {stage}:")
+        for layer, (before, after) in rows.items():
+            gain = 10 * np.log10(before / after) if after > 0 and before > 0 else float("inf")
+            print(f"  {layer:<38} {before:10.4g} -> {after:10.4g}  ({gain:+.1f} dB)")
+    if report.bias_saturated:
+        print("\nbias codes saturated: " + ", ".join(f"{k}: {v}" for k, v in report.bias_saturated.items()))
+    for note in report.notes:
+        print(f"note: {note}")
+    if sqnr:
+        print("\nend-to-end SQNR vs the input model on the calibration data: " +
+              ", ".join(f"{k} {v:.2f} dB" for k, v in sqnr.items()))
+
+
+def _report_json(report, args, sqnr, violations):
+    return {
+        "model": args.model, "output": args.output, "profile": report.profile, "seconds": report.seconds,
+        "passes_run": report.passes_run, "passes_skipped": report.passes_skipped,
+        "changes": [vars(c) for c in report.changes],
+        "layer_errors": {stage: {k: {"mse_before": b, "mse_after": a} for k, (b, a) in rows.items()}
+                         for stage, rows in report.layer_errors.items()},
+        "bias_saturated": report.bias_saturated, "notes": report.notes,
+        "end_to_end_sqnr_db": sqnr, "violations": violations,
+    }

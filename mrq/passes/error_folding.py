@@ -1,0 +1,68 @@
+"""error_folding: fold the expected output shift caused by re-quantization into the bias.
+
+Re-quantized weights and activations change each layer's mean output by
+``E[W_new x_new] - E[W_old x_old] = E[dW x] + W_new E[dx]``. With calibration data this pass
+measures it per output channel, with the new model's own (already corrected) inputs, and
+subtracts it from the bias (layer by layer, so each layer sees the upstream corrections).
+
+Without calibration data (data-free variant) only the part that the grids alone determine is
+folded: ``W_new E[dx]``, where ``E[dx]`` is the mean error of mapping every code of the old input
+grid (within its clamp range) onto the new grid. ``E[dW x]`` needs the input mean, which only
+data gives, so it is left out.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mrq.float_ref import _grid_round
+from mrq.grids import real_range
+from mrq.passes.bias_grids import real_bias, set_bias
+from mrq.passes.layer_data import channel_mean, pre_activation, real_weights, sweep
+
+
+def error_folding(graph, ctx):
+    if ctx.calib is None:
+        return _data_free(graph, ctx)
+    original = ctx.original
+    errors = ctx.report.layer_errors.setdefault("error_folding", {})
+
+    def on_layer(node, x_new, x_old):
+        old_node = original.node(node.name)
+        y_old = pre_activation(original, old_node, x_old, real_weights(original, old_node), real_bias(original, old_node))
+        b_now = node.attrs.get("bias_real", real_bias(graph, node))
+        y_new = pre_activation(graph, node, x_new, real_weights(graph, node), b_now)
+        before = float(np.mean(np.square(y_new - y_old)))
+        shift = channel_mean(node, y_old - y_new)
+        saturated = set_bias(graph, node, b_now + shift, ctx.profile)
+        if saturated:
+            ctx.report.bias_saturated[node.name] = ctx.report.bias_saturated.get(node.name, 0) + saturated
+        b_q = real_bias(graph, node)
+        y_after = y_new + (b_q - b_now).reshape((1, -1, 1, 1) if node.op == "Conv" else (1,) * (y_new.ndim - 1) + (-1,))
+        errors[node.name] = (before, float(np.mean(np.square(y_after - y_old))))
+
+    sweep(graph, ctx, on_layer)
+    return graph
+
+
+def _data_free(graph, ctx):
+    original = ctx.original
+    for node in graph.nodes:
+        if node.op not in ("Conv", "Gemm") or node.attrs.get("integer_output"):
+            continue
+        old_qp = original.tensors[node.inputs[0]].qparams
+        new_qp = graph.tensors[node.inputs[0]].qparams
+        if old_qp.same_grid(new_qp):
+            continue
+        lo, hi = (float(v[0]) for v in real_range(old_qp))
+        codes = np.arange(old_qp.qmin, old_qp.qmax + 1, dtype=np.float64)
+        real = (codes - old_qp.zero_point[0]) * np.float64(old_qp.scale[0])
+        real = real[(real >= lo) & (real <= hi)]
+        mean_dx = float(np.mean(_grid_round(real, new_qp) - real))
+        w = real_weights(graph, node)
+        per_channel = w.reshape(w.shape[0], -1).sum(axis=1) if node.op == "Conv" else w.sum(axis=0)
+        b_now = node.attrs.get("bias_real", real_bias(graph, node))
+        saturated = set_bias(graph, node, b_now - mean_dx * per_channel, ctx.profile)
+        if saturated:
+            ctx.report.bias_saturated[node.name] = ctx.report.bias_saturated.get(node.name, 0) + saturated
+    ctx.report.notes.append("error_folding ran data-free (no --calib): folded W*E[dx] from the grids only")
+    return graph

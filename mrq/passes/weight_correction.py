@@ -1,0 +1,108 @@
+"""weight_correction: choose each layer's integer weights to minimise that layer's output error
+on calibration activations, instead of rounding each weight to nearest.
+
+Sequential rounding with error feedback (the optimal-brain-quantization / GPTQ scheme): with
+``H = E[x x^T]`` the second moment of the layer's inputs *as the re-quantized model produces
+them*, the weights of a channel are rounded one input column at a time (largest ``H_kk`` first)
+and each rounding error is pushed onto the not-yet-rounded columns along ``H^-1``, which
+minimises ``E[((w_q - w_target) . x)^2]`` far better than independent rounding. The grid (scale,
+zero point, code range) is the one weight_grids chose; only the codes change. Layers whose
+weights kept their grid are left alone. Needs calibration data.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mrq.passes.bias_grids import set_bias
+from mrq.passes.layer_data import channel_mean, patch_groups, pre_activation, real_weights, sweep
+
+DAMPING = 0.01   # fraction of mean(diag(H)) added to the diagonal, for a well-conditioned inverse
+
+
+def gptq_round(target: np.ndarray, hessian: np.ndarray, scale: np.ndarray, zero_point: np.ndarray,
+               qmin: int, qmax: int) -> np.ndarray:
+    """Integer codes for ``target`` [G, M, K] (real weights per group) given ``hessian`` [G, K, K]
+    and per-row grids ``scale``/``zero_point`` [G, M]. Returns codes [G, M, K]."""
+    g, m, k = target.shape
+    h = hessian.copy()
+    diag = np.einsum("gkk->gk", h)
+    dead = diag <= 0
+    h[:, np.arange(k), np.arange(k)] += np.where(dead, 1.0, 0.0)
+    diag = np.einsum("gkk->gk", h)
+    damp = DAMPING * diag.mean(axis=1, keepdims=True)
+    h[:, np.arange(k), np.arange(k)] += damp
+    order = np.argsort(-diag, axis=1, kind="stable")          # act order: big inputs first
+    inv_order = np.argsort(order, axis=1)
+    h = np.take_along_axis(np.take_along_axis(h, order[:, :, None], 1), order[:, None, :], 2)
+    w = np.take_along_axis(target, order[:, None, :], 2).copy()
+    hinv = np.linalg.inv(h)
+    hinv = (hinv + np.swapaxes(hinv, 1, 2)) / 2
+    upper = np.swapaxes(np.linalg.cholesky(hinv), 1, 2)       # hinv = upper^T upper
+    codes = np.empty((g, m, k), np.int64)
+    s = scale.astype(np.float64)
+    z = zero_point.astype(np.float64)
+    for i in range(k):
+        col = w[:, :, i]
+        q = np.clip(np.rint(col / s) + z, qmin, qmax)
+        codes[:, :, i] = q
+        err = (col - (q - z) * s) / upper[:, i, i][:, None]
+        if i + 1 < k:
+            w[:, :, i + 1:] -= err[:, :, None] * upper[:, None, i, i + 1:]
+    return np.take_along_axis(codes, inv_order[:, None, :], 2)
+
+
+def _layer_mse(graph, node, x_new, x_old, target_w, target_b):
+    y_old = pre_activation(graph, node, x_old, target_w, target_b)
+    b_now = node.attrs.get("bias_real", np.zeros(y_old.shape[1 if node.op == "Conv" else -1]))
+    y_new = pre_activation(graph, node, x_new, real_weights(graph, node), b_now)
+    return float(np.mean(np.square(y_new - y_old))), y_old, y_new
+
+
+def weight_correction(graph, ctx):
+    if ctx.calib is None:
+        ctx.report.notes.append("weight_correction skipped: it needs calibration data (--calib)")
+        return graph
+    changed = {c.tensor for c in ctx.report.changes if c.role == "weights" and not c.lossless}
+    original = ctx.original
+    rng = np.random.default_rng(0)
+    errors = ctx.report.layer_errors.setdefault("weight_correction", {})
+
+    def on_layer(node, x_new, x_old):
+        w_name = node.inputs[1]
+        if w_name not in changed:
+            return
+        target_w = real_weights(original, node)
+        target_b = _original_bias(original, node)
+        before, _, _ = _layer_mse(graph, node, x_new, x_old, target_w, target_b)
+        t = graph.tensors[w_name]
+        qp = t.qparams
+        x = patch_groups(graph, node, x_new, rng)                  # [G, rows, K]
+        hessian = np.einsum("grk,grl->gkl", x, x) / x.shape[1]
+        if node.op == "Conv":
+            m = t.data.shape[0]
+            group = node.attrs["group"]
+            rows = target_w.reshape(group, m // group, -1)
+            scale = np.broadcast_to(qp.scale, (m,)).reshape(group, m // group)
+            zp = np.broadcast_to(qp.zero_point, (m,)).reshape(group, m // group)
+            codes = gptq_round(rows, hessian, scale, zp, qp.qmin, qp.qmax).reshape(t.data.shape)
+        else:
+            n = t.data.shape[1]
+            rows = target_w.T[None]
+            scale = np.broadcast_to(qp.scale, (n,))[None]
+            zp = np.broadcast_to(qp.zero_point, (n,))[None]
+            codes = np.ascontiguousarray(gptq_round(rows, hessian, scale, zp, qp.qmin, qp.qmax)[0].T)
+        old_codes = t.data
+        t.data = codes.astype(t.data.dtype)
+        after, _, _ = _layer_mse(graph, node, x_new, x_old, target_w, target_b)
+        if after > before:   # never make a layer worse than rounding to nearest
+            t.data = old_codes
+            after = before
+        errors[node.name] = (before, after)
+
+    sweep(graph, ctx, on_layer)
+    return graph
+
+
+def _original_bias(original, node) -> np.ndarray:
+    from mrq.passes.bias_grids import real_bias
+    return real_bias(original, original.node(node.name))

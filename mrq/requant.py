@@ -1,0 +1,85 @@
+"""Re-quantize an already-quantized model to a hardware profile.
+
+    graph, report = requantize(graph, profile, calib=feeds)
+
+runs the passes below in order (each one ``graph -> graph``, switchable for ablation) and returns
+a graph whose every quantization parameter satisfies the profile. No float model is needed: the
+input model's integer weights and grids are the ground truth.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+
+from mrq.errors import InputDataError, ModelError, UnsupportedOpError
+from mrq.ir import Graph
+from mrq.passes.activation_grids import activation_grids
+from mrq.passes.base import Context, Options, Pass, RequantReport, run_passes
+from mrq.passes.bias_grids import bias_grids
+from mrq.passes.error_folding import error_folding
+from mrq.passes.explicit_clamps import explicit_clamps
+from mrq.passes.weight_correction import weight_correction
+from mrq.passes.weight_grids import weight_grids
+
+PASSES = [
+    Pass("explicit_clamps", explicit_clamps, doc="keep every clamp the old grids implied (ReLU, ReLU6)"),
+    Pass("activation_grids", activation_grids, doc="activations onto conforming grids (+ scale selection)"),
+    Pass("weight_grids", weight_grids, doc="weights onto conforming grids (+ scale selection), round to nearest"),
+    Pass("bias_grids", bias_grids, doc="biases onto input scale x weight scale, profile bias width"),
+    Pass("weight_correction", weight_correction, needs_calib=True, doc="sequential rounding with error feedback"),
+    Pass("error_folding", error_folding, doc="fold the expected output shift into the bias"),
+]
+PASS_NAMES = tuple(p.name for p in PASSES)
+
+
+def check_supported(graph: Graph, profile) -> None:
+    from mrq.lower import IR_OP_NAMES
+    supported = set(profile.supported_ops)
+    for node in graph.nodes:
+        names = IR_OP_NAMES.get(node.op, {node.op})
+        if names and not (names & supported):
+            raise UnsupportedOpError(node.op, node.name, f"profile {profile.name!r} does not support it")
+
+
+def check_calibration(graph: Graph, calib: dict) -> dict:
+    """Calibration arrays must match the model's inputs by name and non-batch shape."""
+    expected = {n: graph.tensors[n] for n in graph.inputs}
+    unknown = sorted(set(calib) - set(expected))
+    missing = sorted(set(expected) - set(calib))
+    if unknown or missing:
+        raise InputDataError(f"calibration data: " + "; ".join(
+            ([f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []) +
+            ([f"unknown input(s) {', '.join(map(repr, unknown))}"] if unknown else [])) +
+            f" (the model's inputs: {', '.join(map(repr, expected))})")
+    out = {}
+    for name, t in expected.items():
+        arr = np.asarray(calib[name])
+        want = tuple(t.shape)
+        if arr.ndim != len(want) or any(w is not None and i > 0 and w != g for i, (w, g) in enumerate(zip(want, arr.shape))):
+            shape = "(" + ", ".join("N" if i == 0 or d is None else str(d) for i, d in enumerate(want)) + ")"
+            raise InputDataError(f"calibration input {name!r}: expected shape {shape}, got {tuple(arr.shape)}")
+        if arr.dtype.kind not in "fiu":
+            raise InputDataError(f"calibration input {name!r}: expected numbers, got dtype {arr.dtype}")
+        out[name] = arr
+    return out
+
+
+def requantize(graph: Graph, profile, calib: Optional[dict] = None, options: Optional[Options] = None):
+    """Returns (new graph, RequantReport). ``graph`` is not modified."""
+    from mrq.api import resolve_profile
+    t0 = time.perf_counter()
+    profile = resolve_profile(profile)
+    options = options or Options()
+    if not any(t.qparams is not None for t in graph.tensors.values()):
+        raise ModelError("the model is not quantized")
+    check_supported(graph, profile)
+    if calib is not None:
+        calib = check_calibration(graph, calib)
+    report = RequantReport(profile=profile.name)
+    ctx = Context(profile=profile, original=graph, calib=calib, options=options, report=report)
+    passes = [p for p in PASSES if not (p.needs_calib and calib is None and p.name in options.disabled)]
+    new = run_passes(graph, passes, ctx)
+    report.seconds = time.perf_counter() - t0
+    return new, report
