@@ -1,0 +1,407 @@
+"""Quantize, dequantize and the shared requantization of int64 accumulators.
+
+``requantize`` implements every ``rq_mode`` of docs/PROGRAM.md ("Requantization block") on an
+int64 accumulator array with per-channel parameters along ``channel_axis``:
+
+- ``none``: the accumulator itself, cast to ``out_dtype`` (int32/int64), no clamp.
+- ``fp32``: ``f = f32(f32(acc) * M[c])``, clamp ``f`` to ``[out_min - zp, out_max - zp]``,
+  ``q = round(f) + zp``. Rounding is monotone and fixes integers, so clamping in float before
+  rounding equals clamping the rounded integer; we round first (saturating to int64) and clamp
+  the integer. NaN cannot occur with finite multipliers; it would map to ``out_min``.
+- ``fp32_zp_in``: ``q = clamp(round(f32(f32(f32(acc) * M[c]) + f32(zp))))``.
+- ``fixed``: ``q = round(acc * M[c] / 2**shift[c]) + zp`` exactly (one rounding), then clamp.
+- ``double_q31``: TFLite ``MultiplyByQuantizedMultiplier(wrap32(acc), M[c], 31 - shift[c]) + zp``
+  (gemmlowp, both steps RHA), or the ruy variant (both steps RHU) when ``rq_rounding`` is
+  ``half_up``; then clamp. The accumulator is wrapped to int32 first: TFLite keeps it in an
+  int32 register.
+- ``shift``: ``q = round(acc / 2**shift[c]) + zp``, then clamp.
+
+``out_saturated`` counts elements whose unclamped result lies outside ``[out_min, out_max]``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from simulator.errors import KernelInputError
+from simulator.primitives import (
+    INT64_MAX,
+    INT64_MIN,
+    ROUNDING_CODES,
+    RND_HALF_AWAY,
+    RND_HALF_UP,
+    f32_add,
+    f32_div,
+    f32_mul,
+    int_to_f32,
+    mul_shift_round,
+    multiply_by_quantized_multiplier,
+    round_float,
+    rounding_shift_right,
+    wrap_bits,
+)
+
+RQ_FP32 = 1
+RQ_FP32_ZP_IN = 2
+RQ_FIXED = 3
+RQ_DOUBLE_Q31 = 4
+RQ_SHIFT = 5
+
+RQ_MODES = {
+    "none": 0,
+    "fp32": RQ_FP32,
+    "fp32_zp_in": RQ_FP32_ZP_IN,
+    "fixed": RQ_FIXED,
+    "double_q31": RQ_DOUBLE_Q31,
+    "shift": RQ_SHIFT,
+}
+
+INT_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "int64")
+
+_FIXED_ACC_LIMIT = 2**62
+_FIXED_MULT_LIMIT = 2**32
+
+
+# --------------------------------------------------------------------------------------------
+# Small shared helpers (also used by other kernel modules)
+# --------------------------------------------------------------------------------------------
+def dtype_range(dtype) -> tuple[int, int]:
+    """(min, max) of an integer numpy dtype."""
+    info = np.iinfo(np.dtype(dtype))
+    return int(info.min), int(info.max)
+
+
+def rounding_code(name) -> int:
+    """The int code of a rounding-mode string; KernelInputError if unknown."""
+    try:
+        return ROUNDING_CODES[name]
+    except (KeyError, TypeError):
+        raise KernelInputError(
+            f"unknown rounding mode {name!r}; expected one of {sorted(ROUNDING_CODES)}"
+        ) from None
+
+
+def check_int_array(name, x, dtypes=INT_DTYPES):
+    """Raise KernelInputError unless ``x`` is a numpy array of one of ``dtypes``."""
+    if not isinstance(x, np.ndarray):
+        raise KernelInputError(f"{name}: expected a numpy array, got {type(x).__name__}")
+    if x.dtype.name not in dtypes:
+        raise KernelInputError(f"{name}: dtype {x.dtype.name} not supported, expected one of {dtypes}")
+
+
+def check_out_range(out_min, out_max, out_dtype) -> tuple[int, int, np.dtype]:
+    """Validate ``out_min <= out_max`` inside ``out_dtype``'s range; return them as ints."""
+    try:
+        dt = np.dtype(out_dtype)
+    except TypeError:
+        raise KernelInputError(f"unknown out_dtype {out_dtype!r}") from None
+    if dt.name not in INT_DTYPES:
+        raise KernelInputError(f"out_dtype {dt.name} is not an integer storage type")
+    lo, hi = dtype_range(dt)
+    out_min, out_max = int(out_min), int(out_max)
+    if not (lo <= out_min <= out_max <= hi):
+        raise KernelInputError(
+            f"clamp [{out_min}, {out_max}] is empty or outside the {dt.name} range [{lo}, {hi}]"
+        )
+    return out_min, out_max, dt
+
+
+def per_channel(name, values, n_channels, dtype) -> np.ndarray:
+    """Broadcast a length-1 or length-``n_channels`` parameter to a contiguous [n_channels] array."""
+    arr = np.asarray(values)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1 or arr.shape[0] not in (1, n_channels):
+        raise KernelInputError(
+            f"{name}: expected shape [1] or [{n_channels}], got {list(np.shape(values))}"
+        )
+    if np.dtype(dtype).kind == "f":
+        if arr.dtype != np.float32:
+            raise KernelInputError(f"{name}: expected float32, got {arr.dtype.name}")
+    elif arr.dtype.kind not in "iu":
+        raise KernelInputError(f"{name}: expected an integer array, got {arr.dtype.name}")
+    return np.ascontiguousarray(np.broadcast_to(arr.astype(dtype), (n_channels,)))
+
+
+def split_axis(shape, axis) -> tuple[int, int, int, int]:
+    """(outer, channels, inner, normalized axis) of ``shape`` around ``axis``."""
+    ndim = len(shape)
+    if ndim == 0:
+        return 1, 1, 1, 0
+    if not -ndim <= axis < ndim:
+        raise KernelInputError(f"channel axis {axis} out of range for shape {list(shape)}")
+    axis %= ndim
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return outer, int(shape[axis]), inner, axis
+
+
+@njit(cache=True)
+def clamp_add_zp(r, zp, out_min, out_max):
+    """``clamp(r + zp, out_min, out_max)`` without int64 overflow; returns (value, saturated).
+
+    ``r`` may be a saturated int64 (INT64_MIN/MAX); the comparison is done against
+    ``out_min - zp`` and ``out_max - zp``, which are small.
+    """
+    lo = out_min - zp
+    hi = out_max - zp
+    if r < lo:
+        return out_min, True
+    if r > hi:
+        return out_max, True
+    return r + zp, False
+
+
+# --------------------------------------------------------------------------------------------
+# Requantization
+# --------------------------------------------------------------------------------------------
+@njit(cache=True)
+def requant_one(acc, mode, mult_f, mult_i, shift, rnd, zp):
+    """The unclamped requantized value ``r`` such that the output is ``clamp(r + zp)``.
+
+    For ``fp32_zp_in`` the zero point is inside the rounding, so this returns ``q - zp``.
+    Saturates to the int64 range, never wraps.
+    """
+    if mode == RQ_FP32:
+        f = f32_mul(int_to_f32(acc), mult_f)
+        return round_float(f, rnd)
+    if mode == RQ_FP32_ZP_IN:
+        f = f32_add(f32_mul(int_to_f32(acc), mult_f), int_to_f32(zp))
+        q = round_float(f, rnd)
+        if q == INT64_MIN or q == INT64_MAX:
+            return q
+        return q - zp
+    if mode == RQ_FIXED:
+        return mul_shift_round(acc, mult_i, shift, rnd)
+    if mode == RQ_DOUBLE_Q31:
+        return multiply_by_quantized_multiplier(
+            wrap_bits(acc, 32), mult_i, 31 - shift, rnd == RND_HALF_UP
+        )
+    # RQ_SHIFT
+    return rounding_shift_right(acc, shift, rnd)
+
+
+@njit(cache=True, parallel=True)
+def _requant_kernel(acc3, mode, mult_f, mult_i, shifts, rnd, zp, out_min, out_max, out3):
+    outer, n_ch, inner = acc3.shape
+    sat = np.zeros(outer * n_ch, dtype=np.int64)
+    for oc in prange(outer * n_ch):
+        o = oc // n_ch
+        c = oc % n_ch
+        mf = mult_f[c]
+        mi = mult_i[c]
+        sh = shifts[c]
+        count = 0
+        for i in range(inner):
+            r = requant_one(acc3[o, c, i], mode, mf, mi, sh, rnd, zp)
+            v, s = clamp_add_zp(r, zp, out_min, out_max)
+            out3[o, c, i] = v
+            if s:
+                count += 1
+        sat[oc] = count
+    return sat.sum()
+
+
+def requantize(acc, *, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="half_even",
+               out_zero_point=0, out_min=None, out_max=None, out_dtype="int8", channel_axis=-1):
+    """Requantize an integer accumulator array; returns ``(out, out_saturated)``.
+
+    ``acc``: any integer array (converted to int64). Parameters as in docs/PROGRAM.md; a length-1
+    multiplier/shift is per-tensor, otherwise its length must equal ``acc.shape[channel_axis]``.
+    ``out_min``/``out_max`` default to the ``out_dtype`` range.
+    """
+    check_int_array("accumulator", acc)
+    if rq_mode not in RQ_MODES:
+        raise KernelInputError(f"unknown rq_mode {rq_mode!r}; expected one of {sorted(RQ_MODES)}")
+    dt = np.dtype(out_dtype)
+    if out_min is None or out_max is None:
+        if dt.name not in INT_DTYPES:
+            raise KernelInputError(f"out_dtype {dt.name} is not an integer storage type")
+        lo, hi = dtype_range(dt)
+        out_min = lo if out_min is None else out_min
+        out_max = hi if out_max is None else out_max
+    out_min, out_max, dt = check_out_range(out_min, out_max, dt)
+    acc = np.ascontiguousarray(acc, dtype=np.int64)
+
+    if rq_mode == "none":
+        if dt.name not in ("int32", "int64"):
+            raise KernelInputError(f"rq_mode 'none' needs out_dtype int32 or int64, got {dt.name}")
+        lo, hi = dtype_range(dt)
+        if acc.size and (acc.min() < lo or acc.max() > hi):
+            raise KernelInputError(f"rq_mode 'none': accumulator does not fit {dt.name}")
+        return acc.astype(dt), 0
+
+    mode = RQ_MODES[rq_mode]
+    rnd = rounding_code(rq_rounding)
+    outer, n_ch, inner, _ = split_axis(acc.shape, channel_axis)
+    zp = int(out_zero_point)
+    if not -(2**31) <= zp < 2**31:
+        raise KernelInputError(f"out_zero_point {zp} out of range")
+
+    if rq_multiplier is None:
+        raise KernelInputError(f"rq_mode {rq_mode!r} needs rq_multiplier")
+    if mode in (RQ_FP32, RQ_FP32_ZP_IN):
+        mult_f = per_channel("rq_multiplier", rq_multiplier, n_ch, np.float32)
+        mult_i = np.zeros(n_ch, dtype=np.int64)
+        shifts = np.zeros(n_ch, dtype=np.int64)
+    else:
+        mult_f = np.zeros(n_ch, dtype=np.float32)
+        mult_i = per_channel("rq_multiplier", rq_multiplier, n_ch, np.int64)
+        if mode == RQ_SHIFT and rq_shift is None:
+            raise KernelInputError("rq_mode 'shift' needs rq_shift")
+        shifts = per_channel("rq_shift", 0 if rq_shift is None else rq_shift, n_ch, np.int64)
+
+    if mode == RQ_FIXED:
+        if np.any(np.abs(mult_i) >= _FIXED_MULT_LIMIT):
+            raise KernelInputError("rq_mode 'fixed' needs |rq_multiplier| < 2**32")
+        if acc.size and (acc.min() <= -_FIXED_ACC_LIMIT or acc.max() >= _FIXED_ACC_LIMIT):
+            raise KernelInputError("rq_mode 'fixed' needs |accumulator| < 2**62")
+    elif mode == RQ_DOUBLE_Q31:
+        if np.any(mult_i < -(2**31)) or np.any(mult_i >= 2**31):
+            raise KernelInputError("rq_mode 'double_q31' needs an int32 rq_multiplier")
+        if np.any(shifts < 1) or np.any(shifts > 62):
+            raise KernelInputError(
+                "rq_mode 'double_q31' needs 1 <= rq_shift <= 62 (TFLite shift 31 - rq_shift in"
+                " [-31, 30])"
+            )
+        if rnd not in (RND_HALF_AWAY, RND_HALF_UP):
+            raise KernelInputError(
+                "rq_mode 'double_q31' supports rq_rounding 'half_away' (gemmlowp) or 'half_up'"
+                " (ruy); got " + repr(rq_rounding)
+            )
+    elif mode == RQ_SHIFT:
+        if np.any(mult_i != 1):
+            raise KernelInputError("rq_mode 'shift' takes no multiplier other than [1]")
+
+    acc3 = acc.reshape(outer, n_ch, inner)
+    out3 = np.empty((outer, n_ch, inner), dtype=np.int64)
+    n_sat = _requant_kernel(acc3, mode, mult_f, mult_i, shifts, rnd, np.int64(zp),
+                            np.int64(out_min), np.int64(out_max), out3)
+    return out3.reshape(acc.shape).astype(dt), int(n_sat)
+
+
+# --------------------------------------------------------------------------------------------
+# Quantize / dequantize
+# --------------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _quantize_kernel(x3, scale, zp, rnd, use_multiply, out_min, out_max, out3):
+    outer, n_ch, inner = x3.shape
+    sat = np.zeros(outer * n_ch, dtype=np.int64)
+    for oc in prange(outer * n_ch):
+        o = oc // n_ch
+        c = oc % n_ch
+        s = scale[c]
+        inv = f32_div(np.float32(1.0), s)
+        z = zp[c]
+        count = 0
+        for i in range(inner):
+            if use_multiply:
+                f = f32_mul(x3[o, c, i], inv)
+            else:
+                f = f32_div(x3[o, c, i], s)
+            r = round_float(f, rnd)
+            v, flag = clamp_add_zp(r, z, out_min, out_max)
+            out3[o, c, i] = v
+            if flag:
+                count += 1
+        sat[oc] = count
+    return sat.sum()
+
+
+def quantize(x, *, scale, zero_point, axis=1, rounding="half_even", method="divide",
+             out_min=None, out_max=None, out_dtype="int8"):
+    """Quantize float32 ``x``: ``q = clamp(round(f32(x / s)) + zp)``; returns ``(q, out_saturated)``.
+
+    ``method='divide'`` is ORT/TFLite QuantizeLinear (true IEEE division); ``'multiply'`` uses
+    ``f32(x * f32(1 / s))``. Per-axis when ``scale``/``zero_point`` have length > 1. NaN maps to
+    ``out_min`` and +-inf to the clamp bounds (ORT's ``maxps``/``minps`` clamp followed by
+    ``cvtps2dq`` gives the same).
+    """
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise KernelInputError(
+            f"quantize: expected a float32 array, got {getattr(x, 'dtype', type(x).__name__)}"
+        )
+    if method not in ("divide", "multiply"):
+        raise KernelInputError(f"quantize: method must be 'divide' or 'multiply', got {method!r}")
+    dt = np.dtype(out_dtype)
+    lo, hi = dtype_range(dt) if dt.name in INT_DTYPES else (0, -1)
+    out_min, out_max, dt = check_out_range(lo if out_min is None else out_min,
+                                           hi if out_max is None else out_max, dt)
+    rnd = rounding_code(rounding)
+    n_params = np.size(scale)
+    if n_params > 1:
+        outer, n_ch, inner, _ = split_axis(x.shape, axis)
+    else:
+        outer, n_ch, inner = 1, 1, x.size
+    s = per_channel("scale", scale, n_ch, np.float32)
+    z = per_channel("zero_point", zero_point, n_ch, np.int64)
+    if np.any(~(s > 0)) or np.any(~np.isfinite(s)):
+        raise KernelInputError("quantize: scales must be positive and finite")
+    x3 = np.ascontiguousarray(x).reshape(outer, n_ch, inner)
+    out3 = np.empty((outer, n_ch, inner), dtype=np.int64)
+    n_sat = _quantize_kernel(x3, s, z, rnd, method == "multiply", np.int64(out_min),
+                             np.int64(out_max), out3)
+    return out3.reshape(x.shape).astype(dt), int(n_sat)
+
+
+@njit(cache=True, parallel=True)
+def _dequantize_kernel(x3, scale, zp, out3):
+    outer, n_ch, inner = x3.shape
+    for oc in prange(outer * n_ch):
+        o = oc // n_ch
+        c = oc % n_ch
+        s = scale[c]
+        z = zp[c]
+        for i in range(inner):
+            out3[o, c, i] = f32_mul(int_to_f32(np.int64(x3[o, c, i]) - z), s)
+
+
+def dequantize(x, *, scale, zero_point, axis=1):
+    """Dequantize integer ``x``: ``y = f32(f32(x - zp) * s)`` (ORT DequantizeLinear); float32 out.
+
+    ``x - zp`` is exact in int64 (ORT computes it in int32, the same unless it overflows).
+    """
+    check_int_array("dequantize input", x)
+    if np.size(scale) > 1 or np.size(zero_point) > 1:
+        n = max(np.size(scale), np.size(zero_point))
+        outer, n_ch, inner, _ = split_axis(x.shape, axis)
+        if n != n_ch:
+            raise KernelInputError(
+                f"dequantize: {n} per-axis parameters but axis {axis} has size {n_ch}"
+            )
+    else:
+        outer, n_ch, inner = 1, 1, x.size
+    s = per_channel("scale", scale, n_ch, np.float32)
+    z = per_channel("zero_point", zero_point, n_ch, np.int64)
+    x3 = np.ascontiguousarray(x).reshape(outer, n_ch, inner)
+    out3 = np.empty((outer, n_ch, inner), dtype=np.float32)
+    _dequantize_kernel(x3, s, z, out3)
+    return out3.reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Float re-quantization of a float32 value (shared by softmax, add 'float', rescale float_dq_q)
+# --------------------------------------------------------------------------------------------
+@njit(cache=True)
+def quantize_value_divide(f, scale, zp, rnd, out_min, out_max):
+    """``clamp(round(f32(f / scale)) + zp)`` for one float32 ``f``; returns (value, saturated)."""
+    r = round_float(f32_div(f, scale), rnd)
+    return clamp_add_zp(r, zp, out_min, out_max)
+
+
+__all__ = [
+    "RQ_MODES",
+    "requantize",
+    "requant_one",
+    "quantize",
+    "dequantize",
+    "clamp_add_zp",
+    "quantize_value_divide",
+    "dtype_range",
+    "rounding_code",
+    "check_int_array",
+    "check_out_range",
+    "per_channel",
+    "split_axis",
+    "INT64_MAX",
+]
