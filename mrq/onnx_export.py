@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mrq.errors import ModelError
 from mrq.ir import Graph, Node, QParams, storage_dtype
 
 _ELEM = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8, "uint8": TensorProto.UINT8,
@@ -57,8 +58,17 @@ class _Exporter:
             return name
         src = name
         if t.is_const:
-            src = self.init(name, np.asarray(t.data).astype(storage_dtype(t.dtype)))
-        s, z = self.qparam_inits(name, t.qparams)
+            data = np.asarray(t.data)
+            dtype = storage_dtype(t.dtype)
+            if dtype == "int64":
+                # ONNX DequantizeLinear has no int64 input: wide biases travel as int32 when
+                # their values fit (the accumulator stays as wide as the profile says).
+                if data.size and (data.min() < -(2**31) or data.max() > 2**31 - 1):
+                    raise ModelError(f"tensor {name!r} needs more than 32 bits, which ONNX QDQ cannot carry")
+                dtype = "int32"
+            src = self.init(name, data.astype(dtype))
+        qp = t.qparams if storage_dtype(t.dtype) != "int64" else t.qparams.with_(dtype="int32")
+        s, z = self.qparam_inits(name, qp)
         out = self.fresh(name + "_dq")
         attrs = {}
         if t.qparams.per_channel:
