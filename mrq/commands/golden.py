@@ -1,0 +1,53 @@
+"""``mrq golden``: write every tensor of one integer execution as a golden set for testbenches."""
+
+
+def register(sub):
+    p = sub.add_parser("golden", help="write a golden set (every tensor of the integer execution) "
+                       "for RTL/hardware verification",
+                       description="Simulate MODEL under a profile on the given inputs and write every "
+                       "tensor (inputs, integer weights and biases, accumulators before requantization, "
+                       "requantization parameters, requantized outputs) as .npy and $readmemh hex, plus "
+                       "manifest.json. See docs/verification.md.")
+    p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
+    p.add_argument("--profile", required=True, help="profile name (see `mrq profiles`) or YAML path")
+    p.add_argument("--inputs", required=True, help=".npz keyed by graph input name (float32 arrays are "
+                   "quantized by the model's input quantization; integer arrays are used as codes)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory (written atomically)")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"], help="axis order of the 4-D activation and "
+                   "accumulator files (default: the model's)")
+    p.add_argument("--weight-layout", metavar="PERM", help="axis order of conv weight files, a permutation "
+                   "of OIHW such as OHWI or HWIO (default OIHW)")
+    p.add_argument("--c-headers", action="store_true", help="also write C headers (DIR/c/*.h, DIR/c/mrq_golden.h)")
+    p.add_argument("--bin", action="store_true", help="also write raw little-endian .bin files")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists and is not empty")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print the summary")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mrq.accumulators import AccumulatorRow, format_table
+    from mrq.errors import MrqError
+    from mrq.fileio import check_writable, load_npz
+    from mrq.golden import compute_golden, write_golden
+
+    if args.weight_layout and sorted(args.weight_layout.upper()) != sorted("OIHW"):
+        raise MrqError(f"--weight-layout {args.weight_layout!r}: must be a permutation of OIHW")
+    check_writable(args.out)
+    feeds = load_npz(args.inputs)
+    gs = compute_golden(args.model, args.profile, feeds, layout=args.layout,
+                        weight_layout=args.weight_layout.upper() if args.weight_layout else None)
+    out = write_golden(gs, args.out, c_headers=args.c_headers, write_bin=args.bin, force=args.force)
+    if not args.quiet:
+        m = gs.manifest
+        n_files = sum(len(t["files"]) for t in m["tensors"])
+        print(f"wrote {out}: {len(m['tensors'])} tensors of {len(m['layers']) - 1} steps "
+              f"({n_files} files), profile {m['profile']}, batch {m['batch']}")
+        rows = [AccumulatorRow(**{k: v for k, v in r.items() if k in AccumulatorRow.__dataclass_fields__})
+                for r in m["accumulators"]]
+        if rows:
+            print(format_table(rows, title="accumulators"))
+        if m["violations"]:
+            print(f"note: the model does not satisfy profile {m['profile']!r} ({len(m['violations'])} "
+                  f"violation(s), first: {m['violations'][0]}); the golden set uses the profile's "
+                  f"arithmetic on the model's own grids")
+    return 0

@@ -1,0 +1,647 @@
+"""Golden reference sets for pre-silicon verification (``mrq golden``).
+
+A golden set is a directory with every tensor of one integer execution of a model under a
+hardware profile, in formats a testbench and firmware can read directly:
+
+    DIR/manifest.json             layer order, shapes, dtypes, layouts, scales, zero points,
+                                  requantization parameters, accumulator analysis, file hashes
+    DIR/tensors/<stem>.npy        numpy array (the exact stored dtype)
+    DIR/tensors/<stem>.hex        $readmemh text: one element per line, row-major (C order) over
+                                  the stored shape, two's complement at ``bits`` (unsigned for
+                                  unsigned tensors, IEEE-754 binary32 bit patterns for floats)
+    DIR/tensors/<stem>.bin        (--bin) raw little-endian elements of the stored dtype
+    DIR/c/<stem>.h, DIR/c/mrq_golden.h   (--c-headers) C arrays and per-layer constants
+
+See docs/verification.md for the manifest schema. Directories are written atomically: the set is
+built in a temporary directory next to DIR and renamed into place when complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+
+from mrq import accumulators as accmod
+from mrq.errors import InputDataError, MrqError
+from mrq.fileio import _json_default, check_writable
+
+FORMAT = "mrq-golden"
+VERSION = 1
+
+# Roles of the tensors of a golden set.
+ROLE_INPUT = "input"            # a graph input as fed (float32, or integer codes)
+ROLE_ACTIVATION = "activation"  # the output buffer of a step
+ROLE_OUTPUT = "output"          # a step output that is also a program output
+ROLE_ACC = "accumulator"        # conv/gemm accumulator before requantization
+PARAM_ROLES = {"weight": "weight", "bias": "bias", "weight_zero_point": "weight_zero_point",
+               "rq_multiplier": "rq_multiplier", "rq_shift": "rq_shift", "value": "constant",
+               "scale": "scale", "zero_point": "zero_point"}
+ACTIVATION_ROLES = (ROLE_INPUT, ROLE_ACTIVATION, ROLE_OUTPUT)
+
+
+class GoldenError(MrqError):
+    """A golden set is missing, incomplete or corrupted."""
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GoldenTensor:
+    name: str                    # unique key: a buffer name, "<layer>.<param>" or "<layer>.acc"
+    role: str
+    layer: str                   # the step that produces (or owns) it; "" for graph inputs
+    array: np.ndarray            # as stored: already in ``layout``
+    bits: int                    # element width of the hex file
+    signed: bool
+    is_float: bool
+    layout: Optional[str] = None         # axis letters of the stored array, e.g. "NHWC"
+    model_layout: Optional[str] = None   # axis letters in the model (simulator) order
+    perm: Optional[tuple] = None         # stored = model.transpose(perm); None = identity
+    scale: Optional[list] = None
+    zero_point: Optional[list] = None
+    quant_axis: Optional[int] = None     # axis (stored order) of per-channel scale/zero point
+    file: str = ""                       # file stem under tensors/
+    note: str = ""
+
+    @property
+    def hex_digits(self) -> int:
+        return (self.bits + 3) // 4
+
+    def model_coords(self, coords: tuple) -> tuple:
+        """Coordinates in the model's (simulator's) axis order of a stored-array index."""
+        if not self.perm:
+            return tuple(coords)
+        out = [0] * len(coords)
+        for i, p in enumerate(self.perm):
+            out[p] = coords[i]
+        return tuple(out)
+
+    def meta(self) -> dict:
+        a = self.array
+        d = {"name": self.name, "role": self.role, "layer": self.layer, "file": self.file,
+             "shape": list(a.shape), "dtype": a.dtype.name, "bits": self.bits,
+             "signed": self.signed, "encoding": "ieee754-binary32" if self.is_float else
+             ("twos-complement" if self.signed else "unsigned"),
+             "hex_digits": self.hex_digits, "layout": self.layout,
+             "model_layout": self.model_layout, "perm": list(self.perm) if self.perm else None,
+             "scale": self.scale, "zero_point": self.zero_point, "quant_axis": self.quant_axis}
+        if a.size and not self.is_float:
+            d["min"], d["max"] = int(a.min()), int(a.max())
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+def safe_stem(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("._")
+    return s or "t"
+
+
+def c_identifier(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_]", "_", text)
+    return s if not s[:1].isdigit() else "_" + s
+
+
+# --------------------------------------------------------------------------------------------
+# Hex ($readmemh) and raw binary encoding
+# --------------------------------------------------------------------------------------------
+
+
+def hex_words(array: np.ndarray, bits: int, is_float: bool = False) -> list[str]:
+    """One hex word per element (row-major): two's complement / unsigned at ``bits``, or the
+    IEEE-754 binary32 bit pattern for floats."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if is_float:
+        raw = flat.astype(np.float32).view(np.uint32).astype(np.uint64)
+        digits = 8
+    else:
+        digits = (bits + 3) // 4
+        raw = flat.astype(np.int64).view(np.uint64)
+        if bits < 64:
+            raw = raw & np.uint64((1 << bits) - 1)
+    fmt = f"0{digits}x"
+    return [format(v, fmt) for v in raw.tolist()]
+
+
+def hex_text(t: GoldenTensor) -> str:
+    enc = "IEEE-754 binary32 bit patterns" if t.is_float else \
+        (f"{t.bits}-bit two's complement" if t.signed else f"{t.bits}-bit unsigned")
+    shape = "x".join(str(d) for d in t.array.shape) or "scalar"
+    header = (f"// mrq golden {t.name}: shape {shape}"
+              f"{' layout ' + t.layout if t.layout else ''}, {enc}, row-major (last axis fastest), "
+              f"one element per line, {t.array.size} lines\n")
+    return header + "\n".join(hex_words(t.array, t.bits, t.is_float)) + ("\n" if t.array.size else "")
+
+
+def parse_hex(text: str, bits: int, signed: bool, is_float: bool = False):
+    """Values of a $readmemh file: ``(int64 or float32 array, unknown_mask)``.
+
+    Comments (``//``, ``/* */``), blank lines and ``_`` separators are ignored; several words per
+    line are accepted. Words with x/z digits are unknown (mask True, value 0). A word longer than
+    ``bits`` is read as two's complement at its own width (4 bits per digit) when ``signed``."""
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    words = []
+    for line in text.splitlines():
+        line = line.split("//", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("@"):
+            raise InputDataError("hex files with @address lines are not supported")
+        words.extend(line.split())
+    values = np.zeros(len(words), np.float32 if is_float else np.int64)
+    unknown = np.zeros(len(words), bool)
+    for i, w in enumerate(words):
+        w = w.replace("_", "")
+        if re.search(r"[xXzZ?]", w):
+            unknown[i] = True
+            continue
+        try:
+            v = int(w, 16)
+        except ValueError:
+            raise InputDataError(f"not a hex word: {w!r} (element {i})") from None
+        if is_float:
+            values[i] = np.array([v], np.uint32).view(np.float32)[0]
+            continue
+        width = max(bits, 4 * len(w)) if len(w) * 4 > bits else bits
+        if signed and v >= 1 << (width - 1):
+            v -= 1 << width
+        values[i] = v
+    return values, unknown
+
+
+# --------------------------------------------------------------------------------------------
+# Building a golden set
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GoldenSet:
+    manifest: dict
+    tensors: dict = field(default_factory=dict)   # name -> GoldenTensor, in layer order
+
+    def layers(self) -> list:
+        return self.manifest.get("layers", [])
+
+    def tensor_for_file(self, stem: str) -> Optional[GoldenTensor]:
+        for t in self.tensors.values():
+            if t.file == stem:
+                return t
+        return None
+
+
+def _profile_bits(profile, role: str, step_params: Optional[dict]) -> Optional[int]:
+    if role in ACTIVATION_ROLES:
+        return profile.activations.bits
+    if role in ("weight", "weight_zero_point"):
+        return profile.weights.bits
+    if role == "bias":
+        return profile.bias.bits
+    if role == ROLE_ACC:
+        return int((step_params or {}).get("acc_bits", profile.accumulator.bits))
+    return None
+
+
+def _fits(lo: int, hi: int, bits: int, signed: bool) -> bool:
+    if signed:
+        return -(1 << (bits - 1)) <= lo and hi <= (1 << (bits - 1)) - 1
+    return lo >= 0 and hi <= (1 << bits) - 1
+
+
+def _width(arr: np.ndarray, role: str, profile, step_params=None) -> tuple[int, bool, bool, str]:
+    """(bits, signed, is_float, note) of the hex encoding of ``arr``."""
+    if arr.dtype.kind == "f":
+        return 32, True, True, ""
+    signed = arr.dtype.kind == "i"
+    natural = arr.dtype.itemsize * 8
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    want = _profile_bits(profile, role, step_params)
+    if want is None:
+        need = accmod.signed_bits_for(lo, hi) if signed else max(1, hi.bit_length())
+        width = next(b for b in (8, 16, 32, 64) if b >= need)
+        return min(natural, width), signed, False, ""
+    if want <= natural and _fits(lo, hi, want, signed):
+        return want, signed, False, ""
+    bits = natural if not _fits(lo, hi, want, signed) else want
+    note = (f"values [{lo}, {hi}] do not fit the profile's {want}-bit {role} format; written at "
+            f"{bits} bits") if bits != want else ""
+    return bits, signed, False, note
+
+
+def _layout_letters(rank: int, kind_layout: Optional[str]) -> Optional[str]:
+    if rank == 4 and kind_layout:
+        return kind_layout
+    if rank == 2:
+        return "NC"
+    return None
+
+
+def _perm(model_layout: Optional[str], want: Optional[str]) -> Optional[tuple]:
+    if not model_layout or not want or want == model_layout:
+        return None
+    if sorted(want) != sorted(model_layout):
+        raise MrqError(f"layout {want!r} is not a permutation of the model's layout {model_layout!r}")
+    return tuple(model_layout.index(c) for c in want)
+
+
+def _qp_lists(qp) -> tuple[Optional[list], Optional[list], Optional[int]]:
+    if qp is None:
+        return None, None, None
+    return ([float(s) for s in qp.scale], [int(z) for z in qp.zero_point],
+            qp.axis if qp.per_channel else None)
+
+
+def _jsonable_params(params: dict, tensor_of_param: dict) -> dict:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, np.ndarray):
+            entry = {"tensor": tensor_of_param.get(k)}
+            if v.size <= 64:
+                entry["values"] = v.tolist()
+            out[k] = entry
+        elif isinstance(v, (np.integer,)):
+            out[k] = int(v)
+        elif isinstance(v, (np.floating,)):
+            out[k] = float(v)
+        elif isinstance(v, tuple):
+            out[k] = [x.item() if isinstance(x, np.generic) else x for x in v]
+        else:
+            out[k] = v
+    return out
+
+
+def _program_layout(program) -> Optional[str]:
+    for s in program.steps:
+        if "layout" in s.params:
+            return str(s.params["layout"])
+    return None
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_traced(model, profile, feeds: dict):
+    """Lower and run ``model`` with every buffer traced.
+
+    Returns ``(graph, profile, lowered, program, trace, stats)``; ``program`` is the bound
+    program (the input Quantize step is dropped when integer codes are fed)."""
+    from mrq.api import bind_inputs, resolve_profile
+    from mrq.lower import arithmetic_from_profile, lower
+    from mrq.onnx_import import load_model
+    from simulator.run import run
+
+    prof = resolve_profile(profile)
+    graph = load_model(model) if isinstance(model, str) else model
+    lowered = lower(graph, arithmetic_from_profile(prof))
+    program, bound = bind_inputs(lowered, feeds)
+    result = run(program, bound, trace=True)
+    trace = dict(result.trace)
+    trace.update(bound)
+    for k, v in result.outputs.items():
+        trace.setdefault(k, v)
+    return graph, prof, lowered, program, trace, dict(result.stats)
+
+
+def compute_golden(model: Union[str, "object"], profile, feeds: dict, layout: Optional[str] = None,
+                   weight_layout: Optional[str] = None) -> GoldenSet:
+    """Run ``model`` under ``profile`` on ``feeds`` and collect every tensor of the execution.
+
+    ``layout``: write 4-D activations and accumulators in this axis order (e.g. ``NHWC``)
+    instead of the model's; ``weight_layout``: the same for conv weights (letters of ``OIHW``)."""
+    from mrq.api import profile_violations
+    graph, prof, lowered, program, trace, stats = run_traced(model, profile, feeds)
+    act_layout = _program_layout(program)
+    program_outputs = {s.name for s in program.outputs}
+    tensors: dict = {}
+    layers: list = []
+
+    def qparams_of(name):
+        t = graph.tensors.get(name)
+        return None if t is None else t.qparams
+
+    used_stems: set = set()
+
+    def add(name, role, layer, arr, suffix, step_params=None, model_layout=None, want_layout=None,
+            qp=None, scale=None, zero_point=None, quant_axis=None):
+        arr = np.asarray(arr)
+        perm = _perm(model_layout, want_layout)
+        stored = np.ascontiguousarray(arr.transpose(perm) if perm else arr)
+        bits, signed, is_float, note = _width(stored, role, prof, step_params)
+        if qp is not None:
+            scale, zero_point, quant_axis = _qp_lists(qp)
+        if quant_axis is not None and perm:
+            quant_axis = list(perm).index(quant_axis % arr.ndim)
+        base = f"{max(len(layers) - 1, 0):02d}_{safe_stem(layer or 'input')}.{safe_stem(suffix)}"
+        stem, i = base, 1
+        while stem.lower() in used_stems:
+            stem, i = f"{base}_{i}", i + 1
+        used_stems.add(stem.lower())
+        tensors[name] = GoldenTensor(
+            name=name, role=role, layer=layer, array=stored, bits=bits, signed=signed,
+            is_float=is_float, layout=want_layout or model_layout,
+            model_layout=model_layout, perm=perm, scale=scale, zero_point=zero_point,
+            quant_axis=quant_axis, file=stem, note=note)
+        return name
+
+    # graph inputs as fed
+    input_names = []
+    for spec in program.inputs:
+        arr = np.asarray(trace[spec.name])
+        ml = _layout_letters(arr.ndim, act_layout)
+        input_names.append(add(spec.name, ROLE_INPUT, "", arr, spec.name, model_layout=ml,
+                               want_layout=layout if ml and arr.ndim == 4 else None,
+                               qp=qparams_of(spec.name)))
+    layers.append({"index": 0, "name": "", "kind": "inputs", "tensors": list(input_names)})
+
+    rows = accmod.static_analysis(program)
+    acc_rows = {r.layer: r for r in rows}
+    hw_acc: dict = {}
+    for idx, step in enumerate(program.steps, start=1):
+        node_name = lowered.step_node.get(step.name, step.name)
+        node = next((n for n in graph.nodes if n.name == node_name), None)
+        entry = {"index": idx, "name": step.name, "kind": step.kind, "node": node_name,
+                 "op": node.op if node is not None else None,
+                 "inputs": list(step.inputs), "outputs": list(step.outputs), "tensors": []}
+        layers.append(entry)
+        p = step.params
+        tensor_of_param = {}
+        w_qp = x_qp = None
+        if step.kind in accmod.ACC_KINDS and node is not None:
+            w_qp = qparams_of(node.inputs[1])
+            x_qp = qparams_of(node.inputs[0])
+        for key, value in p.items():
+            if not isinstance(value, np.ndarray):
+                continue
+            role = PARAM_ROLES.get(key, "param")
+            tname = f"{step.name}.{key}"
+            kw = {}
+            if key == "weight":
+                ml = "OIHW" if step.kind == "conv" else ("KN" if value.ndim == 2 else None)
+                kw = dict(model_layout=ml, want_layout=weight_layout if step.kind == "conv" else None)
+                if w_qp is not None:
+                    s, z, ax = _qp_lists(w_qp)
+                    kw.update(scale=s, zero_point=z,
+                              quant_axis=(0 if step.kind == "conv" else 1) if ax is not None else None)
+            elif key == "bias" and node is not None and len(node.inputs) > 2:
+                kw = dict(qp=qparams_of(node.inputs[2]))
+                if kw["qp"] is not None and kw["qp"].per_channel:
+                    s, z, _ = _qp_lists(kw.pop("qp"))
+                    kw.update(scale=s, zero_point=z, quant_axis=0)
+            tensor_of_param[key] = add(tname, role, step.name, value, key, step_params=p, **kw)
+            entry["tensors"].append(tname)
+        if step.kind in accmod.ACC_KINDS:
+            x = np.asarray(trace[step.inputs[0]])
+            acc = accmod.compute_accumulator(step, x)
+            hw_acc[step.name] = acc
+            acc_store = acc.astype(accmod.accumulator_storage_dtype(p.get("acc_bits", 32)))
+            ml = act_layout if (step.kind == "conv" and acc.ndim == 4) else _layout_letters(acc.ndim, None)
+            scale = None
+            if x_qp is not None and w_qp is not None:
+                scale = [float(np.float64(x_qp.scale[0]) * np.float64(s)) for s in w_qp.scale]
+            tname = add(f"{step.name}.acc", ROLE_ACC, step.name, acc_store, "acc", step_params=p,
+                        model_layout=ml, want_layout=layout if acc.ndim == 4 else None,
+                        scale=scale, zero_point=[0] * len(scale) if scale else None,
+                        quant_axis=(int(p.get("channel_axis", -1)) % acc.ndim) if scale and len(scale) > 1 else None)
+            entry["tensors"].append(tname)
+            entry["accumulator"] = tname
+        for k, out in enumerate(step.outputs):
+            arr = np.asarray(trace[out])
+            ml = _layout_letters(arr.ndim, act_layout)
+            role = ROLE_OUTPUT if out in program_outputs else ROLE_ACTIVATION
+            add(out, role, step.name, arr, "out" if len(step.outputs) == 1 else f"out{k}", model_layout=ml,
+                want_layout=layout if ml and arr.ndim == 4 else None, qp=qparams_of(out))
+            entry["tensors"].append(out)
+        entry["params"] = _jsonable_params(dict(p), tensor_of_param)
+        entry["stats"] = {k: int(v) for k, v in stats.get(step.name, {}).items()}
+        if step.name in acc_rows:
+            entry["accumulator_analysis"] = None  # filled below
+
+    exact = {name: a for name, a in hw_acc.items() if not acc_rows[name].can_overflow}
+    accmod.observe(rows, program, trace, stats, exact_accumulators=exact)
+    for entry in layers:
+        if entry["name"] in acc_rows:
+            entry["accumulator_analysis"] = acc_rows[entry["name"]].as_dict()
+
+    manifest = {
+        "format": FORMAT, "version": VERSION,
+        "model": model if isinstance(model, str) else getattr(graph, "name", "graph"),
+        "model_sha256": _file_sha256(model) if isinstance(model, str) and os.path.isfile(model) else None,
+        "profile": prof.name, "profile_source": str(getattr(prof, "source", "")),
+        "arithmetic": {"requant": prof.requant.arithmetic, "rounding": prof.requant.rounding,
+                       "accumulator_bits": prof.accumulator.bits,
+                       "accumulator_overflow": prof.accumulator.overflow,
+                       "activation_bits": prof.activations.bits, "weight_bits": prof.weights.bits,
+                       "bias_bits": prof.bias.bits},
+        "batch": int(next(iter(trace[s.name] for s in program.inputs)).shape[0]) if program.inputs else 0,
+        "layout": {"activations": layout or act_layout, "model_activations": act_layout,
+                   "conv_weights": weight_layout or "OIHW"},
+        "hex": {"radix": 16, "elements_per_line": 1, "order": "row-major (C order) over 'shape': "
+                "the last axis varies fastest", "integers": "two's complement at 'bits' for "
+                "signed tensors, plain binary for unsigned ones, 'hex_digits' digits per line",
+                "floats": "IEEE-754 binary32 bit patterns, 8 digits", "header": "one '//' comment line"},
+        "bin": {"byte_order": "little-endian", "element": "'dtype' of the tensor",
+                "order": "row-major (C order) over 'shape'"},
+        "inputs": input_names,
+        # graph input name (what a user feeds) -> golden tensor holding it
+        "feeds": {orig.name: bound.name for orig, bound in zip(lowered.program.inputs, program.inputs)},
+        "outputs": [s.name for s in program.outputs],
+        "violations": profile_violations(graph, prof),
+        "accumulators": [r.as_dict() for r in rows],
+        "layers": layers,
+        "tensors": [],   # filled on write (with file names and hashes)
+    }
+    return GoldenSet(manifest=manifest, tensors=tensors)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing and reading
+# --------------------------------------------------------------------------------------------
+
+
+def _c_type(t: GoldenTensor) -> str:
+    """The narrowest C integer type of the hex width (int4 codes go in int8_t)."""
+    if t.is_float:
+        return "float"
+    width = next(b for b in (8, 16, 32, 64) if b >= t.bits)
+    return f"{'' if t.signed else 'u'}int{width}_t"
+
+
+def _c_values(t: GoldenTensor) -> str:
+    flat = t.array.reshape(-1).tolist()
+    if t.is_float:
+        vals = [repr(float(np.float32(v))) + "f" for v in flat]
+    elif _c_type(t) == "int64_t":
+        vals = [("(-9223372036854775807LL - 1)" if v == -(2 ** 63) else f"{v}LL") for v in flat]
+    else:
+        vals = [str(v) for v in flat]
+    lines = []
+    for i in range(0, len(vals), 16):
+        lines.append("    " + ", ".join(vals[i:i + 16]) + ",")
+    return "\n".join(lines)
+
+
+def _c_header(t: GoldenTensor) -> str:
+    ident = c_identifier("mrq_" + t.file)
+    shape = ", ".join(str(d) for d in t.array.shape)
+    dims = "".join(f"#define {ident.upper()}_DIM{i} {d}\n" for i, d in enumerate(t.array.shape))
+    zp = t.zero_point
+    doc = (f"/* mrq golden tensor {t.name!r} (role {t.role}, layer {t.layer!r})\n"
+           f" * shape [{shape}]{', layout ' + t.layout if t.layout else ''}, row-major, {t.bits}-bit"
+           f"{' float' if t.is_float else (' signed' if t.signed else ' unsigned')}"
+           f"{', zero point ' + str(zp[0] if zp and len(zp) == 1 else zp) if zp is not None else ''} */\n")
+    return (doc + "#pragma once\n#include <stdint.h>\n"
+            f"#define {ident.upper()}_SIZE {t.array.size}\n{dims}"
+            f"static const {_c_type(t)} {ident}[{max(t.array.size, 1)}] = {{\n{_c_values(t) or '    0,'}\n}};\n")
+
+
+def _c_layer_defines(manifest: dict) -> str:
+    lines = []
+    for layer in manifest["layers"]:
+        if not layer.get("name"):
+            continue
+        pre = "MRQ_L" + f"{layer['index']:02d}_" + c_identifier(layer["name"]).upper()
+        for k, v in layer.get("params", {}).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            lines.append(f"#define {pre}_{c_identifier(k).upper()} {v!r}")
+    return "\n".join(lines)
+
+
+def write_golden(gs: GoldenSet, out_dir: str, c_headers: bool = False, write_bin: bool = False,
+                 force: bool = False) -> str:
+    """Write ``gs`` to ``out_dir`` atomically. An existing non-empty ``out_dir`` is replaced only
+    with ``force``."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    check_writable(out_dir)
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise MrqError(f"{out_dir}: exists and is not a directory")
+        if os.listdir(out_dir) and not force:
+            raise MrqError(f"{out_dir}: directory exists and is not empty (use --force to replace it)")
+    tmp = tempfile.mkdtemp(prefix=".mrq-golden-", dir=parent)
+    try:
+        os.makedirs(os.path.join(tmp, "tensors"))
+        if c_headers:
+            os.makedirs(os.path.join(tmp, "c"))
+        metas = []
+        for t in gs.tensors.values():
+            meta = t.meta()
+            files, hashes = {}, {}
+            base = os.path.join("tensors", t.file)
+            np.save(os.path.join(tmp, base + ".npy"), t.array, allow_pickle=False)
+            files["npy"] = base + ".npy"
+            with open(os.path.join(tmp, base + ".hex"), "w", encoding="ascii") as f:
+                f.write(hex_text(t))
+            files["hex"] = base + ".hex"
+            if write_bin:
+                t.array.astype(t.array.dtype.newbyteorder("<")).tofile(os.path.join(tmp, base + ".bin"))
+                files["bin"] = base + ".bin"
+            if c_headers:
+                rel = os.path.join("c", t.file + ".h")
+                with open(os.path.join(tmp, rel), "w", encoding="ascii") as f:
+                    f.write(_c_header(t))
+                files["c"] = rel
+            for k, rel in files.items():
+                hashes[k] = _file_sha256(os.path.join(tmp, rel))
+            meta["files"], meta["sha256"] = files, hashes
+            metas.append(meta)
+        gs.manifest["tensors"] = metas
+        if c_headers:
+            inc = "".join(f'#include "{t.file}.h"\n' for t in gs.tensors.values())
+            with open(os.path.join(tmp, "c", "mrq_golden.h"), "w", encoding="ascii") as f:
+                f.write(f"/* mrq golden set: model {gs.manifest['model']}, profile {gs.manifest['profile']} */\n"
+                        f"#pragma once\n{inc}\n{_c_layer_defines(gs.manifest)}\n")
+        with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
+            json.dump(_finite(gs.manifest), f, indent=1, default=_json_default)
+            f.write("\n")
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=".mrq-golden-old-", dir=parent)
+            os.rmdir(old)
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def load_golden(golden_dir: str, check_hashes: bool = True) -> GoldenSet:
+    """Read a golden set written by :func:`write_golden` (the .npy files), verifying hashes."""
+    path = os.path.join(golden_dir, "manifest.json")
+    if not os.path.isfile(path):
+        raise GoldenError(f"{golden_dir}: not a golden set (no manifest.json)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise GoldenError(f"{path}: unreadable manifest ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise GoldenError(f"{path}: not an mrq golden manifest (format {manifest.get('format')!r})")
+    if int(manifest.get("version", 0)) > VERSION:
+        raise GoldenError(f"{path}: golden format version {manifest.get('version')} is newer than this mrq ({VERSION})")
+    tensors = {}
+    for meta in manifest["tensors"]:
+        rel = meta["files"]["npy"]
+        full = os.path.join(golden_dir, rel)
+        if not os.path.isfile(full):
+            raise GoldenError(f"{golden_dir}: missing {rel}")
+        if check_hashes and _file_sha256(full) != meta["sha256"]["npy"]:
+            raise GoldenError(f"{golden_dir}: {rel} does not match its sha256 in the manifest "
+                              f"(the golden set was modified)")
+        arr = np.load(full, allow_pickle=False)
+        tensors[meta["name"]] = GoldenTensor(
+            name=meta["name"], role=meta["role"], layer=meta["layer"], array=arr,
+            bits=int(meta["bits"]), signed=bool(meta["signed"]),
+            is_float=meta["encoding"] == "ieee754-binary32", layout=meta.get("layout"),
+            model_layout=meta.get("model_layout"),
+            perm=tuple(meta["perm"]) if meta.get("perm") else None,
+            scale=meta.get("scale"), zero_point=meta.get("zero_point"),
+            quant_axis=meta.get("quant_axis"), file=meta["file"], note=meta.get("note", ""))
+    return GoldenSet(manifest=manifest, tensors=tensors)
+
+
+def golden_feeds(gs: GoldenSet) -> dict:
+    """The graph inputs a golden set was made from (in the model's layout)."""
+    feeds = {}
+    for feed_name, name in gs.manifest.get("feeds", {n: n for n in gs.manifest["inputs"]}).items():
+        t = gs.tensors[name]
+        arr = t.array
+        if t.perm:
+            arr = arr.transpose(np.argsort(t.perm))
+        feeds[feed_name] = np.ascontiguousarray(arr)
+    return feeds
+
+
+def make_golden(model, profile, feeds: dict, out_dir: str, layout=None, weight_layout=None,
+                c_headers=False, write_bin=False, force=False) -> GoldenSet:
+    gs = compute_golden(model, profile, feeds, layout=layout, weight_layout=weight_layout)
+    write_golden(gs, out_dir, c_headers=c_headers, write_bin=write_bin, force=force)
+    return gs
