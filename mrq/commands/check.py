@@ -1,0 +1,80 @@
+"""``mrq check``: does a model satisfy a hardware profile? Format rules and accumulator widths.
+
+Exit 0 when the model satisfies the profile (no format violation, every op supported, and no
+conv/gemm accumulator that can overflow statically), 1 otherwise with one line per violation
+on stdout, followed by the accumulator analysis table. ``--inputs`` adds the observed
+accumulator ranges over those inputs."""
+
+
+def register(sub):
+    p = sub.add_parser("check", help="check that a model satisfies a hardware profile (formats, "
+                       "supported ops, accumulator widths); exit 0 if it does, 1 otherwise",
+                       description="Print one line per violation of the profile's format rules and "
+                       "accumulator width, then the per-layer accumulator analysis (static worst case "
+                       "from the integer weights and input range, the smallest safe width, and with "
+                       "--inputs the observed range). Exit 0 if the model satisfies the profile, 1 if not.")
+    p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
+    p.add_argument("--profile", required=True, help="profile name (see `mrq profiles`) or YAML path")
+    p.add_argument("--inputs", help=".npz of inputs for the observed accumulator ranges")
+    p.add_argument("--json", metavar="REPORT", help="also write violations and the analysis as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the violation lines")
+    p.set_defaults(func=run)
+
+
+def check_model(model, profile, feeds=None):
+    """(violation lines, accumulator rows) of ``model`` under ``profile``."""
+    from dataclasses import replace
+
+    from mrq import accumulators as accmod
+    from mrq.api import bind_inputs, profile_violations, resolve_profile
+    from mrq.lower import IR_OP_NAMES, arithmetic_from_profile, lower
+    from mrq.onnx_import import load_model
+
+    prof = resolve_profile(profile)
+    graph = load_model(model) if isinstance(model, str) else model
+    lines = []
+    supported = set(prof.supported_ops or ())
+    if supported:
+        for node in graph.nodes:
+            names = IR_OP_NAMES.get(node.op, {node.op})
+            if names and not (names & supported):
+                lines.append(f"{node.name}: op {node.op} is not supported by profile {prof.name!r}")
+    lines += profile_violations(graph, prof)
+    # Lower without the supported-ops filter so the accumulator analysis covers every layer.
+    lowered = lower(graph, replace(arithmetic_from_profile(prof), supported_ops=None))
+    rows = accmod.static_analysis(lowered.program)
+    lines += accmod.violation_lines(rows)
+    if feeds is not None:
+        from simulator.run import run
+        program, bound = bind_inputs(lowered, feeds)
+        rows = accmod.static_analysis(program)
+        result = run(program, bound, trace=True)
+        trace = dict(result.trace)
+        trace.update(bound)
+        accmod.observe(rows, program, trace, result.stats)
+    return lines, rows, prof
+
+
+def run(args) -> int:
+    from mrq.accumulators import format_table
+    from mrq.commands.common import finite
+    from mrq.fileio import check_writable, load_npz, save_json
+
+    if args.json:
+        check_writable(args.json)
+    feeds = load_npz(args.inputs) if args.inputs else None
+    lines, rows, prof = check_model(args.model, args.profile, feeds)
+    for line in lines:
+        print(line)
+    if not args.quiet:
+        if lines:
+            print()
+        if rows:
+            print(format_table(rows, title=f"accumulators ({prof.name}: {prof.accumulator.bits}-bit, "
+                                           f"{prof.accumulator.overflow})"))
+        verdict = "satisfies" if not lines else f"does not satisfy ({len(lines)} violation(s))"
+        print(f"{args.model} {verdict} profile {prof.name!r}")
+    if args.json:
+        save_json(args.json, finite({"model": args.model, "profile": prof.name, "ok": not lines,
+                                     "violations": lines, "accumulators": [r.as_dict() for r in rows]}))
+    return 0 if not lines else 1
