@@ -14,6 +14,7 @@ or failed. The numbers in the issue note come from this script.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -139,7 +140,18 @@ def main(argv=None) -> int:
         rej = Counter(op for c in cases for rj in c.rejected for op in rj["inexact_ops"])
         print(f"\nrejected candidate architectures (inexact float op in ORT graph): "
               f"{n_rej} {dict(rej)}")
+    if use_mrq:
+        n_ok = tot["models"] - tot["models_mismatching"]
+        print(f"models bit-exact on all inputs: {n_ok}/{tot['models']}")
     if failures:
+        causes = defaultdict(list)
+        for c, k, msg, _ in failures:
+            key = re.sub(r"'[^']*'", "'…'", msg.split(" first: ")[0])
+            key = re.sub(r"\d+", "N", key)[:160]
+            causes[key].append(c.path.stem)
+        print("\nfailure causes (message with names/numbers masked: models, e.g.):")
+        for key, ms in sorted(causes.items(), key=lambda kv: -len(kv[1])):
+            print(f"  {len(set(ms)):4d} models  {key}   e.g. {ms[0]}")
         print(f"\n{len(failures)} failures:")
         for c, k, msg, tb in failures[: (None if a.verbose else 40)]:
             print(f"  {c.path.name} inputs#{k} [{c.arch}]: {msg}")

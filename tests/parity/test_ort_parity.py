@@ -26,7 +26,7 @@ from .ort_runner import inexact_ops, optimized_graph, run_ort
 COUNT = int(os.environ.get("MRQ_PARITY_COUNT", "120"))
 INPUTS_PER_MODEL = int(os.environ.get("MRQ_PARITY_INPUTS", "2"))
 SEED = 20261126
-CLI_EVERY = 24  # models 0, 24, 48, ... also run through the CLI (QDQ and QOperator, 5 models)
+CLI_EVERY = 25  # models 0, 25, 50, 75, 100 also run through the CLI (configs 0, 25, 2, 27, 4)
 GRID = zoo.config_grid()
 IDS = [f"m{i:03d}-{GRID[i % len(GRID)].key}" for i in range(COUNT)]
 

@@ -424,11 +424,12 @@ def calibration_batches(shape_chw, in_scale: float, seed: int, n: int = 8) -> li
     return out
 
 
-def make_inputs(shape_chw, in_scale: float, seed: int) -> dict[str, np.ndarray]:
+def make_inputs(shape_chw, in_scale: float, seed: int, input_q=None) -> dict[str, np.ndarray]:
     """Random float32 test inputs (batch 2-4): mostly calibration-like, some far outside the
-    calibration range (up to 6x) so that input quantization and inner layers saturate; also
-    exact zeros, and a few values that sit exactly on the input quantization grid is not
-    attempted (scale unknown here)."""
+    calibration range (3-6x, and the whole last batch item x5) so that the input quantization
+    and inner layers saturate; some exact zeros. With input_q = (scale, zero_point, qmin, qmax)
+    of the model's input QuantizeLinear, 15% of the elements are put exactly on the input grid
+    or exactly half-way between two grid points (f32(x / scale) == k + 0.5, a rounding tie)."""
     r = np.random.default_rng([seed, 2])
     bsz = int(r.integers(2, 5))
     x = r.standard_normal((bsz, *shape_chw)) * in_scale
@@ -437,9 +438,33 @@ def make_inputs(shape_chw, in_scale: float, seed: int) -> dict[str, np.ndarray]:
     x = np.where(mask, x * r.uniform(3.0, 6.0, size=x.shape), x)
     # the last batch item is fully out of range (saturation through the whole network)
     x[-1] *= 5.0
+    x = x.astype(np.float32)
+    if input_q is not None:
+        s, zp, qmin, qmax = input_q
+        s = np.float32(s)
+        k = r.integers(qmin - zp - 2, qmax - zp + 2, size=x.shape).astype(np.float64)
+        half = r.random(x.shape) < 0.7
+        target = k + np.where(half, 0.5, 0.0)
+        v = (target * np.float64(s)).astype(np.float32)
+        exact = (v / s) == target.astype(np.float32)  # float32 division, as ORT does
+        pick = (r.random(x.shape) < 0.15) & exact
+        x = np.where(pick, v, x)
     # some exact zeros
     x[r.random(x.shape) < 0.03] = 0.0
     return {INPUT_NAME: x.astype(np.float32)}
+
+
+def input_quantization(model_path) -> tuple[float, int, int, int] | None:
+    """(scale, zero_point, qmin, qmax) of the QuantizeLinear that reads the graph input, if any."""
+    m = onnx.load(str(model_path))
+    inits = {t.name: t for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] == INPUT_NAME:
+            zp = numpy_helper.to_array(inits[n.input[2]])
+            info = np.iinfo(zp.dtype)
+            return (float(numpy_helper.to_array(inits[n.input[1]])), int(zp), int(info.min),
+                    int(info.max))
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,7 +539,8 @@ class ModelCase:
     rejected: list = field(repr=False)
     """architectures tried first for this slot and rejected (ORT left an inexact float op)"""
     make_inputs: Callable[[int], dict[str, np.ndarray]] = field(repr=False)
-    """make_inputs(k) -> feeds for the k-th random input set of this model (deterministic)."""
+    """make_inputs(k) -> feeds for the k-th random input set of this model (deterministic); odd
+    k also put 15% of the elements on the input quantization grid or on its rounding ties."""
 
     @property
     def name(self) -> str:
@@ -565,6 +591,7 @@ def _make_one(args) -> dict:
     else:
         raise RuntimeError(f"model {i} ({cfg.key}): no exact architecture in {MAX_ATTEMPTS} tries")
     os.replace(tmp, path)
+    iq = input_quantization(path)
     meta = {
         "index": i,
         "seed": s,
@@ -573,6 +600,7 @@ def _make_one(args) -> dict:
         "arch": info["arch"],
         "input_shape_chw": [info["c"], info["h"], info["w"]],
         "in_scale": info["in_scale"],
+        "input_quantization": iq,
         "rejected": rejected,
         "seconds": round(time.perf_counter() - t, 3),
     }
@@ -617,8 +645,9 @@ def generate(
                 in_scale=meta["in_scale"],
                 rejected=meta["rejected"],
                 make_inputs=(
-                    lambda k, _shape=shape, _sc=meta["in_scale"], _s=meta["seed"]: make_inputs(
-                        _shape, _sc, _s * 1000 + k
+                    lambda k, _shape=shape, _sc=meta["in_scale"], _s=meta["seed"],
+                    _iq=meta["input_quantization"]: make_inputs(
+                        _shape, _sc, _s * 1000 + k, _iq if k % 2 else None
                     )
                 ),
             )
