@@ -1,0 +1,355 @@
+"""Element-wise integer ops: add (four arithmetics), mul, rescale, clamp.
+
+Binary ops follow numpy broadcasting. The add modes (docs/PROGRAM.md):
+
+- ``ort_fma``: ONNX Runtime's x86 QLinearAdd (MLAS AVX2 kernel, as built by GCC, which contracts
+  the scalar part into FMAs). With ``rA = f32(sA/sC)``, ``rB = f32(sB/sC)`` and raw codes ``a``,
+  ``b`` as float32::
+
+      K  = f32(f32(zC) - fma(rA, f32(zA), f32(rB * f32(zB))))
+      v  = fma(a, rA, fma(b, rB, K))
+      out = clamp(RNE(v))                       # zero point inside the rounding
+
+  When ORT's broadcaster sees input A as the per-span scalar (A broadcasts along the innermost
+  non-trivial dimension, or A is a 0-d/size-1 tensor) it calls the kernel with A and B swapped::
+
+      K' = f32(f32(zC) - fma(rB, f32(zB), f32(rA * f32(zA))))
+      v  = fma(b, rB, fma(a, rA, K'))
+
+  (When B is the per-span scalar the kernel computes ``K + b*rB`` once per span, contracted to
+  ``fma(b, rB, K)``: the same value as the general formula.) Verified bit-exactly against
+  onnxruntime 1.32 (tests/simulator/test_ort_single_ops.py). 8-bit inputs only: ORT's 16-bit
+  QLinearAdd uses a different, plain-float helper.
+- ``tflite``: TFLite reference ADD: ``x = (q - zp) << left_shift``, each input scaled by
+  ``MultiplyByQuantizedMultiplier`` (TFLite exponent convention), summed in int32, scaled by the
+  output multiplier, ``+ zp_out``, clamped.
+- ``fixed``: ``acc = (a - za) * multiplier_a + (b - zb) * multiplier_b`` exact in int64, then
+  the requantization block (``fixed`` or ``shift``).
+- ``float``: ``f32(dq(a) + dq(b))`` with ``dq(x) = f32(f32(x - z) * s)``, then quantized by
+  division: ``clamp(round(f32(sum / s_out)) + z_out)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from simulator.errors import KernelInputError
+from simulator.kernels.quant import (
+    check_int_array,
+    check_out_range,
+    clamp_add_zp,
+    quantize_value_divide,
+    requantize,
+    rounding_code,
+)
+from simulator.primitives import (
+    RND_HALF_AWAY,
+    RND_HALF_EVEN,
+    RND_HALF_UP,
+    f32_add,
+    f32_div,
+    f32_mul,
+    fma_f32,
+    int_to_f32,
+    multiply_by_quantized_multiplier,
+    round_float,
+)
+
+ELTWISE_DTYPES = ("int8", "uint8", "int16", "uint16", "int32")
+
+
+def broadcast_pair(a, b):
+    """Broadcast ``a`` and ``b`` (numpy rules) to contiguous flat arrays; returns (a1, b1, shape)."""
+    try:
+        shape = np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise KernelInputError(
+            f"shapes {list(a.shape)} and {list(b.shape)} cannot be broadcast together"
+        ) from None
+    a1 = np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1)
+    b1 = np.ascontiguousarray(np.broadcast_to(b, shape)).reshape(-1)
+    return a1, b1, shape
+
+
+def ort_input0_is_span_scalar(shape_a, shape_b) -> bool:
+    """Whether ORT's ``Broadcaster`` treats input 0 as the per-span scalar (``IsInput0Scalar``).
+
+    Mirrors ``onnxruntime/core/providers/cpu/math/element_wise_ops.h``: the first broadcast axis
+    is the innermost axis (among the trailing common ones) whose output size exceeds 1, or the
+    outermost common axis if none does; input 0 is "scalar" iff its size there is <= 1. A 0-d
+    input 0 is always scalar.
+    """
+    na, nb = len(shape_a), len(shape_b)
+    n_common = min(na, nb)
+    if n_common == 0:
+        if na == 0:
+            return True
+        return shape_a[-1] <= 1
+    for i in range(n_common):
+        da = shape_a[na - 1 - i]
+        db = shape_b[nb - 1 - i]
+        largest, smallest = max(da, db), min(da, db)
+        dim = smallest if smallest == 0 else largest
+        if dim <= 1 and i + 1 < n_common:
+            continue
+        return da <= 1
+    return False  # unreachable
+
+
+# --------------------------------------------------------------------------------------------
+# add: ort_fma
+# --------------------------------------------------------------------------------------------
+@njit(cache=True)
+def ort_qladd_constant(r_first, z_first, r_second, z_second, z_out):
+    """``f32(f32(zC) - fma(r1, f32(z1), f32(r2 * f32(z2))))``: MLAS's ``VectorFixedPart``."""
+    inner = fma_f32(r_first, int_to_f32(z_first), f32_mul(r_second, int_to_f32(z_second)))
+    return np.float32(np.float64(int_to_f32(z_out)) - np.float64(inner))
+
+
+@njit(cache=True, parallel=True)
+def _add_ort_fma_kernel(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out):
+    n = a1.shape[0]
+    chunk = 4096
+    n_chunks = (n + chunk - 1) // chunk
+    sat = np.zeros(n_chunks, dtype=np.int64)
+    for ci in prange(n_chunks):
+        count = 0
+        for i in range(ci * chunk, min(n, (ci + 1) * chunk)):
+            av = int_to_f32(a1[i])
+            bv = int_to_f32(b1[i])
+            if swapped:
+                v = fma_f32(bv, r_b, fma_f32(av, r_a, k_const))
+            else:
+                v = fma_f32(av, r_a, fma_f32(bv, r_b, k_const))
+            r = round_float(v, RND_HALF_EVEN)
+            q, s = clamp_add_zp(r, np.int64(0), out_min, out_max)
+            out[i] = q
+            if s:
+                count += 1
+        sat[ci] = count
+    return sat.sum()
+
+
+def add_ort_fma(a, b, *, scale_a, scale_b, scale_out, zero_point_a, zero_point_b,
+                zero_point_out, out_min, out_max, out_dtype):
+    """ORT x86 QLinearAdd; returns ``(out, out_saturated)``. See the module docstring."""
+    for name, arr in (("add input a", a), ("add input b", b)):
+        check_int_array(name, arr, ("int8", "uint8"))
+    out_min, out_max, dt = check_out_range(out_min, out_max, out_dtype)
+    s_a, s_b, s_c = (np.float32(v) for v in (scale_a, scale_b, scale_out))
+    r_a = np.float32(s_a / s_c)  # numpy float32 scalar division: IEEE f32
+    r_b = np.float32(s_b / s_c)
+    swapped = ort_input0_is_span_scalar(a.shape, b.shape)
+    if swapped:
+        k_const = ort_qladd_constant(r_b, int(zero_point_b), r_a, int(zero_point_a),
+                                     int(zero_point_out))
+    else:
+        k_const = ort_qladd_constant(r_a, int(zero_point_a), r_b, int(zero_point_b),
+                                     int(zero_point_out))
+    a1, b1, shape = broadcast_pair(a, b)
+    out = np.empty(a1.shape[0], dtype=np.int64)
+    n_sat = _add_ort_fma_kernel(a1, b1, r_a, r_b, np.float32(k_const), swapped,
+                                np.int64(out_min), np.int64(out_max), out)
+    return out.reshape(shape).astype(dt), int(n_sat)
+
+
+# --------------------------------------------------------------------------------------------
+# add: tflite
+# --------------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _add_tflite_kernel(a1, b1, za, zb, zo, left_shift, m_a, s_a, m_b, s_b, m_o, s_o, ruy,
+                       out_min, out_max, out):
+    n = a1.shape[0]
+    chunk = 4096
+    n_chunks = (n + chunk - 1) // chunk
+    sat = np.zeros(n_chunks, dtype=np.int64)
+    for ci in prange(n_chunks):
+        count = 0
+        for i in range(ci * chunk, min(n, (ci + 1) * chunk)):
+            x1 = (np.int64(a1[i]) - za) << left_shift
+            x2 = (np.int64(b1[i]) - zb) << left_shift
+            y1 = multiply_by_quantized_multiplier(x1, m_a, s_a, ruy)
+            y2 = multiply_by_quantized_multiplier(x2, m_b, s_b, ruy)
+            raw = multiply_by_quantized_multiplier(y1 + y2, m_o, s_o, ruy)
+            q, s = clamp_add_zp(raw, zo, out_min, out_max)
+            out[i] = q
+            if s:
+                count += 1
+        sat[ci] = count
+    return sat.sum()
+
+
+def _check_tflite_multiplier(name, mult, shift):
+    mult, shift = int(mult), int(shift)
+    if not 0 <= mult < 2**31:
+        raise KernelInputError(f"{name}: TFLite multiplier must be in [0, 2**31), got {mult}")
+    if not -31 <= shift <= 30:
+        raise KernelInputError(f"{name}: TFLite shift must be in [-31, 30], got {shift}")
+    return np.int64(mult), np.int64(shift)
+
+
+def add_tflite(a, b, *, left_shift, multiplier_a, shift_a, multiplier_b, shift_b,
+               multiplier_out, shift_out, zero_point_a, zero_point_b, zero_point_out,
+               out_min, out_max, out_dtype, rq_rounding="half_away"):
+    """TFLite reference ADD (int8/uint8/int16); returns ``(out, out_saturated)``.
+
+    Shifts use TFLite's sign (positive = left). ``rq_rounding='half_away'`` is gemmlowp double
+    rounding (the reference kernels); ``'half_up'`` uses ruy's both-steps-RHU multiply.
+    The shifted inputs must fit int32: ``|q - zp| * 2**left_shift < 2**31``.
+    """
+    for name, arr in (("add input a", a), ("add input b", b)):
+        check_int_array(name, arr, ("int8", "uint8", "int16", "uint16"))
+    out_min, out_max, dt = check_out_range(out_min, out_max, out_dtype)
+    rnd = rounding_code(rq_rounding)
+    if rnd not in (RND_HALF_AWAY, RND_HALF_UP):
+        raise KernelInputError("add 'tflite': rq_rounding must be 'half_away' or 'half_up'")
+    left_shift = int(left_shift)
+    if not 0 <= left_shift <= 30:
+        raise KernelInputError(f"add 'tflite': left_shift must be in [0, 30], got {left_shift}")
+    m_a, s_a = _check_tflite_multiplier("multiplier_a", multiplier_a, shift_a)
+    m_b, s_b = _check_tflite_multiplier("multiplier_b", multiplier_b, shift_b)
+    m_o, s_o = _check_tflite_multiplier("multiplier_out", multiplier_out, shift_out)
+    za, zb = int(zero_point_a), int(zero_point_b)
+    for arr, z in ((a, za), (b, zb)):
+        if arr.size:
+            span = max(abs(int(arr.max()) - z), abs(int(arr.min()) - z))
+            if span << left_shift >= 2**31:
+                raise KernelInputError("add 'tflite': (q - zp) << left_shift overflows int32")
+    a1, b1, shape = broadcast_pair(a, b)
+    out = np.empty(a1.shape[0], dtype=np.int64)
+    n_sat = _add_tflite_kernel(a1, b1, np.int64(za), np.int64(zb), np.int64(zero_point_out),
+                               np.int64(left_shift), m_a, s_a, m_b, s_b, m_o, s_o,
+                               rnd == RND_HALF_UP, np.int64(out_min), np.int64(out_max), out)
+    return out.reshape(shape).astype(dt), int(n_sat)
+
+
+# --------------------------------------------------------------------------------------------
+# add: fixed and float
+# --------------------------------------------------------------------------------------------
+def add_fixed(a, b, *, zero_point_a, zero_point_b, multiplier_a, multiplier_b, rq_mode,
+              rq_shift, rq_rounding, out_zero_point, out_min, out_max, out_dtype,
+              rq_multiplier=(1,)):
+    """``acc = (a - za) * ma + (b - zb) * mb`` (exact int64), then requantization (``fixed`` or
+    ``shift``, per-tensor). Returns ``(out, out_saturated)``."""
+    for name, arr in (("add input a", a), ("add input b", b)):
+        check_int_array(name, arr, ELTWISE_DTYPES)
+    if rq_mode not in ("fixed", "shift"):
+        raise KernelInputError(f"add 'fixed': rq_mode must be 'fixed' or 'shift', got {rq_mode!r}")
+    m_a, m_b = int(multiplier_a), int(multiplier_b)
+    if max(abs(m_a), abs(m_b)) >= 2**31:
+        raise KernelInputError("add 'fixed': |multiplier_a|, |multiplier_b| must be < 2**31")
+    a1, b1, shape = broadcast_pair(a, b)
+    acc = ((a1.astype(np.int64) - int(zero_point_a)) * m_a
+           + (b1.astype(np.int64) - int(zero_point_b)) * m_b)
+    if np.size(rq_multiplier) != 1 or np.size(rq_shift) != 1:
+        raise KernelInputError("add 'fixed': rq_multiplier and rq_shift must be per-tensor")
+    out, n_sat = requantize(acc, rq_mode=rq_mode, rq_multiplier=np.asarray(rq_multiplier),
+                            rq_shift=np.asarray(rq_shift), rq_rounding=rq_rounding,
+                            out_zero_point=out_zero_point, out_min=out_min, out_max=out_max,
+                            out_dtype=out_dtype, channel_axis=0)
+    return out.reshape(shape), n_sat
+
+
+@njit(cache=True, parallel=True)
+def _add_float_kernel(a1, b1, s_a, z_a, s_b, z_b, s_o, z_o, rnd, out_min, out_max, out):
+    n = a1.shape[0]
+    chunk = 4096
+    n_chunks = (n + chunk - 1) // chunk
+    sat = np.zeros(n_chunks, dtype=np.int64)
+    for ci in prange(n_chunks):
+        count = 0
+        for i in range(ci * chunk, min(n, (ci + 1) * chunk)):
+            fa = f32_mul(int_to_f32(np.int64(a1[i]) - z_a), s_a)
+            fb = f32_mul(int_to_f32(np.int64(b1[i]) - z_b), s_b)
+            q, s = quantize_value_divide(f32_add(fa, fb), s_o, z_o, rnd, out_min, out_max)
+            out[i] = q
+            if s:
+                count += 1
+        sat[ci] = count
+    return sat.sum()
+
+
+def add_float(a, b, *, scale_a, scale_b, scale_out, zero_point_a, zero_point_b, zero_point_out,
+              rounding="half_even", out_min, out_max, out_dtype):
+    """Dequantize, add in float32, quantize by division; returns ``(out, out_saturated)``."""
+    for name, arr in (("add input a", a), ("add input b", b)):
+        check_int_array(name, arr, ELTWISE_DTYPES)
+    out_min, out_max, dt = check_out_range(out_min, out_max, out_dtype)
+    rnd = rounding_code(rounding)
+    a1, b1, shape = broadcast_pair(a, b)
+    out = np.empty(a1.shape[0], dtype=np.int64)
+    n_sat = _add_float_kernel(a1, b1, np.float32(scale_a), np.int64(zero_point_a),
+                              np.float32(scale_b), np.int64(zero_point_b), np.float32(scale_out),
+                              np.int64(zero_point_out), rnd, np.int64(out_min),
+                              np.int64(out_max), out)
+    return out.reshape(shape).astype(dt), int(n_sat)
+
+
+# --------------------------------------------------------------------------------------------
+# mul, rescale, clamp
+# --------------------------------------------------------------------------------------------
+def mul_acc(a, b, *, zero_point_a, zero_point_b):
+    """``acc = (a - za) * (b - zb)`` exact in int64 with numpy broadcasting."""
+    for name, arr in (("mul input a", a), ("mul input b", b)):
+        check_int_array(name, arr, ELTWISE_DTYPES)
+    try:
+        return (a.astype(np.int64) - int(zero_point_a)) * (b.astype(np.int64) - int(zero_point_b))
+    except ValueError:
+        raise KernelInputError(
+            f"shapes {list(a.shape)} and {list(b.shape)} cannot be broadcast together"
+        ) from None
+
+
+@njit(cache=True, parallel=True)
+def _rescale_float_kernel(x1, z_in, s_in, s_out, z_out, rnd, out_min, out_max, out):
+    n = x1.shape[0]
+    chunk = 4096
+    n_chunks = (n + chunk - 1) // chunk
+    sat = np.zeros(n_chunks, dtype=np.int64)
+    for ci in prange(n_chunks):
+        count = 0
+        for i in range(ci * chunk, min(n, (ci + 1) * chunk)):
+            f = f32_mul(int_to_f32(np.int64(x1[i]) - z_in), s_in)
+            q, s = quantize_value_divide(f, s_out, z_out, rnd, out_min, out_max)
+            out[i] = q
+            if s:
+                count += 1
+        sat[ci] = count
+    return sat.sum()
+
+
+def rescale_float(x, *, input_zero_point, scale_in, scale_out, out_zero_point, rq_rounding,
+                  out_min, out_max, out_dtype):
+    """``q = clamp(round(f32(f32(f32(x - zin) * s_in) / s_out)) + zout)`` (ORT float region:
+    DequantizeLinear then QuantizeLinear). Returns ``(out, out_saturated)``."""
+    check_int_array("rescale input", x, ELTWISE_DTYPES)
+    out_min, out_max, dt = check_out_range(out_min, out_max, out_dtype)
+    rnd = rounding_code(rq_rounding)
+    x1 = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(x1.shape[0], dtype=np.int64)
+    n_sat = _rescale_float_kernel(x1, np.int64(input_zero_point), np.float32(scale_in),
+                                  np.float32(scale_out), np.int64(out_zero_point), rnd,
+                                  np.int64(out_min), np.int64(out_max), out)
+    return out.reshape(x.shape).astype(dt), int(n_sat)
+
+
+def clamp(x, *, out_min, out_max):
+    """Clamp to [out_min, out_max] in the input dtype; returns ``(out, out_saturated)``."""
+    check_int_array("clamp input", x)
+    out_min, out_max, _ = check_out_range(out_min, out_max, x.dtype)
+    n_sat = int(np.count_nonzero((x < out_min) | (x > out_max)))
+    return np.clip(x, out_min, out_max).astype(x.dtype), n_sat
+
+
+__all__ = [
+    "add_ort_fma",
+    "add_tflite",
+    "add_fixed",
+    "add_float",
+    "mul_acc",
+    "rescale_float",
+    "clamp",
+    "ort_input0_is_span_scalar",
+    "broadcast_pair",
+    "f32_div",
+]

@@ -1,0 +1,74 @@
+"""Data movement: concat, reshape, transpose. No arithmetic; numpy does the work.
+
+Shapes follow ONNX: ``reshape`` copies the input dimension for a ``0`` entry (ONNX ``allowzero=0``)
+and infers one ``-1`` entry. Outputs are contiguous arrays in the input dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.errors import KernelInputError
+
+
+def concat(arrays, *, axis):
+    """Concatenate arrays of one dtype along ``axis`` (negative counts from the end)."""
+    if len(arrays) == 0:
+        raise KernelInputError("concat: no inputs")
+    dtypes = {a.dtype.name for a in arrays}
+    if len(dtypes) != 1:
+        raise KernelInputError(f"concat: inputs have different dtypes {sorted(dtypes)}")
+    ndim = arrays[0].ndim
+    if any(a.ndim != ndim for a in arrays):
+        raise KernelInputError(f"concat: inputs have different ranks {[a.ndim for a in arrays]}")
+    if not -ndim <= axis < ndim:
+        raise KernelInputError(f"concat: axis {axis} out of range for rank {ndim}")
+    ax = axis % ndim
+    for a in arrays[1:]:
+        if a.shape[:ax] + a.shape[ax + 1:] != arrays[0].shape[:ax] + arrays[0].shape[ax + 1:]:
+            raise KernelInputError(
+                f"concat: shapes {[list(a.shape) for a in arrays]} differ off axis {axis}"
+            )
+    return np.concatenate(arrays, axis=ax)
+
+
+def reshape_target(in_shape, shape) -> tuple:
+    """The ONNX Reshape output shape of ``in_shape`` for target ``shape`` (0 copies, -1 infers)."""
+    target = [int(s) for s in shape]
+    out = []
+    infer_at = None
+    for i, s in enumerate(target):
+        if s == 0:
+            if i >= len(in_shape):
+                raise KernelInputError(f"reshape: 0 at position {i} but input rank is {len(in_shape)}")
+            out.append(int(in_shape[i]))
+        elif s == -1:
+            if infer_at is not None:
+                raise KernelInputError(f"reshape: more than one -1 in {list(shape)}")
+            infer_at = i
+            out.append(1)
+        elif s < -1:
+            raise KernelInputError(f"reshape: invalid dimension {s} in {list(shape)}")
+        else:
+            out.append(s)
+    total = int(np.prod(in_shape, dtype=np.int64))
+    known = int(np.prod(out, dtype=np.int64))
+    if infer_at is not None:
+        if known == 0 or total % known:
+            raise KernelInputError(f"reshape: cannot infer -1 from {list(in_shape)} to {list(shape)}")
+        out[infer_at] = total // known
+    elif known != total:
+        raise KernelInputError(f"reshape: cannot reshape {list(in_shape)} to {list(shape)}")
+    return tuple(out)
+
+
+def reshape(x, *, shape):
+    """ONNX Reshape (``allowzero=0``)."""
+    return np.ascontiguousarray(x.reshape(reshape_target(x.shape, shape)))
+
+
+def transpose(x, *, perm):
+    """ONNX Transpose with an explicit permutation."""
+    perm = tuple(int(p) for p in perm)
+    if sorted(perm) != list(range(x.ndim)):
+        raise KernelInputError(f"transpose: perm {list(perm)} is not a permutation of rank {x.ndim}")
+    return np.ascontiguousarray(np.transpose(x, perm))
