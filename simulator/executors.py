@@ -318,7 +318,10 @@ def execute_concat(step, *arrays):
 def execute_reshape(step, *arrays):
     """ONNX Reshape: ``0`` copies the input dimension at that position, ``-1`` infers."""
     _n_inputs(step, arrays, 1)
-    return (mov_k.reshape(arrays[0], shape=_param(step, "shape")),), _stats()
+    shape = _param(step, "shape")
+    if not isinstance(shape, (tuple, list, np.ndarray)):
+        raise ProgramError(f"step {step.name!r} (reshape): 'shape' must be a tuple, got {shape!r}")
+    return (mov_k.reshape(arrays[0], shape=shape),), _stats()
 
 
 def execute_transpose(step, *arrays):
@@ -346,7 +349,18 @@ def execute_softmax(step, *arrays):
     return (out,), _stats(0, n_sat)
 
 
+def execute_constant(step, *arrays):
+    """No inputs; outputs the array ``value`` (a constant operand used as an activation, e.g. a
+    constant input of an Add). Not a PROGRAM.md table kind: emitted by ``mrq.lower``."""
+    _n_inputs(step, arrays, 0)
+    value = _param(step, "value")
+    if not isinstance(value, np.ndarray):
+        raise ProgramError(f"step {step.name!r} (constant): 'value' must be a numpy array")
+    return (value,), _stats()
+
+
 EXECUTORS: dict[str, Callable] = {
+    "constant": execute_constant,
     "quantize": execute_quantize,
     "dequantize": execute_dequantize,
     "conv": execute_conv,

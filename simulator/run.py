@@ -84,6 +84,12 @@ def run(program, feeds: dict, trace: bool = False) -> RunResult:
             outputs, stats = executor(step, *(buffers[name] for name in step.inputs))
         except SimulatorError as err:
             raise _prefixed(err, step) from err
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            # a parameter of the wrong type or shape that no explicit check caught
+            raise ProgramError(
+                f"step {step.name!r} ({step.kind}): malformed parameter or input"
+                f" ({type(err).__name__}: {err})"
+            ) from err
         if len(outputs) != len(step.outputs):
             raise ProgramError(
                 f"step {step.name!r} ({step.kind}): produced {len(outputs)} output(s) but lists"

@@ -18,7 +18,7 @@ from simulator.program import Program, Step, TensorSpec  # noqa: E402
 from simulator.run import RunResult, run  # noqa: E402
 from tests.reference import conv_ref, eltwise_ref, gemm_ref, pool_ref, quant_ref  # noqa: E402
 
-PROGRAM_KINDS = {"quantize", "dequantize", "conv", "gemm", "add", "mul", "rescale", "clamp",
+PROGRAM_KINDS = {"constant", "quantize", "dequantize", "conv", "gemm", "add", "mul", "rescale", "clamp",
                  "maxpool", "avgpool", "global_avgpool", "concat", "reshape", "transpose",
                  "softmax"}
 
@@ -127,6 +127,10 @@ def test_program_errors_name_the_step():
                   (Step("clamp", "c", ("nope",), ("y",), {"out_min": 0, "out_max": 1}),))
     with pytest.raises(ProgramError, match="'c'.*'nope'"):
         run(bad, {"x": x})
+    with pytest.raises(ProgramError, match="'layer0'.*'shape' must be a tuple"):
+        run1("reshape", {"shape": None}, {"x": x}, "int8")
+    with pytest.raises(ProgramError, match=r"'layer0' \(clamp\): malformed parameter"):
+        run1("clamp", {"out_min": "low", "out_max": 3}, {"x": x}, "int8")
     never = Program((TensorSpec("x", "int8", (None, 4)),), (TensorSpec("z", "int8", ()),), ())
     with pytest.raises(ProgramError, match="'z' is never produced"):
         run(never, {"x": x})
@@ -259,6 +263,20 @@ def test_pools_through_run():
     with pytest.raises(ProgramError, match="dilations"):
         run1("avgpool", dict(geo, mode="tflite_raw", dilations=(2, 2), out_dtype="int8"),
              {"x": x}, "int8")
+
+
+def test_constant_step_feeds_an_add():
+    x = np.arange(6, dtype=np.int8).reshape(1, 6)
+    c = np.full((1, 6), 3, dtype=np.int8)
+    steps = (Step("constant", "k", (), ("c",), {"value": c}),
+             Step("add", "plus", ("x", "c"), ("y",), {
+                 "mode": "fixed", "zero_point_a": 0, "zero_point_b": 0, "multiplier_a": 1,
+                 "multiplier_b": 1, "rq_mode": "shift", "rq_shift": np.array([0]),
+                 "rq_rounding": "half_even", "out_zero_point": 0, "out_dtype": "int8"}))
+    res = run(Program((TensorSpec("x", "int8", (None, 6)),), (TensorSpec("y", "int8", ()),), steps),
+              {"x": x}, trace=True)
+    np.testing.assert_array_equal(res.outputs["y"], x + 3)
+    np.testing.assert_array_equal(res.trace["c"], c)
 
 
 def test_movement_quantize_dequantize_softmax_through_run():
