@@ -172,8 +172,7 @@ def _histogram(diff: np.ndarray, n_unknown: int = 0) -> list:
                 for edge in sorted(set(hi_edges[sel].tolist())):
                     c = int(np.count_nonzero(sel & (hi_edges == edge)))
                     lo = edge // 2 + 1
-                    s = "-" if sign < 0 else "+"
-                    bins.append((f"{s}{lo}..{s}{edge}", c))
+                    bins.append((f"-{edge}..-{lo}" if sign < 0 else f"+{lo}..+{edge}", c))
     if n_unknown:
         bins.append(("x/z", int(n_unknown)))
     return bins
