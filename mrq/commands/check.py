@@ -21,6 +21,34 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def value_violations(graph, prof) -> list:
+    """Conv/Gemm weight and bias codes outside the profile's code range (e.g. 4-bit weights
+    stored in int8 whose values need more than 4 bits)."""
+    import numpy as np
+    out = []
+    for node in graph.nodes:
+        if node.op not in ("Conv", "Gemm"):
+            continue
+        for role, name in zip(("weights", "bias"), node.inputs[1:3]):
+            t = graph.tensors.get(name)
+            if t is None or t.data is None:
+                continue
+            data = np.asarray(t.data)
+            if data.dtype.kind not in "iu" or not data.size:
+                continue
+            try:
+                lo, hi = prof.bias.qmin_qmax() if role == "bias" else \
+                    prof.weights.qmin_qmax(data.dtype if t.dtype in ("int4", "uint4") else t.dtype)
+            except (ValueError, TypeError):
+                continue  # a dtype the profile does not allow: reported by profile_violations
+            bad = (data < lo) | (data > hi)
+            if bad.any():
+                width = prof.bias.bits if role == "bias" else prof.weights.bits
+                out.append(f"{name}: {role}: {int(bad.sum())} value(s) outside the profile's {width}-bit "
+                           f"range [{lo}, {hi}] (min {int(data.min())}, max {int(data.max())})")
+    return out
+
+
 def check_model(model, profile, feeds=None):
     """(violation lines, accumulator rows) of ``model`` under ``profile``."""
     from dataclasses import replace
@@ -40,6 +68,7 @@ def check_model(model, profile, feeds=None):
             if names and not (names & supported):
                 lines.append(f"{node.name}: op {node.op} is not supported by profile {prof.name!r}")
     lines += profile_violations(graph, prof)
+    lines += value_violations(graph, prof)
     # Lower without the supported-ops filter so the accumulator analysis covers every layer.
     lowered = lower(graph, replace(arithmetic_from_profile(prof), supported_ops=None))
     rows = accmod.static_analysis(lowered.program)
