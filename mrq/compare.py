@@ -45,6 +45,14 @@ class RequantOutcome:
     violations_after: list
 
 
+def model_violations(graph, profile) -> list:
+    """Format violations (:func:`mrq.api.profile_violations`) plus weight/bias codes outside the
+    profile's widths (as ``mrq check`` reports them)."""
+    from mrq.api import profile_violations
+    from mrq.commands.check import value_violations
+    return profile_violations(graph, profile) + value_violations(graph, profile)
+
+
 def requantize_for_profile(graph, profile, calib: Optional[dict] = None) -> RequantOutcome:
     """THE place where re-quantization plugs into ``compare``.
 
@@ -52,8 +60,7 @@ def requantize_for_profile(graph, profile, calib: Optional[dict] = None) -> Requ
     (:func:`mrq.requant.requantize`) is available, the model is re-quantized to the profile first
     (``calib``: optional calibration inputs); when it is not available or fails, the model is
     simulated with the profile's arithmetic on its own grids and the report says so."""
-    from mrq.api import profile_violations
-    before = profile_violations(graph, profile)
+    before = model_violations(graph, profile)
     if not before:
         return RequantOutcome(graph, False, "the model satisfies the profile", [], [])
     try:
@@ -66,7 +73,7 @@ def requantize_for_profile(graph, profile, calib: Optional[dict] = None) -> Requ
     except MrqError as exc:
         return RequantOutcome(graph, False, f"re-quantization failed ({exc}): simulated with the "
                               f"profile's arithmetic on the model's own grids", before, before)
-    after = profile_violations(new, profile)
+    after = model_violations(new, profile)
     secs = getattr(report, "seconds", 0.0) or 0.0
     note = (f"re-quantized to the profile ({len(before)} violation(s) before, {len(after)} after"
             f"{', calibrated on ' + str(_batch(calib)) + ' sample(s)' if calib else ', data-free'}"
