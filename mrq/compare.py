@@ -48,8 +48,9 @@ class RequantOutcome:
 def model_violations(graph, profile) -> list:
     """Format violations (:func:`mrq.api.profile_violations`) plus weight/bias codes outside the
     profile's widths (as ``mrq check`` reports them)."""
-    from mrq.api import profile_violations
+    from mrq.api import profile_violations, resolve_profile
     from mrq.commands.check import value_violations
+    profile = resolve_profile(profile)
     return profile_violations(graph, profile) + value_violations(graph, profile)
 
 
@@ -60,6 +61,8 @@ def requantize_for_profile(graph, profile, calib: Optional[dict] = None) -> Requ
     (:func:`mrq.requant.requantize`) is available, the model is re-quantized to the profile first
     (``calib``: optional calibration inputs); when it is not available or fails, the model is
     simulated with the profile's arithmetic on its own grids and the report says so."""
+    from mrq.api import resolve_profile
+    profile = resolve_profile(profile)
     before = model_violations(graph, profile)
     if not before:
         return RequantOutcome(graph, False, "the model satisfies the profile", [], [])
