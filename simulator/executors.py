@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from simulator.errors import KernelInputError, ProgramError
+from simulator.executors_extra import EXECUTORS_EXTRA
 from simulator.kernels import conv as conv_k
 from simulator.kernels import eltwise as elt_k
 from simulator.kernels import gemm as gemm_k
@@ -379,3 +380,9 @@ EXECUTORS: dict[str, Callable] = {
 }
 
 __all__ = ["EXECUTORS", "KernelInputError"] + [f.__name__ for f in EXECUTORS.values()]
+
+# The TFLite-specific kinds (softmax_tflite, lut, mean, pad) live in simulator/executors_extra.py.
+_CLASH = set(EXECUTORS) & set(EXECUTORS_EXTRA)
+if _CLASH:
+    raise ImportError(f"step kinds registered twice: {sorted(_CLASH)}")
+EXECUTORS.update(EXECUTORS_EXTRA)

@@ -56,29 +56,37 @@ _TWO53 = 9007199254740992  # 2**53
 # The one rounding decision
 # --------------------------------------------------------------------------------------------
 @njit(cache=True)
+def _cmp(a, b):
+    """-1, 0 or +1 as ``a`` is below, equal to or above ``b``, without a branch."""
+    return np.int64(a > b) - np.int64(a < b)
+
+
+@njit(cache=True)
 def _round_decide(q, cmp_half, nonzero, mode):
     """Round ``q + f`` to an integer, where ``q`` is an integer and ``f`` in [0, 1) a fraction.
 
     ``q`` is the floor of the exact value. ``cmp_half`` is -1, 0 or +1 as ``f`` is below, at or
     above 1/2; ``nonzero`` tells whether ``f != 0``. The exact value is negative iff ``q < 0``.
     Returns ``q`` or ``q + 1``; saturates at INT64_MAX instead of wrapping.
+
+    The branches depend only on ``mode`` (loop-invariant in kernels, so well predicted); the
+    data-dependent decision is boolean arithmetic.
     """
-    up = False
+    above = cmp_half > 0
+    tie = cmp_half == 0
     if mode == RND_FLOOR:
         up = False
     elif mode == RND_TOWARD_ZERO:
-        up = nonzero and q < 0
+        up = nonzero & (q < 0)
     elif mode == RND_HALF_UP:
-        up = cmp_half >= 0
+        up = above | tie
     elif mode == RND_HALF_AWAY:
-        up = cmp_half > 0 or (cmp_half == 0 and q >= 0)
+        up = above | (tie & (q >= 0))
     else:  # RND_HALF_EVEN
-        up = cmp_half > 0 or (cmp_half == 0 and (q & 1) == 1)
-    if up:
-        if q == INT64_MAX:
-            return INT64_MAX
-        return q + 1
-    return q
+        up = above | (tie & ((q & 1) == 1))
+    if up and q == INT64_MAX:
+        return INT64_MAX
+    return q + np.int64(up)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,13 +118,7 @@ def round_float(x, mode):
         return q
     # x is not an integer, so |x| < 2**52 and floor(x) + 0.5 is exact (x - floor(x) is not
     # always exact: -0.5 + 2**-54 would round)
-    mid = fl + 0.5
-    cmp_half = 0
-    if xf < mid:
-        cmp_half = -1
-    elif xf > mid:
-        cmp_half = 1
-    return _round_decide(q, cmp_half, True, mode)
+    return _round_decide(q, _cmp(xf, fl + 0.5), True, mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,12 +166,7 @@ def rounding_shift_right(x, shift, mode):
             mask = (np.int64(1) << shift) - 1
         r = x & mask  # x - q * 2**shift, in [0, 2**shift)
         half = np.int64(1) << (shift - 1)
-        cmp_half = 0
-        if r < half:
-            cmp_half = -1
-        elif r > half:
-            cmp_half = 1
-        return _round_decide(q, cmp_half, r != 0, mode)
+        return _round_decide(q, _cmp(r, half), r != 0, mode)
     # shift >= 64: |x / 2**shift| <= 1/2, with equality only for x = -2**63, shift = 64
     if x == 0:
         return np.int64(0)
@@ -192,13 +189,7 @@ def rounding_divide(x, d, mode):
     d = np.int64(d)
     q = x // d  # floor division in numba (Python semantics)
     r = x - q * d  # in [0, d)
-    twice = 2 * r
-    cmp_half = 0
-    if twice < d:
-        cmp_half = -1
-    elif twice > d:
-        cmp_half = 1
-    return _round_decide(q, cmp_half, r != 0, mode)
+    return _round_decide(q, _cmp(2 * r, d), r != 0, mode)
 
 
 @njit(cache=True)
@@ -223,12 +214,7 @@ def _round_parts(hi, lo31, shift, mode):
         q = (hi << k) + (lo31 >> shift)
         r = lo31 & ((np.int64(1) << shift) - 1)
         half = np.int64(1) << (shift - 1)
-        cmp_half = 0
-        if r < half:
-            cmp_half = -1
-        elif r > half:
-            cmp_half = 1
-        return _round_decide(q, cmp_half, r != 0, mode)
+        return _round_decide(q, _cmp(r, half), r != 0, mode)
     t = shift - 31  # >= 1: the rounding point lies inside hi
     if t <= 63:
         q = hi >> t
@@ -238,12 +224,8 @@ def _round_parts(hi, lo31, shift, mode):
             mask = (np.int64(1) << t) - 1
         rh = hi & mask  # high part of the remainder, in [0, 2**t)
         half_h = np.int64(1) << (t - 1)  # 1/2 is (half_h, 0) in (rh, lo31) units
-        cmp_half = 0
-        if rh < half_h:
-            cmp_half = -1
-        elif rh > half_h:
-            cmp_half = 1
-        elif lo31 > 0:
+        cmp_half = _cmp(rh, half_h)
+        if cmp_half == 0 and lo31 > 0:
             cmp_half = 1
         return _round_decide(q, cmp_half, rh != 0 or lo31 != 0, mode)
     # shift >= 95: the magnitude of the value is below 2**93 / 2**94 = 1/2 (see caller's range)

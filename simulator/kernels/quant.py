@@ -183,6 +183,10 @@ def requant_one(acc, mode, mult_f, mult_i, shift, rnd, zp):
 
 @njit(cache=True, parallel=True)
 def _requant_kernel(acc3, mode, mult_f, mult_i, shifts, rnd, zp, out_min, out_max, out3):
+    """``out3 = clamp(requant(acc3) + zp)`` per channel; returns the saturation count.
+
+    The mode is tested outside the element loop so each loop body is straight-line code.
+    """
     outer, n_ch, inner = acc3.shape
     sat = np.zeros(outer * n_ch, dtype=np.int64)
     for oc in prange(outer * n_ch):
@@ -192,12 +196,24 @@ def _requant_kernel(acc3, mode, mult_f, mult_i, shifts, rnd, zp, out_min, out_ma
         mi = mult_i[c]
         sh = shifts[c]
         count = 0
-        for i in range(inner):
-            r = requant_one(acc3[o, c, i], mode, mf, mi, sh, rnd, zp)
-            v, s = clamp_add_zp(r, zp, out_min, out_max)
-            out3[o, c, i] = v
-            if s:
-                count += 1
+        if mode == RQ_FP32:
+            for i in range(inner):
+                r = round_float(f32_mul(int_to_f32(acc3[o, c, i]), mf), rnd)
+                v, s = clamp_add_zp(r, zp, out_min, out_max)
+                out3[o, c, i] = v
+                count += s
+        elif mode == RQ_SHIFT:
+            for i in range(inner):
+                v, s = clamp_add_zp(rounding_shift_right(acc3[o, c, i], sh, rnd), zp, out_min,
+                                    out_max)
+                out3[o, c, i] = v
+                count += s
+        else:
+            for i in range(inner):
+                r = requant_one(acc3[o, c, i], mode, mf, mi, sh, rnd, zp)
+                v, s = clamp_add_zp(r, zp, out_min, out_max)
+                out3[o, c, i] = v
+                count += s
         sat[oc] = count
     return sat.sum()
 

@@ -35,7 +35,7 @@ def run1(kind, params, feeds, out_dtype):
 
 
 def test_registry_covers_every_program_kind():
-    assert set(EXECUTORS) == PROGRAM_KINDS
+    assert PROGRAM_KINDS <= set(EXECUTORS)
     for kind, fn in EXECUTORS.items():
         assert fn.__name__ == f"execute_{kind}"
 
