@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mrq.ir import Graph, Node, QParams
+from mrq.float_ref_extra import ExtraOpsReference
 
 
 def _grid_clamp(x: np.ndarray, qp: QParams | None) -> np.ndarray:
@@ -93,7 +94,7 @@ def _from_nchw(x, layout):
     return x.transpose(0, 2, 3, 1) if layout == "NHWC" else x
 
 
-class FloatReference:
+class FloatReference(ExtraOpsReference):
     """Float64 execution of the IR.
 
     ``fake_quant=False``: the float reference (grids clamp but do not round).
