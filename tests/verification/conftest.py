@@ -97,8 +97,11 @@ def real_models() -> list:
     if SHARED_MODELS.is_dir():
         try:
             import mrq.tflite_import  # noqa: F401
-            found += sorted(str(p) for p in SHARED_MODELS.rglob("*.tflite")
-                            if ("quant" in p.name or "int8" in p.name) and "float" not in p.name)
+            shared = [p for p in SHARED_MODELS.rglob("*.tflite")
+                      if ("quant" in p.name or "int8" in p.name or "ref_model.tflite" in p.name)
+                      and "float" not in p.name]
+            # CNNs first (the image-classification ResNet has 4-D NHWC activations)
+            found += [str(p) for p in sorted(shared, key=lambda p: ("resnet" not in p.name.lower(), p.name))]
         except Exception:
             pass
     return found
