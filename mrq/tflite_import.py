@@ -431,7 +431,7 @@ class _Importer:
             g_out = self._new_tensor(f"{y}__2d", (None, n), yt)
             self._emit("Gemm", name, index, [a, w] + ([b] if b else []), [g_out], **attrs)
             self._emit("Reshape", name, index, [g_out], [y],
-                       shape=(0,) + tuple(xt.shape[1:-1]) + (n,), tflite_part="keep_num_dims")
+                       shape=(-1,) + tuple(xt.shape[1:-1]) + (n,), tflite_part="keep_num_dims")
         else:
             self._emit("Gemm", name, index, [a, w] + ([b] if b else []), [y], **attrs)
 

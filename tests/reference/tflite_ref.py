@@ -435,10 +435,13 @@ def requant_fp32(acc, scale, zp, lo, hi, channel_axis=-1):
 
 class Interpreter:
     """Runs a :class:`RefModel` with numpy. ``flavour``: 'ref' (BUILTIN_REF) or 'xnnpack'
-    (LiteRT default on x86). ``fc_multiplier``: 'f32_product' (TFLite FULLY_CONNECTED per-tensor:
-    double(f32(s_in*s_w))/s_out) or 'double' (conv-style double product)."""
+    (LiteRT default on x86). FULLY_CONNECTED in 'ref': ``fc_multiplier`` 'double' (double
+    product s_in*s_w/s_out, as measured for LiteRT 2.3) or 'f32_product' (double(f32(s_in*s_w))
+    / s_out, the legacy GetQuantizedConvolutionMultipler); ``fc_single`` True: one rounding half
+    up (TFLITE_SINGLE_ROUNDING-style MBQM, as measured for LiteRT 2.3's reference FC), False:
+    gemmlowp double rounding (as its CONV_2D)."""
 
-    def __init__(self, model, flavour="ref", fc_multiplier="f32_product", fc_single=False):
+    def __init__(self, model, flavour="ref", fc_multiplier="double", fc_single=True):
         if isinstance(model, (str, bytes)):
             model = RefModel(open(model, "rb").read() if isinstance(model, str) else model)
         self.m = model
@@ -599,10 +602,14 @@ class Interpreter:
                 int(ti["zp"][0]), to["scale"][0], int(to["zp"][0]), to["dtype"])
         return mean_ref(*args) if self.flavour == "ref" else mean_xnnpack(*args)
 
-    def _PAD(self, op, x, paddings):
+    def _PAD(self, op, x, paddings, value=None):
         to = self.t(op["outputs"][0])
         pads = [(int(a), int(b)) for a, b in np.asarray(paddings).reshape(-1, 2)]
-        return np.pad(x, pads, constant_values=int(to["zp"][0]))
+        code = int(to["zp"][0]) if value is None else int(np.asarray(value).reshape(-1)[0])
+        return np.pad(x, pads, constant_values=code)
+
+    def _PADV2(self, op, x, paddings, value=None):
+        return self._PAD(op, x, paddings, value)
 
     def _CONCATENATION(self, op, *xs):
         o = _options(op["op"], "ConcatenationOptions")
@@ -617,6 +624,12 @@ class Interpreter:
                 q = round_half_away(f32(np.asarray(x, np.float32) / np.float32(to["scale"][0])))
             else:
                 q = np.rint(f32(np.asarray(x, np.float32) * f32(np.float32(1) / np.float32(to["scale"][0]))))
+            return np.clip(q + zo, info.min, info.max)
+        if self.flavour == "xnnpack":
+            # XNNPACK qs8 convert: M = lrintf(256 * f32(s_in/s_out)), ((x - z_in)*M + 128) >> 8
+            m = int(np.rint(np.float64(f32(np.float32(256.0) * f32(np.float32(ti["scale"][0])
+                                                                     / np.float32(to["scale"][0]))))))
+            q = ((x.astype(np.int64) - int(ti["zp"][0])) * m + 128) >> 8
             return np.clip(q + zo, info.min, info.max)
         m, e = quantize_multiplier(float(ti["scale"][0]) / float(to["scale"][0]))
         return np.clip(mbqm(x.astype(np.int64) - int(ti["zp"][0]), m, e) + zo, info.min, info.max)
@@ -644,9 +657,29 @@ def mul_ref(a, b, sa, za, sb, zb, so, zo, lo, hi):
     return np.clip(mbqm(acc, m, e) + zo, lo, hi)
 
 
+def xnnpack_add_params(sa, sb, so):
+    """XNNPACK xnn_init_qs8_add_minmax_scalar_params: (a_multiplier, b_multiplier, shift)."""
+    a_os = f32(np.float32(sa) / np.float32(so))
+    b_os = f32(np.float32(sb) / np.float32(so))
+    mx = max(abs(float(a_os)), abs(float(b_os)))
+    exponent = math.frexp(mx)[1] - 1
+    shift = 20 - exponent
+    am = int(np.rint(np.float64(a_os) * 2.0 ** shift))
+    bm = int(np.rint(np.float64(b_os) * 2.0 ** shift))
+    return am, bm, shift
+
+
 def add_xnnpack(a, b, sa, za, sb, zb, so, zo, lo, hi):
-    raise NotImplementedError("xnnpack add: to be determined")
+    """XNNPACK qs8 vadd: ``(bias + a*am + b*bm) >> shift`` (floor) with
+    ``bias = 2**(shift-1) - am*za - bm*zb``, i.e. round half up, then + zp and clamp."""
+    am, bm, shift = xnnpack_add_params(sa, sb, so)
+    acc = (np.asarray(a).astype(np.int64) - za) * am + (np.asarray(b).astype(np.int64) - zb) * bm
+    q = (acc + (1 << (shift - 1))) >> shift
+    return np.clip(q + zo, lo, hi)
 
 
 def mul_xnnpack(a, b, sa, za, sb, zb, so, zo, lo, hi):
-    raise NotImplementedError("xnnpack mul: to be determined")
+    """XNNPACK qs8 vmul (fp32): ``RNE(f32(f32(acc) * f32(f32(sa*sb)/so))) + zp`` clamped."""
+    scale = f32(f32(np.float32(sa) * np.float32(sb)) / np.float32(so))
+    acc = (np.asarray(a).astype(np.int64) - za) * (np.asarray(b).astype(np.int64) - zb)
+    return requant_fp32(acc, [scale], zo, lo, hi)
