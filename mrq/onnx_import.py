@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.ir import Graph, Node, QParams, Tensor
+from mrq.shapes import infer_shapes
 
 MS_DOMAIN = "com.microsoft"
 
@@ -211,7 +212,7 @@ class _Importer:
         graph = Graph(self.tensors, self.nodes, list(self.graph_inputs), outputs,
                       name=g.name or "graph", meta={"source": self.source, "format": "onnx"})
         _check_inputs_used(graph)
-        return remove_identities(graph)
+        return remove_identities(infer_shapes(graph))
 
     # ------------------------------------------------------------------------- Q / DQ
     def _op_QuantizeLinear(self, node):
@@ -352,6 +353,8 @@ class _Importer:
         view too; with an integer input, it is an integer tensor of the same grid."""
         op = node.op_type
         x_in = node.input[0]
+        if x_in in self.tensors and not self.tensors[x_in].is_quantized and x_in not in self.alias:
+            return self._quantize_first(node)
         is_view = x_in in self.alias
         src = self._int_input(x_in, node)
         src_t = self.tensors[src]
@@ -387,6 +390,37 @@ class _Importer:
             raise UnsupportedOpError(op, node.name, "per-channel quantized activations through data movement")
         if is_view:
             self.alias[out_name] = int_out
+
+    def _quantize_first(self, node):
+        """A float op that only moves or orders values (MaxPool, Reshape, Relu, ...), on a float
+        tensor, followed by QuantizeLinear: quantizing commutes with it (quantization is
+        monotone, MaxPool pads with -inf), so quantize first and run the op on integers, as
+        ONNX Runtime's optimizer does."""
+        users = self.consumers.get(node.output[0], [])
+        if not users or node.output[0] in self.graph_outputs or \
+                not all(u.op_type == "QuantizeLinear" and list(u.input[1:]) == list(users[0].input[1:]) for u in users):
+            raise ModelError(f"node {node.name!r} ({node.op_type}): input {node.input[0]!r} is a float tensor "
+                             f"that is not quantized; mrq simulates integer graphs only")
+        quant = users[0]
+        qp = self._qparams(quant, quant.input[1], quant.input[2] if len(quant.input) > 2 else "",
+                           axis=_attrs(quant).get("axis", 1))
+        x_in = node.input[0]
+        q_in = x_in + "__quantized"
+        self._add_tensor(q_in, self.tensors[x_in].shape, qp.dtype, qp)
+        self._emit("Quantize", self._name(quant) + "_before_" + (node.name or node.op_type), [x_in], [q_in])
+        self.alias[x_in + "__view"] = q_in
+        for name in (x_in, node.output[0]):
+            if name in self.shapes:
+                self.shapes[name + "__view"] = self.shapes[name]
+        for u in users:
+            self.done.add(id(u))
+        proxy = onnx.helper.make_node(node.op_type, [x_in + "__view"] + list(node.input[1:]), [node.output[0] + "__view"],
+                                      name=node.name, **_attrs(node))
+        self._grid_preserving(proxy)
+        src = self.alias[node.output[0] + "__view"]
+        for u in users:
+            self._add_tensor(u.output[0], self.tensors[src].shape, qp.dtype, qp)
+            self._emit("Reshape", self._name(u), [src], [u.output[0]], shape=None)
 
     def _reshape_target(self, node, attrs, x_in) -> tuple:
         op = node.op_type
