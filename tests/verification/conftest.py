@@ -20,12 +20,14 @@ SHARED_MODELS = Path("/work/shared/models")
 
 
 def make_cnn(seed: int = 0, layout: str = "NCHW", act_dtype: str = "int8", channels=(3, 8, 8),
-             hw: int = 8, n_classes: int = 5, weight_scale: float = 0.02, big_weights: bool = False) -> Graph:
+             hw: int = 8, n_classes: int = 5, weight_scale: float = 0.02, big_weights: bool = False,
+             pow2: bool = False) -> Graph:
     """A small random quantized CNN built directly in the IR:
 
     Quantize -> Conv 3x3 (+ReLU) -> depthwise Conv 3x3 stride 2 (+ReLU) -> GlobalAveragePool ->
     Reshape -> Gemm -> Dequantize. ``big_weights``: every conv weight is +127, so positive inputs
-    drive the accumulators far past 20 bits."""
+    drive the accumulators far past 20 bits. ``pow2``: power-of-two scales everywhere, so the
+    requantization multipliers are powers of two and many outputs fall exactly on ties."""
     rng = np.random.default_rng(seed)
     c_in, c1, c2 = channels
     lo, hi = (-128, 127) if act_dtype == "int8" else (0, 255)
@@ -33,6 +35,8 @@ def make_cnn(seed: int = 0, layout: str = "NCHW", act_dtype: str = "int8", chann
     t: dict = {}
 
     def act(name, shape, scale, zp):
+        if pow2:
+            scale = 2.0 ** np.round(np.log2(scale))
         t[name] = Tensor(name, shape, act_dtype, QParams([scale], [zp], act_dtype))
 
     def sp(c, h, w):
@@ -45,6 +49,9 @@ def make_cnn(seed: int = 0, layout: str = "NCHW", act_dtype: str = "int8", chann
 
     def conv(name, x, y, c_out, c_in_g, group, stride, x_scale, y_scale):
         w_scale = (weight_scale * (0.5 + rng.random(c_out))).astype(np.float32)
+        if pow2:
+            w_scale = np.full(c_out, 2.0 ** -6, np.float32)
+            x_scale = float(t[x].qparams.scale[0])
         if big_weights:
             w = np.full((c_out, c_in_g, 3, 3), 127, np.int8)
         else:
@@ -67,9 +74,11 @@ def make_cnn(seed: int = 0, layout: str = "NCHW", act_dtype: str = "int8", chann
     act("f", (None, c2), 0.04, zp_relu)
     nodes.append(Node("Reshape", "flatten", ["g"], ["f"], {"shape": (0, -1)}))
     w_scale = (0.01 * (0.5 + rng.random(n_classes))).astype(np.float32)
+    if pow2:
+        w_scale = np.full(n_classes, 2.0 ** -7, np.float32)
     wf = np.clip(np.rint(rng.normal(0, 50, (c2, n_classes))), -127, 127).astype(np.int8)
     t["fc_w"] = Tensor("fc_w", wf.shape, "int8", QParams(w_scale, np.zeros(n_classes, np.int64), "int8", axis=1), wf)
-    bs = (np.float32(0.04) * w_scale).astype(np.float32)
+    bs = (np.float32(t["f"].qparams.scale[0]) * w_scale).astype(np.float32)
     t["fc_b"] = Tensor("fc_b", (n_classes,), "int32", QParams(bs, np.zeros(n_classes, np.int64), "int32", axis=0),
                        rng.integers(-500, 500, n_classes).astype(np.int64))
     act("logits_q", (None, n_classes), 0.08, 0 if act_dtype == "int8" else 128)

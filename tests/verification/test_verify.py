@@ -304,3 +304,24 @@ def test_partial_dumps_names_and_require_all(demo_golden, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("verify", tmp_path / "nope", "--actual", d)
     assert r.returncode == 2 and "manifest.json" in r.stderr
+
+
+@pytest.mark.parametrize("profile,dump_rounding,expect", [
+    ("onnxruntime-cpu", "half_away", "rounding: all"),     # fp32 requantization, ties half-even in the golden
+    ("nna-sym8", "half_even", "rounding: all"),            # fixed-point, ties half-up in the golden
+    ("nna-sym8", "floor", "off-by-one: all"),              # truncation: +-1 at ties and elsewhere
+])
+def test_rounding_diagnosis_on_a_generated_model_with_ties(tmp_path, profile, dump_rounding, expect):
+    """Power-of-two scales put many requantized values exactly on x.5: a dump from hardware with
+    another rounding differs by +-1 there, and the diagnosis names the rounding that reproduces it."""
+    from conftest import cnn_inputs, make_cnn
+    from mrq.hw_profile import load_profile
+    g = make_cnn(0, pow2=True)
+    prof = load_profile(profile)
+    hw = dataclasses.replace(prof, requant=dataclasses.replace(prof.requant, rounding=dump_rounding))
+    make_golden(g, prof, cnn_inputs(g), str(tmp_path / "golden"))
+    make_golden(g, hw, cnn_inputs(g), str(tmp_path / "rtl"))
+    fm = verify_dirs(str(tmp_path / "golden"), str(tmp_path / "rtl")).first_mismatch
+    assert fm.name == "a1" and fm.layer == "conv1"
+    assert fm.diagnosis[0].startswith(expect)
+    assert "rounding " in fm.diagnosis[0] and dump_rounding in fm.diagnosis[0].split("rounding ")[-1]
