@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from simulator.errors import KernelInputError, ProgramError
+from simulator.errors import ProgramError
 from simulator.executors_extra import EXECUTORS_EXTRA
 from simulator.kernels import conv as conv_k
 from simulator.kernels import eltwise as elt_k
@@ -223,7 +223,8 @@ def execute_mul(step, *arrays):
 
 def execute_rescale(step, *arrays):
     """``acc = x - input_zero_point`` then the requant block, or ``rq_mode='float_dq_q'``:
-    ``clamp(round(f32(f32(f32(x - zin) * scale_in) / scale_out), rq_rounding) + out_zero_point)``."""
+    ``clamp(round(f32(f32(f32(x - zin) * scale_in) / scale_out), rq_rounding)
+    + out_zero_point)``."""
     _n_inputs(step, arrays, 1)
     x = arrays[0]
     zin = _param(step, "input_zero_point", 0)
@@ -284,7 +285,8 @@ def execute_avgpool(step, *arrays):
         return (out,), _stats(0, n_sat)
     out_min, out_max, dt = _out_block(step)
     if mode == "ort_float":
-        extra = {"scale_in": _param(step, "scale_in"), "zero_point_in": _param(step, "zero_point_in"),
+        extra = {"scale_in": _param(step, "scale_in"),
+                 "zero_point_in": _param(step, "zero_point_in"),
                  "scale_out": _param(step, "scale_out"),
                  "zero_point_out": _param(step, "zero_point_out")}
     elif mode == "tflite_raw":
@@ -379,7 +381,7 @@ EXECUTORS: dict[str, Callable] = {
     "softmax": execute_softmax,
 }
 
-__all__ = ["EXECUTORS", "KernelInputError"] + [f.__name__ for f in EXECUTORS.values()]
+__all__ = ["EXECUTORS"] + [f.__name__ for f in EXECUTORS.values()]
 
 # The TFLite-specific kinds (softmax_tflite, lut, mean, pad) live in simulator/executors_extra.py.
 _CLASH = set(EXECUTORS) & set(EXECUTORS_EXTRA)

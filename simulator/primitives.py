@@ -150,7 +150,8 @@ def rounding_shift_right(x, shift, mode):
     large is outside every output range anyway). ``shift >= 64`` is handled exactly (the result is
     0 or -1). No intermediate overflows.
 
-    Models: the arithmetic right shift with rounding of fixed-point hardware: ``(x + 2**(s-1)) >> s``
+    Models the arithmetic right shift with rounding of fixed-point hardware:
+    ``(x + 2**(s-1)) >> s``
     (RHU: ARM ``SRSHL``/``VRSHR``, Vitis DPU), gemmlowp ``RoundingDivideByPOT`` (RHA), plain ``>>``
     (floor), and RNE / toward-zero variants.
     """

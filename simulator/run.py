@@ -30,7 +30,9 @@ def _check_feeds(program, feeds):
     expected = {spec.name for spec in program.inputs}
     unknown = sorted(set(feeds) - expected)
     if unknown:
-        raise KernelInputError(f"unknown input(s) {unknown}; the program inputs are {sorted(expected)}")
+        raise KernelInputError(
+            f"unknown input(s) {unknown}; the program inputs are {sorted(expected)}"
+        )
     for spec in program.inputs:
         if spec.name not in feeds:
             raise KernelInputError(f"input {spec.name!r} is missing from feeds")

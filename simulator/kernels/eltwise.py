@@ -59,7 +59,7 @@ ELTWISE_DTYPES = ("int8", "uint8", "int16", "uint16", "int32")
 
 
 def broadcast_pair(a, b):
-    """Broadcast ``a`` and ``b`` (numpy rules) to contiguous flat arrays; returns (a1, b1, shape)."""
+    """Broadcast ``a`` and ``b`` (numpy rules) to contiguous flat arrays: (a1, b1, shape)."""
     try:
         shape = np.broadcast_shapes(a.shape, b.shape)
     except ValueError:

@@ -39,7 +39,9 @@ def reshape_target(in_shape, shape) -> tuple:
     for i, s in enumerate(target):
         if s == 0:
             if i >= len(in_shape):
-                raise KernelInputError(f"reshape: 0 at position {i} but input rank is {len(in_shape)}")
+                raise KernelInputError(
+                    f"reshape: 0 at position {i} but input rank is {len(in_shape)}"
+                )
             out.append(int(in_shape[i]))
         elif s == -1:
             if infer_at is not None:
@@ -54,7 +56,9 @@ def reshape_target(in_shape, shape) -> tuple:
     known = int(np.prod(out, dtype=np.int64))
     if infer_at is not None:
         if known == 0 or total % known:
-            raise KernelInputError(f"reshape: cannot infer -1 from {list(in_shape)} to {list(shape)}")
+            raise KernelInputError(
+                f"reshape: cannot infer -1 from {list(in_shape)} to {list(shape)}"
+            )
         out[infer_at] = total // known
     elif known != total:
         raise KernelInputError(f"reshape: cannot reshape {list(in_shape)} to {list(shape)}")
@@ -70,5 +74,7 @@ def transpose(x, *, perm):
     """ONNX Transpose with an explicit permutation."""
     perm = tuple(int(p) for p in perm)
     if sorted(perm) != list(range(x.ndim)):
-        raise KernelInputError(f"transpose: perm {list(perm)} is not a permutation of rank {x.ndim}")
+        raise KernelInputError(
+            f"transpose: perm {list(perm)} is not a permutation of rank {x.ndim}"
+        )
     return np.ascontiguousarray(np.transpose(x, perm))

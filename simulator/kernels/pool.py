@@ -179,7 +179,8 @@ def _avgpool_kernel(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in, s_
                     y = np.float32(0.0)
                     for h in range(h0, h1):
                         for w in range(w0, w1):
-                            y = f32_add(y, f32_mul(s_in, int_to_f32(np.int64(x[n, c, h, w]) - z_in)))
+                            xv = int_to_f32(np.int64(x[n, c, h, w]) - z_in)
+                            y = f32_add(y, f32_mul(s_in, xv))
                     y = f32_div(y, int_to_f32(count))
                     f = f32_add(f32_div(y, s_out), int_to_f32(z_out))
                     q, s = clamp_add_zp(round_float(f, RND_HALF_EVEN), np.int64(0), out_min,

@@ -86,7 +86,9 @@ def check_int_array(name, x, dtypes=INT_DTYPES):
     if not isinstance(x, np.ndarray):
         raise KernelInputError(f"{name}: expected a numpy array, got {type(x).__name__}")
     if x.dtype.name not in dtypes:
-        raise KernelInputError(f"{name}: dtype {x.dtype.name} not supported, expected one of {dtypes}")
+        raise KernelInputError(
+            f"{name}: dtype {x.dtype.name} not supported, expected one of {dtypes}"
+        )
 
 
 def check_out_range(out_min, out_max, out_dtype) -> tuple[int, int, np.dtype]:
@@ -107,7 +109,7 @@ def check_out_range(out_min, out_max, out_dtype) -> tuple[int, int, np.dtype]:
 
 
 def per_channel(name, values, n_channels, dtype) -> np.ndarray:
-    """Broadcast a length-1 or length-``n_channels`` parameter to a contiguous [n_channels] array."""
+    """Broadcast a length-1 or length-``n_channels`` parameter to a contiguous array."""
     arr = np.asarray(values)
     if arr.ndim == 0:
         arr = arr.reshape(1)
@@ -326,7 +328,8 @@ def _quantize_kernel(x3, scale, zp, rnd, use_multiply, out_min, out_max, out3):
 
 def quantize(x, *, scale, zero_point, axis=1, rounding="half_even", method="divide",
              out_min=None, out_max=None, out_dtype="int8"):
-    """Quantize float32 ``x``: ``q = clamp(round(f32(x / s)) + zp)``; returns ``(q, out_saturated)``.
+    """Quantize float32 ``x``: ``q = clamp(round(f32(x / s)) + zp)``; returns
+    ``(q, out_saturated)``.
 
     ``method='divide'`` is ORT/TFLite QuantizeLinear (true IEEE division); ``'multiply'`` uses
     ``f32(x * f32(1 / s))``. Per-axis when ``scale``/``zero_point`` have length > 1. NaN maps to

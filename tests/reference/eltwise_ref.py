@@ -1,4 +1,4 @@
-"""Reference element-wise ops, one element at a time (numpy broadcasting via np.broadcast_arrays)."""
+"""Reference element-wise ops, one element at a time (numpy broadcasting rules)."""
 from __future__ import annotations
 
 import numpy as np

@@ -111,7 +111,7 @@ def _zps(rng, dtype, n, odd):
     return zs
 
 
-# --- QLinearAdd / QLinearMul ------------------------------------------------------------------------
+# --- QLinearAdd / QLinearMul ----------------------------------------------------------------------
 BINARY_SHAPES = [((4, 64), (4, 64)), ((2, 3, 5, 7), (1, 3, 1, 1)), ((1, 3, 1, 1), (2, 3, 5, 7)),
                  ((1, 37), (53, 1)), ((53, 1), (1, 37)), ((), (3, 11)), ((3, 11), ()),
                  ((2, 5, 1), (2, 5, 9)), ((9,), (4, 9))]
@@ -212,7 +212,7 @@ def test_qlinear_mul(dtype, shapes, pow2):
         _check("QLinearMul", got, want)
 
 
-# --- pooling ----------------------------------------------------------------------------------------
+# --- pooling --------------------------------------------------------------------------------------
 POOL_CASES = [((2, 2), (2, 2), (0, 0, 0, 0), 0), ((3, 3), (1, 1), (1, 1, 1, 1), 0),
               ((3, 3), (2, 2), (1, 1, 1, 1), 1), ((2, 3), (2, 1), (1, 0, 0, 2), 1),
               ((3, 2), (3, 2), (0, 1, 2, 1), 0), ((5, 5), (2, 2), (2, 2, 2, 2), 1)]
@@ -321,7 +321,7 @@ def test_maxpool(dtype, case):
     _check("MaxPool", _run_program("maxpool", params, {"x": x}, dtype), want)
 
 
-# --- QLinearConv / QLinearMatMul / ConvInteger ---------------------------------------------------------
+# --- QLinearConv / QLinearMatMul / ConvInteger ----------------------------------------------------
 CONV_CASES = [  # (c_in, c_out, group, kernel, strides, pads, dilations, hw)
     (3, 8, 1, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (9, 9)),
     (4, 6, 1, (3, 3), (2, 2), (0, 1, 2, 1), (1, 1), (10, 11)),
@@ -426,7 +426,7 @@ def test_conv_integer_and_matmul_integer(act, wt):
     _check("MatMulInteger", _run_program("gemm", params, {"a": a}, "int32"), want)
 
 
-# --- QuantizeLinear / DequantizeLinear ----------------------------------------------------------------
+# --- QuantizeLinear / DequantizeLinear ------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "uint16"])
 @pytest.mark.parametrize("per_axis", [False, True])
 @pytest.mark.parametrize("pow2", [True, False])

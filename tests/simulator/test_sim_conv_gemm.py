@@ -44,7 +44,8 @@ def _compare_or_raise(got_fn, want):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**32 - 1), acc=st.sampled_from(ACC), layout=st.sampled_from(["NCHW", "NHWC"]),
+@given(seed=st.integers(0, 2**32 - 1), acc=st.sampled_from(ACC),
+       layout=st.sampled_from(["NCHW", "NHWC"]),
        xdt=st.sampled_from(["int8", "uint8", "int16"]), wdt=st.sampled_from(["int8", "uint8"]),
        extreme=st.booleans(), depthwise=st.booleans())
 def test_conv_random(seed, acc, layout, xdt, wdt, extreme, depthwise):

@@ -136,7 +136,7 @@ def test_add_ort_fma_int8_exhaustive():
     np.testing.assert_array_equal(got, want)
 
 
-# --- mul, rescale, clamp ------------------------------------------------------------------------------
+# --- mul, rescale, clamp --------------------------------------------------------------------------
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(["int8", "uint8"]),
        shapes=st.sampled_from(BROADCAST_SHAPES),
@@ -202,7 +202,7 @@ def test_clamp_and_errors():
                             out_max=127, out_dtype="int8")
 
 
-# --- pooling ---------------------------------------------------------------------------------------
+# --- pooling --------------------------------------------------------------------------------------
 def _pool_case(rng):
     kh, kw = (int(v) for v in rng.integers(1, 4, 2))
     sh, sw = (int(v) for v in rng.integers(1, 4, 2))
@@ -308,13 +308,14 @@ def test_global_sum_and_pool_errors():
 
 
 @pytest.mark.parametrize("in_size,k,s,p0,p1,ceil,want", [
-    (5, 2, 2, 0, 0, False, 2), (5, 2, 2, 0, 0, True, 3), (6, 3, 2, 1, 1, True, 4), (5, 3, 2, 1, 1, True, 3),
+    (5, 2, 2, 0, 0, False, 2), (5, 2, 2, 0, 0, True, 3), (6, 3, 2, 1, 1, True, 4),
+    (5, 3, 2, 1, 1, True, 3),
     (4, 2, 2, 0, 1, True, 2), (7, 3, 3, 0, 0, True, 3), (32, 3, 2, 1, 1, False, 16)])
 def test_pool_output_size(in_size, k, s, p0, p1, ceil, want):
     assert pool.pool_output_size(in_size, k, s, p0, p1, 1, ceil) == want
 
 
-# --- movement and softmax ---------------------------------------------------------------------------
+# --- movement and softmax -------------------------------------------------------------------------
 def test_movement():
     x = np.arange(24, dtype=np.int8).reshape(2, 3, 4)
     np.testing.assert_array_equal(movement.reshape(x, shape=(0, -1)), x.reshape(2, 12))

@@ -75,7 +75,7 @@ def test_round_float_specials():
         assert prim.round_float(-(2.0**63), mode) == I64_MIN
 
 
-# --- integer shifts --------------------------------------------------------------------------------
+# --- integer shifts -------------------------------------------------------------------------------
 @SETTINGS
 @given(x=st.integers(I64_MIN, I64_MAX), shift=st.integers(-70, 130), mode=st.sampled_from(MODES))
 def test_rounding_shift_right_random(x, shift, mode):
@@ -132,7 +132,7 @@ def test_rounding_divide_ties(mode):
             assert prim.rounding_divide(x, d, CODES[mode]) == ref.rounding_divide(x, d, mode)
 
 
-# --- widths -----------------------------------------------------------------------------------------
+# --- widths ---------------------------------------------------------------------------------------
 @SETTINGS
 @given(x=st.integers(I64_MIN, I64_MAX), bits=st.integers(1, 64))
 def test_wrap_and_saturate_bits(x, bits):
@@ -168,7 +168,7 @@ def test_acc_add_int64_edges():
     assert prim.acc_add(lo + 5, -5, lo, hi, False) == (lo, False)
 
 
-# --- gemmlowp / TFLite / ruy -------------------------------------------------------------------------
+# --- gemmlowp / TFLite / ruy ----------------------------------------------------------------------
 def test_srdhm_edge_lattice_exhaustive():
     vals = lattice_i32()
     for a in vals:
@@ -213,7 +213,7 @@ def test_mbqm_lattice():
                     x, m, shift)
 
 
-# --- float32 -----------------------------------------------------------------------------------------
+# --- float32 --------------------------------------------------------------------------------------
 f32_finite = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 

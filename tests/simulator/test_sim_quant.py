@@ -1,4 +1,4 @@
-"""simulator.kernels.quant (requantize, quantize, dequantize) against tests/reference/quant_ref.py."""
+"""simulator.kernels.quant (requantize, quantize, dequantize) against tests/reference."""
 import pathlib
 import sys
 
@@ -159,7 +159,7 @@ def test_requantize_fp32_ties_go_to_even_before_the_zero_point():
     assert np.any(out != out_in)
 
 
-# --- quantize / dequantize -------------------------------------------------------------------------
+# --- quantize / dequantize ------------------------------------------------------------------------
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), rounding=st.sampled_from(MODES),
        method=st.sampled_from(["divide", "multiply"]), dtype=st.sampled_from(OUT_DTYPES),

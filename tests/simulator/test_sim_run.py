@@ -18,7 +18,8 @@ from simulator.program import Program, Step, TensorSpec  # noqa: E402
 from simulator.run import RunResult, run  # noqa: E402
 from tests.reference import conv_ref, eltwise_ref, gemm_ref, pool_ref, quant_ref  # noqa: E402
 
-PROGRAM_KINDS = {"constant", "quantize", "dequantize", "conv", "gemm", "add", "mul", "rescale", "clamp",
+PROGRAM_KINDS = {"constant", "quantize", "dequantize", "conv", "gemm", "add", "mul", "rescale",
+                 "clamp",
                  "maxpool", "avgpool", "global_avgpool", "concat", "reshape", "transpose",
                  "softmax"}
 
@@ -99,7 +100,7 @@ def test_network_matches_composed_references_with_trace_and_stats():
     np.testing.assert_array_equal(res1.outputs["logits"], logits[:1])
 
 
-# --- errors -----------------------------------------------------------------------------------------
+# --- errors ---------------------------------------------------------------------------------------
 def test_feed_checks_name_the_input():
     program, *_ = _net()
     x = np.zeros((1, 3, 6, 6), np.float32)
@@ -147,7 +148,7 @@ def test_kernel_errors_are_prefixed_with_the_step():
         run1("conv", params, {"x": x.astype(np.int32)}, "int8")
 
 
-# --- every kind through run --------------------------------------------------------------------------
+# --- every kind through run -----------------------------------------------------------------------
 def _u8(rng, shape):
     return rng.integers(0, 256, shape).astype(np.uint8)
 
@@ -283,7 +284,8 @@ def test_movement_quantize_dequantize_softmax_through_run():
     rng = np.random.default_rng(6)
     x = rng.integers(-128, 128, (2, 3, 4)).astype(np.int8)
     y = rng.integers(-128, 128, (2, 1, 4)).astype(np.int8)
-    res = run(Program((TensorSpec("x", "int8", (None, 3, 4)), TensorSpec("y", "int8", (None, 1, 4))),
+    specs = (TensorSpec("x", "int8", (None, 3, 4)), TensorSpec("y", "int8", (None, 1, 4)))
+    res = run(Program(specs,
                       (TensorSpec("t", "int8", ()),),
                       (Step("concat", "cat", ("x", "y"), ("c",), {"axis": 1}),
                        Step("transpose", "tr", ("c",), ("t",), {"perm": (0, 2, 1)}))),
