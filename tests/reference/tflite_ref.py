@@ -96,7 +96,8 @@ def round_half_away(x):
 
 
 def f32(x):
-    return np.asarray(x, np.float64).astype(np.float32)
+    with np.errstate(over="ignore"):   # float overflow to inf, as in C
+        return np.asarray(x, np.float64).astype(np.float32)
 
 
 # ---- gemmlowp transcendental functions (FixedPoint<int32, k>) -------------------------------
@@ -234,7 +235,8 @@ def lut_int8(input_scale, input_zero_point, output_scale, output_zero_point, fn,
 def sigmoid_f32(v):
     """``1.0f / (1.0f + expf(-v))`` with a correctly rounded expf."""
     v = np.asarray(v, np.float32)
-    e = f32(np.exp(-v.astype(np.float64)))
+    with np.errstate(over="ignore"):
+        e = f32(np.exp(-v.astype(np.float64)))
     return f32(np.float32(1) / f32(np.float32(1) + e))
 
 
