@@ -24,8 +24,10 @@ lowering; what the profile vocabulary cannot express is done by :meth:`lower_ove
 * xnnpack, Add: XNNPACK qs8 add: ``a_scale = f32(s_a/s_out)``, ``b_scale = f32(s_b/s_out)``,
   ``shift = 20 - floor(log2(max))``, multipliers ``lrintf(scale * 2**shift)``, then
   ``(acc + 2**(shift-1)) >> shift`` = add ``mode='fixed'`` with ``rq_mode='shift'``, half up.
-* xnnpack, Rescale (int8 QUANTIZE): XNNPACK qs8 convert ``M = lrintf(256 * f32(s_in/s_out))``,
-  ``q = ((x - z_in) * M + 128) >> 8`` = rescale ``rq_mode='fixed'``, shift 8, half up.
+* xnnpack, Rescale (8-bit QUANTIZE): XNNPACK convert for int8->int8 / uint8->uint8, ``M =
+  lrintf(256 * f32(s_in/s_out))``, ``q = ((x - z_in) * M + 128) >> 8`` = rescale
+  ``rq_mode='fixed'``, shift 8, half up; int8<->uint8 (not delegated): TFLite's optimized
+  Requantize = ``double_q31`` with both roundings half up (ruy).
 * xnnpack, fused-activation bounds of Conv/Gemm/Mul/Clamp: ``xnn_qs8_quantize``
   ``RNE(f32(f32(v / s) + zp))`` instead of the profile's quantizer.
 
@@ -225,17 +227,27 @@ class ExtraOpsLowering:
         return True
 
     def _xnnpack_requantize(self, node) -> bool:
+        """QUANTIZE between 8-bit types on LiteRT's default path: XNNPACK's convert for int8->int8
+        and uint8->uint8 when ``2**-8 <= f32(s_in/s_out) <= 2**7`` (``M = lrintf(256 * ratio)``,
+        ``((x - z_in) * M + 128) >> 8``); otherwise TFLite's optimized Requantize, whose x86
+        MultiplyByQuantizedMultiplier rounds half up twice (ruy)."""
         x_qp, y_qp = self.t(node.inputs[0]).qparams, self.t(node.outputs[0]).qparams
-        if x_qp.dtype != "int8" or y_qp.dtype != "int8" or node.attrs.get("clamp") is not None:
+        if x_qp.dtype not in _8BIT or y_qp.dtype not in _8BIT or node.attrs.get("clamp") is not None:
             return False
-        m = int(np.rint(np.float64(_f32(256.0) * _f32(_f32(x_qp.scale[0]) / _f32(y_qp.scale[0])))))
-        if not 1 <= m <= 32768:
-            return False
-        self.emit("rescale", node, node.inputs, node.outputs, input_zero_point=int(x_qp.zero_point[0]),
-                  rq_mode="fixed", rq_multiplier=np.array([m], np.int64),
-                  rq_shift=np.array([8], np.int64), rq_rounding="half_up",
-                  out_zero_point=int(y_qp.zero_point[0]), out_min=-128, out_max=127,
-                  out_dtype="int8", channel_axis=-1)
+        out_dtype = storage_dtype(y_qp.dtype)
+        info = np.iinfo(np.dtype(out_dtype))
+        common = dict(input_zero_point=int(x_qp.zero_point[0]), out_zero_point=int(y_qp.zero_point[0]),
+                      out_min=int(info.min), out_max=int(info.max), out_dtype=out_dtype, channel_axis=-1)
+        ratio = _f32(_f32(x_qp.scale[0]) / _f32(y_qp.scale[0]))
+        if x_qp.dtype == y_qp.dtype and 2.0 ** -8 <= float(ratio) <= 2.0 ** 7:
+            m = int(np.rint(np.float64(_f32(_f32(256.0) * ratio))))
+            self.emit("rescale", node, node.inputs, node.outputs, rq_mode="fixed",
+                      rq_multiplier=np.array([m], np.int64), rq_shift=np.array([8], np.int64),
+                      rq_rounding="half_up", **common)
+            return True
+        m, s = mul.tflite_multipliers(np.array([float(x_qp.scale[0]) / float(y_qp.scale[0])]))
+        self.emit("rescale", node, node.inputs, node.outputs, rq_mode="double_q31", rq_multiplier=m,
+                  rq_shift=s, rq_rounding="half_up", **common)
         return True
 
     # ------------------------------------------------------------------ Softmax

@@ -417,6 +417,16 @@ def mbqm_single(x, multiplier, shift):
     return (x + (np.int64(1) << (total - 1))) >> total
 
 
+def mbqm_ruy(x, multiplier, shift):
+    """TFLite's optimized x86 MultiplyByQuantizedMultiplier (ruy): double rounding, both steps
+    half up: ``y = (x << left) * M + 2**30 >> 31``, then ``(y + 2**(right-1)) >> right``."""
+    shift = np.asarray(shift, np.int64)
+    left = np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    y = (wrap32(wrap32(x) << left) * np.asarray(multiplier, np.int64) + (1 << 30)) >> 31
+    return np.where(right > 0, (y + ((np.int64(1) << right) >> 1)) >> right, y)
+
+
 def requant_ref(acc, mult, shift, zp, lo, hi, channel_axis=-1, single=False):
     shape = [1] * acc.ndim
     shape[channel_axis] = -1
@@ -627,14 +637,17 @@ class Interpreter:
             else:
                 q = np.rint(f32(np.asarray(x, np.float32) * f32(np.float32(1) / np.float32(to["scale"][0]))))
             return np.clip(q + zo, info.min, info.max)
-        if self.flavour == "xnnpack":
-            # XNNPACK qs8 convert: M = lrintf(256 * f32(s_in/s_out)), ((x - z_in)*M + 128) >> 8
-            m = int(np.rint(np.float64(f32(np.float32(256.0) * f32(np.float32(ti["scale"][0])
-                                                                     / np.float32(to["scale"][0]))))))
-            q = ((x.astype(np.int64) - int(ti["zp"][0])) * m + 128) >> 8
-            return np.clip(q + zo, info.min, info.max)
+        ratio = f32(np.float32(ti["scale"][0]) / np.float32(to["scale"][0]))
         m, e = quantize_multiplier(float(ti["scale"][0]) / float(to["scale"][0]))
-        return np.clip(mbqm(x.astype(np.int64) - int(ti["zp"][0]), m, e) + zo, info.min, info.max)
+        xz = x.astype(np.int64) - int(ti["zp"][0])
+        if self.flavour == "xnnpack":
+            if ti["dtype"] == to["dtype"] and 2.0 ** -8 <= float(ratio) <= 2.0 ** 7:
+                # XNNPACK convert: M = lrintf(256 * f32(s_in/s_out)), ((x - z_in)*M + 128) >> 8
+                mx = int(np.rint(np.float64(f32(np.float32(256.0) * ratio))))
+                return np.clip(((xz * mx + 128) >> 8) + zo, info.min, info.max)
+            # not delegated: TFLite optimized Requantize, x86 MBQM = ruy (both steps half up)
+            return np.clip(mbqm_ruy(xz, m, e) + zo, info.min, info.max)
+        return np.clip(mbqm(xz, m, e) + zo, info.min, info.max)
 
     def _DEQUANTIZE(self, op, x):
         ti = self.t(op["inputs"][0])

@@ -178,10 +178,10 @@ def quantize_float():
     return b.finish([x], [y])
 
 
-def requantize(s_out=0.0123, z_out=7):
+def requantize(s_out=0.0123, z_out=7, in_dtype="int8", out_dtype="int8", z_in=-5):
     b = ModelBuilder()
-    x = _q(b, "x", [1, 256], 0.037, -5)
-    y = _q(b, "y", [1, 256], s_out, z_out)
+    x = _q(b, "x", [1, 256], 0.037, z_in, dtype=in_dtype)
+    y = _q(b, "y", [1, 256], s_out, z_out, dtype=out_dtype)
     b.op("QUANTIZE", [x], [y])
     return b.finish([x], [y])
 
@@ -266,6 +266,10 @@ CASES = {
     "quantize_float": quantize_float,
     "requantize": requantize,
     "requantize_up": lambda: requantize(0.11, -100),
+    "requantize_tiny_ratio": lambda: requantize(20.0, 0),
+    "requantize_u8_to_i8": lambda: requantize(0.02, -3, in_dtype="uint8", z_in=130),
+    "requantize_i8_to_u8": lambda: requantize(0.05, 120, out_dtype="uint8"),
+    "requantize_u8_to_u8": lambda: requantize(0.013, 200, in_dtype="uint8", out_dtype="uint8", z_in=77),
     "dequantize": dequantize,
     "chain": chain,
 }
