@@ -9,7 +9,7 @@ import numpy as np
 from mrq.errors import InputDataError
 from mrq.float_ref import FloatReference
 from mrq.hw_profile import HwProfile, load_profile
-from mrq.ir import Graph
+from mrq.ir import Graph, storage_dtype
 from mrq.lower import LoweredModel, arithmetic_from_profile, lower
 from mrq.metrics import LayerFidelity, layer_fidelity
 from mrq.onnx_import import load_model
@@ -26,14 +26,18 @@ def profile_violations(graph: Graph, profile: HwProfile) -> list[str]:
     lines = []
     roles = {}
     for node in graph.nodes:
-        if node.op in ("Conv", "Gemm"):
+        if node.op in ("Conv", "Gemm") and not node.attrs.get("integer_output"):
             roles[node.inputs[1]] = "weights"
+            if len(node.inputs) > 2:
+                roles[node.inputs[2]] = "bias"
     for name, t in graph.tensors.items():
-        if t.qparams is None or t.dtype in ("int32", "int64"):
-            continue
         role = roles.get(name, "activations")
+        if t.qparams is None or (role != "bias" and t.dtype in ("int32", "int64")):
+            continue
         qp = t.qparams
-        for problem in profile.check_tensor(role, qp.dtype, qp.scale, qp.zero_point, qp.axis):
+        values = np.asarray(t.data) if t.is_const else None
+        for problem in profile.check_tensor(role, storage_dtype(qp.dtype), qp.scale, qp.zero_point, qp.axis,
+                                            values=values):
             lines.append(f"{name}: {problem}")
     return lines
 

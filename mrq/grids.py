@@ -77,13 +77,18 @@ def grid_for_range(lo: np.ndarray, hi: np.ndarray, fmt, axis: Optional[int] = No
         scale = np.maximum(hi / max(pos, 1), -lo / max(neg, 1)) * scale_multiplier
         scale = np.where(scale > 0, scale, 1.0)
         scale = snap_scale(scale, fmt.scale, direction)
-        return QParams(scale, zp, dtype, axis=axis if scale.size > 1 else None)
+        return QParams(scale, zp, dtype, axis=axis if scale.size > 1 else None, **_width(fmt))
     # Asymmetric: the real range maps onto the full code range, zero exactly representable.
     scale = (hi - lo) / (qmax - qmin) * scale_multiplier
     scale = np.where(scale > 0, scale, 1.0)
     scale = snap_scale(scale, fmt.scale, direction)
     zp = np.clip(np.rint(qmin - lo / scale), qmin, qmax).astype(np.int64)
-    return QParams(scale, zp, dtype, axis=axis if scale.size > 1 else None)
+    return QParams(scale, zp, dtype, axis=axis if scale.size > 1 else None, **_width(fmt))
+
+
+def _width(fmt) -> dict:
+    """Code width and narrow range of a profile format, for QParams."""
+    return {"narrow_range": bool(fmt.narrow_range), "bits": fmt.bits if fmt.bits not in (8, 16) else None}
 
 
 def real_range(qp: QParams) -> tuple[np.ndarray, np.ndarray]:

@@ -64,6 +64,7 @@ class QParams:
     dtype: str
     axis: Optional[int] = None
     narrow_range: bool = False
+    bits: Optional[int] = None    # code width when narrower than the dtype (4-bit codes in int8)
 
     def __post_init__(self):
         object.__setattr__(self, "scale", np.atleast_1d(np.asarray(self.scale, np.float32)))
@@ -84,11 +85,16 @@ class QParams:
     @property
     def qmin(self) -> int:
         lo, _ = dtype_range(self.dtype)
-        return lo + 1 if self.narrow_range and lo < 0 else lo
+        if self.bits is not None:
+            lo = -(1 << (self.bits - 1)) if lo < 0 else 0
+        return lo + 1 if self.narrow_range else lo
 
     @property
     def qmax(self) -> int:
-        return dtype_range(self.dtype)[1]
+        hi = dtype_range(self.dtype)[1]
+        if self.bits is not None:
+            hi = (1 << (self.bits - 1)) - 1 if dtype_range(self.dtype)[0] < 0 else (1 << self.bits) - 1
+        return hi
 
     def same_grid(self, other: "QParams") -> bool:
         return (self.dtype == other.dtype and self.scale.shape == other.scale.shape

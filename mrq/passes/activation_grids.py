@@ -34,7 +34,8 @@ def signedness_flip(qp: QParams, fmt) -> QParams | None:
         new_dtype, shift = "u" + qp.dtype, half
     if new_dtype not in fmt.dtypes():
         return None
-    return QParams(qp.scale, qp.zero_point + shift, new_dtype, axis=qp.axis, narrow_range=qp.narrow_range)
+    return QParams(qp.scale, qp.zero_point + shift, new_dtype, axis=qp.axis, narrow_range=qp.narrow_range,
+                   bits=qp.bits)
 
 
 def quant_mse(values: np.ndarray, qp: QParams) -> float:

@@ -133,4 +133,5 @@ def _select(rows, lo, hi, fmt, axis, energy, select) -> QParams:
             else:
                 best_scale = np.where(better, cand.scale, best_scale)
                 best_zp = np.where(better, cand.zero_point, best_zp)
-    return QParams(best_scale.astype(np.float32), best_zp, base.dtype, axis=base.axis)
+    return QParams(best_scale.astype(np.float32), best_zp, base.dtype, axis=base.axis,
+                   narrow_range=base.narrow_range, bits=base.bits)
