@@ -186,6 +186,10 @@ class _Importer:
             return self._constant(idx, op, index)
         if raw["dtype"] not in _QUANT_TYPES + ("float32",):
             raise UnsupportedOpError(op, f"operator {index}", f"tensor {raw['name']!r} has type {raw['dtype']}")
+        if raw["dtype"] == "int16":
+            raise UnsupportedOpError(op, f"operator {index}",
+                                     f"tensor {raw['name']!r}: int16 activations (16x8 quantization) "
+                                     f"are not supported")
         qp = self._qparams(raw)
         if raw["dtype"] in _QUANT_TYPES and qp is None:
             raise ModelError(f"tensor {raw['name']!r} is {raw['dtype']} without quantization parameters")
@@ -293,9 +297,7 @@ class _Importer:
                     "it has no int8/uint8/int16 tensors with quantization parameters")
             raise ModelError(f"{self.source}: the model is not quantized: {what}; convert it with "
                              f"full-integer quantization (int8 activations) first")
-        inputs = []
-        for idx in self.g.InputsAsNumpy():
-            inputs.append(self._activation(int(idx), "input", -1))
+        input_idx = [int(i) for i in self.g.InputsAsNumpy()]
         for index in range(self.g.OperatorsLength()):
             op = self.g.Operators(index)
             code = self.model.OperatorCodes(op.OpcodeIndex())
@@ -311,6 +313,8 @@ class _Importer:
             ins = [int(v) for v in op.InputsAsNumpy()] if op.InputsLength() else []
             outs = [int(v) for v in op.OutputsAsNumpy()] if op.OutputsLength() else []
             handler(op, name, index, ins, outs)
+        # Graph inputs are created by their first consumer (so errors name that operator).
+        inputs = [self._activation(idx, "input", -1) for idx in input_idx]
         outputs = []
         for idx in self.g.OutputsAsNumpy():
             name = self._ir_name(int(idx))

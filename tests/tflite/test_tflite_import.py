@@ -191,3 +191,13 @@ def test_mean_pad_logistic_ir():
     assert pad.op == "Pad" and pad.attrs["pads"] == ((0, 0), (1, 1), (0, 2), (0, 0)) and pad.attrs["value"] == 0.0
     assert mean.op == "Mean" and mean.attrs["axes"] == (1, 2) and mean.attrs["keep_dims"] is False
     assert logistic.op == "Logistic"
+
+
+def test_int16_activations_rejected():
+    b = ModelBuilder()
+    x = b.tensor("x", [1, 8], "int16", scale=0.001, zero_point=0)
+    y = b.tensor("y", [1, 8], "int16", scale=1 / 32768, zero_point=0)
+    b.op("LOGISTIC", [x], [y])
+    with pytest.raises(UnsupportedOpError, match="int16") as info:
+        import_tflite_bytes(b.finish([x], [y]))
+    assert "operator" in str(info.value)
