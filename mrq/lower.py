@@ -351,6 +351,12 @@ class _Lowerer(ExtraOpsLowering):
         geom = dict(layout=at.get("layout", "NCHW"), kernel=at["kernel"], strides=at["strides"],
                     pads=at["pads"], ceil_mode=at.get("ceil_mode", 0),
                     count_include_pad=at.get("count_include_pad", 0))
+        x_shape = self.t(node.inputs[0]).shape
+        spatial = (x_shape[2:4] if geom["layout"] == "NCHW" else x_shape[1:3]) if len(x_shape) == 4 else ()
+        if self.a.avgpool == "ort_float" and tuple(spatial) == tuple(geom["kernel"]) and not any(geom["pads"]):
+            # ONNX Runtime runs an average pool over the whole image with its global-pool kernel.
+            self._GlobalAveragePool(node)
+            return
         lo, hi = self.out_range(y_qp, at.get("clamp"))
         if self.a.avgpool == "tflite_raw" and not x_qp.same_grid(y_qp):
             raise UnsupportedOpError("AveragePool", node.name,
