@@ -274,7 +274,8 @@ class ExtraOpsLowering:
                 self.emit("softmax_tflite", node, node.inputs, node.outputs, mode="lut", axis=-1,
                           table=tflite_softmax_table(x_qp.scale[0], beta),
                           scale_out=_f32(y_qp.scale[0]), zero_point_out=int(y_qp.zero_point[0]),
-                          out_min=int(info.min), out_max=int(info.max), out_dtype=out_dtype)
+                          out_min=int(info.min), out_max=int(info.max), out_dtype=out_dtype,
+                          rounding="add_half_truncate" if out_dtype == "uint8" else "half_away")
                 return
         if beta != 1.0:
             raise UnsupportedOpError("Softmax", node.name,

@@ -9,7 +9,8 @@ Same signature as :mod:`simulator.executors`: ``execute_<kind>(step, *arrays) ->
                     ``input_left_shift``, ``diff_min``, ``out_dtype`` (the output offset is its
                     lowest code), optional ``out_min``/``out_max``. ``mode='lut'`` (LiteRT
                     optimized kernel): ``table`` float32[256], ``scale_out``,
-                    ``zero_point_out``, ``out_min``, ``out_max``, ``out_dtype``.
+                    ``zero_point_out``, ``out_min``, ``out_max``, ``out_dtype``, ``rounding``
+                    ('half_away', or 'add_half_truncate' = ``int(f32(p + 0.5f))``).
 ``lut``             8-bit x: ``table`` [256] of ``out_dtype`` indexed by ``x - min(dtype(x))``.
 ``mean``            x; ``axes``, ``keep_dims``; ``mode='tflite'``: ``input_zero_point``,
                     ``multiplier``, ``shift`` (TFLite sign, includes 1/n), ``out_zero_point``;
@@ -75,7 +76,7 @@ def execute_softmax_tflite(step, *arrays):
         out, n_sat = tfl_k.softmax_lut(
             x, table=_param(step, "table"), scale_out=_param(step, "scale_out"),
             zero_point_out=_param(step, "zero_point_out"), out_min=out_min, out_max=out_max,
-            out_dtype=dt)
+            out_dtype=dt, rounding=_param(step, "rounding", "half_away"))
     else:
         raise ProgramError(f"step {step.name!r} (softmax_tflite): unknown mode {mode!r}; "
                            f"expected 'gemmlowp' or 'lut'")

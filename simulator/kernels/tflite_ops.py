@@ -11,7 +11,8 @@ they model; float32 steps go through :mod:`simulator.primitives` (one rounding p
   lowest code.
 * :func:`softmax_lut` - ``optimized_ops::Softmax`` (the default kernel on x86): a float32 table
   ``table[255 - d] = exp(-s*beta*d)``, float32 sum in element order, ``inv = f32(1 / f32(sum *
-  s_out))``, ``q = round_half_away(f32(e * inv)) + zp``, clamp.
+  s_out))``, ``q = round_half_away(f32(e * inv)) + zp`` (uint8 output on x86: ``int(f32(p +
+  0.5f))``), clamp.
 * :func:`lut8` - a 256-entry table lookup (LOGISTIC int8/uint8, both LiteRT paths).
 * :func:`mean_tflite` - ``reference_ops::QuantizedMeanOrSum`` (mean): int32 sum of raw codes,
   ``MBQM(wrap32(sum - z_in * n), M, shift) + z_out``, clamp (M and shift already include 1/n).
@@ -32,6 +33,7 @@ from simulator.primitives import (
     INT32_MIN,
     RND_HALF_AWAY,
     RND_HALF_EVEN,
+    RND_TOWARD_ZERO,
     f32_add,
     f32_div,
     f32_mul,
@@ -219,7 +221,7 @@ def softmax_gemmlowp(x, *, input_multiplier, input_left_shift, diff_min, out_dty
 
 
 @njit(cache=True)
-def _softmax_lut_rows(x, table, scale_out, zero_point, out_min, out_max, out):
+def _softmax_lut_rows(x, table, scale_out, zero_point, add_half, out_min, out_max, out):
     rows, depth = x.shape
     n_sat = 0
     for r in range(rows):
@@ -233,7 +235,10 @@ def _softmax_lut_rows(x, table, scale_out, zero_point, out_min, out_max, out):
         inv = f32_div(np.float32(1.0), f32_mul(total, scale_out))
         for c in range(depth):
             prob = f32_mul(table[255 - mx + np.int64(x[r, c])], inv)
-            v = round_float(prob, RND_HALF_AWAY) + zero_point
+            if add_half:   # static_cast<int32_t>(prob + 0.5f): float add, then truncation
+                v = round_float(f32_add(prob, np.float32(0.5)), RND_TOWARD_ZERO)
+            else:          # std::round (half away) + zero point
+                v = round_float(prob, RND_HALF_AWAY) + zero_point
             if v < out_min:
                 v = out_min
                 n_sat += 1
@@ -244,9 +249,14 @@ def _softmax_lut_rows(x, table, scale_out, zero_point, out_min, out_max, out):
     return n_sat
 
 
-def softmax_lut(x, *, table, scale_out, zero_point_out, out_min, out_max, out_dtype):
+def softmax_lut(x, *, table, scale_out, zero_point_out, out_min, out_max, out_dtype,
+                rounding="half_away"):
     """TFLite optimized int8/uint8 softmax (float LUT) along the last axis; returns
-    ``(out, out_saturated)``. ``table`` is float32[256] with ``table[255 - d] = exp(-s*beta*d)``."""
+    ``(out, out_saturated)``. ``table`` is float32[256] with ``table[255 - d] = exp(-s*beta*d)``.
+    ``rounding``: 'half_away' (``std::round(p) + zp``, int8 output) or 'add_half_truncate'
+    (``int(f32(p + 0.5f))``, zero point ignored: TFLite's uint8 output on non-ARM64)."""
+    if rounding not in ("half_away", "add_half_truncate"):
+        raise KernelInputError(f"softmax (lut): rounding must be 'half_away' or 'add_half_truncate', got {rounding!r}")
     check_int_array("softmax input", x, _8BIT)
     table = np.asarray(table)
     if table.dtype != np.float32 or table.shape != (256,):
@@ -257,7 +267,8 @@ def softmax_lut(x, *, table, scale_out, zero_point_out, out_min, out_max, out_dt
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
     out = np.empty(x2.shape, np.int64)
     n_sat = _softmax_lut_rows(x2, np.ascontiguousarray(table), np.float32(scale_out),
-                              np.int64(zero_point_out), np.int64(out_min), np.int64(out_max), out)
+                              np.int64(zero_point_out), rounding == "add_half_truncate",
+                              np.int64(out_min), np.int64(out_max), out)
     return out.astype(dt).reshape(x.shape), int(n_sat)
 
 

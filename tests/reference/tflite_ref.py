@@ -216,7 +216,11 @@ def softmax_lut(x, input_scale: float, beta: float, out_scale: float, out_zero_p
             s = np.float32(s + v)
         inv = np.float32(np.float32(1) / np.float32(s * np.float32(out_scale)))
         prob = (vals * inv).astype(np.float32)
-        out[r] = np.clip(round_half_away(prob).astype(np.int64) + out_zero_point, info.min, info.max)
+        if np.dtype(out_dtype) == np.uint8:   # x86 specialization: int(prob + 0.5f), no zero point
+            q = np.trunc((prob + np.float32(0.5)).astype(np.float32)).astype(np.int64)
+        else:
+            q = round_half_away(prob).astype(np.int64) + out_zero_point
+        out[r] = np.clip(q, info.min, info.max)
     return out.reshape(x.shape).astype(out_dtype)
 
 

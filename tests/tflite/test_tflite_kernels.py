@@ -49,6 +49,11 @@ def test_softmax_lut_matches_reference():
         out, _ = K.softmax_lut(x, table=tflite_softmax_table(s, beta), scale_out=np.float32(so),
                                zero_point_out=zp, out_min=-128, out_max=127, out_dtype="int8")
         assert np.array_equal(out, T.softmax_lut(x, s, beta, so, zp)), (s, beta, so, zp)
+        xu = (x.astype(np.int64) + 128).astype(np.uint8)
+        out, _ = K.softmax_lut(xu, table=tflite_softmax_table(s, beta), scale_out=np.float32(1 / 256),
+                               zero_point_out=0, out_min=0, out_max=255, out_dtype="uint8",
+                               rounding="add_half_truncate")
+        assert np.array_equal(out, T.softmax_lut(xu, s, beta, 1 / 256, 0, "uint8"))
 
 
 def test_lut8_and_logistic_table():

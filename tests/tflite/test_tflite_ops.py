@@ -154,10 +154,10 @@ def concat(axis):
     return b.finish([x, y], [o])
 
 
-def softmax(beta, scale=0.08):
+def softmax(beta, scale=0.08, dtype="int8"):
     b = ModelBuilder()
-    x = _q(b, "x", [1, 3, 10], scale, 5)
-    y = _q(b, "y", [1, 3, 10], 1 / 256, -128)
+    x = _q(b, "x", [1, 3, 10], scale, 5 if dtype == "int8" else 133, dtype=dtype)
+    y = _q(b, "y", [1, 3, 10], 1 / 256, -128 if dtype == "int8" else 0, dtype=dtype)
     b.op("SOFTMAX", [x], [y], options=("SoftmaxOptions", dict(beta=beta)))
     return b.finish([x], [y])
 
@@ -261,6 +261,7 @@ CASES = {
     "concat_h": lambda: concat(1),
     "softmax": lambda: softmax(1.0),
     "softmax_beta_half": lambda: softmax(0.5, scale=0.3),
+    "softmax_uint8": lambda: softmax(1.0, scale=0.05, dtype="uint8"),
     "logistic": logistic,
     "logistic_wide": lambda: logistic(scale=0.25, zp=20),
     "quantize_float": quantize_float,
