@@ -12,9 +12,7 @@ compared with the default interpreter *without* preserve_all_tensors (XNNPACK fu
 partition then). Inputs: ``--random`` random int8 tensors per model, plus for AD01 every window of
 the real features file (196 windows, quantized as TFLite's QUANTIZE would).
 
-Two lowerings are counted: ``mrq.api`` (exactly what ``mrq sim`` runs today) and
-``lower_override`` (with :meth:`mrq.lower_extra.ExtraOpsLowering.lower_override`, which
-``_Lowerer.lower`` calls once the one-line hook is in mrq/lower.py; then both rows agree).
+The simulation is exactly what ``mrq sim`` runs (``mrq.api`` lowering).
 
 Usage: python bench/litert_parity_count.py [--random 100] [--models ad01,kws,resnet8]
        [--json out.json] [--per-tensor]
@@ -51,14 +49,12 @@ def _inputs(graph, key, n_random, seed=0):
     return name, sets
 
 
-def _simulate(graph, profile, name, x, with_override):
+def _simulate(graph, profile, name, x):
     from mrq.api import bind_inputs, resolve_profile
     from mrq.lower import arithmetic_from_profile, lower
-    from mrq.lower_extra import lower_tflite
     from simulator.run import run
 
-    arith = arithmetic_from_profile(resolve_profile(profile))
-    lowered = lower_tflite(graph, arith) if with_override else lower(graph, arith)
+    lowered = lower(graph, arithmetic_from_profile(resolve_profile(profile)))
     program, bound = bind_inputs(lowered, {name: x})
     result = run(program, bound, trace=True)
     trace = dict(result.trace)
@@ -76,13 +72,11 @@ def main(argv=None) -> int:
     if litert() is None:
         print("ai_edge_litert is not installed", file=sys.stderr)
         return 2
-    from mrq.lower_extra import _hook_present
     from mrq.tflite_import import import_tflite
 
     warnings.simplefilter("ignore")
-    report = {"hook_in_mrq_lower": _hook_present(), "rows": []}
-    print(f"lower_override hook in mrq/lower.py: {'yes' if report['hook_in_mrq_lower'] else 'no'}")
-    header = (f"{'model':8s} {'inputs':10s} {'n':>4s} {'profile':15s} {'lowering':15s} "
+    report = {"rows": []}
+    header = (f"{'model':8s} {'inputs':10s} {'n':>4s} {'profile':15s} "
               f"{'out mism/elems':>16s} {'intermediate mism/elems':>24s} {'tensors':>7s} "
               f"{'fused out mism':>14s}")
     print(header)
@@ -102,29 +96,27 @@ def main(argv=None) -> int:
                 lit[profile] = np.concatenate([r[out_name] for r in rows])
                 t_lit = time.perf_counter() - t0
                 fused_out = np.concatenate([r[out_name] for r in fused])
-                for with_override in (False, True):
-                    t0 = time.perf_counter()
-                    outputs, trace = _simulate(graph, profile, name, x, with_override)
-                    t_sim = time.perf_counter() - t0
-                    counts = compare_rows(trace, rows)
-                    out_bad, out_n = counts.get(out_name, [None, 0])
-                    inter = {k: v for k, v in counts.items() if k != out_name and k != name}
-                    ib = sum(v[0] for v in inter.values())
-                    ie = sum(v[1] for v in inter.values())
-                    fused_bad = int(np.count_nonzero(outputs[out_name].reshape(fused_out.shape) != fused_out))
-                    low = "lower_override" if with_override else "mrq.api"
-                    print(f"{key:8s} {set_name:10s} {len(x):4d} {profile:15s} {low:15s} "
-                          f"{f'{out_bad}/{out_n}':>16s} {f'{ib}/{ie}':>24s} {len(inter) + 1:7d} "
-                          f"{fused_bad:14d}   (LiteRT {t_lit:.1f}s, sim {t_sim:.1f}s)")
-                    if args.per_tensor:
-                        for tname, (b, n) in sorted(counts.items()):
-                            print(f"      {b:6d}/{n:<8d} {tname}")
-                    report["rows"].append(dict(
-                        model=key, inputs=set_name, n=len(x), profile=profile, lowering=low,
-                        output_mismatches=out_bad, output_elements=out_n,
-                        intermediate_mismatches=ib, intermediate_elements=ie,
-                        tensors_compared=len(inter) + 1, fused_output_mismatches=fused_bad,
-                        per_tensor={k: v for k, v in counts.items()}))
+                t0 = time.perf_counter()
+                outputs, trace = _simulate(graph, profile, name, x)
+                t_sim = time.perf_counter() - t0
+                counts = compare_rows(trace, rows)
+                out_bad, out_n = counts.get(out_name, [None, 0])
+                inter = {k: v for k, v in counts.items() if k != out_name and k != name}
+                ib = sum(v[0] for v in inter.values())
+                ie = sum(v[1] for v in inter.values())
+                fused_bad = int(np.count_nonzero(outputs[out_name].reshape(fused_out.shape) != fused_out))
+                print(f"{key:8s} {set_name:10s} {len(x):4d} {profile:15s} "
+                      f"{f'{out_bad}/{out_n}':>16s} {f'{ib}/{ie}':>24s} {len(inter) + 1:7d} "
+                      f"{fused_bad:14d}   (LiteRT {t_lit:.1f}s, sim {t_sim:.1f}s)")
+                if args.per_tensor:
+                    for tname, (b, n) in sorted(counts.items()):
+                        print(f"      {b:6d}/{n:<8d} {tname}")
+                report["rows"].append(dict(
+                    model=key, inputs=set_name, n=len(x), profile=profile,
+                    output_mismatches=out_bad, output_elements=out_n,
+                    intermediate_mismatches=ib, intermediate_elements=ie,
+                    tensors_compared=len(inter) + 1, fused_output_mismatches=fused_bad,
+                    per_tensor={k: v for k, v in counts.items()}))
             ref_vs_default = int(np.count_nonzero(lit["tflite-int8"] != lit["litert-default"]))
             rows_differ = int(np.count_nonzero((lit["tflite-int8"] != lit["litert-default"])
                                                .reshape(len(x), -1).any(axis=1)))

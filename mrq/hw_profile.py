@@ -63,8 +63,10 @@ BIAS_SCALES = ("input_times_weight",)
 KNOWN_OPS = (
     "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
     "GlobalAveragePool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
-    "Softmax", "Identity",
+    "Softmax", "Identity", "Pad", "Mean", "Logistic",
 )
+# Peer runtimes whose quirks go beyond the generic vocabulary (see mrq/lower_extra.py).
+RUNTIMES = ("generic", "tflite-reference", "xnnpack")
 ROLES = ("activations", "weights", "bias")
 
 ACT_BITS = (2, 16)        # activations and weights: storage is int8/uint8 or int16/uint16
@@ -277,6 +279,7 @@ class HwProfile:
     ops: OpModes
     supported_ops: tuple[str, ...]
     source: str = ""    # the file it was loaded from
+    runtime: str = "generic"   # peer runtime quirks to reproduce: generic | tflite-reference | xnnpack
 
     # --- helpers for the lowering ------------------------------------------------------------
     def tensor_format(self, role: str) -> TensorFormat:
@@ -735,7 +738,9 @@ def _parse_ops(ctx: _Ctx, value: Any, rq: RequantSpec) -> OpModes:
 
 def _parse_profile(ctx: _Ctx, data: Any) -> HwProfile:
     m = _mapping(ctx, data, "", ["name", "description", "activations", "weights", "bias",
-                                 "accumulator", "requant", "ops", "supported_ops"])
+                                 "accumulator", "requant", "ops", "supported_ops"], ["runtime"])
+    runtime = _enum(ctx, m, "runtime", "", RUNTIMES, required=False, default="generic",
+                    why=" (the peer runtime whose kernel-specific arithmetic this profile reproduces)")
     name = m["name"]
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ctx.error("name", "must be a string of lower-case letters, digits, '.', '_' or "
@@ -779,7 +784,7 @@ def _parse_profile(ctx: _Ctx, data: Any) -> HwProfile:
         if op in seen:
             raise ctx.error(f"supported_ops[{i}]", f"duplicate op type {op!r}")
         seen.add(op)
-    return HwProfile(name, desc.strip(), acts, wts, bias, acc, rq, ops, tuple(so), ctx.path)
+    return HwProfile(name, desc.strip(), acts, wts, bias, acc, rq, ops, tuple(so), ctx.path, runtime)
 
 
 def _check_duplicate_keys(ctx: _Ctx, node: yaml.Node, prefix: str = "") -> None:

@@ -39,6 +39,7 @@ class Arithmetic:
     quantize_method: str = "divide"     # divide | multiply
     quantize_rounding: str = "half_even"
     supported_ops: Optional[frozenset] = None
+    runtime: str = "generic"            # generic | tflite-reference | xnnpack
 
 
 def arithmetic_from_profile(profile) -> Arithmetic:
@@ -58,6 +59,7 @@ def arithmetic_from_profile(profile) -> Arithmetic:
         rescale=ops.rescale,
         quantize_method=ops.quantize.method, quantize_rounding=ops.quantize.rounding,
         supported_ops=frozenset(profile.supported_ops) if profile.supported_ops else None,
+        runtime=getattr(profile, "runtime", "generic"),
     )
 
 
@@ -68,6 +70,7 @@ IR_OP_NAMES = {
     "GlobalAveragePool": {"GlobalAveragePool"}, "Concat": {"Concat"},
     "Reshape": {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}, "Transpose": {"Transpose"},
     "Softmax": {"Softmax"}, "Rescale": set(), "Quantize": set(), "Dequantize": set(),
+    "Pad": {"Pad"}, "Mean": {"Mean"}, "Logistic": {"Logistic"},
 }
 
 
@@ -183,7 +186,8 @@ class _Lowerer(ExtraOpsLowering):
                     raise UnsupportedOpError(node.op, node.name,
                                              f"profile {self.a.name!r} does not support it "
                                              f"(supported: {', '.join(sorted(self.a.supported_ops))})")
-            getattr(self, "_" + node.op)(node)
+            if not self.lower_override(node):   # peer-runtime quirks (mrq/lower_extra.py)
+                getattr(self, "_" + node.op)(node)
         g = self.g
         inputs = tuple(TensorSpec(n, storage_dtype(g.tensors[n].dtype), tuple(g.tensors[n].shape)) for n in g.inputs)
         outputs = tuple(TensorSpec(n, storage_dtype(g.tensors[n].dtype), tuple(g.tensors[n].shape)) for n in g.outputs)

@@ -13,8 +13,8 @@ against the interpreter (tests/tflite, bench/litert_parity_count.py):
   FULLY_CONNECTED, ADD, MUL, MAX_POOL_2D, MEAN, PAD, CONCATENATION, RESHAPE, QUANTIZE,
   DEQUANTIZE, LOGISTIC; TFLite's optimized kernels for AVERAGE_POOL_2D and SOFTMAX ("xnnpack").
 
-The flavour is chosen from the profile name (:func:`tflite_flavour`); other profiles get the
-generic lowerings. Most of LiteRT's arithmetic is expressed by the profile YAMLs through the core
+The flavour is the profile's ``runtime`` field (``tflite-reference`` -> "ref", ``xnnpack``);
+``generic`` profiles get the generic lowerings. Most of LiteRT's arithmetic is expressed by the profile YAMLs through the core
 lowering; what the profile vocabulary cannot express is done by :meth:`lower_override`:
 
 * ref, Gemm (FULLY_CONNECTED): LiteRT 2.3's reference FULLY_CONNECTED rounds once (TFLite
@@ -31,13 +31,10 @@ lowering; what the profile vocabulary cannot express is done by :meth:`lower_ove
 * xnnpack, fused-activation bounds of Conv/Gemm/Mul/Clamp: ``xnn_qs8_quantize``
   ``RNE(f32(f32(v / s) + zp))`` instead of the profile's quantizer.
 
-:meth:`lower_override` must be called by ``_Lowerer.lower()`` before the default method of each
-node (one line there); until that line exists, :func:`lower_tflite` provides the same lowering
-through a subclass, for tests and benchmarks.
+:meth:`lower_override` is called by ``_Lowerer.lower()`` before the default method of each node.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Optional
 
@@ -49,14 +46,13 @@ from mrq.ir import QParams, storage_dtype
 from simulator.program import Step
 
 # Profile name -> which LiteRT path it reproduces.
-TFLITE_FLAVOURS = {"tflite-int8": "ref", "litert-default": "xnnpack"}
 
 _8BIT = ("int8", "uint8")
 
 
 def tflite_flavour(arith) -> Optional[str]:
     """'ref' (LiteRT reference kernels), 'xnnpack' (LiteRT default x86) or None."""
-    return TFLITE_FLAVOURS.get(getattr(arith, "name", None))
+    return {"tflite-reference": "ref", "xnnpack": "xnnpack"}.get(getattr(arith, "runtime", "generic"))
 
 
 def _f32(x) -> np.float32:
@@ -343,32 +339,3 @@ class ExtraOpsLowering:
             code = min(max(self.quantize_real(value, y_qp), y_qp.qmin), y_qp.qmax)
         self.emit("pad", node, [src], node.outputs,
                   pads=tuple((int(a), int(b)) for a, b in node.attrs["pads"]), value=code)
-
-
-def _hook_present() -> bool:
-    from mrq.lower import _Lowerer
-    try:
-        return "lower_override" in inspect.getsource(_Lowerer.lower)
-    except (OSError, TypeError):
-        return False
-
-
-_OVERRIDABLE = ("Conv", "Gemm", "Add", "Mul", "Clamp", "Rescale")
-
-
-def lower_tflite(graph, arithmetic):
-    """``mrq.lower.lower`` with :meth:`ExtraOpsLowering.lower_override` applied to every node
-    (what ``_Lowerer.lower`` does once it calls the hook; until then, through a subclass)."""
-    from mrq.lower import _Lowerer, lower
-    if _hook_present():
-        return lower(graph, arithmetic)
-
-    class _WithOverrides(_Lowerer):
-        pass
-
-    for op in _OVERRIDABLE:
-        def method(self, node, _op=op):
-            if not self.lower_override(node):
-                getattr(_Lowerer, "_" + _op)(self, node)
-        setattr(_WithOverrides, "_" + op, method)
-    return _WithOverrides(graph, arithmetic).lower()

@@ -336,7 +336,8 @@ def test_schema_vocabulary_matches_loader():
     assert s["properties"]["supported_ops"]["items"]["enum"] == list(H.KNOWN_OPS)
     assert d["tensor"]["properties"]["bits"]["minimum"] == H.ACT_BITS[0]
     assert d["tensor"]["properties"]["bits"]["maximum"] == H.ACT_BITS[1]
-    assert set(s["required"]) == {f.name for f in dataclasses.fields(H.HwProfile)} - {"source"}
+    assert s["properties"]["runtime"]["enum"] == list(H.RUNTIMES)
+    assert set(s["required"]) == {f.name for f in dataclasses.fields(H.HwProfile)} - {"source", "runtime"}
 
 
 @pytest.fixture(scope="module")

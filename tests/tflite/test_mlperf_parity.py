@@ -103,10 +103,8 @@ def test_resnet8_paths_differ():
 
 def test_cli_sim_tflite(tmp_path):
     """`mrq sim MODEL.tflite --profile ... --inputs IN.npz --out OUT.npz`: outputs keyed by the
-    TFLite output names with LiteRT's dtype and shape; with the lower_override hook in
-    mrq/lower.py they equal LiteRT bit for bit."""
+    TFLite output names with LiteRT's dtype and shape, equal to LiteRT bit for bit."""
     path = model_path("kws")
-    from mrq.lower_extra import _hook_present
     from mrq.tflite_import import import_tflite
     graph = import_tflite(path)
     feeds = _inputs("kws", graph, 3, seed=5)
@@ -122,8 +120,7 @@ def test_cli_sim_tflite(tmp_path):
         expected = mrq_run(graph, profile, feeds)[1]
         arr = got[graph.outputs[0]]
         assert arr.dtype == np.int8 and arr.shape == (3, 12)
-        if _hook_present():
-            assert np.array_equal(arr, expected[graph.outputs[0]])
-        if litert() is not None and _hook_present():
+        assert np.array_equal(arr, expected[graph.outputs[0]])
+        if litert() is not None:
             rows = litert_run(path, feeds, profile, preserve_all=False)
             assert np.array_equal(arr, np.concatenate([r[graph.outputs[0]] for r in rows]))

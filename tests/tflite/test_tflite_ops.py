@@ -5,12 +5,10 @@ mrq (import -> TFLite-exact lowering -> simulator) on both TFLite profiles and c
 * LiteRT: ``tflite-int8`` vs ``OpResolverType.BUILTIN_REF``, ``litert-default`` vs the default
   interpreter (XNNPACK delegate) - when ai_edge_litert is installed.
 
-Expected: 0 mismatching elements in every output. The profiles' ``supported_ops`` lists are
-relaxed here because Pad, Mean and Logistic are not yet in the profile vocabulary.
+Expected: 0 mismatching elements in every output.
 """
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import sys
 import zlib
@@ -293,7 +291,7 @@ def _inputs(model: bytes, seed: int) -> dict:
 
 def _profile(name):
     from mrq.hw_profile import load_profile
-    return dataclasses.replace(load_profile(name), supported_ops=())
+    return load_profile(name)
 
 
 def _reference_rows(model: bytes, feeds: dict, profile: str) -> list[dict]:

@@ -71,7 +71,7 @@ def mrq_run(model, profile, inputs: dict):
     from mrq.api import bind_inputs, resolve_profile
     from mrq.ir import Graph
     from mrq.lower import arithmetic_from_profile
-    from mrq.lower_extra import lower_tflite
+    from mrq.lower import lower as lower_tflite
     from mrq.tflite_import import import_tflite, import_tflite_bytes
     from simulator.run import run
 
