@@ -20,11 +20,13 @@ from mrq.passes.base import Context, Options, Pass, RequantReport, run_passes
 from mrq.passes.bias_grids import bias_grids
 from mrq.passes.error_folding import error_folding
 from mrq.passes.explicit_clamps import explicit_clamps
+from mrq.passes.float_inputs import float_inputs
 from mrq.passes.weight_correction import weight_correction
 from mrq.passes.weight_grids import weight_grids
 
 PASSES = [
     Pass("explicit_clamps", explicit_clamps, doc="keep every clamp the old grids implied (ReLU, ReLU6)"),
+    Pass("float_inputs", float_inputs, doc="integer inputs on a rejected grid take real values instead"),
     Pass("activation_grids", activation_grids, doc="activations onto conforming grids (+ scale selection)"),
     Pass("weight_grids", weight_grids, doc="weights onto conforming grids (+ scale selection), round to nearest"),
     Pass("bias_grids", bias_grids, doc="biases onto input scale x weight scale, profile bias width"),

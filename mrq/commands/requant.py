@@ -18,8 +18,8 @@ def register(sub):
     p.add_argument("--no-error-folding", action="store_true", help="do not fold the expected error into biases")
     p.add_argument("--no-scale-selection", action="store_true", help="use the covering scale, no search")
     p.add_argument("--disable", nargs="+", default=[], metavar="PASS",
-                   help="switch off passes by name (explicit_clamps, activation_grids, weight_grids, "
-                        "bias_grids, weight_correction, error_folding)")
+                   help="switch off passes by name (explicit_clamps, float_inputs, activation_grids, "
+                        "weight_grids, bias_grids, weight_correction, error_folding)")
     p.set_defaults(func=run)
 
 
@@ -30,7 +30,7 @@ def run(args) -> int:
     from mrq.metrics import sqnr_db
     from mrq.onnx_export import export_onnx
     from mrq.onnx_import import load_model
-    from mrq.passes.base import Options
+    from mrq.passes.base import Options, feeds_for_new_graph
     from mrq.requant import PASS_NAMES, requantize
     import onnx
 
@@ -57,7 +57,7 @@ def run(args) -> int:
     if calib is not None:
         from mrq.float_ref import FloatReference
         old_out = FloatReference(graph, fake_quant=True).run(calib)
-        sim = simulate(new, profile, calib, fidelity=False)
+        sim = simulate(new, profile, feeds_for_new_graph(graph, new, calib), fidelity=False)
         sqnr = {name: sqnr_db(old_out[name], sim.outputs[name].astype(np.float64)) for name in new.outputs}
         report.end_to_end_sqnr_db = min(sqnr.values())
     _print(report, args, sqnr)

@@ -69,13 +69,35 @@ class Context:
     options: Options
     report: RequantReport
     cache: dict = field(default_factory=dict)
+    renamed: dict = field(default_factory=dict)    # tensor of the new graph -> same tensor in the original
 
     def original_env(self) -> dict:
-        """Every tensor of the input model on the calibration data (fake-quantized float64)."""
+        """Every tensor of the input model on the calibration data (fake-quantized float64),
+        also under the names the new graph gives them."""
         if "original_env" not in self.cache:
             from mrq.float_ref import FloatReference
             self.cache["original_env"] = FloatReference(self.original, fake_quant=True).run(self.calib)
-        return self.cache["original_env"]
+        env = self.cache["original_env"]
+        for new, old in self.renamed.items():
+            env.setdefault(new, env[old])
+        return env
+
+    def new_graph_feeds(self, graph) -> dict:
+        return feeds_for_new_graph(self.original, graph, self.calib)
+
+
+def feeds_for_new_graph(original: Graph, graph: Graph, feeds: dict) -> dict:
+    """Inputs of the original model as the re-quantized one takes them: integer inputs that became
+    float inputs (pass float_inputs) get the real values of their codes."""
+    out = {}
+    for name, value in feeds.items():
+        value = np.asarray(value)
+        t_new, t_old = graph.tensors.get(name), original.tensors.get(name)
+        if t_new is not None and t_new.dtype == "float32" and t_old is not None and t_old.qparams is not None \
+                and value.dtype.kind in "iu":
+            value = t_old.qparams.dequantize(value).astype(np.float32)
+        out[name] = value
+    return out
 
 
 @dataclass(frozen=True)

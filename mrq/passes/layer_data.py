@@ -65,4 +65,4 @@ def sweep(graph: Graph, ctx, on_layer) -> dict:
         if node.op in ("Conv", "Gemm") and not node.attrs.get("integer_output"):
             on_layer(node, env[node.inputs[0]], original[node.inputs[0]])
 
-    return FloatReference(graph, fake_quant=True).run(ctx.calib, before_node=hook, keep=set())
+    return FloatReference(graph, fake_quant=True).run(ctx.new_graph_feeds(graph), before_node=hook, keep=set())
