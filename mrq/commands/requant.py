@@ -14,6 +14,8 @@ def register(sub):
     p.add_argument("-o", "--output", required=True, help="re-quantized ONNX QDQ model to write")
     p.add_argument("--calib", help=".npz of calibration inputs keyed by graph input name (float32, batch first)")
     p.add_argument("--report", help="JSON report: per-tensor scheme changes, per-layer errors, end-to-end SQNR")
+    p.add_argument("--float-model", help="float TFLite/ONNX version of the model: report the fidelity of the input "
+                   "and the re-quantized model against it on the calibration data (needs --calib)")
     p.add_argument("--no-weight-correction", action="store_true", help="round weights to nearest (ablation)")
     p.add_argument("--no-error-folding", action="store_true", help="do not fold the expected error into biases")
     p.add_argument("--no-scale-selection", action="store_true", help="use the covering scale, no search")
@@ -58,13 +60,30 @@ def run(args) -> int:
         from mrq.float_ref import FloatReference
         old_out = FloatReference(graph, fake_quant=True).run(calib)
         sim = simulate(new, profile, feeds_for_new_graph(graph, new, calib), fidelity=False)
-        sqnr = {name: sqnr_db(old_out[name], sim.outputs[name].astype(np.float64)) for name in new.outputs}
+        sqnr = {}
+        for name in new.outputs:
+            qp = new.tensors[name].qparams
+            got = qp.dequantize(sim.outputs[name]) if qp is not None else sim.outputs[name].astype(np.float64)
+            sqnr[name] = sqnr_db(old_out[name], got)
         report.end_to_end_sqnr_db = min(sqnr.values())
+    float_fidelity = None
+    if args.float_model:
+        if calib is None:
+            raise MrqError("--float-model needs --calib (the fidelity is measured on the calibration inputs)")
+        from mrq.float_model import float_fidelity as measure
+        float_fidelity = measure(args.float_model, graph, new, profile, calib)
     _print(report, args, sqnr)
+    if float_fidelity:
+        print(f"\nfidelity vs the float model {args.float_model} on the calibration data:")
+        for row in float_fidelity["tensors"]:
+            print(f"  {row['tensor'][:48]:<48} input model {row['input_sqnr_db']:7.2f} dB   "
+                  f"re-quantized {row['requant_sqnr_db']:7.2f} dB")
     if violations:
         print(f"warning: {len(violations)} profile violation(s) remain, first: {violations[0]}", file=sys.stderr)
     if args.report:
-        save_json(args.report, finite(_report_json(report, args, sqnr, violations)))
+        data = _report_json(report, args, sqnr, violations)
+        data["float_model_fidelity"] = float_fidelity
+        save_json(args.report, finite(data))
     return 0
 
 
