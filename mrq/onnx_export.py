@@ -96,20 +96,27 @@ class _Exporter:
         self.nodes.append(helper.make_node("Clip", [name, lo_name, hi_name], [out], name=self.fresh(base + "_clip")))
         return out
 
-    def nchw(self, name: str, layout: str, base: str, back: bool = False) -> str:
+    def nchw(self, name: str, layout: str, base: str) -> str:
         if layout != "NHWC":
             return name
-        out = self.fresh(base + ("_nhwc" if back else "_nchw"))
-        perm = [0, 2, 3, 1] if back else [0, 3, 1, 2]
-        self.nodes.append(helper.make_node("Transpose", [name], [out], perm=perm, name=self.fresh(base + "_transpose")))
+        out = self.fresh(base + "_nchw")
+        self.nodes.append(helper.make_node("Transpose", [name], [out], perm=[0, 3, 1, 2], name=self.fresh(base + "_transpose")))
         return out
 
-    def finish(self, node: Node, y_float: str):
+    def finish(self, node: Node, y_float: str, to_nhwc: bool = False):
+        """Clamp, quantize onto the output grid; ``to_nhwc``: the op ran in NCHW for a channels-last
+        model, so the integer codes are transposed back (an integer Transpose keeps the float
+        island Conv -> Clip -> QuantizeLinear that every QDQ importer recognises)."""
         out = node.outputs[0]
         t = self.g.tensors[out]
         y_float = self.clamp(y_float, node.attrs.get("clamp"), node.name)
         if t.qparams is None:
             self.nodes.append(helper.make_node("Identity", [y_float], [out], name=self.fresh(node.name + "_out")))
+        elif to_nhwc:
+            codes = self.fresh(out + "_nchw")
+            self.quantize(y_float, codes, t.qparams)
+            self.nodes.append(helper.make_node("Transpose", [codes], [out], perm=[0, 2, 3, 1],
+                                               name=self.fresh(node.name + "_to_nhwc")))
         else:
             self.quantize(y_float, out, t.qparams)
 
@@ -149,7 +156,7 @@ class _Exporter:
             "Conv", ins, [y], name=self.fresh(node.name), kernel_shape=list(w.shape[2:]),
             strides=list(at["strides"]), pads=list(at["pads"]), dilations=list(at["dilations"]),
             group=int(at["group"])))
-        self.finish(node, self.nchw(y, layout, node.name, back=True))
+        self.finish(node, y, to_nhwc=layout == "NHWC")
 
     def _Gemm(self, node):
         a = self.float_view(node.inputs[0])
@@ -193,7 +200,7 @@ class _Exporter:
         x = self.nchw(self.float_view(node.inputs[0]), layout, node.name)
         y = self.fresh(node.name + "_y")
         self.nodes.append(helper.make_node(op, [x], [y], name=self.fresh(node.name), **extra))
-        self.finish(node, self.nchw(y, layout, node.name, back=True))
+        self.finish(node, y, to_nhwc=layout == "NHWC")
 
     def _MaxPool(self, node):
         at = node.attrs
