@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mrq.float_kernels import depthwise_conv_nchw
 from mrq.ir import Graph, Node, QParams
 from mrq.float_ref_extra import ExtraOpsReference
 
@@ -28,7 +29,13 @@ def _grid_round(x: np.ndarray, qp: QParams | None) -> np.ndarray:
     shape = qp.broadcast_shape(x.ndim)
     s = qp.scale.astype(np.float64).reshape(shape)
     z = qp.zero_point.astype(np.float64).reshape(shape)
-    return (np.clip(np.rint(x / s) + z, qp.qmin, qp.qmax) - z) * s
+    q = np.divide(x, s)
+    np.rint(q, out=q)
+    q += z
+    np.clip(q, qp.qmin, qp.qmax, out=q)
+    q -= z
+    q *= s
+    return q
 
 
 def _apply_clamp(x, clamp):
@@ -71,18 +78,37 @@ def _pool_out(size, k, s, p0, p1, d, ceil_mode):
 
 
 def conv2d_nchw(x, w, bias, strides, pads, dilations, group):
-    n, c, h, wd = x.shape
+    """Float64 grouped 2-D convolution (cross-correlation), NCHW, zero padding.
+
+    Built from KH*KW strided views (one per kernel tap) so that the depthwise case is KH*KW
+    vectorised multiply-adds and the dense case one BLAS matrix product per group."""
+    n = x.shape[0]
     m, cg, kh, kw = w.shape
-    win = _windows(x, (kh, kw), strides, pads, dilations, False, 0.0)  # N,C,OH,OW,KH,KW
-    oh, ow = win.shape[2], win.shape[3]
-    out = np.empty((n, m, oh, ow), np.float64)
+    w = np.asarray(w, np.float64)
     mg = m // group
-    for g in range(group):
-        xs = win[:, g * cg:(g + 1) * cg]                      # N,cg,OH,OW,KH,KW
-        ws = w[g * mg:(g + 1) * mg]                           # mg,cg,KH,KW
-        out[:, g * mg:(g + 1) * mg] = np.einsum("ncyxij,mcij->nmyx", xs, ws, optimize=True)
+    if kh == kw == 1 and group == 1 and tuple(strides) == (1, 1) and not any(pads):
+        cols = np.ascontiguousarray(np.asarray(x, np.float64).transpose(1, 0, 2, 3)).reshape(cg, -1)
+        out = (w.reshape(m, cg) @ cols).reshape(m, n, x.shape[2], x.shape[3]).transpose(1, 0, 2, 3)
+        return out + np.asarray(bias, np.float64).reshape(1, -1, 1, 1) if bias is not None else out
+    oh = _pool_out(x.shape[2], kh, strides[0], pads[0], pads[2], dilations[0], False)
+    ow = _pool_out(x.shape[3], kw, strides[1], pads[1], pads[3], dilations[1], False)
+    if cg == 1 and mg == 1:
+        # Depthwise: one input channel per output channel.
+        out = depthwise_conv_nchw(np.ascontiguousarray(x, np.float64), np.ascontiguousarray(w[:, 0]),
+                                  (int(strides[0]), int(strides[1])), (int(pads[0]), int(pads[1])),
+                                  (int(dilations[0]), int(dilations[1])), oh, ow)
+    else:
+        win = _windows(x, (kh, kw), strides, pads, dilations, False, 0.0)  # N,C,OH,OW,KH,KW (a view)
+        # One BLAS product per group: [mg, cg*KH*KW] @ [cg*KH*KW, N*OH*OW] (columns ordered like
+        # the flattened weights).
+        out = np.empty((m, n, oh, ow), np.float64)
+        for g in range(group):
+            cols = np.ascontiguousarray(win[:, g * cg:(g + 1) * cg].transpose(1, 4, 5, 0, 2, 3))
+            cols = cols.reshape(cg * kh * kw, n * oh * ow)
+            out[g * mg:(g + 1) * mg] = (w[g * mg:(g + 1) * mg].reshape(mg, -1) @ cols).reshape(mg, n, oh, ow)
+        out = out.transpose(1, 0, 2, 3)
     if bias is not None:
-        out += bias.reshape(1, -1, 1, 1)
+        out += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
     return out
 
 

@@ -18,10 +18,10 @@ from mrq.ir import Graph
 from mrq.passes.activation_grids import activation_grids
 from mrq.passes.base import Context, Options, Pass, RequantReport, run_passes
 from mrq.passes.bias_grids import bias_grids
-from mrq.passes.error_folding import error_folding
+from mrq.passes.error_folding import error_folding, error_folding_hook
 from mrq.passes.explicit_clamps import explicit_clamps
 from mrq.passes.float_inputs import float_inputs
-from mrq.passes.weight_correction import weight_correction
+from mrq.passes.weight_correction import weight_correction, weight_correction_hook
 from mrq.passes.weight_grids import weight_grids
 
 PASSES = [
@@ -30,8 +30,10 @@ PASSES = [
     Pass("activation_grids", activation_grids, doc="activations onto conforming grids (+ scale selection)"),
     Pass("weight_grids", weight_grids, doc="weights onto conforming grids (+ scale selection), round to nearest"),
     Pass("bias_grids", bias_grids, doc="biases onto input scale x weight scale, profile bias width"),
-    Pass("weight_correction", weight_correction, needs_calib=True, doc="sequential rounding with error feedback"),
-    Pass("error_folding", error_folding, doc="fold the expected output shift into the bias"),
+    Pass("weight_correction", weight_correction, needs_calib=True, doc="sequential rounding with error feedback",
+         layer_hook=weight_correction_hook),
+    Pass("error_folding", error_folding, doc="fold the expected output shift into the bias",
+         layer_hook=error_folding_hook),
 ]
 PASS_NAMES = tuple(p.name for p in PASSES)
 

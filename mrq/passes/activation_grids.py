@@ -83,7 +83,7 @@ def _samples(ctx, name: str, rng) -> np.ndarray | None:
         return None
     flat = values.reshape(-1)
     if flat.size > MAX_SAMPLES:
-        flat = flat[rng.choice(flat.size, MAX_SAMPLES, replace=False)]
+        flat = flat[rng.integers(0, flat.size, MAX_SAMPLES)]
     return flat
 
 

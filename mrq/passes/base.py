@@ -106,20 +106,38 @@ class Pass:
     fn: Callable
     needs_calib: bool = False
     doc: str = ""
+    # Per-layer passes over calibration data also offer ``layer_hook(graph, ctx) -> on_layer``;
+    # consecutive ones share one sweep (each layer gets every such pass before the next layer).
+    layer_hook: Optional[Callable] = None
 
 
 def run_passes(graph: Graph, passes: list, ctx: Context) -> Graph:
+    from mrq.passes.layer_data import run_layer_hooks
     done = []
+    enabled = []
     for p in passes:
-        if not ctx.options.enabled(p.name):
+        if ctx.options.enabled(p.name):
+            enabled.append(p)
+        else:
             ctx.report.passes_skipped.append(p.name)
-            continue
+    i = 0
+    while i < len(enabled):
+        group = [enabled[i]]
+        if enabled[i].layer_hook is not None and ctx.calib is not None:
+            while i + len(group) < len(enabled) and enabled[i + len(group)].layer_hook is not None:
+                group.append(enabled[i + len(group)])
+        names = ", ".join(p.name for p in group)
         try:
-            graph = p.fn(graph.copy(), ctx)
+            if len(group) > 1:
+                graph = run_layer_hooks(graph.copy(), ctx, [p.layer_hook for p in group])
+            else:
+                graph = group[0].fn(graph.copy(), ctx)
         except PassError:
             raise
         except np.linalg.LinAlgError as exc:
-            raise PassError(f"pass {p.name!r} failed ({exc}); passes run before it: {', '.join(done) or 'none'}") from exc
-        done.append(p.name)
-        ctx.report.passes_run.append(p.name)
+            raise PassError(f"pass {names} failed ({exc}); passes run before: {', '.join(done) or 'none'}") from exc
+        for p in group:
+            done.append(p.name)
+            ctx.report.passes_run.append(p.name)
+        i += len(group)
     return graph

@@ -17,31 +17,37 @@ import numpy as np
 from mrq.float_ref import _grid_round
 from mrq.grids import real_range
 from mrq.passes.bias_grids import real_bias, set_bias
-from mrq.passes.layer_data import channel_mean, pre_activation, real_weights, sweep
+from mrq.passes.layer_data import layer_output_mse, mean_patch, real_weights, run_layer_hooks, weight_rows
 
 
 def error_folding(graph, ctx):
     if ctx.calib is None:
         return _data_free(graph, ctx)
+    return run_layer_hooks(graph, ctx, [error_folding_hook])
+
+
+def error_folding_hook(graph, ctx):
+    """The per-layer step of this pass, for a calibration sweep (None without calibration data)."""
+    if ctx.calib is None:
+        return None
     original = ctx.original
     errors = ctx.report.layer_errors.setdefault("error_folding", {})
 
     def on_layer(node, x_new, x_old):
         old_node = original.node(node.name)
-        y_old = pre_activation(original, old_node, x_old, real_weights(original, old_node), real_bias(original, old_node))
+        before = layer_output_mse(graph, node, original, x_new, x_old, ctx.cache)
+        # The layer is linear, so its mean output is W . (mean input patch) + b: no convolution.
+        w_old = weight_rows(original, old_node)
+        w_new = weight_rows(graph, node)
+        mean_old = np.sum(w_old * mean_patch(original, old_node, x_old), axis=1) + real_bias(original, old_node)
         b_now = node.attrs.get("bias_real", real_bias(graph, node))
-        y_new = pre_activation(graph, node, x_new, real_weights(graph, node), b_now)
-        before = float(np.mean(np.square(y_new - y_old)))
-        shift = channel_mean(node, y_old - y_new)
-        saturated = set_bias(graph, node, b_now + shift, ctx.profile)
+        mean_new = np.sum(w_new * mean_patch(graph, node, x_new), axis=1) + b_now
+        saturated = set_bias(graph, node, b_now + (mean_old - mean_new), ctx.profile)
         if saturated:
             ctx.report.bias_saturated[node.name] = ctx.report.bias_saturated.get(node.name, 0) + saturated
-        b_q = real_bias(graph, node)
-        y_after = y_new + (b_q - b_now).reshape((1, -1, 1, 1) if node.op == "Conv" else (1,) * (y_new.ndim - 1) + (-1,))
-        errors[node.name] = (before, float(np.mean(np.square(y_after - y_old))))
+        errors[node.name] = (before, layer_output_mse(graph, node, original, x_new, x_old, ctx.cache))
 
-    sweep(graph, ctx, on_layer)
-    return graph
+    return on_layer
 
 
 def _data_free(graph, ctx):

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrq.passes.bias_grids import set_bias
-from mrq.passes.layer_data import channel_mean, patch_groups, pre_activation, real_weights, sweep
+from mrq.passes.layer_data import layer_output_mse, patch_groups, real_weights, run_layer_hooks
 
 DAMPING = 0.01   # fraction of mean(diag(H)) added to the diagonal, for a well-conditioned inverse
 
@@ -51,17 +50,15 @@ def gptq_round(target: np.ndarray, hessian: np.ndarray, scale: np.ndarray, zero_
     return np.take_along_axis(codes, inv_order[:, None, :], 2)
 
 
-def _layer_mse(graph, node, x_new, x_old, target_w, target_b):
-    y_old = pre_activation(graph, node, x_old, target_w, target_b)
-    b_now = node.attrs.get("bias_real", np.zeros(y_old.shape[1 if node.op == "Conv" else -1]))
-    y_new = pre_activation(graph, node, x_new, real_weights(graph, node), b_now)
-    return float(np.mean(np.square(y_new - y_old))), y_old, y_new
-
-
 def weight_correction(graph, ctx):
+    return run_layer_hooks(graph, ctx, [weight_correction_hook])
+
+
+def weight_correction_hook(graph, ctx):
+    """The per-layer step of this pass, for a calibration sweep (None without calibration data)."""
     if ctx.calib is None:
         ctx.report.notes.append("weight_correction skipped: it needs calibration data (--calib)")
-        return graph
+        return None
     changed = {c.tensor for c in ctx.report.changes if c.role == "weights" and not c.lossless}
     original = ctx.original
     rng = np.random.default_rng(0)
@@ -71,13 +68,12 @@ def weight_correction(graph, ctx):
         w_name = node.inputs[1]
         if w_name not in changed:
             return
-        target_w = real_weights(original, node)
-        target_b = _original_bias(original, node)
-        before, _, _ = _layer_mse(graph, node, x_new, x_old, target_w, target_b)
+        target_w = real_weights(original, original.node(node.name))
+        before = layer_output_mse(graph, node, original, x_new, x_old, ctx.cache)
         t = graph.tensors[w_name]
         qp = t.qparams
         x = patch_groups(graph, node, x_new, rng)                  # [G, rows, K]
-        hessian = np.einsum("grk,grl->gkl", x, x) / x.shape[1]
+        hessian = np.matmul(x.transpose(0, 2, 1), x) / x.shape[1]
         if node.op == "Conv":
             m = t.data.shape[0]
             group = node.attrs["group"]
@@ -93,16 +89,10 @@ def weight_correction(graph, ctx):
             codes = np.ascontiguousarray(gptq_round(rows, hessian, scale, zp, qp.qmin, qp.qmax)[0].T)
         old_codes = t.data
         t.data = codes.astype(t.data.dtype)
-        after, _, _ = _layer_mse(graph, node, x_new, x_old, target_w, target_b)
+        after = layer_output_mse(graph, node, original, x_new, x_old, ctx.cache)
         if after > before:   # never make a layer worse than rounding to nearest
             t.data = old_codes
             after = before
         errors[node.name] = (before, after)
 
-    sweep(graph, ctx, on_layer)
-    return graph
-
-
-def _original_bias(original, node) -> np.ndarray:
-    from mrq.passes.bias_grids import real_bias
-    return real_bias(original, original.node(node.name))
+    return on_layer
