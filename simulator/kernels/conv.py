@@ -115,6 +115,29 @@ def _conv_checked(xs, ws, bias, group, sh, sw, dh, dw, lo, hi, bits, mode, out):
     return counts.sum()
 
 
+# Products and partial sums below this are integers that float64 holds exactly in any order.
+_FLOAT64_EXACT = 2 ** 53
+
+
+def _conv_dense_blas(xs, ws, bias, sh, sw, dh, dw, oh_n, ow_n):
+    """Ungrouped conv as one float64 BLAS product over im2col columns.
+
+    Exact: the caller proved every partial sum is below 2**53 in magnitude, so each float64
+    product and sum is an exact integer whatever order BLAS adds them in. Returns int64
+    [N, M, OH, OW]."""
+    n_batch, c_in = xs.shape[:2]
+    n_out, _, kh_n, kw_n = ws.shape
+    cols = np.empty((c_in, kh_n, kw_n, n_batch, oh_n, ow_n), dtype=np.float64)
+    xt = xs.transpose(1, 0, 2, 3)
+    for kh in range(kh_n):
+        for kw in range(kw_n):
+            cols[:, kh, kw] = xt[:, :, kh * dh:kh * dh + (oh_n - 1) * sh + 1:sh,
+                                 kw * dw:kw * dw + (ow_n - 1) * sw + 1:sw]
+    acc = ws.reshape(n_out, -1).astype(np.float64) @ cols.reshape(c_in * kh_n * kw_n, -1)
+    acc += bias.astype(np.float64)[:, None]
+    return np.ascontiguousarray(acc.astype(np.int64).reshape(n_out, n_batch, oh_n, ow_n).transpose(1, 0, 2, 3))
+
+
 def conv_output_size(in_size, kernel, stride, pad_begin, pad_end, dilation) -> int:
     """ONNX Conv output length: ``floor((in + pads - ((k - 1) * d + 1)) / s) + 1``."""
     extent = (kernel - 1) * dilation + 1
@@ -194,7 +217,11 @@ def conv2d_acc(x, weight, *, weight_zero_point=0, bias=None, input_zero_point=0,
     out = np.empty((n_batch, n_out, oh_n, ow_n), dtype=np.int64)
     x_absmax = int(np.abs(xs).max()) if xs.size else 0
     abs_w = np.abs(ws.astype(np.int64)).reshape(n_out, -1).sum(axis=1)
-    if static_bound(abs_w, b, x_absmax) <= hi:
+    bound = static_bound(abs_w, b, x_absmax)
+    if bound <= hi and group == 1 and bound < _FLOAT64_EXACT:
+        out = _conv_dense_blas(xs, ws, b, sh, sw, dh, dw, oh_n, ow_n)
+        n_ovf = 0
+    elif bound <= hi:
         _conv_fast(xs, ws, b, group, sh, sw, dh, dw, out)
         n_ovf = 0
     else:
