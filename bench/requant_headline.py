@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-images", type=int, default=10000)
     ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--profiles", nargs="+", default=PROFILES)
+    ap.add_argument("--models", nargs="+", choices=["qat", "ort"], default=["qat", "ort"])
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
@@ -92,10 +93,11 @@ def main(argv=None) -> int:
     images = fashion_mnist.to_float(test_x[:args.test_images])
     labels = test_y[:args.test_images].astype(np.int64)
 
+    models = {k: v for k, v in MODELS.items() if ("qat" if "QAT" in k else "ort") in args.models}
     results = []
-    jobs = [(m, p, r) for m in MODELS for p in args.profiles for r in ROWS]
-    bar = tqdm(total=len(jobs) + len(MODELS), desc="headline", unit="run")
-    for model_name, path in MODELS.items():
+    jobs = [(m, p, r) for m in models for p in args.profiles for r in ROWS]
+    bar = tqdm(total=len(jobs) + len(models), desc="headline", unit="run")
+    for model_name, path in models.items():
         graph = load_model(path)
         base = accuracy(graph, "onnxruntime-cpu", images, labels)
         ort_acc = ort_accuracy(path, images, labels)
