@@ -22,11 +22,12 @@ Parameter names are exactly those of docs/PROGRAM.md; defaults used when a param
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import numpy as np
 
-from simulator.errors import ProgramError
+from simulator.errors import ProgramError, SimulatorError
 from simulator.executors_extra import EXECUTORS_EXTRA
 from simulator.kernels import conv as conv_k
 from simulator.kernels import eltwise as elt_k
@@ -132,9 +133,68 @@ def execute_dequantize(step, *arrays):
     return (out,), _stats()
 
 
+# Steps prepared for the fused fast kernels (weights packed once), by step identity. Steps are
+# frozen; their parameters must not be mutated after a first run.
+_PREPARED: dict = {}
+_NOT_FAST = object()
+
+
+def _prepared(step, build):
+    """The object ``build(step)`` made for this step (cached), or ``None``. ``build`` returns
+    ``None`` (or raises) when the fast path does not apply; the general path then runs and
+    reports any parameter error."""
+    key = id(step)
+    entry = _PREPARED.get(key)
+    if entry is not None and entry[0]() is step:
+        obj = entry[1]
+    else:
+        try:
+            obj = build(step)
+        except (SimulatorError, TypeError, ValueError, KeyError, IndexError, OverflowError):
+            obj = None
+        if obj is None:
+            obj = _NOT_FAST
+        try:
+            ref = weakref.ref(step, lambda _r, k=key: _PREPARED.pop(k, None))
+        except TypeError:
+            return None if obj is _NOT_FAST else obj
+        _PREPARED[key] = (ref, obj)
+    return None if obj is _NOT_FAST else obj
+
+
+def _rq_block(step, default_axis):
+    rq = _requant_kwargs(step, default_axis)
+    axis = rq.pop("channel_axis")
+    return rq, axis
+
+
+def _build_conv(step):
+    layout = _layout(step)
+    rq, axis = _rq_block(step, _LAYOUT_CHANNEL_AXIS[layout])
+    return conv_k.prepare_conv(
+        _param(step, "weight"), weight_zero_point=_param(step, "weight_zero_point", 0),
+        bias=_param(step, "bias", None), input_zero_point=_param(step, "input_zero_point", 0),
+        strides=_param(step, "strides", (1, 1)), pads=_param(step, "pads", (0, 0, 0, 0)),
+        dilations=_param(step, "dilations", (1, 1)), group=_param(step, "group", 1),
+        layout=layout, requant=rq, channel_axis=axis, **_acc_kwargs(step))
+
+
+def _build_gemm(step):
+    rq, axis = _rq_block(step, -1)
+    return gemm_k.prepare_gemm(
+        _param(step, "weight"), weight_zero_point=_param(step, "weight_zero_point", 0),
+        bias=_param(step, "bias", None), input_zero_point=_param(step, "input_zero_point", 0),
+        requant=rq, channel_axis=axis, **_acc_kwargs(step))
+
+
 def execute_conv(step, *arrays):
     """2-D convolution (OIHW weights, NCHW or NHWC activations), accumulator then requant."""
     _n_inputs(step, arrays, 1)
+    fast = _prepared(step, _build_conv)
+    if fast is not None:
+        res = fast.run(arrays[0])
+        if res is not None:
+            return (res[0],), _stats(0, res[1])
     layout = _layout(step)
     acc, n_ovf = conv_k.conv2d_acc(
         arrays[0], _param(step, "weight"),
@@ -150,6 +210,11 @@ def execute_conv(step, *arrays):
 def execute_gemm(step, *arrays):
     """``a[..., K] @ weight[K, N]``, accumulator then requant along the last axis."""
     _n_inputs(step, arrays, 1)
+    fast = _prepared(step, _build_gemm)
+    if fast is not None:
+        res = fast.run(arrays[0])
+        if res is not None:
+            return (res[0],), _stats(0, res[1])
     acc, n_ovf = gemm_k.gemm_acc(
         arrays[0], _param(step, "weight"),
         weight_zero_point=_param(step, "weight_zero_point", 0), bias=_param(step, "bias", None),

@@ -22,7 +22,9 @@ from simulator.kernels.accum import (
     acc_mode_code,
     static_bound,
 )
-from simulator.kernels.quant import check_int_array, per_channel
+from simulator.kernels.epilogue import prepare as ep_prepare
+from simulator.kernels.igemm import ConvFast
+from simulator.kernels.quant import check_int_array, per_channel, requant_params
 from simulator.primitives import acc_add, wrap_bits
 
 CONV_INPUT_DTYPES = ("int8", "uint8", "int16", "uint16")
@@ -234,3 +236,48 @@ def conv2d_acc(x, weight, *, weight_zero_point=0, bias=None, input_zero_point=0,
     if layout == "NHWC":
         out = np.ascontiguousarray(np.transpose(out, (0, 2, 3, 1)))
     return out, n_ovf
+
+
+def prepare_conv(weight, *, weight_zero_point=0, bias=None, input_zero_point=0, strides=(1, 1),
+                 pads=(0, 0, 0, 0), dilations=(1, 1), group=1, layout="NCHW", acc_bits=32,
+                 acc_overflow="wrap", requant=None, channel_axis=None):
+    """A :class:`simulator.kernels.igemm.ConvFast` for these parameters (conv + requantization
+    fused), or ``None`` when the fast kernels cannot run them (then use :func:`conv2d_acc` and
+    ``requantize``, which also report any parameter error).
+
+    ``requant``: the keyword arguments of :func:`simulator.kernels.quant.requant_params` (without
+    ``n_ch``); ``channel_axis``: the requantization axis of the 4-D output.
+    """
+    try:
+        check_int_array("conv weight", weight, CONV_INPUT_DTYPES)
+        if weight.ndim != 4 or layout not in ("NCHW", "NHWC"):
+            return None
+        lo, hi = acc_limits(acc_bits)
+        acc_mode_code(acc_overflow)
+        sh, sw = _pair("strides", strides, 1)
+        dh, dw = _pair("dilations", dilations, 1)
+        pt, pl, pb, pr = (int(p) for p in pads)
+        if min(pt, pl, pb, pr) < 0:
+            return None
+        n_out = weight.shape[0]
+        group = int(group)
+        if group < 1 or n_out % group:
+            return None
+        wzp = per_channel("weight_zero_point", weight_zero_point, n_out, np.int64)
+        b = (np.zeros(n_out, dtype=np.int64) if bias is None
+             else per_channel("bias", bias, n_out, np.int64))
+        xzp = int(input_zero_point)
+        axis = 1 if layout == "NCHW" else 3
+        if channel_axis is not None and int(channel_axis) % 4 != axis:
+            return None
+        rq = requant_params(**requant, n_ch=n_out)
+    except (KernelInputError, TypeError, ValueError, OverflowError):
+        return None
+    ep = rq.epilogue() if rq.mode else ep_prepare(0, 0, rq.mult_f, rq.mult_i, rq.shifts, 0,
+                                                  rq.out_min, rq.out_max, rq.dtype, n_out)
+    if ep is None:
+        return None
+    ws = weight.astype(np.int64) - wzp[:, None, None, None]
+    fast = ConvFast(ws, b, xzp, (sh, sw), (pt, pl, pb, pr), (dh, dw), group, layout, hi, ep,
+                    rq.dtype)
+    return fast if fast.usable else None

@@ -11,6 +11,7 @@ from numba import njit, prange
 
 from simulator.errors import AccumulatorOverflowError, KernelInputError
 from simulator.kernels.accum import ACC_SATURATE, ACC_WRAP, acc_limits, acc_mode_code, static_bound
+from simulator.kernels.conv import prepare_conv
 from simulator.kernels.quant import check_int_array, per_channel
 from simulator.primitives import acc_add, wrap_bits
 
@@ -106,3 +107,41 @@ def gemm_acc(a, weight, *, weight_zero_point=0, bias=None, input_zero_point=0, a
             f"{n_ovf} accumulator element(s) left the {acc_bits}-bit range"
         )
     return out.reshape(lead + (n_cols,)), n_ovf
+
+
+class GemmFast:
+    """A gemm step prepared for the fused kernels: ``a[..., K] @ w[K, N]`` runs as a 1x1 NHWC
+    convolution over an ``R x 1`` image (``R`` = the product of the leading dimensions)."""
+
+    def __init__(self, conv_fast, depth, n_cols):
+        self.conv = conv_fast
+        self.depth = depth
+        self.n_cols = n_cols
+
+    def run(self, a):
+        """``(out, n_sat)`` or ``None`` (then use :func:`gemm_acc` and ``requantize``)."""
+        if a.ndim < 1 or a.shape[-1] != self.depth:
+            return None
+        lead = a.shape[:-1]
+        rows = int(np.prod(lead, dtype=np.int64))
+        res = self.conv.run(a.reshape(1, rows, 1, self.depth))
+        if res is None:
+            return None
+        out, n_sat = res
+        return out.reshape(lead + (self.n_cols,)), n_sat
+
+
+def prepare_gemm(weight, *, weight_zero_point=0, bias=None, input_zero_point=0, acc_bits=32,
+                 acc_overflow="wrap", requant=None, channel_axis=None):
+    """A :class:`GemmFast` for these parameters, or ``None`` (see
+    :func:`simulator.kernels.conv.prepare_conv`). ``channel_axis`` must name the last axis."""
+    if not isinstance(weight, np.ndarray) or weight.ndim != 2:
+        return None
+    if channel_axis is not None and int(channel_axis) != -1:
+        return None  # the output rank is only known per input; only -1 is taken
+    depth, n_cols = weight.shape
+    w4 = np.ascontiguousarray(weight.T).reshape(n_cols, depth, 1, 1)
+    fast = prepare_conv(w4, weight_zero_point=weight_zero_point, bias=bias,
+                        input_zero_point=input_zero_point, layout="NHWC", acc_bits=acc_bits,
+                        acc_overflow=acc_overflow, requant=requant)
+    return None if fast is None else GemmFast(fast, depth, n_cols)

@@ -20,10 +20,12 @@ int64 accumulator array with per-channel parameters along ``channel_axis``:
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from simulator.errors import KernelInputError
+from simulator.kernels import epilogue as ep_k
 from simulator.primitives import (
     INT64_MAX,
     INT64_MIN,
@@ -220,15 +222,28 @@ def _requant_kernel(acc3, mode, mult_f, mult_i, shifts, rnd, zp, out_min, out_ma
     return sat.sum()
 
 
-def requantize(acc, *, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="half_even",
-               out_zero_point=0, out_min=None, out_max=None, out_dtype="int8", channel_axis=-1):
-    """Requantize an integer accumulator array; returns ``(out, out_saturated)``.
+class RequantParams:
+    """Validated requantization block for ``n_ch`` channels (see :func:`requant_params`)."""
 
-    ``acc``: any integer array (converted to int64). Parameters as in docs/PROGRAM.md; a length-1
-    multiplier/shift is per-tensor, otherwise its length must equal ``acc.shape[channel_axis]``.
-    ``out_min``/``out_max`` default to the ``out_dtype`` range.
+    __slots__ = ("mode", "rnd", "mult_f", "mult_i", "shifts", "zp", "out_min", "out_max",
+                 "dtype", "_ep")
+
+    def epilogue(self):
+        """The :class:`simulator.kernels.epilogue.Epilogue` of these parameters, or ``None``
+        when the branch-free formulas do not apply (cached)."""
+        if self._ep is False:
+            self._ep = None if self.mode == 0 else ep_k.prepare(
+                self.mode, self.rnd, self.mult_f, self.mult_i, self.shifts, self.zp,
+                self.out_min, self.out_max, self.dtype, len(self.mult_f))
+        return self._ep
+
+
+def requant_params(*, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="half_even",
+                   out_zero_point=0, out_min=None, out_max=None, out_dtype="int8", n_ch=1):
+    """Validate a requantization block for ``n_ch`` channels; raises KernelInputError.
+
+    Every check of :func:`requantize` that does not depend on the accumulator values.
     """
-    check_int_array("accumulator", acc)
     if rq_mode not in RQ_MODES:
         raise KernelInputError(f"unknown rq_mode {rq_mode!r}; expected one of {sorted(RQ_MODES)}")
     dt = np.dtype(out_dtype)
@@ -239,23 +254,22 @@ def requantize(acc, *, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="
         out_min = lo if out_min is None else out_min
         out_max = hi if out_max is None else out_max
     out_min, out_max, dt = check_out_range(out_min, out_max, dt)
-    acc = np.ascontiguousarray(acc, dtype=np.int64)
-
+    p = RequantParams()
+    p._ep = False
+    p.out_min, p.out_max, p.dtype = out_min, out_max, dt
     if rq_mode == "none":
         if dt.name not in ("int32", "int64"):
             raise KernelInputError(f"rq_mode 'none' needs out_dtype int32 or int64, got {dt.name}")
-        lo, hi = dtype_range(dt)
-        if acc.size and (acc.min() < lo or acc.max() > hi):
-            raise KernelInputError(f"rq_mode 'none': accumulator does not fit {dt.name}")
-        return acc.astype(dt), 0
-
+        p.mode, p.rnd, p.zp = 0, 0, 0
+        p.mult_f = np.zeros(n_ch, dtype=np.float32)
+        p.mult_i = np.zeros(n_ch, dtype=np.int64)
+        p.shifts = np.zeros(n_ch, dtype=np.int64)
+        return p
     mode = RQ_MODES[rq_mode]
     rnd = rounding_code(rq_rounding)
-    outer, n_ch, inner, _ = split_axis(acc.shape, channel_axis)
     zp = int(out_zero_point)
     if not -(2**31) <= zp < 2**31:
         raise KernelInputError(f"out_zero_point {zp} out of range")
-
     if rq_multiplier is None:
         raise KernelInputError(f"rq_mode {rq_mode!r} needs rq_multiplier")
     if mode in (RQ_FP32, RQ_FP32_ZP_IN):
@@ -272,8 +286,6 @@ def requantize(acc, *, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="
     if mode == RQ_FIXED:
         if np.any(np.abs(mult_i) >= _FIXED_MULT_LIMIT):
             raise KernelInputError("rq_mode 'fixed' needs |rq_multiplier| < 2**32")
-        if acc.size and (acc.min() <= -_FIXED_ACC_LIMIT or acc.max() >= _FIXED_ACC_LIMIT):
-            raise KernelInputError("rq_mode 'fixed' needs |accumulator| < 2**62")
     elif mode == RQ_DOUBLE_Q31:
         if np.any(mult_i < -(2**31)) or np.any(mult_i >= 2**31):
             raise KernelInputError("rq_mode 'double_q31' needs an int32 rq_multiplier")
@@ -290,12 +302,139 @@ def requantize(acc, *, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="
     elif mode == RQ_SHIFT:
         if np.any(mult_i != 1):
             raise KernelInputError("rq_mode 'shift' takes no multiplier other than [1]")
+    p.mode, p.rnd, p.zp = mode, rnd, zp
+    p.mult_f, p.mult_i, p.shifts = mult_f, mult_i, shifts
+    return p
 
+
+@njit(cache=True)
+def _requant_fast_items(acc2, by_column, n_ch, kind, rnd, mf, mi, s1, s2, zpf, zp, lo, hi, out2,
+                        i0, i1):
+    """``requantize`` of rows ``[i0, i1)`` of ``acc2`` through the branch-free epilogue.
+
+    ``by_column``: the channel is the column index (channel-last data); otherwise row ``i`` is
+    one plane of channel ``i % n_ch``. Returns the saturation count.
+    """
+    width = acc2.shape[1]
+    no_bias = np.zeros(width, dtype=np.int64)
+    count = 0
+    for i in range(i0, i1):
+        a = acc2[i]
+        o = out2[i]
+        if by_column:
+            count += ep_k.store_row(a, 0, no_bias, 0, width, kind, rnd, mf, mi, s1, s2, zpf, zp,
+                                    lo, hi, o, 0, 1)
+            continue
+        c = i % n_ch
+        if kind == ep_k.EP_FP32:
+            m = mf[c]
+            for j in range(width):
+                q, s = ep_k.ep_fp32(a[j], m, rnd, zp, lo, hi)
+                o[j] = q
+                count += s
+        elif kind == ep_k.EP_FP32_ZP_IN:
+            m = mf[c]
+            for j in range(width):
+                q, s = ep_k.ep_fp32_zp_in(a[j], m, zpf, rnd, lo, hi)
+                o[j] = q
+                count += s
+        elif kind == ep_k.EP_INT:
+            m = mi[c]
+            sh = s1[c]
+            for j in range(width):
+                q, s = ep_k.ep_int(a[j], m, sh, rnd, zp, lo, hi)
+                o[j] = q
+                count += s
+        else:
+            ruy = kind == ep_k.EP_Q31_RUY
+            m = mi[c]
+            left = s1[c]
+            right = s2[c]
+            for j in range(width):
+                q, s = ep_k.ep_q31(a[j], m, left, right, ruy, zp, lo, hi)
+                o[j] = q
+                count += s
+    return count
+
+
+@njit(cache=True, parallel=True)
+def _requant_fast_par(acc2, by_column, n_ch, kind, rnd, mf, mi, s1, s2, zpf, zp, lo, hi, out2,
+                      n_chunks):
+    n_items = acc2.shape[0]
+    sat = np.zeros(n_chunks, dtype=np.int64)
+    for ch in prange(n_chunks):
+        sat[ch] = _requant_fast_items(acc2, by_column, n_ch, kind, rnd, mf, mi, s1, s2, zpf, zp,
+                                      lo, hi, out2, ch * n_items // n_chunks,
+                                      (ch + 1) * n_items // n_chunks)
+    return sat.sum()
+
+
+# element count below which the standalone kernels run on the calling thread only
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
+
+def requantize(acc, *, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="half_even",
+               out_zero_point=0, out_min=None, out_max=None, out_dtype="int8", channel_axis=-1):
+    """Requantize an integer accumulator array; returns ``(out, out_saturated)``.
+
+    ``acc``: any integer array (converted to int64). Parameters as in docs/PROGRAM.md; a length-1
+    multiplier/shift is per-tensor, otherwise its length must equal ``acc.shape[channel_axis]``.
+    ``out_min``/``out_max`` default to the ``out_dtype`` range.
+    """
+    check_int_array("accumulator", acc)
+    if rq_mode not in RQ_MODES:
+        raise KernelInputError(f"unknown rq_mode {rq_mode!r}; expected one of {sorted(RQ_MODES)}")
+    if rq_mode == "none":
+        p = requant_params(rq_mode=rq_mode, out_min=out_min, out_max=out_max,
+                           out_dtype=out_dtype)
+        lo, hi = dtype_range(p.dtype)
+        if acc.size and (acc.min() < lo or acc.max() > hi):
+            raise KernelInputError(f"rq_mode 'none': accumulator does not fit {p.dtype.name}")
+        return acc.astype(p.dtype), 0
+    # validate the clamp and rounding before the channel axis (the historical error order)
+    dt = np.dtype(out_dtype)
+    if out_min is None or out_max is None:
+        if dt.name not in INT_DTYPES:
+            raise KernelInputError(f"out_dtype {dt.name} is not an integer storage type")
+    else:
+        check_out_range(out_min, out_max, dt)
+    rounding_code(rq_rounding)
+    outer, n_ch, inner, _ = split_axis(acc.shape, channel_axis)
+    p = requant_params(rq_mode=rq_mode, rq_multiplier=rq_multiplier, rq_shift=rq_shift,
+                       rq_rounding=rq_rounding, out_zero_point=out_zero_point, out_min=out_min,
+                       out_max=out_max, out_dtype=out_dtype, n_ch=n_ch)
+    return requantize_with(acc, p, outer, n_ch, inner)
+
+
+def requantize_with(acc, p, outer, n_ch, inner):
+    """``requantize`` with validated parameters ``p`` (:func:`requant_params`) along an axis
+    split ``(outer, n_ch, inner)`` of ``acc``."""
+    acc = np.ascontiguousarray(acc, dtype=np.int64)
+    amin = amax = 0
+    if acc.size and (p.mode == RQ_FIXED or p.epilogue() is not None):
+        amin, amax = int(acc.min()), int(acc.max())
+    if p.mode == RQ_FIXED and (amin <= -_FIXED_ACC_LIMIT or amax >= _FIXED_ACC_LIMIT):
+        raise KernelInputError("rq_mode 'fixed' needs |accumulator| < 2**62")
     acc3 = acc.reshape(outer, n_ch, inner)
-    out3 = np.empty((outer, n_ch, inner), dtype=np.int64)
-    n_sat = _requant_kernel(acc3, mode, mult_f, mult_i, shifts, rnd, np.int64(zp),
-                            np.int64(out_min), np.int64(out_max), out3)
-    return out3.reshape(acc.shape).astype(dt), int(n_sat)
+    out3 = np.empty((outer, n_ch, inner), dtype=p.dtype)
+    ep = p.epilogue()
+    if ep is not None and (ep.acc_limit is None or max(-amin, amax) <= ep.acc_limit):
+        by_column = inner == 1 and n_ch > 1
+        shape2 = (outer, n_ch) if by_column else (outer * n_ch, inner)
+        acc2 = acc3.reshape(shape2)
+        out2 = out3.reshape(shape2)
+        threads = numba.get_num_threads()
+        if acc.size >= PARALLEL_MIN_ELEMENTS and threads > 1 and shape2[0] > 1:
+            n_sat = _requant_fast_par(acc2, by_column, n_ch, *ep.args(), out2,
+                                      min(shape2[0], 4 * threads))
+        else:
+            n_sat = _requant_fast_items(acc2, by_column, n_ch, *ep.args(), out2, 0, shape2[0])
+    else:
+        out64 = np.empty((outer, n_ch, inner), dtype=np.int64)
+        n_sat = _requant_kernel(acc3, p.mode, p.mult_f, p.mult_i, p.shifts, p.rnd,
+                                np.int64(p.zp), np.int64(p.out_min), np.int64(p.out_max), out64)
+        out3[...] = out64
+    return out3.reshape(acc.shape), int(n_sat)
 
 
 # --------------------------------------------------------------------------------------------
