@@ -30,11 +30,15 @@ Binary ops follow numpy broadcasting. The add modes (docs/PROGRAM.md):
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from simulator.errors import KernelInputError
+from simulator.kernels import simd
+from simulator.kernels.epilogue import store16
 from simulator.kernels.quant import (
+    PARALLEL_MIN_ELEMENTS,
     check_int_array,
     check_out_range,
     clamp_add_zp,
@@ -56,6 +60,7 @@ from simulator.primitives import (
 )
 
 ELTWISE_DTYPES = ("int8", "uint8", "int16", "uint16", "int32")
+_vquant_he = simd.vquant[0]
 
 
 def broadcast_pair(a, b):
@@ -106,28 +111,55 @@ def ort_qladd_constant(r_first, z_first, r_second, z_second, z_out):
     return np.float32(np.float64(int_to_f32(z_out)) - np.float64(inner))
 
 
+@njit(cache=True)
+def _add_ort_fma_range(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out, i0, i1):
+    """Elements ``[i0, i1)``, 16 lanes at a time with IEEE fused multiply-adds
+    (``llvm.fma``): ``v = fma(a, rA, fma(b, rB, K))`` (or swapped), then RNE and the clamp."""
+    ra = simd.vsplat_f32(r_a)
+    rb = simd.vsplat_f32(r_b)
+    kc = simd.vsplat_f32(k_const)
+    ta = np.zeros(16, dtype=a1.dtype)
+    tb = np.zeros(16, dtype=b1.dtype)
+    cnt = 0
+    for i in range(i0, i1, 16):
+        n = min(16, i1 - i)
+        if n == 16:
+            av = simd.vcvt_f32(simd.vload_ext(a1, i))
+            bv = simd.vcvt_f32(simd.vload_ext(b1, i))
+        else:
+            for j in range(n):
+                ta[j] = a1[i + j]
+                tb[j] = b1[i + j]
+            av = simd.vcvt_f32(simd.vload_ext(ta, 0))
+            bv = simd.vcvt_f32(simd.vload_ext(tb, 0))
+        if swapped:
+            v = simd.vfma_f32(bv, rb, simd.vfma_f32(av, ra, kc))
+        else:
+            v = simd.vfma_f32(av, ra, simd.vfma_f32(bv, rb, kc))
+        q, k = _vquant_he(v, out_min, out_max, n)
+        cnt += k
+        store16(out, i, 1, q, n)
+    return cnt
+
+
 @njit(cache=True, parallel=True)
-def _add_ort_fma_kernel(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out):
-    n = a1.shape[0]
-    chunk = 4096
-    n_chunks = (n + chunk - 1) // chunk
+def _add_ort_fma_par(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out, n_chunks):
+    n16 = (a1.shape[0] + 15) // 16
     sat = np.zeros(n_chunks, dtype=np.int64)
-    for ci in prange(n_chunks):
-        count = 0
-        for i in range(ci * chunk, min(n, (ci + 1) * chunk)):
-            av = int_to_f32(a1[i])
-            bv = int_to_f32(b1[i])
-            if swapped:
-                v = fma_f32(bv, r_b, fma_f32(av, r_a, k_const))
-            else:
-                v = fma_f32(av, r_a, fma_f32(bv, r_b, k_const))
-            r = round_float(v, RND_HALF_EVEN)
-            q, s = clamp_add_zp(r, np.int64(0), out_min, out_max)
-            out[i] = q
-            if s:
-                count += 1
-        sat[ci] = count
+    for ch in prange(n_chunks):
+        i0 = ch * n16 // n_chunks * 16
+        i1 = min((ch + 1) * n16 // n_chunks * 16, a1.shape[0])
+        sat[ch] = _add_ort_fma_range(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out,
+                                     i0, i1)
     return sat.sum()
+
+
+def _run_flat(serial, parallel, n, args):
+    """Run a flat element kernel on the calling thread or, for large inputs, in parallel."""
+    threads = numba.get_num_threads()
+    if threads > 1 and n >= PARALLEL_MIN_ELEMENTS:
+        return parallel(*args, 4 * threads)
+    return serial(*args, 0, n)
 
 
 def add_ort_fma(a, b, *, scale_a, scale_b, scale_out, zero_point_a, zero_point_b,
@@ -147,36 +179,67 @@ def add_ort_fma(a, b, *, scale_a, scale_b, scale_out, zero_point_a, zero_point_b
         k_const = ort_qladd_constant(r_a, int(zero_point_a), r_b, int(zero_point_b),
                                      int(zero_point_out))
     a1, b1, shape = broadcast_pair(a, b)
-    out = np.empty(a1.shape[0], dtype=np.int64)
-    n_sat = _add_ort_fma_kernel(a1, b1, r_a, r_b, np.float32(k_const), swapped,
-                                np.int64(out_min), np.int64(out_max), out)
-    return out.reshape(shape).astype(dt), int(n_sat)
+    out = np.empty(a1.shape[0], dtype=dt)
+    n_sat = _run_flat(_add_ort_fma_range, _add_ort_fma_par, a1.shape[0],
+                      (a1, b1, np.float32(r_a), np.float32(r_b), np.float32(k_const), swapped,
+                       np.int64(out_min), np.int64(out_max), out))
+    return out.reshape(shape), int(n_sat)
 
 
 # --------------------------------------------------------------------------------------------
 # add: tflite
 # --------------------------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
-def _add_tflite_kernel(a1, b1, za, zb, zo, left_shift, m_a, s_a, m_b, s_b, m_o, s_o, ruy,
-                       out_min, out_max, out):
-    n = a1.shape[0]
-    chunk = 4096
-    n_chunks = (n + chunk - 1) // chunk
-    sat = np.zeros(n_chunks, dtype=np.int64)
-    for ci in prange(n_chunks):
-        count = 0
-        for i in range(ci * chunk, min(n, (ci + 1) * chunk)):
-            x1 = (np.int64(a1[i]) - za) << left_shift
-            x2 = (np.int64(b1[i]) - zb) << left_shift
-            y1 = multiply_by_quantized_multiplier(x1, m_a, s_a, ruy)
-            y2 = multiply_by_quantized_multiplier(x2, m_b, s_b, ruy)
-            raw = multiply_by_quantized_multiplier(y1 + y2, m_o, s_o, ruy)
-            q, s = clamp_add_zp(raw, zo, out_min, out_max)
-            out[i] = q
-            if s:
-                count += 1
-        sat[ci] = count
-    return sat.sum()
+def _make_add_tflite(ruy):
+    mbqm = simd.vmbqm_ruy if ruy else simd.vmbqm
+
+    @njit(cache=True)
+    def add_tflite_range(a1, b1, za, zb, zo, left_shift, m_a, l_a, r_a, m_b, l_b, r_b, m_o, l_o,
+                         r_o, out_min, out_max, out, i0, i1):
+        """Elements ``[i0, i1)``, 16 int32 lanes at a time: ``x = (q - z) << left_shift``, each
+        input through ``MultiplyByQuantizedMultiplier``, the int32 sum through the output
+        multiplier, then ``clamp(raw + zo)`` (as ``clamp(raw, lo - zo, hi - zo) + zo``)."""
+        za_v = simd.vsplat_i32(za)
+        zb_v = simd.vsplat_i32(zb)
+        zo_v = simd.vsplat_i32(zo)
+        ta = np.zeros(16, dtype=a1.dtype)
+        tb = np.zeros(16, dtype=b1.dtype)
+        cnt = 0
+        for i in range(i0, i1, 16):
+            n = min(16, i1 - i)
+            if n == 16:
+                av = simd.vload_ext(a1, i)
+                bv = simd.vload_ext(b1, i)
+            else:
+                for j in range(n):
+                    ta[j] = a1[i + j]
+                    tb[j] = b1[i + j]
+                av = simd.vload_ext(ta, 0)
+                bv = simd.vload_ext(tb, 0)
+            x1 = simd.vshl_i32(simd.vsub_i32(av, za_v), left_shift)
+            x2 = simd.vshl_i32(simd.vsub_i32(bv, zb_v), left_shift)
+            y = simd.vadd_i32(mbqm(x1, m_a, l_a, r_a), mbqm(x2, m_b, l_b, r_b))
+            raw = mbqm(y, m_o, l_o, r_o)
+            q, k = simd.vclamp_count(raw, out_min - zo, out_max - zo, n)
+            cnt += k
+            store16(out, i, 1, simd.vadd_i32(q, zo_v), n)
+        return cnt
+
+    @njit(cache=True, parallel=True)
+    def add_tflite_par(a1, b1, za, zb, zo, left_shift, m_a, l_a, r_a, m_b, l_b, r_b, m_o, l_o,
+                       r_o, out_min, out_max, out, n_chunks):
+        n16 = (a1.shape[0] + 15) // 16
+        sat = np.zeros(n_chunks, dtype=np.int64)
+        for ch in prange(n_chunks):
+            i0 = ch * n16 // n_chunks * 16
+            i1 = min((ch + 1) * n16 // n_chunks * 16, a1.shape[0])
+            sat[ch] = add_tflite_range(a1, b1, za, zb, zo, left_shift, m_a, l_a, r_a, m_b, l_b,
+                                       r_b, m_o, l_o, r_o, out_min, out_max, out, i0, i1)
+        return sat.sum()
+
+    return add_tflite_range, add_tflite_par
+
+
+_ADD_TFLITE = {False: _make_add_tflite(False), True: _make_add_tflite(True)}
 
 
 def _check_tflite_multiplier(name, mult, shift):
@@ -216,11 +279,17 @@ def add_tflite(a, b, *, left_shift, multiplier_a, shift_a, multiplier_b, shift_b
             if span << left_shift >= 2**31:
                 raise KernelInputError("add 'tflite': (q - zp) << left_shift overflows int32")
     a1, b1, shape = broadcast_pair(a, b)
-    out = np.empty(a1.shape[0], dtype=np.int64)
-    n_sat = _add_tflite_kernel(a1, b1, np.int64(za), np.int64(zb), np.int64(zero_point_out),
-                               np.int64(left_shift), m_a, s_a, m_b, s_b, m_o, s_o,
-                               rnd == RND_HALF_UP, np.int64(out_min), np.int64(out_max), out)
-    return out.reshape(shape).astype(dt), int(n_sat)
+    out = np.empty(a1.shape[0], dtype=dt)
+
+    def lr(shift):
+        return np.int64(max(int(shift), 0)), np.int64(max(-int(shift), 0))
+
+    serial, parallel = _ADD_TFLITE[rnd == RND_HALF_UP]
+    n_sat = _run_flat(serial, parallel, a1.shape[0],
+                      (a1, b1, np.int64(za), np.int64(zb), np.int64(zero_point_out),
+                       np.int64(left_shift), m_a, *lr(s_a), m_b, *lr(s_b), m_o, *lr(s_o),
+                       np.int64(out_min), np.int64(out_max), out))
+    return out.reshape(shape), int(n_sat)
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,12 @@ Kinds (``EP_*``) and why each equals the general definition:
   ``(ab + nudge) / 2**31`` is ``(v + ((v >> 63) & (2**31 - 1))) >> 31``; the single overflow
   case ``INT32_MIN * INT32_MIN`` saturates to ``INT32_MAX``. Valid for any accumulator.
 
+The fused kernels requantize 16 channels at once with :func:`ep16` (explicit vectors from
+:mod:`simulator.kernels.simd`, the same formulas lane by lane; the float bounds of the two float
+kinds are exact because ``prepare`` requires ``|bound| < 2**22``). Helpers taking arrays are
+inlined at the numba IR level (``inline="always"``): a call would increment and decrement the
+reference count of every array argument each time.
+
 Every kind returns ``(q, sat)``: ``q`` the final code in ``[out_min, out_max]`` and ``sat``
 whether the unclamped result lay outside (the ``out_saturated`` counter).
 """
@@ -40,6 +46,7 @@ import math
 import numpy as np
 from numba import njit
 
+from simulator.kernels import simd
 from simulator.primitives import (
     INT32_MAX,
     INT32_MIN,
@@ -74,9 +81,31 @@ class Epilogue:
                  "dtype")
 
     def args(self):
-        """The positional arguments of the jitted epilogue helpers, in order."""
-        return (self.kind, self.rnd, self.mf, self.mi, self.s1, self.s2, self.zpf, self.zp,
-                self.lo, self.hi)
+        """The positional arguments of the jitted epilogue helpers, in order. The per-channel
+        arrays are zero-padded to a multiple of 16 plus 16, so 16-lane loads never leave them."""
+        return (self.kind, self.rnd) + self.arrays()
+
+    def arrays(self):
+        """:meth:`args` without the kind and rounding mode (for kernels specialized on them)."""
+        return (self.mf, self.mi, self.s1, self.s2, self.zpf, self.zp, self.lo, self.hi)
+
+
+def _pad16(arr):
+    n = len(arr)
+    out = np.zeros((n + 15) // 16 * 16 + 16, dtype=arr.dtype)
+    out[:n] = arr
+    return out
+
+
+def _finish(ep):
+    """Pad the per-channel arrays; ``None`` if the clamp bounds are too large for the float32
+    epilogue to be exact (|bound| must stay below 2**22 so that ``g + 0.5`` is exact)."""
+    if ep.kind in (EP_FP32, EP_FP32_ZP_IN):
+        bounds = (ep.lo - ep.zp, ep.hi - ep.zp) if ep.kind == EP_FP32 else (ep.lo, ep.hi)
+        if max(abs(int(b)) for b in bounds) >= 2**22:
+            return None
+    ep.mf, ep.mi, ep.s1, ep.s2 = (_pad16(a) for a in (ep.mf, ep.mi, ep.s1, ep.s2))
+    return ep
 
 
 def prepare(mode_code, rnd, mult_f, mult_i, shifts, zp, out_min, out_max, dtype,
@@ -89,7 +118,7 @@ def prepare(mode_code, rnd, mult_f, mult_i, shifts, zp, out_min, out_max, dtype,
     from simulator.kernels import quant as q  # late import: quant imports this module
 
     ep = Epilogue()
-    ep.rnd = np.int64(rnd)
+    ep.rnd = int(rnd)
     ep.zp = np.int64(zp)
     ep.lo = np.int64(out_min)
     ep.hi = np.int64(out_max)
@@ -101,15 +130,15 @@ def prepare(mode_code, rnd, mult_f, mult_i, shifts, zp, out_min, out_max, dtype,
     ep.s1 = np.zeros(n_channels, dtype=np.int64)
     ep.s2 = np.zeros(n_channels, dtype=np.int64)
     if mode_code == 0:  # rq_mode 'none': the accumulator itself (the caller checks its range)
-        ep.kind = np.int64(EP_NONE)
-        return ep
+        ep.kind = int(EP_NONE)
+        return _finish(ep)
     if mode_code in (q.RQ_FP32, q.RQ_FP32_ZP_IN):
         mf = np.ascontiguousarray(mult_f, dtype=np.float32)
         if not np.all(np.isfinite(mf)):
             return None
-        ep.kind = np.int64(EP_FP32 if mode_code == q.RQ_FP32 else EP_FP32_ZP_IN)
+        ep.kind = int(EP_FP32 if mode_code == q.RQ_FP32 else EP_FP32_ZP_IN)
         ep.mf = mf
-        return ep
+        return _finish(ep)
     if mode_code in (q.RQ_FIXED, q.RQ_SHIFT):
         mi = [int(m) for m in mult_i]
         sh = [int(s) for s in shifts]
@@ -128,19 +157,19 @@ def prepare(mode_code, rnd, mult_f, mult_i, shifts, zp, out_min, out_max, dtype,
                 return None
             folded.append(m)
             rights.append(s)
-        ep.kind = np.int64(EP_INT)
+        ep.kind = int(EP_INT)
         ep.mi = np.array(folded, dtype=np.int64)
         ep.s1 = np.array(rights, dtype=np.int64)
         big = max((abs(m) for m in folded), default=0)
         ep.acc_limit = (_LIMIT62 - 1) // big if big else 2**63 - 1
-        return ep
+        return _finish(ep)
     if mode_code == q.RQ_DOUBLE_Q31:
-        ep.kind = np.int64(EP_Q31_RUY if rnd == RND_HALF_UP else EP_Q31)
+        ep.kind = int(EP_Q31_RUY if rnd == RND_HALF_UP else EP_Q31)
         ep.mi = np.ascontiguousarray(mult_i, dtype=np.int64)
         t = 31 - np.asarray(shifts, dtype=np.int64)
         ep.s1 = np.ascontiguousarray(np.maximum(t, 0), dtype=np.int64)
         ep.s2 = np.ascontiguousarray(np.maximum(-t, 0), dtype=np.int64)
-        return ep
+        return _finish(ep)
     return None
 
 
@@ -246,58 +275,82 @@ def ep_q31(acc, m, left, right, ruy, zp, lo, hi):
 
 
 # --------------------------------------------------------------------------------------------
-# Row helpers: requantize ``n`` consecutive channels of one output position
+# 16 lanes at once (explicit vectors, simulator.kernels.simd): the fused kernels' epilogue
 # --------------------------------------------------------------------------------------------
-@njit(cache=True)
-def store_row(acc32, a0, biasp, c0, n, kind, rnd, mf, mi, s1, s2, zpf, zp, lo, hi, out, o0,
-              ostride):
-    """``out[o0 + j*ostride] = requant(acc32[a0 + j] + biasp[c0 + j], channel c0 + j)`` for
-    ``j < n``; returns the saturation count. ``acc32`` holds int32 dot products (int64 arrays are
-    accepted too)."""
-    cnt = 0
+_fp32_he, _fp32_ha, _fp32_hu, _fp32_fl, _fp32_tz = simd.ep16_fp32
+_zpin_he, _zpin_ha, _zpin_hu, _zpin_fl, _zpin_tz = simd.ep16_fp32_zp_in
+_int_he, _int_ha, _int_hu, _int_fl, _int_tz = simd.ep16_int
+_q31 = simd.ep16_q31
+_q31_ruy = simd.ep16_q31_ruy
+
+
+@njit(cache=True, inline="always")
+def _ep16_vec(kind, rnd, accv, mfv, miv, s1v, s2v, zpf, zp, lo, hi, n):
+    """Dispatch on the (loop-invariant) kind and rounding mode to the static-mode intrinsics."""
     if kind == EP_FP32:
         if rnd == RND_HALF_EVEN:
-            for j in range(n):
-                q, s = ep_fp32(np.int64(acc32[a0 + j]) + biasp[c0 + j], mf[c0 + j],
-                               RND_HALF_EVEN, zp, lo, hi)
-                out[o0 + j * ostride] = q
-                cnt += s
-        else:
-            for j in range(n):
-                q, s = ep_fp32(np.int64(acc32[a0 + j]) + biasp[c0 + j], mf[c0 + j], rnd, zp,
-                               lo, hi)
-                out[o0 + j * ostride] = q
-                cnt += s
-    elif kind == EP_FP32_ZP_IN:
-        for j in range(n):
-            q, s = ep_fp32_zp_in(np.int64(acc32[a0 + j]) + biasp[c0 + j], mf[c0 + j], zpf, rnd,
-                                 lo, hi)
-            out[o0 + j * ostride] = q
-            cnt += s
-    elif kind == EP_INT:
-        for j in range(n):
-            q, s = ep_int(np.int64(acc32[a0 + j]) + biasp[c0 + j], mi[c0 + j], s1[c0 + j], rnd,
-                          zp, lo, hi)
-            out[o0 + j * ostride] = q
-            cnt += s
-    elif kind == EP_Q31:
-        for j in range(n):
-            q, s = ep_q31(np.int64(acc32[a0 + j]) + biasp[c0 + j], mi[c0 + j], s1[c0 + j],
-                          s2[c0 + j], False, zp, lo, hi)
-            out[o0 + j * ostride] = q
-            cnt += s
-    elif kind == EP_Q31_RUY:
-        for j in range(n):
-            q, s = ep_q31(np.int64(acc32[a0 + j]) + biasp[c0 + j], mi[c0 + j], s1[c0 + j],
-                          s2[c0 + j], True, zp, lo, hi)
-            out[o0 + j * ostride] = q
-            cnt += s
-    else:  # EP_NONE: the accumulator itself
-        for j in range(n):
-            out[o0 + j * ostride] = np.int64(acc32[a0 + j]) + biasp[c0 + j]
-    return cnt
+            return _fp32_he(accv, mfv, zp, lo, hi, n)
+        if rnd == RND_HALF_AWAY:
+            return _fp32_ha(accv, mfv, zp, lo, hi, n)
+        if rnd == RND_HALF_UP:
+            return _fp32_hu(accv, mfv, zp, lo, hi, n)
+        if rnd == RND_FLOOR:
+            return _fp32_fl(accv, mfv, zp, lo, hi, n)
+        return _fp32_tz(accv, mfv, zp, lo, hi, n)
+    if kind == EP_FP32_ZP_IN:
+        if rnd == RND_HALF_EVEN:
+            return _zpin_he(accv, mfv, zpf, lo, hi, n)
+        if rnd == RND_HALF_AWAY:
+            return _zpin_ha(accv, mfv, zpf, lo, hi, n)
+        if rnd == RND_HALF_UP:
+            return _zpin_hu(accv, mfv, zpf, lo, hi, n)
+        if rnd == RND_FLOOR:
+            return _zpin_fl(accv, mfv, zpf, lo, hi, n)
+        return _zpin_tz(accv, mfv, zpf, lo, hi, n)
+    if kind == EP_INT:
+        if rnd == RND_HALF_EVEN:
+            return _int_he(accv, miv, s1v, zp, lo, hi, n)
+        if rnd == RND_HALF_AWAY:
+            return _int_ha(accv, miv, s1v, zp, lo, hi, n)
+        if rnd == RND_HALF_UP:
+            return _int_hu(accv, miv, s1v, zp, lo, hi, n)
+        if rnd == RND_FLOOR:
+            return _int_fl(accv, miv, s1v, zp, lo, hi, n)
+        return _int_tz(accv, miv, s1v, zp, lo, hi, n)
+    if kind == EP_Q31:
+        return _q31(accv, miv, s1v, s2v, zp, lo, hi, n)
+    if kind == EP_Q31_RUY:
+        return _q31_ruy(accv, miv, s1v, s2v, zp, lo, hi, n)
+    return accv, np.int64(0)  # EP_NONE
 
 
-__all__ = ["Epilogue", "prepare", "store_row", "ep_fp32", "ep_fp32_zp_in", "ep_int", "ep_q31",
+@njit(cache=True, inline="always")
+def ep16(kind, rnd, accv, mf, mi, s1, s2, c0, zpf, zp, lo, hi, n):
+    """Requantize 16 int32 accumulators ``accv`` (bias included, exact) of channels
+    ``c0 .. c0+15`` with the padded per-channel arrays of an :class:`Epilogue`; returns
+    ``(codes as int32 lanes, saturated lanes among the first n)``. Same values as the scalar
+    ``ep_*`` functions (the accumulator fits int32 here)."""
+    return _ep16_vec(kind, rnd, accv, simd.vload_f32(mf, c0), simd.vload_i64(mi, c0),
+                     simd.vload_i64(s1, c0), simd.vload_i64(s2, c0), zpf, zp, lo, hi, n)
+
+
+@njit(cache=True, inline="always")
+def ep16_splat(kind, rnd, accv, mf, mi, s1, s2, c, zpf, zp, lo, hi, n):
+    """:func:`ep16` with all 16 lanes in channel ``c``."""
+    return _ep16_vec(kind, rnd, accv, simd.vsplat_f32(mf[c]), simd.vsplat_i64(mi[c]),
+                     simd.vsplat_i64(s1[c]), simd.vsplat_i64(s2[c]), zpf, zp, lo, hi, n)
+
+
+@njit(cache=True, inline="always")
+def store16(out, o0, ostride, codes, n):
+    """Write the first ``n`` lanes of ``codes`` to ``out[o0 + j * ostride]``."""
+    if n == 16 and ostride == 1:
+        simd.vstore_codes(out, o0, codes)
+    else:
+        for j in range(n):
+            out[o0 + j * ostride] = simd.vget(codes, j)
+
+
+__all__ = ["Epilogue", "prepare", "ep16", "ep16_splat", "store16", "ep_fp32", "ep_fp32_zp_in", "ep_int", "ep_q31",
            "round_small", "EP_NONE", "EP_FP32", "EP_FP32_ZP_IN", "EP_INT", "EP_Q31",
            "EP_Q31_RUY"]

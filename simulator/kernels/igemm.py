@@ -36,7 +36,17 @@ from numba import njit, prange
 
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels import simd
-from simulator.kernels.simd import vbcast4, vdpbusd, vload, vstore, vzero
+from simulator.kernels.simd import (
+    vadd_i32,
+    vbcast4,
+    vdpbusd,
+    vload,
+    vload_i32,
+    vload_u8_i32,
+    vmadd_i32,
+    vstore,
+    vzero,
+)
 
 MR = 8
 LANES = 16
@@ -48,206 +58,265 @@ PARALLEL_MIN_MACS = 4_000_000
 # --------------------------------------------------------------------------------------------
 # Padded NHWC uint8 copy of the input
 # --------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _u(i):
+    """An index as uint64: numba then skips the negative-index wrap-around, which keeps address
+    arithmetic affine (vectorizable). Every index passed here is non-negative."""
+    return np.uint64(i)
+
+
 @njit(cache=True)
 def _prepass_images(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
                     n0, n1):
-    """Fill images ``[n0, n1)`` of ``xp`` (flat, [N, Hp, Wp, Ctot]) from ``x``; returns the
-    minimum and maximum input code of those images."""
+    """Fill images ``[n0, n1)`` of ``xp`` (flat uint8 [N, Hp, Wp, Ctot]) from the contiguous
+    4-D ``x``: ``u = x + flip`` inside, ``padval`` in the spatial padding, 0 in the channel
+    padding."""
     if nchw:
         height = x.shape[2]
         width = x.shape[3]
     else:
         height = x.shape[1]
         width = x.shape[2]
+    x1 = x.reshape(-1)
     img = hp_n * wp_n * ctot
+    ximg = height * width * n_groups * cg
     pad8 = np.uint8(padval)
-    mn = np.int64(1) << 40
-    mx = -mn
+    row = wp_n * ctot
     for n in range(n0, n1):
         ib = n * img
-        # border rows / columns and channel padding
+        xb = n * ximg
+        # spatial padding: full rows above and below, then the left/right columns
         for hh in range(hp_n):
-            inside_h = pt <= hh < pt + height
-            for ww in range(wp_n):
-                o = ib + (hh * wp_n + ww) * ctot
-                if inside_h and pl <= ww < pl + width:
-                    if cgp != cg:
+            if hh < pt or hh >= pt + height:
+                for i in range(row):
+                    xp[_u(ib + hh * row + i)] = pad8
+            else:
+                for i in range(pl * ctot):
+                    xp[_u(ib + hh * row + i)] = pad8
+                for i in range((pl + width) * ctot, row):
+                    xp[_u(ib + hh * row + i)] = pad8
+        if nchw:
+            for h in range(height):
+                ob = ib + (h + pt) * row + pl * ctot
+                for g in range(n_groups):
+                    for c in range(cg):
+                        xs = xb + ((g * cg + c) * height + h) * width
+                        o = ob + g * cgp + c
+                        for w in range(width):
+                            xp[_u(o + w * ctot)] = np.uint8(np.int64(x1[_u(xs + w)]) + flip)
+                if cgp != cg:
+                    for w in range(width):
                         for g in range(n_groups):
                             for c in range(cg, cgp):
-                                xp[o + g * cgp + c] = 0
-                else:
-                    for c in range(ctot):
-                        xp[o + c] = pad8
-        if nchw:
-            for g in range(n_groups):
-                for c in range(cg):
-                    ci = g * cg + c
-                    for h in range(height):
-                        o = ib + ((h + pt) * wp_n + pl) * ctot + g * cgp + c
-                        for w in range(width):
-                            v = np.int64(x[n, ci, h, w])
-                            mn = min(mn, v)
-                            mx = max(mx, v)
-                            xp[o + w * ctot] = np.uint8(v + flip)
+                                xp[_u(ob + w * ctot + g * cgp + c)] = 0
+        elif cgp == cg:
+            run = width * ctot
+            for h in range(height):
+                ob = ib + (h + pt) * row + pl * ctot
+                xs = xb + h * run
+                for i in range(run):
+                    xp[_u(ob + i)] = np.uint8(np.int64(x1[_u(xs + i)]) + flip)
         else:
             for h in range(height):
                 for w in range(width):
-                    o = ib + ((h + pt) * wp_n + (w + pl)) * ctot
+                    ob = ib + (h + pt) * row + (pl + w) * ctot
+                    xs = xb + (h * width + w) * n_groups * cg
                     for g in range(n_groups):
                         for c in range(cg):
-                            v = np.int64(x[n, h, w, g * cg + c])
-                            mn = min(mn, v)
-                            mx = max(mx, v)
-                            xp[o + g * cgp + c] = np.uint8(v + flip)
-    return mn, mx
+                            xp[_u(ob + g * cgp + c)] = np.uint8(
+                                np.int64(x1[_u(xs + g * cg + c)]) + flip)
+                        for c in range(cg, cgp):
+                            xp[_u(ob + g * cgp + c)] = 0
 
 
 @njit(cache=True, parallel=True)
 def _prepass_par(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
                  n_chunks):
     n_img = x.shape[0]
-    mins = np.zeros(n_chunks, dtype=np.int64)
-    maxs = np.zeros(n_chunks, dtype=np.int64)
     for ch in prange(n_chunks):
-        n0 = ch * n_img // n_chunks
-        n1 = (ch + 1) * n_img // n_chunks
-        mn, mx = _prepass_images(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip,
-                                 padval, xp, n0, n1)
-        mins[ch] = mn
-        maxs[ch] = mx
-    return mins.min(), maxs.max()
+        _prepass_images(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
+                        ch * n_img // n_chunks, (ch + 1) * n_img // n_chunks)
 
 
 # --------------------------------------------------------------------------------------------
 # VNNI micro-kernel: MR output positions x 16 output channels
-# --------------------------------------------------------------------------------------------
-@njit(cache=True)
-def _vnni_blocks(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp, n_groups, nbg, mg,
-                 m_out, wpk, biasp, kind, rnd, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out,
-                 total, b0, b1):
-    """Output blocks ``[b0, b1)`` (block ``b`` = flat output positions ``b*MR .. b*MR+MR-1``);
-    returns the saturation count."""
-    scratch = np.empty(MR * LANES, dtype=np.int32)
-    base = np.empty(MR, dtype=np.int64)
-    obase = np.empty(MR, dtype=np.int64)
-    n_taps = taps.shape[0]
-    ostride = n_pix if nchw_out else 1
-    cnt = 0
-    for b in range(b0, b1):
-        g0 = b * MR
-        n_valid = min(MR, total - g0)
-        for r in range(MR):
-            gp = min(g0 + r, total - 1)
-            n = gp // n_pix
-            p = gp - n * n_pix
-            oh = p // ow_n
-            ow = p - oh * ow_n
-            base[r] = n * img + (oh * sh * wp_n + ow * sw) * ctot
-            obase[r] = n * m_out * n_pix + p if nchw_out else gp * m_out
-        for g in range(n_groups):
-            goff = g * cgp
-            a0 = base[0] + goff
-            a1 = base[1] + goff
-            a2 = base[2] + goff
-            a3 = base[3] + goff
-            a4 = base[4] + goff
-            a5 = base[5] + goff
-            a6 = base[6] + goff
-            a7 = base[7] + goff
-            for nb in range(nbg):
-                c0 = vzero()
-                c1 = vzero()
-                c2 = vzero()
-                c3 = vzero()
-                c4 = vzero()
-                c5 = vzero()
-                c6 = vzero()
-                c7 = vzero()
-                wb = (g * nbg + nb) * n_taps * c4_n * 64
-                for t in range(n_taps):
-                    to = taps[t]
-                    for k4 in range(c4_n):
-                        wv = vload(wpk, wb)
-                        wb += 64
-                        o = to + 4 * k4
-                        c0 = vdpbusd(c0, vbcast4(xp, a0 + o), wv)
-                        c1 = vdpbusd(c1, vbcast4(xp, a1 + o), wv)
-                        c2 = vdpbusd(c2, vbcast4(xp, a2 + o), wv)
-                        c3 = vdpbusd(c3, vbcast4(xp, a3 + o), wv)
-                        c4 = vdpbusd(c4, vbcast4(xp, a4 + o), wv)
-                        c5 = vdpbusd(c5, vbcast4(xp, a5 + o), wv)
-                        c6 = vdpbusd(c6, vbcast4(xp, a6 + o), wv)
-                        c7 = vdpbusd(c7, vbcast4(xp, a7 + o), wv)
-                vstore(scratch, 0, c0)
-                vstore(scratch, 16, c1)
-                vstore(scratch, 32, c2)
-                vstore(scratch, 48, c3)
-                vstore(scratch, 64, c4)
-                vstore(scratch, 80, c5)
-                vstore(scratch, 96, c6)
-                vstore(scratch, 112, c7)
-                m0 = g * mg + nb * LANES
-                nch = min(LANES, mg - nb * LANES)
-                for r in range(n_valid):
-                    cnt += ep_k.store_row(scratch, r * LANES, biasp, m0, nch, kind, rnd, mf, mi,
-                                          s1, s2, zpf, zp, lo, hi, out, obase[r] + m0 * ostride,
-                                          ostride)
-    return cnt
+# The kernels are made per (requantization kind, rounding mode) by a factory: both are closure
+# constants, so numba compiles only the epilogue branch in use (a runtime switch costs ~2x in
+# the epilogue). numba caches each variant separately (the cache key includes the closure).
+_KERNELS = {}
 
 
-@njit(cache=True, parallel=True)
-def _vnni_par(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp, n_groups, nbg, mg,
-              m_out, wpk, biasp, kind, rnd, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out,
-              total, n_blocks, n_chunks):
-    cnts = np.zeros(n_chunks, dtype=np.int64)
-    for ch in prange(n_chunks):
-        b0 = ch * n_blocks // n_chunks
-        b1 = (ch + 1) * n_blocks // n_chunks
-        cnts[ch] = _vnni_blocks(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp,
-                                n_groups, nbg, mg, m_out, wpk, biasp, kind, rnd, mf, mi, s1, s2,
-                                zpf, zp, lo, hi, out, nchw_out, total, b0, b1)
-    return cnts.sum()
+def kernels(kind, rnd):
+    """``(vnni_blocks, vnni_par, dw_range, dw_par)`` specialized for an epilogue kind and
+    rounding mode (Python ints), compiled on first use."""
+    key = (int(kind), int(rnd))
+    ks = _KERNELS.get(key)
+    if ks is None:
+        ks = _make_kernels(*key)
+        _KERNELS[key] = ks
+    return ks
 
 
-# --------------------------------------------------------------------------------------------
-# Depthwise (one input and one output channel per group), vectorized over channels
-# --------------------------------------------------------------------------------------------
-@njit(cache=True)
-def _dw_range(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, w32, biasp, kind, rnd, mf, mi, s1,
-              s2, zpf, zp, lo, hi, out, nchw_out, p0, p1):
-    acc = np.empty(n_ch, dtype=np.int32)
-    n_taps = taps.shape[0]
-    ostride = n_pix if nchw_out else 1
-    cnt = 0
-    for gp in range(p0, p1):
+def _make_kernels(kind, rnd):
+    # --------------------------------------------------------------------------------------------
+    @njit(cache=True)
+    def _vnni_blocks(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp, n_groups, nbg, mg,
+                     m_out, wpk, biasp, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out,
+                     total, b0, b1):
+        """Output blocks ``[b0, b1)`` (block ``b`` = flat output positions ``b*MR .. b*MR+MR-1``);
+        returns the saturation count."""
+        scratch = np.empty(MR * LANES, dtype=np.int32)
+        base = np.empty(MR, dtype=np.int64)
+        obase = np.empty(MR, dtype=np.int64)
+        n_taps = taps.shape[0]
+        ostride = n_pix if nchw_out else 1
+        cnt = 0
+        # the (image, row, column) of flat output position gp, advanced without divisions
+        gp = b0 * MR
         n = gp // n_pix
         p = gp - n * n_pix
         oh = p // ow_n
         ow = p - oh * ow_n
-        base = n * img + (oh * sh * wp_n + ow * sw) * n_ch
-        for c in range(n_ch):
-            acc[c] = 0
-        for t in range(n_taps):
-            src = base + taps[t]
-            wo = t * n_ch
-            for c in range(n_ch):
-                acc[c] = np.int32(acc[c] + np.int32(xp[src + c]) * w32[wo + c])
-        ob = n * n_ch * n_pix + p if nchw_out else gp * n_ch
-        cnt += ep_k.store_row(acc, 0, biasp, 0, n_ch, kind, rnd, mf, mi, s1, s2, zpf, zp, lo, hi,
-                              out, ob, ostride)
-    return cnt
+        for b in range(b0, b1):
+            g0 = b * MR
+            n_valid = min(MR, total - g0)
+            for r in range(MR):
+                if r < n_valid:
+                    base[r] = n * img + (oh * sh * wp_n + ow * sw) * ctot
+                    obase[r] = n * m_out * n_pix + p if nchw_out else gp * m_out
+                    gp += 1
+                    p += 1
+                    ow += 1
+                    if ow == ow_n:
+                        ow = 0
+                        oh += 1
+                        if p == n_pix:
+                            p = 0
+                            oh = 0
+                            n += 1
+                else:  # past the end: repeat the last position (results are not stored)
+                    base[r] = base[r - 1]
+                    obase[r] = obase[r - 1]
+            for g in range(n_groups):
+                goff = g * cgp
+                a0 = base[0] + goff
+                a1 = base[1] + goff
+                a2 = base[2] + goff
+                a3 = base[3] + goff
+                a4 = base[4] + goff
+                a5 = base[5] + goff
+                a6 = base[6] + goff
+                a7 = base[7] + goff
+                for nb in range(nbg):
+                    c0 = vzero()
+                    c1 = vzero()
+                    c2 = vzero()
+                    c3 = vzero()
+                    c4 = vzero()
+                    c5 = vzero()
+                    c6 = vzero()
+                    c7 = vzero()
+                    wb = (g * nbg + nb) * n_taps * c4_n * 64
+                    for t in range(n_taps):
+                        to = taps[t]
+                        for k4 in range(c4_n):
+                            wv = vload(wpk, wb)
+                            wb += 64
+                            o = to + 4 * k4
+                            c0 = vdpbusd(c0, vbcast4(xp, a0 + o), wv)
+                            c1 = vdpbusd(c1, vbcast4(xp, a1 + o), wv)
+                            c2 = vdpbusd(c2, vbcast4(xp, a2 + o), wv)
+                            c3 = vdpbusd(c3, vbcast4(xp, a3 + o), wv)
+                            c4 = vdpbusd(c4, vbcast4(xp, a4 + o), wv)
+                            c5 = vdpbusd(c5, vbcast4(xp, a5 + o), wv)
+                            c6 = vdpbusd(c6, vbcast4(xp, a6 + o), wv)
+                            c7 = vdpbusd(c7, vbcast4(xp, a7 + o), wv)
+                    vstore(scratch, 0, c0)
+                    vstore(scratch, 16, c1)
+                    vstore(scratch, 32, c2)
+                    vstore(scratch, 48, c3)
+                    vstore(scratch, 64, c4)
+                    vstore(scratch, 80, c5)
+                    vstore(scratch, 96, c6)
+                    vstore(scratch, 112, c7)
+                    m0 = g * mg + nb * LANES
+                    nch = min(LANES, mg - nb * LANES)
+                    bv = vload_i32(biasp, m0)
+                    for r in range(n_valid):
+                        accv = vadd_i32(vload_i32(scratch, r * LANES), bv)
+                        codes, k = ep_k.ep16(kind, rnd, accv, mf, mi, s1, s2, m0, zpf, zp, lo, hi,
+                                             nch)
+                        cnt += k
+                        ep_k.store16(out, obase[r] + m0 * ostride, ostride, codes, nch)
+        return cnt
+
+    @njit(cache=True, parallel=True)
+    def _vnni_par(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp, n_groups, nbg, mg,
+                  m_out, wpk, biasp, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out,
+                  total, n_blocks, n_chunks):
+        cnts = np.zeros(n_chunks, dtype=np.int64)
+        for ch in prange(n_chunks):
+            b0 = ch * n_blocks // n_chunks
+            b1 = (ch + 1) * n_blocks // n_chunks
+            cnts[ch] = _vnni_blocks(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp,
+                                    n_groups, nbg, mg, m_out, wpk, biasp, mf, mi, s1, s2,
+                                    zpf, zp, lo, hi, out, nchw_out, total, b0, b1)
+        return cnts.sum()
 
 
-@njit(cache=True, parallel=True)
-def _dw_par(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, w32, biasp, kind, rnd, mf, mi, s1,
-            s2, zpf, zp, lo, hi, out, nchw_out, total, n_chunks):
-    cnts = np.zeros(n_chunks, dtype=np.int64)
-    for ch in prange(n_chunks):
-        p0 = ch * total // n_chunks
-        p1 = (ch + 1) * total // n_chunks
-        cnts[ch] = _dw_range(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, w32, biasp, kind,
-                             rnd, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out, p0, p1)
-    return cnts.sum()
+    # --------------------------------------------------------------------------------------------
+    # Depthwise (one input and one output channel per group), vectorized over channels
+    # --------------------------------------------------------------------------------------------
+    @njit(cache=True)
+    def _dw_range(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, w32, biasp, mf, mi, s1,
+                  s2, zpf, zp, lo, hi, out, nchw_out, p0, p1):
+        """Depthwise output positions ``[p0, p1)``: 16 channels at a time, the taps accumulated in
+        one int32 vector (u8 * s8 products, at most ``255 * 128`` each); ``w32`` is
+        [taps, C rounded up to 16] int32. Returns the saturation count."""
+        n_taps = taps.shape[0]
+        cpad = (n_ch + LANES - 1) // LANES * LANES
+        ostride = n_pix if nchw_out else 1
+        cnt = 0
+        n = p0 // n_pix
+        p = p0 - n * n_pix
+        oh = p // ow_n
+        ow = p - oh * ow_n
+        for gp in range(p0, p1):
+            base = n * img + (oh * sh * wp_n + ow * sw) * n_ch
+            ob = n * n_ch * n_pix + p if nchw_out else gp * n_ch
+            p += 1
+            ow += 1
+            if ow == ow_n:
+                ow = 0
+                oh += 1
+                if p == n_pix:
+                    p = 0
+                    oh = 0
+                    n += 1
+            for c0 in range(0, n_ch, LANES):
+                acc = vzero()
+                for t in range(n_taps):
+                    acc = vmadd_i32(acc, vload_u8_i32(xp, base + taps[t] + c0),
+                                    vload_i32(w32, t * cpad + c0))
+                nch = min(LANES, n_ch - c0)
+                codes, k = ep_k.ep16(kind, rnd, vadd_i32(acc, vload_i32(biasp, c0)), mf, mi, s1, s2,
+                                     c0, zpf, zp, lo, hi, nch)
+                cnt += k
+                ep_k.store16(out, ob + c0 * ostride, ostride, codes, nch)
+        return cnt
+
+    @njit(cache=True, parallel=True)
+    def _dw_par(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, w32, biasp, mf, mi, s1,
+                s2, zpf, zp, lo, hi, out, nchw_out, total, n_chunks):
+        cnts = np.zeros(n_chunks, dtype=np.int64)
+        for ch in prange(n_chunks):
+            p0 = ch * total // n_chunks
+            p1 = (ch + 1) * total // n_chunks
+            cnts[ch] = _dw_range(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, w32, biasp, mf,
+                                 mi, s1, s2, zpf, zp, lo, hi, out, nchw_out, p0, p1)
+        return cnts.sum()
+
+    return _vnni_blocks, _vnni_par, _dw_range, _dw_par
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,37 +354,70 @@ class ConvFast:
         self.bias = bias.astype(np.int64)
         self.bias_abs = np.abs(self.bias)
         self.depthwise = cg == 1 and m_out == group
+        self.run_mode = False
         self.usable = (ws64.size > 0 and int(ws64.min()) >= -128 and int(ws64.max()) <= 127
                        and int(self.sumabs.max()) * 255 <= _INT32_LIMIT)
-        if self.ep.acc_limit is not None and self.ep.acc_limit < _INT32_LIMIT:
-            self.usable = False  # the fused int epilogue needs |acc| < 2**31 to be exact
         if not self.depthwise and not simd.ENABLED:
             self.usable = False
         self._colsum = colsum
         self._biasp = {}
+        # no partial sum may leave the accumulator range (nor int32, nor the epilogue's limit)
+        self.limit = self.acc_hi
+        if self.ep.acc_limit is not None:
+            self.limit = min(self.limit, int(self.ep.acc_limit))
+        # largest |x - xzp| the input dtype allows, for int8 (flip 128) and uint8 (flip 0)
+        self.worst_absmax = {128: max(abs(-128 - self.xzp), abs(127 - self.xzp)),
+                             0: max(abs(0 - self.xzp), abs(255 - self.xzp))}
         if not self.usable:
             return
         self.mg = m_out // group
         if self.depthwise:
             self.cgp = 1
             self.ctot = group
-            self.w32 = np.ascontiguousarray(
-                ws64.reshape(m_out, kh_n * kw_n).T.astype(np.int32)).reshape(-1)
+            cpad = (m_out + LANES - 1) // LANES * LANES
+            w32 = np.zeros((kh_n * kw_n, cpad), dtype=np.int32)
+            w32[:, :m_out] = ws64.reshape(m_out, kh_n * kw_n).T
+            self.w32 = w32.reshape(-1)
+        elif group == 1 and self.dw == 1:
+            # "row runs": for each kernel row the KW*C input bytes of a window are contiguous in
+            # NHWC, so they form the dot product's K axis directly (padded to a multiple of 4
+            # with zero weights; the bytes read past a run belong to the next pixels or to the
+            # 4 bytes of slack at the end of the buffer, and are multiplied by 0)
+            self.run_mode = True
+            self.cgp = cg
+            self.ctot = cg
+            self.nbg = (m_out + LANES - 1) // LANES
+            run = kw_n * cg
+            self.c4_n = (run + 3) // 4
+            pk = np.zeros((self.nbg * LANES, kh_n, self.c4_n * 4), dtype=np.int8)
+            pk[:m_out, :, :run] = ws64.transpose(0, 2, 3, 1).reshape(m_out, kh_n, run)
+            pk = pk.reshape(self.nbg, LANES, kh_n, self.c4_n, 4)
+            self.wpk = np.ascontiguousarray(pk.transpose(0, 2, 3, 1, 4)).reshape(-1)
         else:
             self.cgp = (cg + 3) // 4 * 4
             self.ctot = group * self.cgp
             self.nbg = (self.mg + LANES - 1) // LANES
+            self.c4_n = self.cgp // 4
             pk = np.zeros((group, self.nbg * LANES, self.cgp, kh_n, kw_n), dtype=np.int8)
             pk[:, :self.mg, :cg] = ws64.reshape(group, self.mg, cg, kh_n, kw_n)
             pk = pk.reshape(group, self.nbg, LANES, self.cgp // 4, 4, kh_n, kw_n)
             self.wpk = np.ascontiguousarray(pk.transpose(0, 1, 5, 6, 3, 2, 4)).reshape(-1)
         self._geom = {}
 
+    def bound(self, x_absmax):
+        """Largest |partial sum| when ``|x - xzp| <= x_absmax``: ``max_c |bias| + sum|ws|
+        * x_absmax`` (any order of the additions)."""
+        return int((self.bias_abs + self.sumabs * x_absmax).max())
+
     def _biasp_for(self, flip):
+        """``bias - uzp * sum(ws)`` per output channel, wrapped to int32 (the accumulator fits
+        int32, so wrapping arithmetic gives it exactly), zero-padded for 16-lane loads."""
         bp = self._biasp.get(flip)
         if bp is None:
             uzp = self.xzp + flip
-            bp = np.ascontiguousarray(self.bias - np.int64(uzp) * self._colsum)
+            exact = self.bias - np.int64(uzp) * self._colsum
+            bp = np.zeros((self.m_out + 15) // 16 * 16 + 16, dtype=np.int32)
+            bp[:self.m_out] = exact.astype(np.int32)  # astype wraps modulo 2**32
             self._biasp[flip] = bp
         return bp
 
@@ -333,8 +435,13 @@ class ConvFast:
             ow_n = span_w // self.sw + 1
             hp_n = max((oh_n - 1) * self.sh + ext_h, self.pt + height)
             wp_n = max((ow_n - 1) * self.sw + ext_w, self.pl + width)
-            taps = np.array([(i * self.dh * wp_n + j * self.dw) * self.ctot
-                             for i in range(self.kh) for j in range(self.kw)], dtype=np.int64)
+            if self.run_mode:
+                taps = np.array([i * self.dh * wp_n * self.ctot for i in range(self.kh)],
+                                dtype=np.int64)
+            else:
+                taps = np.array([(i * self.dh * wp_n + j * self.dw) * self.ctot
+                                 for i in range(self.kh) for j in range(self.kw)],
+                                dtype=np.int64)
             geo = (oh_n, ow_n, hp_n, wp_n, taps)
             self._geom[key] = geo
         return geo
@@ -358,24 +465,25 @@ class ConvFast:
         if not 0 <= uzp <= 255:
             return None
         img = hp_n * wp_n * self.ctot
-        xp = np.empty(n_img * img, dtype=np.uint8)
+        # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
+        xp = np.empty(n_img * img + 16, dtype=np.uint8)
         macs = n_img * oh_n * ow_n * self.m_out * self.cg * self.kh * self.kw
         threads = _threads()
         parallel = threads > 1 and macs >= PARALLEL_MIN_MACS
         x = np.ascontiguousarray(x)
+        if self.bound(self.worst_absmax[flip]) > self.limit:
+            # the dtype range does not prove it: look at the actual input codes
+            x_absmax = max(abs(int(x.min()) - self.xzp), abs(int(x.max()) - self.xzp))
+            if self.bound(x_absmax) > self.limit:
+                return None
         args = (x, self.nchw, self.pt, self.pl, hp_n, wp_n, self.group, self.cg, self.cgp,
                 self.ctot, flip, uzp, xp)
         if parallel and n_img > 1:
-            xmin, xmax = _prepass_par(*args, min(n_img, threads))
+            _prepass_par(*args, min(n_img, threads))
         else:
-            xmin, xmax = _prepass_images(*args, 0, n_img)
-        x_absmax = max(abs(int(xmin) - self.xzp), abs(int(xmax) - self.xzp))
-        bound = int((self.bias_abs + self.sumabs * x_absmax).max())
-        if bound > self.acc_hi:
-            return None
+            _prepass_images(*args, 0, n_img)
         ep = self.ep
-        if ep.acc_limit is not None and bound > ep.acc_limit:
-            return None
+        kern = kernels(ep.kind, ep.rnd)
         biasp = self._biasp_for(flip)
         n_pix = oh_n * ow_n
         total = n_img * n_pix
@@ -386,20 +494,20 @@ class ConvFast:
         flat = out.reshape(-1)
         if self.depthwise:
             common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps, self.w32,
-                      biasp) + ep.args() + (flat, self.nchw)
+                      biasp) + ep.arrays() + (flat, self.nchw)
             if parallel:
-                n_sat = _dw_par(*common, total, threads * 4)
+                n_sat = kern[3](*common, total, threads * 4)
             else:
-                n_sat = _dw_range(*common, 0, total)
+                n_sat = kern[2](*common, 0, total)
         else:
             n_blocks = (total + MR - 1) // MR
             common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps,
-                      self.cgp // 4, self.cgp, self.group, self.nbg, self.mg, self.m_out,
-                      self.wpk, biasp) + ep.args() + (flat, self.nchw, total)
+                      self.c4_n, self.cgp, self.group, self.nbg, self.mg, self.m_out,
+                      self.wpk, biasp) + ep.arrays() + (flat, self.nchw, total)
             if parallel:
-                n_sat = _vnni_par(*common, n_blocks, min(n_blocks, threads * 4))
+                n_sat = kern[1](*common, n_blocks, min(n_blocks, threads * 4))
             else:
-                n_sat = _vnni_blocks(*common, 0, n_blocks)
+                n_sat = kern[0](*common, 0, n_blocks)
         return out, int(n_sat)
 
 

@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from simulator.errors import KernelInputError
 from simulator.kernels import epilogue as ep_k
+from simulator.kernels import simd
 from simulator.primitives import (
     INT64_MAX,
     INT64_MIN,
@@ -307,66 +308,79 @@ def requant_params(*, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="h
     return p
 
 
-@njit(cache=True)
-def _requant_fast_items(acc2, by_column, n_ch, kind, rnd, mf, mi, s1, s2, zpf, zp, lo, hi, out2,
-                        i0, i1):
-    """``requantize`` of rows ``[i0, i1)`` of ``acc2`` through the branch-free epilogue.
-
-    ``by_column``: the channel is the column index (channel-last data); otherwise row ``i`` is
-    one plane of channel ``i % n_ch``. Returns the saturation count.
-    """
-    width = acc2.shape[1]
-    no_bias = np.zeros(width, dtype=np.int64)
-    count = 0
-    for i in range(i0, i1):
-        a = acc2[i]
-        o = out2[i]
-        if by_column:
-            count += ep_k.store_row(a, 0, no_bias, 0, width, kind, rnd, mf, mi, s1, s2, zpf, zp,
-                                    lo, hi, o, 0, 1)
-            continue
-        c = i % n_ch
-        if kind == ep_k.EP_FP32:
-            m = mf[c]
-            for j in range(width):
-                q, s = ep_k.ep_fp32(a[j], m, rnd, zp, lo, hi)
-                o[j] = q
-                count += s
-        elif kind == ep_k.EP_FP32_ZP_IN:
-            m = mf[c]
-            for j in range(width):
-                q, s = ep_k.ep_fp32_zp_in(a[j], m, zpf, rnd, lo, hi)
-                o[j] = q
-                count += s
-        elif kind == ep_k.EP_INT:
-            m = mi[c]
-            sh = s1[c]
-            for j in range(width):
-                q, s = ep_k.ep_int(a[j], m, sh, rnd, zp, lo, hi)
-                o[j] = q
-                count += s
-        else:
-            ruy = kind == ep_k.EP_Q31_RUY
-            m = mi[c]
-            left = s1[c]
-            right = s2[c]
-            for j in range(width):
-                q, s = ep_k.ep_q31(a[j], m, left, right, ruy, zp, lo, hi)
-                o[j] = q
-                count += s
-    return count
+_REQUANT_KERNELS = {}
 
 
-@njit(cache=True, parallel=True)
-def _requant_fast_par(acc2, by_column, n_ch, kind, rnd, mf, mi, s1, s2, zpf, zp, lo, hi, out2,
-                      n_chunks):
-    n_items = acc2.shape[0]
-    sat = np.zeros(n_chunks, dtype=np.int64)
-    for ch in prange(n_chunks):
-        sat[ch] = _requant_fast_items(acc2, by_column, n_ch, kind, rnd, mf, mi, s1, s2, zpf, zp,
-                                      lo, hi, out2, ch * n_items // n_chunks,
-                                      (ch + 1) * n_items // n_chunks)
-    return sat.sum()
+def _requant_kernels(kind, rnd):
+    """``(items, par)`` kernels specialized for an epilogue kind and rounding mode (closure
+    constants: only the branch in use is compiled; see ``igemm.kernels``)."""
+    key = (int(kind), int(rnd))
+    ks = _REQUANT_KERNELS.get(key)
+    if ks is None:
+        ks = _make_requant_kernels(*key)
+        _REQUANT_KERNELS[key] = ks
+    return ks
+
+
+def _make_requant_kernels(kind, rnd):
+    @njit(cache=True)
+    def requant_items(acc2, by_column, n_ch, fits32, mf, mi, s1, s2, zpf, zp, lo,
+                            hi, out2, i0, i1):
+        """``requantize`` of rows ``[i0, i1)`` of ``acc2`` through the branch-free epilogue.
+
+        ``by_column``: the channel is the column index (channel-last data); otherwise row ``i`` is
+        one plane of channel ``i % n_ch``. ``fits32``: every accumulator fits int32, so the 16-lane
+        vector epilogue runs; otherwise the scalar ``ep_*`` functions. Returns the saturation count.
+        """
+        width = acc2.shape[1]
+        tmp = np.zeros(16, dtype=np.int32)
+        count = 0
+        for i in range(i0, i1):
+            a = acc2[i]
+            o = out2[i]
+            c = i % n_ch
+            if fits32:
+                for j0 in range(0, width, 16):
+                    n = min(16, width - j0)
+                    for j in range(n):
+                        tmp[j] = np.int32(a[j0 + j])
+                    if by_column:
+                        codes, k = ep_k.ep16(kind, rnd, simd.vload_i32(tmp, 0), mf, mi, s1, s2, j0,
+                                             zpf, zp, lo, hi, n)
+                    else:
+                        codes, k = ep_k.ep16_splat(kind, rnd, simd.vload_i32(tmp, 0), mf, mi, s1, s2,
+                                                   c, zpf, zp, lo, hi, n)
+                    count += k
+                    ep_k.store16(o, j0, 1, codes, n)
+                continue
+            for j in range(width):
+                cc = j if by_column else c
+                if kind == ep_k.EP_FP32:
+                    q, s = ep_k.ep_fp32(a[j], mf[cc], rnd, zp, lo, hi)
+                elif kind == ep_k.EP_FP32_ZP_IN:
+                    q, s = ep_k.ep_fp32_zp_in(a[j], mf[cc], zpf, rnd, lo, hi)
+                elif kind == ep_k.EP_INT:
+                    q, s = ep_k.ep_int(a[j], mi[cc], s1[cc], rnd, zp, lo, hi)
+                else:
+                    q, s = ep_k.ep_q31(a[j], mi[cc], s1[cc], s2[cc], kind == ep_k.EP_Q31_RUY, zp, lo,
+                                       hi)
+                o[j] = q
+                count += s
+        return count
+
+
+    @njit(cache=True, parallel=True)
+    def requant_par(acc2, by_column, n_ch, fits32, mf, mi, s1, s2, zpf, zp, lo, hi,
+                          out2, n_chunks):
+        n_items = acc2.shape[0]
+        sat = np.zeros(n_chunks, dtype=np.int64)
+        for ch in prange(n_chunks):
+            sat[ch] = requant_items(acc2, by_column, n_ch, fits32, mf, mi, s1, s2,
+                                          zpf, zp, lo, hi, out2, ch * n_items // n_chunks,
+                                          (ch + 1) * n_items // n_chunks)
+        return sat.sum()
+
+    return requant_items, requant_par
 
 
 # element count below which the standalone kernels run on the calling thread only
@@ -423,12 +437,14 @@ def requantize_with(acc, p, outer, n_ch, inner):
         shape2 = (outer, n_ch) if by_column else (outer * n_ch, inner)
         acc2 = acc3.reshape(shape2)
         out2 = out3.reshape(shape2)
+        fits32 = -(2**31) <= amin and amax < 2**31
         threads = numba.get_num_threads()
+        items, par = _requant_kernels(ep.kind, ep.rnd)
         if acc.size >= PARALLEL_MIN_ELEMENTS and threads > 1 and shape2[0] > 1:
-            n_sat = _requant_fast_par(acc2, by_column, n_ch, *ep.args(), out2,
-                                      min(shape2[0], 4 * threads))
+            n_sat = par(acc2, by_column, n_ch, fits32, *ep.arrays(), out2,
+                        min(shape2[0], 4 * threads))
         else:
-            n_sat = _requant_fast_items(acc2, by_column, n_ch, *ep.args(), out2, 0, shape2[0])
+            n_sat = items(acc2, by_column, n_ch, fits32, *ep.arrays(), out2, 0, shape2[0])
     else:
         out64 = np.empty((outer, n_ch, inner), dtype=np.int64)
         n_sat = _requant_kernel(acc3, p.mode, p.mult_f, p.mult_i, p.shifts, p.rnd,

@@ -116,4 +116,546 @@ def vstore(typingctx, arr, idx, v):
     return types.none(arr, idx, i32x16), codegen
 
 
-__all__ = ["ENABLED", "i32x16", "vzero", "vload", "vbcast4", "vdpbusd", "vstore"]
+# --------------------------------------------------------------------------------------------
+# Portable 16-lane vectors for the requantization epilogue (generic LLVM IR: any target)
+# --------------------------------------------------------------------------------------------
+# These use only target-independent LLVM instructions and intrinsics (sitofp, fmul, fcmp/select,
+# llvm.roundeven/floor/trunc, sext/mul/ashr...), whose semantics are IEEE / two's complement
+# exactly as written; LLVM legalizes them to whatever vector width the CPU has.
+
+class F32x16Type(types.Type):
+    """numba type of an LLVM ``<16 x float>`` value."""
+
+    def __init__(self):
+        super().__init__(name="F32x16")
+
+
+class I64x16Type(types.Type):
+    """numba type of an LLVM ``<16 x i64>`` value."""
+
+    def __init__(self):
+        super().__init__(name="I64x16")
+
+
+f32x16 = F32x16Type()
+i64x16 = I64x16Type()
+_FT = ir.VectorType(ir.FloatType(), 16)
+_LT = ir.VectorType(ir.IntType(64), 16)
+_I1V = ir.VectorType(ir.IntType(1), 16)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+@register_model(F32x16Type)
+class _F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _FT)
+
+
+@register_model(I64x16Type)
+class _I64x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _LT)
+
+
+def _splat(builder, value, vty):
+    vec = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
+
+
+def _vcall(builder, name, vty, *args):
+    fnty = ir.FunctionType(vty, [a.type for a in args])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    return builder.call(fn, list(args))
+
+
+def _clamp_f(builder, x, lo, hi):
+    """min(max(x, lo), hi) with compare+select (no NaN reaches here)."""
+    x = builder.select(builder.fcmp_ordered("<", x, lo), lo, x)
+    return builder.select(builder.fcmp_ordered(">", x, hi), hi, x)
+
+
+def _clamp_i(builder, x, lo, hi):
+    x = builder.select(builder.icmp_signed("<", x, lo), lo, x)
+    return builder.select(builder.icmp_signed(">", x, hi), hi, x)
+
+
+def _count_lanes(builder, mask, n):
+    """Number of true lanes of ``mask`` among the first ``n`` (i64)."""
+    lane = ir.Constant(_LT, list(range(16)))
+    valid = builder.icmp_signed("<", lane, _splat(builder, n, _LT))
+    bits = builder.bitcast(builder.and_(mask, valid), ir.IntType(16))
+    cnt = _vcall(builder, "llvm.ctpop.i16", ir.IntType(16), bits)
+    return builder.zext(cnt, _I64)
+
+
+def _round_f(builder, g, rnd):
+    """Round the float vector ``g`` (small magnitude: ``g + 0.5`` exact) with the rounding
+    mode ``rnd`` (a Python int, the codes of ``simulator.primitives``)."""
+    half = ir.Constant(_FT, [0.5] * 16)
+    if rnd == 0:  # half_even
+        return _vcall(builder, "llvm.roundeven.v16f32", _FT, g)
+    if rnd == 3:  # floor
+        return _vcall(builder, "llvm.floor.v16f32", _FT, g)
+    if rnd == 4:  # toward_zero
+        return _vcall(builder, "llvm.trunc.v16f32", _FT, g)
+    if rnd == 2:  # half_up
+        return _vcall(builder, "llvm.floor.v16f32", _FT, builder.fadd(g, half))
+    # half_away
+    return _vcall(builder, "llvm.trunc.v16f32", _FT,
+                  builder.fadd(g, _vcall(builder, "llvm.copysign.v16f32", _FT, half, g)))
+
+
+def _round_up_i(builder, rnd, gt, tie, q_neg, q_odd):
+    """The "add one" decision of an integer rounding (remainder > 1/2: ``gt``, = 1/2: ``tie``)
+    for the static mode ``rnd``; the caller ands it with "remainder != 0"."""
+    if rnd == 0:
+        return builder.or_(gt, builder.and_(tie, q_odd))
+    if rnd == 2:
+        return builder.or_(gt, tie)
+    if rnd == 3:
+        return ir.Constant(_I1V, [0] * 16)
+    if rnd == 4:
+        return q_neg
+    return builder.or_(gt, builder.and_(tie, builder.not_(q_neg)))
+
+
+def _i64(context, builder, val, ty):
+    return context.cast(builder, val, ty, types.int64)
+
+
+@intrinsic
+def vload_i32(typingctx, arr, idx):
+    """16 int32 lanes from element ``idx`` of a contiguous 1-D int32 array."""
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        return builder.load(builder.bitcast(p, _VT.as_pointer()), align=4)
+    return i32x16(arr, idx), codegen
+
+
+@intrinsic
+def vload_f32(typingctx, arr, idx):
+    """16 float32 lanes from element ``idx`` of a contiguous 1-D float32 array."""
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        return builder.load(builder.bitcast(p, _FT.as_pointer()), align=4)
+    return f32x16(arr, idx), codegen
+
+
+@intrinsic
+def vload_i64(typingctx, arr, idx):
+    """16 int64 lanes from element ``idx`` of a contiguous 1-D int64 array."""
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        return builder.load(builder.bitcast(p, _LT.as_pointer()), align=8)
+    return i64x16(arr, idx), codegen
+
+
+@intrinsic
+def vsplat_f32(typingctx, x):
+    """A float32 scalar in all 16 lanes."""
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.float32)
+        return _splat(builder, v, _FT)
+    return f32x16(x), codegen
+
+
+@intrinsic
+def vsplat_i64(typingctx, x):
+    """An int64 scalar in all 16 lanes."""
+    def codegen(context, builder, sig, args):
+        return _splat(builder, _i64(context, builder, args[0], sig.args[0]), _LT)
+    return i64x16(x), codegen
+
+
+@intrinsic
+def vadd_i32(typingctx, a, b):
+    """Lane-wise int32 addition (wraps)."""
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+    return i32x16(i32x16, i32x16), codegen
+
+
+@intrinsic
+def vload_u8_i32(typingctx, arr, idx):
+    """16 bytes from element ``idx`` of a contiguous 1-D uint8 array, zero-extended to int32."""
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        b16 = ir.VectorType(ir.IntType(8), 16)
+        v = builder.load(builder.bitcast(p, b16.as_pointer()), align=1)
+        return builder.zext(v, _VT)
+    return i32x16(arr, idx), codegen
+
+
+@intrinsic
+def vmadd_i32(typingctx, acc, a, b):
+    """``acc + a * b`` lane-wise in int32 (wraps; the callers' values cannot overflow)."""
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], builder.mul(args[1], args[2]))
+    return i32x16(i32x16, i32x16, i32x16), codegen
+
+
+@intrinsic
+def vget(typingctx, v, j):
+    """Lane ``j`` of an int32 vector, as int64."""
+    def codegen(context, builder, sig, args):
+        e = builder.extract_element(args[0], context.cast(builder, args[1], sig.args[1],
+                                                          types.int32))
+        return builder.sext(e, _I64)
+    return types.int64(i32x16, j), codegen
+
+
+@intrinsic
+def vstore_codes(typingctx, arr, idx, v):
+    """Store 16 int32 lanes at element ``idx`` of a contiguous 1-D integer array, converted to
+    its dtype (truncation: the values are already clamped to the dtype range)."""
+    def codegen(context, builder, sig, args):
+        ety = context.get_value_type(sig.args[0].dtype)
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        vty = ir.VectorType(ety, 16)
+        v = args[2]
+        if ety.width < 32:
+            v = builder.trunc(v, vty)
+        elif ety.width > 32:
+            v = builder.sext(v, vty)
+        builder.store(v, builder.bitcast(p, vty.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.none(arr, idx, i32x16), codegen
+
+
+_PAIR = types.Tuple((i32x16, types.int64))
+
+
+def _make_ep16_fp32(rnd):
+    @intrinsic
+    def ep16_fp32(typingctx, acc, m, zp, lo, hi, n):
+        return _PAIR(i32x16, f32x16, zp, lo, hi, n), _fp32_codegen(rnd)
+    return ep16_fp32
+
+
+def _fp32_codegen(rnd_):
+    """``fp32`` requantization of 16 int32 accumulators (see ``epilogue.ep_fp32``):
+    ``q = clamp(round(f32(f32(acc) * m)) + zp)``; returns (codes, saturated lanes among the
+    first ``n``). Needs ``|lo - zp|, |hi - zp| < 2**22`` (exact float bounds)."""
+    def codegen(context, builder, sig, args):
+        acc_v, m_v = args[0], args[1]
+        zp_, lo_, hi_, n_ = (_i64(context, builder, a, t)
+                             for a, t in zip(args[2:], sig.args[2:]))
+        f = builder.fmul(builder.sitofp(acc_v, _FT), m_v)
+        lo_f = _splat(builder, builder.sitofp(builder.sub(lo_, zp_), ir.FloatType()), _FT)
+        hi_f = _splat(builder, builder.sitofp(builder.sub(hi_, zp_), ir.FloatType()), _FT)
+        one = ir.Constant(_FT, [1.0] * 16)
+        g = _clamp_f(builder, f, builder.fsub(lo_f, one), builder.fadd(hi_f, one))
+        r = _round_f(builder, g, rnd_)
+        out = builder.or_(builder.fcmp_ordered("<", r, lo_f), builder.fcmp_ordered(">", r, hi_f))
+        cnt = _count_lanes(builder, out, n_)
+        q = builder.fptosi(_clamp_f(builder, r, lo_f, hi_f), _VT)
+        q = builder.add(q, _splat(builder, builder.trunc(zp_, _I32), _VT))
+        return context.make_tuple(builder, sig.return_type, (q, cnt))
+    return codegen
+
+
+def _make_ep16_fp32_zp_in(rnd):
+    @intrinsic
+    def ep16_fp32_zp_in(typingctx, acc, m, zpf, lo, hi, n):
+        return _PAIR(i32x16, f32x16, zpf, lo, hi, n), _fp32_zp_in_codegen(rnd)
+    return ep16_fp32_zp_in
+
+
+def _fp32_zp_in_codegen(rnd_):
+    """``fp32_zp_in``: ``q = clamp(round(f32(f32(f32(acc) * m) + zpf)))``; needs
+    ``|lo|, |hi| < 2**22``."""
+    def codegen(context, builder, sig, args):
+        acc_v, m_v = args[0], args[1]
+        zpf_ = context.cast(builder, args[2], sig.args[2], types.float32)
+        lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:], sig.args[3:]))
+        f = builder.fmul(builder.sitofp(acc_v, _FT), m_v)
+        f = builder.fadd(f, _splat(builder, zpf_, _FT))
+        lo_f = _splat(builder, builder.sitofp(lo_, ir.FloatType()), _FT)
+        hi_f = _splat(builder, builder.sitofp(hi_, ir.FloatType()), _FT)
+        one = ir.Constant(_FT, [1.0] * 16)
+        g = _clamp_f(builder, f, builder.fsub(lo_f, one), builder.fadd(hi_f, one))
+        r = _round_f(builder, g, rnd_)
+        out = builder.or_(builder.fcmp_ordered("<", r, lo_f), builder.fcmp_ordered(">", r, hi_f))
+        cnt = _count_lanes(builder, out, n_)
+        q = builder.fptosi(_clamp_f(builder, r, lo_f, hi_f), _VT)
+        return context.make_tuple(builder, sig.return_type, (q, cnt))
+    return codegen
+
+
+def _make_ep16_int(rnd):
+    @intrinsic
+    def ep16_int(typingctx, acc, m, s, zp, lo, hi, n):
+        return _PAIR(i32x16, i64x16, i64x16, zp, lo, hi, n), _int_codegen(rnd)
+    return ep16_int
+
+
+def _int_codegen(rnd_):
+    """``fixed``/``shift`` (see ``epilogue.ep_int``): ``q = clamp(round(acc * m / 2**s) + zp)``
+    with ``p = acc * m`` exact in int64 and ``0 <= s <= 62``."""
+    def codegen(context, builder, sig, args):
+        acc_v, m_v, s_v = args[0], args[1], args[2]
+        zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:], sig.args[3:]))
+        one = ir.Constant(_LT, [1] * 16)
+        zero = ir.Constant(_LT, [0] * 16)
+        p = builder.mul(builder.sext(acc_v, _LT), m_v)
+        q = builder.ashr(p, s_v)
+        pw = builder.shl(one, s_v)
+        rem = builder.and_(p, builder.sub(pw, one))
+        half = builder.ashr(pw, one)
+        nz = builder.icmp_signed("!=", rem, zero)
+        gt = builder.icmp_signed(">", rem, half)
+        tie = builder.icmp_signed("==", rem, half)
+        q_neg = builder.icmp_signed("<", q, zero)
+        q_odd = builder.icmp_signed("!=", builder.and_(q, one), zero)
+        up = builder.and_(_round_up_i(builder, rnd_, gt, tie, q_neg, q_odd), nz)
+        r = builder.add(q, builder.zext(up, _LT))
+        lo_r = _splat(builder, builder.sub(lo_, zp_), _LT)
+        hi_r = _splat(builder, builder.sub(hi_, zp_), _LT)
+        out = builder.or_(builder.icmp_signed("<", r, lo_r), builder.icmp_signed(">", r, hi_r))
+        cnt = _count_lanes(builder, out, n_)
+        r = builder.add(_clamp_i(builder, r, lo_r, hi_r), _splat(builder, zp_, _LT))
+        return context.make_tuple(builder, sig.return_type, (builder.trunc(r, _VT), cnt))
+    return codegen
+
+
+def _make_ep16_q31(ruy):
+    @intrinsic
+    def ep16_q31(typingctx, acc, m, left, right, zp, lo, hi, n):
+        return _PAIR(i32x16, i64x16, i64x16, i64x16, zp, lo, hi, n), _q31_codegen(ruy)
+    return ep16_q31
+
+
+def _q31_codegen(ruy):
+    """``double_q31`` (see ``epilogue.ep_q31``) on 16 int32 accumulators: TFLite
+    ``MultiplyByQuantizedMultiplier`` (gemmlowp RHA, or ruy RHU when ``ruy``) + zp, clamped."""
+    def codegen(context, builder, sig, args):
+        acc_v, m_v, l_v, r_v = args[0], args[1], args[2], args[3]
+        zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[4:], sig.args[4:]))
+        one = ir.Constant(_LT, [1] * 16)
+        x = builder.sext(acc_v, _LT)
+        xs = builder.sext(builder.trunc(builder.shl(x, l_v), _VT), _LT)
+        ab = builder.mul(xs, m_v)
+        i32max = ir.Constant(_LT, [2**31 - 1] * 16)
+        if ruy:
+            # (ab + 2**30) >> 31, saturated to INT32_MAX; then (y + 2**(right-1)) >> right
+            y_r = builder.ashr(builder.add(ab, ir.Constant(_LT, [1 << 30] * 16)),
+                               ir.Constant(_LT, [31] * 16))
+            y_r = builder.select(builder.icmp_signed(">", y_r, i32max), i32max, y_r)
+            z = builder.ashr(builder.add(y_r, builder.ashr(builder.shl(one, r_v), one)), r_v)
+        else:
+            z = _q31_gemmlowp(builder, ab, xs, m_v, r_v, i32max)
+        lo_r = _splat(builder, builder.sub(lo_, zp_), _LT)
+        hi_r = _splat(builder, builder.sub(hi_, zp_), _LT)
+        out = builder.or_(builder.icmp_signed("<", z, lo_r), builder.icmp_signed(">", z, hi_r))
+        cnt = _count_lanes(builder, out, n_)
+        r = builder.add(_clamp_i(builder, z, lo_r, hi_r), _splat(builder, zp_, _LT))
+        return context.make_tuple(builder, sig.return_type, (builder.trunc(r, _VT), cnt))
+    return codegen
+
+
+def _q31_gemmlowp(builder, ab, xs, m_v, r_v, i32max):
+    """gemmlowp: SRDHM (nudge, truncating division by 2**31), then RoundingDivideByPOT."""
+    one = ir.Constant(_LT, [1] * 16)
+    zero = ir.Constant(_LT, [0] * 16)
+    nudge = builder.select(builder.icmp_signed(">=", ab, zero),
+                           ir.Constant(_LT, [1 << 30] * 16),
+                           ir.Constant(_LT, [1 - (1 << 30)] * 16))
+    v = builder.add(ab, nudge)
+    bias = builder.and_(builder.ashr(v, ir.Constant(_LT, [63] * 16)),
+                        ir.Constant(_LT, [0x7FFFFFFF] * 16))
+    y = builder.ashr(builder.add(v, bias), ir.Constant(_LT, [31] * 16))
+    i32min = ir.Constant(_LT, [-(2**31)] * 16)
+    both_min = builder.and_(builder.icmp_signed("==", xs, i32min),
+                            builder.icmp_signed("==", m_v, i32min))
+    y = builder.select(both_min, i32max, y)
+    mask = builder.sub(builder.shl(one, r_v), one)
+    rem = builder.and_(y, mask)
+    thr = builder.add(builder.ashr(mask, one),
+                      builder.zext(builder.icmp_signed("<", y, zero), _LT))
+    return builder.add(builder.ashr(y, r_v),
+                       builder.zext(builder.icmp_signed(">", rem, thr), _LT))
+
+
+# --------------------------------------------------------------------------------------------
+# Element-wise helpers (add, quantize, pooling)
+# --------------------------------------------------------------------------------------------
+@intrinsic
+def vload_ext(typingctx, arr, idx):
+    """16 elements from ``idx`` of a contiguous 1-D 8/16/32-bit integer array, sign- or
+    zero-extended (by the dtype) to int32 lanes."""
+    if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Integer):
+        return None
+    signed = arr.dtype.signed
+
+    def codegen(context, builder, sig, args):
+        ety = context.get_value_type(sig.args[0].dtype)
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        vty = ir.VectorType(ety, 16)
+        v = builder.load(builder.bitcast(p, vty.as_pointer()), align=1)
+        if ety.width == 32:
+            return v
+        if ety.width > 32:
+            return builder.trunc(v, _VT)
+        return builder.sext(v, _VT) if signed else builder.zext(v, _VT)
+    return i32x16(arr, idx), codegen
+
+
+@intrinsic
+def vsplat_i32(typingctx, x):
+    """An integer scalar (truncated to int32) in all 16 lanes."""
+    def codegen(context, builder, sig, args):
+        return _splat(builder, builder.trunc(_i64(context, builder, args[0], sig.args[0]), _I32),
+                      _VT)
+    return i32x16(x), codegen
+
+
+@intrinsic
+def vsub_i32(typingctx, a, b):
+    """Lane-wise int32 subtraction (wraps)."""
+    def codegen(context, builder, sig, args):
+        return builder.sub(args[0], args[1])
+    return i32x16(i32x16, i32x16), codegen
+
+
+@intrinsic
+def vshl_i32(typingctx, a, k):
+    """Lane-wise ``a << k`` for a scalar ``0 <= k < 32`` (int32, wraps)."""
+    def codegen(context, builder, sig, args):
+        k32 = builder.trunc(_i64(context, builder, args[1], sig.args[1]), _I32)
+        return builder.shl(args[0], _splat(builder, k32, _VT))
+    return i32x16(i32x16, k), codegen
+
+
+def _make_vmbqm(ruy):
+    @intrinsic
+    def vmbqm(typingctx, x, m, left, right):
+        """TFLite ``MultiplyByQuantizedMultiplier(x, m, left - right)`` on int32 lanes with
+        scalar parameters (``left``/``right`` = max(+-tflite_shift, 0)); gemmlowp (RHA twice)
+        or ruy (RHU twice). Same as ``primitives.multiply_by_quantized_multiplier``."""
+        def codegen(context, builder, sig, args):
+            m_v = _splat(builder, _i64(context, builder, args[1], sig.args[1]), _LT)
+            l_v = _splat(builder, _i64(context, builder, args[2], sig.args[2]), _LT)
+            r_v = _splat(builder, _i64(context, builder, args[3], sig.args[3]), _LT)
+            one = ir.Constant(_LT, [1] * 16)
+            xs = builder.sext(builder.trunc(builder.shl(builder.sext(args[0], _LT), l_v), _VT),
+                              _LT)
+            ab = builder.mul(xs, m_v)
+            i32max = ir.Constant(_LT, [2**31 - 1] * 16)
+            if ruy:
+                y = builder.ashr(builder.add(ab, ir.Constant(_LT, [1 << 30] * 16)),
+                                 ir.Constant(_LT, [31] * 16))
+                y = builder.select(builder.icmp_signed(">", y, i32max), i32max, y)
+                z = builder.ashr(builder.add(y, builder.ashr(builder.shl(one, r_v), one)), r_v)
+            else:
+                z = _q31_gemmlowp(builder, ab, xs, m_v, r_v, i32max)
+            return builder.trunc(z, _VT)
+        return i32x16(i32x16, m, left, right), codegen
+    return vmbqm
+
+
+vmbqm = _make_vmbqm(False)
+vmbqm_ruy = _make_vmbqm(True)
+
+
+@intrinsic
+def vclamp_count(typingctx, x, lo, hi, n):
+    """``(clamp(x, lo, hi), lanes among the first n outside [lo, hi])`` on int32 lanes."""
+    def codegen(context, builder, sig, args):
+        lo_v = _splat(builder, builder.trunc(_i64(context, builder, args[1], sig.args[1]), _I32),
+                      _VT)
+        hi_v = _splat(builder, builder.trunc(_i64(context, builder, args[2], sig.args[2]), _I32),
+                      _VT)
+        out = builder.or_(builder.icmp_signed("<", args[0], lo_v),
+                          builder.icmp_signed(">", args[0], hi_v))
+        cnt = _count_lanes(builder, out, _i64(context, builder, args[3], sig.args[3]))
+        return context.make_tuple(builder, sig.return_type,
+                                  (_clamp_i(builder, args[0], lo_v, hi_v), cnt))
+    return _PAIR(i32x16, lo, hi, n), codegen
+
+
+@intrinsic
+def vcvt_f32(typingctx, x):
+    """int32 lanes to float32 (RNE, exact below 2**24)."""
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(args[0], _FT)
+    return f32x16(i32x16), codegen
+
+
+@intrinsic
+def vfma_f32(typingctx, a, b, c):
+    """IEEE fused multiply-add ``f32(a * b + c)`` (one rounding) on float32 lanes."""
+    def codegen(context, builder, sig, args):
+        return _vcall(builder, "llvm.fma.v16f32", _FT, *args)
+    return f32x16(f32x16, f32x16, f32x16), codegen
+
+
+@intrinsic
+def vmul_f32(typingctx, a, b):
+    """IEEE float32 product (one rounding) lane-wise."""
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1])
+    return f32x16(f32x16, f32x16), codegen
+
+
+@intrinsic
+def vdiv_f32(typingctx, a, b):
+    """IEEE float32 quotient (one rounding) lane-wise."""
+    def codegen(context, builder, sig, args):
+        return builder.fdiv(args[0], args[1])
+    return f32x16(f32x16, f32x16), codegen
+
+
+@intrinsic
+def vload_f32x(typingctx, arr, idx):
+    """16 float32 lanes from a contiguous 1-D float32 array (alias of ``vload_f32``)."""
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        return builder.load(builder.bitcast(p, _FT.as_pointer()), align=4)
+    return f32x16(arr, idx), codegen
+
+
+def _make_vquant(rnd):
+    @intrinsic
+    def vquant(typingctx, f, lo, hi, n):
+        """Round float32 lanes ``f`` with the static mode and clamp to the integer range
+        [lo, hi] (|lo|, |hi| < 2**22): returns (int32 codes, lanes among the first n whose
+        rounded value lies outside). NaN is below every bound (it maps to ``lo``, counted),
+        like ``primitives.round_float`` followed by a clamp."""
+        def codegen(context, builder, sig, args):
+            lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[1:], sig.args[1:]))
+            lo_f = _splat(builder, builder.sitofp(lo_, ir.FloatType()), _FT)
+            hi_f = _splat(builder, builder.sitofp(hi_, ir.FloatType()), _FT)
+            one = ir.Constant(_FT, [1.0] * 16)
+            low = builder.fsub(lo_f, one)
+            f = args[0]
+            f = builder.select(builder.fcmp_unordered("uno", f, f), low, f)
+            g = _clamp_f(builder, f, low, builder.fadd(hi_f, one))
+            r = _round_f(builder, g, rnd)
+            out = builder.or_(builder.fcmp_ordered("<", r, lo_f),
+                              builder.fcmp_ordered(">", r, hi_f))
+            cnt = _count_lanes(builder, out, n_)
+            q = builder.fptosi(_clamp_f(builder, r, lo_f, hi_f), _VT)
+            return context.make_tuple(builder, sig.return_type, (q, cnt))
+        return _PAIR(f32x16, lo, hi, n), codegen
+    return vquant
+
+
+vquant = tuple(_make_vquant(r) for r in range(5))
+
+
+# one intrinsic per static rounding mode (codes of simulator.primitives: 0 half_even,
+# 1 half_away, 2 half_up, 3 floor, 4 toward_zero)
+ep16_fp32 = tuple(_make_ep16_fp32(r) for r in range(5))
+ep16_fp32_zp_in = tuple(_make_ep16_fp32_zp_in(r) for r in range(5))
+ep16_int = tuple(_make_ep16_int(r) for r in range(5))
+ep16_q31 = _make_ep16_q31(False)
+ep16_q31_ruy = _make_ep16_q31(True)
+
+
+__all__ = ["ENABLED", "i32x16", "f32x16", "i64x16", "vzero", "vload", "vbcast4", "vdpbusd",
+           "vstore", "vload_i32", "vload_f32", "vload_i64", "vsplat_f32", "vsplat_i64",
+           "vadd_i32", "vload_u8_i32", "vmadd_i32", "vget", "vstore_codes", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
+           "ep16_q31", "ep16_q31_ruy", "vload_ext", "vsplat_i32", "vsub_i32", "vshl_i32", "vmbqm",
+           "vmbqm_ruy", "vclamp_count", "vcvt_f32", "vfma_f32", "vmul_f32", "vdiv_f32",
+           "vload_f32x", "vquant"]
