@@ -118,20 +118,29 @@ def _add_ort_fma_range(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out
     ra = simd.vsplat_f32(r_a)
     rb = simd.vsplat_f32(r_b)
     kc = simd.vsplat_f32(k_const)
-    ta = np.zeros(16, dtype=a1.dtype)
-    tb = np.zeros(16, dtype=b1.dtype)
     cnt = 0
-    for i in range(i0, i1, 16):
-        n = min(16, i1 - i)
-        if n == 16:
-            av = simd.vcvt_f32(simd.vload_ext(a1, i))
-            bv = simd.vcvt_f32(simd.vload_ext(b1, i))
+    n_full = (i1 - i0) // 16
+    for t in range(n_full):  # full 16-lane chunks: no tail logic in this loop
+        i = i0 + 16 * t
+        av = simd.vcvt_f32(simd.vload_ext(a1, i))
+        bv = simd.vcvt_f32(simd.vload_ext(b1, i))
+        if swapped:
+            v = simd.vfma_f32(bv, rb, simd.vfma_f32(av, ra, kc))
         else:
-            for j in range(n):
-                ta[j] = a1[i + j]
-                tb[j] = b1[i + j]
-            av = simd.vcvt_f32(simd.vload_ext(ta, 0))
-            bv = simd.vcvt_f32(simd.vload_ext(tb, 0))
+            v = simd.vfma_f32(av, ra, simd.vfma_f32(bv, rb, kc))
+        q, k = _vquant_he(v, out_min, out_max, 16)
+        cnt += k
+        simd.vstore_codes(out, i, q)
+    i = i0 + 16 * n_full
+    n = i1 - i
+    if n > 0:
+        ta = np.zeros(16, dtype=a1.dtype)
+        tb = np.zeros(16, dtype=b1.dtype)
+        for j in range(n):
+            ta[j] = a1[i + j]
+            tb[j] = b1[i + j]
+        av = simd.vcvt_f32(simd.vload_ext(ta, 0))
+        bv = simd.vcvt_f32(simd.vload_ext(tb, 0))
         if swapped:
             v = simd.vfma_f32(bv, rb, simd.vfma_f32(av, ra, kc))
         else:
@@ -201,25 +210,28 @@ def _make_add_tflite(ruy):
         za_v = simd.vsplat_i32(za)
         zb_v = simd.vsplat_i32(zb)
         zo_v = simd.vsplat_i32(zo)
-        ta = np.zeros(16, dtype=a1.dtype)
-        tb = np.zeros(16, dtype=b1.dtype)
         cnt = 0
-        for i in range(i0, i1, 16):
-            n = min(16, i1 - i)
-            if n == 16:
-                av = simd.vload_ext(a1, i)
-                bv = simd.vload_ext(b1, i)
-            else:
-                for j in range(n):
-                    ta[j] = a1[i + j]
-                    tb[j] = b1[i + j]
-                av = simd.vload_ext(ta, 0)
-                bv = simd.vload_ext(tb, 0)
-            x1 = simd.vshl_i32(simd.vsub_i32(av, za_v), left_shift)
-            x2 = simd.vshl_i32(simd.vsub_i32(bv, zb_v), left_shift)
+        n_full = (i1 - i0) // 16
+        for t in range(n_full):  # full 16-lane chunks
+            i = i0 + 16 * t
+            x1 = simd.vshl_i32(simd.vsub_i32(simd.vload_ext(a1, i), za_v), left_shift)
+            x2 = simd.vshl_i32(simd.vsub_i32(simd.vload_ext(b1, i), zb_v), left_shift)
             y = simd.vadd_i32(mbqm(x1, m_a, l_a, r_a), mbqm(x2, m_b, l_b, r_b))
-            raw = mbqm(y, m_o, l_o, r_o)
-            q, k = simd.vclamp_count(raw, out_min - zo, out_max - zo, n)
+            q, k = simd.vclamp_count(mbqm(y, m_o, l_o, r_o), out_min - zo, out_max - zo, 16)
+            cnt += k
+            simd.vstore_codes(out, i, simd.vadd_i32(q, zo_v))
+        i = i0 + 16 * n_full
+        n = i1 - i
+        if n > 0:
+            ta = np.zeros(16, dtype=a1.dtype)
+            tb = np.zeros(16, dtype=b1.dtype)
+            for j in range(n):
+                ta[j] = a1[i + j]
+                tb[j] = b1[i + j]
+            x1 = simd.vshl_i32(simd.vsub_i32(simd.vload_ext(ta, 0), za_v), left_shift)
+            x2 = simd.vshl_i32(simd.vsub_i32(simd.vload_ext(tb, 0), zb_v), left_shift)
+            y = simd.vadd_i32(mbqm(x1, m_a, l_a, r_a), mbqm(x2, m_b, l_b, r_b))
+            q, k = simd.vclamp_count(mbqm(y, m_o, l_o, r_o), out_min - zo, out_max - zo, n)
             cnt += k
             store16(out, i, 1, simd.vadd_i32(q, zo_v), n)
         return cnt

@@ -64,6 +64,7 @@ EP_FP32_ZP_IN = 2
 EP_INT = 3
 EP_Q31 = 4
 EP_Q31_RUY = 5
+EP_INT32 = 6  # EP_INT with every multiplier in int32 (cheaper 32 x 32-bit products)
 
 _LIMIT62 = 2**62
 
@@ -157,7 +158,8 @@ def prepare(mode_code, rnd, mult_f, mult_i, shifts, zp, out_min, out_max, dtype,
                 return None
             folded.append(m)
             rights.append(s)
-        ep.kind = int(EP_INT)
+        fits = all(-(2**31) <= m < 2**31 for m in folded)
+        ep.kind = int(EP_INT32 if fits else EP_INT)
         ep.mi = np.array(folded, dtype=np.int64)
         ep.s1 = np.array(rights, dtype=np.int64)
         big = max((abs(m) for m in folded), default=0)
@@ -280,6 +282,7 @@ def ep_q31(acc, m, left, right, ruy, zp, lo, hi):
 _fp32_he, _fp32_ha, _fp32_hu, _fp32_fl, _fp32_tz = simd.ep16_fp32
 _zpin_he, _zpin_ha, _zpin_hu, _zpin_fl, _zpin_tz = simd.ep16_fp32_zp_in
 _int_he, _int_ha, _int_hu, _int_fl, _int_tz = simd.ep16_int
+_i32_he, _i32_ha, _i32_hu, _i32_fl, _i32_tz = simd.ep16_int32
 _q31 = simd.ep16_q31
 _q31_ruy = simd.ep16_q31_ruy
 
@@ -317,6 +320,16 @@ def _ep16_vec(kind, rnd, accv, mfv, miv, s1v, s2v, zpf, zp, lo, hi, n):
         if rnd == RND_FLOOR:
             return _int_fl(accv, miv, s1v, zp, lo, hi, n)
         return _int_tz(accv, miv, s1v, zp, lo, hi, n)
+    if kind == EP_INT32:
+        if rnd == RND_HALF_EVEN:
+            return _i32_he(accv, miv, s1v, zp, lo, hi, n)
+        if rnd == RND_HALF_AWAY:
+            return _i32_ha(accv, miv, s1v, zp, lo, hi, n)
+        if rnd == RND_HALF_UP:
+            return _i32_hu(accv, miv, s1v, zp, lo, hi, n)
+        if rnd == RND_FLOOR:
+            return _i32_fl(accv, miv, s1v, zp, lo, hi, n)
+        return _i32_tz(accv, miv, s1v, zp, lo, hi, n)
     if kind == EP_Q31:
         return _q31(accv, miv, s1v, s2v, zp, lo, hi, n)
     if kind == EP_Q31_RUY:
@@ -352,5 +365,5 @@ def store16(out, o0, ostride, codes, n):
 
 
 __all__ = ["Epilogue", "prepare", "ep16", "ep16_splat", "store16", "ep_fp32", "ep_fp32_zp_in", "ep_int", "ep_q31",
-           "round_small", "EP_NONE", "EP_FP32", "EP_FP32_ZP_IN", "EP_INT", "EP_Q31",
+           "round_small", "EP_NONE", "EP_FP32", "EP_FP32_ZP_IN", "EP_INT", "EP_INT32", "EP_Q31",
            "EP_Q31_RUY"]

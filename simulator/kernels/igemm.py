@@ -166,10 +166,11 @@ def _make_kernels(kind, rnd):
         """Output blocks ``[b0, b1)`` (block ``b`` = flat output positions ``b*MR .. b*MR+MR-1``);
         returns the saturation count."""
         scratch = np.empty(MR * LANES, dtype=np.int32)
+        mpad = (m_out + LANES - 1) // LANES * LANES + LANES
+        stage = np.empty(MR * mpad if nchw_out else 1, dtype=np.int32)
         base = np.empty(MR, dtype=np.int64)
         obase = np.empty(MR, dtype=np.int64)
         n_taps = taps.shape[0]
-        ostride = n_pix if nchw_out else 1
         cnt = 0
         # the (image, row, column) of flat output position gp, advanced without divisions
         gp = b0 * MR
@@ -244,10 +245,17 @@ def _make_kernels(kind, rnd):
                     bv = vload_i32(biasp, m0)
                     for r in range(n_valid):
                         accv = vadd_i32(vload_i32(scratch, r * LANES), bv)
-                        codes, k = ep_k.ep16(kind, rnd, accv, mf, mi, s1, s2, m0, zpf, zp, lo, hi,
-                                             nch)
+                        codes, k = ep_k.ep16(kind, rnd, accv, mf, mi, s1, s2, m0, zpf, zp, lo,
+                                             hi, nch)
                         cnt += k
-                        ep_k.store16(out, obase[r] + m0 * ostride, ostride, codes, nch)
+                        if nchw_out:  # staged, then written channel by channel below
+                            vstore(stage, r * mpad + m0, codes)
+                        else:
+                            ep_k.store16(out, obase[r] + m0, 1, codes, nch)
+            if nchw_out:
+                for m in range(m_out):
+                    for r in range(n_valid):
+                        out[_u(obase[r] + m * n_pix)] = stage[_u(r * mpad + m)]
         return cnt
 
     @njit(cache=True, parallel=True)
@@ -263,7 +271,6 @@ def _make_kernels(kind, rnd):
                                     zpf, zp, lo, hi, out, nchw_out, total, b0, b1)
         return cnts.sum()
 
-
     # --------------------------------------------------------------------------------------------
     # Depthwise (one input and one output channel per group), vectorized over channels
     # --------------------------------------------------------------------------------------------
@@ -275,7 +282,7 @@ def _make_kernels(kind, rnd):
         [taps, C rounded up to 16] int32. Returns the saturation count."""
         n_taps = taps.shape[0]
         cpad = (n_ch + LANES - 1) // LANES * LANES
-        ostride = n_pix if nchw_out else 1
+        stage = np.empty(cpad + LANES, dtype=np.int32)
         cnt = 0
         n = p0 // n_pix
         p = p0 - n * n_pix
@@ -299,10 +306,16 @@ def _make_kernels(kind, rnd):
                     acc = vmadd_i32(acc, vload_u8_i32(xp, base + taps[t] + c0),
                                     vload_i32(w32, t * cpad + c0))
                 nch = min(LANES, n_ch - c0)
-                codes, k = ep_k.ep16(kind, rnd, vadd_i32(acc, vload_i32(biasp, c0)), mf, mi, s1, s2,
-                                     c0, zpf, zp, lo, hi, nch)
+                codes, k = ep_k.ep16(kind, rnd, vadd_i32(acc, vload_i32(biasp, c0)), mf, mi,
+                                     s1, s2, c0, zpf, zp, lo, hi, nch)
                 cnt += k
-                ep_k.store16(out, ob + c0 * ostride, ostride, codes, nch)
+                if nchw_out:
+                    vstore(stage, c0, codes)
+                else:
+                    ep_k.store16(out, ob + c0, 1, codes, nch)
+            if nchw_out:
+                for c in range(n_ch):
+                    out[_u(ob + c * n_pix)] = stage[c]
         return cnt
 
     @njit(cache=True, parallel=True)

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from simulator.errors import KernelInputError
 from simulator.kernels.quant import (
+    PARALLEL_MIN_ELEMENTS,
     check_int_array,
     check_out_range,
     clamp_add_zp,
@@ -74,8 +76,9 @@ def _ints(name, value, count, minimum):
     return vals
 
 
-def _geometry(x, layout, kernel, strides, pads, dilations, ceil_mode):
-    """Validate and return (x as NCHW, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)."""
+def _geometry(x, layout, kernel, strides, pads, dilations, ceil_mode, transpose=True):
+    """Validate and return (x as NCHW, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow); with
+    ``transpose=False`` x stays in its layout (contiguous)."""
     check_int_array("pool input", x, POOL_DTYPES)
     if x.ndim != 4:
         raise KernelInputError(f"pool input: expected 4-D, got shape {list(x.shape)}")
@@ -87,6 +90,8 @@ def _geometry(x, layout, kernel, strides, pads, dilations, ceil_mode):
     dh, dw = _ints("dilations", dilations, 2, 1)
     xn = x if layout == "NCHW" else np.transpose(x, (0, 3, 1, 2))
     height, width = xn.shape[2], xn.shape[3]
+    if not transpose:
+        xn = x
     oh = pool_output_size(height, kh, sh, pt, pb, dh, bool(ceil_mode))
     ow = pool_output_size(width, kw, sw, pl, pr, dw, bool(ceil_mode))
     if oh < 1 or ow < 1:
@@ -105,30 +110,83 @@ def _to_layout(out, layout):
 # --------------------------------------------------------------------------------------------
 # max pool
 # --------------------------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
-def _maxpool_kernel(x, kh, kw, sh, sw, pt, pl, dh, dw, empty_value, out):
-    n_batch, n_ch, height, width = x.shape
-    oh_n, ow_n = out.shape[2], out.shape[3]
-    for nc in prange(n_batch * n_ch):
-        n = nc // n_ch
-        c = nc % n_ch
+@njit(cache=True, inline="always")
+def _u(i):
+    """Non-negative index as uint64 (no negative-index wrap-around: affine, vectorizable)."""
+    return np.uint64(i)
+
+
+@njit(cache=True, inline="always")
+def _tap_range(o_n, stride, pad, offset, size):
+    """Output positions ``o`` in ``[0, o_n)`` whose input ``o * stride - pad + offset`` lies in
+    ``[0, size)``: returns ``(o_lo, o_hi)`` (half-open, possibly empty)."""
+    num = pad - offset
+    o_lo = 0 if num <= 0 else (num + stride - 1) // stride
+    top = size - 1 + pad - offset
+    o_hi = 0 if top < 0 else min(o_n, top // stride + 1)
+    return o_lo, max(o_hi, o_lo)
+
+
+@njit(cache=True)
+def _maxpool_nchw(x1, n_planes, height, width, kh, kw, sh, sw, pt, pl, dh, dw, oh_n, ow_n, low,
+                  out1, q0, q1):
+    """Planes ``[q0, q1)`` of a flat NCHW tensor; for every kernel tap only the output columns
+    whose input column is inside the image are visited (no per-element branch)."""
+    for q in range(q0, q1):
+        xb = q * height * width
+        ob = q * oh_n * ow_n
         for oh in range(oh_n):
+            o = ob + oh * ow_n
             for ow in range(ow_n):
-                best = np.int64(empty_value)
-                found = False
-                for i in range(kh):
-                    h = oh * sh - pt + i * dh
-                    if h < 0 or h >= height:
+                out1[_u(o + ow)] = low
+            for i in range(kh):
+                h = oh * sh - pt + i * dh
+                if h < 0 or h >= height:
+                    continue
+                xr = xb + h * width
+                for j in range(kw):
+                    lo_, hi_ = _tap_range(ow_n, sw, pl, j * dw, width)
+                    xo = xr - pl + j * dw
+                    for ow in range(lo_, hi_):
+                        out1[_u(o + ow)] = max(out1[_u(o + ow)], x1[_u(xo + ow * sw)])
+
+
+@njit(cache=True)
+def _maxpool_nhwc(x1, height, width, n_ch, kh, kw, sh, sw, pt, pl, dh, dw, oh_n, ow_n, low,
+                  out1, r0, r1):
+    """Output rows ``[r0, r1)`` (image-major) of a flat NHWC tensor, vectorized over channels."""
+    for r in range(r0, r1):
+        n = r // oh_n
+        oh = r - n * oh_n
+        for ow in range(ow_n):
+            o = ((n * oh_n + oh) * ow_n + ow) * n_ch
+            for c in range(n_ch):
+                out1[_u(o + c)] = low
+            for i in range(kh):
+                h = oh * sh - pt + i * dh
+                if h < 0 or h >= height:
+                    continue
+                for j in range(kw):
+                    w = ow * sw - pl + j * dw
+                    if w < 0 or w >= width:
                         continue
-                    for j in range(kw):
-                        w = ow * sw - pl + j * dw
-                        if w < 0 or w >= width:
-                            continue
-                        v = np.int64(x[n, c, h, w])
-                        if not found or v > best:
-                            best = v
-                            found = True
-                out[n, c, oh, ow] = best
+                    xo = ((n * height + h) * width + w) * n_ch
+                    for c in range(n_ch):
+                        out1[_u(o + c)] = max(out1[_u(o + c)], x1[_u(xo + c)])
+
+
+@njit(cache=True, parallel=True)
+def _maxpool_par(x1, nchw, n_items, height, width, n_ch, kh, kw, sh, sw, pt, pl, dh, dw, oh_n,
+                 ow_n, low, out1, n_chunks):
+    for ch in prange(n_chunks):
+        i0 = ch * n_items // n_chunks
+        i1 = (ch + 1) * n_items // n_chunks
+        if nchw:
+            _maxpool_nchw(x1, n_items, height, width, kh, kw, sh, sw, pt, pl, dh, dw, oh_n, ow_n,
+                          low, out1, i0, i1)
+        else:
+            _maxpool_nhwc(x1, height, width, n_ch, kh, kw, sh, sw, pt, pl, dh, dw, oh_n, ow_n,
+                          low, out1, i0, i1)
 
 
 def maxpool(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
@@ -136,10 +194,30 @@ def maxpool(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0), dila
     """Max pooling in the input dtype. A window with no valid tap (only possible when the padding
     is at least the kernel extent) yields the dtype minimum, like ORT's ``lowest()`` init."""
     xn, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = _geometry(x, layout, kernel, strides, pads,
-                                                           dilations, ceil_mode)
-    out = np.empty((xn.shape[0], xn.shape[1], oh, ow), dtype=np.int64)
-    _maxpool_kernel(xn, kh, kw, sh, sw, pt, pl, dh, dw, np.int64(dtype_range(x.dtype)[0]), out)
-    return _to_layout(out.astype(x.dtype), layout)
+                                                           dilations, ceil_mode, transpose=False)
+    nchw = layout == "NCHW"
+    if nchw:
+        n_img, n_ch, height, width = xn.shape
+        out = np.empty((n_img, n_ch, oh, ow), dtype=x.dtype)
+        n_items = n_img * n_ch
+    else:
+        n_img, height, width, n_ch = xn.shape
+        out = np.empty((n_img, oh, ow, n_ch), dtype=x.dtype)
+        n_items = n_img * oh
+    low = x.dtype.type(dtype_range(x.dtype)[0])
+    x1 = xn.reshape(-1)
+    out1 = out.reshape(-1)
+    threads = numba.get_num_threads()
+    if threads > 1 and x.size >= PARALLEL_MIN_ELEMENTS and n_items > 1:
+        _maxpool_par(x1, nchw, n_items, height, width, n_ch, kh, kw, sh, sw, pt, pl, dh, dw, oh,
+                     ow, low, out1, min(n_items, 4 * threads))
+    elif nchw:
+        _maxpool_nchw(x1, n_items, height, width, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, low,
+                      out1, 0, n_items)
+    else:
+        _maxpool_nhwc(x1, height, width, n_ch, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, low, out1,
+                      0, n_items)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +283,80 @@ def _avgpool_kernel(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in, s_
     return sat.sum()
 
 
+@njit(cache=True)
+def _avgpool_nhwc_rows(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in, s_out, z_out,
+                       rnd, out_min, out_max, out, r0, r1):
+    """:func:`_avgpool_kernel` on NHWC data for output rows ``[r0, r1)`` (image-major): the
+    window sums are vectorized over channels, each channel summed in window order."""
+    n_img, height, width, n_ch = x.shape
+    oh_n, ow_n = out.shape[1], out.shape[2]
+    acc = np.zeros(n_ch, dtype=np.int64)
+    yf = np.zeros(n_ch, dtype=np.float32)
+    count_sat = 0
+    for r in range(r0, r1):
+        n = r // oh_n
+        oh = r - n * oh_n
+        h0 = oh * sh - pt
+        h1 = min(h0 + kh, height)
+        h0 = max(h0, 0)
+        for ow in range(ow_n):
+            w0 = ow * sw - pl
+            w1 = min(w0 + kw, width)
+            w0 = max(w0, 0)
+            if include_pad:
+                count = kh * kw
+            else:
+                count = (h1 - h0) * (w1 - w0)
+            if mode == AVG_ORT_FLOAT:
+                for c in range(n_ch):
+                    yf[c] = 0.0
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        xr = x[n, h, w]
+                        for c in range(n_ch):
+                            yf[c] = f32_add(yf[c], f32_mul(s_in, int_to_f32(np.int64(xr[c])
+                                                                            - z_in)))
+                cf = int_to_f32(count)
+                for c in range(n_ch):
+                    y = f32_div(yf[c], cf)
+                    f = f32_add(f32_div(y, s_out), int_to_f32(z_out))
+                    q, s = clamp_add_zp(round_float(f, RND_HALF_EVEN), np.int64(0), out_min,
+                                        out_max)
+                    out[n, oh, ow, c] = q
+                    count_sat += s
+            else:
+                for c in range(n_ch):
+                    acc[c] = 0
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        xr = x[n, h, w]
+                        for c in range(n_ch):
+                            acc[c] += np.int64(xr[c])
+                bias = z_in * count
+                for c in range(n_ch):
+                    a = acc[c] - bias
+                    if mode == AVG_TFLITE_RAW:
+                        q, s = clamp_add_zp(rounding_divide(a, count, RND_HALF_AWAY),
+                                            np.int64(0), out_min, out_max)
+                        out[n, oh, ow, c] = q
+                        count_sat += s
+                    else:
+                        out[n, oh, ow, c] = rounding_divide(a, count, rnd)
+    return count_sat
+
+
+@njit(cache=True, parallel=True)
+def _avgpool_nhwc_par(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in, s_out, z_out,
+                      rnd, out_min, out_max, out, n_chunks):
+    n_rows = out.shape[0] * out.shape[1]
+    sat = np.zeros(n_chunks, dtype=np.int64)
+    for ch in prange(n_chunks):
+        sat[ch] = _avgpool_nhwc_rows(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in,
+                                     s_out, z_out, rnd, out_min, out_max, out,
+                                     ch * n_rows // n_chunks, (ch + 1) * n_rows // n_chunks)
+    return sat.sum()
+
+
 def avgpool(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0), ceil_mode=0,
             count_include_pad=0, mode, scale_in=1.0, zero_point_in=0, scale_out=1.0,
             zero_point_out=0, rq_rounding="half_even", out_min=None, out_max=None,
@@ -219,11 +371,12 @@ def avgpool(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0), ceil
     if mode not in AVG_MODES:
         raise KernelInputError(f"avgpool mode must be one of {sorted(AVG_MODES)}, got {mode!r}")
     xn, kh, kw, sh, sw, pt, pl, _, _, oh, ow = _geometry(x, layout, kernel, strides, pads,
-                                                         (1, 1), ceil_mode)
+                                                         (1, 1), ceil_mode,
+                                                         transpose=layout == "NCHW")
     include_pad = bool(count_include_pad)
     if not include_pad:
         # every window must hold at least one pixel
-        height, width = xn.shape[2], xn.shape[3]
+        height, width = (x.shape[2], x.shape[3]) if layout == "NCHW" else (x.shape[1], x.shape[2])
         for o, k, s, p, size in ((oh, kh, sh, pt, height), (ow, kw, sw, pl, width)):
             for i in range(o):
                 if min(i * s - p + k, size) - max(i * s - p, 0) <= 0:
@@ -246,6 +399,18 @@ def avgpool(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0), ceil
     else:
         s_in, s_out = np.float32(1.0), np.float32(1.0)
     z_in = int(zero_point_in) if code != AVG_TFLITE_RAW else 0
+    if layout == "NHWC":
+        xc = np.ascontiguousarray(x)
+        out = np.empty((x.shape[0], oh, ow, x.shape[3]), dtype=np.int64)
+        args = (xc, kh, kw, sh, sw, pt, pl, include_pad, code, s_in, np.int64(z_in), s_out,
+                np.int64(zero_point_out), rnd, np.int64(out_min_i), np.int64(out_max_i), out)
+        n_rows = x.shape[0] * oh
+        threads = numba.get_num_threads()
+        if threads > 1 and x.size >= PARALLEL_MIN_ELEMENTS and n_rows > 1:
+            n_sat = _avgpool_nhwc_par(*args, min(n_rows, 4 * threads))
+        else:
+            n_sat = _avgpool_nhwc_rows(*args, 0, n_rows)
+        return out.astype(dt), int(n_sat)
     out = np.empty((xn.shape[0], xn.shape[1], oh, ow), dtype=np.int64)
     n_sat = _avgpool_kernel(xn, kh, kw, sh, sw, pt, pl, include_pad, code, s_in, np.int64(z_in),
                             s_out, np.int64(zero_point_out), rnd, np.int64(out_min_i),
@@ -256,6 +421,40 @@ def avgpool(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0), ceil
 # --------------------------------------------------------------------------------------------
 # global average pool
 # --------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _plane_sums(x2, out):
+    """``out[i] = sum(x2[i])`` in int64 for the rows of a 2-D integer array (int32 partial sums
+    of at most 2**23 elements, exact for 8/16-bit inputs)."""
+    width = x2.shape[1]
+    for i in range(x2.shape[0]):
+        row = x2[i]
+        total = np.int64(0)
+        for j0 in range(0, width, 1 << 15):
+            part = np.int32(0)
+            for j in range(j0, min(width, j0 + (1 << 15))):
+                part += np.int32(row[j])
+            total += part
+        out[i] = total
+
+
+@njit(cache=True)
+def _pixel_sums(x3, out):
+    """``out[n, c] = sum_p x3[n, p, c]`` in int64 (channel-last), vectorized over channels."""
+    n_img, n_pix, n_ch = x3.shape
+    part = np.zeros(n_ch, dtype=np.int32)
+    for n in range(n_img):
+        for c in range(n_ch):
+            out[n, c] = 0
+        for p0 in range(0, n_pix, 1 << 15):
+            for c in range(n_ch):
+                part[c] = 0
+            for p in range(p0, min(n_pix, p0 + (1 << 15))):
+                for c in range(n_ch):
+                    part[c] += np.int32(x3[n, p, c])
+            for c in range(n_ch):
+                out[n, c] += part[c]
+
+
 def global_sum(x, *, layout="NCHW", input_zero_point=0):
     """``acc[n, c] = sum_{h, w} (x - z_in)`` in int64, shaped [N, C, 1, 1] or [N, 1, 1, C]."""
     check_int_array("global_avgpool input", x, POOL_DTYPES)
@@ -263,8 +462,17 @@ def global_sum(x, *, layout="NCHW", input_zero_point=0):
         raise KernelInputError(f"global_avgpool input: expected 4-D, got shape {list(x.shape)}")
     if layout not in ("NCHW", "NHWC"):
         raise KernelInputError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
-    axes = (2, 3) if layout == "NCHW" else (1, 2)
-    x64 = x.astype(np.int64)
-    count = x.shape[axes[0]] * x.shape[axes[1]]
-    acc = x64.sum(axis=axes, keepdims=True) - np.int64(input_zero_point) * np.int64(count)
-    return acc
+    xc = np.ascontiguousarray(x)
+    if layout == "NCHW":
+        n_img, n_ch, height, width = x.shape
+        sums = np.empty(n_img * n_ch, dtype=np.int64)
+        _plane_sums(xc.reshape(n_img * n_ch, height * width), sums)
+        count = height * width
+        shape = (n_img, n_ch, 1, 1)
+    else:
+        n_img, height, width, n_ch = x.shape
+        sums = np.empty((n_img, n_ch), dtype=np.int64)
+        _pixel_sums(xc.reshape(n_img, height * width, n_ch), sums)
+        count = height * width
+        shape = (n_img, 1, 1, n_ch)
+    return (sums - np.int64(input_zero_point) * np.int64(count)).reshape(shape)

@@ -359,7 +359,7 @@ def _make_requant_kernels(kind, rnd):
                     q, s = ep_k.ep_fp32(a[j], mf[cc], rnd, zp, lo, hi)
                 elif kind == ep_k.EP_FP32_ZP_IN:
                     q, s = ep_k.ep_fp32_zp_in(a[j], mf[cc], zpf, rnd, lo, hi)
-                elif kind == ep_k.EP_INT:
+                elif kind == ep_k.EP_INT or kind == ep_k.EP_INT32:
                     q, s = ep_k.ep_int(a[j], mi[cc], s1[cc], rnd, zp, lo, hi)
                 else:
                     q, s = ep_k.ep_q31(a[j], mi[cc], s1[cc], s2[cc], kind == ep_k.EP_Q31_RUY, zp, lo,
@@ -481,6 +481,53 @@ def _quantize_kernel(x3, scale, zp, rnd, use_multiply, out_min, out_max, out3):
     return sat.sum()
 
 
+def _make_quantize_kernels(rnd):
+    vquant = simd.vquant[rnd]
+
+    @njit(cache=True)
+    def quantize_range(x1, scale, inv, zp, n_ch, inner, use_multiply, out_min, out_max, out1,
+                       i0, i1):
+        """Flat elements ``[i0, i1)`` (16-aligned chunks never straddle two channels):
+        ``f = f32(x / s)`` (or ``f32(x * inv)``), rounded, clamped, ``+ zp``."""
+        tmp = np.zeros(16, dtype=np.float32)
+        cnt = 0
+        for i in range(i0, i1, 16):
+            n = min(16, i1 - i)
+            c = (i // inner) % n_ch
+            z = zp[c]
+            if n == 16:
+                xv = simd.vload_f32x(x1, i)
+            else:
+                for j in range(n):
+                    tmp[j] = x1[i + j]
+                xv = simd.vload_f32x(tmp, 0)
+            if use_multiply:
+                f = simd.vmul_f32(xv, simd.vsplat_f32(inv[c]))
+            else:
+                f = simd.vdiv_f32(xv, simd.vsplat_f32(scale[c]))
+            q, k = vquant(f, out_min - z, out_max - z, n)
+            cnt += k
+            ep_k.store16(out1, i, 1, simd.vadd_i32(q, simd.vsplat_i32(z)), n)
+        return cnt
+
+    @njit(cache=True, parallel=True)
+    def quantize_par(x1, scale, inv, zp, n_ch, inner, use_multiply, out_min, out_max, out1,
+                     n_chunks):
+        n16 = (x1.shape[0] + 15) // 16
+        sat = np.zeros(n_chunks, dtype=np.int64)
+        for ch in prange(n_chunks):
+            i0 = ch * n16 // n_chunks * 16
+            i1 = min((ch + 1) * n16 // n_chunks * 16, x1.shape[0])
+            sat[ch] = quantize_range(x1, scale, inv, zp, n_ch, inner, use_multiply, out_min,
+                                     out_max, out1, i0, i1)
+        return sat.sum()
+
+    return quantize_range, quantize_par
+
+
+_QUANTIZE_KERNELS = {}
+
+
 def quantize(x, *, scale, zero_point, axis=1, rounding="half_even", method="divide",
              out_min=None, out_max=None, out_dtype="int8"):
     """Quantize float32 ``x``: ``q = clamp(round(f32(x / s)) + zp)``; returns
@@ -511,6 +558,23 @@ def quantize(x, *, scale, zero_point, axis=1, rounding="half_even", method="divi
     z = per_channel("zero_point", zero_point, n_ch, np.int64)
     if np.any(~(s > 0)) or np.any(~np.isfinite(s)):
         raise KernelInputError("quantize: scales must be positive and finite")
+    small = max(abs(out_min - int(z.min())), abs(out_max - int(z.max())),
+                abs(out_min - int(z.max())), abs(out_max - int(z.min()))) < 2**22
+    if small and (n_ch == 1 or inner % 16 == 0):
+        ks = _QUANTIZE_KERNELS.get(rnd)
+        if ks is None:
+            ks = _QUANTIZE_KERNELS[rnd] = _make_quantize_kernels(rnd)
+        x1 = np.ascontiguousarray(x).reshape(-1)
+        out1 = np.empty(x1.shape[0], dtype=dt)
+        inv = np.array([f32_div(np.float32(1.0), v) for v in s], dtype=np.float32)
+        args = (x1, s, inv, z, n_ch, inner, method == "multiply", np.int64(out_min),
+                np.int64(out_max), out1)
+        threads = numba.get_num_threads()
+        if threads > 1 and x1.shape[0] >= PARALLEL_MIN_ELEMENTS:
+            n_sat = ks[1](*args, 4 * threads)
+        else:
+            n_sat = ks[0](*args, 0, x1.shape[0])
+        return out1.reshape(x.shape), int(n_sat)
     x3 = np.ascontiguousarray(x).reshape(outer, n_ch, inner)
     out3 = np.empty((outer, n_ch, inner), dtype=np.int64)
     n_sat = _quantize_kernel(x3, s, z, rnd, method == "multiply", np.int64(out_min),

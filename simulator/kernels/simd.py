@@ -383,14 +383,14 @@ def _fp32_zp_in_codegen(rnd_):
     return codegen
 
 
-def _make_ep16_int(rnd):
+def _make_ep16_int(rnd, m32):
     @intrinsic
     def ep16_int(typingctx, acc, m, s, zp, lo, hi, n):
-        return _PAIR(i32x16, i64x16, i64x16, zp, lo, hi, n), _int_codegen(rnd)
+        return _PAIR(i32x16, i64x16, i64x16, zp, lo, hi, n), _int_codegen(rnd, m32)
     return ep16_int
 
 
-def _int_codegen(rnd_):
+def _int_codegen(rnd_, m32=False):
     """``fixed``/``shift`` (see ``epilogue.ep_int``): ``q = clamp(round(acc * m / 2**s) + zp)``
     with ``p = acc * m`` exact in int64 and ``0 <= s <= 62``."""
     def codegen(context, builder, sig, args):
@@ -398,6 +398,8 @@ def _int_codegen(rnd_):
         zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:], sig.args[3:]))
         one = ir.Constant(_LT, [1] * 16)
         zero = ir.Constant(_LT, [0] * 16)
+        if m32:  # the multipliers fit int32: a 32 x 32 -> 64-bit product (vpmuldq)
+            m_v = builder.sext(builder.trunc(m_v, _VT), _LT)
         p = builder.mul(builder.sext(acc_v, _LT), m_v)
         q = builder.ashr(p, s_v)
         pw = builder.shl(one, s_v)
@@ -428,35 +430,48 @@ def _make_ep16_q31(ruy):
 
 def _q31_codegen(ruy):
     """``double_q31`` (see ``epilogue.ep_q31``) on 16 int32 accumulators: TFLite
-    ``MultiplyByQuantizedMultiplier`` (gemmlowp RHA, or ruy RHU when ``ruy``) + zp, clamped."""
+    ``MultiplyByQuantizedMultiplier`` (gemmlowp RHA, or ruy RHU when ``ruy``) + zp, clamped.
+    The accumulators are int32 already (``wrap32`` is the identity)."""
     def codegen(context, builder, sig, args):
         acc_v, m_v, l_v, r_v = args[0], args[1], args[2], args[3]
         zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[4:], sig.args[4:]))
-        one = ir.Constant(_LT, [1] * 16)
-        x = builder.sext(acc_v, _LT)
-        xs = builder.sext(builder.trunc(builder.shl(x, l_v), _VT), _LT)
-        ab = builder.mul(xs, m_v)
-        i32max = ir.Constant(_LT, [2**31 - 1] * 16)
-        if ruy:
-            # (ab + 2**30) >> 31, saturated to INT32_MAX; then (y + 2**(right-1)) >> right
-            y_r = builder.ashr(builder.add(ab, ir.Constant(_LT, [1 << 30] * 16)),
-                               ir.Constant(_LT, [31] * 16))
-            y_r = builder.select(builder.icmp_signed(">", y_r, i32max), i32max, y_r)
-            z = builder.ashr(builder.add(y_r, builder.ashr(builder.shl(one, r_v), one)), r_v)
-        else:
-            z = _q31_gemmlowp(builder, ab, xs, m_v, r_v, i32max)
-        lo_r = _splat(builder, builder.sub(lo_, zp_), _LT)
-        hi_r = _splat(builder, builder.sub(hi_, zp_), _LT)
+        z = _mbqm_ir(builder, acc_v, m_v, l_v, r_v, ruy)
+        zp32 = builder.trunc(zp_, _I32)
+        lo_r = _splat(builder, builder.trunc(builder.sub(lo_, zp_), _I32), _VT)
+        hi_r = _splat(builder, builder.trunc(builder.sub(hi_, zp_), _I32), _VT)
         out = builder.or_(builder.icmp_signed("<", z, lo_r), builder.icmp_signed(">", z, hi_r))
         cnt = _count_lanes(builder, out, n_)
-        r = builder.add(_clamp_i(builder, z, lo_r, hi_r), _splat(builder, zp_, _LT))
-        return context.make_tuple(builder, sig.return_type, (builder.trunc(r, _VT), cnt))
+        r = builder.add(_clamp_i(builder, z, lo_r, hi_r), _splat(builder, zp32, _VT))
+        return context.make_tuple(builder, sig.return_type, (r, cnt))
     return codegen
 
 
-def _q31_gemmlowp(builder, ab, xs, m_v, r_v, i32max):
-    """gemmlowp: SRDHM (nudge, truncating division by 2**31), then RoundingDivideByPOT."""
-    one = ir.Constant(_LT, [1] * 16)
+def _mbqm_ir(builder, x32, m_v, l_v, r_v, ruy):
+    """TFLite ``MultiplyByQuantizedMultiplier`` on 16 int32 lanes: ``x << left`` (int32, wraps),
+    the 64-bit product with the int32 multiplier (``vpmuldq``: both operands are sign-extended
+    32-bit values), then gemmlowp SRDHM + RoundingDivideByPOT (RHA twice) or ruy (RHU twice).
+    ``m_v``/``l_v``/``r_v``: int64 lanes holding the int32 multiplier and the left/right shifts
+    (0..30, 0..31). Returns int32 lanes (the result always fits int32)."""
+    one32 = ir.Constant(_VT, [1] * 16)
+    zero32 = ir.Constant(_VT, [0] * 16)
+    l32 = builder.trunc(l_v, _VT)
+    r32 = builder.trunc(r_v, _VT)
+    m32 = builder.trunc(m_v, _VT)
+    xs32 = builder.shl(x32, l32)
+    ab = builder.mul(builder.sext(xs32, _LT), builder.sext(m32, _LT))
+    i32max = ir.Constant(_LT, [2**31 - 1] * 16)
+    if ruy:
+        # (ab + 2**30) >> 31 saturated to INT32_MAX, then round half up by 2**right:
+        # floor(y / 2**r + 1/2) = (y >> r) + bit r-1 of y (no int32 overflow)
+        y = builder.ashr(builder.add(ab, ir.Constant(_LT, [1 << 30] * 16)),
+                         ir.Constant(_LT, [31] * 16))
+        y32 = builder.trunc(builder.select(builder.icmp_signed(">", y, i32max), i32max, y), _VT)
+        pos = builder.icmp_signed(">", r32, zero32)
+        rm1 = builder.select(pos, builder.sub(r32, one32), zero32)
+        bit = builder.and_(builder.ashr(y32, rm1), one32)
+        bit = builder.select(pos, bit, zero32)
+        return builder.add(builder.ashr(y32, r32), bit)
+    # gemmlowp SRDHM: (ab + nudge) / 2**31 truncating; INT32_MIN * INT32_MIN -> INT32_MAX
     zero = ir.Constant(_LT, [0] * 16)
     nudge = builder.select(builder.icmp_signed(">=", ab, zero),
                            ir.Constant(_LT, [1 << 30] * 16),
@@ -464,17 +479,18 @@ def _q31_gemmlowp(builder, ab, xs, m_v, r_v, i32max):
     v = builder.add(ab, nudge)
     bias = builder.and_(builder.ashr(v, ir.Constant(_LT, [63] * 16)),
                         ir.Constant(_LT, [0x7FFFFFFF] * 16))
-    y = builder.ashr(builder.add(v, bias), ir.Constant(_LT, [31] * 16))
-    i32min = ir.Constant(_LT, [-(2**31)] * 16)
-    both_min = builder.and_(builder.icmp_signed("==", xs, i32min),
-                            builder.icmp_signed("==", m_v, i32min))
-    y = builder.select(both_min, i32max, y)
-    mask = builder.sub(builder.shl(one, r_v), one)
-    rem = builder.and_(y, mask)
-    thr = builder.add(builder.ashr(mask, one),
-                      builder.zext(builder.icmp_signed("<", y, zero), _LT))
-    return builder.add(builder.ashr(y, r_v),
-                       builder.zext(builder.icmp_signed(">", rem, thr), _LT))
+    y32 = builder.trunc(builder.ashr(builder.add(v, bias), ir.Constant(_LT, [31] * 16)), _VT)
+    i32min = ir.Constant(_VT, [-(2**31)] * 16)
+    both_min = builder.and_(builder.icmp_signed("==", xs32, i32min),
+                            builder.icmp_signed("==", m32, i32min))
+    y32 = builder.select(both_min, ir.Constant(_VT, [2**31 - 1] * 16), y32)
+    # RoundingDivideByPOT (RHA): (y >> r) + (rem > (mask >> 1) + (y < 0))
+    mask = builder.sub(builder.shl(one32, r32), one32)
+    rem = builder.and_(y32, mask)
+    thr = builder.add(builder.lshr(mask, one32),
+                      builder.zext(builder.icmp_signed("<", y32, zero32), _VT))
+    return builder.add(builder.ashr(y32, r32),
+                       builder.zext(builder.icmp_signed(">", rem, thr), _VT))
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,19 +553,7 @@ def _make_vmbqm(ruy):
             m_v = _splat(builder, _i64(context, builder, args[1], sig.args[1]), _LT)
             l_v = _splat(builder, _i64(context, builder, args[2], sig.args[2]), _LT)
             r_v = _splat(builder, _i64(context, builder, args[3], sig.args[3]), _LT)
-            one = ir.Constant(_LT, [1] * 16)
-            xs = builder.sext(builder.trunc(builder.shl(builder.sext(args[0], _LT), l_v), _VT),
-                              _LT)
-            ab = builder.mul(xs, m_v)
-            i32max = ir.Constant(_LT, [2**31 - 1] * 16)
-            if ruy:
-                y = builder.ashr(builder.add(ab, ir.Constant(_LT, [1 << 30] * 16)),
-                                 ir.Constant(_LT, [31] * 16))
-                y = builder.select(builder.icmp_signed(">", y, i32max), i32max, y)
-                z = builder.ashr(builder.add(y, builder.ashr(builder.shl(one, r_v), one)), r_v)
-            else:
-                z = _q31_gemmlowp(builder, ab, xs, m_v, r_v, i32max)
-            return builder.trunc(z, _VT)
+            return _mbqm_ir(builder, args[0], m_v, l_v, r_v, ruy)
         return i32x16(i32x16, m, left, right), codegen
     return vmbqm
 
@@ -648,7 +652,8 @@ vquant = tuple(_make_vquant(r) for r in range(5))
 # 1 half_away, 2 half_up, 3 floor, 4 toward_zero)
 ep16_fp32 = tuple(_make_ep16_fp32(r) for r in range(5))
 ep16_fp32_zp_in = tuple(_make_ep16_fp32_zp_in(r) for r in range(5))
-ep16_int = tuple(_make_ep16_int(r) for r in range(5))
+ep16_int = tuple(_make_ep16_int(r, False) for r in range(5))
+ep16_int32 = tuple(_make_ep16_int(r, True) for r in range(5))
 ep16_q31 = _make_ep16_q31(False)
 ep16_q31_ruy = _make_ep16_q31(True)
 
@@ -656,6 +661,6 @@ ep16_q31_ruy = _make_ep16_q31(True)
 __all__ = ["ENABLED", "i32x16", "f32x16", "i64x16", "vzero", "vload", "vbcast4", "vdpbusd",
            "vstore", "vload_i32", "vload_f32", "vload_i64", "vsplat_f32", "vsplat_i64",
            "vadd_i32", "vload_u8_i32", "vmadd_i32", "vget", "vstore_codes", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
-           "ep16_q31", "ep16_q31_ruy", "vload_ext", "vsplat_i32", "vsub_i32", "vshl_i32", "vmbqm",
+           "ep16_int32", "ep16_q31", "ep16_q31_ruy", "vload_ext", "vsplat_i32", "vsub_i32", "vshl_i32", "vmbqm",
            "vmbqm_ruy", "vclamp_count", "vcvt_f32", "vfma_f32", "vmul_f32", "vdiv_f32",
            "vload_f32x", "vquant"]
