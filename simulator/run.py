@@ -1,17 +1,35 @@
 """Run a :class:`simulator.program.Program` on input arrays.
 
-``run(program, feeds, trace=False) -> RunResult``. Steps execute in program order; each reads
-buffers produced by the program inputs or by earlier steps. Any :class:`SimulatorError` raised
-while executing a step is re-raised with the step's name and kind in front of the message.
+``run(program, feeds, trace=False, threads=None) -> RunResult``. Steps execute in program order;
+each reads buffers produced by the program inputs or by earlier steps. Any
+:class:`SimulatorError` raised while executing a step is re-raised with the step's name and kind
+in front of the message.
+
+``threads``: the number of CPU threads the kernels may use for this run (default: numba's
+current setting, i.e. ``NUMBA_NUM_THREADS`` or :func:`set_threads`). Results never depend on it:
+every parallel kernel splits its work into ranges whose results do not interact.
+
+The checks that depend only on the program (unknown step kinds, buffers used before they are
+produced) are done once per Program object and cached, as is each step's prepared form (packed
+weights, see :mod:`simulator.executors`): a Program is immutable, so the second run of the same
+Program object only executes kernels.
 """
 from __future__ import annotations
 
+import os
+import time
+import weakref
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from simulator.errors import KernelInputError, ProgramError, SimulatorError
 from simulator.executors import EXECUTORS
+
+# Start-up measurement hook (bench/bench_startup.py): when set, the wall-clock time at which the
+# first step of the process's first run starts is written to this file.
+_FIRST_STEP_FILE = os.environ.get("SIMULATOR_FIRST_STEP_FILE")
 
 
 @dataclass
@@ -22,6 +40,28 @@ class RunResult:
     outputs: dict = field(default_factory=dict)
     trace: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+
+
+def max_threads() -> int:
+    """The largest thread count :func:`run` accepts (``NUMBA_NUM_THREADS``, by default the
+    number of CPUs)."""
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def set_threads(threads: int) -> None:
+    """Set the thread count for the following runs of the calling thread (1..max_threads())."""
+    numba.set_num_threads(_check_threads(threads))
+
+
+def _check_threads(threads) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise SimulatorError(f"threads must be an int, got {threads!r}")
+    limit = max_threads()
+    if not 1 <= int(threads) <= limit:
+        raise SimulatorError(
+            f"threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {threads}"
+        )
+    return int(threads)
 
 
 def _check_feeds(program, feeds):
@@ -64,11 +104,21 @@ def _prefixed(err: SimulatorError, step) -> SimulatorError:
     return type(err)(f"{prefix}: {msg}")
 
 
-def run(program, feeds: dict, trace: bool = False) -> RunResult:
-    """Execute ``program`` on ``feeds`` (input name -> array in the input's dtype)."""
-    _check_feeds(program, feeds)
-    buffers = {name: arr for name, arr in feeds.items()}
-    result = RunResult()
+# --------------------------------------------------------------------------------------------
+# Per-Program plan: the program-only checks, done once
+# --------------------------------------------------------------------------------------------
+_PLANS: dict = {}
+
+
+def _plan(program):
+    """``[(step, executor), ...]`` after checking kinds and buffer order (cached per Program
+    object). Raises the same ProgramErrors, in the same order, as executing the steps would."""
+    key = id(program)
+    entry = _PLANS.get(key)
+    if entry is not None and entry[0]() is program:
+        return entry[1]
+    known = {spec.name for spec in program.inputs}
+    plan = []
     for step in program.steps:
         executor = EXECUTORS.get(step.kind)
         if executor is None:
@@ -76,14 +126,59 @@ def run(program, feeds: dict, trace: bool = False) -> RunResult:
                 f"step {step.name!r}: unknown step kind {step.kind!r}; known kinds are"
                 f" {sorted(EXECUTORS)}"
             )
-        missing = [name for name in step.inputs if name not in buffers]
+        missing = [name for name in step.inputs if name not in known]
         if missing:
             raise ProgramError(
                 f"step {step.name!r} ({step.kind}): input buffer(s) {missing} are not produced"
                 " by the program inputs or an earlier step"
             )
+        known.update(step.outputs)
+        plan.append((step, executor))
+    try:
+        ref = weakref.ref(program, lambda _r, k=key: _PLANS.pop(k, None))
+    except TypeError:
+        return plan
+    _PLANS[key] = (ref, plan)
+    return plan
+
+
+def _first_step_mark():
+    global _FIRST_STEP_FILE
+    path, _FIRST_STEP_FILE = _FIRST_STEP_FILE, None
+    try:
+        with open(path, "w") as fh:
+            fh.write(repr(time.time()))
+    except OSError:
+        pass
+
+
+def run(program, feeds: dict, trace: bool = False, threads: int | None = None) -> RunResult:
+    """Execute ``program`` on ``feeds`` (input name -> array in the input's dtype).
+
+    ``threads``: CPU threads for this run (1..:func:`max_threads`); ``None`` keeps the current
+    setting (``NUMBA_NUM_THREADS`` or :func:`set_threads`).
+    """
+    if threads is None:
+        return _run(program, feeds, trace)
+    threads = _check_threads(threads)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        return _run(program, feeds, trace)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _run(program, feeds, trace):
+    _check_feeds(program, feeds)
+    buffers = dict(feeds)
+    result = RunResult()
+    stats = result.stats
+    if _FIRST_STEP_FILE:
+        _first_step_mark()
+    for step, executor in _plan(program):
         try:
-            outputs, stats = executor(step, *(buffers[name] for name in step.inputs))
+            outputs, step_stats = executor(step, *[buffers[name] for name in step.inputs])
         except SimulatorError as err:
             raise _prefixed(err, step) from err
         except (TypeError, ValueError, KeyError, IndexError) as err:
@@ -101,7 +196,7 @@ def run(program, feeds: dict, trace: bool = False) -> RunResult:
             buffers[name] = arr
             if trace:
                 result.trace[name] = arr
-        result.stats[step.name] = dict(stats)
+        stats[step.name] = step_stats
     for spec in program.outputs:
         if spec.name not in buffers:
             raise ProgramError(f"program output {spec.name!r} is never produced")
