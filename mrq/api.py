@@ -118,14 +118,14 @@ class SimResult:
 
 
 def simulate(model: Union[str, Graph], profile: Union[str, HwProfile], feeds: dict,
-             fidelity: bool = True, trace: bool = False) -> SimResult:
+             fidelity: bool = True, trace: bool = False, threads: Optional[int] = None) -> SimResult:
     """Run ``model`` as the profile's hardware would, and (``fidelity``) compare every layer
     with the float reference."""
     prof = resolve_profile(profile)
     graph = load_model(model) if isinstance(model, str) else model
     lowered = lower(graph, arithmetic_from_profile(prof))
     program, bound = bind_inputs(lowered, feeds)
-    result = run(program, bound, trace=trace or fidelity)
+    result = run(program, bound, trace=trace or fidelity, threads=threads)
     sim = SimResult(outputs=result.outputs, stats=result.stats, lowered=lowered,
                     violations=profile_violations(graph, prof))
     full_trace = dict(result.trace)

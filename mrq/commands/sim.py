@@ -15,6 +15,7 @@ def register(sub):
     p.add_argument("--dump-all", action="store_true", help="also write every intermediate tensor to --out")
     p.add_argument("--report", help="JSON report with the per-layer fidelity")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the fidelity table")
+    p.add_argument("--threads", type=int, help="CPU threads for the simulation (default: all cores)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +29,7 @@ def run(args) -> int:
             check_writable(path)
     feeds = load_npz(args.inputs)
     t0 = time.perf_counter()
-    result = simulate(args.model, args.profile, feeds, fidelity=True, trace=args.dump_all)
+    result = simulate(args.model, args.profile, feeds, fidelity=True, trace=args.dump_all, threads=args.threads)
     elapsed = time.perf_counter() - t0
     arrays = dict(result.outputs)
     if args.dump_all:
