@@ -39,17 +39,22 @@ from simulator.kernels import simd
 from simulator.kernels.epilogue import store16
 from simulator.kernels.quant import (
     PARALLEL_MIN_ELEMENTS,
+    RQ_FIXED,
     check_int_array,
     check_out_range,
     clamp_add_zp,
     quantize_value_divide,
+    requant_one,
+    requant_params,
     requantize,
     rounding_code,
 )
 from simulator.primitives import (
+    RND_FLOOR,
     RND_HALF_AWAY,
     RND_HALF_EVEN,
     RND_HALF_UP,
+    RND_TOWARD_ZERO,
     f32_add,
     f32_div,
     f32_mul,
@@ -320,15 +325,112 @@ def add_fixed(a, b, *, zero_point_a, zero_point_b, multiplier_a, multiplier_b, r
     if max(abs(m_a), abs(m_b)) >= 2**31:
         raise KernelInputError("add 'fixed': |multiplier_a|, |multiplier_b| must be < 2**31")
     a1, b1, shape = broadcast_pair(a, b)
-    acc = ((a1.astype(np.int64) - int(zero_point_a)) * m_a
-           + (b1.astype(np.int64) - int(zero_point_b)) * m_b)
     if np.size(rq_multiplier) != 1 or np.size(rq_shift) != 1:
         raise KernelInputError("add 'fixed': rq_multiplier and rq_shift must be per-tensor")
-    out, n_sat = requantize(acc, rq_mode=rq_mode, rq_multiplier=np.asarray(rq_multiplier),
-                            rq_shift=np.asarray(rq_shift), rq_rounding=rq_rounding,
-                            out_zero_point=out_zero_point, out_min=out_min, out_max=out_max,
-                            out_dtype=out_dtype, channel_axis=0)
-    return out.reshape(shape), n_sat
+    # Validates the requantization block exactly as requantize() would.
+    p = requant_params(rq_mode=rq_mode, rq_multiplier=np.asarray(rq_multiplier),
+                       rq_shift=np.asarray(rq_shift), rq_rounding=rq_rounding,
+                       out_zero_point=out_zero_point, out_min=out_min, out_max=out_max,
+                       out_dtype=out_dtype, n_ch=1)
+    out = np.empty(a1.shape[0], dtype=p.dtype)
+    mult = int(p.mult_i[0]) if p.mode == RQ_FIXED else 1
+    shift = int(p.shifts[0])
+    bound = _add_bound(a1, b1, zero_point_a, zero_point_b, m_a, m_b) * abs(mult)
+    if 1 <= shift <= 62 and bound < 2**62:
+        # product and rounding offset fit int64: the branch-free kernel for this rounding mode
+        serial, parallel = _add_shift_kernels(int(p.rnd))
+        n_sat = _run_flat(serial, parallel, a1.shape[0],
+                          (a1, b1, np.int64(zero_point_a), np.int64(zero_point_b), np.int64(m_a),
+                           np.int64(m_b), np.int64(mult), np.int64(shift), np.int64(p.zp),
+                           np.int64(p.out_min), np.int64(p.out_max), out))
+        return out.reshape(shape), int(n_sat)
+    n_sat = _run_flat(_add_fixed_range, _add_fixed_par, a1.shape[0],
+                      (a1, b1, np.int64(zero_point_a), np.int64(zero_point_b), np.int64(m_a),
+                       np.int64(m_b), np.int64(p.mode), np.int64(p.mult_i[0]),
+                       np.int64(p.shifts[0]), np.int64(p.rnd), np.int64(p.zp),
+                       np.int64(p.out_min), np.int64(p.out_max), out))
+    return out.reshape(shape), int(n_sat)
+
+
+def _add_bound(a1, b1, za, zb, ma, mb) -> int:
+    """An upper bound on ``|(a - za) * ma + (b - zb) * mb|`` from the storage types."""
+    ia, ib = np.iinfo(a1.dtype), np.iinfo(b1.dtype)
+    span_a = max(abs(int(ia.min) - int(za)), abs(int(ia.max) - int(za)))
+    span_b = max(abs(int(ib.min) - int(zb)), abs(int(ib.max) - int(zb)))
+    return span_a * abs(int(ma)) + span_b * abs(int(mb))
+
+
+_ADD_SHIFT_KERNELS = {}
+
+
+def _add_shift_kernels(rnd):
+    """``(serial, parallel)`` fixed-point add kernels for one rounding mode (a closure constant,
+    so the element loop is branch-free and LLVM vectorizes it). Valid for ``1 <= shift <= 62``
+    and ``|acc * mult| < 2**62`` (checked by the caller)."""
+    ks = _ADD_SHIFT_KERNELS.get(rnd)
+    if ks is None:
+        ks = _ADD_SHIFT_KERNELS[rnd] = _make_add_shift_kernels(rnd)
+    return ks
+
+
+def _make_add_shift_kernels(rnd):
+    @njit(cache=True)
+    def add_range(a1, b1, za, zb, ma, mb, mult, shift, zp, lo, hi, out, i0, i1):
+        half = np.int64(1) << (shift - 1)
+        mask = (np.int64(1) << shift) - 1
+        count = 0
+        for i in range(i0, i1):
+            x = ((np.int64(a1[i]) - za) * ma + (np.int64(b1[i]) - zb) * mb) * mult
+            q = x >> shift
+            r = x & mask
+            if rnd == RND_FLOOR:
+                up = np.int64(0)
+            elif rnd == RND_HALF_UP:
+                up = np.int64(r >= half)
+            elif rnd == RND_HALF_AWAY:
+                up = np.int64(r >= half + np.int64(x < 0))
+            elif rnd == RND_TOWARD_ZERO:
+                up = np.int64((x < 0) & (r != 0))
+            else:  # half to even
+                up = np.int64((r > half) | ((r == half) & ((q & 1) == 1)))
+            v = q + up + zp
+            count += np.int64(v < lo) + np.int64(v > hi)
+            out[i] = min(max(v, lo), hi)
+        return count
+
+    @njit(cache=True, parallel=True)
+    def add_par(a1, b1, za, zb, ma, mb, mult, shift, zp, lo, hi, out, n_chunks):
+        n = a1.shape[0]
+        sat = np.zeros(n_chunks, dtype=np.int64)
+        for ch in prange(n_chunks):
+            sat[ch] = add_range(a1, b1, za, zb, ma, mb, mult, shift, zp, lo, hi, out,
+                                ch * n // n_chunks, (ch + 1) * n // n_chunks)
+        return sat.sum()
+
+    return add_range, add_par
+
+
+@njit(cache=True)
+def _add_fixed_range(a1, b1, za, zb, ma, mb, mode, mult_i, shift, rnd, zp, lo, hi, out, i0, i1):
+    """Elements ``[i0, i1)``: exact int64 ``(a - za) * ma + (b - zb) * mb``, requantized."""
+    count = 0
+    for i in range(i0, i1):
+        acc = (np.int64(a1[i]) - za) * ma + (np.int64(b1[i]) - zb) * mb
+        v, s = clamp_add_zp(requant_one(acc, mode, np.float32(0), mult_i, shift, rnd, zp), zp,
+                            lo, hi)
+        out[i] = v
+        count += s
+    return count
+
+
+@njit(cache=True, parallel=True)
+def _add_fixed_par(a1, b1, za, zb, ma, mb, mode, mult_i, shift, rnd, zp, lo, hi, out, n_chunks):
+    n = a1.shape[0]
+    sat = np.zeros(n_chunks, dtype=np.int64)
+    for ch in prange(n_chunks):
+        sat[ch] = _add_fixed_range(a1, b1, za, zb, ma, mb, mode, mult_i, shift, rnd, zp, lo, hi,
+                                   out, ch * n // n_chunks, (ch + 1) * n // n_chunks)
+    return sat.sum()
 
 
 @njit(cache=True, parallel=True)

@@ -75,13 +75,14 @@ def add_tflite(a, b, left_shift, ma, sha, mb, shb, mo, sho, za, zb, zo, out_min,
 
 
 def add_fixed(a, b, za, zb, ma, mb, rq_mode, rq_shift, rounding, zo, out_min, out_max,
-              out_dtype):
+              out_dtype, rq_multiplier=1):
     ab, bb = _pairs(a, b)
     out = np.empty(ab.shape, dtype=np.int64)
     n_sat = 0
     for idx in np.ndindex(*ab.shape):
         acc = (int(ab[idx]) - za) * ma + (int(bb[idx]) - zb) * mb
-        out[idx], sat = requant_value(acc, rq_mode, 1, rq_shift, rounding, zo, out_min, out_max)
+        out[idx], sat = requant_value(acc, rq_mode, rq_multiplier, rq_shift, rounding, zo, out_min,
+                                              out_max)
         n_sat += sat
     return out.astype(out_dtype), n_sat
 

@@ -107,6 +107,32 @@ def test_add_fixed(seed, dtype, shapes, rounding, rq_mode):
 
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(["int8", "uint8", "int16"]),
+       rounding=st.sampled_from(MODES), rq_mode=st.sampled_from(["fixed", "shift"]),
+       shift=st.integers(1, 62), big=st.booleans())
+def test_add_fixed_full_shift_range(seed, dtype, rounding, rq_mode, shift, big):
+    """The branch-free fast kernel (1 <= shift <= 62, |acc * multiplier| < 2**62) and the generic
+    one (larger products), with fixed-point multipliers, against the integer reference; small
+    multipliers with small shifts make ties at .5 frequent."""
+    rng = np.random.default_rng(seed)
+    a, b = _codes(rng, dtype, (3, 67)), _codes(rng, dtype, (3, 67))
+    lim = 2**31 - 1 if big else 4
+    ma, mb = (int(v) for v in rng.integers(-lim, lim + 1, 2))
+    mult = int(rng.integers(1, 2**31)) if (rq_mode == "fixed" and big) else 1
+    za, zb, zo = (int(v) for v in rng.integers(*_range(dtype), 3))
+    lo, hi = _range(dtype)
+    got, got_sat = eltwise.add_fixed(a, b, zero_point_a=za, zero_point_b=zb, multiplier_a=ma,
+                                     multiplier_b=mb, rq_mode=rq_mode,
+                                     rq_multiplier=np.array([mult]),
+                                     rq_shift=np.array([shift]), rq_rounding=rounding,
+                                     out_zero_point=zo, out_min=lo, out_max=hi, out_dtype=dtype)
+    want, want_sat = eltwise_ref.add_fixed(a, b, za, zb, ma, mb, rq_mode, shift, rounding, zo, lo,
+                                           hi, dtype, rq_multiplier=mult)
+    np.testing.assert_array_equal(got, want)
+    assert got_sat == want_sat
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(["int8", "uint8", "int16"]),
        shapes=st.sampled_from(BROADCAST_SHAPES), rounding=st.sampled_from(MODES))
 def test_add_float(seed, dtype, shapes, rounding):
     rng = np.random.default_rng(seed)
