@@ -14,7 +14,9 @@ import os
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "models", "mlperf_tiny"))
+# The MLPerf Tiny models are not shipped in the repository (licence): the shared copy on this
+# machine, or wherever MRQ_MLPERF_TINY points (the tests use the same variable).
+SHARED = os.environ.get("MRQ_MLPERF_TINY", "/work/shared/models/mlperf_tiny")
 FMNIST = os.path.join(HERE, "..", "tests", "data", "fmnist_test_1000.npz")
 
 MODELS = {

@@ -223,6 +223,18 @@ def execute_gemm(step, *arrays):
     return (out,), _stats(n_ovf, n_sat)
 
 
+def _build_add_fixed(step):
+    out_min, out_max, dt = _out_block(step)
+    return elt_k.AddFixed(
+        zero_point_a=_param(step, "zero_point_a"), zero_point_b=_param(step, "zero_point_b"),
+        multiplier_a=_param(step, "multiplier_a"), multiplier_b=_param(step, "multiplier_b"),
+        rq_mode=_param(step, "rq_mode"),
+        rq_multiplier=_param(step, "rq_multiplier", np.array([1], dtype=np.int64)),
+        rq_shift=_param(step, "rq_shift"), rq_rounding=_param(step, "rq_rounding"),
+        out_zero_point=_param(step, "out_zero_point"), out_min=out_min, out_max=out_max,
+        out_dtype=dt)
+
+
 def execute_add(step, *arrays):
     """Quantized addition with numpy broadcasting; ``mode`` selects the arithmetic:
     ``ort_fma`` (``scale_a``, ``scale_b``, ``scale_out``, ``zero_point_a/b/out``), ``tflite``
@@ -253,6 +265,12 @@ def execute_add(step, *arrays):
             zero_point_out=_param(step, "zero_point_out"),
             rq_rounding=_param(step, "rq_rounding", "half_away"), **common)
     elif mode == "fixed":
+        prepared = _prepared(step, _build_add_fixed)
+        if prepared is not None:
+            for name, arr in (("add input a", a), ("add input b", b)):
+                quant_k.check_int_array(name, arr, elt_k.ELTWISE_DTYPES)
+            out, n_sat = prepared.run(a, b)
+            return (out,), _stats(0, n_sat)
         out, n_sat = elt_k.add_fixed(
             a, b, zero_point_a=_param(step, "zero_point_a"),
             zero_point_b=_param(step, "zero_point_b"),

@@ -319,37 +319,66 @@ def add_fixed(a, b, *, zero_point_a, zero_point_b, multiplier_a, multiplier_b, r
     ``shift``, per-tensor). Returns ``(out, out_saturated)``."""
     for name, arr in (("add input a", a), ("add input b", b)):
         check_int_array(name, arr, ELTWISE_DTYPES)
-    if rq_mode not in ("fixed", "shift"):
-        raise KernelInputError(f"add 'fixed': rq_mode must be 'fixed' or 'shift', got {rq_mode!r}")
-    m_a, m_b = int(multiplier_a), int(multiplier_b)
-    if max(abs(m_a), abs(m_b)) >= 2**31:
-        raise KernelInputError("add 'fixed': |multiplier_a|, |multiplier_b| must be < 2**31")
-    a1, b1, shape = broadcast_pair(a, b)
-    if np.size(rq_multiplier) != 1 or np.size(rq_shift) != 1:
-        raise KernelInputError("add 'fixed': rq_multiplier and rq_shift must be per-tensor")
-    # Validates the requantization block exactly as requantize() would.
-    p = requant_params(rq_mode=rq_mode, rq_multiplier=np.asarray(rq_multiplier),
-                       rq_shift=np.asarray(rq_shift), rq_rounding=rq_rounding,
-                       out_zero_point=out_zero_point, out_min=out_min, out_max=out_max,
-                       out_dtype=out_dtype, n_ch=1)
-    out = np.empty(a1.shape[0], dtype=p.dtype)
-    mult = int(p.mult_i[0]) if p.mode == RQ_FIXED else 1
-    shift = int(p.shifts[0])
-    bound = _add_bound(a1, b1, zero_point_a, zero_point_b, m_a, m_b) * abs(mult)
-    if 1 <= shift <= 62 and bound < 2**62:
-        # product and rounding offset fit int64: the branch-free kernel for this rounding mode
-        serial, parallel = _add_shift_kernels(int(p.rnd))
-        n_sat = _run_flat(serial, parallel, a1.shape[0],
-                          (a1, b1, np.int64(zero_point_a), np.int64(zero_point_b), np.int64(m_a),
-                           np.int64(m_b), np.int64(mult), np.int64(shift), np.int64(p.zp),
-                           np.int64(p.out_min), np.int64(p.out_max), out))
+    return AddFixed(zero_point_a=zero_point_a, zero_point_b=zero_point_b,
+                    multiplier_a=multiplier_a, multiplier_b=multiplier_b, rq_mode=rq_mode,
+                    rq_shift=rq_shift, rq_rounding=rq_rounding, out_zero_point=out_zero_point,
+                    out_min=out_min, out_max=out_max, out_dtype=out_dtype,
+                    rq_multiplier=rq_multiplier).run(a, b)
+
+
+class AddFixed:
+    """A validated fixed-point add (the parameters of :func:`add_fixed`), so a step that runs many
+    times (batch 1) validates them once; :meth:`run` checks only the inputs."""
+
+    def __init__(self, *, zero_point_a, zero_point_b, multiplier_a, multiplier_b, rq_mode,
+                 rq_shift, rq_rounding, out_zero_point, out_min, out_max, out_dtype,
+                 rq_multiplier=(1,)):
+        if rq_mode not in ("fixed", "shift"):
+            raise KernelInputError(
+                f"add 'fixed': rq_mode must be 'fixed' or 'shift', got {rq_mode!r}")
+        m_a, m_b = int(multiplier_a), int(multiplier_b)
+        if max(abs(m_a), abs(m_b)) >= 2**31:
+            raise KernelInputError("add 'fixed': |multiplier_a|, |multiplier_b| must be < 2**31")
+        if np.size(rq_multiplier) != 1 or np.size(rq_shift) != 1:
+            raise KernelInputError("add 'fixed': rq_multiplier and rq_shift must be per-tensor")
+        # validates the requantization block exactly as requantize() would
+        p = requant_params(rq_mode=rq_mode, rq_multiplier=np.asarray(rq_multiplier),
+                           rq_shift=np.asarray(rq_shift), rq_rounding=rq_rounding,
+                           out_zero_point=out_zero_point, out_min=out_min, out_max=out_max,
+                           out_dtype=out_dtype, n_ch=1)
+        self.dtype = p.dtype
+        self.za, self.zb, self.ma, self.mb = int(zero_point_a), int(zero_point_b), m_a, m_b
+        self.mult = int(p.mult_i[0]) if p.mode == RQ_FIXED else 1
+        self.shift = int(p.shifts[0])
+        self.generic = (np.int64(self.za), np.int64(self.zb), np.int64(m_a), np.int64(m_b),
+                        np.int64(p.mode), np.int64(p.mult_i[0]), np.int64(self.shift),
+                        np.int64(p.rnd), np.int64(p.zp), np.int64(p.out_min),
+                        np.int64(p.out_max))
+        self.branch_free = (np.int64(self.za), np.int64(self.zb), np.int64(m_a), np.int64(m_b),
+                            np.int64(self.mult), np.int64(self.shift), np.int64(p.zp),
+                            np.int64(p.out_min), np.int64(p.out_max))
+        self.rnd = int(p.rnd)
+        self._fast = {}  # (dtype a, dtype b) -> whether the branch-free kernel is exact
+
+    def run(self, a, b):
+        if a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous:
+            a1, b1, shape = a.reshape(-1), b.reshape(-1), a.shape
+        else:
+            a1, b1, shape = broadcast_pair(a, b)
+        out = np.empty(a1.shape[0], dtype=self.dtype)
+        key = (a1.dtype.num, b1.dtype.num)
+        fast = self._fast.get(key)
+        if fast is None:
+            # product and rounding offset fit int64: the branch-free kernel for this rounding
+            bound = _add_bound(a1, b1, self.za, self.zb, self.ma, self.mb) * abs(self.mult)
+            fast = self._fast[key] = 1 <= self.shift <= 62 and bound < 2**62
+        if fast:
+            serial, parallel = _add_shift_kernels(self.rnd)
+            n_sat = _run_flat(serial, parallel, a1.shape[0], (a1, b1, *self.branch_free, out))
+        else:
+            n_sat = _run_flat(_add_fixed_range, _add_fixed_par, a1.shape[0],
+                              (a1, b1, *self.generic, out))
         return out.reshape(shape), int(n_sat)
-    n_sat = _run_flat(_add_fixed_range, _add_fixed_par, a1.shape[0],
-                      (a1, b1, np.int64(zero_point_a), np.int64(zero_point_b), np.int64(m_a),
-                       np.int64(m_b), np.int64(p.mode), np.int64(p.mult_i[0]),
-                       np.int64(p.shifts[0]), np.int64(p.rnd), np.int64(p.zp),
-                       np.int64(p.out_min), np.int64(p.out_max), out))
-    return out.reshape(shape), int(n_sat)
 
 
 def _add_bound(a1, b1, za, zb, ma, mb) -> int:
