@@ -18,12 +18,28 @@ inside int32):
   int32 dot product (``vpdpbusd``: u8 x s8, four products per int32 lane; exact because
   ``255 * sum|ws| < 2**31`` is checked per output channel), the second a per-channel constant
   ``biasp``.
-- The requantization of :mod:`simulator.kernels.epilogue` is applied to ``dot + biasp`` while the
-  tile is in cache, and the output is written in the step's layout and dtype.
+- Why int32 wrap-around is enough: every kernel operation (``vpdpbusd``, vector add, vector
+  multiply) is exact modulo 2**32, so the int32 result is congruent to the true accumulator; the
+  static bound (``bound <= limit <= 2**31 - 1``, checked per input) puts the true accumulator in
+  int32, hence the wrapped result *is* the accumulator. No per-product or partial-sum bound on
+  the kernels' own (reordered, split) sums is needed, only that the weights fit the kernel's
+  weight type.
+- Zero-point split (uint8 weights with a zero point far from 128, so ``ws`` spans e.g.
+  [-115, 139]): per output channel ``dm = clip(0, max(ws) - 127, min(ws) + 128)`` makes
+  ``wsh = ws - dm`` fit int8 (needs ``max - min <= 255`` per channel, else no fast path). Then
+  ``sum u * ws = sum u * wsh + dm * U`` with ``U = sum u`` over the window (spatial padding
+  included: it holds ``uzp`` and ``biasp`` already removes ``uzp * sum ws`` for every tap). ``U``
+  comes from one extra 16-lane block of all-ones weights packed exactly like the real weights
+  (same zero channel padding, same zeros past a row run), so it sums the same bytes the real
+  products use. The extra block costs ``1 / nbg`` more dot products.
+- The requantization of :mod:`simulator.kernels.epilogue` is applied to ``dot + biasp`` (+ ``dm *
+  U``) while the tile is in cache, and the output is written in the step's layout and dtype.
 
 The gemm ``a[R, K] @ w[K, N]`` runs as a 1x1 convolution over an ``R x 1`` image. Depthwise
-convolutions (one input channel per group, one output channel per group) use a portable kernel
-vectorized over channels (products of at most 255 * 128, nine of them, in int32).
+convolutions (one input channel per group, one output channel per group) use portable kernels
+with int32 weights (any ``w - wzp`` that fits int32): NHWC vectorized over channels, NCHW
+(``DW_PLANES``) one channel plane at a time, vectorized over output positions (``_dwp_range``:
+``x - xzp`` in int32 phase planes, no uint8 prepass, contiguous NCHW output).
 
 Work is split into contiguous ranges of blocks of ``MR = 8`` output positions (batch and pixels
 flattened); each range is owned by one thread, so results do not depend on the thread count.
@@ -53,6 +69,8 @@ LANES = 16
 _INT32_LIMIT = 2**31 - 1
 # below this many multiply-accumulates a step runs on the calling thread only
 PARALLEL_MIN_MACS = 4_000_000
+# NCHW depthwise: the per-plane kernel (True) or the NHWC prepass + channel vectors (False)
+DW_PLANES = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +165,7 @@ _KERNELS = {}
 
 
 def kernels(kind, rnd):
-    """``(vnni_blocks, vnni_par, dw_range, dw_par)`` specialized for an epilogue kind and
+    """``(vnni_blocks, vnni_par, dw_range, dw_par, dwp_range, dwp_par)`` specialized for an epilogue kind and
     rounding mode (Python ints), compiled on first use."""
     key = (int(kind), int(rnd))
     ks = _KERNELS.get(key)
@@ -161,11 +179,15 @@ def _make_kernels(kind, rnd):
     # --------------------------------------------------------------------------------------------
     @njit(cache=True)
     def _vnni_blocks(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp, n_groups, nbg, mg,
-                     m_out, wpk, biasp, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out,
-                     total, b0, b1):
+                     m_out, wpk, biasp, has_u, dm, mf, mi, s1, s2, zpf, zp, lo, hi, out,
+                     nchw_out, total, b0, b1):
         """Output blocks ``[b0, b1)`` (block ``b`` = flat output positions ``b*MR .. b*MR+MR-1``);
-        returns the saturation count."""
+        returns the saturation count. With ``has_u`` (0 or 1) each group's packed weights start
+        with one all-ones block whose lanes give the window byte sum ``U``, added as
+        ``dm[m] * U`` (the zero-point split of the module docstring)."""
         scratch = np.empty(MR * LANES, dtype=np.int32)
+        uscr = np.zeros(MR * LANES, dtype=np.int32)
+        nbt = nbg + has_u
         mpad = (m_out + LANES - 1) // LANES * LANES + LANES
         stage = np.empty(MR * mpad if nchw_out else 1, dtype=np.int32)
         base = np.empty(MR, dtype=np.int64)
@@ -208,7 +230,7 @@ def _make_kernels(kind, rnd):
                 a5 = base[5] + goff
                 a6 = base[6] + goff
                 a7 = base[7] + goff
-                for nb in range(nbg):
+                for nbi in range(nbt):
                     c0 = vzero()
                     c1 = vzero()
                     c2 = vzero()
@@ -217,7 +239,7 @@ def _make_kernels(kind, rnd):
                     c5 = vzero()
                     c6 = vzero()
                     c7 = vzero()
-                    wb = (g * nbg + nb) * n_taps * c4_n * 64
+                    wb = (g * nbt + nbi) * n_taps * c4_n * 64
                     for t in range(n_taps):
                         to = taps[t]
                         for k4 in range(c4_n):
@@ -232,19 +254,26 @@ def _make_kernels(kind, rnd):
                             c5 = vdpbusd(c5, vbcast4(xp, a5 + o), wv)
                             c6 = vdpbusd(c6, vbcast4(xp, a6 + o), wv)
                             c7 = vdpbusd(c7, vbcast4(xp, a7 + o), wv)
-                    vstore(scratch, 0, c0)
-                    vstore(scratch, 16, c1)
-                    vstore(scratch, 32, c2)
-                    vstore(scratch, 48, c3)
-                    vstore(scratch, 64, c4)
-                    vstore(scratch, 80, c5)
-                    vstore(scratch, 96, c6)
-                    vstore(scratch, 112, c7)
+                    dst = uscr if nbi < has_u else scratch
+                    vstore(dst, 0, c0)
+                    vstore(dst, 16, c1)
+                    vstore(dst, 32, c2)
+                    vstore(dst, 48, c3)
+                    vstore(dst, 64, c4)
+                    vstore(dst, 80, c5)
+                    vstore(dst, 96, c6)
+                    vstore(dst, 112, c7)
+                    if nbi < has_u:
+                        continue
+                    nb = nbi - has_u
                     m0 = g * mg + nb * LANES
                     nch = min(LANES, mg - nb * LANES)
                     bv = vload_i32(biasp, m0)
+                    dv = vload_i32(dm, m0)
                     for r in range(n_valid):
                         accv = vadd_i32(vload_i32(scratch, r * LANES), bv)
+                        if has_u:
+                            accv = vmadd_i32(accv, vload_i32(uscr, r * LANES), dv)
                         codes, k = ep_k.ep16(kind, rnd, accv, mf, mi, s1, s2, m0, zpf, zp, lo,
                                              hi, nch)
                         cnt += k
@@ -260,15 +289,15 @@ def _make_kernels(kind, rnd):
 
     @njit(cache=True, parallel=True)
     def _vnni_par(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp, n_groups, nbg, mg,
-                  m_out, wpk, biasp, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out,
+                  m_out, wpk, biasp, has_u, dm, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out,
                   total, n_blocks, n_chunks):
         cnts = np.zeros(n_chunks, dtype=np.int64)
         for ch in prange(n_chunks):
             b0 = ch * n_blocks // n_chunks
             b1 = (ch + 1) * n_blocks // n_chunks
             cnts[ch] = _vnni_blocks(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp,
-                                    n_groups, nbg, mg, m_out, wpk, biasp, mf, mi, s1, s2,
-                                    zpf, zp, lo, hi, out, nchw_out, total, b0, b1)
+                                    n_groups, nbg, mg, m_out, wpk, biasp, has_u, dm, mf, mi,
+                                    s1, s2, zpf, zp, lo, hi, out, nchw_out, total, b0, b1)
         return cnts.sum()
 
     # --------------------------------------------------------------------------------------------
@@ -329,7 +358,97 @@ def _make_kernels(kind, rnd):
                                  mi, s1, s2, zpf, zp, lo, hi, out, nchw_out, p0, p1)
         return cnts.sum()
 
-    return _vnni_blocks, _vnni_par, _dw_range, _dw_par
+    # --------------------------------------------------------------------------------------------
+    # Depthwise on NCHW: one channel plane at a time, vectorized over output positions
+    # --------------------------------------------------------------------------------------------
+    @njit(cache=True)
+    def _dwp_range(x, xzp, height, width, n_ch, pt, pl, sh, sw, hq, wq, oh_n, ow_n, toff, wtab,
+                   bias32, lmask, n_garb, mf, mi, s1, s2, zpf, zp, lo, hi, out, q0, q1):
+        """Planes ``[q0, q1)`` (plane ``q`` = image ``q // C``, channel ``q % C``) of a depthwise
+        conv on contiguous NCHW ``x`` (flat). Returns the saturation count.
+
+        The plane ``x - xzp`` is written (int32) into ``sh * sw`` phase planes of ``hq x wq``
+        (padded row ``i``, column ``k`` go to phase ``(i % sh, k % sw)`` at ``(i // sh, k //
+        sw)``; padding stays 0), so that tap ``t`` of output ``j = oh * wq + ow`` is element
+        ``j + toff[t]`` of the buffer, for every stride and dilation: 16 consecutive ``j`` are
+        one vector load per tap. The lanes with ``ow >= ow_n`` (or past the plane) are garbage:
+        ``lmask`` zeroes their accumulators, they are not stored, and ``n_garb`` lanes of
+        accumulator 0 are taken off the saturation count."""
+        n_taps = toff.shape[0]
+        n_phase = sh * sw
+        plane = hq * wq
+        buf = np.zeros(n_phase * plane + wq + 2 * LANES, dtype=np.int32)
+        npos = oh_n * wq
+        nvec = (npos + LANES - 1) // LANES
+        stage = np.empty(nvec * LANES, dtype=np.int32)
+        n_img_pix = height * width
+        n_out_pix = oh_n * ow_n
+        cnt = 0
+        _, sat0 = ep_k.ep16_splat(kind, rnd, vzero(), mf, mi, s1, s2, 0, zpf, zp, lo, hi, 1)
+        for q in range(q0, q1):
+            c = q % n_ch
+            xb = q * n_img_pix
+            # the plane, minus the zero point (spatial padding is 0 from the start)
+            if sh == 1 and sw == 1:
+                for i in range(height):
+                    ob = (i + pt) * wq + pl
+                    xs = xb + i * width
+                    for k in range(width):
+                        buf[_u(ob + k)] = np.int32(x[_u(xs + k)]) - xzp
+            elif sw == 2:  # the common stride 2, with constant-stride loops
+                for i in range(height):
+                    ip = i + pt
+                    rb = ((ip % sh) * 2) * plane + (ip // sh) * wq
+                    xs = xb + i * width
+                    for pc in range(2):
+                        k0 = (pc + pl) & 1  # first column k with (k + pl) % 2 == pc
+                        ob = rb + pc * plane + (k0 + pl) // 2
+                        for k2 in range((width - k0 + 1) // 2):
+                            buf[_u(ob + k2)] = np.int32(x[_u(xs + k0 + 2 * k2)]) - xzp
+            else:
+                for i in range(height):
+                    ip = i + pt
+                    rb = ((ip % sh) * sw) * plane + (ip // sh) * wq
+                    xs = xb + i * width
+                    for pc in range(sw):
+                        k0 = (pc - pl) % sw
+                        ob = rb + pc * plane + (k0 + pl) // sw
+                        for k in range(k0, width, sw):
+                            buf[_u(ob)] = np.int32(x[_u(xs + k)]) - xzp
+                            ob += 1
+            bv = simd.vsplat_i32(bias32[c])
+            wb = c * n_taps
+            for j0 in range(0, npos, LANES):
+                acc = bv
+                for t in range(n_taps):
+                    acc = vmadd_i32(acc, vload_i32(buf, toff[t] + j0),
+                                    simd.vsplat_i32(wtab[wb + t]))
+                acc = simd.vand_i32(acc, vload_i32(lmask, j0))
+                codes, k = ep_k.ep16_splat(kind, rnd, acc, mf, mi, s1, s2, c, zpf, zp, lo, hi,
+                                           LANES)
+                cnt += k
+                vstore(stage, j0, codes)
+            cnt -= n_garb * sat0
+            ob = q * n_out_pix
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    out[_u(ob + ow)] = stage[_u(oh * wq + ow)]
+                ob += ow_n
+        return cnt
+
+    @njit(cache=True, parallel=True)
+    def _dwp_par(x, xzp, height, width, n_ch, pt, pl, sh, sw, hq, wq, oh_n, ow_n, toff, wtab,
+                 bias32, lmask, n_garb, mf, mi, s1, s2, zpf, zp, lo, hi, out, total, n_chunks):
+        cnts = np.zeros(n_chunks, dtype=np.int64)
+        for ch in prange(n_chunks):
+            q0 = ch * total // n_chunks
+            q1 = (ch + 1) * total // n_chunks
+            cnts[ch] = _dwp_range(x, xzp, height, width, n_ch, pt, pl, sh, sw, hq, wq, oh_n,
+                                  ow_n, toff, wtab, bias32, lmask, n_garb, mf, mi, s1, s2, zpf,
+                                  zp, lo, hi, out, q0, q1)
+        return cnts.sum()
+
+    return _vnni_blocks, _vnni_par, _dw_range, _dw_par, _dwp_range, _dwp_par
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,8 +487,12 @@ class ConvFast:
         self.bias_abs = np.abs(self.bias)
         self.depthwise = cg == 1 and m_out == group
         self.run_mode = False
-        self.usable = (ws64.size > 0 and int(ws64.min()) >= -128 and int(ws64.max()) <= 127
-                       and int(self.sumabs.max()) * 255 <= _INT32_LIMIT)
+        self.has_u = 0
+        self.dm = np.zeros(((m_out + 15) // 16 + 1) * 16, dtype=np.int32)
+        # exactness rests on int32 wrap-around arithmetic (module docstring), so the weights only
+        # need to fit the kernels' weight type: int32 (depthwise) or int8 after the split
+        self.usable = (ws64.size > 0 and int(ws64.min()) >= -(2**31)
+                       and int(ws64.max()) <= _INT32_LIMIT)
         if not self.depthwise and not simd.ENABLED:
             self.usable = False
         self._colsum = colsum
@@ -391,29 +514,53 @@ class ConvFast:
             w32 = np.zeros((kh_n * kw_n, cpad), dtype=np.int32)
             w32[:, :m_out] = ws64.reshape(m_out, kh_n * kw_n).T
             self.w32 = w32.reshape(-1)
-        elif group == 1 and self.dw == 1:
+            # per channel, the taps in (kh, kw) order, for the NCHW plane kernel
+            self.wtab = np.ascontiguousarray(ws64.reshape(-1)).astype(np.int32)
+            # bias fits int32 whenever the bound check passes (|bias| <= limit < 2**31)
+            self.bias32 = np.clip(self.bias, -(2**31), _INT32_LIMIT).astype(np.int32)
+            self._geom = {}
+            return
+        # zero-point split: ws = wsh + dm[m] with wsh int8 (module docstring)
+        wmin = ws64.reshape(m_out, -1).min(axis=1)
+        wmax = ws64.reshape(m_out, -1).max(axis=1)
+        if int((wmax - wmin).max()) > 255:
+            self.usable = False
+            return
+        # dm = 0 when the channel already fits int8, else the nearest shift that makes it fit
+        dm = np.clip(np.zeros(m_out, dtype=np.int64), wmax - 127, wmin + 128)
+        if np.any(dm != 0):
+            self.has_u = 1
+            self.dm[:m_out] = dm
+            ws64 = ws64 - dm[:, None, None, None]
+        hu = self.has_u
+        if group == 1 and self.dw == 1:
             # "row runs": for each kernel row the KW*C input bytes of a window are contiguous in
             # NHWC, so they form the dot product's K axis directly (padded to a multiple of 4
             # with zero weights; the bytes read past a run belong to the next pixels or to the
-            # 4 bytes of slack at the end of the buffer, and are multiplied by 0)
+            # 4 bytes of slack at the end of the buffer, and are multiplied by 0 -- the ones
+            # block of the split has the same zeros, so U sums exactly the window's bytes)
             self.run_mode = True
             self.cgp = cg
             self.ctot = cg
             self.nbg = (m_out + LANES - 1) // LANES
             run = kw_n * cg
             self.c4_n = (run + 3) // 4
-            pk = np.zeros((self.nbg * LANES, kh_n, self.c4_n * 4), dtype=np.int8)
-            pk[:m_out, :, :run] = ws64.transpose(0, 2, 3, 1).reshape(m_out, kh_n, run)
-            pk = pk.reshape(self.nbg, LANES, kh_n, self.c4_n, 4)
+            pk = np.zeros(((self.nbg + hu) * LANES, kh_n, self.c4_n * 4), dtype=np.int8)
+            pk[:hu * LANES, :, :run] = 1
+            pk[hu * LANES:hu * LANES + m_out, :, :run] = (
+                ws64.transpose(0, 2, 3, 1).reshape(m_out, kh_n, run))
+            pk = pk.reshape(self.nbg + hu, LANES, kh_n, self.c4_n, 4)
             self.wpk = np.ascontiguousarray(pk.transpose(0, 2, 3, 1, 4)).reshape(-1)
         else:
             self.cgp = (cg + 3) // 4 * 4
             self.ctot = group * self.cgp
             self.nbg = (self.mg + LANES - 1) // LANES
             self.c4_n = self.cgp // 4
-            pk = np.zeros((group, self.nbg * LANES, self.cgp, kh_n, kw_n), dtype=np.int8)
-            pk[:, :self.mg, :cg] = ws64.reshape(group, self.mg, cg, kh_n, kw_n)
-            pk = pk.reshape(group, self.nbg, LANES, self.cgp // 4, 4, kh_n, kw_n)
+            pk = np.zeros((group, (self.nbg + hu) * LANES, self.cgp, kh_n, kw_n), dtype=np.int8)
+            pk[:, :hu * LANES, :cg] = 1
+            pk[:, hu * LANES:hu * LANES + self.mg, :cg] = (
+                ws64.reshape(group, self.mg, cg, kh_n, kw_n))
+            pk = pk.reshape(group, self.nbg + hu, LANES, self.cgp // 4, 4, kh_n, kw_n)
             self.wpk = np.ascontiguousarray(pk.transpose(0, 1, 5, 6, 3, 2, 4)).reshape(-1)
         self._geom = {}
 
@@ -459,6 +606,28 @@ class ConvFast:
             self._geom[key] = geo
         return geo
 
+    def _plane_geometry(self, oh_n, ow_n, hp_n, wp_n):
+        """Phase-plane sizes, tap offsets, lane mask and garbage-lane count of the NCHW
+        depthwise kernel (see ``_dwp_range``)."""
+        key = ("plane", oh_n, ow_n, hp_n, wp_n)
+        geo = self._geom.get(key)
+        if geo is None:
+            sh, sw = self.sh, self.sw
+            hq = -(-hp_n // sh)
+            wq = -(-wp_n // sw)
+            plane = hq * wq
+            toff = np.array([((((i * self.dh) % sh) * sw + (j * self.dw) % sw) * plane
+                              + ((i * self.dh) // sh) * wq + (j * self.dw) // sw)
+                             for i in range(self.kh) for j in range(self.kw)], dtype=np.int64)
+            npos = oh_n * wq
+            nvec = -(-npos // LANES)
+            jj = np.arange(nvec * LANES + LANES)
+            lmask = np.where((jj < npos) & (jj % wq < ow_n), -1, 0).astype(np.int32)
+            n_garb = nvec * LANES - oh_n * ow_n
+            geo = (hq, wq, toff, lmask, n_garb)
+            self._geom[key] = geo
+        return geo
+
     def run(self, x):
         """``(out, n_sat)`` for the 4-D input ``x`` in the step layout, or ``None``."""
         if not self.usable or x.dtype.name not in self.x_dtypes or x.ndim != 4:
@@ -477,9 +646,6 @@ class ConvFast:
         uzp = self.xzp + flip
         if not 0 <= uzp <= 255:
             return None
-        img = hp_n * wp_n * self.ctot
-        # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
-        xp = np.empty(n_img * img + 16, dtype=np.uint8)
         macs = n_img * oh_n * ow_n * self.m_out * self.cg * self.kh * self.kw
         threads = _threads()
         parallel = threads > 1 and macs >= PARALLEL_MIN_MACS
@@ -489,14 +655,29 @@ class ConvFast:
             x_absmax = max(abs(int(x.min()) - self.xzp), abs(int(x.max()) - self.xzp))
             if self.bound(x_absmax) > self.limit:
                 return None
+        ep = self.ep
+        kern = kernels(ep.kind, ep.rnd)
+        if self.depthwise and self.nchw and DW_PLANES:
+            hq, wq, toff, lmask, n_garb = self._plane_geometry(oh_n, ow_n, hp_n, wp_n)
+            out = np.empty((n_img, self.m_out, oh_n, ow_n), dtype=self.out_dtype)
+            total = n_img * self.m_out
+            common = (x.reshape(-1), np.int32(self.xzp), height, width, self.m_out, self.pt,
+                      self.pl, self.sh, self.sw, hq, wq, oh_n, ow_n, toff, self.wtab,
+                      self.bias32, lmask, n_garb) + ep.arrays() + (out.reshape(-1),)
+            if parallel:
+                n_sat = kern[5](*common, total, min(total, threads * 4))
+            else:
+                n_sat = kern[4](*common, 0, total)
+            return out, int(n_sat)
+        img = hp_n * wp_n * self.ctot
+        # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
+        xp = np.empty(n_img * img + 16, dtype=np.uint8)
         args = (x, self.nchw, self.pt, self.pl, hp_n, wp_n, self.group, self.cg, self.cgp,
                 self.ctot, flip, uzp, xp)
         if parallel and n_img > 1:
             _prepass_par(*args, min(n_img, threads))
         else:
             _prepass_images(*args, 0, n_img)
-        ep = self.ep
-        kern = kernels(ep.kind, ep.rnd)
         biasp = self._biasp_for(flip)
         n_pix = oh_n * ow_n
         total = n_img * n_pix
@@ -516,7 +697,8 @@ class ConvFast:
             n_blocks = (total + MR - 1) // MR
             common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps,
                       self.c4_n, self.cgp, self.group, self.nbg, self.mg, self.m_out,
-                      self.wpk, biasp) + ep.arrays() + (flat, self.nchw, total)
+                      self.wpk, biasp, self.has_u, self.dm) + ep.arrays() + (flat, self.nchw,
+                                                                            total)
             if parallel:
                 n_sat = kern[1](*common, n_blocks, min(n_blocks, threads * 4))
             else:

@@ -288,6 +288,14 @@ def vload_u8_i32(typingctx, arr, idx):
 
 
 @intrinsic
+def vand_i32(typingctx, a, b):
+    """Lane-wise bitwise and of two int32 vectors."""
+    def codegen(context, builder, sig, args):
+        return builder.and_(args[0], args[1])
+    return i32x16(i32x16, i32x16), codegen
+
+
+@intrinsic
 def vmadd_i32(typingctx, acc, a, b):
     """``acc + a * b`` lane-wise in int32 (wraps; the callers' values cannot overflow)."""
     def codegen(context, builder, sig, args):
@@ -660,7 +668,7 @@ ep16_q31_ruy = _make_ep16_q31(True)
 
 __all__ = ["ENABLED", "i32x16", "f32x16", "i64x16", "vzero", "vload", "vbcast4", "vdpbusd",
            "vstore", "vload_i32", "vload_f32", "vload_i64", "vsplat_f32", "vsplat_i64",
-           "vadd_i32", "vload_u8_i32", "vmadd_i32", "vget", "vstore_codes", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
+           "vadd_i32", "vload_u8_i32", "vand_i32", "vmadd_i32", "vget", "vstore_codes", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
            "ep16_int32", "ep16_q31", "ep16_q31_ruy", "vload_ext", "vsplat_i32", "vsub_i32", "vshl_i32", "vmbqm",
            "vmbqm_ruy", "vclamp_count", "vcvt_f32", "vfma_f32", "vmul_f32", "vdiv_f32",
            "vload_f32x", "vquant"]

@@ -1,0 +1,185 @@
+"""The fused fast conv kernels (simulator.kernels.igemm via prepare_conv) against tests/reference.
+
+Covers the paths added for uint8 weights whose zero point is far from 128 (so ``w - wzp`` does not
+fit int8): the zero-point split of the dense VNNI kernel (an all-ones weight block gives the window
+byte sum), the int32-weight depthwise kernels (NHWC channel vectors, NCHW per-plane), with
+padding, strides, dilations and extreme input codes.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from simulator.kernels import igemm, simd  # noqa: E402
+from simulator.kernels.conv import prepare_conv  # noqa: E402
+from simulator.kernels.gemm import prepare_gemm  # noqa: E402
+from tests.reference import conv_ref, gemm_ref, quant_ref  # noqa: E402
+
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
+FAR_ZPS = [0, 75, 116, 200, 255]
+RQ = [("fp32", "half_even"), ("fixed", "half_away"), ("shift", "floor")]
+
+
+def _requant(rng, mode, rnd, n_out, out_dtype):
+    if mode == "fp32":
+        kw = {"rq_multiplier": rng.uniform(1e-4, 4e-3, n_out).astype(np.float32)}
+    elif mode == "fixed":
+        kw = {"rq_multiplier": rng.integers(1, 2**15, n_out).astype(np.int64),
+              "rq_shift": rng.integers(14, 26, n_out).astype(np.int64)}
+    else:
+        kw = {"rq_multiplier": np.ones(1, dtype=np.int64),
+              "rq_shift": rng.integers(4, 12, n_out).astype(np.int64)}
+    lo, hi = (0, 255) if out_dtype == "uint8" else (-128, 127)
+    kw.update(rq_mode=mode, rq_rounding=rnd, out_zero_point=int(rng.integers(lo, hi + 1)),
+              out_dtype=out_dtype)
+    return kw, lo, hi
+
+
+def _check(rng, x, w, wzp, layout, group, strides, pads, dilations, rq, must_be_fast=True):
+    m_out = w.shape[0]
+    out_dtype = "uint8" if rng.random() < 0.5 else "int8"
+    kw, lo, hi = _requant(rng, rq[0], rq[1], m_out, out_dtype)
+    bias = rng.integers(-3000, 3000, m_out).astype(np.int64)
+    xinfo = np.iinfo(x.dtype)
+    xzp = int(rng.integers(xinfo.min, xinfo.max + 1))
+    axis = 1 if layout == "NCHW" else 3
+    fast = prepare_conv(w, weight_zero_point=wzp, bias=bias, input_zero_point=xzp,
+                        strides=strides, pads=pads, dilations=dilations, group=group,
+                        layout=layout, acc_bits=32, acc_overflow="wrap", requant=kw,
+                        channel_axis=axis)
+    if fast is None:
+        assert not must_be_fast
+        return None
+    res = fast.run(x)
+    assert res is not None or not must_be_fast
+    if res is None:
+        return None
+    acc, ovf = conv_ref.conv2d_acc(x, w, np.broadcast_to(wzp, (m_out,)), bias, xzp, strides,
+                                   pads, dilations, group, layout, 32, "wrap")
+    assert ovf == 0
+    want, sat = quant_ref.requantize(acc, kw["rq_mode"], kw["rq_multiplier"],
+                                     kw.get("rq_shift"), kw["rq_rounding"],
+                                     kw["out_zero_point"], lo, hi, out_dtype, axis)
+    np.testing.assert_array_equal(res[0], want)
+    assert res[0].dtype == np.dtype(out_dtype)
+    assert res[1] == sat
+    return fast
+
+
+def _input(rng, dtype, shape, fill):
+    info = np.iinfo(dtype)
+    if fill == "min":
+        return np.full(shape, info.min, dtype=dtype)
+    if fill == "max":
+        return np.full(shape, info.max, dtype=dtype)
+    return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+
+
+def _weights(rng, shape, wzp_kind):
+    n_out = shape[0]
+    w = rng.integers(0, 256, size=shape).astype(np.uint8)
+    if rng.random() < 0.2:  # weights at the extremes of the uint8 range
+        w = rng.choice(np.array([0, 255], dtype=np.uint8), size=shape)
+    if wzp_kind == "tensor":
+        wzp = np.array([int(rng.choice(FAR_ZPS))], dtype=np.int64)
+    else:
+        wzp = rng.choice(np.array(FAR_ZPS, dtype=np.int64), size=n_out)
+    return w, wzp
+
+
+@pytest.mark.skipif(not simd.ENABLED, reason="dense fast kernels need AVX-512 VNNI")
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["NCHW", "NHWC"]),
+       xdt=st.sampled_from([np.uint8, np.int8]), wzp_kind=st.sampled_from(["tensor", "channel"]),
+       fill=st.sampled_from(["random", "random", "min", "max"]), rq=st.sampled_from(RQ),
+       grouped=st.booleans())
+def test_dense_zero_point_split(seed, layout, xdt, wzp_kind, fill, rq, grouped):
+    rng = np.random.default_rng(seed)
+    group = 2 if grouped else 1
+    cg = int(rng.integers(1, 21))
+    mg = int(rng.integers(1, 37))
+    kh, kw = (int(v) for v in rng.choice([1, 1, 2, 3], 2))
+    sh, sw = (int(v) for v in rng.integers(1, 3, 2))
+    dh, dw = (int(v) for v in rng.integers(1, 3, 2)) if rng.random() < 0.3 else (1, 1)
+    pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+    height = int(rng.integers((kh - 1) * dh + 1, 9))
+    width = int(rng.integers((kw - 1) * dw + 1, 9))
+    n_batch = int(rng.integers(1, 3))
+    x = _input(rng, xdt, (n_batch, cg * group, height, width), fill)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    w, wzp = _weights(rng, (mg * group, cg, kh, kw), wzp_kind)
+    fast = _check(rng, x, w, wzp, layout, group, (sh, sw), (pads[0], pads[1], pads[2], pads[3]),
+                  (dh, dw), rq)
+    ws = w.astype(np.int64) - np.broadcast_to(wzp, (w.shape[0],))[:, None, None, None]
+    if ws.min() < -128 or ws.max() > 127:
+        assert fast.has_u == 1  # the split path ran
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["NCHW", "NHWC"]),
+       xdt=st.sampled_from([np.uint8, np.int8]), wzp_kind=st.sampled_from(["tensor", "channel"]),
+       fill=st.sampled_from(["random", "random", "min", "max"]), rq=st.sampled_from(RQ),
+       planes=st.booleans())
+def test_depthwise_far_zero_points(seed, layout, xdt, wzp_kind, fill, rq, planes):
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(1, 40))
+    kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+    sh, sw = (int(v) for v in rng.integers(1, 4, 2))
+    dh, dw = (int(v) for v in rng.integers(1, 3, 2)) if rng.random() < 0.3 else (1, 1)
+    pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+    height = int(rng.integers((kh - 1) * dh + 1, 12))
+    width = int(rng.integers((kw - 1) * dw + 1, 12))
+    n_batch = int(rng.integers(1, 3))
+    x = _input(rng, xdt, (n_batch, c, height, width), fill)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    w, wzp = _weights(rng, (c, 1, kh, kw), wzp_kind)
+    old = igemm.DW_PLANES
+    igemm.DW_PLANES = planes
+    try:
+        _check(rng, x, w, wzp, layout, c, (sh, sw), pads, (dh, dw), rq)
+    finally:
+        igemm.DW_PLANES = old
+
+
+@pytest.mark.parametrize("planes", [True, False])
+def test_depthwise_mobilenet_shapes(planes):
+    """3x3 pad 1 at strides 1 and 2 on planes wider than one 16-lane vector."""
+    rng = np.random.default_rng(7)
+    old = igemm.DW_PLANES
+    igemm.DW_PLANES = planes
+    try:
+        for stride, size in ((1, 7), (2, 14), (1, 19), (2, 9)):
+            x = _input(rng, np.uint8, (1, 18, size, size), "random")
+            w, wzp = _weights(rng, (18, 1, 3, 3), "tensor")
+            _check(rng, x, w, wzp, "NCHW", 18, (stride, stride), (1, 1, 1, 1), (1, 1),
+                   ("fp32", "half_even"))
+    finally:
+        igemm.DW_PLANES = old
+
+
+@pytest.mark.skipif(not simd.ENABLED, reason="dense fast kernels need AVX-512 VNNI")
+@pytest.mark.parametrize("wzp", [0, 75, 200, 255])
+def test_gemm_zero_point_split(wzp):
+    rng = np.random.default_rng(wzp)
+    a = rng.integers(0, 256, (37, 45)).astype(np.uint8)
+    a[0] = 255
+    a[1] = 0
+    w = rng.integers(0, 256, (45, 29)).astype(np.uint8)
+    bias = rng.integers(-999, 999, 29).astype(np.int64)
+    mult = rng.uniform(1e-4, 1e-3, 29).astype(np.float32)
+    kw = dict(rq_mode="fp32", rq_multiplier=mult, out_zero_point=7, out_dtype="uint8")
+    fast = prepare_gemm(w, weight_zero_point=np.array([wzp]), bias=bias, input_zero_point=131,
+                        requant=kw)
+    assert fast is not None
+    got, n_sat = fast.run(a)
+    acc, _ = gemm_ref.gemm_acc(a, w, np.full(29, wzp), bias, 131, 32, "wrap")
+    want, sat = quant_ref.requantize(acc, "fp32", mult, None, "half_even", 7, 0, 255, "uint8", -1)
+    np.testing.assert_array_equal(got, want)
+    assert n_sat == sat
