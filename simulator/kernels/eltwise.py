@@ -70,6 +70,8 @@ _vquant_he = simd.vquant[0]
 
 def broadcast_pair(a, b):
     """Broadcast ``a`` and ``b`` (numpy rules) to contiguous flat arrays: (a1, b1, shape)."""
+    if a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous:
+        return a.reshape(-1), b.reshape(-1), a.shape  # views: no copy
     try:
         shape = np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
@@ -361,10 +363,7 @@ class AddFixed:
         self._fast = {}  # (dtype a, dtype b) -> whether the branch-free kernel is exact
 
     def run(self, a, b):
-        if a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous:
-            a1, b1, shape = a.reshape(-1), b.reshape(-1), a.shape
-        else:
-            a1, b1, shape = broadcast_pair(a, b)
+        a1, b1, shape = broadcast_pair(a, b)
         out = np.empty(a1.shape[0], dtype=self.dtype)
         key = (a1.dtype.num, b1.dtype.num)
         fast = self._fast.get(key)
