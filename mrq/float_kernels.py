@@ -8,26 +8,128 @@ import numpy as np
 
 @numba.njit(cache=True, parallel=True)
 def depthwise_conv_nchw(x, w, strides, pads, dilations, oh, ow):
-    """Depthwise convolution of float64 ``x`` [N, C, H, W] with ``w`` [C, KH, KW]; zero padding
-    (top, left) = pads; output [N, C, OH, OW]."""
+    """Depthwise convolution of float ``x`` [N, C, H, W] with ``w`` [C, KH, KW]; zero padding
+    (top, left) = pads; output [N, C, OH, OW] in x's dtype. Each plane is copied into a
+    zero-padded buffer (one per image, reused across channels); every output sums its taps in
+    order (i, j) starting from 0, with an unrolled branch-free path for 3x3 kernels."""
     n, c, h, wd = x.shape
     kh, kw = w.shape[1], w.shape[2]
     sh, sw = strides
     dh, dw = dilations
     top, left = pads
-    out = np.zeros((n, c, oh, ow), np.float64)
-    for job in numba.prange(n * c):
-        b = job // c
-        ch = job % c
-        for i in range(kh):
-            for j in range(kw):
-                wv = w[ch, i, j]
+    hp = (oh - 1) * sh + (kh - 1) * dh + 1
+    wp = (ow - 1) * sw + (kw - 1) * dw + 1
+    out = np.empty((n, c, oh, ow), x.dtype)
+    zero = np.zeros(1, x.dtype)[0]
+    three = kh == 3 and kw == 3
+    for b in numba.prange(n):
+        buf = np.zeros((hp, wp), x.dtype)
+        for ch in range(c):
+            for yy in range(hp):
+                iy = yy - top
+                for xx in range(wp):
+                    ix = xx - left
+                    if 0 <= iy < h and 0 <= ix < wd:
+                        buf[yy, xx] = x[b, ch, iy, ix]
+            if three:
+                w00, w01, w02 = w[ch, 0, 0], w[ch, 0, 1], w[ch, 0, 2]
+                w10, w11, w12 = w[ch, 1, 0], w[ch, 1, 1], w[ch, 1, 2]
+                w20, w21, w22 = w[ch, 2, 0], w[ch, 2, 1], w[ch, 2, 2]
                 for y in range(oh):
-                    iy = y * sh + i * dh - top
-                    if iy < 0 or iy >= h:
-                        continue
+                    r0 = buf[y * sh]
+                    r1 = buf[y * sh + dh]
+                    r2 = buf[y * sh + 2 * dh]
                     for xx in range(ow):
-                        ix = xx * sw + j * dw - left
-                        if 0 <= ix < wd:
-                            out[b, ch, y, xx] += wv * x[b, ch, iy, ix]
+                        c0 = xx * sw
+                        c1 = c0 + dw
+                        c2 = c1 + dw
+                        acc = zero + w00 * r0[c0]
+                        acc += w01 * r0[c1]
+                        acc += w02 * r0[c2]
+                        acc += w10 * r1[c0]
+                        acc += w11 * r1[c1]
+                        acc += w12 * r1[c2]
+                        acc += w20 * r2[c0]
+                        acc += w21 * r2[c1]
+                        acc += w22 * r2[c2]
+                        out[b, ch, y, xx] = acc
+            else:
+                for y in range(oh):
+                    for xx in range(ow):
+                        acc = zero
+                        for i in range(kh):
+                            for j in range(kw):
+                                acc += w[ch, i, j] * buf[y * sh + i * dh, xx * sw + j * dw]
+                        out[b, ch, y, xx] = acc
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def fake_quant_3d(x, scale, zero_point, qmin, qmax, lo, hi):
+    """Clamp ``x`` [outer, C, inner] to [lo, hi], round it onto the grid (scale, zero point per
+    channel C; round half to even) and clamp to the codes [qmin, qmax]: one pass, a new array.
+    Same arithmetic, element by element, as ``(clip(rint(clip(x, lo, hi) / s) + z, qmin, qmax) - z) * s``."""
+    outer, c, inner = x.shape
+    out = np.empty_like(x)
+    for job in numba.prange(outer * c):
+        o = job // c
+        ch = job % c
+        s = scale[ch]
+        z = zero_point[ch]
+        for i in range(inner):
+            v = x[o, ch, i]
+            if v < lo:
+                v = lo
+            if v > hi:
+                v = hi
+            q = np.rint(v / s) + z
+            if q < qmin:
+                q = qmin
+            if q > qmax:
+                q = qmax
+            out[o, ch, i] = (q - z) * s
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def clamp_3d(x, lo, hi):
+    """``x`` clamped to [lo, hi] (a new array); x is [outer, C, inner]."""
+    outer, c, inner = x.shape
+    out = np.empty_like(x)
+    for job in numba.prange(outer * c):
+        o = job // c
+        ch = job % c
+        for i in range(inner):
+            v = x[o, ch, i]
+            if v < lo:
+                v = lo
+            if v > hi:
+                v = hi
+            out[o, ch, i] = v
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def quant_sq_errors(values, scales, zero_points, qmins, qmaxs):
+    """Mean squared error of rounding float64 ``values`` onto each per-tensor grid
+    (scales[k], zero_points[k], codes [qmins[k], qmaxs[k]]); one result per grid."""
+    k = scales.size
+    n = values.size
+    out = np.zeros(k)
+    for g in numba.prange(k):
+        s = scales[g]
+        z = zero_points[g]
+        qmin = qmins[g]
+        qmax = qmaxs[g]
+        acc = 0.0
+        for i in range(n):
+            v = values[i]
+            q = np.rint(v / s) + z
+            if q < qmin:
+                q = qmin
+            if q > qmax:
+                q = qmax
+            e = (q - z) * s - v
+            acc += e * e
+        out[g] = acc / n
     return out

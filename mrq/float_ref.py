@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrq.float_kernels import depthwise_conv_nchw
+from mrq.float_kernels import clamp_3d, depthwise_conv_nchw, fake_quant_3d
 from mrq.ir import Graph, Node, QParams
 from mrq.float_ref_extra import ExtraOpsReference
 
@@ -78,37 +78,42 @@ def _pool_out(size, k, s, p0, p1, d, ceil_mode):
 
 
 def conv2d_nchw(x, w, bias, strides, pads, dilations, group):
-    """Float64 grouped 2-D convolution (cross-correlation), NCHW, zero padding.
+    """Grouped 2-D convolution (cross-correlation), NCHW, zero padding; float64 unless both ``x``
+    and ``w`` are float32 (calibration sweeps), then float32 with float32 accumulation.
 
     Built from KH*KW strided views (one per kernel tap) so that the depthwise case is KH*KW
     vectorised multiply-adds and the dense case one BLAS matrix product per group."""
+    dt = np.float32 if np.asarray(x).dtype == np.float32 and np.asarray(w).dtype == np.float32 else np.float64
+    x = np.asarray(x, dt)
     n = x.shape[0]
     m, cg, kh, kw = w.shape
-    w = np.asarray(w, np.float64)
+    w = np.asarray(w, dt)
     mg = m // group
     if kh == kw == 1 and group == 1 and tuple(strides) == (1, 1) and not any(pads):
-        cols = np.ascontiguousarray(np.asarray(x, np.float64).transpose(1, 0, 2, 3)).reshape(cg, -1)
-        out = (w.reshape(m, cg) @ cols).reshape(m, n, x.shape[2], x.shape[3]).transpose(1, 0, 2, 3)
-        return out + np.asarray(bias, np.float64).reshape(1, -1, 1, 1) if bias is not None else out
+        # One batched matrix product, output already NCHW-contiguous.
+        out = np.matmul(w.reshape(m, cg), np.ascontiguousarray(x).reshape(n, cg, -1)).reshape(n, m, x.shape[2], x.shape[3])
+        if bias is not None:
+            out += np.asarray(bias, dt).reshape(1, -1, 1, 1)
+        return out
     oh = _pool_out(x.shape[2], kh, strides[0], pads[0], pads[2], dilations[0], False)
     ow = _pool_out(x.shape[3], kw, strides[1], pads[1], pads[3], dilations[1], False)
     if cg == 1 and mg == 1:
         # Depthwise: one input channel per output channel.
-        out = depthwise_conv_nchw(np.ascontiguousarray(x, np.float64), np.ascontiguousarray(w[:, 0]),
+        out = depthwise_conv_nchw(np.ascontiguousarray(x), np.ascontiguousarray(w[:, 0]),
                                   (int(strides[0]), int(strides[1])), (int(pads[0]), int(pads[1])),
                                   (int(dilations[0]), int(dilations[1])), oh, ow)
     else:
         win = _windows(x, (kh, kw), strides, pads, dilations, False, 0.0)  # N,C,OH,OW,KH,KW (a view)
         # One BLAS product per group: [mg, cg*KH*KW] @ [cg*KH*KW, N*OH*OW] (columns ordered like
         # the flattened weights).
-        out = np.empty((m, n, oh, ow), np.float64)
+        out = np.empty((m, n, oh, ow), dt)
         for g in range(group):
             cols = np.ascontiguousarray(win[:, g * cg:(g + 1) * cg].transpose(1, 4, 5, 0, 2, 3))
             cols = cols.reshape(cg * kh * kw, n * oh * ow)
             out[g * mg:(g + 1) * mg] = (w[g * mg:(g + 1) * mg].reshape(mg, -1) @ cols).reshape(mg, n, oh, ow)
-        out = out.transpose(1, 0, 2, 3)
+        out = np.ascontiguousarray(out.transpose(1, 0, 2, 3))
     if bias is not None:
-        out += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
+        out += np.asarray(bias, dt).reshape(1, -1, 1, 1)
     return out
 
 
@@ -120,26 +125,85 @@ def _from_nchw(x, layout):
     return x.transpose(0, 2, 3, 1) if layout == "NHWC" else x
 
 
+def _fused_3d(x: np.ndarray, qp: QParams | None):
+    """``x`` as a C-contiguous [outer, C, inner] view (C = the grid's channel axis; for a
+    per-tensor grid the batch axis is ``outer`` so that the kernels have parallel work), with the
+    per-channel scale and zero point as float64 arrays. None when the fused kernels do not apply."""
+    if x.ndim == 0 or x.dtype not in (np.float32, np.float64) or x.size == 0:
+        return None
+    x = np.ascontiguousarray(x)
+    if qp is None or qp.scale.size == 1:
+        x3 = x.reshape(x.shape[0], 1, -1)
+        if qp is None:
+            return x3, None, None
+        return x3, qp.scale.astype(np.float64).reshape(1), qp.zero_point.astype(np.float64).reshape(1)
+    axis = qp.axis % x.ndim
+    if x.shape[axis] != qp.scale.size:
+        return None
+    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+    x3 = x.reshape(outer, x.shape[axis], -1)
+    return x3, qp.scale.astype(np.float64), qp.zero_point.astype(np.float64)
+
+
+def _clamp_bounds(clamp) -> tuple[float, float]:
+    lo, hi = clamp if clamp is not None else (None, None)
+    return (-np.inf if lo is None else float(lo)), (np.inf if hi is None else float(hi))
+
+
 class FloatReference(ExtraOpsReference):
-    """Float64 execution of the IR.
+    """Float execution of the IR (float64 unless ``dtype=np.float32``).
 
     ``fake_quant=False``: the float reference (grids clamp but do not round).
     ``fake_quant=True``: every integer tensor is also rounded onto its grid, which models the
-    integer execution closely (not bit-exactly) and is what calibration passes run."""
+    integer execution closely (not bit-exactly) and is what calibration passes run. The op's own
+    clamp (ReLU, ReLU6) and the rounding onto the output grid run as one fused pass.
 
-    def __init__(self, graph: Graph, fake_quant: bool = False):
+    ``dtype=np.float32`` (calibration sweeps): tensors are stored and convolutions computed in
+    float32; the rounding onto each grid divides by the scale in float64. Deterministic, half the
+    memory traffic of float64."""
+
+    def __init__(self, graph: Graph, fake_quant: bool = False, dtype=np.float64):
         self.g = graph
+        self.fake_quant = fake_quant
         self.finish = _grid_round if fake_quant else _grid_clamp
+        self.dtype = np.dtype(dtype)
+        self._pending_clamp = None
+        self._defer_clamp = False
+
+    def _clamp(self, x, clamp):
+        """The op's clamp; during run() it is deferred and fused with the output grid's rounding."""
+        if self._defer_clamp:
+            self._pending_clamp = clamp
+            return x
+        return _apply_clamp(x, clamp)
+
+    def _finish_output(self, out, qp, clamp):
+        out = np.asarray(out)
+        if out.dtype.kind == "f" and out.dtype != self.dtype:
+            out = out.astype(self.dtype)
+        if self.fake_quant and qp is not None:
+            fused = _fused_3d(out, qp)
+            if fused is not None:
+                x3, s, z = fused
+                lo, hi = _clamp_bounds(clamp)
+                return fake_quant_3d(x3, s, z, float(qp.qmin), float(qp.qmax), lo, hi).reshape(out.shape)
+        if clamp is not None and qp is None:
+            fused = _fused_3d(out, None)
+            if fused is not None:
+                lo, hi = _clamp_bounds(clamp)
+                return clamp_3d(fused[0], lo, hi).reshape(out.shape)
+        out = _apply_clamp(out, clamp)
+        return self.finish(out, qp) if qp is not None else out
 
     def _real_const(self, name):
         t = self.g.tensors[name]
         data = np.asarray(t.data)
         if t.qparams is None:
-            return data.astype(np.float64)
-        return t.qparams.dequantize(data)
+            return data.astype(self.dtype)
+        return t.qparams.dequantize(data).astype(self.dtype, copy=False)
 
     def run(self, feeds: dict, before_node=None, keep=None) -> dict:
-        """Float64 values of every tensor. ``feeds`` are float inputs (or integer codes of a
+        """Float values of every tensor. ``feeds`` are float inputs (or integer codes of a
         quantized input, which are dequantized). ``before_node(node, env)`` runs before each node
         is computed and may change the graph's constants (calibration passes). ``keep`` (a set of
         tensor names) limits what stays in memory after the tensor's last use."""
@@ -148,9 +212,9 @@ class FloatReference(ExtraOpsReference):
             t = self.g.tensors.get(name)
             arr = np.asarray(value)
             if t is not None and t.qparams is not None and arr.dtype.kind in "iu":
-                env[name] = t.qparams.dequantize(arr)
+                env[name] = t.qparams.dequantize(arr).astype(self.dtype, copy=False)
             else:
-                env[name] = arr.astype(np.float64)
+                env[name] = arr.astype(self.dtype)
         last_use = {}
         if keep is not None:
             for i, node in enumerate(self.g.nodes):
@@ -162,9 +226,14 @@ class FloatReference(ExtraOpsReference):
             ins = []
             for n in node.inputs:
                 ins.append(env[n] if n in env else self._real_const(n))
-            out = getattr(self, "_" + node.op)(node, *ins)
+            self._pending_clamp = None
+            self._defer_clamp = True
+            try:
+                out = getattr(self, "_" + node.op)(node, *ins)
+            finally:
+                self._defer_clamp = False
             t = self.g.tensors[node.outputs[0]]
-            env[node.outputs[0]] = self.finish(out, t.qparams)
+            env[node.outputs[0]] = self._finish_output(out, t.qparams, self._pending_clamp)
             if keep is not None:
                 for n in set(node.inputs):
                     if last_use.get(n) == i and n not in keep and n not in self.g.outputs:
@@ -172,7 +241,7 @@ class FloatReference(ExtraOpsReference):
         return env
 
     def _Quantize(self, node, x):
-        return _apply_clamp(x, node.attrs.get("clamp"))
+        return self._clamp(x, node.attrs.get("clamp"))
 
     def _Dequantize(self, node, x):
         return x
@@ -181,25 +250,25 @@ class FloatReference(ExtraOpsReference):
         at = node.attrs
         layout = at.get("layout", "NCHW")
         y = conv2d_nchw(_to_nchw(x, layout), w, b, at["strides"], at["pads"], at["dilations"], at["group"])
-        return _apply_clamp(_from_nchw(y, layout), at.get("clamp"))
+        return self._clamp(_from_nchw(y, layout), at.get("clamp"))
 
     def _Gemm(self, node, a, w, b=None):
         y = a @ w
         if b is not None:
             y = y + b
-        return _apply_clamp(y, node.attrs.get("clamp"))
+        return self._clamp(y, node.attrs.get("clamp"))
 
     def _Add(self, node, a, b):
-        return _apply_clamp(a + b, node.attrs.get("clamp"))
+        return self._clamp(a + b, node.attrs.get("clamp"))
 
     def _Mul(self, node, a, b):
-        return _apply_clamp(a * b, node.attrs.get("clamp"))
+        return self._clamp(a * b, node.attrs.get("clamp"))
 
     def _Clamp(self, node, x):
-        return _apply_clamp(x, (node.attrs.get("lo"), node.attrs.get("hi")))
+        return self._clamp(x, (node.attrs.get("lo"), node.attrs.get("hi")))
 
     def _Rescale(self, node, x):
-        return _apply_clamp(x, node.attrs.get("clamp"))
+        return self._clamp(x, node.attrs.get("clamp"))
 
     def _MaxPool(self, node, x):
         at = node.attrs
@@ -224,12 +293,12 @@ class FloatReference(ExtraOpsReference):
         else:
             ones = np.ones((1, 1) + xn.shape[2:])
             count = _windows(ones, *args, 0.0).sum(axis=(4, 5))
-        return _apply_clamp(_from_nchw(total / count, layout), at.get("clamp"))
+        return self._clamp(_from_nchw(total / count, layout), at.get("clamp"))
 
     def _GlobalAveragePool(self, node, x):
         layout = node.attrs.get("layout", "NCHW")
         axes = (2, 3) if layout == "NCHW" else (1, 2)
-        return _apply_clamp(x.mean(axis=axes, keepdims=True), node.attrs.get("clamp"))
+        return self._clamp(x.mean(axis=axes, keepdims=True), node.attrs.get("clamp"))
 
     def _Concat(self, node, *xs):
         return np.concatenate(xs, axis=node.attrs["axis"])

@@ -45,6 +45,15 @@ def quant_mse(values: np.ndarray, qp: QParams) -> float:
     return float(np.mean(np.square((q - z) * s - values)))
 
 
+def quant_mses(values: np.ndarray, grids: list) -> list:
+    """quant_mse of ``values`` on each per-tensor grid (one fused pass per grid)."""
+    from mrq.float_kernels import quant_sq_errors
+    values = np.ascontiguousarray(values, np.float64).reshape(-1)
+    f = lambda attr: np.array([float(getattr(g, attr)[0]) if attr in ("scale", "zero_point") else float(getattr(g, attr))
+                               for g in grids], np.float64)
+    return [float(e) for e in quant_sq_errors(values, f("scale"), f("zero_point"), f("qmin"), f("qmax"))]
+
+
 def candidate_grids(lo: float, hi: float, fmt, select: bool) -> list:
     if not select:
         return [grid_for_range(lo, hi, fmt, direction="up")]
@@ -108,7 +117,7 @@ def activation_grids(graph: Graph, ctx) -> Graph:
             new, note = candidates[0], "covers the old range"
             samples = _samples(ctx, root, rng) if len(candidates) > 1 else None
             if samples is not None:
-                errors = [quant_mse(samples, c) for c in candidates]
+                errors = quant_mses(samples, candidates)
                 new = candidates[int(np.argmin(errors))]
                 note = f"scale selected on calibration data (MSE {min(errors):.3g} vs {errors[0]:.3g} covering)"
             lossless = False

@@ -20,6 +20,13 @@ import numpy as np
 from mrq.errors import PassError
 from mrq.ir import Graph
 
+# Calibration sweeps (the input model's and the new model's fake-quantized forward passes over the
+# calibration set) store tensors and run convolutions in float32: half the memory traffic of
+# float64, deterministic, and far below the grids' resolution (rounding onto a grid divides by
+# the scale in float64). Statistics over the sweeps (means, second moments, errors) accumulate
+# in float64.
+CALIB_DTYPE = np.float32
+
 
 @dataclass
 class TensorChange:
@@ -72,11 +79,11 @@ class Context:
     renamed: dict = field(default_factory=dict)    # tensor of the new graph -> same tensor in the original
 
     def original_env(self) -> dict:
-        """Every tensor of the input model on the calibration data (fake-quantized float64),
-        also under the names the new graph gives them."""
+        """Every tensor of the input model on the calibration data (fake-quantized, stored as
+        float32: see CALIB_DTYPE), also under the names the new graph gives them."""
         if "original_env" not in self.cache:
             from mrq.float_ref import FloatReference
-            self.cache["original_env"] = FloatReference(self.original, fake_quant=True).run(self.calib)
+            self.cache["original_env"] = FloatReference(self.original, fake_quant=True, dtype=CALIB_DTYPE).run(self.calib)
         env = self.cache["original_env"]
         for new, old in self.renamed.items():
             env.setdefault(new, env[old])

@@ -2,6 +2,8 @@
 visits Conv/Gemm layers in order with the inputs the *new* model produces at that point."""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from mrq.float_ref import FloatReference, _windows, conv2d_nchw
@@ -41,13 +43,13 @@ def mean_patch(graph: Graph, node, x: np.ndarray) -> np.ndarray:
     the flattened weight rows. Since the layer is linear, E[W x + b] = W . mean_patch + b, so the
     mean output needs no convolution."""
     if node.op == "Gemm":
-        mean = x.reshape(-1, x.shape[-1]).mean(axis=0)
+        mean = x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64)
         return np.broadcast_to(mean, (graph.tensors[node.inputs[1]].data.shape[1], mean.size))
     at = node.attrs
     w = graph.tensors[node.inputs[1]].data
     m, cg, kh, kw = w.shape
     # Average over the batch first (one pass), then each tap is a strided view of that map.
-    mean_map = to_nchw(node, x).mean(axis=0)[None]          # [1, C, H, W]
+    mean_map = to_nchw(node, x).mean(axis=0, dtype=np.float64)[None]          # [1, C, H, W]
     win = _windows(mean_map, (kh, kw), at["strides"], at["pads"], at["dilations"], False, 0.0)
     per_tap = win.mean(axis=(0, 2, 3))                        # [C, KH, KW], padding counts as 0
     group = at["group"]
@@ -57,8 +59,8 @@ def mean_patch(graph: Graph, node, x: np.ndarray) -> np.ndarray:
 
 def channel_mean(node, y: np.ndarray) -> np.ndarray:
     if node.op == "Conv":
-        return y.mean(axis=(0, 2, 3))
-    return y.reshape(-1, y.shape[-1]).mean(axis=0)
+        return y.mean(axis=(0, 2, 3), dtype=np.float64)
+    return y.reshape(-1, y.shape[-1]).mean(axis=0, dtype=np.float64)
 
 
 def patch_groups(graph: Graph, node, x: np.ndarray, rng) -> np.ndarray:
@@ -86,67 +88,21 @@ def patch_groups(graph: Graph, node, x: np.ndarray, rng) -> np.ndarray:
     b, rest = np.divmod(pick, oh * ow)
     y, xx = np.divmod(rest, ow)
     taps = np.empty((len(pick), c, kh, kw), np.float64)
-    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))        # channels contiguous for the gathers
     for i in range(kh):
         iy = y * sh + i * dh - top
         for j in range(kw):
             ix = xx * sw + j * dw - left
             inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < wd)      # padding reads as 0
-            taps[:, :, i, j] = x[b, np.clip(iy, 0, h - 1), np.clip(ix, 0, wd - 1)] * inside[:, None]
+            # [rows, C] gathered straight from NCHW (no transposed copy of the whole input)
+            taps[:, :, i, j] = x[b, :, np.clip(iy, 0, h - 1), np.clip(ix, 0, wd - 1)] * inside[:, None]
     return np.ascontiguousarray(taps.reshape(len(pick), group, cg * kh * kw).transpose(1, 0, 2))
-
-
-def mean_patch(graph: Graph, node, x: np.ndarray) -> np.ndarray:
-    """The mean input patch of each output channel's dot product: [channels, K] with K ordered like
-    the flattened weight rows. Since the layer is linear, E[W x + b] = W . mean_patch + b, so the
-    mean output needs no convolution."""
-    if node.op == "Gemm":
-        mean = x.reshape(-1, x.shape[-1]).mean(axis=0)
-        return np.broadcast_to(mean, (graph.tensors[node.inputs[1]].data.shape[1], mean.size))
-    at = node.attrs
-    w = graph.tensors[node.inputs[1]].data
-    m, cg, kh, kw = w.shape
-    # Average over the batch first (one pass), then each tap is a strided view of that map.
-    mean_map = to_nchw(node, x).mean(axis=0)[None]          # [1, C, H, W]
-    win = _windows(mean_map, (kh, kw), at["strides"], at["pads"], at["dilations"], False, 0.0)
-    per_tap = win.mean(axis=(0, 2, 3))                        # [C, KH, KW], padding counts as 0
-    group = at["group"]
-    mg = m // group
-    return np.repeat(per_tap.reshape(group, cg * kh * kw), mg, axis=0)
-
-
-def channel_mean(node, y: np.ndarray) -> np.ndarray:
-    if node.op == "Conv":
-        return y.mean(axis=(0, 2, 3))
-    return y.reshape(-1, y.shape[-1]).mean(axis=0)
-
-
-def patch_groups(graph: Graph, node, x: np.ndarray, rng) -> np.ndarray:
-    """The layer's input as [groups, rows, K] (K ordered like the flattened weight rows)."""
-    if node.op == "Gemm":
-        flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] > MAX_ROWS:
-            flat = flat[rng.choice(flat.shape[0], MAX_ROWS, replace=False)]
-        return flat[None]
-    at = node.attrs
-    w = graph.tensors[node.inputs[1]].data
-    cg, kh, kw = w.shape[1:]
-    group = at["group"]
-    win = _windows(to_nchw(node, x), (kh, kw), at["strides"], at["pads"], at["dilations"], False, 0.0)
-    n, c, oh, ow = win.shape[:4]
-    rows = n * oh * ow
-    pick = rng.choice(rows, MAX_ROWS, replace=False) if rows > MAX_ROWS else None
-    # [N, C, OH, OW, KH, KW] -> [groups, rows, cg*KH*KW]
-    win = win.transpose(0, 2, 3, 1, 4, 5).reshape(rows, group, cg * kh * kw)
-    if pick is not None:
-        win = win[pick]
-    return np.ascontiguousarray(win.transpose(1, 0, 2))
 
 
 def layer_output_mse(graph: Graph, node, original: Graph, x_new, x_old, cache: dict) -> float:
     """Mean squared difference of the layer's pre-activation output from the input model's, on
     the first REPORT_SAMPLES calibration samples (the number the report shows). ``cache`` keeps
-    the input model's outputs between calls."""
+    the input model's outputs between calls, and the last answer per layer (returned again while
+    the layer's weights, bias and input are the same objects/values)."""
     from mrq.passes.bias_grids import real_bias
     y_old = cache.get(("layer_output", node.name))
     if y_old is None:
@@ -154,9 +110,21 @@ def layer_output_mse(graph: Graph, node, original: Graph, x_new, x_old, cache: d
         y_old = pre_activation(original, old_node, x_old[:REPORT_SAMPLES], real_weights(original, old_node),
                                real_bias(original, old_node))
         cache[("layer_output", node.name)] = y_old
-    b_now = node.attrs.get("bias_real", real_bias(graph, node))
+    b_now = np.asarray(node.attrs.get("bias_real", real_bias(graph, node)), np.float64)
+    w_t = graph.tensors[node.inputs[1]]
+    last = cache.get(("layer_mse", node.name))
+    if last is not None and last[0]() is x_new and last[1] is w_t.data and last[2] is w_t.qparams:
+        # Same input and weights: only the bias may differ, which shifts each channel's error by
+        # a constant d, so E[(e + d)^2] = E[e^2] + 2 d E[e] + d^2 per channel.
+        d = b_now - last[3]
+        return float(np.mean(last[5] + d * (2.0 * last[4] + d)))
     y_new = pre_activation(graph, node, x_new[:REPORT_SAMPLES], real_weights(graph, node), b_now)
-    return float(np.mean(np.square(y_new - y_old)))
+    err = y_new - y_old
+    axes = (0, 2, 3) if node.op == "Conv" else tuple(range(err.ndim - 1))
+    m1 = err.mean(axis=axes)
+    m2 = np.square(err).mean(axis=axes)
+    cache[("layer_mse", node.name)] = (weakref.ref(x_new), w_t.data, w_t.qparams, b_now.copy(), m1, m2)
+    return float(np.mean(m2))
 
 
 def sweep(graph: Graph, ctx, on_layer) -> dict:
@@ -168,7 +136,9 @@ def sweep(graph: Graph, ctx, on_layer) -> dict:
         if node.op in ("Conv", "Gemm") and not node.attrs.get("integer_output"):
             on_layer(node, env[node.inputs[0]], original[node.inputs[0]])
 
-    return FloatReference(graph, fake_quant=True).run(ctx.new_graph_feeds(graph), before_node=hook, keep=set())
+    from mrq.passes.base import CALIB_DTYPE
+    return FloatReference(graph, fake_quant=True, dtype=CALIB_DTYPE).run(ctx.new_graph_feeds(graph), before_node=hook,
+                                                                         keep=set())
 
 
 def run_layer_hooks(graph: Graph, ctx, hooks) -> Graph:

@@ -42,14 +42,17 @@ def input_energy(node, graph: Graph, ctx, k: int) -> np.ndarray | None:
         group = node.attrs["group"]
         m = w.shape[0]
         from mrq.float_ref import _windows
-        win = _windows(x, (kh, kw), node.attrs["strides"], node.attrs["pads"], node.attrs["dilations"], False, 0.0)
-        sq = np.mean(np.square(win), axis=(0, 2, 3))            # [C, KH, KW]
+        # Average x^2 over the batch first, then each tap is a strided view of that map (padding
+        # counts as 0): the same mean over (batch, output positions) as squaring every window.
+        sq_map = np.mean(np.square(x, dtype=np.float64), axis=0)[None]     # [1, C, H, W]
+        win = _windows(sq_map, (kh, kw), node.attrs["strides"], node.attrs["pads"], node.attrs["dilations"], False, 0.0)
+        sq = np.mean(win, axis=(0, 2, 3))                         # [C, KH, KW]
         mg = m // group
         energy = np.concatenate([np.repeat(sq[g * cg:(g + 1) * cg].reshape(1, -1), mg, axis=0)
                                  for g in range(group)], axis=0)  # [M, cg*KH*KW]
     else:
         flat = x.reshape(-1, x.shape[-1])
-        energy = np.broadcast_to(np.mean(np.square(flat), axis=0), (graph.tensors[node.inputs[1]].data.shape[1], k)).copy()
+        energy = np.broadcast_to(np.mean(np.square(flat, dtype=np.float64), axis=0), (graph.tensors[node.inputs[1]].data.shape[1], k)).copy()
     cache[node.name] = energy
     return energy
 
