@@ -99,13 +99,25 @@ def _conv_checked(xs, ws, bias, group, sh, sw, dh, dw, lo, hi, bits, mode, out):
                         continue
                     for oh in range(oh_n):
                         ih = oh * sh + kh * dh
-                        for ow in range(ow_n):
-                            iw = ow * sw + kw * dw
-                            v, f = acc_add(out[n, m, oh, ow], w * np.int64(xs[n, ci, ih, iw]),
-                                           lo, hi, saturating)
-                            out[n, m, oh, ow] = v
-                            if f:
-                                flags[oh, ow] = True
+                        if bits <= 62:
+                            # |acc| <= 2**61 and |term| < 2**34: the int64 sum cannot overflow,
+                            # so the check is branch-free and the row vectorizes
+                            for ow in range(ow_n):
+                                xv = np.int64(xs[n, ci, ih, ow * sw + kw * dw])
+                                v = out[n, m, oh, ow] + w * xv
+                                flags[oh, ow] |= (v < lo) | (v > hi)
+                                if saturating:
+                                    v = min(max(v, lo), hi)
+                                out[n, m, oh, ow] = v
+                        else:
+                            for ow in range(ow_n):
+                                iw = ow * sw + kw * dw
+                                v, f = acc_add(out[n, m, oh, ow],
+                                               w * np.int64(xs[n, ci, ih, iw]), lo, hi,
+                                               saturating)
+                                out[n, m, oh, ow] = v
+                                if f:
+                                    flags[oh, ow] = True
         cnt = 0
         for oh in range(oh_n):
             for ow in range(ow_n):
@@ -115,6 +127,78 @@ def _conv_checked(xs, ws, bias, group, sh, sw, dh, dw, lo, hi, bits, mode, out):
                     out[n, m, oh, ow] = wrap_bits(out[n, m, oh, ow], bits)
         counts[nm] = cnt
     return counts.sum()
+
+
+@njit(cache=True, parallel=True)
+def _conv_checked_points(xs, ws, bias, group, sh, sw, dh, dw, lo, hi, bits, mode, points, out):
+    """``_conv_checked`` for the listed output elements only (``points``: [P, 4] int64 rows of
+    (n, m, oh, ow)): the same addition order and checks, one element per iteration. Writes the
+    final accumulator into ``out`` and returns the number of elements that left the range."""
+    n_out, cg, kh_n, kw_n = ws.shape
+    mg = n_out // group
+    saturating = mode == ACC_SATURATE
+    flags = np.zeros(points.shape[0], dtype=np.int64)
+    for i in prange(points.shape[0]):
+        n = points[i, 0]
+        m = points[i, 1]
+        oh = points[i, 2]
+        ow = points[i, 3]
+        g = m // mg
+        v, f = acc_add(np.int64(0), np.int64(bias[m]), lo, hi, saturating)
+        left = f
+        for c in range(cg):
+            ci = g * cg + c
+            for kh in range(kh_n):
+                ih = oh * sh + kh * dh
+                for kw in range(kw_n):
+                    w = np.int64(ws[m, c, kh, kw])
+                    if w == 0:
+                        continue
+                    v, f = acc_add(v, w * np.int64(xs[n, ci, ih, ow * sw + kw * dw]), lo, hi,
+                                   saturating)
+                    left = left or f
+        if mode == ACC_WRAP:
+            v = wrap_bits(v, bits)
+        out[n, m, oh, ow] = v
+        flags[i] = 1 if left else 0
+    return flags.sum()
+
+
+def _conv_exact(xs, ws, bias, group, sh, sw, dh, dw, oh_n, ow_n):
+    """The exact int64 sum (no range), whatever the order: float64 BLAS when every partial sum is
+    below 2**53, else the integer kernel."""
+    abs_w = np.abs(ws.astype(np.int64)).reshape(ws.shape[0], -1).sum(axis=1)
+    x_absmax = int(np.abs(xs).max()) if xs.size else 0
+    if group == 1 and static_bound(abs_w, bias, x_absmax) < _FLOAT64_EXACT:
+        return _conv_dense_blas(xs, ws, bias, sh, sw, dh, dw, oh_n, ow_n)
+    out = np.empty((xs.shape[0], ws.shape[0], oh_n, ow_n), dtype=np.int64)
+    _conv_fast(xs, ws, bias, group, sh, sw, dh, dw, out)
+    return out
+
+
+def _conv_narrow(xs, ws, b, group, sh, sw, dh, dw, lo, hi, acc_bits, mode, out):
+    """Exact accumulator-range semantics at the cost of the fast path where possible.
+
+    Every partial sum of an output element lies within ``|bias| + sum |w * x|`` of zero (a
+    per-element bound, itself a convolution of ``|x|`` with ``|w|``). Elements whose bound fits
+    [lo, hi] cannot overflow in any order, so their exact sum is the answer; only the others are
+    replayed addition by addition in the reference order (c, kh, kw). Fills ``out``; returns the
+    overflow count."""
+    oh_n, ow_n = out.shape[2], out.shape[3]
+    bound = _conv_exact(np.abs(xs), np.abs(ws), np.abs(b), group, sh, sw, dh, dw, oh_n, ow_n)
+    # lo = -(hi + 1): a bound <= hi keeps every partial sum inside [lo, hi]
+    risky = bound > hi
+    n_risky = int(np.count_nonzero(risky))
+    if 4 * n_risky > risky.size:
+        # most elements need the replay: the plane-wise kernel (vectorized rows) is faster
+        return int(_conv_checked(xs, ws, b, group, sh, sw, dh, dw, np.int64(lo), np.int64(hi),
+                                 np.int64(acc_bits), np.int64(mode), out))
+    out[...] = _conv_exact(xs, ws, b, group, sh, sw, dh, dw, oh_n, ow_n)
+    if n_risky == 0:
+        return 0
+    points = np.argwhere(risky).astype(np.int64)
+    return int(_conv_checked_points(xs, ws, b, group, sh, sw, dh, dw, np.int64(lo), np.int64(hi),
+                                    np.int64(acc_bits), np.int64(mode), points, out))
 
 
 # Products and partial sums below this are integers that float64 holds exactly in any order.
@@ -227,8 +311,7 @@ def conv2d_acc(x, weight, *, weight_zero_point=0, bias=None, input_zero_point=0,
         _conv_fast(xs, ws, b, group, sh, sw, dh, dw, out)
         n_ovf = 0
     else:
-        n_ovf = int(_conv_checked(xs, ws, b, group, sh, sw, dh, dw, np.int64(lo), np.int64(hi),
-                                  np.int64(acc_bits), np.int64(mode), out))
+        n_ovf = _conv_narrow(xs, ws, b, group, sh, sw, dh, dw, lo, hi, acc_bits, mode, out)
     if n_ovf and acc_overflow == "error":
         raise AccumulatorOverflowError(
             f"{n_ovf} accumulator element(s) left the {acc_bits}-bit range"

@@ -52,11 +52,21 @@ def _gemm_checked(a_s, w_s, bias, lo, hi, bits, mode, out):
             av = np.int64(a_s[r, k])
             if av == 0:
                 continue
-            for n in range(n_cols):
-                v, f = acc_add(out[r, n], av * np.int64(w_s[k, n]), lo, hi, saturating)
-                out[r, n] = v
-                if f:
-                    flags[n] = True
+            if bits <= 62:
+                # |acc| <= 2**61 and |term| < 2**34: the int64 sum cannot overflow, so the
+                # check is branch-free and the row vectorizes
+                for n in range(n_cols):
+                    v = out[r, n] + av * np.int64(w_s[k, n])
+                    flags[n] |= (v < lo) | (v > hi)
+                    if saturating:
+                        v = min(max(v, lo), hi)
+                    out[r, n] = v
+            else:
+                for n in range(n_cols):
+                    v, f = acc_add(out[r, n], av * np.int64(w_s[k, n]), lo, hi, saturating)
+                    out[r, n] = v
+                    if f:
+                        flags[n] = True
         cnt = 0
         for n in range(n_cols):
             if flags[n]:
@@ -65,6 +75,30 @@ def _gemm_checked(a_s, w_s, bias, lo, hi, bits, mode, out):
                 out[r, n] = wrap_bits(out[r, n], bits)
         counts[r] = cnt
     return counts.sum()
+
+
+@njit(cache=True, parallel=True)
+def _gemm_checked_points(a_s, w_s, bias, lo, hi, bits, mode, points, out):
+    """``_gemm_checked`` for the listed (row, column) elements only; returns how many left the
+    range. Same order (bias, then k ascending, zero inputs skipped) and checks."""
+    saturating = mode == ACC_SATURATE
+    depth = a_s.shape[1]
+    flags = np.zeros(points.shape[0], dtype=np.int64)
+    for i in prange(points.shape[0]):
+        r = points[i, 0]
+        n = points[i, 1]
+        v, left = acc_add(np.int64(0), np.int64(bias[n]), lo, hi, saturating)
+        for k in range(depth):
+            av = np.int64(a_s[r, k])
+            if av == 0:
+                continue
+            v, f = acc_add(v, av * np.int64(w_s[k, n]), lo, hi, saturating)
+            left = left or f
+        if mode == ACC_WRAP:
+            v = wrap_bits(v, bits)
+        out[r, n] = v
+        flags[i] = 1 if left else 0
+    return flags.sum()
 
 
 def gemm_acc(a, weight, *, weight_zero_point=0, bias=None, input_zero_point=0, acc_bits=32,
@@ -100,8 +134,24 @@ def gemm_acc(a, weight, *, weight_zero_point=0, bias=None, input_zero_point=0, a
         _gemm_fast(a2, w_s, b, out)
         n_ovf = 0
     else:
-        n_ovf = int(_gemm_checked(a2, w_s, b, np.int64(lo), np.int64(hi), np.int64(acc_bits),
-                                  np.int64(mode), out))
+        # Per-element bound |bias| + sum |a * w| (itself a product of |a| and |w|): elements
+        # whose bound fits the range cannot overflow in any order and keep the exact sum; only
+        # the others are replayed addition by addition in k order.
+        bound = np.empty_like(out)
+        _gemm_fast(np.abs(a2), np.abs(w_s), np.abs(b), bound)
+        risky = bound > hi
+        n_risky = int(np.count_nonzero(risky))
+        n_ovf = 0
+        if 4 * n_risky > risky.size:  # mostly risky: the row-wise kernel (vectorized) is faster
+            n_ovf = int(_gemm_checked(a2, w_s, b, np.int64(lo), np.int64(hi), np.int64(acc_bits),
+                                      np.int64(mode), out))
+        elif n_risky:
+            _gemm_fast(a2, w_s, b, out)
+            points = np.argwhere(risky).astype(np.int64)
+            n_ovf = int(_gemm_checked_points(a2, w_s, b, np.int64(lo), np.int64(hi),
+                                             np.int64(acc_bits), np.int64(mode), points, out))
+        else:
+            _gemm_fast(a2, w_s, b, out)
     if n_ovf and acc_overflow == "error":
         raise AccumulatorOverflowError(
             f"{n_ovf} accumulator element(s) left the {acc_bits}-bit range"

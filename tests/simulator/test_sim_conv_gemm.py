@@ -156,3 +156,32 @@ def test_gemm_input_errors():
         gemm.gemm_acc(np.zeros((2, 3), np.int8), np.zeros((4, 2), np.int8))
     with pytest.raises(KernelInputError, match=r"\[K, N\]"):
         gemm.gemm_acc(np.zeros((2, 3), np.int8), np.zeros((3,), np.int8))
+
+
+@pytest.mark.parametrize("mode", ["wrap", "saturate"])
+def test_narrow_accumulator_few_risky_elements(mode):
+    """Mostly small inputs with a few saturated pixels: only the elements whose bound
+    |bias| + sum|w*x| exceeds a 16-bit accumulator are replayed in order; the others keep the exact
+    sum. Both kinds must match the sequential reference (conv and gemm)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-3, 4, (2, 6, 9, 9)).astype(np.int8)
+    x[0, :, 4, 4] = 127
+    x[1, :, 0, 8] = -128
+    w = rng.integers(-127, 128, (5, 6, 3, 3)).astype(np.int8)
+    bias = rng.integers(-3000, 3000, 5).astype(np.int64)
+    kwargs = dict(weight_zero_point=[0], bias=bias, input_zero_point=0, strides=(1, 1),
+                  pads=(1, 1, 1, 1), dilations=(1, 1), group=1, layout="NCHW", acc_bits=16,
+                  acc_overflow=mode)
+    got, n_ovf = conv.conv2d_acc(x, w, **kwargs)
+    want, want_ovf = conv_ref.conv2d_acc(x, w, [0], bias, 0, (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                                         "NCHW", 16, mode)
+    np.testing.assert_array_equal(got, want)
+    assert n_ovf == want_ovf > 0
+
+    a = rng.integers(-3, 4, (40, 64)).astype(np.int8)
+    a[3] = 127
+    wg = rng.integers(-127, 128, (64, 7)).astype(np.int8)
+    got, n_ovf = gemm.gemm_acc(a, wg, bias=bias[:1].repeat(7), acc_bits=16, acc_overflow=mode)
+    want, want_ovf = gemm_ref.gemm_acc(a, wg, [0], bias[:1].repeat(7), 0, 16, mode)
+    np.testing.assert_array_equal(got, want)
+    assert n_ovf == want_ovf > 0
