@@ -73,10 +73,12 @@ def weight_correction_hook(graph, ctx):
         t = graph.tensors[w_name]
         qp = t.qparams
         x = patch_groups(graph, node, x_new, rng)                  # [G, rows, K]
+        # Second moments in the sweep's precision (float32: ~1e-6 relative, far below the 1%
+        # damping), then float64 for the inverse and the Cholesky factor.
         if x.shape[0] == 1:     # X^T X of one matrix: BLAS syrk (half the work of a general product)
-            hessian = (x[0].T @ x[0])[None] / x.shape[1]
+            hessian = (x[0].T @ x[0])[None].astype(np.float64) / x.shape[1]
         else:
-            hessian = np.matmul(x.transpose(0, 2, 1), x) / x.shape[1]
+            hessian = np.matmul(x.transpose(0, 2, 1), x).astype(np.float64) / x.shape[1]
         if node.op == "Conv":
             m = t.data.shape[0]
             group = node.attrs["group"]
