@@ -92,6 +92,32 @@ def fake_quant_3d(x, scale, zero_point, qmin, qmax, lo, hi):
 
 
 @numba.njit(cache=True, parallel=True)
+def fake_quant_3d_t(xt, scale, zero_point, qmin, qmax, lo, hi):
+    """fake_quant_3d of ``xt`` [C, outer, inner] (channel-major, as a convolution computed by one
+    matrix product leaves it) written as [outer, C, inner]: the transposition costs no extra pass."""
+    c, outer, inner = xt.shape
+    out = np.empty((outer, c, inner), xt.dtype)
+    for job in numba.prange(outer * c):
+        o = job // c
+        ch = job % c
+        s = scale[ch if scale.size > 1 else 0]
+        z = zero_point[ch if zero_point.size > 1 else 0]
+        for i in range(inner):
+            v = xt[ch, o, i]
+            if v < lo:
+                v = lo
+            if v > hi:
+                v = hi
+            q = np.rint(v / s) + z
+            if q < qmin:
+                q = qmin
+            if q > qmax:
+                q = qmax
+            out[o, ch, i] = (q - z) * s
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
 def clamp_3d(x, lo, hi):
     """``x`` clamped to [lo, hi] (a new array); x is [outer, C, inner]."""
     outer, c, inner = x.shape

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrq.float_kernels import clamp_3d, depthwise_conv_nchw, fake_quant_3d
+from mrq.float_kernels import clamp_3d, depthwise_conv_nchw, fake_quant_3d, fake_quant_3d_t
 from mrq.ir import Graph, Node, QParams
 from mrq.float_ref_extra import ExtraOpsReference
 
@@ -90,11 +90,14 @@ def conv2d_nchw(x, w, bias, strides, pads, dilations, group):
     w = np.asarray(w, dt)
     mg = m // group
     if kh == kw == 1 and group == 1 and tuple(strides) == (1, 1) and not any(pads):
-        # One batched matrix product, output already NCHW-contiguous.
-        out = np.matmul(w.reshape(m, cg), np.ascontiguousarray(x).reshape(n, cg, -1)).reshape(n, m, x.shape[2], x.shape[3])
+        # One BLAS product [M, C] @ [C, N*H*W] (not one per image: on a loaded machine every BLAS
+        # call waits for all its threads, so few large calls are much faster than many small ones).
+        cols = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(cg, -1)
+        out = w.reshape(m, cg) @ cols
         if bias is not None:
-            out += np.asarray(bias, dt).reshape(1, -1, 1, 1)
-        return out
+            out += np.asarray(bias, dt).reshape(-1, 1)
+        # An NCHW view of the [M, N, H, W] product (the fake-quant kernel writes it out NCHW).
+        return out.reshape(m, n, x.shape[2], x.shape[3]).transpose(1, 0, 2, 3)
     oh = _pool_out(x.shape[2], kh, strides[0], pads[0], pads[2], dilations[0], False)
     ow = _pool_out(x.shape[3], kw, strides[1], pads[1], pads[3], dilations[1], False)
     if cg == 1 and mg == 1:
@@ -181,6 +184,15 @@ class FloatReference(ExtraOpsReference):
         out = np.asarray(out)
         if out.dtype.kind == "f" and out.dtype != self.dtype:
             out = out.astype(self.dtype)
+        if self.fake_quant and qp is not None and out.ndim == 4 and not out.flags.c_contiguous \
+                and out.transpose(1, 0, 2, 3).flags.c_contiguous and out.dtype in (np.float32, np.float64) \
+                and out.shape[0] > 0 and (qp.scale.size == 1 or (qp.axis % 4 == 1 and qp.scale.size == out.shape[1])):
+            # Channel-major convolution output: round it onto the grid and lay it out NCHW in one pass.
+            lo, hi = _clamp_bounds(clamp)
+            xt = out.transpose(1, 0, 2, 3).reshape(out.shape[1], out.shape[0], -1)
+            res = fake_quant_3d_t(xt, qp.scale.astype(np.float64).reshape(-1), qp.zero_point.astype(np.float64).reshape(-1),
+                                  float(qp.qmin), float(qp.qmax), lo, hi)
+            return res.reshape(out.shape)
         if self.fake_quant and qp is not None:
             fused = _fused_3d(out, qp)
             if fused is not None:
