@@ -85,5 +85,8 @@ def requantize(graph: Graph, profile, calib: Optional[dict] = None, options: Opt
     ctx = Context(profile=profile, original=graph, calib=calib, options=options, report=report)
     passes = [p for p in PASSES if not (p.needs_calib and calib is None and p.name in options.disabled)]
     new = run_passes(graph, passes, ctx)
+    env = ctx.cache.get("original_env")
+    if env is not None:
+        report.reference_outputs = {name: env[name] for name in graph.outputs if name in env}
     report.seconds = time.perf_counter() - t0
     return new, report

@@ -58,7 +58,9 @@ def run(args) -> int:
     sqnr = None
     if calib is not None:
         from mrq.float_ref import FloatReference
-        old_out = FloatReference(graph, fake_quant=True).run(calib)
+        old_out = report.reference_outputs
+        if set(old_out) != set(graph.outputs):  # no calibration sweep ran (all passes off)
+            old_out = FloatReference(graph, fake_quant=True).run(calib)
         sim = simulate(new, profile, feeds_for_new_graph(graph, new, calib), fidelity=False)
         sqnr = {}
         for name in new.outputs:

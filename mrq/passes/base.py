@@ -50,6 +50,9 @@ class RequantReport:
     notes: list = field(default_factory=list)
     end_to_end_sqnr_db: Optional[float] = None
     seconds: float = 0.0
+    # The input model's outputs on the calibration data (fake-quantized float, from the
+    # calibration sweep), so the end-to-end SQNR does not need another forward pass. Not saved.
+    reference_outputs: dict = field(default_factory=dict, repr=False)
 
     def change(self, *args, **kwargs):
         self.changes.append(TensorChange(*args, **kwargs))
