@@ -57,6 +57,7 @@ MUL_MODES = RQ_MODES
 AVGPOOL_MODES = ("ort_float", "tflite_raw", "fixed")
 GLOBAL_AVGPOOL_MODES = RQ_MODES + ("avgpool",)
 QUANTIZE_METHODS = ("divide", "multiply")
+SHARED_GRID_OPS = ("Concat", "Add")
 RESCALE_MODES = ("float_dq_q", "requant")
 SOFTMAX_MODES = ("float",)
 BIAS_SCALES = ("input_times_weight",)
@@ -265,6 +266,9 @@ class OpModes:
     quantize: QuantizeSpec
     rescale: str
     softmax: str
+    # Ops whose activation inputs and output must be on one grid (hardware that concatenates or
+    # adds raw codes without rescaling); the re-quantizer ties them, `mrq check` reports them.
+    shared_grid: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -711,7 +715,7 @@ def _parse_requant(ctx: _Ctx, value: Any) -> RequantSpec:
 def _parse_ops(ctx: _Ctx, value: Any, rq: RequantSpec) -> OpModes:
     f = "ops"
     m = _mapping(ctx, value, f, ["add", "mul", "avgpool", "global_avgpool", "quantize",
-                                 "rescale", "softmax"])
+                                 "rescale", "softmax"], ["shared_grid"])
     add = _enum(ctx, m, "add", f, ADD_MODES)
     mul = _enum(ctx, m, "mul", f, MUL_MODES)
     avg = _enum(ctx, m, "avgpool", f, AVGPOOL_MODES)
@@ -733,7 +737,18 @@ def _parse_ops(ctx: _Ctx, value: Any, rq: RequantSpec) -> OpModes:
                             f"'fixed' needs requant.arithmetic {' or '.join(ok)} (it uses the "
                             f"requant block's multiplier/shift); requant.arithmetic is "
                             f"{rq.arithmetic}")
-    return OpModes(add, mul, avg, gavg, quant, rescale, softmax)
+    shared = m.get("shared_grid", [])
+    sf = _join(f, "shared_grid")
+    if not isinstance(shared, list):
+        raise ctx.error(sf, f"must be a list of op types from {', '.join(SHARED_GRID_OPS)}; "
+                            f"got {_typename(shared)}")
+    for i, op in enumerate(shared):
+        if op not in SHARED_GRID_OPS:
+            raise ctx.error(f"{sf}[{i}]", f"must be one of {', '.join(SHARED_GRID_OPS)} (ops whose "
+                                          f"inputs and output can share one grid); got {_show(op)}")
+        if op in shared[:i]:
+            raise ctx.error(f"{sf}[{i}]", f"duplicate op type {op!r}")
+    return OpModes(add, mul, avg, gavg, quant, rescale, softmax, tuple(shared))
 
 
 def _parse_profile(ctx: _Ctx, data: Any) -> HwProfile:

@@ -87,10 +87,22 @@ def _class_range(graph: Graph, names: list) -> tuple[float, float]:
 def _samples(ctx, name: str, rng) -> np.ndarray | None:
     if ctx.calib is None:
         return None
-    values = np.asarray(ctx.original_env().get(name))
-    if values is None or values.size == 0:
+    values = ctx.original_env().get(name)
+    if values is None or np.size(values) == 0:
         return None
+    values = np.asarray(values)
     flat = values.reshape(-1)
+    if flat.size > MAX_SAMPLES:
+        flat = flat[rng.integers(0, flat.size, MAX_SAMPLES)]
+    return flat
+
+
+def _class_samples(ctx, names: list, rng) -> np.ndarray | None:
+    """Calibration values of every tensor of a grid class (one grid must serve them all)."""
+    parts = [p for p in (_samples(ctx, name, rng) for name in names) if p is not None]
+    if not parts:
+        return None
+    flat = np.concatenate(parts)
     if flat.size > MAX_SAMPLES:
         flat = flat[rng.integers(0, flat.size, MAX_SAMPLES)]
     return flat
@@ -100,14 +112,19 @@ def activation_grids(graph: Graph, ctx) -> Graph:
     fmt = ctx.profile.activations
     select = ctx.options.scale_selection and ctx.calib is not None
     rng = np.random.default_rng(0)
-    for root, names in members(grid_classes(graph)).items():
+    shared_ops = ctx.profile.ops.shared_grid
+    # outputs of the ops the profile ties: their classes choose a scale on all members' values
+    names_tied = {n.outputs[0] for n in graph.nodes if n.op in shared_ops}
+    for root, names in members(grid_classes(graph, shared_ops)).items():
         t = graph.tensors[root]
         qp = t.qparams
         if qp.dtype in ("int32", "int64"):
             continue
-        if not ctx.profile.check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis):
+        # members may differ only where the profile ties them (ops.shared_grid)
+        one_grid = all(graph.tensors[n].qparams.same_grid(qp) for n in names)
+        if one_grid and not ctx.profile.check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis):
             continue
-        flipped = signedness_flip(qp, fmt)
+        flipped = signedness_flip(qp, fmt) if one_grid else None
         if flipped is not None and not ctx.profile.check_tensor("activations", flipped.dtype, flipped.scale,
                                                                 flipped.zero_point, flipped.axis):
             new, lossless, note = flipped, True, "code shift by 2**(bits-1)"
@@ -115,7 +132,10 @@ def activation_grids(graph: Graph, ctx) -> Graph:
             lo, hi = _class_range(graph, names)
             candidates = candidate_grids(lo, hi, fmt, select)
             new, note = candidates[0], "covers the old range"
-            samples = _samples(ctx, root, rng) if len(candidates) > 1 else None
+            samples = None
+            if len(candidates) > 1:
+                samples = (_class_samples(ctx, names, rng) if names_tied & set(names)
+                           else _samples(ctx, root, rng))
             if samples is not None:
                 errors = quant_mses(samples, candidates)
                 new = candidates[int(np.argmin(errors))]

@@ -1,5 +1,6 @@
 """Tensors that must share one grid: the inputs and outputs of ops that move values without
-requantizing them (Reshape, Transpose, MaxPool, and a Clamp on one grid)."""
+requantizing them (Reshape, Transpose, MaxPool, and a Clamp on one grid), and of the ops a
+profile lists in ``ops.shared_grid`` (e.g. Concat on hardware that concatenates raw codes)."""
 from __future__ import annotations
 
 from mrq.ir import Graph
@@ -7,9 +8,10 @@ from mrq.ir import Graph
 GRID_SHARING_OPS = ("Reshape", "Transpose", "MaxPool")
 
 
-def grid_classes(graph: Graph) -> dict:
+def grid_classes(graph: Graph, shared_ops=()) -> dict:
     """Map each integer activation tensor to a representative; tensors with the same
-    representative must keep identical grids."""
+    representative must keep identical grids. ``shared_ops``: op types whose non-constant
+    activation inputs and output are tied too."""
     parent: dict = {}
 
     def find(x):
@@ -33,7 +35,34 @@ def grid_classes(graph: Graph) -> dict:
                 node.op == "Clamp" and graph.tensors[node.inputs[0]].qparams.same_grid(
                     graph.tensors[node.outputs[0]].qparams)):
             union(node.inputs[0], node.outputs[0])
+        elif node.op in shared_ops:
+            for name in _tied_inputs(graph, node):
+                union(node.outputs[0], name)
     return {name: find(name) for name in parent}
+
+
+def _tied_inputs(graph: Graph, node) -> list:
+    out = []
+    for name in node.inputs:
+        t = graph.tensors.get(name)
+        if t is not None and t.qparams is not None and not t.is_const:
+            out.append(name)
+    return out
+
+
+def shared_grid_violations(graph: Graph, shared_ops) -> list:
+    """One line per node of a ``shared_ops`` type whose activation inputs and output are not on
+    one grid."""
+    lines = []
+    for node in graph.nodes:
+        if node.op not in shared_ops or graph.tensors[node.outputs[0]].qparams is None:
+            continue
+        out_qp = graph.tensors[node.outputs[0]].qparams
+        differ = [n for n in _tied_inputs(graph, node) if not graph.tensors[n].qparams.same_grid(out_qp)]
+        if differ:
+            lines.append(f"{node.name} ({node.op}): input(s) {', '.join(differ)} not on the output's grid; "
+                         f"the profile requires one shared grid (ops.shared_grid)")
+    return lines
 
 
 def members(classes: dict) -> dict:
