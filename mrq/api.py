@@ -10,6 +10,7 @@ from mrq.errors import InputDataError
 from mrq.float_ref import FloatReference
 from mrq.hw_profile import HwProfile, load_profile
 from mrq.ir import Graph, storage_dtype
+from mrq.layout import to_nhwc
 from mrq.lower import LoweredModel, arithmetic_from_profile, lower
 from mrq.metrics import LayerFidelity, layer_fidelity
 from mrq.onnx_import import load_model
@@ -42,9 +43,27 @@ def profile_violations(graph: Graph, profile: HwProfile) -> list[str]:
     return lines
 
 
-def prepare(model: Union[str, Graph], profile: Union[str, HwProfile]) -> LoweredModel:
+LAYOUTS = ("auto", "native", "nhwc")
+
+
+def _layout_graph(graph: Graph, layout: str) -> Graph:
+    """The graph the simulator runs: ``native`` as imported; ``nhwc``/``auto`` with the NCHW
+    conv/pool chains rewritten to NHWC (:func:`mrq.layout.to_nhwc`; same outputs bit for bit,
+    but intermediate tensors change layout and name)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+    return graph if layout == "native" else to_nhwc(graph)
+
+
+def prepare(model: Union[str, Graph], profile: Union[str, HwProfile], layout: str = "auto") -> LoweredModel:
+    """Lower ``model`` for ``profile``, for callers that use the program's *outputs* only.
+
+    ``layout='auto'`` (default) and ``'nhwc'`` run NCHW conv/pool chains in NHWC inside the
+    simulator (faster; outputs bit-identical); the buffers between steps then differ from the
+    model's own tensors. Use ``layout='native'`` to read intermediate tensors (traces, golden
+    vectors, per-layer fidelity)."""
     graph = load_model(model) if isinstance(model, str) else model
-    return lower(graph, arithmetic_from_profile(resolve_profile(profile)))
+    return lower(_layout_graph(graph, layout), arithmetic_from_profile(resolve_profile(profile)))
 
 
 def _check_shape(name: str, spec_shape: tuple, arr: np.ndarray) -> None:
@@ -118,12 +137,21 @@ class SimResult:
 
 
 def simulate(model: Union[str, Graph], profile: Union[str, HwProfile], feeds: dict,
-             fidelity: bool = True, trace: bool = False, threads: Optional[int] = None) -> SimResult:
+             fidelity: bool = True, trace: bool = False, threads: Optional[int] = None,
+             layout: str = "auto") -> SimResult:
     """Run ``model`` as the profile's hardware would, and (``fidelity``) compare every layer
-    with the float reference."""
+    with the float reference.
+
+    ``layout='auto'``: the native layout when ``trace`` or ``fidelity`` needs the model's
+    intermediate tensors, else NHWC (see :func:`prepare`); the outputs are the same either way."""
     prof = resolve_profile(profile)
     graph = load_model(model) if isinstance(model, str) else model
-    lowered = lower(graph, arithmetic_from_profile(prof))
+    if layout == "auto" and (trace or fidelity):
+        layout = "native"
+    if layout == "nhwc" and (trace or fidelity):
+        raise ValueError("layout='nhwc' changes the intermediate tensors: use it with "
+                         "trace=False and fidelity=False")
+    lowered = lower(_layout_graph(graph, layout), arithmetic_from_profile(prof))
     program, bound = bind_inputs(lowered, feeds)
     result = run(program, bound, trace=trace or fidelity, threads=threads)
     sim = SimResult(outputs=result.outputs, stats=result.stats, lowered=lowered,

@@ -180,7 +180,8 @@ class _Lowerer(ExtraOpsLowering):
     def lower(self) -> LoweredModel:
         self.const_emitted: set = set()
         for node in self.g.nodes:
-            if self.a.supported_ops is not None:
+            if self.a.supported_ops is not None and not node.attrs.get("layout_boundary"):
+                # (the Transposes mrq.layout adds are the simulator's, not the model's)
                 names = IR_OP_NAMES.get(node.op, {node.op})
                 if names and not (names & self.a.supported_ops):
                     raise UnsupportedOpError(node.op, node.name,

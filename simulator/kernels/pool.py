@@ -332,7 +332,7 @@ def _avgpool_nhwc_rows(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in,
                         xr = x[n, h, w]
                         for c in range(n_ch):
                             acc[c] += np.int64(xr[c])
-                bias = z_in * count
+                bias = z_in * ((h1 - h0) * (w1 - w0))   # the taps summed (not the padded count)
                 for c in range(n_ch):
                     a = acc[c] - bias
                     if mode == AVG_TFLITE_RAW:
