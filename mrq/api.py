@@ -40,6 +40,9 @@ def profile_violations(graph: Graph, profile: HwProfile) -> list[str]:
         for problem in profile.check_tensor(role, storage_dtype(qp.dtype), qp.scale, qp.zero_point, qp.axis,
                                             values=values):
             lines.append(f"{name}: {problem}")
+    if profile.ops.shared_grid:
+        from mrq.passes.grid_classes import shared_grid_violations
+        lines.extend(shared_grid_violations(graph, profile.ops.shared_grid))
     return lines
 
 

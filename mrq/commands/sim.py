@@ -3,6 +3,7 @@ import sys
 import time
 
 from mrq.commands.common import finite
+from mrq.errors import MrqError
 
 
 def register(sub):
@@ -16,6 +17,11 @@ def register(sub):
     p.add_argument("--report", help="JSON report with the per-layer fidelity")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the fidelity table")
     p.add_argument("--threads", type=int, help="CPU threads for the simulation (default: all cores)")
+    p.add_argument("--no-fidelity", action="store_true",
+                   help="outputs only: no float reference or per-layer table (the fast path for "
+                        "whole validation sets; runs in batches with a progress bar)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="with --no-fidelity: inputs simulated per batch (default 256)")
     p.set_defaults(func=run)
 
 
@@ -28,8 +34,17 @@ def run(args) -> int:
         if path:
             check_writable(path)
     feeds = load_npz(args.inputs)
+    if args.no_fidelity and args.dump_all:
+        raise MrqError("--dump-all writes the intermediate tensors: it cannot be combined with "
+                       "--no-fidelity")
+    if args.batch_size < 1:
+        raise MrqError(f"--batch-size must be >= 1, got {args.batch_size}")
     t0 = time.perf_counter()
-    result = simulate(args.model, args.profile, feeds, fidelity=True, trace=args.dump_all, threads=args.threads)
+    if args.no_fidelity:
+        result = _outputs_in_batches(args, feeds)
+    else:
+        result = simulate(args.model, args.profile, feeds, fidelity=True, trace=args.dump_all,
+                          threads=args.threads)
     elapsed = time.perf_counter() - t0
     arrays = dict(result.outputs)
     if args.dump_all:
@@ -42,7 +57,10 @@ def run(args) -> int:
               f"({len(result.violations)} violation(s); first: {result.violations[0]}); the "
               f"simulation applies the profile's arithmetic to the model's own grids. "
               f"Run `mrq requant` to convert the model.", file=sys.stderr)
-    if not args.quiet:
+    if not args.quiet and args.no_fidelity:
+        print(f"{args.model} on {profile_name}: batch {_batch(feeds)} in {elapsed:.2f} s")
+        print(f"wrote {args.out}: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in result.outputs.items())}")
+    elif not args.quiet:
         print(format_table(result.layers, title=f"{args.model} on {profile_name} "
                                                  f"(batch {_batch(feeds)}, {elapsed:.2f} s)"))
         print(f"wrote {args.out}: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in result.outputs.items())}")
@@ -54,6 +72,46 @@ def run(args) -> int:
             "layers": [row.as_dict() for row in result.layers],
         }))
     return 0
+
+
+def _outputs_in_batches(args, feeds):
+    """Outputs only, ``--batch-size`` inputs at a time, through the fast (NHWC) program."""
+    import numpy as np
+
+    from mrq.api import SimResult, bind_inputs, prepare, profile_violations, resolve_profile
+    from mrq.onnx_import import load_model
+    from simulator.run import run
+
+    profile = resolve_profile(args.profile)
+    graph = load_model(args.model)
+    lowered = prepare(graph, profile)
+    n = _batch(feeds)
+    lengths = {k: (v.shape[0] if np.ndim(v) else None) for k, v in feeds.items()}
+    if any(length != n for length in lengths.values()):
+        raise MrqError(f"--inputs: every array needs the same leading (batch) dimension; got "
+                       f"{', '.join(f'{k} {v}' for k, v in lengths.items())}")
+    starts = range(0, max(n, 1), args.batch_size)
+    chunks = {}
+    stats = {}
+    progress = None
+    if len(starts) > 1 and not args.quiet:
+        from tqdm import tqdm
+        progress = tqdm(total=n, unit="input", desc="mrq sim", file=sys.stderr)
+    for start in starts:
+        part = {k: v[start:start + args.batch_size] for k, v in feeds.items()}
+        program, bound = bind_inputs(lowered, part)
+        res = run(program, bound, threads=args.threads)
+        for name, value in res.outputs.items():
+            chunks.setdefault(name, []).append(value)
+        stats = res.stats
+        if progress is not None:
+            progress.update(next(iter(part.values())).shape[0] if part else 0)
+    if progress is not None:
+        progress.close()
+    outputs = {name: np.concatenate(parts) if len(parts) > 1 else parts[0]
+               for name, parts in chunks.items()}
+    return SimResult(outputs=outputs, stats=stats, lowered=lowered,
+                     violations=profile_violations(graph, profile))
 
 
 def _batch(feeds) -> int:

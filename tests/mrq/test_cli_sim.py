@@ -136,3 +136,32 @@ def test_profiles_lists_every_shipped_profile():
     assert r.returncode == 0
     for name in ("onnxruntime-cpu", "tflite-int8", "nna-sym8", "nna-sym8-pow2", "nna-a16w8", "nna-sym8-acc20"):
         assert name in r.stdout
+
+
+def test_no_fidelity_runs_in_batches_with_the_same_outputs(tmp_path):
+    """--no-fidelity (fast NHWC program, --batch-size chunks, progress bar) writes exactly the
+    outputs of the full run."""
+    feeds = demo_inputs(7, seed=4)
+    path = tmp_path / "in.npz"
+    np.savez(path, **feeds)
+    full, fast = tmp_path / "full.npz", tmp_path / "fast.npz"
+    r = mrq("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(path), "--out", str(full), "-q")
+    assert r.returncode == 0, r.stderr
+    r = mrq("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(path), "--out", str(fast),
+            "--no-fidelity", "--batch-size", "3")
+    assert r.returncode == 0, r.stderr
+    assert "SQNR" not in r.stdout and "batch 7" in r.stdout
+    with np.load(full) as a, np.load(fast) as b:
+        assert a.files == b.files
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_no_fidelity_user_errors(tmp_path, inputs):
+    out = tmp_path / "o.npz"
+    r = mrq("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out),
+            "--no-fidelity", "--dump-all")
+    _assert_user_error(r, out, "--dump-all", "--no-fidelity")
+    r = mrq("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out),
+            "--no-fidelity", "--batch-size", "0")
+    _assert_user_error(r, out, "--batch-size")

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mrq.api import resolve_profile
+from mrq.api import profile_violations, resolve_profile
 from mrq.errors import HwProfileError
 from mrq.float_ref import FloatReference
 from mrq.lower import arithmetic_from_profile, lower
@@ -87,6 +87,8 @@ def test_requant_ties_concat_and_add_grids(quantized, tmp_path):
     calib = {"x": np.random.default_rng(5).standard_normal((32, 3, 8, 8)).astype(np.float32)}
     new, _ = requantize(quantized, profile, calib)
     assert shared_grid_violations(new, profile.ops.shared_grid) == []
+    assert profile_violations(new, profile) == []
+    assert any("shared grid" in line for line in profile_violations(quantized, profile))
     for op in ("Concat", "Add"):
         node = next(n for n in new.nodes if n.op == op)
         grids = [new.tensors[t].qparams for t in node.inputs + node.outputs]
