@@ -108,6 +108,47 @@ def _class_samples(ctx, names: list, rng) -> np.ndarray | None:
     return flat
 
 
+WEIGHTED_IMAGES = 64
+
+
+def _consumer_weighted_errors(graph: Graph, ctx, root: str, names: list, candidates: list):
+    """Re-quantization error of each candidate grid as the consuming convolutions see it:
+    sum_c ||W[:, c]||^2 * E[dx_c^2] (the output error of the consumers when errors of different
+    elements are uncorrelated), so channels that the next layer amplifies count more than
+    channels it ignores. ``None`` unless the class is one 4-D tensor read only by convolutions
+    (then the plain MSE decides)."""
+    if len(names) != 1 or ctx.calib is None:
+        return None
+    consumers = graph.consumers(root)
+    if not consumers or any(n.op != "Conv" or n.inputs[0] != root for n in consumers):
+        return None
+    values = ctx.original_env().get(root)
+    if values is None or np.ndim(values) != 4 or graph.tensors[root].qparams.axis is not None:
+        return None
+    channels = values.shape[1]
+    weight = np.zeros(channels, np.float64)
+    for node in consumers:
+        w_t = graph.tensors[node.inputs[1]]
+        if w_t.data is None or w_t.qparams is None:
+            return None
+        real = w_t.qparams.dequantize(np.asarray(w_t.data)).astype(np.float64)   # OIHW
+        group = int(node.attrs.get("group", 1))
+        per_in = np.square(real).sum(axis=(2, 3))                                 # [O, C/group]
+        cg = real.shape[1]
+        og = real.shape[0] // group
+        for g in range(group):
+            weight[g * cg:(g + 1) * cg] += per_in[g * og:(g + 1) * og].sum(axis=0)
+    x = np.asarray(values[:WEIGHTED_IMAGES], np.float64)
+    errors = []
+    for grid in candidates:
+        s = float(grid.scale[0])
+        z = float(grid.zero_point[0])
+        dq = (np.clip(np.rint(x / s) + z, grid.qmin, grid.qmax) - z) * s
+        per_channel = np.square(dq - x).mean(axis=(0, 2, 3))
+        errors.append(float(per_channel @ weight))
+    return errors
+
+
 def activation_grids(graph: Graph, ctx) -> Graph:
     fmt = ctx.profile.activations
     select = ctx.options.scale_selection and ctx.calib is not None
@@ -136,7 +177,13 @@ def activation_grids(graph: Graph, ctx) -> Graph:
             if len(candidates) > 1:
                 samples = (_class_samples(ctx, names, rng) if names_tied & set(names)
                            else _samples(ctx, root, rng))
-            if samples is not None:
+            weighted = _consumer_weighted_errors(graph, ctx, root, names, candidates) if samples is not None else None
+            if weighted is not None:
+                errors = weighted
+                new = candidates[int(np.argmin(errors))]
+                note = (f"scale selected on calibration data (consumer-weighted MSE {min(errors):.3g} vs "
+                        f"{errors[0]:.3g} covering)")
+            elif samples is not None:
                 errors = quant_mses(samples, candidates)
                 new = candidates[int(np.argmin(errors))]
                 note = f"scale selected on calibration data (MSE {min(errors):.3g} vs {errors[0]:.3g} covering)"
