@@ -159,3 +159,32 @@ def quant_sq_errors(values, scales, zero_points, qmins, qmaxs):
             acc += e * e
         out[g] = acc / n
     return out
+
+
+@numba.njit(cache=True, parallel=True)
+def channel_quant_sq_errors(x, scales, zero_points, qmins, qmaxs):
+    """Per channel of ``x`` [N, C, H, W], the mean squared error of rounding its values (as
+    float64) onto each per-tensor grid; ``out[k, c]`` for grid ``k``. One pass over the data."""
+    n_img, n_ch, height, width = x.shape
+    k = scales.size
+    out = np.zeros((k, n_ch))
+    count = n_img * height * width
+    for c in numba.prange(n_ch):
+        acc = np.zeros(k)
+        for n in range(n_img):
+            for h in range(height):
+                for w in range(width):
+                    v = np.float64(x[n, c, h, w])
+                    for g in range(k):
+                        s = scales[g]
+                        z = zero_points[g]
+                        q = np.rint(v / s) + z
+                        if q < qmins[g]:
+                            q = qmins[g]
+                        if q > qmaxs[g]:
+                            q = qmaxs[g]
+                        e = (q - z) * s - v
+                        acc[g] += e * e
+        for g in range(k):
+            out[g, c] = acc[g] / max(count, 1)
+    return out

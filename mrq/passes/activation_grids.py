@@ -138,15 +138,14 @@ def _consumer_weighted_errors(graph: Graph, ctx, root: str, names: list, candida
         og = real.shape[0] // group
         for g in range(group):
             weight[g * cg:(g + 1) * cg] += per_in[g * og:(g + 1) * og].sum(axis=0)
-    x = np.asarray(values[:WEIGHTED_IMAGES], np.float64)
-    errors = []
-    for grid in candidates:
-        s = float(grid.scale[0])
-        z = float(grid.zero_point[0])
-        dq = (np.clip(np.rint(x / s) + z, grid.qmin, grid.qmax) - z) * s
-        per_channel = np.square(dq - x).mean(axis=(0, 2, 3))
-        errors.append(float(per_channel @ weight))
-    return errors
+    from mrq.float_kernels import channel_quant_sq_errors
+    x = np.ascontiguousarray(values[:WEIGHTED_IMAGES])
+    per_channel = channel_quant_sq_errors(
+        x, np.array([float(g.scale[0]) for g in candidates], np.float64),
+        np.array([float(g.zero_point[0]) for g in candidates], np.float64),
+        np.array([float(g.qmin) for g in candidates], np.float64),
+        np.array([float(g.qmax) for g in candidates], np.float64))
+    return [float(v) for v in per_channel @ weight]
 
 
 def activation_grids(graph: Graph, ctx) -> Graph:

@@ -129,3 +129,20 @@ def test_requantization_with_calibration_is_deterministic(demo_graph, profile):
         if t.qparams is not None:
             np.testing.assert_array_equal(t.qparams.scale, u.qparams.scale)
             np.testing.assert_array_equal(t.qparams.zero_point, u.qparams.zero_point)
+
+
+def test_channel_errors_match_numpy_per_channel_mse():
+    """The fused per-channel kernel behind consumer-weighted scale selection equals numpy's
+    clip(rint(x / s) + z) round trip, channel by channel, including clipped values."""
+    from mrq.float_kernels import channel_quant_sq_errors
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((5, 3, 4, 6)) * [[[[1.0]], [[4.0]], [[0.1]]]]).astype(np.float32)
+    scales = np.array([0.02, 0.05, 0.25])
+    zps = np.array([0.0, 3.0, -2.0])
+    qmins = np.array([-128.0, -128.0, 0.0])
+    qmaxs = np.array([127.0, 127.0, 255.0])
+    got = channel_quant_sq_errors(x, scales, zps, qmins, qmaxs)
+    xd = x.astype(np.float64)
+    for k in range(3):
+        dq = (np.clip(np.rint(xd / scales[k]) + zps[k], qmins[k], qmaxs[k]) - zps[k]) * scales[k]
+        np.testing.assert_allclose(got[k], np.square(dq - xd).mean(axis=(0, 2, 3)), rtol=1e-12)
