@@ -37,6 +37,7 @@ from numba import njit, prange
 from simulator.errors import KernelInputError
 from simulator.kernels import simd
 from simulator.kernels.epilogue import store16
+from simulator.kernels.jitcache import stable_cache
 from simulator.kernels.quant import (
     PARALLEL_MIN_ELEMENTS,
     RQ_FIXED,
@@ -258,7 +259,8 @@ def _make_add_tflite(ruy):
     return add_tflite_range, add_tflite_par
 
 
-_ADD_TFLITE = {False: _make_add_tflite(False), True: _make_add_tflite(True)}
+_ADD_TFLITE = {False: stable_cache(*_make_add_tflite(False)),
+               True: stable_cache(*_make_add_tflite(True))}
 
 
 def _check_tflite_multiplier(name, mult, shift):
@@ -397,7 +399,7 @@ def _add_shift_kernels(rnd):
     and ``|acc * mult| < 2**62`` (checked by the caller)."""
     ks = _ADD_SHIFT_KERNELS.get(rnd)
     if ks is None:
-        ks = _ADD_SHIFT_KERNELS[rnd] = _make_add_shift_kernels(rnd)
+        ks = _ADD_SHIFT_KERNELS[rnd] = stable_cache(*_make_add_shift_kernels(rnd))
     return ks
 
 

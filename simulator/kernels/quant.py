@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from simulator.errors import KernelInputError
 from simulator.kernels import epilogue as ep_k
+from simulator.kernels.jitcache import stable_cache
 from simulator.kernels import simd
 from simulator.primitives import (
     INT64_MAX,
@@ -317,7 +318,7 @@ def _requant_kernels(kind, rnd):
     key = (int(kind), int(rnd))
     ks = _REQUANT_KERNELS.get(key)
     if ks is None:
-        ks = _make_requant_kernels(*key)
+        ks = stable_cache(*_make_requant_kernels(*key))
         _REQUANT_KERNELS[key] = ks
     return ks
 
@@ -563,7 +564,7 @@ def quantize(x, *, scale, zero_point, axis=1, rounding="half_even", method="divi
     if small and (n_ch == 1 or inner % 16 == 0):
         ks = _QUANTIZE_KERNELS.get(rnd)
         if ks is None:
-            ks = _QUANTIZE_KERNELS[rnd] = _make_quantize_kernels(rnd)
+            ks = _QUANTIZE_KERNELS[rnd] = stable_cache(*_make_quantize_kernels(rnd))
         x1 = np.ascontiguousarray(x).reshape(-1)
         out1 = np.empty(x1.shape[0], dtype=dt)
         inv = np.array([f32_div(np.float32(1.0), v) for v in s], dtype=np.float32)
