@@ -125,6 +125,11 @@ def _consumer_weighted_errors(graph: Graph, ctx, root: str, names: list, candida
     values = ctx.original_env().get(root)
     if values is None or np.ndim(values) != 4 or graph.tensors[root].qparams.axis is not None:
         return None
+    layouts = {n.attrs.get("layout", "NCHW") for n in consumers}
+    if len(layouts) != 1:
+        return None
+    if layouts == {"NHWC"}:  # TFLite convs: channels last
+        values = np.moveaxis(np.asarray(values), 3, 1)
     channels = values.shape[1]
     weight = np.zeros(channels, np.float64)
     for node in consumers:
@@ -132,9 +137,13 @@ def _consumer_weighted_errors(graph: Graph, ctx, root: str, names: list, candida
         if w_t.data is None or w_t.qparams is None:
             return None
         real = w_t.qparams.dequantize(np.asarray(w_t.data)).astype(np.float64)   # OIHW
+        if real.ndim != 4:
+            return None
         group = int(node.attrs.get("group", 1))
         per_in = np.square(real).sum(axis=(2, 3))                                 # [O, C/group]
         cg = real.shape[1]
+        if cg * group != channels:
+            return None
         og = real.shape[0] // group
         for g in range(group):
             weight[g * cg:(g + 1) * cg] += per_in[g * og:(g + 1) * og].sum(axis=0)

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-MLPERF = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "models", "mlperf_tiny")
+# the same location as the other TFLite tests (tflite_helpers.MODELS_DIR)
+MLPERF = os.environ.get("MRQ_MLPERF_TINY", "/work/shared/models/mlperf_tiny")
 KWS = os.path.join(MLPERF, "kws_ref_model.tflite")
 
 pytestmark = pytest.mark.skipif(not os.path.exists(KWS), reason="MLPerf Tiny models not available")
