@@ -37,7 +37,9 @@ inside int32):
 
 The gemm ``a[R, K] @ w[K, N]`` runs as a 1x1 convolution over an ``R x 1`` image. Depthwise
 convolutions (one input channel per group, one output channel per group) use portable kernels
-with int32 weights (any ``w - wzp`` that fits int32): NHWC vectorized over channels, NCHW
+with int32 weights (any ``w - wzp`` that fits int32): NHWC vectorized over channels (a 3x3
+kernel whose weights fit int16 runs 4 adjacent output positions at a time with ``vpmaddwd``
+products, see ``_dw_range``), NCHW
 (``DW_PLANES``) one channel plane at a time, vectorized over output positions (``_dwp_range``:
 ``x - xzp`` in int32 phase planes, no uint8 prepass, contiguous NCHW output).
 
@@ -59,6 +61,7 @@ from simulator.kernels.simd import (
     vload,
     vload_i32,
     vload_u8_i32,
+    vmadd16_i32,
     vmadd_i32,
     vstore,
     vzero,
@@ -154,6 +157,38 @@ def _prepass_par(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, pad
     for ch in prange(n_chunks):
         _prepass_images(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
                         ch * n_img // n_chunks, (ch + 1) * n_img // n_chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# Depthwise 3x3 helpers: 4 horizontally adjacent output positions, 16 channels
+@njit(cache=True, inline="always")
+def _dw_row3x4(xp, r, cs, s, wa, wb, wc, q0, q1, q2, q3):
+    """One kernel row (taps ``wa, wb, wc``) of 4 output positions whose windows start ``s``
+    columns apart at element ``r`` (column stride ``cs``). ``s`` is a literal at the call sites:
+    the loads two windows share then have the same address and LLVM keeps one of each. The
+    weights must fit int16 (``vmadd16_i32``: u8 input times int16 weight, one ``vpmaddwd``)."""
+    q0 = vmadd16_i32(q0, vload_u8_i32(xp, r), wa)
+    q0 = vmadd16_i32(q0, vload_u8_i32(xp, r + cs), wb)
+    q0 = vmadd16_i32(q0, vload_u8_i32(xp, r + 2 * cs), wc)
+    q1 = vmadd16_i32(q1, vload_u8_i32(xp, r + s * cs), wa)
+    q1 = vmadd16_i32(q1, vload_u8_i32(xp, r + (s + 1) * cs), wb)
+    q1 = vmadd16_i32(q1, vload_u8_i32(xp, r + (s + 2) * cs), wc)
+    q2 = vmadd16_i32(q2, vload_u8_i32(xp, r + 2 * s * cs), wa)
+    q2 = vmadd16_i32(q2, vload_u8_i32(xp, r + (2 * s + 1) * cs), wb)
+    q2 = vmadd16_i32(q2, vload_u8_i32(xp, r + (2 * s + 2) * cs), wc)
+    q3 = vmadd16_i32(q3, vload_u8_i32(xp, r + 3 * s * cs), wa)
+    q3 = vmadd16_i32(q3, vload_u8_i32(xp, r + (3 * s + 1) * cs), wb)
+    q3 = vmadd16_i32(q3, vload_u8_i32(xp, r + (3 * s + 2) * cs), wc)
+    return q0, q1, q2, q3
+
+
+@njit(cache=True, inline="always")
+def _dw3x4(xp, r0, r1, r2, cs, s, w0, w1, w2, w3, w4, w5, w6, w7, w8, bv):
+    """Accumulators (bias included) of a 3x3 depthwise window at 4 adjacent output positions;
+    ``r0, r1, r2``: the input elements of the first window's three rows."""
+    q0, q1, q2, q3 = _dw_row3x4(xp, r0, cs, s, w0, w1, w2, bv, bv, bv, bv)
+    q0, q1, q2, q3 = _dw_row3x4(xp, r1, cs, s, w3, w4, w5, q0, q1, q2, q3)
+    return _dw_row3x4(xp, r2, cs, s, w6, w7, w8, q0, q1, q2, q3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,58 +339,168 @@ def _make_kernels(kind, rnd):
     # Depthwise (one input and one output channel per group), vectorized over channels
     # --------------------------------------------------------------------------------------------
     @njit(cache=True)
-    def _dw_range(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, w32, biasp, mf, mi, s1,
-                  s2, zpf, zp, lo, hi, out, nchw_out, p0, p1):
+    def _dw_range(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, kw_n, dw, w32, biasp, mf, mi,
+                  s1, s2, zpf, zp, lo, hi, out, nchw_out, p0, p1):
         """Depthwise output positions ``[p0, p1)``: 16 channels at a time, the taps accumulated in
-        one int32 vector (u8 * s8 products, at most ``255 * 128`` each); ``w32`` is
-        [taps, C rounded up to 16] int32. Returns the saturation count."""
+        one int32 vector per output position (wrapping products and sums, exact by the module
+        docstring's argument); ``w32`` is [taps, C rounded up to 16] int32. Returns the
+        saturation count.
+
+        The positions are walked one output row segment at a time (a row of one image inside
+        ``[p0, p1)``), with the 16-channel block outside the positions so that the weight, bias
+        and requantization vectors stay in registers. A 3x3 kernel with dilation 1 along the
+        row (MobileNet) computes 4 horizontally adjacent positions per iteration; at strides 1
+        and 2 the input vectors their windows share are loaded once."""
         n_taps = taps.shape[0]
         cpad = (n_ch + LANES - 1) // LANES * LANES
-        stage = np.empty(cpad + LANES, dtype=np.int32)
+        # the 3x3 path multiplies with int16 weights (vpmaddwd): every w - wzp must fit int16
+        k3 = n_taps == 9 and kw_n == 3 and dw == 1
+        if k3:
+            for i in range(w32.shape[0]):
+                if w32[i] < -32768 or w32[i] > 32767:
+                    k3 = False
+                    break
         cnt = 0
-        n = p0 // n_pix
-        p = p0 - n * n_pix
-        oh = p // ow_n
-        ow = p - oh * ow_n
-        for gp in range(p0, p1):
-            base = n * img + (oh * sh * wp_n + ow * sw) * n_ch
-            ob = n * n_ch * n_pix + p if nchw_out else gp * n_ch
-            p += 1
-            ow += 1
-            if ow == ow_n:
-                ow = 0
-                oh += 1
-                if p == n_pix:
-                    p = 0
-                    oh = 0
-                    n += 1
-            for c0 in range(0, n_ch, LANES):
-                acc = vzero()
-                for t in range(n_taps):
-                    acc = vmadd_i32(acc, vload_u8_i32(xp, base + taps[t] + c0),
-                                    vload_i32(w32, t * cpad + c0))
-                nch = min(LANES, n_ch - c0)
-                codes, k = ep_k.ep16(kind, rnd, vadd_i32(acc, vload_i32(biasp, c0)), mf, mi,
-                                     s1, s2, c0, zpf, zp, lo, hi, nch)
-                cnt += k
-                if nchw_out:
-                    vstore(stage, c0, codes)
-                else:
-                    ep_k.store16(out, ob + c0, 1, codes, nch)
+        cs = n_ch  # column stride of the padded image (its channel count)
+        ps = sw * cs  # input step between horizontally adjacent output positions
+        gp = p0
+        while gp < p1:
+            n = gp // n_pix
+            p = gp - n * n_pix
+            oh = p // ow_n
+            ow0 = p - oh * ow_n
+            ow1 = min(ow_n, ow0 + (p1 - gp))
+            rb = n * img + oh * sh * wp_n * cs  # padded image row of window row 0
             if nchw_out:
-                for c in range(n_ch):
-                    out[_u(ob + c * n_pix)] = stage[c]
+                orow = n * n_ch * n_pix + oh * ow_n
+                ost = n_pix
+                opx = 1
+            else:
+                orow = (gp - ow0) * n_ch
+                ost = 1
+                opx = n_ch
+            for c0 in range(0, n_ch, LANES):
+                nch = min(LANES, n_ch - c0)
+                bv = vload_i32(biasp, c0)
+                mfv = simd.vload_f32(mf, c0)
+                miv = simd.vload_i64(mi, c0)
+                s1v = simd.vload_i64(s1, c0)
+                s2v = simd.vload_i64(s2, c0)
+                ob = orow + c0 * ost
+                ow = ow0
+                if k3:
+                    w0 = vload_i32(w32, c0)
+                    w1 = vload_i32(w32, cpad + c0)
+                    w2 = vload_i32(w32, 2 * cpad + c0)
+                    w3 = vload_i32(w32, 3 * cpad + c0)
+                    w4 = vload_i32(w32, 4 * cpad + c0)
+                    w5 = vload_i32(w32, 5 * cpad + c0)
+                    w6 = vload_i32(w32, 6 * cpad + c0)
+                    w7 = vload_i32(w32, 7 * cpad + c0)
+                    w8 = vload_i32(w32, 8 * cpad + c0)
+                    r0 = rb + c0 + taps[0]
+                    r1 = rb + c0 + taps[3]
+                    r2 = rb + c0 + taps[6]
+                    # 4 positions at a time; the stride and the store kind are literals in
+                    # each branch so that LLVM merges the loads two windows share and drops
+                    # the partial-store code
+                    full = nch == LANES and not nchw_out
+                    if sw == 1 and full:
+                        while ow + 4 <= ow1:
+                            a = ow * cs
+                            q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 1, w0, w1,
+                                                    w2, w3, w4, w5, w6, w7, w8, bv)
+                            cnt += _ep_store4(out, ob + ow * opx, opx, ost, q0, q1, q2, q3, mfv,
+                                              miv, s1v, s2v, zpf, zp, lo, hi, nch, True)
+                            ow += 4
+                    elif sw == 2 and full:
+                        while ow + 4 <= ow1:
+                            a = ow * ps
+                            q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 2, w0, w1,
+                                                    w2, w3, w4, w5, w6, w7, w8, bv)
+                            cnt += _ep_store4(out, ob + ow * opx, opx, ost, q0, q1, q2, q3, mfv,
+                                              miv, s1v, s2v, zpf, zp, lo, hi, nch, True)
+                            ow += 4
+                    elif sw == 1:
+                        while ow + 4 <= ow1:
+                            a = ow * cs
+                            q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 1, w0, w1,
+                                                    w2, w3, w4, w5, w6, w7, w8, bv)
+                            cnt += _ep_store4(out, ob + ow * opx, opx, ost, q0, q1, q2, q3, mfv,
+                                              miv, s1v, s2v, zpf, zp, lo, hi, nch, False)
+                            ow += 4
+                    elif sw == 2:
+                        while ow + 4 <= ow1:
+                            a = ow * ps
+                            q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 2, w0, w1,
+                                                    w2, w3, w4, w5, w6, w7, w8, bv)
+                            cnt += _ep_store4(out, ob + ow * opx, opx, ost, q0, q1, q2, q3, mfv,
+                                              miv, s1v, s2v, zpf, zp, lo, hi, nch, False)
+                            ow += 4
+                    while ow < ow1:
+                        a = ow * ps
+                        acc = vmadd16_i32(bv, vload_u8_i32(xp, r0 + a), w0)
+                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r0 + a + cs), w1)
+                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r0 + a + 2 * cs), w2)
+                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r1 + a), w3)
+                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r1 + a + cs), w4)
+                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r1 + a + 2 * cs), w5)
+                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r2 + a), w6)
+                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r2 + a + cs), w7)
+                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r2 + a + 2 * cs), w8)
+                        codes, k = ep_k._ep16_vec(kind, rnd, acc, mfv, miv, s1v, s2v, zpf, zp,
+                                                  lo, hi, nch)
+                        cnt += k
+                        ep_k.store16(out, ob + ow * opx, ost, codes, nch)
+                        ow += 1
+                else:
+                    base = rb + c0
+                    while ow < ow1:
+                        a = base + ow * ps
+                        acc = bv
+                        for t in range(n_taps):
+                            acc = vmadd_i32(acc, vload_u8_i32(xp, a + taps[t]),
+                                            vload_i32(w32, t * cpad + c0))
+                        codes, k = ep_k._ep16_vec(kind, rnd, acc, mfv, miv, s1v, s2v, zpf, zp,
+                                                  lo, hi, nch)
+                        cnt += k
+                        ep_k.store16(out, ob + ow * opx, ost, codes, nch)
+                        ow += 1
+            gp += ow1 - ow0
         return cnt
 
+    @njit(cache=True, inline="always")
+    def _ep_store4(out, o, opx, ost, q0, q1, q2, q3, mfv, miv, s1v, s2v, zpf, zp, lo, hi, nch,
+                   full):
+        """Requantize and store the accumulators of 4 horizontally adjacent positions (output
+        element ``o + k * opx`` for channel lane 0 of position ``k``, lanes ``ost`` apart);
+        ``full`` (a literal at the call sites): 16 channels, ``ost == 1``. Returns the saturation
+        count."""
+        c0, k0 = ep_k._ep16_vec(kind, rnd, q0, mfv, miv, s1v, s2v, zpf, zp, lo, hi, nch)
+        c1, k1 = ep_k._ep16_vec(kind, rnd, q1, mfv, miv, s1v, s2v, zpf, zp, lo, hi, nch)
+        c2, k2 = ep_k._ep16_vec(kind, rnd, q2, mfv, miv, s1v, s2v, zpf, zp, lo, hi, nch)
+        c3, k3 = ep_k._ep16_vec(kind, rnd, q3, mfv, miv, s1v, s2v, zpf, zp, lo, hi, nch)
+        if full:
+            simd.vstore_codes(out, o, c0)
+            simd.vstore_codes(out, o + opx, c1)
+            simd.vstore_codes(out, o + 2 * opx, c2)
+            simd.vstore_codes(out, o + 3 * opx, c3)
+        else:
+            ep_k.store16(out, o, ost, c0, nch)
+            ep_k.store16(out, o + opx, ost, c1, nch)
+            ep_k.store16(out, o + 2 * opx, ost, c2, nch)
+            ep_k.store16(out, o + 3 * opx, ost, c3, nch)
+        return k0 + k1 + k2 + k3
+
     @njit(cache=True, parallel=True)
-    def _dw_par(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, w32, biasp, mf, mi, s1,
-                s2, zpf, zp, lo, hi, out, nchw_out, total, n_chunks):
+    def _dw_par(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, kw_n, dw, w32, biasp, mf, mi,
+                s1, s2, zpf, zp, lo, hi, out, nchw_out, total, n_chunks):
         cnts = np.zeros(n_chunks, dtype=np.int64)
         for ch in prange(n_chunks):
             p0 = ch * total // n_chunks
             p1 = (ch + 1) * total // n_chunks
-            cnts[ch] = _dw_range(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, w32, biasp, mf,
-                                 mi, s1, s2, zpf, zp, lo, hi, out, nchw_out, p0, p1)
+            cnts[ch] = _dw_range(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, kw_n, dw, w32,
+                                 biasp, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out, p0, p1)
         return cnts.sum()
 
     # --------------------------------------------------------------------------------------------
@@ -687,8 +832,8 @@ class ConvFast:
             out = np.empty((n_img, oh_n, ow_n, self.m_out), dtype=self.out_dtype)
         flat = out.reshape(-1)
         if self.depthwise:
-            common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps, self.w32,
-                      biasp) + ep.arrays() + (flat, self.nchw)
+            common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps, self.kw,
+                      self.dw, self.w32, biasp) + ep.arrays() + (flat, self.nchw)
             if parallel:
                 n_sat = kern[3](*common, total, threads * 4)
             else:

@@ -304,6 +304,25 @@ def vmadd_i32(typingctx, acc, a, b):
 
 
 @intrinsic
+def vmadd16_i32(typingctx, acc, a, b):
+    """``acc + a * b`` lane-wise in int32 (wraps) for ``0 <= a < 2**15`` and ``b`` in int16
+    (only the low 16 bits of each ``b`` lane are used, as a signed value). With AVX-512 this
+    is ``vpmaddwd`` (one uop; the high 16-bit halves of ``a`` are 0, so each lane's pair sum
+    is the single product ``a * b``), else a portable 32-bit multiply."""
+    def codegen(context, builder, sig, args):
+        acc_v, a_v, b_v = args
+        if ENABLED:
+            w16 = ir.VectorType(ir.IntType(16), 32)
+            p = _vcall(builder, "llvm.x86.avx512.pmaddw.d.512", _VT,
+                       builder.bitcast(a_v, w16), builder.bitcast(b_v, w16))
+        else:
+            h = ir.VectorType(ir.IntType(16), 16)
+            p = builder.mul(a_v, builder.sext(builder.trunc(b_v, h), _VT))
+        return builder.add(acc_v, p)
+    return i32x16(i32x16, i32x16, i32x16), codegen
+
+
+@intrinsic
 def vget(typingctx, v, j):
     """Lane ``j`` of an int32 vector, as int64."""
     def codegen(context, builder, sig, args):
@@ -668,7 +687,7 @@ ep16_q31_ruy = _make_ep16_q31(True)
 
 __all__ = ["ENABLED", "i32x16", "f32x16", "i64x16", "vzero", "vload", "vbcast4", "vdpbusd",
            "vstore", "vload_i32", "vload_f32", "vload_i64", "vsplat_f32", "vsplat_i64",
-           "vadd_i32", "vload_u8_i32", "vand_i32", "vmadd_i32", "vget", "vstore_codes", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
+           "vadd_i32", "vload_u8_i32", "vand_i32", "vmadd_i32", "vmadd16_i32", "vget", "vstore_codes", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
            "ep16_int32", "ep16_q31", "ep16_q31_ruy", "vload_ext", "vsplat_i32", "vsub_i32", "vshl_i32", "vmbqm",
            "vmbqm_ruy", "vclamp_count", "vcvt_f32", "vfma_f32", "vmul_f32", "vdiv_f32",
            "vload_f32x", "vquant"]

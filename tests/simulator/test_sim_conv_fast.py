@@ -183,3 +183,62 @@ def test_gemm_zero_point_split(wzp):
     want, sat = quant_ref.requantize(acc, "fp32", mult, None, "half_even", 7, 0, 255, "uint8", -1)
     np.testing.assert_array_equal(got, want)
     assert n_sat == sat
+
+
+@pytest.mark.parametrize("rq", RQ)
+@pytest.mark.parametrize("xdt", [np.uint8, np.int8])
+def test_depthwise_nhwc_3x3(rq, xdt):
+    """The NHWC 3x3 depthwise kernel (4 adjacent positions per step at strides 1 and 2, single
+    positions for the rest of a row, 16-channel blocks and a partial last block) against the
+    reference: row widths around multiples of 4, channel counts 16, 18, 40 and 64, asymmetric
+    padding, far weight zero points and extreme input codes; plus int16 weights whose ``w -
+    wzp`` leaves int16 (the generic int32 tap loop)."""
+    rng = np.random.default_rng(11)
+    cases = [(1, 16, 7, 7, (1, 1, 1, 1)), (2, 18, 14, 14, (1, 1, 1, 1)),
+             (1, 40, 5, 9, (0, 1, 2, 0)), (2, 64, 9, 13, (1, 0, 0, 2)),
+             (1, 16, 3, 3, (0, 0, 0, 0)), (2, 18, 11, 4, (1, 1, 1, 1)), (3, 16, 8, 10, (1, 1, 1, 1))]
+    for k, (stride, c, height, width, pads) in enumerate(cases):
+        for fill in ("random", "min", "max"):
+            x = _input(rng, xdt, (2, height, width, c), fill)
+            w, wzp = _weights(rng, (c, 1, 3, 3), "channel" if k % 2 else "tensor")
+            _check(rng, x, w, wzp, "NHWC", c, (stride, stride), pads, (1, 1), rq)
+    for stride in (1, 2):
+        x = _input(rng, xdt, (2, 9, 10, 20), "random")
+        w = rng.integers(-32768, 32768, (20, 1, 3, 3)).astype(np.int16)
+        w[0, 0, 0, 0] = 32767
+        wzp = np.array([-100], dtype=np.int64)  # w - wzp reaches 32867
+        fast = _check(rng, x, w, wzp, "NHWC", 20, (stride, stride), (1, 1, 1, 1), (1, 1),
+                      ("fp32", "half_even"), must_be_fast=False)
+        if fast is not None:
+            assert int(fast.w32.max()) > 32767
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_nhwc_threads(stride):
+    """Ranges that start and end inside output rows (several chunks per row): the same codes and
+    saturation count as one range."""
+    from simulator.kernels import igemm as ig
+    rng = np.random.default_rng(5 + stride)
+    c = 24
+    x = _input(rng, np.int8, (3, 13, 11, c), "random")
+    w, wzp = _weights(rng, (c, 1, 3, 3), "channel")
+    kw, lo, hi = _requant(rng, "fp32", "half_even", c, "int8")
+    fast = prepare_conv(w, weight_zero_point=wzp, bias=None, input_zero_point=-3,
+                        strides=(stride, stride), pads=(1, 1, 1, 1), group=c, layout="NHWC",
+                        acc_bits=32, acc_overflow="wrap", requant=kw, channel_axis=3)
+    assert fast is not None
+    one = fast.run(x)
+    kern = ig.kernels(fast.ep.kind, fast.ep.rnd)
+    oh_n, ow_n, hp_n, wp_n, taps = fast._geometry(13, 11)
+    img = hp_n * wp_n * fast.ctot
+    xp = np.empty(3 * img + 16, dtype=np.uint8)
+    ig._prepass_images(x, False, fast.pt, fast.pl, hp_n, wp_n, fast.group, fast.cg, fast.cgp,
+                       fast.ctot, 128, fast.xzp + 128, xp, 0, 3)
+    total = 3 * oh_n * ow_n
+    for n_chunks in (1, 5, 17, total):
+        out = np.empty_like(one[0])
+        n_sat = kern[3](xp, img, wp_n, fast.ctot, oh_n * ow_n, ow_n, fast.sh, fast.sw, taps,
+                        fast.kw, fast.dw, fast.w32, fast._biasp_for(128), *fast.ep.arrays(),
+                        out.reshape(-1), False, total, n_chunks)
+        np.testing.assert_array_equal(out, one[0])
+        assert n_sat == one[1]
