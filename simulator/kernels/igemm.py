@@ -54,6 +54,7 @@ from numba import njit, prange
 
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels import simd
+from simulator.kernels.jitcache import stable_cache
 from simulator.kernels.simd import (
     vadd_i32,
     vbcast4,
@@ -195,7 +196,8 @@ def _dw3x4(xp, r0, r1, r2, cs, s, w0, w1, w2, w3, w4, w5, w6, w7, w8, bv):
 # VNNI micro-kernel: MR output positions x 16 output channels
 # The kernels are made per (requantization kind, rounding mode) by a factory: both are closure
 # constants, so numba compiles only the epilogue branch in use (a runtime switch costs ~2x in
-# the epilogue). numba caches each variant separately (the cache key includes the closure).
+# the epilogue). numba caches each variant separately on disk, under a process-independent key
+# (see simulator/kernels/jitcache.py: the drivers capture the specialised kernels they call).
 _KERNELS = {}
 
 
@@ -205,7 +207,7 @@ def kernels(kind, rnd):
     key = (int(kind), int(rnd))
     ks = _KERNELS.get(key)
     if ks is None:
-        ks = _make_kernels(*key)
+        ks = stable_cache(*_make_kernels(*key))
         _KERNELS[key] = ks
     return ks
 
