@@ -37,7 +37,7 @@ from numba import njit, prange
 from simulator.errors import KernelInputError
 from simulator.kernels import simd
 from simulator.kernels.epilogue import store16
-from simulator.kernels.jitcache import stable_cache
+from simulator.kernels.jitcache import specialised
 from simulator.kernels.quant import (
     PARALLEL_MIN_ELEMENTS,
     RQ_FIXED,
@@ -259,8 +259,7 @@ def _make_add_tflite(ruy):
     return add_tflite_range, add_tflite_par
 
 
-_ADD_TFLITE = {False: stable_cache(*_make_add_tflite(False)),
-               True: stable_cache(*_make_add_tflite(True))}
+_ADD_TFLITE = {ruy: specialised(_make_add_tflite, ruy) for ruy in (False, True)}
 
 
 def _check_tflite_multiplier(name, mult, shift):
@@ -390,17 +389,11 @@ def _add_bound(a1, b1, za, zb, ma, mb) -> int:
     return span_a * abs(int(ma)) + span_b * abs(int(mb))
 
 
-_ADD_SHIFT_KERNELS = {}
-
-
 def _add_shift_kernels(rnd):
     """``(serial, parallel)`` fixed-point add kernels for one rounding mode (a closure constant,
     so the element loop is branch-free and LLVM vectorizes it). Valid for ``1 <= shift <= 62``
     and ``|acc * mult| < 2**62`` (checked by the caller)."""
-    ks = _ADD_SHIFT_KERNELS.get(rnd)
-    if ks is None:
-        ks = _ADD_SHIFT_KERNELS[rnd] = stable_cache(*_make_add_shift_kernels(rnd))
-    return ks
+    return specialised(_make_add_shift_kernels, int(rnd))
 
 
 def _make_add_shift_kernels(rnd):

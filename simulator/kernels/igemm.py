@@ -54,7 +54,7 @@ from numba import njit, prange
 
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels import simd
-from simulator.kernels.jitcache import stable_cache
+from simulator.kernels.jitcache import specialised
 from simulator.kernels.simd import (
     vadd_i32,
     vbcast4,
@@ -198,18 +198,10 @@ def _dw3x4(xp, r0, r1, r2, cs, s, w0, w1, w2, w3, w4, w5, w6, w7, w8, bv):
 # constants, so numba compiles only the epilogue branch in use (a runtime switch costs ~2x in
 # the epilogue). numba caches each variant separately on disk, under a process-independent key
 # (see simulator/kernels/jitcache.py: the drivers capture the specialised kernels they call).
-_KERNELS = {}
-
-
 def kernels(kind, rnd):
     """``(vnni_blocks, vnni_par, dw_range, dw_par, dwp_range, dwp_par)`` specialized for an epilogue kind and
     rounding mode (Python ints), compiled on first use."""
-    key = (int(kind), int(rnd))
-    ks = _KERNELS.get(key)
-    if ks is None:
-        ks = stable_cache(*_make_kernels(*key))
-        _KERNELS[key] = ks
-    return ks
+    return specialised(_make_kernels, int(kind), int(rnd))
 
 
 def _make_kernels(kind, rnd):

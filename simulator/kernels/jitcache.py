@@ -10,6 +10,7 @@ sources: ``simulator.kernels`` drops every cache file when any simulator source 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -55,3 +56,10 @@ def stable_cache(*dispatchers):
                 and isinstance(d._cache, FunctionCache) and d.py_func.__closure__:
             d._cache = _StableClosureCache(d.py_func)
     return dispatchers if len(dispatchers) != 1 else dispatchers[0]
+
+
+@functools.lru_cache(maxsize=None)
+def specialised(factory, *key):
+    """The kernels ``factory(*key)`` makes (closure constants ``key``), made once per process and
+    given process-independent cache keys. ``key``: hashable Python values (ints, bools)."""
+    return stable_cache(*factory(*key))

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from simulator.errors import KernelInputError
 from simulator.kernels import epilogue as ep_k
-from simulator.kernels.jitcache import stable_cache
+from simulator.kernels.jitcache import specialised
 from simulator.kernels import simd
 from simulator.primitives import (
     INT64_MAX,
@@ -309,18 +309,10 @@ def requant_params(*, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="h
     return p
 
 
-_REQUANT_KERNELS = {}
-
-
 def _requant_kernels(kind, rnd):
     """``(items, par)`` kernels specialized for an epilogue kind and rounding mode (closure
     constants: only the branch in use is compiled; see ``igemm.kernels``)."""
-    key = (int(kind), int(rnd))
-    ks = _REQUANT_KERNELS.get(key)
-    if ks is None:
-        ks = stable_cache(*_make_requant_kernels(*key))
-        _REQUANT_KERNELS[key] = ks
-    return ks
+    return specialised(_make_requant_kernels, int(kind), int(rnd))
 
 
 def _make_requant_kernels(kind, rnd):
@@ -526,7 +518,6 @@ def _make_quantize_kernels(rnd):
     return quantize_range, quantize_par
 
 
-_QUANTIZE_KERNELS = {}
 
 
 def quantize(x, *, scale, zero_point, axis=1, rounding="half_even", method="divide",
@@ -562,9 +553,7 @@ def quantize(x, *, scale, zero_point, axis=1, rounding="half_even", method="divi
     small = max(abs(out_min - int(z.min())), abs(out_max - int(z.max())),
                 abs(out_min - int(z.max())), abs(out_max - int(z.min()))) < 2**22
     if small and (n_ch == 1 or inner % 16 == 0):
-        ks = _QUANTIZE_KERNELS.get(rnd)
-        if ks is None:
-            ks = _QUANTIZE_KERNELS[rnd] = stable_cache(*_make_quantize_kernels(rnd))
+        ks = specialised(_make_quantize_kernels, int(rnd))
         x1 = np.ascontiguousarray(x).reshape(-1)
         out1 = np.empty(x1.shape[0], dtype=dt)
         inv = np.array([f32_div(np.float32(1.0), v) for v in s], dtype=np.float32)
