@@ -170,15 +170,27 @@ class GemmFast:
 
     def run(self, a):
         """``(out, n_sat)`` or ``None`` (then use :func:`gemm_acc` and ``requantize``)."""
-        if a.ndim < 1 or a.shape[-1] != self.depth:
+        got = self.launch(a.shape, a.dtype)
+        if got is None:
             return None
-        lead = a.shape[:-1]
+        launch, static_ok = got
+        a = np.ascontiguousarray(a)
+        if not static_ok:
+            x_absmax = max(abs(int(a.min()) - self.conv.xzp), abs(int(a.max()) - self.conv.xzp))
+            if self.conv.bound(x_absmax) > self.conv.limit:
+                return None
+        outs, n_sat = launch.execute((a,))
+        return outs[0], n_sat
+
+    def launch(self, shape, dtype):
+        """``(Launch, static_ok)`` for an input of this shape and dtype, or ``None`` (see
+        :meth:`simulator.kernels.igemm.ConvFast.launch`)."""
+        if len(shape) < 1 or shape[-1] != self.depth:
+            return None
+        lead = tuple(int(d) for d in shape[:-1])
         rows = int(np.prod(lead, dtype=np.int64))
-        res = self.conv.run(a.reshape(1, rows, 1, self.depth))
-        if res is None:
-            return None
-        out, n_sat = res
-        return out.reshape(lead + (self.n_cols,)), n_sat
+        return self.conv.launch((1, rows, 1, self.depth), dtype,
+                                in_view=(1, rows, 1, self.depth), out_shape=lead + (self.n_cols,))
 
 
 def prepare_gemm(weight, *, weight_zero_point=0, bias=None, input_zero_point=0, acc_bits=32,

@@ -55,6 +55,7 @@ from numba import njit, prange
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels import simd
 from simulator.kernels.jitcache import specialised
+from simulator.launch import Call, In, Launch, Tmp
 from simulator.kernels.simd import (
     vadd_i32,
     vbcast4,
@@ -636,6 +637,7 @@ class ConvFast:
             self.usable = False
         self._colsum = colsum
         self._biasp = {}
+        self._launches = {}
         # no partial sum may leave the accumulator range (nor int32, nor the epilogue's limit)
         self.limit = self.acc_hi
         if self.ep.acc_limit is not None:
@@ -769,69 +771,101 @@ class ConvFast:
 
     def run(self, x):
         """``(out, n_sat)`` for the 4-D input ``x`` in the step layout, or ``None``."""
-        if not self.usable or x.dtype.name not in self.x_dtypes or x.ndim != 4:
+        if not self.usable or x.ndim != 4:
+            return None
+        got = self.launch(x.shape, x.dtype)
+        if got is None:
+            return None
+        launch, static_ok = got
+        x = np.ascontiguousarray(x)
+        if not static_ok:
+            # the dtype range does not prove it: look at the actual input codes
+            x_absmax = max(abs(int(x.min()) - self.xzp), abs(int(x.max()) - self.xzp))
+            if self.bound(x_absmax) > self.limit:
+                return None
+        outs, n_sat = launch.execute((x,))
+        return outs[0], n_sat
+
+    def launch(self, shape, dtype, in_view=None, out_shape=None):
+        """``(Launch, static_ok)`` for a 4-D input of this shape and dtype in the step layout, or
+        ``None`` when the fast path does not apply. ``static_ok``: the dtype range alone proves
+        that no partial sum leaves the accumulator range (else the caller must check the input
+        codes first). ``in_view``/``out_shape``: the launch input is ``In(0, in_view)`` and its
+        output is viewed with ``out_shape`` (gemm runs as a 1x1 convolution)."""
+        if not self.usable or len(shape) != 4:
+            return None
+        dtype = np.dtype(dtype)
+        threads = _threads()
+        key = (tuple(shape), dtype.num, threads, in_view, out_shape)
+        got = self._launches.get(key, False)
+        if got is False:
+            got = self._launches[key] = self._build_launch(tuple(int(d) for d in shape), dtype,
+                                                          threads, in_view, out_shape)
+        return got
+
+    def _build_launch(self, shape, dtype, threads, in_view, out_shape):
+        if dtype.name not in self.x_dtypes:
             return None
         if self.nchw:
-            n_img, n_in, height, width = x.shape
+            n_img, n_in, height, width = shape
         else:
-            n_img, height, width, n_in = x.shape
+            n_img, height, width, n_in = shape
         if n_in != self.cg * self.group or n_img == 0:
             return None
         geo = self._geometry(height, width)
         if geo is None:
             return None
         oh_n, ow_n, hp_n, wp_n, taps = geo
-        flip = 128 if x.dtype == np.int8 else 0
+        flip = 128 if dtype == np.int8 else 0
         uzp = self.xzp + flip
         if not 0 <= uzp <= 255:
             return None
+        static_ok = self.bound(self.worst_absmax[flip]) <= self.limit
         macs = n_img * oh_n * ow_n * self.m_out * self.cg * self.kh * self.kw
-        threads = _threads()
         parallel = threads > 1 and macs >= PARALLEL_MIN_MACS
-        x = np.ascontiguousarray(x)
-        if self.bound(self.worst_absmax[flip]) > self.limit:
-            # the dtype range does not prove it: look at the actual input codes
-            x_absmax = max(abs(int(x.min()) - self.xzp), abs(int(x.max()) - self.xzp))
-            if self.bound(x_absmax) > self.limit:
-                return None
         ep = self.ep
         kern = kernels(ep.kind, ep.rnd)
+        x_in = In(0, in_view)
+        n_x = n_img * height * width * n_in
+        if self.nchw:
+            out_dims = (n_img, self.m_out, oh_n, ow_n)
+        else:
+            out_dims = (n_img, oh_n, ow_n, self.m_out)
+        n_out = n_img * oh_n * ow_n * self.m_out
+        out_view = Tmp(0, out_shape if out_shape is not None else out_dims)
+        flat = Tmp(0, (n_out,))
+        temps = [((n_out,), self.out_dtype.name)]
         if self.depthwise and self.nchw and DW_PLANES:
             hq, wq, toff, lmask, n_garb = self._plane_geometry(oh_n, ow_n, hp_n, wp_n)
-            out = np.empty((n_img, self.m_out, oh_n, ow_n), dtype=self.out_dtype)
             total = n_img * self.m_out
-            common = (x.reshape(-1), np.int32(self.xzp), height, width, self.m_out, self.pt,
+            common = (In(0, (n_x,)), np.int32(self.xzp), height, width, self.m_out, self.pt,
                       self.pl, self.sh, self.sw, hq, wq, oh_n, ow_n, toff, self.wtab,
-                      self.bias32, lmask, n_garb) + ep.arrays() + (out.reshape(-1),)
+                      self.bias32, lmask, n_garb) + ep.arrays() + (flat,)
             if parallel:
-                n_sat = kern[5](*common, total, min(total, threads * 4))
+                call = Call(kern[5], common + (total, min(total, threads * 4)), counted=True)
             else:
-                n_sat = kern[4](*common, 0, total)
-            return out, int(n_sat)
+                call = Call(kern[4], common + (0, total), counted=True)
+            return Launch(tuple(temps), (call,), (out_view,)), static_ok
         img = hp_n * wp_n * self.ctot
         # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
-        xp = np.empty(n_img * img + 16, dtype=np.uint8)
-        args = (x, self.nchw, self.pt, self.pl, hp_n, wp_n, self.group, self.cg, self.cgp,
+        temps.append(((n_img * img + 16,), "uint8"))
+        xp = Tmp(1)
+        args = (x_in, self.nchw, self.pt, self.pl, hp_n, wp_n, self.group, self.cg, self.cgp,
                 self.ctot, flip, uzp, xp)
         if parallel and n_img > 1:
-            _prepass_par(*args, min(n_img, threads))
+            calls = [Call(_prepass_par, args + (min(n_img, threads),))]
         else:
-            _prepass_images(*args, 0, n_img)
+            calls = [Call(_prepass_images, args + (0, n_img))]
         biasp = self._biasp_for(flip)
         n_pix = oh_n * ow_n
         total = n_img * n_pix
-        if self.nchw:
-            out = np.empty((n_img, self.m_out, oh_n, ow_n), dtype=self.out_dtype)
-        else:
-            out = np.empty((n_img, oh_n, ow_n, self.m_out), dtype=self.out_dtype)
-        flat = out.reshape(-1)
         if self.depthwise:
             common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps, self.kw,
                       self.dw, self.w32, biasp) + ep.arrays() + (flat, self.nchw)
             if parallel:
-                n_sat = kern[3](*common, total, threads * 4)
+                calls.append(Call(kern[3], common + (total, threads * 4), counted=True))
             else:
-                n_sat = kern[2](*common, 0, total)
+                calls.append(Call(kern[2], common + (0, total), counted=True))
         else:
             n_blocks = (total + MR - 1) // MR
             common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps,
@@ -839,10 +873,11 @@ class ConvFast:
                       self.wpk, biasp, self.has_u, self.dm) + ep.arrays() + (flat, self.nchw,
                                                                             total)
             if parallel:
-                n_sat = kern[1](*common, n_blocks, min(n_blocks, threads * 4))
+                calls.append(Call(kern[1], common + (n_blocks, min(n_blocks, threads * 4)),
+                                  counted=True))
             else:
-                n_sat = kern[0](*common, 0, n_blocks)
-        return out, int(n_sat)
+                calls.append(Call(kern[0], common + (0, n_blocks), counted=True))
+        return Launch(tuple(temps), tuple(calls), (out_view,)), static_ok
 
 
 __all__ = ["ConvFast", "MR", "PARALLEL_MIN_MACS"]

@@ -1,0 +1,86 @@
+"""Kernel launches: what a step does once the shapes and dtypes of its inputs are known.
+
+A :class:`Launch` is a short list of calls to jitted kernels with fixed arguments, the scratch
+buffers those calls write (allocated per run) and the step outputs (buffers, or reshaped views of
+buffers or inputs). Nothing in it looks at input *values*: every decision that depends only on
+shapes, dtypes and parameters has been taken when it was built.
+
+Two things run launches: :meth:`Launch.execute`, from Python (the interpreter in
+:mod:`simulator.run`), and :mod:`simulator.compiled`, which writes the launches of a whole
+program into one jitted function so a small batch pays no per-step Python cost. Both run the same
+calls with the same arguments, so they compute the same bits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+
+@dataclass(frozen=True)
+class In:
+    """The step's ``index``-th input, viewed with ``shape`` (``None``: as it is). Inputs are
+    C-contiguous when a launch runs."""
+
+    index: int
+    shape: tuple | None = None
+
+
+@dataclass(frozen=True)
+class Tmp:
+    """Scratch buffer ``index`` of the launch, viewed with ``shape`` (``None``: as allocated)."""
+
+    index: int
+    shape: tuple | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """``fn(*args)``; ``counted``: the call returns the number of saturated outputs."""
+
+    fn: object
+    args: tuple
+    counted: bool = False
+
+
+@dataclass(frozen=True)
+class Launch:
+    temps: tuple    # ((shape, dtype name), ...) allocated with np.empty per run
+    calls: tuple    # (Call, ...) in order
+    outputs: tuple  # (In | Tmp, ...) the step outputs
+
+    def execute(self, inputs):
+        """``(outputs, n_saturated)`` for C-contiguous ``inputs``."""
+        temps = [np.empty(shape, dtype=dtype) for shape, dtype in self.temps]
+
+        def resolve(arg):
+            if isinstance(arg, In):
+                arr = inputs[arg.index]
+            elif isinstance(arg, Tmp):
+                arr = temps[arg.index]
+            else:
+                return arg
+            return arr if arg.shape is None else arr.reshape(arg.shape)
+
+        n_sat = 0
+        for call in self.calls:
+            res = call.fn(*[resolve(a) for a in call.args])
+            if call.counted:
+                n_sat += int(res)
+        return tuple(resolve(o) for o in self.outputs), n_sat
+
+
+@njit(cache=True)
+def cast_copy(src, dst):
+    """``dst[i] = src[i]`` with the destination's dtype (values already in its range)."""
+    for i in range(src.shape[0]):
+        dst[i] = src[i]
+
+
+def view(launch_output, shape):
+    """``launch_output`` (an :class:`In` or :class:`Tmp`) viewed with ``shape``."""
+    return type(launch_output)(launch_output.index, tuple(int(d) for d in shape))
+
+
+__all__ = ["Call", "In", "Launch", "Tmp", "cast_copy", "view"]
