@@ -256,14 +256,7 @@ def execute_add(step, *arrays):
             zero_point_b=_param(step, "zero_point_b"),
             zero_point_out=_param(step, "zero_point_out"), **common)
     elif mode == "tflite":
-        out, n_sat = elt_k.add_tflite(
-            a, b, left_shift=_param(step, "left_shift"),
-            multiplier_a=_param(step, "multiplier_a"), shift_a=_param(step, "shift_a"),
-            multiplier_b=_param(step, "multiplier_b"), shift_b=_param(step, "shift_b"),
-            multiplier_out=_param(step, "multiplier_out"), shift_out=_param(step, "shift_out"),
-            zero_point_a=_param(step, "zero_point_a"), zero_point_b=_param(step, "zero_point_b"),
-            zero_point_out=_param(step, "zero_point_out"),
-            rq_rounding=_param(step, "rq_rounding", "half_away"), **common)
+        out, n_sat = elt_k.add_tflite(a, b, **add_tflite_kwargs(step), **common)
     elif mode == "fixed":
         prepared = _prepared(step, _build_add_fixed)
         if prepared is not None:
@@ -292,6 +285,14 @@ def execute_add(step, *arrays):
             " 'fixed' or 'float'"
         )
     return (out,), _stats(0, n_sat)
+
+
+def add_tflite_kwargs(step):
+    """The parameters of an add step in mode 'tflite' (without the output block)."""
+    return {name: _param(step, name) for name in (
+        "left_shift", "multiplier_a", "shift_a", "multiplier_b", "shift_b", "multiplier_out",
+        "shift_out", "zero_point_a", "zero_point_b", "zero_point_out")} | {
+        "rq_rounding": _param(step, "rq_rounding", "half_away")}
 
 
 def execute_mul(step, *arrays):
@@ -350,22 +351,32 @@ def execute_avgpool(step, *arrays):
     division by the count, then the requant block)."""
     _n_inputs(step, arrays, 1)
     layout = _layout(step)
-    mode = _param(step, "mode")
-    geometry = {
-        "layout": layout, "kernel": _param(step, "kernel"),
+    if _param(step, "mode") == "fixed":
+        rq = _requant_kwargs(step, _LAYOUT_CHANNEL_AXIS[layout])
+        avg, _ = pool_k.avgpool(arrays[0], mode="fixed",
+                                zero_point_in=_param(step, "input_zero_point", 0),
+                                rq_rounding=rq["rq_rounding"], **_avgpool_geometry(step))
+        out, n_sat = quant_k.requantize(avg, **rq)
+        return (out,), _stats(0, n_sat)
+    out, n_sat = pool_k.avgpool(arrays[0], **avgpool_codes_kwargs(step))
+    return (out,), _stats(0, n_sat)
+
+
+def _avgpool_geometry(step):
+    if tuple(_param(step, "dilations", (1, 1))) != (1, 1):
+        raise ProgramError(f"step {step.name!r} (avgpool): dilations are not supported")
+    return {
+        "layout": _layout(step), "kernel": _param(step, "kernel"),
         "strides": _param(step, "strides", (1, 1)), "pads": _param(step, "pads", (0, 0, 0, 0)),
         "ceil_mode": _param(step, "ceil_mode", 0),
         "count_include_pad": _param(step, "count_include_pad", 0),
     }
-    if tuple(_param(step, "dilations", (1, 1))) != (1, 1):
-        raise ProgramError(f"step {step.name!r} (avgpool): dilations are not supported")
-    if mode == "fixed":
-        rq = _requant_kwargs(step, _LAYOUT_CHANNEL_AXIS[layout])
-        avg, _ = pool_k.avgpool(arrays[0], mode="fixed",
-                                zero_point_in=_param(step, "input_zero_point", 0),
-                                rq_rounding=rq["rq_rounding"], **geometry)
-        out, n_sat = quant_k.requantize(avg, **rq)
-        return (out,), _stats(0, n_sat)
+
+
+def avgpool_codes_kwargs(step):
+    """The keyword arguments of :func:`simulator.kernels.pool.avgpool` for an avgpool step whose
+    mode ('ort_float' or 'tflite_raw') yields the output codes directly."""
+    mode = _param(step, "mode")
     out_min, out_max, dt = _out_block(step)
     if mode == "ort_float":
         extra = {"scale_in": _param(step, "scale_in"),
@@ -379,9 +390,8 @@ def execute_avgpool(step, *arrays):
             f"step {step.name!r} (avgpool): unknown mode {mode!r}; expected 'ort_float',"
             " 'tflite_raw' or 'fixed'"
         )
-    out, n_sat = pool_k.avgpool(arrays[0], mode=mode, out_min=out_min, out_max=out_max,
-                                out_dtype=dt, **extra, **geometry)
-    return (out,), _stats(0, n_sat)
+    return {"mode": mode, "out_min": out_min, "out_max": out_max, "out_dtype": dt, **extra,
+            **_avgpool_geometry(step)}
 
 
 def execute_global_avgpool(step, *arrays):

@@ -62,25 +62,33 @@ def _out_block(step):
 def execute_softmax_tflite(step, *arrays):
     """TFLite int8/uint8 softmax along the last axis (``mode`` 'gemmlowp' or 'lut')."""
     x = _one_input(step, arrays)
+    fn, kwargs = softmax_tflite_call(step, x.ndim)
+    out, n_sat = fn(x, **kwargs)
+    return (out,), _stats(0, n_sat)
+
+
+def softmax_tflite_call(step, ndim, launch=False):
+    """``(kernel function, keyword arguments)`` of a softmax_tflite step for a rank-``ndim``
+    input; with ``launch=True`` the function returns the :class:`simulator.launch.Launch`."""
     axis = int(_param(step, "axis", -1))
-    if axis not in (-1, x.ndim - 1):
+    if axis not in (-1, ndim - 1):
         raise ProgramError(f"step {step.name!r} (softmax_tflite): only the last axis is supported, got {axis}")
     mode = _param(step, "mode")
     out_min, out_max, dt = _out_block(step)
     if mode == "gemmlowp":
-        out, n_sat = tfl_k.softmax_gemmlowp(
-            x, input_multiplier=_param(step, "input_multiplier"),
-            input_left_shift=_param(step, "input_left_shift"), diff_min=_param(step, "diff_min"),
-            out_dtype=dt, out_min=out_min, out_max=out_max)
-    elif mode == "lut":
-        out, n_sat = tfl_k.softmax_lut(
-            x, table=_param(step, "table"), scale_out=_param(step, "scale_out"),
-            zero_point_out=_param(step, "zero_point_out"), out_min=out_min, out_max=out_max,
-            out_dtype=dt, rounding=_param(step, "rounding", "half_away"))
-    else:
-        raise ProgramError(f"step {step.name!r} (softmax_tflite): unknown mode {mode!r}; "
-                           f"expected 'gemmlowp' or 'lut'")
-    return (out,), _stats(0, n_sat)
+        fn = tfl_k.softmax_gemmlowp_launch if launch else tfl_k.softmax_gemmlowp
+        return fn, {"input_multiplier": _param(step, "input_multiplier"),
+                    "input_left_shift": _param(step, "input_left_shift"),
+                    "diff_min": _param(step, "diff_min"), "out_dtype": dt, "out_min": out_min,
+                    "out_max": out_max}
+    if mode == "lut":
+        fn = tfl_k.softmax_lut_launch if launch else tfl_k.softmax_lut
+        return fn, {"table": _param(step, "table"), "scale_out": _param(step, "scale_out"),
+                    "zero_point_out": _param(step, "zero_point_out"), "out_min": out_min,
+                    "out_max": out_max, "out_dtype": dt,
+                    "rounding": _param(step, "rounding", "half_away")}
+    raise ProgramError(f"step {step.name!r} (softmax_tflite): unknown mode {mode!r}; "
+                       f"expected 'gemmlowp' or 'lut'")
 
 
 def execute_lut(step, *arrays):

@@ -70,6 +70,18 @@ class Launch:
                 n_sat += int(res)
         return tuple(resolve(o) for o in self.outputs), n_sat
 
+    def output_specs(self, in_specs):
+        """``((shape, dtype), ...)`` of the outputs for inputs ``in_specs`` (arrays or anything
+        with ``shape`` and ``dtype``)."""
+        specs = []
+        for out in self.outputs:
+            if isinstance(out, In):
+                shape, dtype = in_specs[out.index].shape, in_specs[out.index].dtype
+            else:
+                shape, dtype = self.temps[out.index]
+            specs.append((tuple(shape if out.shape is None else out.shape), np.dtype(dtype)))
+        return tuple(specs)
+
 
 @njit(cache=True)
 def cast_copy(src, dst):

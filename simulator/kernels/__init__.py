@@ -25,18 +25,35 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+_SOURCES_DIGEST = []
+
+
+def sources_digest() -> str:
+    """sha256 over every ``simulator/*.py`` and ``simulator/kernels/*.py`` source ('' if one
+    cannot be read); computed once per process."""
+    if not _SOURCES_DIGEST:
+        here = os.path.dirname(os.path.abspath(__file__))
+        pkg = os.path.dirname(here)
+        digest = hashlib.sha256()
+        paths = glob.glob(os.path.join(pkg, "*.py")) + glob.glob(os.path.join(here, "*.py"))
+        for path in sorted(paths):
+            digest.update(os.path.basename(path).encode())
+            try:
+                with open(path, "rb") as fh:
+                    digest.update(fh.read())
+            except OSError:
+                _SOURCES_DIGEST.append("")
+                return ""
+        _SOURCES_DIGEST.append(digest.hexdigest())
+    return _SOURCES_DIGEST[0]
+
+
 def _drop_stale_jit_cache():
     here = os.path.dirname(os.path.abspath(__file__))
     pkg = os.path.dirname(here)
-    digest = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(pkg, "*.py")) + glob.glob(os.path.join(here, "*.py"))):
-        digest.update(os.path.basename(path).encode())
-        try:
-            with open(path, "rb") as fh:
-                digest.update(fh.read())
-        except OSError:
-            return
-    stamp = digest.hexdigest()
+    stamp = sources_digest()
+    if not stamp:
+        return
     stamp_path = os.path.join(here, "__pycache__", "jit_sources.sha256")
     try:
         with open(stamp_path) as fh:

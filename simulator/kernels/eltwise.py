@@ -35,6 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from simulator.errors import KernelInputError
+from simulator.launch import Call, In, Launch, Tmp
 from simulator.kernels import simd
 from simulator.kernels.epilogue import store16
 from simulator.kernels.jitcache import specialised
@@ -173,15 +174,51 @@ def _add_ort_fma_par(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out, 
 
 def _run_flat(serial, parallel, n, args):
     """Run a flat element kernel on the calling thread or, for large inputs, in parallel."""
+    call = _flat_call(serial, parallel, n, args)
+    return call.fn(*call.args)
+
+
+def _flat_call(serial, parallel, n, args):
+    """The :class:`Call` of a flat element kernel: serial, or parallel for large inputs."""
     threads = numba.get_num_threads()
     if threads > 1 and n >= PARALLEL_MIN_ELEMENTS:
-        return parallel(*args, 4 * threads)
-    return serial(*args, 0, n)
+        return Call(parallel, tuple(args) + (4 * threads,), counted=True)
+    return Call(serial, tuple(args) + (0, n), counted=True)
 
 
-def add_ort_fma(a, b, *, scale_a, scale_b, scale_out, zero_point_a, zero_point_b,
-                zero_point_out, out_min, out_max, out_dtype):
-    """ORT x86 QLinearAdd; returns ``(out, out_saturated)``. See the module docstring."""
+def _same_shape_launch(shape, dtype, serial, parallel, params):
+    """The launch of a flat two-input kernel ``kernel(a1, b1, *params, out, ...)`` on inputs of
+    one ``shape``: no broadcast copies."""
+    shape = tuple(int(d) for d in shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    call = _flat_call(serial, parallel, n, (In(0, (n,)), In(1, (n,))) + tuple(params) + (Tmp(0),))
+    return Launch((((n,), np.dtype(dtype).name),), (call,), (Tmp(0, shape),))
+
+
+def add_ort_fma(a, b, **params):
+    """ORT x86 QLinearAdd; returns ``(out, out_saturated)``. See the module docstring and
+    :func:`add_ort_fma_launch` for the parameters."""
+    launch, flat_params = _add_ort_fma(a, b, **params)
+    if launch is not None:
+        outs, n_sat = launch.execute((np.ascontiguousarray(a), np.ascontiguousarray(b)))
+        return outs[0], n_sat
+    a1, b1, shape = broadcast_pair(a, b)
+    out = np.empty(a1.shape[0], dtype=params["out_dtype"])
+    n_sat = _run_flat(_add_ort_fma_range, _add_ort_fma_par, a1.shape[0],
+                      (a1, b1) + flat_params + (out,))
+    return out.reshape(shape), int(n_sat)
+
+
+def add_ort_fma_launch(a, b, **params):
+    """The :class:`Launch` of :func:`add_ort_fma` for inputs of ``a``'s and ``b``'s shapes and
+    dtypes (values not read) when the shapes are equal, else ``None``. Parameters:
+    ``scale_a, scale_b, scale_out, zero_point_a, zero_point_b, zero_point_out, out_min, out_max,
+    out_dtype``."""
+    return _add_ort_fma(a, b, **params)[0]
+
+
+def _add_ort_fma(a, b, *, scale_a, scale_b, scale_out, zero_point_a, zero_point_b,
+                 zero_point_out, out_min, out_max, out_dtype):
     for name, arr in (("add input a", a), ("add input b", b)):
         check_int_array(name, arr, ("int8", "uint8"))
     out_min, out_max, dt = check_out_range(out_min, out_max, out_dtype)
@@ -195,12 +232,12 @@ def add_ort_fma(a, b, *, scale_a, scale_b, scale_out, zero_point_a, zero_point_b
     else:
         k_const = ort_qladd_constant(r_a, int(zero_point_a), r_b, int(zero_point_b),
                                      int(zero_point_out))
-    a1, b1, shape = broadcast_pair(a, b)
-    out = np.empty(a1.shape[0], dtype=dt)
-    n_sat = _run_flat(_add_ort_fma_range, _add_ort_fma_par, a1.shape[0],
-                      (a1, b1, np.float32(r_a), np.float32(r_b), np.float32(k_const), swapped,
-                       np.int64(out_min), np.int64(out_max), out))
-    return out.reshape(shape), int(n_sat)
+    flat_params = (np.float32(r_a), np.float32(r_b), np.float32(k_const), swapped,
+                   np.int64(out_min), np.int64(out_max))
+    if a.shape != b.shape:
+        return None, flat_params
+    return _same_shape_launch(a.shape, dt, _add_ort_fma_range, _add_ort_fma_par,
+                              flat_params), flat_params
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,15 +308,43 @@ def _check_tflite_multiplier(name, mult, shift):
     return np.int64(mult), np.int64(shift)
 
 
-def add_tflite(a, b, *, left_shift, multiplier_a, shift_a, multiplier_b, shift_b,
-               multiplier_out, shift_out, zero_point_a, zero_point_b, zero_point_out,
-               out_min, out_max, out_dtype, rq_rounding="half_away"):
+def add_tflite(a, b, **params):
     """TFLite reference ADD (int8/uint8/int16); returns ``(out, out_saturated)``.
 
     Shifts use TFLite's sign (positive = left). ``rq_rounding='half_away'`` is gemmlowp double
     rounding (the reference kernels); ``'half_up'`` uses ruy's both-steps-RHU multiply.
-    The shifted inputs must fit int32: ``|q - zp| * 2**left_shift < 2**31``.
+    The shifted inputs must fit int32: ``|q - zp| * 2**left_shift < 2**31``. Parameters:
+    ``left_shift, multiplier_a, shift_a, multiplier_b, shift_b, multiplier_out, shift_out,
+    zero_point_a, zero_point_b, zero_point_out, out_min, out_max, out_dtype, rq_rounding``.
     """
+    launch, static_ok, kernels_, flat_params, dt = _add_tflite(a, b, **params)
+    if not static_ok:
+        left_shift = int(params["left_shift"])
+        for arr, z in ((a, int(params["zero_point_a"])), (b, int(params["zero_point_b"]))):
+            if arr.size:
+                span = max(abs(int(arr.max()) - z), abs(int(arr.min()) - z))
+                if span << left_shift >= 2**31:
+                    raise KernelInputError("add 'tflite': (q - zp) << left_shift overflows int32")
+    if launch is not None:
+        outs, n_sat = launch.execute((np.ascontiguousarray(a), np.ascontiguousarray(b)))
+        return outs[0], n_sat
+    a1, b1, shape = broadcast_pair(a, b)
+    out = np.empty(a1.shape[0], dtype=dt)
+    n_sat = _run_flat(*kernels_, a1.shape[0], (a1, b1) + flat_params + (out,))
+    return out.reshape(shape), int(n_sat)
+
+
+def add_tflite_launch(a, b, **params):
+    """The :class:`Launch` of :func:`add_tflite` for inputs of ``a``'s and ``b``'s shapes and
+    dtypes (values not read), or ``None``: shapes differ, or the dtype ranges do not prove that
+    the shifted inputs fit int32."""
+    launch, static_ok = _add_tflite(a, b, **params)[:2]
+    return launch if static_ok else None
+
+
+def _add_tflite(a, b, *, left_shift, multiplier_a, shift_a, multiplier_b, shift_b,
+                multiplier_out, shift_out, zero_point_a, zero_point_b, zero_point_out,
+                out_min, out_max, out_dtype, rq_rounding="half_away"):
     for name, arr in (("add input a", a), ("add input b", b)):
         check_int_array(name, arr, ("int8", "uint8", "int16", "uint16"))
     out_min, out_max, dt = check_out_range(out_min, out_max, out_dtype)
@@ -293,23 +358,23 @@ def add_tflite(a, b, *, left_shift, multiplier_a, shift_a, multiplier_b, shift_b
     m_b, s_b = _check_tflite_multiplier("multiplier_b", multiplier_b, shift_b)
     m_o, s_o = _check_tflite_multiplier("multiplier_out", multiplier_out, shift_out)
     za, zb = int(zero_point_a), int(zero_point_b)
+    static_ok = True
     for arr, z in ((a, za), (b, zb)):
-        if arr.size:
-            span = max(abs(int(arr.max()) - z), abs(int(arr.min()) - z))
-            if span << left_shift >= 2**31:
-                raise KernelInputError("add 'tflite': (q - zp) << left_shift overflows int32")
-    a1, b1, shape = broadcast_pair(a, b)
-    out = np.empty(a1.shape[0], dtype=dt)
+        info = np.iinfo(arr.dtype)
+        if max(abs(int(info.max) - z), abs(int(info.min) - z)) << left_shift >= 2**31:
+            static_ok = False
 
     def lr(shift):
         return np.int64(max(int(shift), 0)), np.int64(max(-int(shift), 0))
 
-    serial, parallel = _ADD_TFLITE[rnd == RND_HALF_UP]
-    n_sat = _run_flat(serial, parallel, a1.shape[0],
-                      (a1, b1, np.int64(za), np.int64(zb), np.int64(zero_point_out),
-                       np.int64(left_shift), m_a, *lr(s_a), m_b, *lr(s_b), m_o, *lr(s_o),
-                       np.int64(out_min), np.int64(out_max), out))
-    return out.reshape(shape), int(n_sat)
+    kernels_ = _ADD_TFLITE[rnd == RND_HALF_UP]
+    flat_params = (np.int64(za), np.int64(zb), np.int64(zero_point_out), np.int64(left_shift),
+                   m_a, *lr(s_a), m_b, *lr(s_b), m_o, *lr(s_o), np.int64(out_min),
+                   np.int64(out_max))
+    launch = None
+    if a.shape == b.shape:
+        launch = _same_shape_launch(a.shape, dt, *kernels_, flat_params)
+    return launch, static_ok, kernels_, flat_params, dt
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,25 +430,30 @@ class AddFixed:
 
     def run(self, a, b):
         a1, b1, shape = broadcast_pair(a, b)
-        out = np.empty(a1.shape[0], dtype=self.dtype)
-        key = (a1.dtype.num, b1.dtype.num)
+        outs, n_sat = self.launch(shape, a1.dtype, b1.dtype).execute(
+            (a1.reshape(shape), b1.reshape(shape)))
+        return outs[0], n_sat
+
+    def launch(self, shape, dtype_a, dtype_b):
+        """The :class:`Launch` for two inputs of one ``shape`` and these dtypes."""
+        dtype_a, dtype_b = np.dtype(dtype_a), np.dtype(dtype_b)
+        key = (dtype_a.num, dtype_b.num)
         fast = self._fast.get(key)
         if fast is None:
             # product and rounding offset fit int64: the branch-free kernel for this rounding
-            bound = _add_bound(a1, b1, self.za, self.zb, self.ma, self.mb) * abs(self.mult)
+            bound = _add_bound(dtype_a, dtype_b, self.za, self.zb, self.ma, self.mb)
+            bound *= abs(self.mult)
             fast = self._fast[key] = 1 <= self.shift <= 62 and bound < 2**62
         if fast:
             serial, parallel = _add_shift_kernels(self.rnd)
-            n_sat = _run_flat(serial, parallel, a1.shape[0], (a1, b1, *self.branch_free, out))
-        else:
-            n_sat = _run_flat(_add_fixed_range, _add_fixed_par, a1.shape[0],
-                              (a1, b1, *self.generic, out))
-        return out.reshape(shape), int(n_sat)
+            return _same_shape_launch(shape, self.dtype, serial, parallel, self.branch_free)
+        return _same_shape_launch(shape, self.dtype, _add_fixed_range, _add_fixed_par,
+                                  self.generic)
 
 
-def _add_bound(a1, b1, za, zb, ma, mb) -> int:
+def _add_bound(dtype_a, dtype_b, za, zb, ma, mb) -> int:
     """An upper bound on ``|(a - za) * ma + (b - zb) * mb|`` from the storage types."""
-    ia, ib = np.iinfo(a1.dtype), np.iinfo(b1.dtype)
+    ia, ib = np.iinfo(dtype_a), np.iinfo(dtype_b)
     span_a = max(abs(int(ia.min) - int(za)), abs(int(ia.max) - int(za)))
     span_b = max(abs(int(ib.min) - int(zb)), abs(int(ib.max) - int(zb)))
     return span_a * abs(int(ma)) + span_b * abs(int(mb))

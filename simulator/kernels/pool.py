@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from simulator.errors import KernelInputError
+from simulator.launch import Call, In, Launch, Tmp, cast_copy
 from simulator.kernels.quant import (
     PARALLEL_MIN_ELEMENTS,
     check_int_array,
@@ -368,6 +369,30 @@ def avgpool(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0), ceil
     count)`` (``zero_point_in`` is ``z_in``) in the requested layout and 0; the caller applies the
     requantization block.
     """
+    res = _avgpool(x, layout, kernel, strides, pads, ceil_mode, count_include_pad, mode,
+                   scale_in, zero_point_in, scale_out, zero_point_out, rq_rounding, out_min,
+                   out_max, out_dtype, launch_only=False)
+    if isinstance(res, Launch):
+        outs, n_sat = res.execute((np.ascontiguousarray(x),))
+        return outs[0], n_sat
+    return res
+
+
+def avgpool_launch(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0), ceil_mode=0,
+                   count_include_pad=0, mode, scale_in=1.0, zero_point_in=0, scale_out=1.0,
+                   zero_point_out=0, rq_rounding="half_even", out_min=None, out_max=None,
+                   out_dtype=None):
+    """The :class:`simulator.launch.Launch` of :func:`avgpool` for inputs of ``x``'s shape and
+    dtype (its values are not read), or ``None`` (NCHW). Raises what :func:`avgpool` raises."""
+    res = _avgpool(x, layout, kernel, strides, pads, ceil_mode, count_include_pad, mode,
+                   scale_in, zero_point_in, scale_out, zero_point_out, rq_rounding, out_min,
+                   out_max, out_dtype, launch_only=True)
+    return res if isinstance(res, Launch) else None
+
+
+def _avgpool(x, layout, kernel, strides, pads, ceil_mode, count_include_pad, mode, scale_in,
+             zero_point_in, scale_out, zero_point_out, rq_rounding, out_min, out_max, out_dtype,
+             launch_only):
     if mode not in AVG_MODES:
         raise KernelInputError(f"avgpool mode must be one of {sorted(AVG_MODES)}, got {mode!r}")
     xn, kh, kw, sh, sw, pt, pl, _, _, oh, ow = _geometry(x, layout, kernel, strides, pads,
@@ -400,17 +425,20 @@ def avgpool(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0), ceil
         s_in, s_out = np.float32(1.0), np.float32(1.0)
     z_in = int(zero_point_in) if code != AVG_TFLITE_RAW else 0
     if layout == "NHWC":
-        xc = np.ascontiguousarray(x)
-        out = np.empty((x.shape[0], oh, ow, x.shape[3]), dtype=np.int64)
-        args = (xc, kh, kw, sh, sw, pt, pl, include_pad, code, s_in, np.int64(z_in), s_out,
-                np.int64(zero_point_out), rnd, np.int64(out_min_i), np.int64(out_max_i), out)
-        n_rows = x.shape[0] * oh
+        out_shape = (int(x.shape[0]), oh, ow, int(x.shape[3]))
+        size = out_shape[0] * oh * ow * out_shape[3]
+        args = (In(0), kh, kw, sh, sw, pt, pl, include_pad, code, s_in, np.int64(z_in), s_out,
+                np.int64(zero_point_out), rnd, np.int64(out_min_i), np.int64(out_max_i), Tmp(0))
+        n_rows = out_shape[0] * oh
         threads = numba.get_num_threads()
         if threads > 1 and x.size >= PARALLEL_MIN_ELEMENTS and n_rows > 1:
-            n_sat = _avgpool_nhwc_par(*args, min(n_rows, 4 * threads))
+            call = Call(_avgpool_nhwc_par, args + (min(n_rows, 4 * threads),), counted=True)
         else:
-            n_sat = _avgpool_nhwc_rows(*args, 0, n_rows)
-        return out.astype(dt), int(n_sat)
+            call = Call(_avgpool_nhwc_rows, args + (0, n_rows), counted=True)
+        return Launch(((out_shape, "int64"), (out_shape, dt.name)),
+                      (call, Call(cast_copy, (Tmp(0, (size,)), Tmp(1, (size,))))), (Tmp(1),))
+    if launch_only:
+        return None
     out = np.empty((xn.shape[0], xn.shape[1], oh, ow), dtype=np.int64)
     n_sat = _avgpool_kernel(xn, kh, kw, sh, sw, pt, pl, include_pad, code, s_in, np.int64(z_in),
                             s_out, np.int64(zero_point_out), rnd, np.int64(out_min_i),

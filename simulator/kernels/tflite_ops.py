@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit
 
 from simulator.errors import KernelInputError
+from simulator.launch import Call, In, Launch, Tmp, cast_copy
 from simulator.kernels.quant import check_int_array, check_out_range
 from simulator.primitives import (
     INT32_MAX,
@@ -194,9 +195,10 @@ def _softmax_gemmlowp_rows(x, input_multiplier, input_left_shift, diff_min, out_
     return n_sat
 
 
-def softmax_gemmlowp(x, *, input_multiplier, input_left_shift, diff_min, out_dtype, out_min=None,
-                     out_max=None):
-    """TFLite reference int8/uint8 softmax along the last axis; returns ``(out, out_saturated)``.
+def softmax_gemmlowp_launch(x, *, input_multiplier, input_left_shift, diff_min, out_dtype,
+                            out_min=None, out_max=None):
+    """The :class:`simulator.launch.Launch` of :func:`softmax_gemmlowp` for inputs of ``x``'s
+    shape and dtype (values not read).
 
     ``input_multiplier``/``input_left_shift`` come from ``PreprocessSoftmaxScaling(beta, s_in,
     5)`` and ``diff_min = -CalculateInputRadius(5, input_left_shift)``; the output offset is the
@@ -212,12 +214,33 @@ def softmax_gemmlowp(x, *, input_multiplier, input_left_shift, diff_min, out_dty
         raise KernelInputError(f"softmax (gemmlowp): input_left_shift {input_left_shift} outside [0, 31]")
     if x.ndim == 0 or x.shape[-1] == 0:
         raise KernelInputError("softmax (gemmlowp): empty last axis")
-    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
-    out = np.empty(x2.shape, np.int64)
-    n_sat = _softmax_gemmlowp_rows(x2, np.int64(input_multiplier), np.int64(input_left_shift),
-                                   np.int64(diff_min), np.int64(8 * dt.itemsize),
-                                   np.int64(info.min), np.int64(out_min), np.int64(out_max), out)
-    return out.astype(dt).reshape(x.shape), int(n_sat)
+    return _rows_launch(x, dt, _softmax_gemmlowp_rows, (
+        np.int64(input_multiplier), np.int64(input_left_shift), np.int64(diff_min),
+        np.int64(8 * dt.itemsize), np.int64(info.min), np.int64(out_min), np.int64(out_max)))
+
+
+def _rows_launch(x, dt, kernel, params):
+    """A :class:`Launch` running ``kernel(x2, *params, out) -> n_sat`` on ``x`` as [rows, depth]
+    with an int64 ``out``, then casting to ``dt`` in ``x``'s shape."""
+    shape = tuple(int(d) for d in x.shape)
+    depth = shape[-1]
+    size = int(np.prod(shape, dtype=np.int64))
+    rows = size // depth
+    return Launch((((rows, depth), "int64"), ((size,), dt.name)),
+                  (Call(kernel, (In(0, (rows, depth)),) + params + (Tmp(0),), counted=True),
+                   Call(cast_copy, (Tmp(0, (size,)), Tmp(1)))),
+                  (Tmp(1, shape),))
+
+
+def _execute(launch, x):
+    outs, n_sat = launch.execute((np.ascontiguousarray(x),))
+    return outs[0], n_sat
+
+
+def softmax_gemmlowp(x, **params):
+    """TFLite reference int8/uint8 softmax along the last axis; returns ``(out, out_saturated)``.
+    Parameters: see :func:`softmax_gemmlowp_launch`."""
+    return _execute(softmax_gemmlowp_launch(x, **params), x)
 
 
 @njit(cache=True)
@@ -249,10 +272,10 @@ def _softmax_lut_rows(x, table, scale_out, zero_point, add_half, out_min, out_ma
     return n_sat
 
 
-def softmax_lut(x, *, table, scale_out, zero_point_out, out_min, out_max, out_dtype,
-                rounding="half_away"):
-    """TFLite optimized int8/uint8 softmax (float LUT) along the last axis; returns
-    ``(out, out_saturated)``. ``table`` is float32[256] with ``table[255 - d] = exp(-s*beta*d)``.
+def softmax_lut_launch(x, *, table, scale_out, zero_point_out, out_min, out_max, out_dtype,
+                       rounding="half_away"):
+    """The :class:`simulator.launch.Launch` of :func:`softmax_lut` for inputs of ``x``'s shape
+    and dtype (values not read). ``table`` is float32[256] with ``table[255 - d] = exp(-s*beta*d)``.
     ``rounding``: 'half_away' (``std::round(p) + zp``, int8 output) or 'add_half_truncate'
     (``int(f32(p + 0.5f))``, zero point ignored: TFLite's uint8 output on non-ARM64)."""
     if rounding not in ("half_away", "add_half_truncate"):
@@ -264,12 +287,15 @@ def softmax_lut(x, *, table, scale_out, zero_point_out, out_min, out_max, out_dt
     out_min, out_max, dt = check_out_range(out_min, out_max, out_dtype)
     if x.ndim == 0 or x.shape[-1] == 0:
         raise KernelInputError("softmax (lut): empty last axis")
-    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
-    out = np.empty(x2.shape, np.int64)
-    n_sat = _softmax_lut_rows(x2, np.ascontiguousarray(table), np.float32(scale_out),
-                              np.int64(zero_point_out), rounding == "add_half_truncate",
-                              np.int64(out_min), np.int64(out_max), out)
-    return out.astype(dt).reshape(x.shape), int(n_sat)
+    return _rows_launch(x, dt, _softmax_lut_rows, (
+        np.ascontiguousarray(table), np.float32(scale_out), np.int64(zero_point_out),
+        rounding == "add_half_truncate", np.int64(out_min), np.int64(out_max)))
+
+
+def softmax_lut(x, **params):
+    """TFLite optimized int8/uint8 softmax (float LUT) along the last axis; returns
+    ``(out, out_saturated)``. Parameters: see :func:`softmax_lut_launch`."""
+    return _execute(softmax_lut_launch(x, **params), x)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,275 @@
+"""A whole program as one jitted function, for runs where per-step Python would dominate.
+
+At batch 1 a model's kernels take microseconds, while the interpreter (:func:`simulator.run.run`)
+spends tens of microseconds of Python per step: reading parameters, choosing kernels, allocating
+outputs. :func:`compile_program` fixes the input shapes and dtypes, asks every step for its
+:class:`simulator.launch.Launch` (the kernel calls the interpreter would make for those shapes,
+see :mod:`simulator.launchers`) and writes them, in program order, into the source of one
+function that numba compiles. Running it costs one dispatch; the kernels and their arguments are
+the interpreter's, so the outputs are the same bits (tests/simulator/test_compiled.py compares
+them on every model the tests build).
+
+Where the generated code lives: the source is written to ``<cache>/programs/<digest>.py``
+(``<cache>``: ``$MRQ_CACHE_DIR``, else ``$XDG_CACHE_HOME/mrq``, else ``~/.cache/mrq``) and
+compiled with numba's on-disk cache, so the next process that compiles the same program loads
+it instead of compiling. The digest covers the source, every constant array, every kernel's
+bytecode and closure, the simulator's sources and numba's version: any change gives a new file.
+If the directory is not writable the function is compiled in memory.
+
+A program compiles only if every step has a launch for the given inputs; otherwise
+:func:`compile_program` returns ``None`` and says why in :func:`last_reason` (the interpreter
+runs such programs).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import types
+
+import numba
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+
+from simulator.errors import KernelInputError, ProgramError, SimulatorError
+from simulator.kernels import sources_digest
+from simulator.kernels.jitcache import _describe
+from simulator.launch import In, Tmp
+from simulator.launchers import spec, step_launch
+from simulator.run import RunResult, _check_feeds, _plan
+
+_LAST_REASON = [""]
+
+
+def last_reason() -> str:
+    """Why the last :func:`compile_program` call returned ``None`` ('' if it did not)."""
+    return _LAST_REASON[0]
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class _Source:
+    """The generated function's text and the globals it names."""
+
+    def __init__(self):
+        self.lines = []
+        self.consts = {}   # global name -> array
+        self.kernels = {}  # global name -> dispatcher
+        self._ids = {}
+
+    def global_for(self, value, prefix, table):
+        key = (prefix, id(value))
+        name = self._ids.get(key)
+        if name is None:
+            name = f"{prefix}{len(table)}"
+            table[name] = value
+            self._ids[key] = name
+        return name
+
+    def literal(self, value):
+        """Python source for an argument value, with the numba type the interpreter's call
+        gives it (a Python int is int64, a numpy scalar keeps its type)."""
+        if isinstance(value, (bool, np.bool_)):
+            return "True" if value else "False"
+        if isinstance(value, int):
+            return f"np.int64({int(value)})"
+        if isinstance(value, np.integer):
+            return f"np.{type(value).__name__}({int(value)})"
+        if isinstance(value, (float, np.floating)):
+            if not np.isfinite(value):
+                return self.global_for(np.array([value]), "C", self.consts) + "[0]"
+            text = repr(float(value))
+            return text if type(value) is float else f"np.{type(value).__name__}({text})"
+        if isinstance(value, np.ndarray):
+            return self.global_for(value, "C", self.consts)
+        raise _Unsupported(f"an argument of type {type(value).__name__}")
+
+
+def _view(expr, shape):
+    if shape is None:
+        return expr
+    dims = ", ".join(str(int(d)) for d in shape)
+    return f"{expr}.reshape(({dims},))"
+
+
+def _generate(program, feeds):
+    """``(source, output buffer names)``; raises :class:`_Unsupported`."""
+    src = _Source()
+    var = {}   # buffer name -> python expression
+    specs = {}  # buffer name -> spec array
+    args = []
+    for i, inp in enumerate(program.inputs):
+        var[inp.name] = f"x{i}"
+        specs[inp.name] = spec(feeds[inp.name].shape, feeds[inp.name].dtype)
+        args.append(f"x{i}")
+    body = src.lines
+    n_steps = len(program.steps)
+    body.append(f"    sat = np.zeros({n_steps}, np.int64)")
+    for k, (step, _executor) in enumerate(_plan(program)):
+        in_specs = [specs[name] for name in step.inputs]
+        try:
+            launch = step_launch(step, in_specs)
+        except (SimulatorError, TypeError, ValueError, KeyError, IndexError) as err:
+            raise _Unsupported(f"step {step.name!r} ({step.kind}): {err}") from None
+        if launch is None:
+            raise _Unsupported(f"step {step.name!r} ({step.kind}) has no launch for inputs"
+                               f" {[(list(s.shape), s.dtype.name) for s in in_specs]}")
+        if len(launch.outputs) != len(step.outputs):
+            raise _Unsupported(f"step {step.name!r}: launch outputs do not match")
+
+        def expr(arg, k=k, step=step):
+            if isinstance(arg, In):
+                return _view(var[step.inputs[arg.index]], arg.shape)
+            if isinstance(arg, Tmp):
+                return _view(f"t{k}_{arg.index}", arg.shape)
+            if isinstance(arg, Dispatcher):
+                raise _Unsupported("a kernel passed as an argument")
+            return src.literal(arg)
+
+        for j, (shape, dtype) in enumerate(launch.temps):
+            dims = ", ".join(str(int(d)) for d in shape)
+            body.append(f"    t{k}_{j} = np.empty(({dims},), np.{np.dtype(dtype).name})")
+        for call in launch.calls:
+            if not isinstance(call.fn, Dispatcher):
+                raise _Unsupported(f"step {step.name!r}: {call.fn!r} is not a jitted kernel")
+            fn = src.global_for(call.fn, "K", src.kernels)
+            text = f"{fn}({', '.join(expr(a) for a in call.args)})"
+            body.append(f"    sat[{k}] += {text}" if call.counted else f"    {text}")
+        out_specs = launch.output_specs(in_specs)
+        for j, (name, out) in enumerate(zip(step.outputs, launch.outputs)):
+            vname = f"b{k}_{j}"
+            body.append(f"    {vname} = {expr(out)}")
+            var[name] = vname
+            specs[name] = spec(*out_specs[j])
+    outs = []
+    for o in program.outputs:
+        if o.name not in var:
+            raise _Unsupported(f"program output {o.name!r} is never produced")
+        if specs[o.name].dtype.name != o.dtype:
+            raise _Unsupported(f"program output {o.name!r} has dtype {specs[o.name].dtype.name}")
+        outs.append(var[o.name])
+    body.append(f"    return ({''.join(o + ', ' for o in outs)}), sat")
+    source = ("import numpy as np\n\n\ndef program(" + ", ".join(args) + "):\n"
+              + "\n".join(body) + "\n")
+    return source, src
+
+
+def _digest(source, src):
+    h = hashlib.sha256()
+    h.update(source.encode())
+    h.update(sources_digest().encode())
+    h.update(numba.__version__.encode())
+    for name in sorted(src.consts):
+        arr = np.ascontiguousarray(src.consts[name])
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
+        h.update(arr.tobytes())
+    for name in sorted(src.kernels):
+        h.update(f"{name}:{_describe(src.kernels[name])!r}".encode())
+    return h.hexdigest()
+
+
+def _cache_dir():
+    root = os.environ.get("MRQ_CACHE_DIR")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "mrq")
+    return os.path.join(root, "programs")
+
+
+def _write_source(path, source):
+    """Write ``source`` to ``path`` unless it is already there (atomic); False if not
+    writable."""
+    try:
+        with open(path) as fh:
+            if fh.read() == source:
+                return True
+    except OSError:
+        pass
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(source)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+
+
+_MODULES: dict = {}
+
+
+def _jit(source, src):
+    digest = _digest(source, src)
+    cached = _MODULES.get(digest)
+    if cached is not None:
+        return cached
+    name = f"_mrq_program_{digest[:24]}"
+    path = os.path.join(_cache_dir(), name + ".py")
+    on_disk = _write_source(path, source)
+    module = types.ModuleType(name)
+    module.__file__ = path if on_disk else f"<{name}>"
+    module.__dict__.update(src.consts)
+    module.__dict__.update(src.kernels)
+    # numba re-imports the module by name when it loads a cached function
+    sys.modules[name] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    fn = numba.njit(cache=on_disk)(module.program)
+    _MODULES[digest] = fn
+    return fn
+
+
+class CompiledProgram:
+    """A program compiled for fixed input shapes and dtypes; :meth:`run` is :func:`run`'s
+    equivalent (outputs and per-step ``out_saturated`` counters; no trace)."""
+
+    def __init__(self, program, input_specs, fn, source):
+        self.program = program
+        self.input_specs = input_specs  # name -> (shape, dtype)
+        self.fn = fn
+        self.source = source
+        self._names = [s.name for s in program.inputs]
+        self._step_names = [s.name for s in program.steps]
+        self._out_names = [s.name for s in program.outputs]
+
+    def run(self, feeds) -> RunResult:
+        _check_feeds(self.program, feeds)
+        arrays = []
+        for name in self._names:
+            arr = feeds[name]
+            shape, dtype = self.input_specs[name]
+            if arr.shape != shape:
+                raise KernelInputError(
+                    f"input {name!r}: this compiled program takes shape {list(shape)}, got"
+                    f" {list(arr.shape)}")
+            arrays.append(np.ascontiguousarray(arr))
+        outs, sat = self.fn(*arrays)
+        result = RunResult()
+        result.outputs = dict(zip(self._out_names, outs))
+        result.stats = {name: {"acc_overflow": 0, "out_saturated": int(n)}
+                        for name, n in zip(self._step_names, sat)}
+        return result
+
+
+def compile_program(program, feeds) -> CompiledProgram | None:
+    """Compile ``program`` for inputs with the shapes and dtypes of ``feeds`` (name -> array),
+    or return ``None`` (see :func:`last_reason`) when some step has no launch for them."""
+    _LAST_REASON[0] = ""
+    _check_feeds(program, feeds)
+    try:
+        _plan(program)
+        source, src = _generate(program, feeds)
+    except ProgramError as err:
+        raise err
+    except _Unsupported as err:
+        _LAST_REASON[0] = str(err)
+        return None
+    fn = _jit(source, src)
+    specs = {name: (tuple(arr.shape), arr.dtype) for name, arr in feeds.items()}
+    return CompiledProgram(program, specs, fn, source)
+
+
+__all__ = ["CompiledProgram", "compile_program", "last_reason"]

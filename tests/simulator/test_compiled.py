@@ -1,0 +1,177 @@
+"""simulator.compiled: a program compiled into one jitted function gives the interpreter's bits
+(outputs and per-step saturation counters) on the MLPerf Tiny models under both TFLite profiles
+and on a hand-built NHWC network; programs it cannot compile are refused with the step named;
+wrong inputs get the interpreter's errors."""
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "tflite"))
+
+from simulator.compiled import compile_program, last_reason  # noqa: E402
+from simulator.errors import KernelInputError  # noqa: E402
+from simulator.program import Program, Step, TensorSpec  # noqa: E402
+from simulator.run import run  # noqa: E402
+
+
+def assert_same(program, feeds, compiled):
+    want = run(program, feeds)
+    got = compiled.run(feeds)
+    assert list(got.outputs) == list(want.outputs)
+    for name in want.outputs:
+        assert got.outputs[name].dtype == want.outputs[name].dtype
+        assert got.outputs[name].shape == want.outputs[name].shape
+        np.testing.assert_array_equal(got.outputs[name], want.outputs[name], err_msg=name)
+    assert got.stats == want.stats
+
+
+def _int8(rng, shape):
+    return rng.integers(-128, 128, shape).astype(np.int8)
+
+
+# --- MLPerf Tiny models -------------------------------------------------------------------------
+def _mlperf(key):
+    from tflite_helpers import model_path
+
+    path = model_path(key)
+    if not os.path.exists(path):
+        pytest.skip("MLPerf Tiny models not found (set MRQ_MLPERF_TINY)")
+    return path
+
+
+@pytest.mark.parametrize("key,profile", [("resnet8", "litert-default"), ("kws", "litert-default"),
+                                         ("ad01", "litert-default"), ("resnet8", "tflite-int8")])
+def test_mlperf_models_compile_bit_exact(key, profile):
+    from mrq.api import bind_inputs, prepare
+
+    lowered = prepare(_mlperf(key), profile)
+    spec = lowered.program.inputs[0]
+    rng = np.random.default_rng(0)
+    x = _int8(rng, (1,) + tuple(spec.shape[1:]))
+    program, feeds = bind_inputs(lowered, {spec.name: x})
+    compiled = compile_program(program, feeds)
+    assert compiled is not None, last_reason()
+    for seed in range(6):
+        x = _int8(np.random.default_rng(seed), x.shape)
+        if seed == 5:  # saturating corners: every input at one extreme
+            x[...] = -128
+        assert_same(program, {spec.name: x}, compiled)
+
+
+# --- a hand-built NHWC network: conv, depthwise, residual add, avgpool, reshape, gemm, softmax ----
+def _net(rq_mode):
+    rng = np.random.default_rng(1)
+    c = 8
+
+    def rq(n):
+        if rq_mode == "fp32":
+            return {"rq_mode": "fp32", "rq_multiplier": rng.uniform(1e-3, 4e-3, n).astype(np.float32),
+                    "rq_rounding": "half_even"}
+        return {"rq_mode": "double_q31",
+                "rq_multiplier": rng.integers(2**30, 2**31 - 1, n).astype(np.int64),
+                "rq_shift": np.full(n, 40, np.int64), "rq_rounding": "half_away"}
+
+    out8 = {"out_dtype": "int8", "out_min": -128, "out_max": 127}
+    steps = (
+        Step("conv", "conv0", ("x",), ("a",), {
+            "weight": _int8(rng, (c, 3, 3, 3)), "bias": rng.integers(-900, 900, c),
+            "input_zero_point": -3, "pads": (1, 1, 1, 1), "layout": "NHWC", "out_zero_point": -5,
+            **rq(c), **out8}),
+        Step("conv", "dw1", ("a",), ("b",), {
+            "weight": _int8(rng, (c, 1, 3, 3)), "bias": rng.integers(-900, 900, c),
+            "input_zero_point": -5, "pads": (1, 1, 1, 1), "group": c, "layout": "NHWC",
+            "out_zero_point": 2, **rq(c), **out8}),
+        Step("add", "res", ("a", "b"), ("s",), {
+            "mode": "fixed", "zero_point_a": -5, "zero_point_b": 2, "multiplier_a": 1 << 14,
+            "multiplier_b": 3 << 13, "rq_mode": "shift", "rq_shift": np.array([15]),
+            "rq_rounding": "half_up", "out_zero_point": 1, **out8}),
+        Step("avgpool", "pool", ("s",), ("p",), {
+            "mode": "tflite_raw", "kernel": (2, 2), "strides": (2, 2), "layout": "NHWC",
+            **out8}),
+        Step("reshape", "flat", ("p",), ("f",), {"shape": (-1, 4 * 4 * c)}),
+        Step("gemm", "fc", ("f",), ("g",), {
+            "weight": _int8(rng, (4 * 4 * c, 10)), "bias": rng.integers(-900, 900, 10),
+            "input_zero_point": 1, "out_zero_point": 0, **rq(10), **out8}),
+        Step("softmax_tflite", "prob", ("g",), ("y",), {
+            "mode": "gemmlowp", "input_multiplier": 1 << 30, "input_left_shift": 23,
+            "diff_min": -248, **out8}),
+    )
+    return Program((TensorSpec("x", "int8", (None, 8, 8, 3)),),
+                   (TensorSpec("y", "int8", (None, 10)),), steps)
+
+
+@pytest.mark.parametrize("rq_mode", ["fp32", "double_q31"])
+def test_hand_built_network_compiles_bit_exact(rq_mode):
+    program = _net(rq_mode)
+    rng = np.random.default_rng(2)
+    feeds = {"x": _int8(rng, (2, 8, 8, 3))}
+    compiled = compile_program(program, feeds)
+    assert compiled is not None, last_reason()
+    assert "sat[" in compiled.source  # the kernels are called from the generated function
+    for seed in range(4):
+        feeds = {"x": _int8(np.random.default_rng(seed), (2, 8, 8, 3))}
+        if seed == 3:
+            feeds["x"][...] = 127
+        assert_same(program, feeds, compiled)
+    # some outputs saturate somewhere: the counters are compared, not all zero
+    assert any(s["out_saturated"] for s in run(program, feeds).stats.values())
+
+
+def test_compiled_program_rejects_other_shapes_and_dtypes():
+    program = _net("fp32")
+    feeds = {"x": _int8(np.random.default_rng(0), (1, 8, 8, 3))}
+    compiled = compile_program(program, feeds)
+    with pytest.raises(KernelInputError, match="shape"):
+        compiled.run({"x": _int8(np.random.default_rng(0), (2, 8, 8, 3))})
+    with pytest.raises(KernelInputError, match="dtype"):
+        compiled.run({"x": feeds["x"].astype(np.int16)})
+    # a non-contiguous input is fine (copied)
+    x = np.ascontiguousarray(np.transpose(_int8(np.random.default_rng(1), (1, 3, 8, 8)),
+                                          (0, 2, 3, 1)))
+    assert_same(program, {"x": x[:, :, :, :]}, compiled)
+
+
+def test_program_without_launch_is_refused_naming_the_step():
+    steps = (Step("maxpool", "mp", ("x",), ("y",), {"kernel": (2, 2), "strides": (2, 2)}),)
+    program = Program((TensorSpec("x", "int8", (None, 2, 4, 4)),),
+                      (TensorSpec("y", "int8", (None, 2, 2, 2)),), steps)
+    assert compile_program(program, {"x": np.zeros((1, 2, 4, 4), np.int8)}) is None
+    assert "'mp'" in last_reason() and "maxpool" in last_reason()
+
+
+def test_unprovable_narrow_accumulator_is_refused():
+    # a 20-bit accumulator that int8 inputs can overflow: the interpreter must look at the
+    # values, so there is no launch
+    rng = np.random.default_rng(0)
+    steps = (Step("conv", "narrow", ("x",), ("y",), {
+        "weight": _int8(rng, (4, 16, 3, 3)), "layout": "NHWC", "acc_bits": 20,
+        "acc_overflow": "saturate", "rq_mode": "fp32",
+        "rq_multiplier": np.full(4, 1e-3, np.float32), "out_dtype": "int8"}),)
+    program = Program((TensorSpec("x", "int8", (None, 6, 6, 16)),),
+                      (TensorSpec("y", "int8", (None, 4, 4, 4)),), steps)
+    assert compile_program(program, {"x": np.zeros((1, 6, 6, 16), np.int8)}) is None
+    assert "'narrow'" in last_reason()
+
+
+def test_source_is_written_to_the_cache_dir_or_compiled_in_memory(tmp_path, monkeypatch):
+    steps = (Step("reshape", "r", ("x",), ("y",), {"shape": (-1, 8)}),)
+    program = Program((TensorSpec("x", "int8", (None, 2, 4)),),
+                      (TensorSpec("y", "int8", (None, 8)),), steps)
+    feeds = {"x": _int8(np.random.default_rng(0), (3, 2, 4))}
+    monkeypatch.setenv("MRQ_CACHE_DIR", str(tmp_path))
+    compiled = compile_program(program, feeds)
+    written = list((tmp_path / "programs").glob("_mrq_program_*.py"))
+    assert len(written) == 1 and written[0].read_text() == compiled.source
+    assert_same(program, feeds, compiled)
+    # not writable (a file where the directory should be): compiled in memory, same result
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("MRQ_CACHE_DIR", str(blocker))
+    steps2 = (Step("reshape", "r2", ("x",), ("y",), {"shape": (-1, 4, 2)}),)
+    program2 = Program(program.inputs, (TensorSpec("y", "int8", (None, 4, 2)),), steps2)
+    compiled2 = compile_program(program2, feeds)
+    assert_same(program2, feeds, compiled2)
