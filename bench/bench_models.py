@@ -1,6 +1,6 @@
 """Whole-model time: the simulator vs ONNX Runtime (ONNX models) and LiteRT default / reference
 kernels (TFLite models), batch 1 and 256, all on 1 thread, plus the simulator on 2 threads at
-batch 256. Not part of the test suite (it lives outside ``tests/``):
+batch 256 and the compiled program (simulator.compiled) at batch 1. Not part of the test suite (it lives outside ``tests/``):
 
     python -m pytest bench/bench_models.py --benchmark-json=/tmp/models.json -q
     python bench/ratios.py /tmp/models.json
@@ -38,6 +38,18 @@ def test_mrq(benchmark, model, batch):
     benchmark.group = f"model {model} batch {batch}"
     benchmark.extra_info.update(engine="mrq", threads=1, model=model, batch=batch)
     _bench(benchmark, zoo.mrq(model, batch, threads=1), batch)
+
+
+@pytest.mark.parametrize("model", list(zoo.MODELS))
+def test_mrq_compiled(benchmark, model):
+    _need(model)
+    benchmark.group = f"model {model} batch 1"
+    benchmark.extra_info.update(engine="mrq_compiled", threads=1, model=model, batch=1)
+    try:
+        fn = zoo.mrq_compiled(model, 1)
+    except RuntimeError as err:
+        pytest.skip(str(err))
+    _bench(benchmark, fn, 1)
 
 
 @pytest.mark.parametrize("model", list(zoo.MODELS))

@@ -48,10 +48,15 @@ def model_table(rows, markdown=False):
         ratio = f"{mrq / peer:.2f}x" if mrq and peer else "-"
         vs_ref = f"{t['litert_ref'] / mrq:.1f}x" if mrq and "litert_ref" in t else "-"
         scaling = f"{mrq / t['mrq_2t']:.2f}x" if mrq and "mrq_2t" in t else "-"
+        comp = t.get("mrq_compiled")
+        comp_ratio = f"{comp / peer:.2f}x" if comp and peer else "-"
+        comp_ref = f"{t['litert_ref'] / comp:.1f}x" if comp and "litert_ref" in t else "-"
         out.append([model, str(batch), ms(mrq), f"{peer_name} {ms(peer)}", ratio,
-                    ms(t.get("litert_ref")), vs_ref, ms(t.get("mrq_2t")), scaling])
+                    ms(t.get("litert_ref")), vs_ref, ms(comp), comp_ratio, comp_ref,
+                    ms(t.get("mrq_2t")), scaling])
     header = ["model", "batch", "mrq ms (1 thr)", "peer ms", "mrq/peer", "LiteRT REF ms",
-              "REF/mrq", "mrq ms (2 thr)", "1->2 thr"]
+              "REF/mrq", "compiled ms", "compiled/peer", "REF/compiled", "mrq ms (2 thr)",
+              "1->2 thr"]
     return _table(header, out, markdown)
 
 

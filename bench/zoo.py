@@ -2,7 +2,8 @@
 
 Each model has a profile that makes the simulator bit-exact with its peer runtime
 (``onnxruntime-cpu`` for the ONNX models, ``litert-default`` for the TFLite ones) and a batch of
-real or random inputs. Engines: ``mrq`` (the simulator, 1 or 2 threads), ``ort`` (ONNX Runtime
+real or random inputs. Engines: ``mrq`` (the simulator, 1 or 2 threads), ``mrq_compiled`` (the whole program as one
+jitted function, batch 1), ``ort`` (ONNX Runtime
 CPU provider), ``litert`` (LiteRT's default interpreter = XNNPACK) and ``litert_ref`` (LiteRT's
 ``BUILTIN_REF`` reference kernels). Each engine function returns a zero-argument callable that
 runs one inference of the whole batch, after one warm-up call.
@@ -70,6 +71,23 @@ def mrq(name: str, batch: int, threads: int = 1):
     path, profile = MODELS[name]
     program, bound = bind_inputs(prepare(path, profile), inputs(name, batch))
     return _warm(lambda: run(program, bound, threads=threads))
+
+
+def mrq_compiled(name: str, batch: int):
+    """The simulator with the whole program compiled into one jitted function
+    (:mod:`simulator.compiled`), on 1 thread."""
+    import numba
+
+    from mrq.api import bind_inputs, prepare
+    from simulator.compiled import compile_program, last_reason
+
+    path, profile = MODELS[name]
+    program, bound = bind_inputs(prepare(path, profile), inputs(name, batch))
+    numba.set_num_threads(1)
+    compiled = compile_program(program, bound)
+    if compiled is None:
+        raise RuntimeError(f"{name} does not compile: {last_reason()}")
+    return _warm(lambda: compiled.run(bound))
 
 
 def ort(name: str, batch: int):

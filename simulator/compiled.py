@@ -236,16 +236,26 @@ class CompiledProgram:
         self._out_names = [s.name for s in program.outputs]
 
     def run(self, feeds) -> RunResult:
-        _check_feeds(self.program, feeds)
         arrays = []
-        for name in self._names:
-            arr = feeds[name]
-            shape, dtype = self.input_specs[name]
-            if arr.shape != shape:
-                raise KernelInputError(
-                    f"input {name!r}: this compiled program takes shape {list(shape)}, got"
-                    f" {list(arr.shape)}")
-            arrays.append(np.ascontiguousarray(arr))
+        try:
+            for name in self._names:
+                arr = feeds[name]
+                shape, dtype = self.input_specs[name]
+                if arr.dtype != dtype or arr.shape != shape:
+                    raise KeyError(name)
+                arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
+            if len(feeds) != len(self._names):
+                raise KeyError(None)
+        except (KeyError, AttributeError, TypeError):
+            # the interpreter's checks name the problem; then the fixed shape
+            _check_feeds(self.program, feeds)
+            for name in self._names:
+                shape = self.input_specs[name][0]
+                if feeds[name].shape != shape:
+                    raise KernelInputError(
+                        f"input {name!r}: this compiled program takes shape {list(shape)}, got"
+                        f" {list(feeds[name].shape)}") from None
+            raise
         outs, sat = self.fn(*arrays)
         result = RunResult()
         result.outputs = dict(zip(self._out_names, outs))

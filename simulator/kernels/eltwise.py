@@ -37,6 +37,7 @@ from numba import njit, prange
 from simulator.errors import KernelInputError
 from simulator.launch import Call, In, Launch, Tmp
 from simulator.kernels import simd
+from simulator.kernels import epilogue as ep_k
 from simulator.kernels.epilogue import store16
 from simulator.kernels.jitcache import specialised
 from simulator.kernels.quant import (
@@ -426,6 +427,10 @@ class AddFixed:
                             np.int64(self.mult), np.int64(self.shift), np.int64(p.zp),
                             np.int64(p.out_min), np.int64(p.out_max))
         self.rnd = int(p.rnd)
+        self.vec_params = (np.int32(self.za), np.int32(self.zb), np.int32(m_a), np.int32(m_b),
+                           np.int64(self.mult), np.int64(self.shift), np.int64(p.zp),
+                           np.int64(p.out_min), np.int64(p.out_max))
+        self._launches = {}
         self._fast = {}  # (dtype a, dtype b) -> whether the branch-free kernel is exact
 
     def run(self, a, b):
@@ -434,9 +439,19 @@ class AddFixed:
             (a1.reshape(shape), b1.reshape(shape)))
         return outs[0], n_sat
 
+    def _acc_bound(self, dtype_a, dtype_b):
+        return _add_bound(dtype_a, dtype_b, self.za, self.zb, self.ma, self.mb)
+
     def launch(self, shape, dtype_a, dtype_b):
         """The :class:`Launch` for two inputs of one ``shape`` and these dtypes."""
         dtype_a, dtype_b = np.dtype(dtype_a), np.dtype(dtype_b)
+        key = (tuple(shape), dtype_a.num, dtype_b.num, numba.get_num_threads())
+        launch = self._launches.get(key)
+        if launch is None:
+            launch = self._launches[key] = self._build_launch(shape, dtype_a, dtype_b)
+        return launch
+
+    def _build_launch(self, shape, dtype_a, dtype_b):
         key = (dtype_a.num, dtype_b.num)
         fast = self._fast.get(key)
         if fast is None:
@@ -444,11 +459,75 @@ class AddFixed:
             bound = _add_bound(dtype_a, dtype_b, self.za, self.zb, self.ma, self.mb)
             bound *= abs(self.mult)
             fast = self._fast[key] = 1 <= self.shift <= 62 and bound < 2**62
+        if fast and simd.ENABLED and dtype_a.itemsize <= 2 and dtype_b.itemsize <= 2 \
+                and self._acc_bound(dtype_a, dtype_b) < 2**31:
+            # the sum (a - za) * ma + (b - zb) * mb fits int32: 16 lanes, fused epilogue
+            m32 = abs(self.mult) < 2**31
+            serial, parallel = specialised(_make_add_vec_kernels, self.rnd, m32)
+            return _same_shape_launch(shape, self.dtype, serial, parallel, self.vec_params)
         if fast:
             serial, parallel = _add_shift_kernels(self.rnd)
             return _same_shape_launch(shape, self.dtype, serial, parallel, self.branch_free)
         return _same_shape_launch(shape, self.dtype, _add_fixed_range, _add_fixed_par,
                                   self.generic)
+
+
+def _make_add_vec_kernels(rnd, m32):
+    """``(serial, parallel)`` fixed-point add kernels on 16 int32 lanes: ``acc = (a - za) * ma +
+    (b - zb) * mb`` (exact: the caller proves ``|acc| < 2**31`` from the dtypes, so the int32 lane
+    arithmetic never wraps), then the ``EP_INT`` epilogue ``clamp(round(acc * mult / 2**shift) +
+    zp)`` of the conv kernels (``EP_INT32`` when ``|mult| < 2**31``)."""
+    kind = ep_k.EP_INT32 if m32 else ep_k.EP_INT
+    f32_zero = np.float32(0.0)
+
+    @njit(cache=True)
+    def add_range(a1, b1, za, zb, ma, mb, mult, shift, zp, lo, hi, out, i0, i1):
+        za_v = simd.vsplat_i32(za)
+        zb_v = simd.vsplat_i32(zb)
+        ma_v = simd.vsplat_i32(ma)
+        mb_v = simd.vsplat_i32(mb)
+        mi_v = simd.vsplat_i64(mult)
+        s_v = simd.vsplat_i64(shift)
+        mf_v = simd.vsplat_f32(f32_zero)
+        cnt = 0
+        n_full = (i1 - i0) // 16
+        for t in range(n_full):
+            i = i0 + 16 * t
+            acc = simd.vmadd_i32(simd.vzero(), simd.vsub_i32(simd.vload_ext(a1, i), za_v),
+                                 ma_v)
+            acc = simd.vmadd_i32(acc, simd.vsub_i32(simd.vload_ext(b1, i), zb_v), mb_v)
+            codes, k = ep_k._ep16_vec(kind, rnd, acc, mf_v, mi_v, s_v, s_v, f32_zero, zp, lo,
+                                      hi, 16)
+            cnt += k
+            simd.vstore_codes(out, i, codes)
+        i = i0 + 16 * n_full
+        n = i1 - i
+        if n > 0:
+            ta = np.zeros(16, dtype=a1.dtype)
+            tb = np.zeros(16, dtype=b1.dtype)
+            for j in range(n):
+                ta[j] = a1[i + j]
+                tb[j] = b1[i + j]
+            acc = simd.vmadd_i32(simd.vzero(), simd.vsub_i32(simd.vload_ext(ta, 0), za_v),
+                                 ma_v)
+            acc = simd.vmadd_i32(acc, simd.vsub_i32(simd.vload_ext(tb, 0), zb_v), mb_v)
+            codes, k = ep_k._ep16_vec(kind, rnd, acc, mf_v, mi_v, s_v, s_v, f32_zero, zp, lo,
+                                      hi, n)
+            cnt += k
+            store16(out, i, 1, codes, n)
+        return cnt
+
+    @njit(cache=True, parallel=True)
+    def add_par(a1, b1, za, zb, ma, mb, mult, shift, zp, lo, hi, out, n_chunks):
+        n16 = (a1.shape[0] + 15) // 16
+        sat = np.zeros(n_chunks, dtype=np.int64)
+        for ch in prange(n_chunks):
+            i0 = ch * n16 // n_chunks * 16
+            i1 = min((ch + 1) * n16 // n_chunks * 16, a1.shape[0])
+            sat[ch] = add_range(a1, b1, za, zb, ma, mb, mult, shift, zp, lo, hi, out, i0, i1)
+        return sat.sum()
+
+    return add_range, add_par
 
 
 def _add_bound(dtype_a, dtype_b, za, zb, ma, mb) -> int:

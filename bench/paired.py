@@ -1,0 +1,111 @@
+"""Issue-6 ratios measured in pairs: each round times the simulator and its peer back to back, so
+a slow phase of this shared machine slows both sides of a ratio instead of one.
+
+    python bench/paired.py [--rounds 15] [--json OUT.json] [--models resnet8,kws,...]
+
+Per model it reports, as the median over the rounds (and the range of the per-round ratios):
+
+- batch 256, 1 thread: simulator time / peer time (ORT CPU provider for the ONNX models, LiteRT's
+  default interpreter for the TFLite ones); target <= 2;
+- batch 1: LiteRT ``BUILTIN_REF`` time / compiled simulator time (``simulator.compiled``; TFLite
+  models only); target >= 50; the interpreter's ratio is shown next to it;
+- batch 256: simulator 1 thread / 2 threads; target >= 1.7.
+
+Each engine is warmed up first; a round runs each engine for at least ~0.2 s (batch 1: a loop of
+calls, time per call) and keeps its per-call time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import zoo  # noqa: E402
+
+
+def _per_call(fn, min_seconds=0.2):
+    n = 0
+    t0 = time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            return elapsed / n
+
+
+def _paired(engines, rounds):
+    """``{name: [per-call seconds per round]}`` with the engines interleaved in every round."""
+    times = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, fn in engines.items():
+            times[name].append(_per_call(fn))
+    return times
+
+
+def _ratio(num, den):
+    per_round = [a / b for a, b in zip(num, den)]
+    return statistics.median(per_round), min(per_round), max(per_round)
+
+
+def measure(model, rounds):
+    rows = {}
+    peer = zoo.litert if zoo.is_tflite(model) else zoo.ort
+    peer_name = "litert" if zoo.is_tflite(model) else "ort"
+    t = _paired({"mrq": zoo.mrq(model, 256, threads=1), peer_name: peer(model, 256),
+                 "mrq_2t": zoo.mrq(model, 256, threads=2)}, rounds)
+    rows["batch256_vs_peer"] = _ratio(t["mrq"], t[peer_name])
+    rows["threads_1_to_2"] = _ratio(t["mrq"], t["mrq_2t"])
+    rows["ms_batch256"] = {k: statistics.median(v) * 1e3 for k, v in t.items()}
+    if zoo.is_tflite(model):
+        t1 = _paired({"compiled": zoo.mrq_compiled(model, 1), "mrq": zoo.mrq(model, 1),
+                      "litert_ref": zoo.litert(model, 1, reference=True),
+                      "litert": zoo.litert(model, 1)}, rounds)
+        rows["batch1_ref_vs_compiled"] = _ratio(t1["litert_ref"], t1["compiled"])
+        rows["batch1_ref_vs_interpreter"] = _ratio(t1["litert_ref"], t1["mrq"])
+        rows["batch1_compiled_vs_litert"] = _ratio(t1["compiled"], t1["litert"])
+        rows["us_batch1"] = {k: statistics.median(v) * 1e6 for k, v in t1.items()}
+    return rows
+
+
+def _fmt(r):
+    return f"{r[0]:.2f}x ({r[1]:.2f}-{r[2]:.2f})"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--models", default=",".join(zoo.MODELS))
+    args = ap.parse_args(argv)
+    results = {}
+    for model in args.models.split(","):
+        if not zoo.available(model):
+            print(f"{model}: not on this machine, skipped")
+            continue
+        results[model] = measure(model, args.rounds)
+    header = ["model", "b256 mrq/peer (<=2)", "b256 ms mrq / peer", "b1 REF/compiled (>=50)",
+              "b1 REF/interpreter", "b1 us compiled / REF", "1->2 threads (>=1.7)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, r in results.items():
+        ms = r["ms_batch256"]
+        peer_ms = ms.get("ort", ms.get("litert"))
+        b1 = r.get("us_batch1")
+        lines.append("| " + " | ".join([
+            model, _fmt(r["batch256_vs_peer"]), f"{ms['mrq']:.1f} / {peer_ms:.1f}",
+            _fmt(r["batch1_ref_vs_compiled"]) if b1 else "-",
+            _fmt(r["batch1_ref_vs_interpreter"]) if b1 else "-",
+            f"{b1['compiled']:.0f} / {b1['litert_ref']:.0f}" if b1 else "-",
+            _fmt(r["threads_1_to_2"])]) + " |")
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
