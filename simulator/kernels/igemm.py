@@ -193,6 +193,35 @@ def _dw3x4(xp, r0, r1, r2, cs, s, w0, w1, w2, w3, w4, w5, w6, w7, w8, bv):
     return _dw_row3x4(xp, r2, cs, s, w6, w7, w8, q0, q1, q2, q3)
 
 
+@njit(cache=True, inline="always")
+def _dw3x2(xp, r0, r1, r2, cs, s, w0, w1, w2, w3, w4, w5, w6, w7, w8, bv):
+    """:func:`_dw3x4` for 2 adjacent output positions."""
+    q0 = bv
+    q1 = bv
+    for r, wa, wb, wc in ((r0, w0, w1, w2), (r1, w3, w4, w5), (r2, w6, w7, w8)):
+        q0 = vmadd16_i32(q0, vload_u8_i32(xp, r), wa)
+        q0 = vmadd16_i32(q0, vload_u8_i32(xp, r + cs), wb)
+        q0 = vmadd16_i32(q0, vload_u8_i32(xp, r + 2 * cs), wc)
+        q1 = vmadd16_i32(q1, vload_u8_i32(xp, r + s * cs), wa)
+        q1 = vmadd16_i32(q1, vload_u8_i32(xp, r + (s + 1) * cs), wb)
+        q1 = vmadd16_i32(q1, vload_u8_i32(xp, r + (s + 2) * cs), wc)
+    return q0, q1
+
+
+@njit(cache=True, inline="always")
+def _dw3x1(xp, r0, r1, r2, cs, w0, w1, w2, w3, w4, w5, w6, w7, w8, bv):
+    """:func:`_dw3x4` for one output position."""
+    q = vmadd16_i32(bv, vload_u8_i32(xp, r0), w0)
+    q = vmadd16_i32(q, vload_u8_i32(xp, r0 + cs), w1)
+    q = vmadd16_i32(q, vload_u8_i32(xp, r0 + 2 * cs), w2)
+    q = vmadd16_i32(q, vload_u8_i32(xp, r1), w3)
+    q = vmadd16_i32(q, vload_u8_i32(xp, r1 + cs), w4)
+    q = vmadd16_i32(q, vload_u8_i32(xp, r1 + 2 * cs), w5)
+    q = vmadd16_i32(q, vload_u8_i32(xp, r2), w6)
+    q = vmadd16_i32(q, vload_u8_i32(xp, r2 + cs), w7)
+    return vmadd16_i32(q, vload_u8_i32(xp, r2 + 2 * cs), w8)
+
+
 # --------------------------------------------------------------------------------------------
 # VNNI micro-kernel: MR output positions x 16 output channels
 # The kernels are made per (requantization kind, rounding mode) by a factory: both are closure
@@ -200,7 +229,8 @@ def _dw3x4(xp, r0, r1, r2, cs, s, w0, w1, w2, w3, w4, w5, w6, w7, w8, bv):
 # the epilogue). numba caches each variant separately on disk, under a process-independent key
 # (see simulator/kernels/jitcache.py: the drivers capture the specialised kernels they call).
 def kernels(kind, rnd):
-    """``(vnni_blocks, vnni_par, dw_range, dw_par, dwp_range, dwp_par)`` specialized for an epilogue kind and
+    """``(vnni_blocks, vnni_par, dw_range, dw_par, dwp_range, dwp_par, dw3_rows, dw3_par)``
+    specialized for an epilogue kind and
     rounding mode (Python ints), compiled on first use."""
     return specialised(_make_kernels, int(kind), int(rnd))
 
@@ -498,6 +528,112 @@ def _make_kernels(kind, rnd):
                                  biasp, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out, p0, p1)
         return cnts.sum()
 
+    @njit(cache=True)
+    def _dw3_rows(xp, img, wp_n, n_ch, oh_n, ow_n, sh, sw, taps, w32, biasp, mf, mi, s1, s2,
+                  zpf, zp, lo, hi, out, row0, row1):
+        """NHWC 3x3 depthwise (dilation 1, every ``w - wzp`` in int16, NHWC output) on output
+        rows ``[row0, row1)`` (row ``r`` = image ``r // oh_n``, output row ``r % oh_n``);
+        returns the saturation count. Same arithmetic as ``_dw_range``'s 3x3 path, with the
+        16-channel block as the outer loop: a block's weights, bias and requantization vectors
+        are loaded once per call instead of once per row, and a row's positions go 4, then 2,
+        then 1 at a time (narrow rows such as KWS's 5 columns were dominated by the per-row
+        set-up and the single-position tail)."""
+        cpad = (n_ch + LANES - 1) // LANES * LANES
+        cs = n_ch
+        ps = sw * cs
+        t1 = taps[3]
+        t2 = taps[6]
+        cnt = 0
+        for c0 in range(0, n_ch, LANES):
+            nch = min(LANES, n_ch - c0)
+            full = nch == LANES
+            bv = vload_i32(biasp, c0)
+            mfv = simd.vload_f32(mf, c0)
+            miv = simd.vload_i64(mi, c0)
+            s1v = simd.vload_i64(s1, c0)
+            s2v = simd.vload_i64(s2, c0)
+            w0 = vload_i32(w32, c0)
+            w1 = vload_i32(w32, cpad + c0)
+            w2 = vload_i32(w32, 2 * cpad + c0)
+            w3 = vload_i32(w32, 3 * cpad + c0)
+            w4 = vload_i32(w32, 4 * cpad + c0)
+            w5 = vload_i32(w32, 5 * cpad + c0)
+            w6 = vload_i32(w32, 6 * cpad + c0)
+            w7 = vload_i32(w32, 7 * cpad + c0)
+            w8 = vload_i32(w32, 8 * cpad + c0)
+            n = row0 // oh_n
+            oh = row0 - n * oh_n
+            for row in range(row0, row1):
+                r0 = n * img + oh * sh * wp_n * cs + c0 + taps[0]
+                r1 = r0 + t1
+                r2 = r0 + t2
+                ob = row * ow_n * n_ch + c0
+                ow = 0
+                if sw == 1 and full:
+                    while ow + 4 <= ow_n:
+                        a = ow * cs
+                        q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 1, w0, w1, w2,
+                                                w3, w4, w5, w6, w7, w8, bv)
+                        cnt += _ep_store4(out, ob + ow * n_ch, n_ch, 1, q0, q1, q2, q3, mfv, miv,
+                                          s1v, s2v, zpf, zp, lo, hi, nch, True)
+                        ow += 4
+                    if ow + 2 <= ow_n:
+                        a = ow * cs
+                        q0, q1 = _dw3x2(xp, r0 + a, r1 + a, r2 + a, cs, 1, w0, w1, w2, w3, w4,
+                                        w5, w6, w7, w8, bv)
+                        c_0, k_0 = ep_k._ep16_vec(kind, rnd, q0, mfv, miv, s1v, s2v, zpf, zp,
+                                                  lo, hi, nch)
+                        c_1, k_1 = ep_k._ep16_vec(kind, rnd, q1, mfv, miv, s1v, s2v, zpf, zp,
+                                                  lo, hi, nch)
+                        simd.vstore_codes(out, ob + ow * n_ch, c_0)
+                        simd.vstore_codes(out, ob + (ow + 1) * n_ch, c_1)
+                        cnt += k_0 + k_1
+                        ow += 2
+                elif sw == 2 and full:
+                    while ow + 4 <= ow_n:
+                        a = ow * ps
+                        q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 2, w0, w1, w2,
+                                                w3, w4, w5, w6, w7, w8, bv)
+                        cnt += _ep_store4(out, ob + ow * n_ch, n_ch, 1, q0, q1, q2, q3, mfv, miv,
+                                          s1v, s2v, zpf, zp, lo, hi, nch, True)
+                        ow += 4
+                    if ow + 2 <= ow_n:
+                        a = ow * ps
+                        q0, q1 = _dw3x2(xp, r0 + a, r1 + a, r2 + a, cs, 2, w0, w1, w2, w3, w4,
+                                        w5, w6, w7, w8, bv)
+                        c_0, k_0 = ep_k._ep16_vec(kind, rnd, q0, mfv, miv, s1v, s2v, zpf, zp,
+                                                  lo, hi, nch)
+                        c_1, k_1 = ep_k._ep16_vec(kind, rnd, q1, mfv, miv, s1v, s2v, zpf, zp,
+                                                  lo, hi, nch)
+                        simd.vstore_codes(out, ob + ow * n_ch, c_0)
+                        simd.vstore_codes(out, ob + (ow + 1) * n_ch, c_1)
+                        cnt += k_0 + k_1
+                        ow += 2
+                while ow < ow_n:
+                    a = ow * ps
+                    q = _dw3x1(xp, r0 + a, r1 + a, r2 + a, cs, w0, w1, w2, w3, w4, w5, w6, w7,
+                               w8, bv)
+                    codes, k = ep_k._ep16_vec(kind, rnd, q, mfv, miv, s1v, s2v, zpf, zp, lo, hi,
+                                              nch)
+                    cnt += k
+                    ep_k.store16(out, ob + ow * n_ch, 1, codes, nch)
+                    ow += 1
+                oh += 1
+                if oh == oh_n:
+                    oh = 0
+                    n += 1
+        return cnt
+
+    @njit(cache=True, parallel=True)
+    def _dw3_par(xp, img, wp_n, n_ch, oh_n, ow_n, sh, sw, taps, w32, biasp, mf, mi, s1, s2,
+                 zpf, zp, lo, hi, out, n_rows, n_chunks):
+        cnts = np.zeros(n_chunks, dtype=np.int64)
+        for ch in prange(n_chunks):
+            cnts[ch] = _dw3_rows(xp, img, wp_n, n_ch, oh_n, ow_n, sh, sw, taps, w32, biasp, mf,
+                                 mi, s1, s2, zpf, zp, lo, hi, out, ch * n_rows // n_chunks,
+                                 (ch + 1) * n_rows // n_chunks)
+        return cnts.sum()
+
     # --------------------------------------------------------------------------------------------
     # Depthwise on NCHW: one channel plane at a time, vectorized over output positions
     # --------------------------------------------------------------------------------------------
@@ -588,7 +724,8 @@ def _make_kernels(kind, rnd):
                                   zp, lo, hi, out, q0, q1)
         return cnts.sum()
 
-    return _vnni_blocks, _vnni_par, _dw_range, _dw_par, _dwp_range, _dwp_par
+    return (_vnni_blocks, _vnni_par, _dw_range, _dw_par, _dwp_range, _dwp_par, _dw3_rows,
+            _dw3_par)
 
 
 # --------------------------------------------------------------------------------------------
@@ -659,6 +796,9 @@ class ConvFast:
             self.wtab = np.ascontiguousarray(ws64.reshape(-1)).astype(np.int32)
             # bias fits int32 whenever the bound check passes (|bias| <= limit < 2**31)
             self.bias32 = np.clip(self.bias, -(2**31), _INT32_LIMIT).astype(np.int32)
+            # the row kernel's 3x3 case: vpmaddwd needs every w - wzp in int16
+            self.dw3 = (kh_n == 3 and kw_n == 3 and self.dw == 1 and self.dh == 1
+                        and int(ws64.min()) >= -32768 and int(ws64.max()) <= 32767)
             self._geom = {}
             return
         # zero-point split: ws = wsh + dm[m] with wsh int8 (module docstring)
@@ -859,7 +999,16 @@ class ConvFast:
         biasp = self._biasp_for(flip)
         n_pix = oh_n * ow_n
         total = n_img * n_pix
-        if self.depthwise:
+        if self.depthwise and self.dw3 and not self.nchw:
+            n_rows = n_img * oh_n
+            common = (xp, img, wp_n, self.ctot, oh_n, ow_n, self.sh, self.sw, taps, self.w32,
+                      biasp) + ep.arrays() + (flat,)
+            if parallel and n_rows > 1:
+                calls.append(Call(kern[7], common + (n_rows, min(n_rows, threads * 4)),
+                                  counted=True))
+            else:
+                calls.append(Call(kern[6], common + (0, n_rows), counted=True))
+        elif self.depthwise:
             common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps, self.kw,
                       self.dw, self.w32, biasp) + ep.arrays() + (flat, self.nchw)
             if parallel:

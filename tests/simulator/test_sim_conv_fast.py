@@ -196,7 +196,10 @@ def test_depthwise_nhwc_3x3(rq, xdt):
     rng = np.random.default_rng(11)
     cases = [(1, 16, 7, 7, (1, 1, 1, 1)), (2, 18, 14, 14, (1, 1, 1, 1)),
              (1, 40, 5, 9, (0, 1, 2, 0)), (2, 64, 9, 13, (1, 0, 0, 2)),
-             (1, 16, 3, 3, (0, 0, 0, 0)), (2, 18, 11, 4, (1, 1, 1, 1)), (3, 16, 8, 10, (1, 1, 1, 1))]
+             (1, 16, 3, 3, (0, 0, 0, 0)), (2, 18, 11, 4, (1, 1, 1, 1)), (3, 16, 8, 10, (1, 1, 1, 1)),
+             # narrow rows: 1, 2, 3, 5, 6 output columns (4-, 2- and 1-position steps)
+             (1, 32, 5, 5, (1, 1, 1, 1)), (1, 16, 4, 2, (1, 1, 1, 1)), (2, 32, 6, 6, (1, 1, 1, 1)),
+             (1, 16, 3, 1, (1, 1, 1, 1)), (2, 48, 9, 11, (1, 1, 1, 1)), (1, 64, 25, 6, (1, 1, 1, 1))]
     for k, (stride, c, height, width, pads) in enumerate(cases):
         for fill in ("random", "min", "max"):
             x = _input(rng, xdt, (2, height, width, c), fill)
@@ -211,6 +214,37 @@ def test_depthwise_nhwc_3x3(rq, xdt):
                       ("fp32", "half_even"), must_be_fast=False)
         if fast is not None:
             assert int(fast.w32.max()) > 32767
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_nhwc_3x3_row_ranges(stride):
+    """The 3x3 row kernel split into row ranges (the parallel driver's chunks, including ranges
+    that cross image boundaries): the same codes and saturation count as one range."""
+    from simulator.kernels import igemm as ig
+    rng = np.random.default_rng(9 + stride)
+    c = 32
+    x = _input(rng, np.int8, (3, 9, 7, c), "random")
+    w, wzp = _weights(rng, (c, 1, 3, 3), "channel")
+    kw, lo, hi = _requant(rng, "fp32", "half_even", c, "int8")
+    fast = prepare_conv(w, weight_zero_point=wzp, bias=None, input_zero_point=-3,
+                        strides=(stride, stride), pads=(1, 1, 1, 1), group=c, layout="NHWC",
+                        acc_bits=32, acc_overflow="wrap", requant=kw, channel_axis=3)
+    assert fast is not None and fast.dw3
+    one = fast.run(x)
+    kern = ig.kernels(fast.ep.kind, fast.ep.rnd)
+    oh_n, ow_n, hp_n, wp_n, taps = fast._geometry(9, 7)
+    img = hp_n * wp_n * fast.ctot
+    xp = np.empty(3 * img + 16, dtype=np.uint8)
+    ig._prepass_images(x, False, fast.pt, fast.pl, hp_n, wp_n, fast.group, fast.cg, fast.cgp,
+                       fast.ctot, 128, fast.xzp + 128, xp, 0, 3)
+    n_rows = 3 * oh_n
+    for n_chunks in (1, 2, 5, n_rows):
+        out = np.empty_like(one[0])
+        n_sat = kern[7](xp, img, wp_n, fast.ctot, oh_n, ow_n, fast.sh, fast.sw, taps, fast.w32,
+                        fast._biasp_for(128), *fast.ep.arrays(), out.reshape(-1), n_rows,
+                        n_chunks)
+        np.testing.assert_array_equal(out, one[0])
+        assert n_sat == one[1]
 
 
 @pytest.mark.parametrize("stride", [1, 2])
