@@ -70,6 +70,28 @@ class Launch:
                 n_sat += int(res)
         return tuple(resolve(o) for o in self.outputs), n_sat
 
+    def then(self, other):
+        """This launch followed by ``other``, whose input 0 is this launch's (single) output."""
+        if len(self.outputs) != 1:
+            raise ValueError("then: the first launch must have one output")
+        shift = len(self.temps)
+        first = self.outputs[0]
+
+        def moved(arg):
+            if isinstance(arg, Tmp):
+                return Tmp(arg.index + shift, arg.shape)
+            if isinstance(arg, In):
+                if arg.index != 0:
+                    raise ValueError("then: the second launch may only read input 0")
+                return type(first)(first.index, arg.shape if arg.shape is not None
+                                   else first.shape)
+            return arg
+
+        calls = tuple(Call(c.fn, tuple(moved(a) for a in c.args), c.counted)
+                      for c in other.calls)
+        return Launch(self.temps + other.temps, self.calls + calls,
+                      tuple(moved(o) for o in other.outputs))
+
     def output_specs(self, in_specs):
         """``((shape, dtype), ...)`` of the outputs for inputs ``in_specs`` (arrays or anything
         with ``shape`` and ``dtype``)."""

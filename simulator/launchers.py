@@ -18,6 +18,7 @@ from simulator.executors_extra import softmax_tflite_call
 from simulator.kernels import eltwise as elt_k
 from simulator.kernels import movement as mov_k
 from simulator.kernels import pool as pool_k
+from simulator.kernels import quant as quant_k
 from simulator.launch import In, Launch
 
 
@@ -89,7 +90,68 @@ def launch_softmax_tflite(step, *specs):
     return fn(specs[0], **kwargs)
 
 
+def launch_quantize(step, *specs):
+    if len(specs) != 1 or specs[0].dtype != np.float32:
+        return None
+    out_min, out_max, dt = ex._out_block(step)
+    return quant_k.quantize_launch(
+        specs[0], scale=ex._param(step, "scale"), zero_point=ex._param(step, "zero_point"),
+        axis=int(ex._param(step, "axis", 1)), rounding=ex._param(step, "rounding", "half_even"),
+        method=ex._param(step, "method", "divide"), out_min=out_min, out_max=out_max,
+        out_dtype=dt)
+
+
+def launch_dequantize(step, *specs):
+    if len(specs) != 1:
+        return None
+    return quant_k.dequantize_launch(specs[0], scale=ex._param(step, "scale"),
+                                     zero_point=ex._param(step, "zero_point", 0),
+                                     axis=int(ex._param(step, "axis", 1)))
+
+
+def launch_transpose(step, *specs):
+    if len(specs) != 1:
+        return None
+    return mov_k.transpose_launch(specs[0], perm=ex._param(step, "perm"))
+
+
+def launch_maxpool(step, *specs):
+    if len(specs) != 1:
+        return None
+    return pool_k.maxpool_launch(
+        specs[0], layout=ex._layout(step), kernel=ex._param(step, "kernel"),
+        strides=ex._param(step, "strides", (1, 1)), pads=ex._param(step, "pads", (0, 0, 0, 0)),
+        dilations=ex._param(step, "dilations", (1, 1)), ceil_mode=ex._param(step, "ceil_mode", 0))
+
+
+def launch_global_avgpool(step, *specs):
+    """The sums, then the requantization; the interpreter picks the requantization kernel from
+    the sums' values, the launch from their bound ``H * W * max|x - z_in|`` (both exact)."""
+    if len(specs) != 1:
+        return None
+    x = specs[0]
+    layout = ex._layout(step)
+    zin = int(ex._param(step, "input_zero_point", 0))
+    sums = pool_k.global_sum_launch(x, layout=layout, input_zero_point=zin)
+    rq = ex._requant_kwargs(step, ex._LAYOUT_CHANNEL_AXIS[layout])
+    if rq["rq_mode"] == "none":
+        return None
+    shape = sums.output_specs([x])[0][0]
+    outer, n_ch, inner, _ = quant_k.split_axis(shape, rq.pop("channel_axis"))
+    p = quant_k.requant_params(**rq, n_ch=n_ch)
+    lo, hi = quant_k.dtype_range(x.dtype)
+    count = int(np.prod(x.shape[1:3] if layout == "NHWC" else x.shape[2:4], dtype=np.int64))
+    bound = count * max(abs(lo - zin), abs(hi - zin))
+    requant = quant_k.requantize_launch(shape, bound, p, outer, n_ch, inner)
+    return None if requant is None else sums.then(requant)
+
+
 LAUNCHERS: dict[str, Callable] = {
+    "quantize": launch_quantize,
+    "dequantize": launch_dequantize,
+    "transpose": launch_transpose,
+    "maxpool": launch_maxpool,
+    "global_avgpool": launch_global_avgpool,
     "conv": launch_conv,
     "gemm": launch_gemm,
     "add": launch_add,

@@ -22,6 +22,10 @@ def register(sub):
                         "whole validation sets; runs in batches with a progress bar)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="with --no-fidelity: inputs simulated per batch (default 256)")
+    p.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
+                   help="with --no-fidelity: run the whole program as one compiled function "
+                        "(no per-layer Python; pays off for many small batches). auto: when there "
+                        "are at least 64 batches of at most 16 inputs")
     p.set_defaults(func=run)
 
 
@@ -97,10 +101,20 @@ def _outputs_in_batches(args, feeds):
     if len(starts) > 1 and not args.quiet:
         from tqdm import tqdm
         progress = tqdm(total=n, unit="input", desc="mrq sim", file=sys.stderr)
+    want_compiled = args.compile == "yes" or (
+        args.compile == "auto" and args.batch_size <= 16 and len(starts) >= 64)
+    compiled = None
     for start in starts:
         part = {k: v[start:start + args.batch_size] for k, v in feeds.items()}
         program, bound = bind_inputs(lowered, part)
-        res = run(program, bound, threads=args.threads)
+        if want_compiled and compiled is None:
+            compiled = _compile(program, bound, args)
+            want_compiled = compiled is not None
+        if compiled is not None and all(bound[k].shape == compiled.input_specs[k][0]
+                                        for k in bound):
+            res = compiled.run(bound)
+        else:
+            res = run(program, bound, threads=args.threads)
         for name, value in res.outputs.items():
             chunks.setdefault(name, []).append(value)
         stats = res.stats
@@ -112,6 +126,26 @@ def _outputs_in_batches(args, feeds):
                for name, parts in chunks.items()}
     return SimResult(outputs=outputs, stats=stats, lowered=lowered,
                      violations=profile_violations(graph, profile))
+
+
+def _compile(program, bound, args):
+    """The compiled program for this batch shape, or ``None`` (said on stderr)."""
+    import numba
+
+    from simulator.compiled import compile_program, last_reason
+    from simulator.run import set_threads
+
+    if args.threads is not None:
+        set_threads(args.threads)
+    compiled = compile_program(program, bound)
+    if compiled is None:
+        level = "warning" if args.compile == "yes" else "note"
+        print(f"{level}: the program does not compile ({last_reason()}); running it step by "
+              f"step", file=sys.stderr)
+    elif not args.quiet:
+        print(f"compiled the program for batch {args.batch_size} "
+              f"({numba.get_num_threads()} thread(s))", file=sys.stderr)
+    return compiled
 
 
 def _batch(feeds) -> int:

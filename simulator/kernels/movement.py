@@ -1,4 +1,5 @@
-"""Data movement: concat, reshape, transpose. No arithmetic; numpy does the work.
+"""Data movement: concat, reshape, transpose. No arithmetic; numpy does the work (transpose up
+to rank 4: a jitted copy, so that it has a launch).
 
 Shapes follow ONNX: ``reshape`` copies the input dimension for a ``0`` entry (ONNX ``allowzero=0``)
 and infers one ``-1`` entry. Outputs are contiguous arrays in the input dtype.
@@ -6,8 +7,10 @@ and infers one ``-1`` entry. Outputs are contiguous arrays in the input dtype.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from simulator.errors import KernelInputError
+from simulator.launch import Call, In, Launch, Tmp
 
 
 def concat(arrays, *, axis):
@@ -72,9 +75,44 @@ def reshape(x, *, shape):
 
 def transpose(x, *, perm):
     """ONNX Transpose with an explicit permutation."""
+    launch = transpose_launch(x, perm=perm)
+    if launch is None:
+        return np.ascontiguousarray(np.transpose(x, tuple(int(p) for p in perm)))
+    outs, _ = launch.execute((np.ascontiguousarray(x),))
+    return outs[0]
+
+
+def transpose_launch(x, *, perm):
+    """The :class:`simulator.launch.Launch` of :func:`transpose` for inputs of ``x``'s shape and
+    dtype (values not read); ``None`` above rank 4 (numpy transposes those)."""
     perm = tuple(int(p) for p in perm)
     if sorted(perm) != list(range(x.ndim)):
         raise KernelInputError(
             f"transpose: perm {list(perm)} is not a permutation of rank {x.ndim}"
         )
-    return np.ascontiguousarray(np.transpose(x, perm))
+    if x.ndim > 4:
+        return None
+    lead = 4 - x.ndim
+    shape4 = (1,) * lead + tuple(int(d) for d in x.shape)
+    perm4 = tuple(range(lead)) + tuple(p + lead for p in perm)
+    strides = (shape4[1] * shape4[2] * shape4[3], shape4[2] * shape4[3], shape4[3], 1)
+    out4 = tuple(shape4[p] for p in perm4)
+    size = int(np.prod(shape4, dtype=np.int64))
+    call = Call(_transpose4, (In(0, (size,)), out4[0], out4[1], out4[2], out4[3],
+                              strides[perm4[0]], strides[perm4[1]], strides[perm4[2]],
+                              strides[perm4[3]], Tmp(0, (size,))))
+    out_shape = tuple(int(x.shape[p]) for p in perm)
+    return Launch(((out_shape, x.dtype.name),), (call,), (Tmp(0),))
+
+
+@njit(cache=True)
+def _transpose4(x1, d0, d1, d2, d3, s0, s1, s2, s3, out1):
+    """``out[i0, i1, i2, i3] = x1[i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3]`` (flat, C order)."""
+    o = 0
+    for i0 in range(d0):
+        for i1 in range(d1):
+            for i2 in range(d2):
+                b = i0 * s0 + i1 * s1 + i2 * s2
+                for i3 in range(d3):
+                    out1[o] = x1[b + i3 * s3]
+                    o += 1

@@ -190,35 +190,43 @@ def _maxpool_par(x1, nchw, n_items, height, width, n_ch, kh, kw, sh, sw, pt, pl,
                           low, out1, i0, i1)
 
 
-def maxpool(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
-            ceil_mode=0):
+def maxpool(x, **params):
     """Max pooling in the input dtype. A window with no valid tap (only possible when the padding
-    is at least the kernel extent) yields the dtype minimum, like ORT's ``lowest()`` init."""
+    is at least the kernel extent) yields the dtype minimum, like ORT's ``lowest()`` init.
+    Parameters: see :func:`maxpool_launch`."""
+    outs, _ = maxpool_launch(x, **params).execute((np.ascontiguousarray(x),))
+    return outs[0]
+
+
+def maxpool_launch(x, *, layout="NCHW", kernel, strides=(1, 1), pads=(0, 0, 0, 0),
+                   dilations=(1, 1), ceil_mode=0):
+    """The :class:`simulator.launch.Launch` of :func:`maxpool` for inputs of ``x``'s shape and
+    dtype (values not read)."""
     xn, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = _geometry(x, layout, kernel, strides, pads,
                                                            dilations, ceil_mode, transpose=False)
     nchw = layout == "NCHW"
     if nchw:
-        n_img, n_ch, height, width = xn.shape
-        out = np.empty((n_img, n_ch, oh, ow), dtype=x.dtype)
+        n_img, n_ch, height, width = (int(d) for d in xn.shape)
+        out_shape = (n_img, n_ch, oh, ow)
         n_items = n_img * n_ch
     else:
-        n_img, height, width, n_ch = xn.shape
-        out = np.empty((n_img, oh, ow, n_ch), dtype=x.dtype)
+        n_img, height, width, n_ch = (int(d) for d in xn.shape)
+        out_shape = (n_img, oh, ow, n_ch)
         n_items = n_img * oh
     low = x.dtype.type(dtype_range(x.dtype)[0])
-    x1 = xn.reshape(-1)
-    out1 = out.reshape(-1)
+    x1 = In(0, (int(x.size),))
+    out1 = Tmp(0, (n_img * n_ch * oh * ow,))
     threads = numba.get_num_threads()
     if threads > 1 and x.size >= PARALLEL_MIN_ELEMENTS and n_items > 1:
-        _maxpool_par(x1, nchw, n_items, height, width, n_ch, kh, kw, sh, sw, pt, pl, dh, dw, oh,
-                     ow, low, out1, min(n_items, 4 * threads))
+        call = Call(_maxpool_par, (x1, nchw, n_items, height, width, n_ch, kh, kw, sh, sw, pt,
+                                   pl, dh, dw, oh, ow, low, out1, min(n_items, 4 * threads)))
     elif nchw:
-        _maxpool_nchw(x1, n_items, height, width, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, low,
-                      out1, 0, n_items)
+        call = Call(_maxpool_nchw, (x1, n_items, height, width, kh, kw, sh, sw, pt, pl, dh, dw,
+                                    oh, ow, low, out1, 0, n_items))
     else:
-        _maxpool_nhwc(x1, height, width, n_ch, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, low, out1,
-                      0, n_items)
-    return out
+        call = Call(_maxpool_nhwc, (x1, height, width, n_ch, kh, kw, sh, sw, pt, pl, dh, dw, oh,
+                                    ow, low, out1, 0, n_items))
+    return Launch(((out_shape, x.dtype.name),), (call,), (Tmp(0),))
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,22 +493,33 @@ def _pixel_sums(x3, out):
 
 def global_sum(x, *, layout="NCHW", input_zero_point=0):
     """``acc[n, c] = sum_{h, w} (x - z_in)`` in int64, shaped [N, C, 1, 1] or [N, 1, 1, C]."""
+    outs, _ = global_sum_launch(x, layout=layout, input_zero_point=input_zero_point).execute(
+        (np.ascontiguousarray(x),))
+    return outs[0]
+
+
+def global_sum_launch(x, *, layout="NCHW", input_zero_point=0):
+    """The :class:`simulator.launch.Launch` of :func:`global_sum` for inputs of ``x``'s shape and
+    dtype (values not read)."""
     check_int_array("global_avgpool input", x, POOL_DTYPES)
     if x.ndim != 4:
         raise KernelInputError(f"global_avgpool input: expected 4-D, got shape {list(x.shape)}")
     if layout not in ("NCHW", "NHWC"):
         raise KernelInputError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
-    xc = np.ascontiguousarray(x)
     if layout == "NCHW":
-        n_img, n_ch, height, width = x.shape
-        sums = np.empty(n_img * n_ch, dtype=np.int64)
-        _plane_sums(xc.reshape(n_img * n_ch, height * width), sums)
-        count = height * width
+        n_img, n_ch, height, width = (int(d) for d in x.shape)
+        call = Call(_plane_sums, (In(0, (n_img * n_ch, height * width)), Tmp(0, (n_img * n_ch,))))
         shape = (n_img, n_ch, 1, 1)
     else:
-        n_img, height, width, n_ch = x.shape
-        sums = np.empty((n_img, n_ch), dtype=np.int64)
-        _pixel_sums(xc.reshape(n_img, height * width, n_ch), sums)
-        count = height * width
+        n_img, height, width, n_ch = (int(d) for d in x.shape)
+        call = Call(_pixel_sums, (In(0, (n_img, height * width, n_ch)), Tmp(0, (n_img, n_ch))))
         shape = (n_img, 1, 1, n_ch)
-    return (sums - np.int64(input_zero_point) * np.int64(count)).reshape(shape)
+    offset = np.int64(input_zero_point) * np.int64(height * width)
+    return Launch(((shape, "int64"),),
+                  (call, Call(_subtract, (Tmp(0, (n_img * n_ch,)), offset))), (Tmp(0),))
+
+
+@njit(cache=True)
+def _subtract(values, offset):
+    for i in range(values.shape[0]):
+        values[i] -= offset

@@ -28,6 +28,7 @@ from simulator.errors import KernelInputError
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels.jitcache import specialised
 from simulator.kernels import simd
+from simulator.launch import Call, In, Launch, Tmp, cast_copy
 from simulator.primitives import (
     INT64_MAX,
     INT64_MIN,
@@ -413,6 +414,35 @@ def requantize(acc, *, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="
     return requantize_with(acc, p, outer, n_ch, inner)
 
 
+def requantize_launch(shape, bound, p, outer, n_ch, inner):
+    """The :class:`simulator.launch.Launch` of :func:`requantize_with` for an int64 accumulator of
+    ``shape`` whose values satisfy ``|acc| <= bound``, or ``None`` when the bound does not decide
+    what the interpreter decides from the values (``rq_mode='fixed'`` needs ``|acc| < 2**62``)."""
+    if p.mode == RQ_FIXED and bound >= _FIXED_ACC_LIMIT:
+        return None
+    shape = tuple(int(d) for d in shape)
+    size = outer * n_ch * inner
+    ep = p.epilogue()
+    if ep is not None and (ep.acc_limit is None or bound <= ep.acc_limit):
+        by_column = inner == 1 and n_ch > 1
+        shape2 = (outer, n_ch) if by_column else (outer * n_ch, inner)
+        fits32 = bound < 2**31
+        threads = numba.get_num_threads()
+        items, par = _requant_kernels(ep.kind, ep.rnd)
+        args = (In(0, shape2), by_column, n_ch, fits32) + ep.arrays() + (Tmp(0, shape2),)
+        if size >= PARALLEL_MIN_ELEMENTS and threads > 1 and shape2[0] > 1:
+            call = Call(par, args + (min(shape2[0], 4 * threads),), counted=True)
+        else:
+            call = Call(items, args + (0, shape2[0]), counted=True)
+        return Launch(((shape, p.dtype.name),), (call,), (Tmp(0),))
+    dims = (outer, n_ch, inner)
+    call = Call(_requant_kernel, (In(0, dims), p.mode, p.mult_f, p.mult_i, p.shifts, p.rnd,
+                                  np.int64(p.zp), np.int64(p.out_min), np.int64(p.out_max),
+                                  Tmp(0, dims)), counted=True)
+    return Launch((((size,), "int64"), (shape, p.dtype.name)),
+                  (call, Call(cast_copy, (Tmp(0), Tmp(1, (size,))))), (Tmp(1),))
+
+
 def requantize_with(acc, p, outer, n_ch, inner):
     """``requantize`` with validated parameters ``p`` (:func:`requant_params`) along an axis
     split ``(outer, n_ch, inner)`` of ``acc``."""
@@ -520,10 +550,21 @@ def _make_quantize_kernels(rnd):
 
 
 
-def quantize(x, *, scale, zero_point, axis=1, rounding="half_even", method="divide",
-             out_min=None, out_max=None, out_dtype="int8"):
+def quantize(x, **params):
     """Quantize float32 ``x``: ``q = clamp(round(f32(x / s)) + zp)``; returns
-    ``(q, out_saturated)``.
+    ``(q, out_saturated)``. Parameters: see :func:`quantize_launch`."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise KernelInputError(
+            f"quantize: expected a float32 array, got {getattr(x, 'dtype', type(x).__name__)}"
+        )
+    outs, n_sat = quantize_launch(x, **params).execute((np.ascontiguousarray(x),))
+    return outs[0], n_sat
+
+
+def quantize_launch(x, *, scale, zero_point, axis=1, rounding="half_even", method="divide",
+                    out_min=None, out_max=None, out_dtype="int8"):
+    """The :class:`simulator.launch.Launch` of :func:`quantize` for inputs of ``x``'s shape and
+    dtype (values not read).
 
     ``method='divide'`` is ORT/TFLite QuantizeLinear (true IEEE division); ``'multiply'`` uses
     ``f32(x * f32(1 / s))``. Per-axis when ``scale``/``zero_point`` have length > 1. NaN maps to
@@ -552,24 +593,24 @@ def quantize(x, *, scale, zero_point, axis=1, rounding="half_even", method="divi
         raise KernelInputError("quantize: scales must be positive and finite")
     small = max(abs(out_min - int(z.min())), abs(out_max - int(z.max())),
                 abs(out_min - int(z.max())), abs(out_max - int(z.min()))) < 2**22
+    shape = tuple(int(d) for d in x.shape)
+    size = outer * n_ch * inner
     if small and (n_ch == 1 or inner % 16 == 0):
         ks = specialised(_make_quantize_kernels, int(rnd))
-        x1 = np.ascontiguousarray(x).reshape(-1)
-        out1 = np.empty(x1.shape[0], dtype=dt)
         inv = np.array([f32_div(np.float32(1.0), v) for v in s], dtype=np.float32)
-        args = (x1, s, inv, z, n_ch, inner, method == "multiply", np.int64(out_min),
-                np.int64(out_max), out1)
+        args = (In(0, (size,)), s, inv, z, n_ch, inner, method == "multiply", np.int64(out_min),
+                np.int64(out_max), Tmp(0))
         threads = numba.get_num_threads()
-        if threads > 1 and x1.shape[0] >= PARALLEL_MIN_ELEMENTS:
-            n_sat = ks[1](*args, 4 * threads)
+        if threads > 1 and size >= PARALLEL_MIN_ELEMENTS:
+            call = Call(ks[1], args + (4 * threads,), counted=True)
         else:
-            n_sat = ks[0](*args, 0, x1.shape[0])
-        return out1.reshape(x.shape), int(n_sat)
-    x3 = np.ascontiguousarray(x).reshape(outer, n_ch, inner)
-    out3 = np.empty((outer, n_ch, inner), dtype=np.int64)
-    n_sat = _quantize_kernel(x3, s, z, rnd, method == "multiply", np.int64(out_min),
-                             np.int64(out_max), out3)
-    return out3.reshape(x.shape).astype(dt), int(n_sat)
+            call = Call(ks[0], args + (0, size), counted=True)
+        return Launch((((size,), dt.name),), (call,), (Tmp(0, shape),))
+    call = Call(_quantize_kernel, (In(0, (outer, n_ch, inner)), s, z, rnd, method == "multiply",
+                                   np.int64(out_min), np.int64(out_max),
+                                   Tmp(0, (outer, n_ch, inner))), counted=True)
+    return Launch((((size,), "int64"), ((size,), dt.name)),
+                  (call, Call(cast_copy, (Tmp(0), Tmp(1)))), (Tmp(1, shape),))
 
 
 @njit(cache=True, parallel=True)
@@ -584,11 +625,19 @@ def _dequantize_kernel(x3, scale, zp, out3):
             out3[o, c, i] = f32_mul(int_to_f32(np.int64(x3[o, c, i]) - z), s)
 
 
-def dequantize(x, *, scale, zero_point, axis=1):
+def dequantize(x, **params):
     """Dequantize integer ``x``: ``y = f32(f32(x - zp) * s)`` (ORT DequantizeLinear); float32 out.
 
     ``x - zp`` is exact in int64 (ORT computes it in int32, the same unless it overflows).
+    Parameters: see :func:`dequantize_launch`.
     """
+    outs, _ = dequantize_launch(x, **params).execute((np.ascontiguousarray(x),))
+    return outs[0]
+
+
+def dequantize_launch(x, *, scale, zero_point, axis=1):
+    """The :class:`simulator.launch.Launch` of :func:`dequantize` for inputs of ``x``'s shape and
+    dtype (values not read)."""
     check_int_array("dequantize input", x)
     if np.size(scale) > 1 or np.size(zero_point) > 1:
         n = max(np.size(scale), np.size(zero_point))
@@ -601,10 +650,10 @@ def dequantize(x, *, scale, zero_point, axis=1):
         outer, n_ch, inner = 1, 1, x.size
     s = per_channel("scale", scale, n_ch, np.float32)
     z = per_channel("zero_point", zero_point, n_ch, np.int64)
-    x3 = np.ascontiguousarray(x).reshape(outer, n_ch, inner)
-    out3 = np.empty((outer, n_ch, inner), dtype=np.float32)
-    _dequantize_kernel(x3, s, z, out3)
-    return out3.reshape(x.shape)
+    dims = (outer, n_ch, inner)
+    return Launch(((dims, "float32"),),
+                  (Call(_dequantize_kernel, (In(0, dims), s, z, Tmp(0))),),
+                  (Tmp(0, tuple(int(d) for d in x.shape)),))
 
 
 # --------------------------------------------------------------------------------------------

@@ -157,6 +157,29 @@ def test_no_fidelity_runs_in_batches_with_the_same_outputs(tmp_path):
             np.testing.assert_array_equal(a[name], b[name])
 
 
+@pytest.mark.parametrize("profile,compiles", [("nna-sym8", True), ("nna-sym8-acc20", False)])
+def test_no_fidelity_compiled_program_same_outputs(tmp_path, profile, compiles):
+    """--compile yes with batch 1: the whole program runs as one compiled function (or, when a
+    step has no launch, step by step with a note) and writes the interpreter's outputs."""
+    feeds = demo_inputs(5, seed=2)
+    path = tmp_path / "in.npz"
+    np.savez(path, **feeds)
+    full, fast = tmp_path / "full.npz", tmp_path / "fast.npz"
+    r = mrq("sim", DEMO_MODEL, "--profile", profile, "--inputs", str(path), "--out", str(full), "-q")
+    assert r.returncode == 0, r.stderr
+    r = mrq("sim", DEMO_MODEL, "--profile", profile, "--inputs", str(path), "--out", str(fast),
+            "--no-fidelity", "--batch-size", "1", "--compile", "yes")
+    assert r.returncode == 0, r.stderr
+    if compiles:
+        assert "compiled the program for batch 1" in r.stderr
+    else:
+        assert "does not compile" in r.stderr and "step by step" in r.stderr
+    with np.load(full) as a, np.load(fast) as b:
+        assert a.files == b.files
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
 def test_no_fidelity_user_errors(tmp_path, inputs):
     out = tmp_path / "o.npz"
     r = mrq("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out),

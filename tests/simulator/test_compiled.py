@@ -62,6 +62,31 @@ def test_mlperf_models_compile_bit_exact(key, profile):
         assert_same(program, {spec.name: x}, compiled)
 
 
+# --- committed ONNX models (float input: quantize, transpose, maxpool, global_avgpool, dequantize)
+@pytest.mark.parametrize("model,profile", [
+    ("demo", "onnxruntime-cpu"), ("demo", "nna-sym8"), ("demo", "tflite-int8"),
+    ("demo", "nna-a16w8"), ("bench/models/fmnist_mnv2_qat_qdq.onnx", "onnxruntime-cpu")])
+def test_onnx_models_compile_bit_exact(model, profile):
+    from mrq.api import bind_inputs, prepare
+    from mrq.demo import DEMO_MODEL
+
+    path = DEMO_MODEL if model == "demo" else str(ROOT / model)
+    lowered = prepare(path, profile)
+    spec = lowered.program.inputs[0]
+    shape = (2,) + tuple(spec.shape[1:])
+
+    def feeds(seed):
+        x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 3.0
+        x.reshape(-1)[::5] = 0.0
+        return bind_inputs(lowered, {spec.name: x})
+
+    program, bound = feeds(0)
+    compiled = compile_program(program, bound)
+    assert compiled is not None, last_reason()
+    for seed in range(3):
+        assert_same(*feeds(seed), compiled)
+
+
 # --- a hand-built NHWC network: conv, depthwise, residual add, avgpool, reshape, gemm, softmax ----
 def _net(rq_mode):
     rng = np.random.default_rng(1)
@@ -136,11 +161,12 @@ def test_compiled_program_rejects_other_shapes_and_dtypes():
 
 
 def test_program_without_launch_is_refused_naming_the_step():
-    steps = (Step("maxpool", "mp", ("x",), ("y",), {"kernel": (2, 2), "strides": (2, 2)}),)
+    steps = (Step("maxpool", "mp", ("x",), ("p",), {"kernel": (2, 2), "strides": (2, 2)}),
+             Step("clamp", "cl", ("p",), ("y",), {"out_min": -5, "out_max": 5}))
     program = Program((TensorSpec("x", "int8", (None, 2, 4, 4)),),
                       (TensorSpec("y", "int8", (None, 2, 2, 2)),), steps)
     assert compile_program(program, {"x": np.zeros((1, 2, 4, 4), np.int8)}) is None
-    assert "'mp'" in last_reason() and "maxpool" in last_reason()
+    assert "'cl'" in last_reason() and "clamp" in last_reason()
 
 
 def test_unprovable_narrow_accumulator_is_refused():
