@@ -987,15 +987,22 @@ class ConvFast:
                 call = Call(kern[4], common + (0, total), counted=True)
             return Launch(tuple(temps), (call,), (out_view,)), static_ok
         img = hp_n * wp_n * self.ctot
-        # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
-        temps.append(((n_img * img + 16,), "uint8"))
-        xp = Tmp(1)
-        args = (x_in, self.nchw, self.pt, self.pl, hp_n, wp_n, self.group, self.cg, self.cgp,
-                self.ctot, flip, uzp, xp)
-        if parallel and n_img > 1:
-            calls = [Call(_prepass_par, args + (min(n_img, threads),))]
+        if (flip == 0 and not self.nchw and self.run_mode and self.kh == 1 and self.kw == 1
+                and (hp_n, wp_n) == (height, width) and self.cg % 4 == 0):
+            # a uint8 NHWC input of a 1x1 conv without padding is its own padded image: the
+            # kernel reads exactly the C bytes of each pixel (no slack needed), skip the copy
+            xp = In(0, (n_x,))
+            calls = []
         else:
-            calls = [Call(_prepass_images, args + (0, n_img))]
+            # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
+            temps.append(((n_img * img + 16,), "uint8"))
+            xp = Tmp(1)
+            args = (x_in, self.nchw, self.pt, self.pl, hp_n, wp_n, self.group, self.cg,
+                    self.cgp, self.ctot, flip, uzp, xp)
+            if parallel and n_img > 1:
+                calls = [Call(_prepass_par, args + (min(n_img, threads),))]
+            else:
+                calls = [Call(_prepass_images, args + (0, n_img))]
         biasp = self._biasp_for(flip)
         n_pix = oh_n * ow_n
         total = n_img * n_pix
