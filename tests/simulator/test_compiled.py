@@ -201,3 +201,21 @@ def test_source_is_written_to_the_cache_dir_or_compiled_in_memory(tmp_path, monk
     program2 = Program(program.inputs, (TensorSpec("y", "int8", (None, 4, 2)),), steps2)
     compiled2 = compile_program(program2, feeds)
     assert_same(program2, feeds, compiled2)
+
+
+def test_transpose_matches_numpy_for_every_permutation():
+    """The jitted rank<=4 transpose (and the view when only unit axes move) against numpy, ranks
+    1 to 5, with unit axes."""
+    import itertools
+
+    from simulator.kernels.movement import transpose
+
+    rng = np.random.default_rng(0)
+    for shape in [(5,), (3, 4), (1, 4), (2, 1, 3), (2, 3, 4, 5), (2, 1, 1, 5), (1, 3, 1, 1),
+                  (2, 3, 1, 2, 2)]:
+        x = rng.integers(-128, 128, shape).astype(np.int8)
+        for perm in itertools.permutations(range(len(shape))):
+            got = transpose(x, perm=perm)
+            want = np.transpose(x, perm)
+            assert got.flags.c_contiguous
+            np.testing.assert_array_equal(got, want, err_msg=f"{shape} {perm}")
