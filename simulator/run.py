@@ -26,6 +26,7 @@ import numpy as np
 
 from simulator.errors import KernelInputError, ProgramError, SimulatorError
 from simulator.executors import EXECUTORS
+from simulator.memory import keep_heap
 
 # Start-up measurement hook (bench/bench_startup.py): when set, the wall-clock time at which the
 # first step of the process's first run starts is written to this file.
@@ -170,6 +171,7 @@ def run(program, feeds: dict, trace: bool = False, threads: int | None = None) -
 
 
 def _run(program, feeds, trace):
+    keep_heap()
     _check_feeds(program, feeds)
     buffers = dict(feeds)
     result = RunResult()
