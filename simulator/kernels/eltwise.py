@@ -71,6 +71,18 @@ ELTWISE_DTYPES = ("int8", "uint8", "int16", "uint16", "int32")
 _vquant_he = simd.vquant[0]
 
 
+@njit(cache=True, inline="always")
+def _tail16(a1, b1, i, n):
+    """Elements ``[i, i + n)`` (``n < 16``) of ``a1`` and ``b1`` in zero-padded 16-element
+    arrays, so that the last partial chunk runs through the same 16-lane code."""
+    ta = np.zeros(16, dtype=a1.dtype)
+    tb = np.zeros(16, dtype=b1.dtype)
+    for j in range(n):
+        ta[j] = a1[i + j]
+        tb[j] = b1[i + j]
+    return ta, tb
+
+
 def broadcast_pair(a, b):
     """Broadcast ``a`` and ``b`` (numpy rules) to contiguous flat arrays: (a1, b1, shape)."""
     if a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous:
@@ -144,11 +156,7 @@ def _add_ort_fma_range(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out
     i = i0 + 16 * n_full
     n = i1 - i
     if n > 0:
-        ta = np.zeros(16, dtype=a1.dtype)
-        tb = np.zeros(16, dtype=b1.dtype)
-        for j in range(n):
-            ta[j] = a1[i + j]
-            tb[j] = b1[i + j]
+        ta, tb = _tail16(a1, b1, i, n)
         av = simd.vcvt_f32(simd.vload_ext(ta, 0))
         bv = simd.vcvt_f32(simd.vload_ext(tb, 0))
         if swapped:
@@ -269,11 +277,7 @@ def _make_add_tflite(ruy):
         i = i0 + 16 * n_full
         n = i1 - i
         if n > 0:
-            ta = np.zeros(16, dtype=a1.dtype)
-            tb = np.zeros(16, dtype=b1.dtype)
-            for j in range(n):
-                ta[j] = a1[i + j]
-                tb[j] = b1[i + j]
+            ta, tb = _tail16(a1, b1, i, n)
             x1 = simd.vshl_i32(simd.vsub_i32(simd.vload_ext(ta, 0), za_v), left_shift)
             x2 = simd.vshl_i32(simd.vsub_i32(simd.vload_ext(tb, 0), zb_v), left_shift)
             y = simd.vadd_i32(mbqm(x1, m_a, l_a, r_a), mbqm(x2, m_b, l_b, r_b))
@@ -503,11 +507,7 @@ def _make_add_vec_kernels(rnd, m32):
         i = i0 + 16 * n_full
         n = i1 - i
         if n > 0:
-            ta = np.zeros(16, dtype=a1.dtype)
-            tb = np.zeros(16, dtype=b1.dtype)
-            for j in range(n):
-                ta[j] = a1[i + j]
-                tb[j] = b1[i + j]
+            ta, tb = _tail16(a1, b1, i, n)
             acc = simd.vmadd_i32(simd.vzero(), simd.vsub_i32(simd.vload_ext(ta, 0), za_v),
                                  ma_v)
             acc = simd.vmadd_i32(acc, simd.vsub_i32(simd.vload_ext(tb, 0), zb_v), mb_v)

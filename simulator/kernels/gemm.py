@@ -171,16 +171,7 @@ class GemmFast:
     def run(self, a):
         """``(out, n_sat)`` or ``None`` (then use :func:`gemm_acc` and ``requantize``)."""
         got = self.launch(a.shape, a.dtype)
-        if got is None:
-            return None
-        launch, static_ok = got
-        a = np.ascontiguousarray(a)
-        if not static_ok:
-            x_absmax = max(abs(int(a.min()) - self.conv.xzp), abs(int(a.max()) - self.conv.xzp))
-            if self.conv.bound(x_absmax) > self.conv.limit:
-                return None
-        outs, n_sat = launch.execute((a,))
-        return outs[0], n_sat
+        return None if got is None else self.conv.execute(got, a)
 
     def launch(self, shape, dtype):
         """``(Launch, static_ok)`` for an input of this shape and dtype, or ``None`` (see

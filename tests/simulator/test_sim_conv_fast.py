@@ -216,14 +216,12 @@ def test_depthwise_nhwc_3x3(rq, xdt):
             assert int(fast.w32.max()) > 32767
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_nhwc_3x3_row_ranges(stride):
-    """The 3x3 row kernel split into row ranges (the parallel driver's chunks, including ranges
-    that cross image boundaries): the same codes and saturation count as one range."""
+def _depthwise_nhwc_padded(seed, c, height, width, stride):
+    """A 3-image NHWC 3x3 depthwise case: the prepared conv, its ``run`` result, its kernels, the
+    geometry and the padded uint8 image the kernels read."""
     from simulator.kernels import igemm as ig
-    rng = np.random.default_rng(9 + stride)
-    c = 32
-    x = _input(rng, np.int8, (3, 9, 7, c), "random")
+    rng = np.random.default_rng(seed)
+    x = _input(rng, np.int8, (3, height, width, c), "random")
     w, wzp = _weights(rng, (c, 1, 3, 3), "channel")
     kw, lo, hi = _requant(rng, "fp32", "half_even", c, "int8")
     fast = prepare_conv(w, weight_zero_point=wzp, bias=None, input_zero_point=-3,
@@ -231,12 +229,21 @@ def test_depthwise_nhwc_3x3_row_ranges(stride):
                         acc_bits=32, acc_overflow="wrap", requant=kw, channel_axis=3)
     assert fast is not None and fast.dw3
     one = fast.run(x)
-    kern = ig.kernels(fast.ep.kind, fast.ep.rnd)
-    oh_n, ow_n, hp_n, wp_n, taps = fast._geometry(9, 7)
+    geo = fast._geometry(height, width)
+    oh_n, ow_n, hp_n, wp_n, taps = geo
     img = hp_n * wp_n * fast.ctot
     xp = np.empty(3 * img + 16, dtype=np.uint8)
     ig._prepass_images(x, False, fast.pt, fast.pl, hp_n, wp_n, fast.group, fast.cg, fast.cgp,
                        fast.ctot, 128, fast.xzp + 128, xp, 0, 3)
+    return fast, one, ig.kernels(fast.ep.kind, fast.ep.rnd), geo, img, xp
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_nhwc_3x3_row_ranges(stride):
+    """The 3x3 row kernel split into row ranges (the parallel driver's chunks, including ranges
+    that cross image boundaries): the same codes and saturation count as one range."""
+    fast, one, kern, (oh_n, ow_n, _, wp_n, taps), img, xp = _depthwise_nhwc_padded(
+        9 + stride, 32, 9, 7, stride)
     n_rows = 3 * oh_n
     for n_chunks in (1, 2, 5, n_rows):
         out = np.empty_like(one[0])
@@ -249,25 +256,10 @@ def test_depthwise_nhwc_3x3_row_ranges(stride):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_nhwc_threads(stride):
-    """Ranges that start and end inside output rows (several chunks per row): the same codes and
-    saturation count as one range."""
-    from simulator.kernels import igemm as ig
-    rng = np.random.default_rng(5 + stride)
-    c = 24
-    x = _input(rng, np.int8, (3, 13, 11, c), "random")
-    w, wzp = _weights(rng, (c, 1, 3, 3), "channel")
-    kw, lo, hi = _requant(rng, "fp32", "half_even", c, "int8")
-    fast = prepare_conv(w, weight_zero_point=wzp, bias=None, input_zero_point=-3,
-                        strides=(stride, stride), pads=(1, 1, 1, 1), group=c, layout="NHWC",
-                        acc_bits=32, acc_overflow="wrap", requant=kw, channel_axis=3)
-    assert fast is not None
-    one = fast.run(x)
-    kern = ig.kernels(fast.ep.kind, fast.ep.rnd)
-    oh_n, ow_n, hp_n, wp_n, taps = fast._geometry(13, 11)
-    img = hp_n * wp_n * fast.ctot
-    xp = np.empty(3 * img + 16, dtype=np.uint8)
-    ig._prepass_images(x, False, fast.pt, fast.pl, hp_n, wp_n, fast.group, fast.cg, fast.cgp,
-                       fast.ctot, 128, fast.xzp + 128, xp, 0, 3)
+    """The general NHWC depthwise kernel on ranges that start and end inside output rows
+    (several chunks per row): the same codes and saturation count as the 3x3 row kernel."""
+    fast, one, kern, (oh_n, ow_n, _, wp_n, taps), img, xp = _depthwise_nhwc_padded(
+        5 + stride, 24, 13, 11, stride)
     total = 3 * oh_n * ow_n
     for n_chunks in (1, 5, 17, total):
         out = np.empty_like(one[0])
