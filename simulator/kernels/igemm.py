@@ -194,15 +194,6 @@ def _dw3x4(xp, r0, r1, r2, cs, s, w0, w1, w2, w3, w4, w5, w6, w7, w8, bv):
 
 
 @njit(cache=True, inline="always")
-def _taps3x3(w32, cpad, c0):
-    """The 9 weight vectors of channels ``c0 .. c0+15`` from ``w32`` ([taps, cpad] int32)."""
-    return (vload_i32(w32, c0), vload_i32(w32, cpad + c0), vload_i32(w32, 2 * cpad + c0),
-            vload_i32(w32, 3 * cpad + c0), vload_i32(w32, 4 * cpad + c0),
-            vload_i32(w32, 5 * cpad + c0), vload_i32(w32, 6 * cpad + c0),
-            vload_i32(w32, 7 * cpad + c0), vload_i32(w32, 8 * cpad + c0))
-
-
-@njit(cache=True, inline="always")
 def _dw3x2(xp, r0, r1, r2, cs, s, w0, w1, w2, w3, w4, w5, w6, w7, w8, bv):
     """:func:`_dw3x4` for 2 adjacent output positions."""
     q0 = bv
@@ -423,7 +414,15 @@ def _make_kernels(kind, rnd):
                 ob = orow + c0 * ost
                 ow = ow0
                 if k3:
-                    w0, w1, w2, w3, w4, w5, w6, w7, w8 = _taps3x3(w32, cpad, c0)
+                    w0 = vload_i32(w32, c0)
+                    w1 = vload_i32(w32, cpad + c0)
+                    w2 = vload_i32(w32, 2 * cpad + c0)
+                    w3 = vload_i32(w32, 3 * cpad + c0)
+                    w4 = vload_i32(w32, 4 * cpad + c0)
+                    w5 = vload_i32(w32, 5 * cpad + c0)
+                    w6 = vload_i32(w32, 6 * cpad + c0)
+                    w7 = vload_i32(w32, 7 * cpad + c0)
+                    w8 = vload_i32(w32, 8 * cpad + c0)
                     r0 = rb + c0 + taps[0]
                     r1 = rb + c0 + taps[3]
                     r2 = rb + c0 + taps[6]
@@ -529,32 +528,6 @@ def _make_kernels(kind, rnd):
                                  biasp, mf, mi, s1, s2, zpf, zp, lo, hi, out, nchw_out, p0, p1)
         return cnts.sum()
 
-    @njit(cache=True, inline="always")
-    def _dw3_wide(out, xp, r0, r1, r2, cs, s, ob, ow_n, n_ch, w0, w1, w2, w3, w4, w5, w6, w7,
-                  w8, bv, mfv, miv, s1v, s2v, zpf, zp, lo, hi):
-        """The 4- and 2-position steps of one output row of ``_dw3_rows`` (16 full channels,
-        windows ``s`` columns apart); returns ``(next column, saturation count)``."""
-        ow = 0
-        cnt = 0
-        while ow + 4 <= ow_n:
-            a = ow * s * cs
-            q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, s, w0, w1, w2, w3, w4, w5,
-                                    w6, w7, w8, bv)
-            cnt += _ep_store4(out, ob + ow * n_ch, n_ch, 1, q0, q1, q2, q3, mfv, miv, s1v, s2v,
-                              zpf, zp, lo, hi, LANES, True)
-            ow += 4
-        if ow + 2 <= ow_n:
-            a = ow * s * cs
-            q0, q1 = _dw3x2(xp, r0 + a, r1 + a, r2 + a, cs, s, w0, w1, w2, w3, w4, w5, w6, w7,
-                            w8, bv)
-            c_0, k_0 = ep_k._ep16_vec(kind, rnd, q0, mfv, miv, s1v, s2v, zpf, zp, lo, hi, LANES)
-            c_1, k_1 = ep_k._ep16_vec(kind, rnd, q1, mfv, miv, s1v, s2v, zpf, zp, lo, hi, LANES)
-            simd.vstore_codes(out, ob + ow * n_ch, c_0)
-            simd.vstore_codes(out, ob + (ow + 1) * n_ch, c_1)
-            cnt += k_0 + k_1
-            ow += 2
-        return ow, cnt
-
     @njit(cache=True)
     def _dw3_rows(xp, img, wp_n, n_ch, oh_n, ow_n, sh, sw, taps, w32, biasp, mf, mi, s1, s2,
                   zpf, zp, lo, hi, out, row0, row1):
@@ -579,7 +552,15 @@ def _make_kernels(kind, rnd):
             miv = simd.vload_i64(mi, c0)
             s1v = simd.vload_i64(s1, c0)
             s2v = simd.vload_i64(s2, c0)
-            w0, w1, w2, w3, w4, w5, w6, w7, w8 = _taps3x3(w32, cpad, c0)
+            w0 = vload_i32(w32, c0)
+            w1 = vload_i32(w32, cpad + c0)
+            w2 = vload_i32(w32, 2 * cpad + c0)
+            w3 = vload_i32(w32, 3 * cpad + c0)
+            w4 = vload_i32(w32, 4 * cpad + c0)
+            w5 = vload_i32(w32, 5 * cpad + c0)
+            w6 = vload_i32(w32, 6 * cpad + c0)
+            w7 = vload_i32(w32, 7 * cpad + c0)
+            w8 = vload_i32(w32, 8 * cpad + c0)
             n = row0 // oh_n
             oh = row0 - n * oh_n
             for row in range(row0, row1):
@@ -588,16 +569,49 @@ def _make_kernels(kind, rnd):
                 r2 = r0 + t2
                 ob = row * ow_n * n_ch + c0
                 ow = 0
-                if sw == 1 and full:  # the stride is a literal in each call: see _dw_row3x4
-                    ow, k = _dw3_wide(out, xp, r0, r1, r2, cs, 1, ob, ow_n, n_ch, w0, w1, w2,
-                                      w3, w4, w5, w6, w7, w8, bv, mfv, miv, s1v, s2v, zpf, zp,
-                                      lo, hi)
-                    cnt += k
+                # the stride is a literal in each branch (see _dw_row3x4): the two branches
+                # differ only in it, written out because a shared inlined helper measured 1.5-4x
+                # slower on narrow rows
+                if sw == 1 and full:
+                    while ow + 4 <= ow_n:
+                        a = ow * cs
+                        q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 1, w0, w1, w2,
+                                                w3, w4, w5, w6, w7, w8, bv)
+                        cnt += _ep_store4(out, ob + ow * n_ch, n_ch, 1, q0, q1, q2, q3, mfv, miv,
+                                          s1v, s2v, zpf, zp, lo, hi, nch, True)
+                        ow += 4
+                    if ow + 2 <= ow_n:
+                        a = ow * cs
+                        q0, q1 = _dw3x2(xp, r0 + a, r1 + a, r2 + a, cs, 1, w0, w1, w2, w3, w4,
+                                        w5, w6, w7, w8, bv)
+                        c_0, k_0 = ep_k._ep16_vec(kind, rnd, q0, mfv, miv, s1v, s2v, zpf, zp,
+                                                  lo, hi, nch)
+                        c_1, k_1 = ep_k._ep16_vec(kind, rnd, q1, mfv, miv, s1v, s2v, zpf, zp,
+                                                  lo, hi, nch)
+                        simd.vstore_codes(out, ob + ow * n_ch, c_0)
+                        simd.vstore_codes(out, ob + (ow + 1) * n_ch, c_1)
+                        cnt += k_0 + k_1
+                        ow += 2
                 elif sw == 2 and full:
-                    ow, k = _dw3_wide(out, xp, r0, r1, r2, cs, 2, ob, ow_n, n_ch, w0, w1, w2,
-                                      w3, w4, w5, w6, w7, w8, bv, mfv, miv, s1v, s2v, zpf, zp,
-                                      lo, hi)
-                    cnt += k
+                    while ow + 4 <= ow_n:
+                        a = ow * ps
+                        q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 2, w0, w1, w2,
+                                                w3, w4, w5, w6, w7, w8, bv)
+                        cnt += _ep_store4(out, ob + ow * n_ch, n_ch, 1, q0, q1, q2, q3, mfv, miv,
+                                          s1v, s2v, zpf, zp, lo, hi, nch, True)
+                        ow += 4
+                    if ow + 2 <= ow_n:
+                        a = ow * ps
+                        q0, q1 = _dw3x2(xp, r0 + a, r1 + a, r2 + a, cs, 2, w0, w1, w2, w3, w4,
+                                        w5, w6, w7, w8, bv)
+                        c_0, k_0 = ep_k._ep16_vec(kind, rnd, q0, mfv, miv, s1v, s2v, zpf, zp,
+                                                  lo, hi, nch)
+                        c_1, k_1 = ep_k._ep16_vec(kind, rnd, q1, mfv, miv, s1v, s2v, zpf, zp,
+                                                  lo, hi, nch)
+                        simd.vstore_codes(out, ob + ow * n_ch, c_0)
+                        simd.vstore_codes(out, ob + (ow + 1) * n_ch, c_1)
+                        cnt += k_0 + k_1
+                        ow += 2
                 while ow < ow_n:
                     a = ow * ps
                     q = _dw3x1(xp, r0 + a, r1 + a, r2 + a, cs, w0, w1, w2, w3, w4, w5, w6, w7,
