@@ -32,7 +32,7 @@ import numba
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from simulator.errors import KernelInputError, ProgramError, SimulatorError
+from simulator.errors import KernelInputError, SimulatorError
 from simulator.kernels import sources_digest
 from simulator.kernels.jitcache import _describe
 from simulator.launch import In, Tmp
@@ -270,10 +270,7 @@ def compile_program(program, feeds) -> CompiledProgram | None:
     _LAST_REASON[0] = ""
     _check_feeds(program, feeds)
     try:
-        _plan(program)
         source, src = _generate(program, feeds)
-    except ProgramError as err:
-        raise err
     except _Unsupported as err:
         _LAST_REASON[0] = str(err)
         return None

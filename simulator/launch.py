@@ -112,9 +112,4 @@ def cast_copy(src, dst):
         dst[i] = src[i]
 
 
-def view(launch_output, shape):
-    """``launch_output`` (an :class:`In` or :class:`Tmp`) viewed with ``shape``."""
-    return type(launch_output)(launch_output.index, tuple(int(d) for d in shape))
-
-
-__all__ = ["Call", "In", "Launch", "Tmp", "cast_copy", "view"]
+__all__ = ["Call", "In", "Launch", "Tmp", "cast_copy"]

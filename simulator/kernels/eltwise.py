@@ -435,16 +435,12 @@ class AddFixed:
                            np.int64(self.mult), np.int64(self.shift), np.int64(p.zp),
                            np.int64(p.out_min), np.int64(p.out_max))
         self._launches = {}
-        self._fast = {}  # (dtype a, dtype b) -> whether the branch-free kernel is exact
 
     def run(self, a, b):
         a1, b1, shape = broadcast_pair(a, b)
         outs, n_sat = self.launch(shape, a1.dtype, b1.dtype).execute(
             (a1.reshape(shape), b1.reshape(shape)))
         return outs[0], n_sat
-
-    def _acc_bound(self, dtype_a, dtype_b):
-        return _add_bound(dtype_a, dtype_b, self.za, self.zb, self.ma, self.mb)
 
     def launch(self, shape, dtype_a, dtype_b):
         """The :class:`Launch` for two inputs of one ``shape`` and these dtypes."""
@@ -456,16 +452,13 @@ class AddFixed:
         return launch
 
     def _build_launch(self, shape, dtype_a, dtype_b):
-        key = (dtype_a.num, dtype_b.num)
-        fast = self._fast.get(key)
-        if fast is None:
-            # product and rounding offset fit int64: the branch-free kernel for this rounding
-            bound = _add_bound(dtype_a, dtype_b, self.za, self.zb, self.ma, self.mb)
-            bound *= abs(self.mult)
-            fast = self._fast[key] = 1 <= self.shift <= 62 and bound < 2**62
+        # |(a - za) * ma + (b - zb) * mb| from the storage types (launches are cached per dtype)
+        acc_bound = _add_bound(dtype_a, dtype_b, self.za, self.zb, self.ma, self.mb)
+        # product and rounding offset fit int64: the branch-free kernel for this rounding
+        fast = 1 <= self.shift <= 62 and acc_bound * abs(self.mult) < 2**62
         if fast and simd.ENABLED and dtype_a.itemsize <= 2 and dtype_b.itemsize <= 2 \
-                and self._acc_bound(dtype_a, dtype_b) < 2**31:
-            # the sum (a - za) * ma + (b - zb) * mb fits int32: 16 lanes, fused epilogue
+                and acc_bound < 2**31:
+            # the sum fits int32: 16 lanes, fused epilogue
             m32 = abs(self.mult) < 2**31
             serial, parallel = specialised(_make_add_vec_kernels, self.rnd, m32)
             return _same_shape_launch(shape, self.dtype, serial, parallel, self.vec_params)
