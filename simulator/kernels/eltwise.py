@@ -458,9 +458,13 @@ class AddFixed:
         fast = 1 <= self.shift <= 62 and acc_bound * abs(self.mult) < 2**62
         if fast and simd.ENABLED and dtype_a.itemsize <= 2 and dtype_b.itemsize <= 2 \
                 and acc_bound < 2**31:
-            # the sum fits int32: 16 lanes, fused epilogue
-            m32 = abs(self.mult) < 2**31
-            serial, parallel = specialised(_make_add_vec_kernels, self.rnd, m32)
+            # the sum fits int32: 16 lanes, fused epilogue; when the product by the multiplier
+            # fits int32 too (XNNPACK-style adds: multiplier 1, shift ~20), all in int32 lanes
+            if acc_bound * abs(self.mult) < 2**31 and self.shift <= 30:
+                kind = ep_k.EP_INT_P32
+            else:
+                kind = ep_k.EP_INT32 if abs(self.mult) < 2**31 else ep_k.EP_INT
+            serial, parallel = specialised(_make_add_vec_kernels, self.rnd, kind)
             return _same_shape_launch(shape, self.dtype, serial, parallel, self.vec_params)
         if fast:
             serial, parallel = _add_shift_kernels(self.rnd)
@@ -469,12 +473,12 @@ class AddFixed:
                                   self.generic)
 
 
-def _make_add_vec_kernels(rnd, m32):
+def _make_add_vec_kernels(rnd, kind):
     """``(serial, parallel)`` fixed-point add kernels on 16 int32 lanes: ``acc = (a - za) * ma +
     (b - zb) * mb`` (exact: the caller proves ``|acc| < 2**31`` from the dtypes, so the int32 lane
-    arithmetic never wraps), then the ``EP_INT`` epilogue ``clamp(round(acc * mult / 2**shift) +
-    zp)`` of the conv kernels (``EP_INT32`` when ``|mult| < 2**31``)."""
-    kind = ep_k.EP_INT32 if m32 else ep_k.EP_INT
+    arithmetic never wraps), then the conv kernels' epilogue ``clamp(round(acc * mult / 2**shift)
+    + zp)`` of ``kind``: ``EP_INT``, ``EP_INT32`` (``|mult| < 2**31``) or ``EP_INT_P32`` (the
+    product fits int32, as the caller proved)."""
     f32_zero = np.float32(0.0)
 
     @njit(cache=True)

@@ -65,6 +65,7 @@ EP_INT = 3
 EP_Q31 = 4
 EP_Q31_RUY = 5
 EP_INT32 = 6  # EP_INT with every multiplier in int32 (cheaper 32 x 32-bit products)
+EP_INT_P32 = 7  # EP_INT with every product in int32 and s <= 30 (the add kernel proves it)
 
 _LIMIT62 = 2**62
 
@@ -283,6 +284,7 @@ _fp32_he, _fp32_ha, _fp32_hu, _fp32_fl, _fp32_tz = simd.ep16_fp32
 _zpin_he, _zpin_ha, _zpin_hu, _zpin_fl, _zpin_tz = simd.ep16_fp32_zp_in
 _int_he, _int_ha, _int_hu, _int_fl, _int_tz = simd.ep16_int
 _i32_he, _i32_ha, _i32_hu, _i32_fl, _i32_tz = simd.ep16_int32
+_p32_he, _p32_ha, _p32_hu, _p32_fl, _p32_tz = simd.ep16_int_p32
 _q31 = simd.ep16_q31
 _q31_ruy = simd.ep16_q31_ruy
 
@@ -330,6 +332,16 @@ def _ep16_vec(kind, rnd, accv, mfv, miv, s1v, s2v, zpf, zp, lo, hi, n):
         if rnd == RND_FLOOR:
             return _i32_fl(accv, miv, s1v, zp, lo, hi, n)
         return _i32_tz(accv, miv, s1v, zp, lo, hi, n)
+    if kind == EP_INT_P32:
+        if rnd == RND_HALF_EVEN:
+            return _p32_he(accv, miv, s1v, zp, lo, hi, n)
+        if rnd == RND_HALF_AWAY:
+            return _p32_ha(accv, miv, s1v, zp, lo, hi, n)
+        if rnd == RND_HALF_UP:
+            return _p32_hu(accv, miv, s1v, zp, lo, hi, n)
+        if rnd == RND_FLOOR:
+            return _p32_fl(accv, miv, s1v, zp, lo, hi, n)
+        return _p32_tz(accv, miv, s1v, zp, lo, hi, n)
     if kind == EP_Q31:
         return _q31(accv, miv, s1v, s2v, zp, lo, hi, n)
     if kind == EP_Q31_RUY:
@@ -365,5 +377,5 @@ def store16(out, o0, ostride, codes, n):
 
 
 __all__ = ["Epilogue", "prepare", "ep16", "ep16_splat", "store16", "ep_fp32", "ep_fp32_zp_in", "ep_int", "ep_q31",
-           "round_small", "EP_NONE", "EP_FP32", "EP_FP32_ZP_IN", "EP_INT", "EP_INT32", "EP_Q31",
+           "round_small", "EP_NONE", "EP_FP32", "EP_FP32_ZP_IN", "EP_INT", "EP_INT32", "EP_INT_P32", "EP_Q31",
            "EP_Q31_RUY"]

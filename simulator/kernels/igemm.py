@@ -52,6 +52,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from simulator.kernels import amx, amx_conv, dw_packed
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels import simd
 from simulator.kernels.jitcache import specialised
@@ -237,6 +238,14 @@ def kernels(kind, rnd):
 
 def _make_kernels(kind, rnd):
     # --------------------------------------------------------------------------------------------
+    @njit(cache=True, inline="always")
+    def _ep_reg(out, o, accv, bv, mf, mi, s1, s2, m0, zpf, zp, lo, hi, nch):
+        """Requantize ``accv + bv`` (channels ``m0 ..``) and store it at ``out[o:]``."""
+        codes, k = ep_k.ep16(kind, rnd, vadd_i32(accv, bv), mf, mi, s1, s2, m0, zpf, zp, lo, hi,
+                             nch)
+        ep_k.store16(out, o, 1, codes, nch)
+        return k
+
     @njit(cache=True)
     def _vnni_blocks(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp, n_groups, nbg, mg,
                      m_out, wpk, biasp, has_u, dm, mf, mi, s1, s2, zpf, zp, lo, hi, out,
@@ -253,6 +262,7 @@ def _make_kernels(kind, rnd):
         base = np.empty(MR, dtype=np.int64)
         obase = np.empty(MR, dtype=np.int64)
         n_taps = taps.shape[0]
+        direct = has_u == 0 and not nchw_out
         cnt = 0
         # the (image, row, column) of flat output position gp, advanced without divisions
         gp = b0 * MR
@@ -314,6 +324,28 @@ def _make_kernels(kind, rnd):
                             c5 = vdpbusd(c5, vbcast4(xp, a5 + o), wv)
                             c6 = vdpbusd(c6, vbcast4(xp, a6 + o), wv)
                             c7 = vdpbusd(c7, vbcast4(xp, a7 + o), wv)
+                    if direct and n_valid == MR:
+                        # requantize straight from the registers (no scratch round trip)
+                        m0 = g * mg + nbi * LANES
+                        nch = min(LANES, mg - nbi * LANES)
+                        bv = vload_i32(biasp, m0)
+                        cnt += _ep_reg(out, obase[0] + m0, c0, bv, mf, mi, s1, s2, m0, zpf, zp,
+                                       lo, hi, nch)
+                        cnt += _ep_reg(out, obase[1] + m0, c1, bv, mf, mi, s1, s2, m0, zpf, zp,
+                                       lo, hi, nch)
+                        cnt += _ep_reg(out, obase[2] + m0, c2, bv, mf, mi, s1, s2, m0, zpf, zp,
+                                       lo, hi, nch)
+                        cnt += _ep_reg(out, obase[3] + m0, c3, bv, mf, mi, s1, s2, m0, zpf, zp,
+                                       lo, hi, nch)
+                        cnt += _ep_reg(out, obase[4] + m0, c4, bv, mf, mi, s1, s2, m0, zpf, zp,
+                                       lo, hi, nch)
+                        cnt += _ep_reg(out, obase[5] + m0, c5, bv, mf, mi, s1, s2, m0, zpf, zp,
+                                       lo, hi, nch)
+                        cnt += _ep_reg(out, obase[6] + m0, c6, bv, mf, mi, s1, s2, m0, zpf, zp,
+                                       lo, hi, nch)
+                        cnt += _ep_reg(out, obase[7] + m0, c7, bv, mf, mi, s1, s2, m0, zpf, zp,
+                                       lo, hi, nch)
+                        continue
                     dst = uscr if nbi < has_u else scratch
                     vstore(dst, 0, c0)
                     vstore(dst, 16, c1)
@@ -776,6 +808,7 @@ class ConvFast:
         if not self.depthwise and not simd.ENABLED:
             self.usable = False
         self._colsum = colsum
+        self.amx = None  # (n_chunks, chunk4, c4p, padded weights) when the AMX kernel applies
         self._biasp = {}
         self._launches = {}
         # no partial sum may leave the accumulator range (nor int32, nor the epilogue's limit)
@@ -802,6 +835,11 @@ class ConvFast:
             # the row kernel's 3x3 case: vpmaddwd needs every w - wzp in int16
             self.dw3 = (kh_n == 3 and kw_n == 3 and self.dw == 1 and self.dh == 1
                         and int(ws64.min()) >= -32768 and int(ws64.max()) <= 32767)
+            # taps packed into VNNI lanes (simulator.kernels.dw_packed): kw <= 4, int8 weights
+            self.w4 = None
+            if (simd.ENABLED and kw_n <= 4 and int(ws64.min()) >= -128
+                    and int(ws64.max()) <= 127):
+                self.w4 = dw_packed.pack_weights(ws64)
             self._geom = {}
             return
         # zero-point split: ws = wsh + dm[m] with wsh int8 (module docstring)
@@ -847,6 +885,12 @@ class ConvFast:
             pk = pk.reshape(group, self.nbg + hu, LANES, self.cgp // 4, 4, kh_n, kw_n)
             self.wpk = np.ascontiguousarray(pk.transpose(0, 1, 5, 6, 3, 2, 4)).reshape(-1)
         self._geom = {}
+        # AMX tiles (simulator.kernels.amx_conv): one group, no zero-point split, NHWC
+        if amx.ENABLED and group == 1 and not hu and not self.nchw:
+            n_taps = kh_n if self.run_mode else kh_n * kw_n
+            n_chunks, chunk4, c4p = amx_conv.chunking(self.c4_n)
+            self.amx = (n_chunks, chunk4, c4p,
+                        amx_conv.pad_weights(self.wpk, self.nbg, n_taps, self.c4_n, c4p))
 
     def bound(self, x_absmax):
         """Largest |partial sum| when ``|x - xzp| <= x_absmax``: ``max_c |bias| + sum|ws|
@@ -996,15 +1040,19 @@ class ConvFast:
                 call = Call(kern[4], common + (0, total), counted=True)
             return Launch(tuple(temps), (call,), (out_view,)), static_ok
         img = hp_n * wp_n * self.ctot
+        use_amx = self.amx is not None and self._amx_pays()
+        # bytes the kernels may read past the last window's run (multiplied by zero weights)
+        slack = 16 + (4 * (self.amx[2] - self.c4_n) if use_amx else 0)
         if (flip == 0 and not self.nchw and self.run_mode and self.kh == 1 and self.kw == 1
-                and (hp_n, wp_n) == (height, width) and self.cg % 4 == 0):
+                and (hp_n, wp_n) == (height, width) and self.cg % 4 == 0
+                and slack == 16):
             # a uint8 NHWC input of a 1x1 conv without padding is its own padded image: the
             # kernel reads exactly the C bytes of each pixel (no slack needed), skip the copy
             xp = In(0, (n_x,))
             calls = []
         else:
             # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
-            temps.append(((n_img * img + 16,), "uint8"))
+            temps.append(((n_img * img + slack,), "uint8"))
             xp = Tmp(1)
             args = (x_in, self.nchw, self.pt, self.pl, hp_n, wp_n, self.group, self.cg,
                     self.cgp, self.ctot, flip, uzp, xp)
@@ -1015,7 +1063,16 @@ class ConvFast:
         biasp = self._biasp_for(flip)
         n_pix = oh_n * ow_n
         total = n_img * n_pix
-        if self.depthwise and self.dw3 and not self.nchw:
+        if self.depthwise and self.w4 is not None and not self.nchw:
+            dkern = dw_packed.kernels(ep.kind, ep.rnd)
+            common = (xp, img, wp_n, self.ctot, hp_n, oh_n, ow_n, self.sh, self.sw, self.dh,
+                      self.dw, self.kh, self.kw, self.w4, biasp) + ep.arrays() + (flat,)
+            if parallel and n_img > 1:
+                calls.append(Call(dkern[1], common + (n_img, min(n_img, threads * 4)),
+                                  counted=True))
+            else:
+                calls.append(Call(dkern[0], common + (0, n_img), counted=True))
+        elif self.depthwise and self.dw3 and not self.nchw:
             n_rows = n_img * oh_n
             common = (xp, img, wp_n, self.ctot, oh_n, ow_n, self.sh, self.sw, taps, self.w32,
                       biasp) + ep.arrays() + (flat,)
@@ -1031,6 +1088,9 @@ class ConvFast:
                 calls.append(Call(kern[3], common + (total, threads * 4), counted=True))
             else:
                 calls.append(Call(kern[2], common + (0, total), counted=True))
+        elif use_amx:
+            calls.append(self._amx_call(xp, img, n_img, oh_n, ow_n, wp_n, taps, biasp, flat,
+                                        parallel, threads))
         else:
             n_blocks = (total + MR - 1) // MR
             common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps,
@@ -1043,6 +1103,35 @@ class ConvFast:
             else:
                 calls.append(Call(kern[0], common + (0, n_blocks), counted=True))
         return Launch(tuple(temps), tuple(calls), (out_view,)), static_ok
+
+    def _amx_pays(self):
+        """Whether the AMX kernel is expected to beat the VNNI one: a tile product of fewer
+        than 8 bytes of K (a 1-channel input with a narrow kernel: KWS's first conv) costs
+        more than the VNNI broadcasts it replaces (measured: 0.7x)."""
+        return self.amx[1] >= 2
+
+    def _amx_call(self, xp, img, n_img, oh_n, ow_n, wp_n, taps, biasp, flat, parallel,
+                  threads):
+        """The :mod:`simulator.kernels.amx_conv` call writing ``flat`` (NHWC output)."""
+        n_chunks, chunk4, c4p, wpk = self.amx
+        if (self.kh == 1 and self.kw == 1 and self.sh == 1 and self.sw == 1
+                and (self.pt, self.pl, self.pb, self.pr) == (0, 0, 0, 0)):
+            # the windows of all positions of the batch are contiguous: one long output row
+            total = n_img * oh_n * ow_n
+            oh_n, ow_n, wp_n, n_rows = 1, total, total, 1
+        else:
+            n_rows = n_img * oh_n
+        rows = min(16, ow_n)
+        n_units = n_rows * -(-ow_n // rows)
+        ep = self.ep
+        kern = amx_conv.kernels(ep.kind, ep.rnd)
+        common = (xp, img, wp_n, self.ctot, oh_n, ow_n, self.sh, self.sw, taps, c4p, chunk4,
+                  n_chunks, self.nbg, self.m_out, wpk, biasp) + ep.arrays() + (
+                      flat, amx.config_bytes(rows, 4 * chunk4, chunk4), rows)
+        n_pairs = (n_units + 1) // 2
+        if parallel and n_pairs > 1:
+            return Call(kern[1], common + (n_units, min(n_pairs, threads * 4)), counted=True)
+        return Call(kern[0], common + (0, n_units), counted=True)
 
 
 __all__ = ["ConvFast", "MR", "PARALLEL_MIN_MACS"]

@@ -369,17 +369,37 @@ def _fp32_codegen(rnd_):
         zp_, lo_, hi_, n_ = (_i64(context, builder, a, t)
                              for a, t in zip(args[2:], sig.args[2:]))
         f = builder.fmul(builder.sitofp(acc_v, _FT), m_v)
-        lo_f = _splat(builder, builder.sitofp(builder.sub(lo_, zp_), ir.FloatType()), _FT)
-        hi_f = _splat(builder, builder.sitofp(builder.sub(hi_, zp_), ir.FloatType()), _FT)
-        one = ir.Constant(_FT, [1.0] * 16)
-        g = _clamp_f(builder, f, builder.fsub(lo_f, one), builder.fadd(hi_f, one))
-        r = _round_f(builder, g, rnd_)
-        out = builder.or_(builder.fcmp_ordered("<", r, lo_f), builder.fcmp_ordered(">", r, hi_f))
-        cnt = _count_lanes(builder, out, n_)
-        q = builder.fptosi(_clamp_f(builder, r, lo_f, hi_f), _VT)
+        q, cnt = _round_clamp_count(builder, f, builder.sub(lo_, zp_), builder.sub(hi_, zp_),
+                                    n_, rnd_)
         q = builder.add(q, _splat(builder, builder.trunc(zp_, _I32), _VT))
         return context.make_tuple(builder, sig.return_type, (q, cnt))
     return codegen
+
+
+def _round_clamp_count(builder, f, lo_, hi_, n_, rnd_):
+    """``(clamp(round(f), lo, hi) as int32 lanes, lanes among the first n where the rounded
+    value lay outside [lo, hi])`` for float lanes ``f`` and i64 bounds with ``|lo|, |hi| <
+    2**22``. ``f`` is first clamped to ``[lo - 1, hi + 1]`` (rounding is monotone and keeps
+    those integers, so neither the clamped code nor the flag changes), which makes the rounded
+    value an exact small int32; the flag is then "the int32 clamp changed it". Round half to
+    even is one ``vcvtps2dq`` with embedded rounding on AVX-512 hosts."""
+    lo_i = _splat(builder, builder.trunc(lo_, _I32), _VT)
+    hi_i = _splat(builder, builder.trunc(hi_, _I32), _VT)
+    one = ir.Constant(_FT, [1.0] * 16)
+    lo_f = builder.fsub(builder.sitofp(lo_i, _FT), one)
+    hi_f = builder.fadd(builder.sitofp(hi_i, _FT), one)
+    g = _clamp_f(builder, f, lo_f, hi_f)
+    if rnd_ == 0 and ENABLED:
+        cvt = ir.FunctionType(_VT, [_FT, _VT, ir.IntType(16), _I32])
+        fn = cgutils.get_or_insert_function(builder.module, cvt,
+                                            "llvm.x86.avx512.mask.cvtps2dq.512")
+        # rounding operand 8: {rn-sae}, round to nearest even whatever MXCSR says
+        r = builder.call(fn, [g, ir.Constant(_VT, [0] * 16), ir.Constant(ir.IntType(16), -1),
+                              ir.Constant(_I32, 8)])
+    else:
+        r = builder.fptosi(_round_f(builder, g, rnd_), _VT)
+    q = _clamp_i(builder, r, lo_i, hi_i)
+    return q, _count_lanes(builder, builder.icmp_signed("!=", r, q), n_)
 
 
 def _make_ep16_fp32_zp_in(rnd):
@@ -398,15 +418,48 @@ def _fp32_zp_in_codegen(rnd_):
         lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:], sig.args[3:]))
         f = builder.fmul(builder.sitofp(acc_v, _FT), m_v)
         f = builder.fadd(f, _splat(builder, zpf_, _FT))
-        lo_f = _splat(builder, builder.sitofp(lo_, ir.FloatType()), _FT)
-        hi_f = _splat(builder, builder.sitofp(hi_, ir.FloatType()), _FT)
-        one = ir.Constant(_FT, [1.0] * 16)
-        g = _clamp_f(builder, f, builder.fsub(lo_f, one), builder.fadd(hi_f, one))
-        r = _round_f(builder, g, rnd_)
-        out = builder.or_(builder.fcmp_ordered("<", r, lo_f), builder.fcmp_ordered(">", r, hi_f))
-        cnt = _count_lanes(builder, out, n_)
-        q = builder.fptosi(_clamp_f(builder, r, lo_f, hi_f), _VT)
+        q, cnt = _round_clamp_count(builder, f, lo_, hi_, n_, rnd_)
         return context.make_tuple(builder, sig.return_type, (q, cnt))
+    return codegen
+
+
+def _make_ep16_int_p32(rnd):
+    @intrinsic
+    def ep16_int_p32(typingctx, acc, m, s, zp, lo, hi, n):
+        return _PAIR(i32x16, i64x16, i64x16, zp, lo, hi, n), _int_p32_codegen(rnd)
+    return ep16_int_p32
+
+
+def _int_p32_codegen(rnd_):
+    """``fixed``/``shift`` when the product itself fits int32 (``|acc * m| < 2**31``) and
+    ``0 <= s <= 30``: the formulas of :func:`_int_codegen` on int32 lanes, half the vector work
+    of the int64 product (the caller proves the bound from the operand dtypes)."""
+    def codegen(context, builder, sig, args):
+        acc_v = args[0]
+        m_v = builder.trunc(args[1], _VT)
+        s_v = builder.trunc(args[2], _VT)
+        zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:], sig.args[3:]))
+        one = ir.Constant(_VT, [1] * 16)
+        zero = ir.Constant(_VT, [0] * 16)
+        p = builder.mul(acc_v, m_v)
+        q = builder.ashr(p, s_v)
+        pw = builder.shl(one, s_v)
+        rem = builder.and_(p, builder.sub(pw, one))
+        half = builder.ashr(pw, one)
+        nz = builder.icmp_signed("!=", rem, zero)
+        gt = builder.icmp_signed(">", rem, half)
+        tie = builder.icmp_signed("==", rem, half)
+        q_neg = builder.icmp_signed("<", q, zero)
+        q_odd = builder.icmp_signed("!=", builder.and_(q, one), zero)
+        up = builder.and_(_round_up_i(builder, rnd_, gt, tie, q_neg, q_odd), nz)
+        r = builder.add(q, builder.zext(up, _VT))
+        lo_r = _splat(builder, builder.trunc(builder.sub(lo_, zp_), _I32), _VT)
+        hi_r = _splat(builder, builder.trunc(builder.sub(hi_, zp_), _I32), _VT)
+        out = builder.or_(builder.icmp_signed("<", r, lo_r), builder.icmp_signed(">", r, hi_r))
+        cnt = _count_lanes(builder, out, n_)
+        r = builder.add(_clamp_i(builder, r, lo_r, hi_r),
+                        _splat(builder, builder.trunc(zp_, _I32), _VT))
+        return context.make_tuple(builder, sig.return_type, (r, cnt))
     return codegen
 
 
@@ -681,6 +734,7 @@ ep16_fp32 = tuple(_make_ep16_fp32(r) for r in range(5))
 ep16_fp32_zp_in = tuple(_make_ep16_fp32_zp_in(r) for r in range(5))
 ep16_int = tuple(_make_ep16_int(r, False) for r in range(5))
 ep16_int32 = tuple(_make_ep16_int(r, True) for r in range(5))
+ep16_int_p32 = tuple(_make_ep16_int_p32(r) for r in range(5))
 ep16_q31 = _make_ep16_q31(False)
 ep16_q31_ruy = _make_ep16_q31(True)
 
@@ -688,6 +742,6 @@ ep16_q31_ruy = _make_ep16_q31(True)
 __all__ = ["ENABLED", "i32x16", "f32x16", "i64x16", "vzero", "vload", "vbcast4", "vdpbusd",
            "vstore", "vload_i32", "vload_f32", "vload_i64", "vsplat_f32", "vsplat_i64",
            "vadd_i32", "vload_u8_i32", "vand_i32", "vmadd_i32", "vmadd16_i32", "vget", "vstore_codes", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
-           "ep16_int32", "ep16_q31", "ep16_q31_ruy", "vload_ext", "vsplat_i32", "vsub_i32", "vshl_i32", "vmbqm",
+           "ep16_int32", "ep16_int_p32", "ep16_q31", "ep16_q31_ruy", "vload_ext", "vsplat_i32", "vsub_i32", "vshl_i32", "vmbqm",
            "vmbqm_ruy", "vclamp_count", "vcvt_f32", "vfma_f32", "vmul_f32", "vdiv_f32",
            "vload_f32x", "vquant"]
