@@ -26,6 +26,7 @@ MODELS = {
     "mnv2-ort": (os.path.join(HERE, "models", "fmnist_mnv2_ort_qdq.onnx"), "onnxruntime-cpu"),
     "resnet8": (os.path.join(SHARED, "pretrainedResnet_quant.tflite"), "litert-default"),
     "kws": (os.path.join(SHARED, "kws_ref_model.tflite"), "litert-default"),
+    "ad01": (os.path.join(SHARED, "ad01_int8.tflite"), "litert-default"),
 }
 
 

@@ -132,15 +132,16 @@ def _make_store(t):
     return tile_store
 
 
-def _make_dp(c, a, b):
+def _make_dp(c, a, b, op="tdpbusd"):
     @intrinsic
-    def tile_dpbusd(typingctx):
-        """``tmm{c} += u8(tmm{a}) . s8(tmm{b})`` (``tdpbusd``, int32 lanes, wrapping)."""
+    def tile_dp(typingctx):
+        """``tmm{c} += tmm{a} . s8(tmm{b})``, int32 lanes, wrapping: ``tdpbusd`` (``a`` read as
+        u8) or ``tdpbssd`` (``a`` read as s8)."""
         def codegen(context, builder, sig, args):
-            _asm(builder, f"tdpbusd %tmm{b}, %tmm{a}, %tmm{c}", "", [])
+            _asm(builder, f"{op} %tmm{b}, %tmm{a}, %tmm{c}", "", [])
             return context.get_dummy_value()
         return types.none(), codegen
-    return tile_dpbusd
+    return tile_dp
 
 
 # The tiles the conv kernel uses: accumulators 0-3, input rows 4-5, weights 6-7.
@@ -151,6 +152,11 @@ dp_0_4_6 = _make_dp(0, 4, 6)
 dp_1_4_7 = _make_dp(1, 4, 7)
 dp_2_5_6 = _make_dp(2, 5, 6)
 dp_3_5_7 = _make_dp(3, 5, 7)
+# signed inputs (int8 activations read in place, no +128 flip)
+sdp_0_4_6 = _make_dp(0, 4, 6, "tdpbssd")
+sdp_1_4_7 = _make_dp(1, 4, 7, "tdpbssd")
+sdp_2_5_6 = _make_dp(2, 5, 6, "tdpbssd")
+sdp_3_5_7 = _make_dp(3, 5, 7, "tdpbssd")
 
 
 def config_bytes(rows_a, colsb_a, rows_b):
@@ -174,4 +180,5 @@ def config_bytes(rows_a, colsb_a, rows_b):
 
 __all__ = ["ENABLED", "config_bytes", "tile_config", "tile_release", "zero0", "zero1", "zero2",
            "zero3", "load4", "load5", "load6", "load7", "store0", "store1", "store2", "store3",
-           "dp_0_4_6", "dp_1_4_7", "dp_2_5_6", "dp_3_5_7"]
+           "dp_0_4_6", "dp_1_4_7", "dp_2_5_6", "dp_3_5_7", "sdp_0_4_6", "sdp_1_4_7",
+           "sdp_2_5_6", "sdp_3_5_7"]

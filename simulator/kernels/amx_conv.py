@@ -43,12 +43,13 @@ def chunking(c4_n):
     return n_chunks, chunk4, n_chunks * chunk4
 
 
-def kernels(kind, rnd):
-    """``(amx_range, amx_par)`` for an epilogue kind and rounding mode (Python ints)."""
-    return specialised(_make_kernels, int(kind), int(rnd))
+def kernels(kind, rnd, signed):
+    """``(amx_range, amx_par)`` for an epilogue kind and rounding mode (Python ints); ``signed``:
+    the input bytes are int8 (``tdpbssd``) instead of uint8 (``tdpbusd``)."""
+    return specialised(_make_kernels, int(kind), int(rnd), int(bool(signed)))
 
 
-def _make_kernels(kind, rnd):
+def _make_kernels(kind, rnd, signed):
     @njit(cache=True, inline="always")
     def _finish(out, scratch, so, o_base, r_first, rows, m_out, m0, biasp, mf, mi, s1, s2, zpf,
                 zp, lo, hi):
@@ -123,13 +124,22 @@ def _make_kernels(kind, rnd):
                             amx.load5(xp, ta1 + ck * cstep, step)
                         if two_n:
                             amx.load7(wpk, wt + wnb + ck * wstep, 64)
-                        amx.dp_0_4_6()
-                        if two_u:
-                            amx.dp_2_5_6()
-                        if two_n:
-                            amx.dp_1_4_7()
+                        if signed:
+                            amx.sdp_0_4_6()
                             if two_u:
-                                amx.dp_3_5_7()
+                                amx.sdp_2_5_6()
+                            if two_n:
+                                amx.sdp_1_4_7()
+                                if two_u:
+                                    amx.sdp_3_5_7()
+                        else:
+                            amx.dp_0_4_6()
+                            if two_u:
+                                amx.dp_2_5_6()
+                            if two_n:
+                                amx.dp_1_4_7()
+                                if two_u:
+                                    amx.dp_3_5_7()
                 amx.store0(scratch, 0, 64)
                 if two_n:
                     amx.store1(scratch, 256, 64)

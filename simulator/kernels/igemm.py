@@ -52,7 +52,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from simulator.kernels import amx, amx_conv, dw_packed
+from simulator.kernels import amx, amx_conv
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels import simd
 from simulator.kernels.jitcache import specialised
@@ -835,11 +835,6 @@ class ConvFast:
             # the row kernel's 3x3 case: vpmaddwd needs every w - wzp in int16
             self.dw3 = (kh_n == 3 and kw_n == 3 and self.dw == 1 and self.dh == 1
                         and int(ws64.min()) >= -32768 and int(ws64.max()) <= 32767)
-            # taps packed into VNNI lanes (simulator.kernels.dw_packed): kw <= 4, int8 weights
-            self.w4 = None
-            if (simd.ENABLED and kw_n <= 4 and int(ws64.min()) >= -128
-                    and int(ws64.max()) <= 127):
-                self.w4 = dw_packed.pack_weights(ws64)
             self._geom = {}
             return
         # zero-point split: ws = wsh + dm[m] with wsh int8 (module docstring)
@@ -1009,11 +1004,17 @@ class ConvFast:
         if geo is None:
             return None
         oh_n, ow_n, hp_n, wp_n, taps = geo
-        flip = 128 if dtype == np.int8 else 0
+        # the dtype's offset to uint8 (for the bound), and the one the kernels apply: the AMX
+        # kernel multiplies int8 inputs as they are (tdpbssd), the others need uint8 (+128)
+        dflip = 128 if dtype == np.int8 else 0
+        use_amx = (self.amx is not None and not self.depthwise and self._amx_pays()
+                   and (dflip == 0 or -128 <= self.xzp <= 127))
+        signed = use_amx and dflip == 128
+        flip = 0 if signed else dflip
         uzp = self.xzp + flip
-        if not 0 <= uzp <= 255:
+        if not (-128 <= uzp <= 127 if signed else 0 <= uzp <= 255):
             return None
-        static_ok = self.bound(self.worst_absmax[flip]) <= self.limit
+        static_ok = self.bound(self.worst_absmax[dflip]) <= self.limit
         macs = n_img * oh_n * ow_n * self.m_out * self.cg * self.kh * self.kw
         parallel = threads > 1 and macs >= PARALLEL_MIN_MACS
         ep = self.ep
@@ -1040,14 +1041,14 @@ class ConvFast:
                 call = Call(kern[4], common + (0, total), counted=True)
             return Launch(tuple(temps), (call,), (out_view,)), static_ok
         img = hp_n * wp_n * self.ctot
-        use_amx = self.amx is not None and self._amx_pays()
         # bytes the kernels may read past the last window's run (multiplied by zero weights)
         slack = 16 + (4 * (self.amx[2] - self.c4_n) if use_amx else 0)
         if (flip == 0 and not self.nchw and self.run_mode and self.kh == 1 and self.kw == 1
                 and (hp_n, wp_n) == (height, width) and self.cg % 4 == 0
                 and slack == 16):
-            # a uint8 NHWC input of a 1x1 conv without padding is its own padded image: the
-            # kernel reads exactly the C bytes of each pixel (no slack needed), skip the copy
+            # an NHWC input of a 1x1 conv without padding (uint8, or int8 for the AMX kernel)
+            # is its own padded image: the kernel reads exactly the C bytes of each pixel (no
+            # slack needed), skip the copy
             xp = In(0, (n_x,))
             calls = []
         else:
@@ -1063,16 +1064,7 @@ class ConvFast:
         biasp = self._biasp_for(flip)
         n_pix = oh_n * ow_n
         total = n_img * n_pix
-        if self.depthwise and self.w4 is not None and not self.nchw:
-            dkern = dw_packed.kernels(ep.kind, ep.rnd)
-            common = (xp, img, wp_n, self.ctot, hp_n, oh_n, ow_n, self.sh, self.sw, self.dh,
-                      self.dw, self.kh, self.kw, self.w4, biasp) + ep.arrays() + (flat,)
-            if parallel and n_img > 1:
-                calls.append(Call(dkern[1], common + (n_img, min(n_img, threads * 4)),
-                                  counted=True))
-            else:
-                calls.append(Call(dkern[0], common + (0, n_img), counted=True))
-        elif self.depthwise and self.dw3 and not self.nchw:
+        if self.depthwise and self.dw3 and not self.nchw:
             n_rows = n_img * oh_n
             common = (xp, img, wp_n, self.ctot, oh_n, ow_n, self.sh, self.sw, taps, self.w32,
                       biasp) + ep.arrays() + (flat,)
@@ -1090,7 +1082,7 @@ class ConvFast:
                 calls.append(Call(kern[2], common + (0, total), counted=True))
         elif use_amx:
             calls.append(self._amx_call(xp, img, n_img, oh_n, ow_n, wp_n, taps, biasp, flat,
-                                        parallel, threads))
+                                        parallel, threads, signed))
         else:
             n_blocks = (total + MR - 1) // MR
             common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps,
@@ -1111,7 +1103,7 @@ class ConvFast:
         return self.amx[1] >= 2
 
     def _amx_call(self, xp, img, n_img, oh_n, ow_n, wp_n, taps, biasp, flat, parallel,
-                  threads):
+                  threads, signed):
         """The :mod:`simulator.kernels.amx_conv` call writing ``flat`` (NHWC output)."""
         n_chunks, chunk4, c4p, wpk = self.amx
         if (self.kh == 1 and self.kw == 1 and self.sh == 1 and self.sw == 1
@@ -1124,7 +1116,7 @@ class ConvFast:
         rows = min(16, ow_n)
         n_units = n_rows * -(-ow_n // rows)
         ep = self.ep
-        kern = amx_conv.kernels(ep.kind, ep.rnd)
+        kern = amx_conv.kernels(ep.kind, ep.rnd, signed)
         common = (xp, img, wp_n, self.ctot, oh_n, ow_n, self.sh, self.sw, taps, c4p, chunk4,
                   n_chunks, self.nbg, self.m_out, wpk, biasp) + ep.arrays() + (
                       flat, amx.config_bytes(rows, 4 * chunk4, chunk4), rows)

@@ -300,6 +300,8 @@ def _avgpool_nhwc_rows(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in,
     n_img, height, width, n_ch = x.shape
     oh_n, ow_n = out.shape[1], out.shape[2]
     acc = np.zeros(n_ch, dtype=np.int64)
+    acc32 = np.zeros(n_ch, dtype=np.int32)
+    small = x.itemsize <= 2 and kh * kw < 2**15
     yf = np.zeros(n_ch, dtype=np.float32)
     count_sat = 0
     for r in range(r0, r1):
@@ -333,6 +335,18 @@ def _avgpool_nhwc_rows(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in,
                                         out_max)
                     out[n, oh, ow, c] = q
                     count_sat += s
+            elif small:
+                # int32 sums (16 lanes per vector op): exact, fewer than 2**15 values of at
+                # most 16 bits sum to less than 2**31
+                for c in range(n_ch):
+                    acc32[c] = 0
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        xr = x[n, h, w]
+                        for c in range(n_ch):
+                            acc32[c] += np.int32(xr[c])
+                for c in range(n_ch):
+                    acc[c] = acc32[c]
             else:
                 for c in range(n_ch):
                     acc[c] = 0
@@ -341,6 +355,7 @@ def _avgpool_nhwc_rows(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in,
                         xr = x[n, h, w]
                         for c in range(n_ch):
                             acc[c] += np.int64(xr[c])
+            if mode != AVG_ORT_FLOAT:
                 bias = z_in * ((h1 - h0) * (w1 - w0))   # the taps summed (not the padded count)
                 for c in range(n_ch):
                     a = acc[c] - bias

@@ -350,6 +350,31 @@ def vstore_codes(typingctx, arr, idx, v):
     return types.none(arr, idx, i32x16), codegen
 
 
+@intrinsic
+def vstore_codes_n(typingctx, arr, idx, v, n):
+    """:func:`vstore_codes` of the first ``n`` lanes only (``llvm.masked.store``: one masked
+    ``vpmovdb``-style store on AVX-512; masked-off lanes are neither written nor touched, so
+    the store may end at the array's last element). ``n >= 16`` stores all 16 lanes."""
+    def codegen(context, builder, sig, args):
+        ety = context.get_value_type(sig.args[0].dtype)
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        vty = ir.VectorType(ety, 16)
+        val = args[2]
+        if ety.width < 32:
+            val = builder.trunc(val, vty)
+        elif ety.width > 32:
+            val = builder.sext(val, vty)
+        n64 = _i64(context, builder, args[3], sig.args[3])
+        mask = builder.icmp_signed("<", ir.Constant(_LT, list(range(16))), _splat(builder, n64, _LT))
+        ptr = builder.bitcast(p, vty.as_pointer())
+        fnty = ir.FunctionType(ir.VoidType(), [vty, ptr.type, _I32, mask.type])
+        fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                            f"llvm.masked.store.v16i{ety.width}.p0")
+        builder.call(fn, [val, ptr, ir.Constant(_I32, 1), mask])
+        return context.get_dummy_value()
+    return types.none(arr, idx, i32x16, n), codegen
+
+
 _PAIR = types.Tuple((i32x16, types.int64))
 
 
@@ -741,7 +766,7 @@ ep16_q31_ruy = _make_ep16_q31(True)
 
 __all__ = ["ENABLED", "i32x16", "f32x16", "i64x16", "vzero", "vload", "vbcast4", "vdpbusd",
            "vstore", "vload_i32", "vload_f32", "vload_i64", "vsplat_f32", "vsplat_i64",
-           "vadd_i32", "vload_u8_i32", "vand_i32", "vmadd_i32", "vmadd16_i32", "vget", "vstore_codes", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
+           "vadd_i32", "vload_u8_i32", "vand_i32", "vmadd_i32", "vmadd16_i32", "vget", "vstore_codes", "vstore_codes_n", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
            "ep16_int32", "ep16_int_p32", "ep16_q31", "ep16_q31_ruy", "vload_ext", "vsplat_i32", "vsub_i32", "vshl_i32", "vmbqm",
            "vmbqm_ruy", "vclamp_count", "vcvt_f32", "vfma_f32", "vmul_f32", "vdiv_f32",
            "vload_f32x", "vquant"]
