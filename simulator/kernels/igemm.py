@@ -52,7 +52,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from simulator.kernels import amx, amx_conv
+from simulator.kernels import amx, amx_conv, gemv
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels import simd
 from simulator.kernels.jitcache import specialised
@@ -1007,8 +1007,12 @@ class ConvFast:
         # the dtype's offset to uint8 (for the bound), and the one the kernels apply: the AMX
         # kernel multiplies int8 inputs as they are (tdpbssd), the others need uint8 (+128)
         dflip = 128 if dtype == np.int8 else 0
-        use_amx = (self.amx is not None and not self.depthwise and self._amx_pays()
-                   and (dflip == 0 or -128 <= self.xzp <= 127))
+        use_gemv = (not self.depthwise and self.run_mode and not self.has_u and not self.nchw
+                    and self.kh == 1 and self.kw == 1 and self.sh == 1 and self.sw == 1
+                    and (self.pt, self.pl, self.pb, self.pr) == (0, 0, 0, 0)
+                    and n_img * oh_n * ow_n <= gemv.MAX_ROWS)
+        use_amx = (self.amx is not None and not self.depthwise and not use_gemv
+                   and self._amx_pays() and (dflip == 0 or -128 <= self.xzp <= 127))
         signed = use_amx and dflip == 128
         flip = 0 if signed else dflip
         uzp = self.xzp + flip
@@ -1080,6 +1084,10 @@ class ConvFast:
                 calls.append(Call(kern[3], common + (total, threads * 4), counted=True))
             else:
                 calls.append(Call(kern[2], common + (0, total), counted=True))
+        elif use_gemv:
+            common = (xp, self.ctot, self.c4_n, self.nbg, self.m_out, self.wpk,
+                      biasp) + ep.arrays() + (flat, total)
+            calls.append(Call(gemv.kernels(ep.kind, ep.rnd), common, counted=True))
         elif use_amx:
             calls.append(self._amx_call(xp, img, n_img, oh_n, ow_n, wp_n, taps, biasp, flat,
                                         parallel, threads, signed))

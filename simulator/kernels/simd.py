@@ -306,15 +306,14 @@ def vmadd_i32(typingctx, acc, a, b):
 @intrinsic
 def vmadd16_i32(typingctx, acc, a, b):
     """``acc + a * b`` lane-wise in int32 (wraps) for ``0 <= a < 2**15`` and ``b`` in int16
-    (only the low 16 bits of each ``b`` lane are used, as a signed value). With AVX-512 this
-    is ``vpmaddwd`` (one uop; the high 16-bit halves of ``a`` are 0, so each lane's pair sum
-    is the single product ``a * b``), else a portable 32-bit multiply."""
+    (only the low 16 bits of each ``b`` lane are used, as a signed value). With AVX-512 VNNI
+    this is one ``vpdpwssd`` (``acc + a.lo * b.lo + a.hi * b.hi`` over the 16-bit halves,
+    wrapping; the high half of ``a`` is 0, so it adds the single product ``a * b``), else a
+    portable 32-bit multiply and add."""
     def codegen(context, builder, sig, args):
         acc_v, a_v, b_v = args
         if ENABLED:
-            w16 = ir.VectorType(ir.IntType(16), 32)
-            p = _vcall(builder, "llvm.x86.avx512.pmaddw.d.512", _VT,
-                       builder.bitcast(a_v, w16), builder.bitcast(b_v, w16))
+            return _vcall(builder, "llvm.x86.avx512.vpdpwssd.512", _VT, acc_v, a_v, b_v)
         else:
             h = ir.VectorType(ir.IntType(16), 16)
             p = builder.mul(a_v, builder.sext(builder.trunc(b_v, h), _VT))

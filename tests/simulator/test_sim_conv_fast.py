@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from simulator.kernels import igemm, simd  # noqa: E402
+from simulator.kernels import gemv, igemm, simd  # noqa: E402
 from simulator.kernels.conv import prepare_conv  # noqa: E402
 from simulator.kernels.gemm import prepare_gemm  # noqa: E402
 from tests.reference import conv_ref, gemm_ref, quant_ref  # noqa: E402
@@ -183,6 +183,40 @@ def test_gemm_zero_point_split(wzp):
     want, sat = quant_ref.requantize(acc, "fp32", mult, None, "half_even", 7, 0, 255, "uint8", -1)
     np.testing.assert_array_equal(got, want)
     assert n_sat == sat
+
+
+@pytest.mark.skipif(not simd.ENABLED, reason="dense fast kernels need AVX-512 VNNI")
+@pytest.mark.parametrize("rq", RQ)
+@pytest.mark.parametrize("xdt", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(640, 128), (128, 8), (8, 128), (128, 640), (3, 5), (1000, 137)])
+@pytest.mark.parametrize("fill", ["random", "extreme"])
+def test_gemm_few_rows(rq, xdt, shape, fill):
+    """1-3 rows (a fully connected layer at batch 1) take the row kernel of
+    simulator/kernels/gemv.py: every channel-block count (the 8-block groups end with blocks
+    that recompute the last one and are not stored), extreme codes."""
+    depth, n_cols = shape
+    for rows in range(1, gemv.MAX_ROWS + 1):
+        rng = np.random.default_rng(depth * rows + n_cols)
+        info = np.iinfo(xdt)
+        if fill == "extreme":
+            a = np.where(rng.random((rows, depth)) < 0.5, info.min, info.max).astype(xdt)
+            w = np.where(rng.random((depth, n_cols)) < 0.5, -128, 127).astype(np.int8)
+        else:
+            a = rng.integers(info.min, info.max, (rows, depth), endpoint=True).astype(xdt)
+            w = rng.integers(-128, 128, (depth, n_cols)).astype(np.int8)
+        bias = rng.integers(-9999, 9999, n_cols).astype(np.int64)
+        kw, lo, hi = _requant(rng, rq[0], rq[1], n_cols, "int8")
+        xzp = int(rng.integers(info.min, info.max + 1))
+        fast = prepare_gemm(w, bias=bias, input_zero_point=xzp, requant=kw)
+        names = [c.fn.py_func.__name__ for c in fast.launch(a.shape, a.dtype)[0].calls]
+        assert "gemv_rows" in names
+        got, n_sat = fast.run(a)
+        acc, _ = gemm_ref.gemm_acc(a, w, 0, bias, xzp, 32, "wrap")
+        want, sat = quant_ref.requantize(acc, kw["rq_mode"], kw["rq_multiplier"],
+                                         kw.get("rq_shift"), kw["rq_rounding"],
+                                         kw["out_zero_point"], lo, hi, "int8", -1)
+        np.testing.assert_array_equal(got, want)
+        assert n_sat == sat
 
 
 @pytest.mark.parametrize("rq", RQ)
