@@ -45,6 +45,12 @@ products, see ``_dw_range``), NCHW
 
 Work is split into contiguous ranges of blocks of ``MR = 8`` output positions (batch and pixels
 flattened); each range is owned by one thread, so results do not depend on the thread count.
+
+Which kernel a dense (non-depthwise) NHWC step takes, for given input shapes: 1-3 positions of a
+1x1 stride-1 unpadded conv or gemm, the row kernel of :mod:`simulator.kernels.gemv`; else, on
+hosts with AMX-INT8 and one group without the zero-point split, the tile kernel of
+:mod:`simulator.kernels.amx_conv` (int8 inputs multiplied as they are, without the +128); else
+the VNNI kernel here. All compute the same bits (the tests compare each with the reference).
 """
 from __future__ import annotations
 
@@ -238,14 +244,6 @@ def kernels(kind, rnd):
 
 def _make_kernels(kind, rnd):
     # --------------------------------------------------------------------------------------------
-    @njit(cache=True, inline="always")
-    def _ep_reg(out, o, accv, bv, mf, mi, s1, s2, m0, zpf, zp, lo, hi, nch):
-        """Requantize ``accv + bv`` (channels ``m0 ..``) and store it at ``out[o:]``."""
-        codes, k = ep_k.ep16(kind, rnd, vadd_i32(accv, bv), mf, mi, s1, s2, m0, zpf, zp, lo, hi,
-                             nch)
-        ep_k.store16(out, o, 1, codes, nch)
-        return k
-
     @njit(cache=True)
     def _vnni_blocks(xp, img, wp_n, ctot, n_pix, ow_n, sh, sw, taps, c4_n, cgp, n_groups, nbg, mg,
                      m_out, wpk, biasp, has_u, dm, mf, mi, s1, s2, zpf, zp, lo, hi, out,
@@ -262,7 +260,6 @@ def _make_kernels(kind, rnd):
         base = np.empty(MR, dtype=np.int64)
         obase = np.empty(MR, dtype=np.int64)
         n_taps = taps.shape[0]
-        direct = has_u == 0 and not nchw_out
         cnt = 0
         # the (image, row, column) of flat output position gp, advanced without divisions
         gp = b0 * MR
@@ -324,28 +321,6 @@ def _make_kernels(kind, rnd):
                             c5 = vdpbusd(c5, vbcast4(xp, a5 + o), wv)
                             c6 = vdpbusd(c6, vbcast4(xp, a6 + o), wv)
                             c7 = vdpbusd(c7, vbcast4(xp, a7 + o), wv)
-                    if direct and n_valid == MR:
-                        # requantize straight from the registers (no scratch round trip)
-                        m0 = g * mg + nbi * LANES
-                        nch = min(LANES, mg - nbi * LANES)
-                        bv = vload_i32(biasp, m0)
-                        cnt += _ep_reg(out, obase[0] + m0, c0, bv, mf, mi, s1, s2, m0, zpf, zp,
-                                       lo, hi, nch)
-                        cnt += _ep_reg(out, obase[1] + m0, c1, bv, mf, mi, s1, s2, m0, zpf, zp,
-                                       lo, hi, nch)
-                        cnt += _ep_reg(out, obase[2] + m0, c2, bv, mf, mi, s1, s2, m0, zpf, zp,
-                                       lo, hi, nch)
-                        cnt += _ep_reg(out, obase[3] + m0, c3, bv, mf, mi, s1, s2, m0, zpf, zp,
-                                       lo, hi, nch)
-                        cnt += _ep_reg(out, obase[4] + m0, c4, bv, mf, mi, s1, s2, m0, zpf, zp,
-                                       lo, hi, nch)
-                        cnt += _ep_reg(out, obase[5] + m0, c5, bv, mf, mi, s1, s2, m0, zpf, zp,
-                                       lo, hi, nch)
-                        cnt += _ep_reg(out, obase[6] + m0, c6, bv, mf, mi, s1, s2, m0, zpf, zp,
-                                       lo, hi, nch)
-                        cnt += _ep_reg(out, obase[7] + m0, c7, bv, mf, mi, s1, s2, m0, zpf, zp,
-                                       lo, hi, nch)
-                        continue
                     dst = uscr if nbi < has_u else scratch
                     vstore(dst, 0, c0)
                     vstore(dst, 16, c1)
@@ -1008,9 +983,7 @@ class ConvFast:
         # kernel multiplies int8 inputs as they are (tdpbssd), the others need uint8 (+128)
         dflip = 128 if dtype == np.int8 else 0
         use_gemv = (not self.depthwise and self.run_mode and not self.has_u and not self.nchw
-                    and self.kh == 1 and self.kw == 1 and self.sh == 1 and self.sw == 1
-                    and (self.pt, self.pl, self.pb, self.pr) == (0, 0, 0, 0)
-                    and n_img * oh_n * ow_n <= gemv.MAX_ROWS)
+                    and self._pointwise() and n_img * oh_n * ow_n <= gemv.MAX_ROWS)
         use_amx = (self.amx is not None and not self.depthwise and not use_gemv
                    and self._amx_pays() and (dflip == 0 or -128 <= self.xzp <= 127))
         signed = use_amx and dflip == 128
@@ -1104,6 +1077,11 @@ class ConvFast:
                 calls.append(Call(kern[0], common + (0, n_blocks), counted=True))
         return Launch(tuple(temps), tuple(calls), (out_view,)), static_ok
 
+    def _pointwise(self):
+        """1x1, stride 1, no padding: the windows of consecutive positions are consecutive."""
+        return (self.kh == 1 and self.kw == 1 and self.sh == 1 and self.sw == 1
+                and (self.pt, self.pl, self.pb, self.pr) == (0, 0, 0, 0))
+
     def _amx_pays(self):
         """Whether the AMX kernel is expected to beat the VNNI one: a tile product of fewer
         than 8 bytes of K (a 1-channel input with a narrow kernel: KWS's first conv) costs
@@ -1114,8 +1092,7 @@ class ConvFast:
                   threads, signed):
         """The :mod:`simulator.kernels.amx_conv` call writing ``flat`` (NHWC output)."""
         n_chunks, chunk4, c4p, wpk = self.amx
-        if (self.kh == 1 and self.kw == 1 and self.sh == 1 and self.sw == 1
-                and (self.pt, self.pl, self.pb, self.pr) == (0, 0, 0, 0)):
+        if self._pointwise():
             # the windows of all positions of the batch are contiguous: one long output row
             total = n_img * oh_n * ow_n
             oh_n, ow_n, wp_n, n_rows = 1, total, total, 1
