@@ -23,6 +23,9 @@ KERNELS = {  # name: (C_in, M, K, group, H); gemm: (K, N, -, -, rows)
     "conv1x1": (96, 96, 1, 1, 28),
     "gemm": (256, 256, 0, 0, 4096),
 }
+# the same convs in NHWC (the layout the simulator runs integer models in): dense ones take the
+# AMX tile kernel on hosts with AMX-INT8; simulator only (ORT's QLinearConv is NCHW)
+NHWC = {"conv3x3_nhwc": "conv3x3", "conv1x1_nhwc": "conv1x1", "depthwise3x3_nhwc": "depthwise3x3"}
 RQ = {
     "fp32": dict(rq_mode="fp32", rq_multiplier=np.full(1, 0.0123, np.float32),
                  rq_rounding="half_even"),
@@ -54,6 +57,8 @@ def _operands(kernel):
 
 
 def _program(kernel, rq):
+    nhwc = kernel in NHWC
+    kernel = NHWC.get(kernel, kernel)
     c, m, k, group, h = KERNELS[kernel]
     x, w, bias, macs = _operands(kernel)
     params = dict(weight=w, weight_zero_point=np.zeros(m, np.int64), bias=bias,
@@ -64,16 +69,21 @@ def _program(kernel, rq):
         in_spec, out_spec = TensorSpec("x", "int8", (None, c)), TensorSpec("y", "int8", (None, m))
     else:
         params.update(strides=(1, 1), pads=(k // 2,) * 4, dilations=(1, 1), group=group,
-                      layout="NCHW")
-        in_spec = TensorSpec("x", "int8", (None, c, h, h))
-        out_spec = TensorSpec("y", "int8", (None, m, h, h))
+                      layout="NHWC" if nhwc else "NCHW", channel_axis=3 if nhwc else 1)
+        if nhwc:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            in_spec = TensorSpec("x", "int8", (None, h, h, c))
+            out_spec = TensorSpec("y", "int8", (None, h, h, m))
+        else:
+            in_spec = TensorSpec("x", "int8", (None, c, h, h))
+            out_spec = TensorSpec("y", "int8", (None, m, h, h))
     params.update(RQ[rq])
     kind = "gemm" if kernel == "gemm" else "conv"
     return Program((in_spec,), (out_spec,), (Step(kind, kernel, ("x",), ("y",), params),)), x, macs
 
 
 @pytest.mark.parametrize("rq", list(RQ))
-@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("kernel", list(KERNELS) + list(NHWC))
 def test_mrq(benchmark, kernel, rq):
     program, x, macs = _program(kernel, rq)
     run(program, {"x": x}, threads=1)

@@ -147,18 +147,14 @@ def _make_kernels(kind, rnd, signed):
                     amx.store2(scratch, 512, 64)
                     if two_n:
                         amx.store3(scratch, 768, 64)
-                m0 = nb * LANES
-                cnt += _finish(out, scratch, 0, o0, f0, rows, m_out, m0, biasp, mf, mi, s1, s2,
-                               zpf, zp, lo, hi)
-                if two_u:
-                    cnt += _finish(out, scratch, 512, o1, f1, rows, m_out, m0, biasp, mf, mi, s1,
-                                   s2, zpf, zp, lo, hi)
-                if two_n:
-                    cnt += _finish(out, scratch, 256, o0, f0, rows, m_out, m0 + LANES, biasp, mf,
-                                   mi, s1, s2, zpf, zp, lo, hi)
-                    if two_u:
-                        cnt += _finish(out, scratch, 768, o1, f1, rows, m_out, m0 + LANES, biasp,
-                                       mf, mi, s1, s2, zpf, zp, lo, hi)
+                # tile q = 2 * unit + channel block (the store order above); one inlined
+                # epilogue in a loop compiles in a third of the time of four copies
+                for q in range(4):
+                    if (q >= 2 and not two_u) or (q & 1 and not two_n):
+                        continue
+                    cnt += _finish(out, scratch, q * 256, o1 if q >= 2 else o0,
+                                   f1 if q >= 2 else f0, rows, m_out, (nb + (q & 1)) * LANES,
+                                   biasp, mf, mi, s1, s2, zpf, zp, lo, hi)
             u += 2
         amx.tile_release()
         return cnt
