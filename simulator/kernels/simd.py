@@ -364,7 +364,8 @@ def vstore_codes_n(typingctx, arr, idx, v, n):
         elif ety.width > 32:
             val = builder.sext(val, vty)
         n64 = _i64(context, builder, args[3], sig.args[3])
-        mask = builder.icmp_signed("<", ir.Constant(_LT, list(range(16))), _splat(builder, n64, _LT))
+        lanes = ir.Constant(_LT, list(range(16)))
+        mask = builder.icmp_signed("<", lanes, _splat(builder, n64, _LT))
         ptr = builder.bitcast(p, vty.as_pointer())
         fnty = ir.FunctionType(ir.VoidType(), [vty, ptr.type, _I32, mask.type])
         fn = cgutils.get_or_insert_function(builder.module, fnty,
