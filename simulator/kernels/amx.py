@@ -106,30 +106,18 @@ def _make_zero(t):
     return tile_zero
 
 
-def _make_load(t):
+def _make_mem(text):
+    """A tile load or store ``text`` (``$0``: address, ``$1``: row stride in bytes)."""
     @intrinsic
-    def tile_load(typingctx, arr, idx, stride):
-        """Rows of tile ``t`` from ``arr[idx + r * stride ...]`` (bytes of a 1-D array)."""
+    def tile_mem(typingctx, arr, idx, stride):
+        """The tile rows at element ``idx`` of a 1-D array, ``stride`` bytes apart."""
         def codegen(context, builder, sig, args):
             p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
             s = context.cast(builder, args[2], sig.args[2], types.int64)
-            _asm(builder, f"tileloadd ($0,$1,1), %tmm{t}", "r,r", [p, s])
+            _asm(builder, text, "r,r", [p, s])
             return context.get_dummy_value()
         return types.none(arr, idx, stride), codegen
-    return tile_load
-
-
-def _make_store(t):
-    @intrinsic
-    def tile_store(typingctx, arr, idx, stride):
-        """Rows of tile ``t`` to ``arr`` at element ``idx``, rows ``stride`` bytes apart."""
-        def codegen(context, builder, sig, args):
-            p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-            s = context.cast(builder, args[2], sig.args[2], types.int64)
-            _asm(builder, f"tilestored %tmm{t}, ($0,$1,1)", "r,r", [p, s])
-            return context.get_dummy_value()
-        return types.none(arr, idx, stride), codegen
-    return tile_store
+    return tile_mem
 
 
 def _make_dp(c, a, b, op="tdpbusd"):
@@ -146,8 +134,8 @@ def _make_dp(c, a, b, op="tdpbusd"):
 
 # The tiles the conv kernel uses: accumulators 0-3, input rows 4-5, weights 6-7.
 zero0, zero1, zero2, zero3 = (_make_zero(t) for t in range(4))
-load4, load5, load6, load7 = (_make_load(t) for t in range(4, 8))
-store0, store1, store2, store3 = (_make_store(t) for t in range(4))
+load4, load5, load6, load7 = (_make_mem(f"tileloadd ($0,$1,1), %tmm{t}") for t in range(4, 8))
+store0, store1, store2, store3 = (_make_mem(f"tilestored %tmm{t}, ($0,$1,1)") for t in range(4))
 dp_0_4_6 = _make_dp(0, 4, 6)
 dp_1_4_7 = _make_dp(1, 4, 7)
 dp_2_5_6 = _make_dp(2, 5, 6)

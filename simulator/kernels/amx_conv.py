@@ -49,6 +49,20 @@ def kernels(kind, rnd, signed):
     return specialised(_make_kernels, int(kind), int(rnd), int(bool(signed)))
 
 
+@njit(cache=True, inline="always")
+def _unit(u, n_blk, rows, oh_n, ow_n, img, sh, wp_n, sw, ctot, m_out):
+    """``(first input byte, first output element, first row not computed before)`` of unit
+    ``u``: block ``u % n_blk`` of output row ``u // n_blk``; the last block of a row starts at
+    ``ow_n - rows`` and overlaps the one before it."""
+    row = u // n_blk
+    bi = u - row * n_blk
+    n = row // oh_n
+    oh = row - n * oh_n
+    ow0 = min(bi * rows, ow_n - rows)
+    return (n * img + (oh * sh * wp_n + ow0 * sw) * ctot, (row * ow_n + ow0) * m_out,
+            bi * rows - ow0)
+
+
 def _make_kernels(kind, rnd, signed):
     @njit(cache=True, inline="always")
     def _finish(out, scratch, so, o_base, r_first, rows, m_out, m0, biasp, mf, mi, s1, s2, zpf,
@@ -83,26 +97,10 @@ def _make_kernels(kind, rnd, signed):
         u = u0
         while u < u1:
             two_u = u + 1 < u1
-            row = u // n_blk
-            bi = u - row * n_blk
-            n = row // oh_n
-            oh = row - n * oh_n
-            ow0 = min(bi * rows, ow_n - rows)
-            f0 = bi * rows - ow0
-            a0 = n * img + (oh * sh * wp_n + ow0 * sw) * ctot
-            o0 = (row * ow_n + ow0) * m_out
-            a1 = a0
-            o1 = o0
-            f1 = rows
+            a0, o0, f0 = _unit(u, n_blk, rows, oh_n, ow_n, img, sh, wp_n, sw, ctot, m_out)
+            a1, o1, f1 = a0, o0, rows
             if two_u:
-                row = (u + 1) // n_blk
-                bi = u + 1 - row * n_blk
-                n = row // oh_n
-                oh = row - n * oh_n
-                ow1 = min(bi * rows, ow_n - rows)
-                f1 = bi * rows - ow1
-                a1 = n * img + (oh * sh * wp_n + ow1 * sw) * ctot
-                o1 = (row * ow_n + ow1) * m_out
+                a1, o1, f1 = _unit(u + 1, n_blk, rows, oh_n, ow_n, img, sh, wp_n, sw, ctot, m_out)
             for nb in range(0, nbg, 2):
                 two_n = nb + 1 < nbg
                 amx.zero0()

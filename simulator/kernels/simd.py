@@ -448,6 +448,40 @@ def _fp32_zp_in_codegen(rnd_):
     return codegen
 
 
+def _shift_round(builder, p, s_v, vty, rnd_):
+    """``round(p / 2**s)`` lane-wise for the static rounding mode (``vty``: the lanes' vector
+    type, int32 or int64): the floor ``p >> s`` plus one where the remainder ``p & (2**s - 1)``
+    rounds up (a zero remainder never does, which also covers ``s = 0``)."""
+    one = ir.Constant(vty, [1] * 16)
+    zero = ir.Constant(vty, [0] * 16)
+    q = builder.ashr(p, s_v)
+    pw = builder.shl(one, s_v)
+    rem = builder.and_(p, builder.sub(pw, one))
+    half = builder.ashr(pw, one)
+    nz = builder.icmp_signed("!=", rem, zero)
+    gt = builder.icmp_signed(">", rem, half)
+    tie = builder.icmp_signed("==", rem, half)
+    q_neg = builder.icmp_signed("<", q, zero)
+    q_odd = builder.icmp_signed("!=", builder.and_(q, one), zero)
+    up = builder.and_(_round_up_i(builder, rnd_, gt, tie, q_neg, q_odd), nz)
+    return builder.add(q, builder.zext(up, vty))
+
+
+def _clamp_count_zp(builder, r, lo_, hi_, zp_, n_, vty):
+    """``(clamp(r, lo - zp, hi - zp) + zp, lanes among the first n outside the clamp)`` on
+    lanes of ``vty`` (i64 scalars ``lo_``, ``hi_``, ``zp_``, ``n_``); int32 lanes as the
+    result."""
+    def splat(v):
+        return _splat(builder, builder.trunc(v, _I32) if vty == _VT else v, vty)
+
+    lo_r = splat(builder.sub(lo_, zp_))
+    hi_r = splat(builder.sub(hi_, zp_))
+    out = builder.or_(builder.icmp_signed("<", r, lo_r), builder.icmp_signed(">", r, hi_r))
+    cnt = _count_lanes(builder, out, n_)
+    r = builder.add(_clamp_i(builder, r, lo_r, hi_r), splat(zp_))
+    return (r if vty == _VT else builder.trunc(r, _VT)), cnt
+
+
 def _make_ep16_int_p32(rnd):
     @intrinsic
     def ep16_int_p32(typingctx, acc, m, s, zp, lo, hi, n):
@@ -464,26 +498,8 @@ def _int_p32_codegen(rnd_):
         m_v = builder.trunc(args[1], _VT)
         s_v = builder.trunc(args[2], _VT)
         zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:], sig.args[3:]))
-        one = ir.Constant(_VT, [1] * 16)
-        zero = ir.Constant(_VT, [0] * 16)
-        p = builder.mul(acc_v, m_v)
-        q = builder.ashr(p, s_v)
-        pw = builder.shl(one, s_v)
-        rem = builder.and_(p, builder.sub(pw, one))
-        half = builder.ashr(pw, one)
-        nz = builder.icmp_signed("!=", rem, zero)
-        gt = builder.icmp_signed(">", rem, half)
-        tie = builder.icmp_signed("==", rem, half)
-        q_neg = builder.icmp_signed("<", q, zero)
-        q_odd = builder.icmp_signed("!=", builder.and_(q, one), zero)
-        up = builder.and_(_round_up_i(builder, rnd_, gt, tie, q_neg, q_odd), nz)
-        r = builder.add(q, builder.zext(up, _VT))
-        lo_r = _splat(builder, builder.trunc(builder.sub(lo_, zp_), _I32), _VT)
-        hi_r = _splat(builder, builder.trunc(builder.sub(hi_, zp_), _I32), _VT)
-        out = builder.or_(builder.icmp_signed("<", r, lo_r), builder.icmp_signed(">", r, hi_r))
-        cnt = _count_lanes(builder, out, n_)
-        r = builder.add(_clamp_i(builder, r, lo_r, hi_r),
-                        _splat(builder, builder.trunc(zp_, _I32), _VT))
+        r = _shift_round(builder, builder.mul(acc_v, m_v), s_v, _VT, rnd_)
+        r, cnt = _clamp_count_zp(builder, r, lo_, hi_, zp_, n_, _VT)
         return context.make_tuple(builder, sig.return_type, (r, cnt))
     return codegen
 
@@ -501,28 +517,11 @@ def _int_codegen(rnd_, m32=False):
     def codegen(context, builder, sig, args):
         acc_v, m_v, s_v = args[0], args[1], args[2]
         zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:], sig.args[3:]))
-        one = ir.Constant(_LT, [1] * 16)
-        zero = ir.Constant(_LT, [0] * 16)
         if m32:  # the multipliers fit int32: a 32 x 32 -> 64-bit product (vpmuldq)
             m_v = builder.sext(builder.trunc(m_v, _VT), _LT)
-        p = builder.mul(builder.sext(acc_v, _LT), m_v)
-        q = builder.ashr(p, s_v)
-        pw = builder.shl(one, s_v)
-        rem = builder.and_(p, builder.sub(pw, one))
-        half = builder.ashr(pw, one)
-        nz = builder.icmp_signed("!=", rem, zero)
-        gt = builder.icmp_signed(">", rem, half)
-        tie = builder.icmp_signed("==", rem, half)
-        q_neg = builder.icmp_signed("<", q, zero)
-        q_odd = builder.icmp_signed("!=", builder.and_(q, one), zero)
-        up = builder.and_(_round_up_i(builder, rnd_, gt, tie, q_neg, q_odd), nz)
-        r = builder.add(q, builder.zext(up, _LT))
-        lo_r = _splat(builder, builder.sub(lo_, zp_), _LT)
-        hi_r = _splat(builder, builder.sub(hi_, zp_), _LT)
-        out = builder.or_(builder.icmp_signed("<", r, lo_r), builder.icmp_signed(">", r, hi_r))
-        cnt = _count_lanes(builder, out, n_)
-        r = builder.add(_clamp_i(builder, r, lo_r, hi_r), _splat(builder, zp_, _LT))
-        return context.make_tuple(builder, sig.return_type, (builder.trunc(r, _VT), cnt))
+        r = _shift_round(builder, builder.mul(builder.sext(acc_v, _LT), m_v), s_v, _LT, rnd_)
+        r, cnt = _clamp_count_zp(builder, r, lo_, hi_, zp_, n_, _LT)
+        return context.make_tuple(builder, sig.return_type, (r, cnt))
     return codegen
 
 

@@ -25,6 +25,7 @@ from simulator.kernels import amx, amx_conv  # noqa: E402
 from simulator.kernels.conv import prepare_conv  # noqa: E402
 from simulator.kernels.gemm import prepare_gemm  # noqa: E402
 from tests.reference import conv_ref, gemm_ref, quant_ref  # noqa: E402
+from tests.simulator.test_sim_conv_fast import _input  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
@@ -35,15 +36,6 @@ def _requant(rng, m_out):
     return {"rq_mode": "fp32", "rq_rounding": "half_even",
             "rq_multiplier": rng.uniform(1e-5, 2e-3, m_out).astype(np.float32),
             "out_zero_point": int(rng.integers(-128, 128)), "out_dtype": "int8"}
-
-
-def _codes(rng, dtype, shape, fill):
-    info = np.iinfo(dtype)
-    if fill == "min":
-        return np.full(shape, info.min, dtype=dtype)
-    if fill == "max":
-        return np.full(shape, info.max, dtype=dtype)
-    return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
 
 
 def _used_amx(fast, x):
@@ -88,8 +80,8 @@ def test_amx_conv_matches_reference(seed, xdt, m_out, cin, kernel, stride, pad, 
     height, width = hw
     if (height + 2 * pad - dil * (kh - 1) - 1) < 0 or (width + 2 * pad - dil * (kw - 1) - 1) < 0:
         return
-    x = _codes(rng, xdt, (batch, height, width, cin), fill)
-    w = _codes(rng, np.int8, (m_out, cin, kh, kw), "min" if fill != "random" else "random")
+    x = _input(rng, xdt, (batch, height, width, cin), fill)
+    w = _input(rng, np.int8, (m_out, cin, kh, kw), "min" if fill != "random" else "random")
     info = np.iinfo(xdt)
     xzp = int(rng.integers(info.min, info.max + 1))
     fast = prepare_conv(w, weight_zero_point=0, bias=np.zeros(m_out, dtype=np.int64),
@@ -105,15 +97,17 @@ def test_amx_conv_matches_reference(seed, xdt, m_out, cin, kernel, stride, pad, 
 
 
 @needs_amx
+@pytest.mark.parametrize("rows,kernel", [(20, "amx_range"), (3, "gemv_rows")])
 @pytest.mark.parametrize("xdt,fill_x,fill_w", [("uint8", "max", "min"), ("int8", "min", "min"),
                                                ("int8", "max", "min")])
-def test_amx_gemm_accumulator_next_to_int32_limit(xdt, fill_x, fill_w):
-    """K = 65000 products of 255 * -128 (or -128 * -128): partial sums reach -2.1e9, within a
-    hair of int32; the tiles' wrapping int32 lanes must still give the exact sum."""
+def test_gemm_accumulator_next_to_int32_limit(xdt, fill_x, fill_w, rows, kernel):
+    """K = 65000 products of 255 * -128 (or 130000 of -128 * -128): partial sums reach
+    +-2.1e9, within a hair of int32; the tiles' (and, for 3 rows, the row kernel's) wrapping
+    int32 lanes must still give the exact sum."""
     rng = np.random.default_rng(7)
-    depth, n_cols, rows = 65000 if fill_x == "max" and xdt == "uint8" else 130000, 16, 3
-    x = _codes(rng, xdt, (rows, depth), fill_x)
-    w = _codes(rng, np.int8, (depth, n_cols), fill_w)
+    depth, n_cols = 65000 if fill_x == "max" and xdt == "uint8" else 130000, 16
+    x = _input(rng, xdt, (rows, depth), fill_x)
+    w = _input(rng, np.int8, (depth, n_cols), fill_w)
     xzp = 0
     # |acc| <= 255 * 128 * 65000 = 2.12e9 (uint8) / 128 * 128 * 130000 = 2.13e9 (int8)
     bias = np.zeros(n_cols, dtype=np.int64)
@@ -122,7 +116,7 @@ def test_amx_gemm_accumulator_next_to_int32_limit(xdt, fill_x, fill_w):
     assert fast is not None
     launch = fast.launch(x.shape, x.dtype)
     assert launch is not None and launch[1]
-    assert any(c.fn.py_func.__name__ == "amx_range" for c in launch[0].calls)
+    assert any(c.fn.py_func.__name__ == kernel for c in launch[0].calls)
     got, got_sat = fast.run(x)
     acc, ovf = gemm_ref.gemm_acc(x, w, 0, bias, xzp, 32, "wrap")
     assert ovf == 0 and np.abs(acc).max() > 2**31 - 2**27
@@ -149,8 +143,8 @@ def test_amx_overlapping_last_unit_counts_once(width):
 @needs_amx
 def test_amx_threads_agree():
     rng = np.random.default_rng(3)
-    x = _codes(rng, np.int8, (4, 32, 32, 32), "random")
-    w = _codes(rng, np.int8, (48, 32, 3, 3), "random")
+    x = _input(rng, np.int8, (4, 32, 32, 32), "random")
+    w = _input(rng, np.int8, (48, 32, 3, 3), "random")
     rq = _requant(rng, 48)
     outs = []
     before = numba.get_num_threads()
