@@ -10,9 +10,9 @@ per instruction. Exactness therefore rests on the same argument as the VNNI kern
 accumulator bound puts the true sum in int32, so the wrapped lane *is* the sum), and the tests
 compare both paths with the integer reference.
 
-Why inline assembly: llvmlite 0.50 can emit the ``x86_amx`` intrinsics only through LLVM's tile
-register allocator, which needs the shapes as SSA values of a particular form; a few fixed tile
-registers written in assembly are simpler and leave nothing for the register allocator to get
+Why inline assembly: LLVM's own AMX intrinsics (the ``x86_amx`` type) leave tile configuration
+and tile register allocation to LLVM passes, which were not tried here; a few fixed tile
+registers written in assembly are simple and leave nothing for a register allocator to get
 wrong. Tiles are named by number (``tmm0`` ... ``tmm7``); every kernel that uses them calls
 :func:`tile_config` first and :func:`tile_release` last, on the thread that runs it.
 

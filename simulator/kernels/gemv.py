@@ -19,8 +19,8 @@ from simulator.kernels.jitcache import specialised
 from simulator.kernels.simd import vadd_i32, vbcast4, vdpbusd, vload, vload_i32, vstore, vzero
 
 LANES = 16
-# a gemm takes this kernel up to this many rows (measured on the MLPerf Tiny FC layers: the
-# 8-row VNNI block wins from about 4 rows on)
+# a gemm takes this kernel up to this many rows: below that the 8-row VNNI block and the 16-row
+# tile compute mostly rows that do not exist (not tuned: 1 row, the batch-1 case, was measured)
 MAX_ROWS = 3
 
 

@@ -984,8 +984,7 @@ class ConvFast:
         dflip = 128 if dtype == np.int8 else 0
         use_gemv = (not self.depthwise and self.run_mode and not self.has_u and not self.nchw
                     and self._pointwise() and n_img * oh_n * ow_n <= gemv.MAX_ROWS)
-        use_amx = (self.amx is not None and not self.depthwise and not use_gemv
-                   and self._amx_pays() and (dflip == 0 or -128 <= self.xzp <= 127))
+        use_amx = (self.amx is not None and not use_gemv and self._amx_pays() and (dflip == 0 or -128 <= self.xzp <= 127))
         signed = use_amx and dflip == 128
         flip = 0 if signed else dflip
         uzp = self.xzp + flip

@@ -331,20 +331,28 @@ def vget(typingctx, v, j):
     return types.int64(i32x16, j), codegen
 
 
+def _codes_for(context, builder, sig, args):
+    """``(element pointer, the int32 lanes converted to the array's element type)`` for the
+    code stores ``(arr, idx, v, ...)``: truncation or sign extension, the values being clamped to
+    the dtype range already."""
+    ety = context.get_value_type(sig.args[0].dtype)
+    p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+    vty = ir.VectorType(ety, 16)
+    v = args[2]
+    if ety.width < 32:
+        v = builder.trunc(v, vty)
+    elif ety.width > 32:
+        v = builder.sext(v, vty)
+    return p, v
+
+
 @intrinsic
 def vstore_codes(typingctx, arr, idx, v):
     """Store 16 int32 lanes at element ``idx`` of a contiguous 1-D integer array, converted to
     its dtype (truncation: the values are already clamped to the dtype range)."""
     def codegen(context, builder, sig, args):
-        ety = context.get_value_type(sig.args[0].dtype)
-        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        vty = ir.VectorType(ety, 16)
-        v = args[2]
-        if ety.width < 32:
-            v = builder.trunc(v, vty)
-        elif ety.width > 32:
-            v = builder.sext(v, vty)
-        builder.store(v, builder.bitcast(p, vty.as_pointer()), align=1)
+        p, v = _codes_for(context, builder, sig, args)
+        builder.store(v, builder.bitcast(p, v.type.as_pointer()), align=1)
         return context.get_dummy_value()
     return types.none(arr, idx, i32x16), codegen
 
@@ -355,21 +363,15 @@ def vstore_codes_n(typingctx, arr, idx, v, n):
     ``vpmovdb``-style store on AVX-512; masked-off lanes are neither written nor touched, so
     the store may end at the array's last element). ``n >= 16`` stores all 16 lanes."""
     def codegen(context, builder, sig, args):
-        ety = context.get_value_type(sig.args[0].dtype)
-        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        vty = ir.VectorType(ety, 16)
-        val = args[2]
-        if ety.width < 32:
-            val = builder.trunc(val, vty)
-        elif ety.width > 32:
-            val = builder.sext(val, vty)
+        p, val = _codes_for(context, builder, sig, args)
+        vty = val.type
         n64 = _i64(context, builder, args[3], sig.args[3])
         lanes = ir.Constant(_LT, list(range(16)))
         mask = builder.icmp_signed("<", lanes, _splat(builder, n64, _LT))
         ptr = builder.bitcast(p, vty.as_pointer())
         fnty = ir.FunctionType(ir.VoidType(), [vty, ptr.type, _I32, mask.type])
         fn = cgutils.get_or_insert_function(builder.module, fnty,
-                                            f"llvm.masked.store.v16i{ety.width}.p0")
+                                            f"llvm.masked.store.v16i{vty.element.width}.p0")
         builder.call(fn, [val, ptr, ir.Constant(_I32, 1), mask])
         return context.get_dummy_value()
     return types.none(arr, idx, i32x16, n), codegen
