@@ -37,13 +37,9 @@ _PASS_THROUGH = ("maxpool", "reshape", "transpose", "concat")
 
 
 def execute_step(step, *arrays):
-    """Run one program step through the simulator's executor for its kind.
-
-    This is the single place that touches ``simulator.executors`` (docs/PROGRAM.md: every
-    executor is ``execute_<kind>(step, *input_arrays) -> (outputs, stats)``, registered in
-    ``EXECUTORS[kind]``)."""
-    from simulator.executors import EXECUTORS
-    outs, stats = EXECUTORS[step.kind](step, *arrays)
+    """Run one program step through its kind's executor (:mod:`simulator.steps`)."""
+    from simulator.steps import execute_step as run_step
+    outs, stats = run_step(step, *arrays)
     return tuple(outs), dict(stats or {})
 
 

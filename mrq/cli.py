@@ -32,7 +32,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (MrqError, SimulatorError) as exc:
-        print(f"mrq {args.command}: error: {exc}", file=sys.stderr)
+        # an error may carry several problems (HwProfileError: one per line); each line gets
+        # the prefix so every line on stderr reads on its own
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"mrq {args.command}: error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,11 +17,16 @@ class UnsupportedOpError(MrqError):
 
 
 class HwProfileError(MrqError):
-    """A hardware profile is missing or malformed. The message names the file and the field."""
+    """A hardware profile is missing or malformed. The message names the file and the field.
 
-    def __init__(self, path: str, field: str, problem: str):
-        self.path, self.field = path, field
-        super().__init__(f"{path}: field '{field}': {problem}")
+    A load reports every independent problem at once: ``errors`` holds them all as
+    ``(path, field, problem)`` triples (the first is also ``path``/``field``/``problem``), and
+    ``str()`` is one line per problem."""
+
+    def __init__(self, path: str, field: str, problem: str, more=()):
+        self.path, self.field, self.problem = path, field, problem
+        self.errors = ((path, field, problem),) + tuple(more)
+        super().__init__("\n".join(f"{p}: field '{f}': {m}" for p, f, m in self.errors))
 
 
 class InputDataError(MrqError):

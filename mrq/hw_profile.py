@@ -1,11 +1,17 @@
 """Hardware profiles: the number formats and integer arithmetic of a target.
 
-A profile is a YAML file (``hw_profiles/<name>.yaml``, schema in ``hw_profiles/schema.json``).
-:func:`load_profile` reads and validates one into a frozen :class:`HwProfile`; every problem is
-reported as :class:`mrq.errors.HwProfileError` naming the file, the dotted field path and what
-is allowed. The lowering reads facts from the dataclasses and uses the helpers
+A profile is a YAML file (``<name>.yaml``, schema in ``hw_profiles/schema.json``, reference in
+docs/profiles.md). :func:`load_profile` reads and validates one into a frozen
+:class:`HwProfile`. The profile is the truth: every field it states changes what the simulator
+computes, or the load fails. A failed load raises :class:`mrq.errors.HwProfileError` carrying
+*every* independent problem, one line each, naming the file, the dotted field path, the value
+and what is allowed. The lowering reads facts from the dataclasses and uses the helpers
 (:meth:`HwProfile.activation_dtypes`, :meth:`HwProfile.qmin_qmax`,
-:meth:`HwProfile.check_tensor`, :attr:`RequantSpec.rq_mode`, ...).
+:meth:`HwProfile.check_tensor`, :meth:`HwProfile.runs_on_host`, :attr:`RequantSpec.rq_mode`, ...).
+
+Profiles are found by name along :func:`profile_search_path`: the directories of
+``$MRQ_PROFILE_PATH`` (``os.pathsep``-separated, in order), then ``./hw_profiles`` of the
+current directory, then the shipped ones (:func:`profile_dirs`); the first match wins.
 
 Vocabulary (see docs/PROGRAM.md for what the simulator does with it):
 
@@ -13,8 +19,9 @@ Vocabulary (see docs/PROGRAM.md for what the simulator does with it):
 * ``requant.arithmetic`` -> simulator ``rq_mode``: ``float32`` -> ``fp32`` (zero point after
   rounding) or ``fp32_zp_in`` (zero point before rounding), ``fixed_point`` -> ``fixed``,
   ``double_q31`` -> ``double_q31``, ``shift`` -> ``shift``;
-* ``ops.mul`` and ``ops.global_avgpool`` are simulator rq_modes directly
-  (``global_avgpool: avgpool`` means "lower as an avgpool step over the whole plane").
+* ``ops.mul``: ``requant`` (the requant block) or ``fp32_zp_in`` (ORT QLinearMul);
+  ``ops.global_avgpool``: ``requant`` (sum, then the requant block with 1/N in the multiplier)
+  or ``avgpool`` (an average pool over the whole plane with ``ops.avgpool``'s arithmetic).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import difflib
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -31,20 +38,23 @@ import numpy as np
 import yaml
 
 from mrq.errors import HwProfileError
+from simulator import rounding as _rounding
 
 __all__ = [
     "ScaleFormat", "TensorFormat", "BiasFormat", "AccumulatorFormat", "RequantSpec",
-    "QuantizeSpec", "OpModes", "HwProfile", "load_profile", "list_profiles", "profile_dirs",
+    "QuantizeSpec", "OpModes", "HwProfile", "ProfileEntry", "load_profile", "list_profiles",
+    "iter_profiles", "find_profiles", "profile_dirs", "profile_search_path",
     "ROUNDING_MODES", "OVERFLOW_MODES", "SCALE_FORMS", "GRANULARITIES", "REQUANT_ARITHMETIC",
     "ZERO_POINT_PLACEMENTS", "MULTIPLIER_PRECISIONS", "ADD_MODES", "RQ_MODES", "MUL_MODES",
     "AVGPOOL_MODES", "GLOBAL_AVGPOOL_MODES", "QUANTIZE_METHODS", "RESCALE_MODES",
-    "SOFTMAX_MODES", "KNOWN_OPS", "ROLES",
+    "SOFTMAX_MODES", "BIAS_ORDERS", "PRODUCT_ORDERS", "KNOWN_OPS", "OP_FIELDS", "ROLES",
+    "PROFILE_PATH_ENV",
 ]
 
 # ----------------------------------------------------------------------------------------------
 # Vocabulary (hw_profiles/schema.json uses the same lists; a test keeps them in sync)
 
-ROUNDING_MODES = ("half_even", "half_away", "half_up", "floor", "toward_zero")
+ROUNDING_MODES = _rounding.NAMES  # the simulator's one table of rounding modes
 OVERFLOW_MODES = ("wrap", "saturate", "error")
 SCALE_FORMS = ("float", "fixed_point", "pow2")
 GRANULARITIES = ("per_tensor", "per_channel")
@@ -52,20 +62,32 @@ REQUANT_ARITHMETIC = ("float32", "fixed_point", "double_q31", "shift")
 ZERO_POINT_PLACEMENTS = ("after_rounding", "before_rounding")
 MULTIPLIER_PRECISIONS = ("float32", "float64")
 ADD_MODES = ("ort_fma", "tflite", "fixed", "float")
+# The simulator's requantization modes (values of RequantSpec.rq_mode), not profile vocabulary.
 RQ_MODES = ("fp32", "fp32_zp_in", "fixed", "double_q31", "shift")
-MUL_MODES = RQ_MODES
+MUL_MODES = ("requant", "fp32_zp_in")
 AVGPOOL_MODES = ("ort_float", "tflite_raw", "fixed")
-GLOBAL_AVGPOOL_MODES = RQ_MODES + ("avgpool",)
+AVGPOOL_DIVIDING = ("ort_float", "tflite_raw")   # they divide the window sum by its count
+GLOBAL_AVGPOOL_MODES = ("requant", "avgpool")
 QUANTIZE_METHODS = ("divide", "multiply")
 SHARED_GRID_OPS = ("Concat", "Add")
 RESCALE_MODES = ("float_dq_q", "requant")
 SOFTMAX_MODES = ("float",)
 BIAS_SCALES = ("input_times_weight",)
+# The accumulation order the simulator implements (docs/PROGRAM.md, accumulator block).
+BIAS_ORDERS = ("first",)
+PRODUCT_ORDERS = ("channel_row_col",)
+HOST_FLOAT = "float"
 KNOWN_OPS = (
     "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
     "GlobalAveragePool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
     "Softmax", "Identity", "Pad", "Mean", "Logistic",
 )
+# ops.<field> -> the op type whose arithmetic it sets: required when that op is in
+# supported_ops, rejected otherwise.
+OP_FIELDS = {"add": "Add", "mul": "Mul", "avgpool": "AveragePool",
+             "global_avgpool": "GlobalAveragePool", "softmax": "Softmax"}
+# Op types that multiply an accumulator grid by a weight grid (need the requant block).
+MAC_OPS = ("Conv", "Gemm", "MatMul")
 # Peer runtimes whose quirks go beyond the generic vocabulary (see mrq/lower_extra.py).
 RUNTIMES = ("generic", "tflite-reference", "xnnpack")
 ROLES = ("activations", "weights", "bias")
@@ -73,22 +95,58 @@ ROLES = ("activations", "weights", "bias")
 ACT_BITS = (2, 16)        # activations and weights: storage is int8/uint8 or int16/uint16
 BIAS_BITS = (8, 64)
 ACC_BITS = (16, 64)
-MULTIPLIER_BITS = (2, 32)  # simulator 'fixed' mode needs |multiplier| < 2**32
+MULTIPLIER_BITS = (1, 32)  # simulator 'fixed' mode needs |multiplier| < 2**32
 SHIFT_RANGE = (-32, 63)
 DOUBLE_Q31_SHIFT_RANGE = (1, 62)  # rq_shift = 31 - tflite_shift, tflite_shift in [-31, 30]
+DOUBLE_Q31_ACC_BITS = 32  # the simulator wraps the accumulator to int32 before SRDHM
 MANTISSA_BITS = (1, 24)   # float32 has a 24-bit significand
 EXPONENT_RANGE = (-149, 127)
 DESCRIPTION_MAX = 200
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+PROFILE_PATH_ENV = "MRQ_PROFILE_PATH"
+# A profile is a few KB; the bound keeps a mistyped path (a model, /dev/zero) from being parsed.
+MAX_PROFILE_BYTES = 256 * 1024
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def profile_dirs() -> list[Path]:
-    """Directories searched for shipped profiles, in order: ``mrq/hw_profiles`` (package data
-    of a non-editable install, if someone ships it there) and ``<repo>/hw_profiles``."""
+    """Directories of the shipped profiles, in order: ``mrq/hw_profiles`` (package data of a
+    wheel install, if it ships them there) and ``<repo>/hw_profiles``."""
     cands = [_PACKAGE_DIR / "hw_profiles", _PACKAGE_DIR.parent / "hw_profiles"]
     return [d for d in cands if d.is_dir()]
+
+
+def profile_search_path() -> list[tuple[Path, str]]:
+    """Where profile names are looked up, in order, as ``(directory, origin)``: each directory
+    of ``$MRQ_PROFILE_PATH`` (origin ``MRQ_PROFILE_PATH``), ``./hw_profiles`` of the current
+    directory (``./hw_profiles``), then :func:`profile_dirs` (``shipped``). A directory is
+    listed once, at its first position; one that is also a shipped directory is labelled
+    ``shipped``. Directories that do not exist are included (``mrq profiles`` reports them)."""
+    shipped = profile_dirs()
+    shipped_real = {_real(d) for d in shipped}
+    cands = [(Path(p), PROFILE_PATH_ENV)
+             for p in os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep) if p]
+    try:
+        cands.append((Path.cwd() / "hw_profiles", "./hw_profiles"))
+    except OSError:   # the current directory was deleted: there is no ./hw_profiles
+        pass
+    cands += [(d, "shipped") for d in shipped]
+    out, seen = [], set()
+    for d, origin in cands:
+        real = _real(d)
+        if real in seen:
+            continue
+        seen.add(real)
+        out.append((d, "shipped" if real in shipped_real else origin))
+    return out
+
+
+def _real(d: Path) -> str:
+    try:
+        return str(d.resolve())
+    except OSError:
+        return str(d.absolute())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,10 +243,18 @@ class BiasFormat:
 @dataclass(frozen=True)
 class AccumulatorFormat:
     """Two's-complement accumulator of ``bits`` bits; ``overflow``: wrap | saturate | error
-    (simulator ``acc_bits`` / ``acc_overflow``)."""
+    (simulator ``acc_bits`` / ``acc_overflow``).
+
+    ``bias`` and ``product_order`` state the order of the additions, which decides the result
+    only under ``overflow: saturate | error`` (a wrapping sum does not depend on it). Each has
+    the one value the simulator implements: ``bias: first`` (the accumulator starts at the
+    bias) and ``product_order: channel_row_col`` (conv products by input channel, then kernel
+    row, then kernel column; gemm products by k)."""
 
     bits: int
     overflow: str
+    bias: str = "first"
+    product_order: str = "channel_row_col"
 
     @property
     def dtype(self) -> str:
@@ -250,29 +316,53 @@ class QuantizeSpec:
 
 @dataclass(frozen=True)
 class OpModes:
-    """Per-op arithmetic variants (simulator step ``mode``/``rq_mode`` values).
+    """Per-op arithmetic. An op's field is None when the op is not in ``supported_ops`` (the
+    profile must not state it then); ``quantize`` and ``rescale`` exist in every model and are
+    always set.
 
-    ``add``: ort_fma | tflite | fixed | float (``fixed``/``float`` round with
-    ``requant.rounding``; ``fixed`` uses the requant block in mode fixed/shift).
-    ``mul``: an rq_mode. ``avgpool``: ort_float | tflite_raw | fixed. ``global_avgpool``: an
-    rq_mode or ``avgpool``. ``rescale`` (re-gridding, e.g. Concat inputs with different
-    scales): float_dq_q (ORT float region DQ->Q) or requant (rescale step with ``requant``).
-    ``softmax``: float."""
+    ``add`` (Add): ort_fma | tflite | fixed | float (``fixed``/``float`` round with
+    ``requant.rounding``; ``fixed`` aligns both inputs with integer multipliers and then uses
+    the requant block, so it needs fixed_point or shift arithmetic).
+    ``mul`` (Mul): ``requant`` = ``(a-za)*(b-zb)`` exact, then the requant block (its
+    arithmetic, rounding and zero-point placement); ``fp32_zp_in`` = ONNX Runtime QLinearMul,
+    the output zero point added inside the float rounding (float32 arithmetic only).
+    ``avgpool`` (AveragePool): ort_float (dequantize, float average, quantize) | tflite_raw
+    (round half away of the raw-code sum / count) | fixed (integer sum of ``x - zp``, then
+    ``round_div(sum, count)`` and the requant block; with ``divider: false`` 1/count is folded
+    into the requant multiplier instead).
+    ``global_avgpool`` (GlobalAveragePool): ``requant`` = integer sum over H*W, then the
+    requant block with 1/N folded into the multiplier; ``avgpool`` = an average pool over the
+    whole plane with ``avgpool``'s arithmetic.
+    ``softmax`` (Softmax): float (dequantize, softmax in float64, quantize).
+    ``quantize``: float -> int at the model inputs. ``rescale`` (re-gridding, e.g. Concat
+    inputs with different scales): float_dq_q (ORT float region DQ->Q) or requant (integer
+    rescale with the requant block).
+    ``divider``: the hardware has an integer divider (default true). Without one the avgpool
+    modes that divide by the count (ort_float, tflite_raw) are rejected."""
 
-    add: str
-    mul: str
-    avgpool: str
-    global_avgpool: str
+    add: str | None
+    mul: str | None
+    avgpool: str | None
+    global_avgpool: str | None
     quantize: QuantizeSpec
     rescale: str
-    softmax: str
+    softmax: str | None
     # Ops whose activation inputs and output must be on one grid (hardware that concatenates or
     # adds raw codes without rescaling); the re-quantizer ties them, `mrq check` reports them.
     shared_grid: tuple = ()
+    divider: bool = True
 
 
 @dataclass(frozen=True)
 class HwProfile:
+    """A validated hardware profile.
+
+    ``supported_ops``: op types the NPU runs. ``host_ops``: op types that run on the host
+    instead, op -> arithmetic: ``float`` (dequantize, float op, quantize) or the name of
+    another profile whose arithmetic lowers that op; ``host_profiles[op]`` is that profile,
+    loaded when this one was. ``source``: the file it was loaded from. ``runtime``: peer
+    runtime quirks to reproduce (generic | tflite-reference | xnnpack; mrq/lower_extra.py)."""
+
     name: str
     description: str
     activations: TensorFormat
@@ -284,6 +374,10 @@ class HwProfile:
     supported_ops: tuple[str, ...]
     source: str = ""    # the file it was loaded from
     runtime: str = "generic"   # peer runtime quirks to reproduce: generic | tflite-reference | xnnpack
+    # hash=False: a dict would make the frozen dataclass unhashable.
+    host_ops: dict = field(default_factory=dict, hash=False)
+    # compare=False: two profiles are equal when they name the same host arithmetic.
+    host_profiles: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     # --- helpers for the lowering ------------------------------------------------------------
     def tensor_format(self, role: str) -> TensorFormat:
@@ -317,6 +411,57 @@ class HwProfile:
 
     def supports(self, op_type: str) -> bool:
         return op_type in self.supported_ops
+
+    def runs_on_host(self, op_type: str) -> bool:
+        """True when ``op_type`` is in ``host_ops`` (runs on the host, not the NPU)."""
+        return op_type in self.host_ops
+
+    def host_profile(self, op_type: str) -> "HwProfile | None":
+        """The profile whose arithmetic lowers host op ``op_type``; None for ``float`` host ops
+        and ops that are not host ops."""
+        return self.host_profiles.get(op_type)
+
+    def to_dict(self) -> dict:
+        """The profile in its YAML vocabulary with every default filled in (``mrq profiles
+        show``); loading it again gives an equal profile."""
+        def scale(s: ScaleFormat) -> dict:
+            out = {"form": s.form}
+            for k in ("mantissa_bits", "exponent_min", "exponent_max"):
+                if getattr(s, k) is not None:
+                    out[k] = getattr(s, k)
+            return out
+
+        def tensor(t: TensorFormat) -> dict:
+            return {"bits": t.bits, "signed": "any" if t.signed is None else t.signed,
+                    "symmetric": t.symmetric, "narrow_range": t.narrow_range,
+                    "granularity": t.granularity,
+                    "zero_point_granularity": t.zero_point_granularity, "scale": scale(t.scale)}
+
+        rq = self.requant
+        requant = {"arithmetic": rq.arithmetic, "rounding": rq.rounding,
+                   "zero_point": rq.zero_point}
+        for k in ("multiplier_bits", "shift_min", "shift_max", "multiplier_precision"):
+            if getattr(rq, k) is not None:
+                requant[k] = getattr(rq, k)
+        o = self.ops
+        ops = {k: getattr(o, k) for k in ("add", "mul", "avgpool", "global_avgpool")
+               if getattr(o, k) is not None}
+        ops["quantize"] = {"method": o.quantize.method, "rounding": o.quantize.rounding}
+        ops["rescale"] = o.rescale
+        if o.softmax is not None:
+            ops["softmax"] = o.softmax
+        ops["divider"] = o.divider
+        ops["shared_grid"] = list(o.shared_grid)
+        acc = self.accumulator
+        return {
+            "name": self.name, "description": self.description, "runtime": self.runtime,
+            "activations": tensor(self.activations), "weights": tensor(self.weights),
+            "bias": {"bits": self.bias.bits, "scale": self.bias.scale},
+            "accumulator": {"bits": acc.bits, "overflow": acc.overflow, "bias": acc.bias,
+                            "product_order": acc.product_order},
+            "requant": requant, "ops": ops, "supported_ops": list(self.supported_ops),
+            "host_ops": dict(self.host_ops),
+        }
 
     def check_tensor(self, role: str, dtype, scale, zero_point, axis: int | None = None,
                      values=None) -> list[str]:
@@ -485,14 +630,31 @@ def _check_scales(role: str, s: np.ndarray, fmt: ScaleFormat) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------
 # Loading and validation
+#
+# A load collects every independent problem. Leaf parsers raise ``_Invalid`` after recording
+# theirs; ``ctx.check`` turns that into the ``_BAD`` marker so the enclosing parser goes on with
+# the next field, and checks that relate a field to a ``_BAD`` one are skipped (they would only
+# repeat the first problem).
+
+
+class _Invalid(Exception):
+    """A field could not be parsed; its problem is already recorded."""
+
+
+_BAD = object()
+
+
+def _ok(*values: Any) -> bool:
+    return all(v is not _BAD for v in values)
 
 
 class _Ctx:
-    """Error construction with line numbers from the composed YAML node tree."""
+    """Problem collection with line numbers from the composed YAML node tree."""
 
     def __init__(self, path: str, root: yaml.Node | None):
         self.path = path
         self.root = root
+        self.problems: list[tuple[int, str, str]] = []   # (line or 0, field, problem)
 
     def _node(self, field: str, key_node: bool = False):
         node = self.root
@@ -519,13 +681,34 @@ class _Ctx:
                     return node   # missing: point at the parent mapping
         return last_key if (key_node and last_key is not None) else node
 
-    def error(self, field: str, problem: str, key_node: bool = False,
-              missing: bool = False) -> HwProfileError:
+    def report(self, field: str, problem: str, key_node: bool = False,
+               missing: bool = False) -> None:
         node = self._node(field, key_node)
+        line = 0
         if node is not None and node.start_mark is not None:
+            line = node.start_mark.line + 1
             where = "in the mapping at line" if missing else "line"
-            problem = f"{problem} ({where} {node.start_mark.line + 1})"
-        return HwProfileError(self.path, field, problem)
+            problem = f"{problem} ({where} {line})"
+        self.problems.append((line, field, problem))
+
+    def fail(self, field: str, problem: str, key_node: bool = False,
+             missing: bool = False) -> _Invalid:
+        self.report(field, problem, key_node, missing)
+        return _Invalid()
+
+    def check(self, fn, *args, **kwargs) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _Invalid:
+            return _BAD
+
+    def raise_problems(self) -> None:
+        if not self.problems:
+            return
+        # in file order; sorted() is stable, so one line keeps the order the checks found
+        (_, field, problem), *rest = sorted(self.problems, key=lambda p: p[0])
+        raise HwProfileError(self.path, field, problem,
+                             more=[(self.path, f, p) for _, f, p in rest])
 
 
 def _typename(v: Any) -> str:
@@ -538,7 +721,7 @@ def _typename(v: Any) -> str:
     if isinstance(v, float):
         return f"the number {v!r}"
     if isinstance(v, str):
-        return f"the string {v!r}"
+        return f"the string {_show(v)}"
     if isinstance(v, list):
         return "a list"
     if isinstance(v, dict):
@@ -550,42 +733,50 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _mapping(ctx: _Ctx, value: Any, field: str, required: Sequence[str],
-             optional: Sequence[str] = ()) -> dict:
-    """Check ``value`` is a mapping with exactly the allowed keys; return it."""
-    allowed = list(required) + list(optional)
+def _key(k: Any) -> str:
+    """A YAML key as a field-path component: one short line whatever the file holds."""
+    s = str(k) if isinstance(k, (str, int, float, bool)) or k is None else type(k).__name__
+    return s if re.fullmatch(r"[^\s.\[\]]{1,60}", s) else repr(s[:60])
+
+
+def _mapping(ctx: _Ctx, value: Any, field: str, allowed: Sequence[str]) -> dict:
+    """``value`` must be a mapping; keys outside ``allowed`` are reported (each once), the
+    known ones are returned for checking. Required keys are checked by the field parsers, which
+    know what the field may hold."""
     if not isinstance(value, dict):
-        raise ctx.error(field or "<document>",
-                        f"must be a mapping with fields {', '.join(allowed)}; got "
-                        f"{_typename(value)}")
+        raise ctx.fail(field or "<document>",
+                       f"must be a mapping with fields {', '.join(allowed)}; got "
+                       f"{_typename(value)}")
     for k in value:
         if not isinstance(k, str) or k not in allowed:
-            ks = str(k)
-            hint = difflib.get_close_matches(ks, allowed, n=1)
+            hint = difflib.get_close_matches(k, allowed, n=1) if isinstance(k, str) else []
             hint_s = f"; did you mean '{hint[0]}'?" if hint else ""
             where = f"'{field}'" if field else "the top level"
-            raise ctx.error(_join(field, ks),
-                            f"unknown field; allowed fields of {where} are "
-                            f"{', '.join(allowed)}{hint_s}", key_node=True)
-    for k in required:
-        if k not in value:
-            raise ctx.error(_join(field, k), "missing required field", missing=True)
+            ctx.report(_join(field, _key(k)), f"unknown field; allowed fields of {where} are "
+                                              f"{', '.join(allowed)}{hint_s}", key_node=True)
     return value
 
 
+def _get(ctx: _Ctx, m: dict, key: str, prefix: str) -> Any:
+    if key not in m:
+        raise ctx.fail(_join(prefix, key), "missing required field", missing=True)
+    return m[key]
+
+
 def _enum(ctx: _Ctx, m: dict, key: str, prefix: str, choices: Sequence[Any],
-          required: bool = True, default: Any = None, why: str = "") -> Any:
+          required: bool = True, default: Any = None, why: str = "",
+          why_required: str = "") -> Any:
     field = _join(prefix, key)
     if key not in m:
         if required:
-            raise ctx.error(field, f"missing required field (one of {_choices(choices)})",
-                            missing=True)
+            raise ctx.fail(field, f"missing required field{why_required} (one of "
+                                  f"{_choices(choices)})", missing=True)
         return default
     v = m[key]
     if not any(_same(v, c) for c in choices):
-        what = f"must be {choices[0]}" if len(choices) == 1 else \
+        what = f"must be {_choices(choices)}" if len(choices) == 1 else \
             f"must be one of {_choices(choices)}"
-        raise ctx.error(field, f"{what}{why}; got {_show(v)}")
+        raise ctx.fail(field, f"{what}{why}; got {_show(v)}")
     return v
 
 
@@ -599,7 +790,7 @@ def _choices(choices: Sequence[Any]) -> str:
 
 def _show(v: Any) -> str:
     if isinstance(v, str):
-        return repr(v)
+        return repr(v) if len(v) <= 60 else repr(v[:60]) + "..."
     return _typename(v)
 
 
@@ -608,214 +799,463 @@ def _int(ctx: _Ctx, m: dict, key: str, prefix: str, lo: int, hi: int,
     field = _join(prefix, key)
     if key not in m:
         if required:
-            raise ctx.error(field, f"missing required field (an integer in [{lo}, {hi}])",
-                            missing=True)
+            raise ctx.fail(field, f"missing required field (an integer in [{lo}, {hi}])",
+                           missing=True)
         return None
     v = m[key]
     if not isinstance(v, int) or isinstance(v, bool):
-        raise ctx.error(field, f"must be an integer in [{lo}, {hi}]; got {_typename(v)}")
+        raise ctx.fail(field, f"must be an integer in [{lo}, {hi}]; got {_typename(v)}")
     if not lo <= v <= hi:
-        raise ctx.error(field, f"must be an integer in [{lo}, {hi}]; got {v}")
+        raise ctx.fail(field, f"must be an integer in [{lo}, {hi}]; got {v}")
     return v
 
 
-def _bool(ctx: _Ctx, m: dict, key: str, prefix: str) -> bool:
+def _bool(ctx: _Ctx, m: dict, key: str, prefix: str, required: bool = True,
+          default: bool | None = None) -> bool | None:
     field = _join(prefix, key)
     if key not in m:
-        raise ctx.error(field, "missing required field (true or false)", missing=True)
+        if required:
+            raise ctx.fail(field, "missing required field (true or false)", missing=True)
+        return default
     v = m[key]
     if not isinstance(v, bool):
-        raise ctx.error(field, f"must be true or false; got {_show(v)}")
+        raise ctx.fail(field, f"must be true or false; got {_show(v)}")
     return v
 
 
 def _forbid(ctx: _Ctx, m: dict, key: str, prefix: str, why: str) -> None:
     if key in m:
-        raise ctx.error(_join(prefix, key), f"not allowed {why}", key_node=True)
+        ctx.report(_join(prefix, key), f"not allowed {why}", key_node=True)
+
+
+def _op_name(ctx: _Ctx, op: Any, field: str, key_node: bool = False) -> str:
+    if not isinstance(op, str) or op not in KNOWN_OPS:
+        hint = difflib.get_close_matches(op, KNOWN_OPS, n=1) if isinstance(op, str) else []
+        raise ctx.fail(field, f"must be one of {', '.join(KNOWN_OPS)}; got {_show(op)}"
+                              + (f"; did you mean '{hint[0]}'?" if hint else ""),
+                       key_node=key_node)
+    return op
 
 
 def _parse_scale(ctx: _Ctx, value: Any, field: str) -> ScaleFormat:
-    m = _mapping(ctx, value, field, ["form"], ["mantissa_bits", "exponent_min", "exponent_max"])
-    form = _enum(ctx, m, "form", field, SCALE_FORMS)
+    m = _mapping(ctx, value, field, ("form", "mantissa_bits", "exponent_min", "exponent_max"))
+    form = ctx.check(_enum, ctx, m, "form", field, SCALE_FORMS)
+    mb = None
     if form == "fixed_point":
-        mb = _int(ctx, m, "mantissa_bits", field, *MANTISSA_BITS)
-    else:
+        mb = ctx.check(_int, ctx, m, "mantissa_bits", field, *MANTISSA_BITS)
+    elif form is not _BAD:
         _forbid(ctx, m, "mantissa_bits", field, f"when form is {form} (only with fixed_point)")
-        mb = None
-    emin = _int(ctx, m, "exponent_min", field, *EXPONENT_RANGE, required=False)
-    emax = _int(ctx, m, "exponent_max", field, *EXPONENT_RANGE, required=False)
-    if emin is not None and emax is not None and emin > emax:
-        raise ctx.error(_join(field, "exponent_max"),
-                        f"must be >= exponent_min ({emin}); got {emax}")
+    emin = ctx.check(_int, ctx, m, "exponent_min", field, *EXPONENT_RANGE, required=False)
+    emax = ctx.check(_int, ctx, m, "exponent_max", field, *EXPONENT_RANGE, required=False)
+    if _ok(emin, emax) and emin is not None and emax is not None and emin > emax:
+        ctx.report(_join(field, "exponent_max"), f"must be >= exponent_min ({emin}); got {emax}")
+    if not _ok(form, mb, emin, emax):
+        raise _Invalid()
     return ScaleFormat(form, mb, emin, emax)
 
 
 def _parse_tensor(ctx: _Ctx, value: Any, role: str) -> TensorFormat:
-    m = _mapping(ctx, value, role,
-                 ["bits", "signed", "symmetric", "narrow_range", "granularity", "scale"],
-                 ["zero_point_granularity"])
-    bits = _int(ctx, m, "bits", role, *ACT_BITS)
-    signed = _enum(ctx, m, "signed", role, (True, False, "any"))
-    symmetric = _bool(ctx, m, "symmetric", role)
-    narrow = _bool(ctx, m, "narrow_range", role)
+    m = _mapping(ctx, value, role, ("bits", "signed", "symmetric", "narrow_range",
+                                    "granularity", "zero_point_granularity", "scale"))
+    bits = ctx.check(_int, ctx, m, "bits", role, *ACT_BITS)
+    signed = ctx.check(_enum, ctx, m, "signed", role, (True, False, "any"))
+    symmetric = ctx.check(_bool, ctx, m, "symmetric", role)
+    narrow = ctx.check(_bool, ctx, m, "narrow_range", role)
     if role == "activations":
-        gran = _enum(ctx, m, "granularity", role, ("per_tensor",),
-                     why=" (the simulator has per-tensor activation quantization only)")
+        gran = ctx.check(_enum, ctx, m, "granularity", role, ("per_tensor",),
+                         why=" (the simulator has per-tensor activation quantization only)")
     else:
-        gran = _enum(ctx, m, "granularity", role, GRANULARITIES)
-    allowed_zpg = GRANULARITIES if gran == "per_channel" else ("per_tensor",)
-    zpg = _enum(ctx, m, "zero_point_granularity", role, allowed_zpg, required=False,
-                default=gran, why=f" (never finer than granularity {gran})")
-    scale = _parse_scale(ctx, m["scale"], _join(role, "scale"))
+        gran = ctx.check(_enum, ctx, m, "granularity", role, GRANULARITIES)
+    zpg = _BAD
+    if gran is not _BAD:
+        allowed_zpg = GRANULARITIES if gran == "per_channel" else ("per_tensor",)
+        zpg = ctx.check(_enum, ctx, m, "zero_point_granularity", role, allowed_zpg,
+                        required=False, default=gran, why=f" (never finer than granularity {gran})")
+    sf = _join(role, "scale")
+    scale = ctx.check(lambda: _parse_scale(ctx, _get(ctx, m, "scale", role), sf))
+    if not _ok(bits, signed, symmetric, narrow, gran, zpg, scale):
+        raise _Invalid()
     return TensorFormat(role, bits, None if signed == "any" else signed, symmetric, narrow,
                         gran, zpg, scale)
 
 
+def _parse_accumulator(ctx: _Ctx, value: Any) -> AccumulatorFormat:
+    f = "accumulator"
+    m = _mapping(ctx, value, f, ("bits", "overflow", "bias", "product_order"))
+    bits = ctx.check(_int, ctx, m, "bits", f, *ACC_BITS)
+    overflow = ctx.check(_enum, ctx, m, "overflow", f, OVERFLOW_MODES)
+    order = ctx.check(_enum, ctx, m, "bias", f, BIAS_ORDERS, required=False,
+                      default=BIAS_ORDERS[0],
+                      why=" (the simulator implements only this order: the accumulator starts "
+                          "at the bias, then adds the products)")
+    products = ctx.check(_enum, ctx, m, "product_order", f, PRODUCT_ORDERS, required=False,
+                         default=PRODUCT_ORDERS[0],
+                         why=" (the simulator implements only this order: conv products by "
+                             "input channel, kernel row, kernel column; gemm products by k)")
+    if not _ok(bits, overflow, order, products):
+        raise _Invalid()
+    return AccumulatorFormat(bits, overflow, order, products)
+
+
+def _parse_bias(ctx: _Ctx, value: Any, acc: Any) -> BiasFormat:
+    m = _mapping(ctx, value, "bias", ("bits", "scale"))
+    bits = ctx.check(_int, ctx, m, "bits", "bias", *BIAS_BITS)
+    if _ok(bits, acc) and bits > acc.bits:
+        ctx.report("bias.bits", f"must be <= accumulator.bits ({acc.bits}); got {bits}")
+    bscale = ctx.check(_enum, ctx, m, "scale", "bias", BIAS_SCALES,
+                       why=" (bias scale must equal input_scale * weight_scale, so that the bias "
+                           "adds to the accumulator directly)")
+    if not _ok(bits, bscale):
+        raise _Invalid()
+    return BiasFormat(bits, bscale)
+
+
 def _parse_requant(ctx: _Ctx, value: Any) -> RequantSpec:
     f = "requant"
-    m = _mapping(ctx, value, f, ["arithmetic", "rounding", "zero_point"],
-                 ["multiplier_bits", "shift_min", "shift_max", "multiplier_precision"])
-    arith = _enum(ctx, m, "arithmetic", f, REQUANT_ARITHMETIC)
+    m = _mapping(ctx, value, f, ("arithmetic", "rounding", "zero_point", "multiplier_bits",
+                                 "shift_min", "shift_max", "multiplier_precision"))
+    arith = ctx.check(_enum, ctx, m, "arithmetic", f, REQUANT_ARITHMETIC)
+    if arith is _BAD:
+        # what the other fields may hold depends on the arithmetic; check the plain enums only
+        ctx.check(_enum, ctx, m, "rounding", f, ROUNDING_MODES)
+        ctx.check(_enum, ctx, m, "zero_point", f, ZERO_POINT_PLACEMENTS)
+        raise _Invalid()
     if arith == "double_q31":
-        rounding = _enum(ctx, m, "rounding", f, ("half_away", "half_up"),
-                         why=" for double_q31 (gemmlowp RHA, or the ruy both-steps-RHU variant)")
+        rounding = ctx.check(_enum, ctx, m, "rounding", f, ("half_away", "half_up"),
+                             why=" for double_q31 (gemmlowp RHA, or the ruy both-steps-RHU "
+                                 "variant)")
     else:
-        rounding = _enum(ctx, m, "rounding", f, ROUNDING_MODES)
+        rounding = ctx.check(_enum, ctx, m, "rounding", f, ROUNDING_MODES)
     if arith == "float32":
-        zp = _enum(ctx, m, "zero_point", f, ZERO_POINT_PLACEMENTS)
+        zp = ctx.check(_enum, ctx, m, "zero_point", f, ZERO_POINT_PLACEMENTS)
     else:
-        zp = _enum(ctx, m, "zero_point", f, ("after_rounding",),
-                   why=f" for arithmetic {arith} (before_rounding needs float32)")
+        zp = ctx.check(_enum, ctx, m, "zero_point", f, ("after_rounding",),
+                       why=f" for arithmetic {arith} (before_rounding needs float32)")
+    mbits = None
     if arith == "fixed_point":
-        mbits = _int(ctx, m, "multiplier_bits", f, *MULTIPLIER_BITS)
+        mbits = ctx.check(_int, ctx, m, "multiplier_bits", f, *MULTIPLIER_BITS)
     else:
         _forbid(ctx, m, "multiplier_bits", f,
                 f"when arithmetic is {arith} (only with fixed_point"
                 + ("; double_q31 is always a 31-bit multiplier)" if arith == "double_q31" else ")"))
-        mbits = None
+    smin = smax = None
     if arith == "float32":
         _forbid(ctx, m, "shift_min", f, "when arithmetic is float32 (there is no shift)")
         _forbid(ctx, m, "shift_max", f, "when arithmetic is float32 (there is no shift)")
-        smin = smax = None
     else:
         rng = DOUBLE_Q31_SHIFT_RANGE if arith == "double_q31" else SHIFT_RANGE
-        smin = _int(ctx, m, "shift_min", f, *rng)
-        smax = _int(ctx, m, "shift_max", f, *rng)
-        if smin > smax:
-            raise ctx.error(_join(f, "shift_max"), f"must be >= shift_min ({smin}); got {smax}")
+        smin = ctx.check(_int, ctx, m, "shift_min", f, *rng)
+        smax = ctx.check(_int, ctx, m, "shift_max", f, *rng)
+        if _ok(smin, smax) and smin > smax:
+            ctx.report(_join(f, "shift_max"), f"must be >= shift_min ({smin}); got {smax}")
+        elif smax is not _BAD and smax < 1 and arith in ("fixed_point", "shift"):
+            # real = m / 2**shift with an integer m >= 1: below 1 only with a right shift
+            ctx.report(_join(f, "shift_max"),
+                       f"must be >= 1 for arithmetic {arith}: with shift_max {smax} no "
+                       f"multiplier below 1 is representable, and every conv whose output grid "
+                       f"is coarser than its accumulator grid needs one; got {smax}")
+    prec = None
     if arith == "shift":
         _forbid(ctx, m, "multiplier_precision", f,
                 "when arithmetic is shift (the multiplier is an exact power of two)")
-        prec = None
     else:
-        prec = _enum(ctx, m, "multiplier_precision", f, MULTIPLIER_PRECISIONS)
+        prec = ctx.check(_enum, ctx, m, "multiplier_precision", f, MULTIPLIER_PRECISIONS)
+    if not _ok(rounding, zp, mbits, smin, smax, prec):
+        raise _Invalid()
     return RequantSpec(arith, rounding, zp, mbits, smin, smax, prec)
 
 
-def _parse_ops(ctx: _Ctx, value: Any, rq: RequantSpec) -> OpModes:
+def _parse_supported_ops(ctx: _Ctx, value: Any) -> tuple[str, ...]:
+    f = "supported_ops"
+    if not isinstance(value, list) or not value:
+        raise ctx.fail(f, f"must be a non-empty list of op types from {', '.join(KNOWN_OPS)}; "
+                          f"got {_typename(value)}")
+    seen: list[str] = []
+    bad = False
+    for i, op in enumerate(value):
+        op = ctx.check(_op_name, ctx, op, f"{f}[{i}]")
+        if op is _BAD:
+            bad = True
+        elif op in seen:
+            ctx.report(f"{f}[{i}]", f"duplicate op type {op!r}")
+        else:
+            seen.append(op)
+    if bad:
+        # a misspelt entry would make every check "is X supported?" report a second problem
+        raise _Invalid()
+    return tuple(value)
+
+
+def _parse_host_ops(ctx: _Ctx, value: Any, supported: Any, resolve_refs: bool
+                    ) -> tuple[dict, dict]:
+    """``host_ops``: a list of op types (host arithmetic float) or a mapping op type ->
+    ``float`` | profile name. Returns (op -> arithmetic, op -> loaded profile)."""
+    f = "host_ops"
+    if isinstance(value, list):
+        items = [(f"{f}[{i}]", op, HOST_FLOAT, False) for i, op in enumerate(value)]
+    elif isinstance(value, dict):
+        items = [(_join(f, _key(op)), op, arith, True) for op, arith in value.items()]
+    else:
+        raise ctx.fail(f, f"must be a list of op types (run in float on the host) or a mapping "
+                          f"op type -> float | profile name; got {_typename(value)}")
+    host: dict[str, str] = {}
+    profiles: dict[str, HwProfile] = {}
+    bad = False
+    for field, op, arith, is_key in items:
+        op = ctx.check(_op_name, ctx, op, field, key_node=is_key)
+        if op is _BAD:
+            bad = True
+            continue
+        if op in host:
+            ctx.report(field, f"duplicate op type {op!r}")
+            continue
+        if supported is not _BAD and op in supported:
+            ctx.report(field, f"{op} is also in supported_ops; an op runs either on the NPU "
+                              f"(supported_ops) or on the host (host_ops), not both",
+                       key_node=is_key)
+        if arith == HOST_FLOAT:
+            host[op] = arith
+            continue
+        if not isinstance(arith, str) or not NAME_RE.match(arith):
+            ctx.report(field, f"must be float or the name of a profile on the search path; "
+                              f"got {_show(arith)}")
+            bad = True
+            continue
+        host[op] = arith
+        if resolve_refs:
+            ref = ctx.check(_host_profile, ctx, field, op, arith)
+            if ref is _BAD:
+                bad = True
+            else:
+                profiles[op] = ref
+    if bad:
+        raise _Invalid()
+    return host, profiles
+
+
+def _host_profile(ctx: _Ctx, field: str, op: str, name: str) -> HwProfile:
+    path = _find(name)
+    if path is None:
+        hint = difflib.get_close_matches(name, [n for n, _ in _list_names()], n=1)
+        raise ctx.fail(field, f"no profile named {name!r} on the search path"
+                              + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                              + f"; give float or a profile name ({_search_path_text()})")
+    try:
+        # resolve_refs=False: a host profile may not name further profiles, so nothing
+        # beyond it is loaded (and a cycle cannot recurse)
+        ref = _load(path, resolve_refs=False)
+    except HwProfileError as e:
+        n = len(e.errors)
+        raise ctx.fail(field, f"profile {name!r} ({path}) does not load: {e.field}: "
+                              f"{e.problem}" + (f" (and {n - 1} more problems)" if n > 1 else ""))
+    if ref.host_ops:
+        raise ctx.fail(field, f"profile {name!r} ({path}) has host_ops itself; a host profile "
+                              f"must run its ops itself (no chains)")
+    if op not in ref.supported_ops:
+        raise ctx.fail(field, f"profile {name!r} ({path}) does not support {op} (not in its "
+                              f"supported_ops), so it cannot give {op} its arithmetic")
+    return ref
+
+
+def _parse_ops(ctx: _Ctx, value: Any, rq: Any, supported: Any, host: Any) -> OpModes:
     f = "ops"
-    m = _mapping(ctx, value, f, ["add", "mul", "avgpool", "global_avgpool", "quantize",
-                                 "rescale", "softmax"], ["shared_grid"])
-    add = _enum(ctx, m, "add", f, ADD_MODES)
-    mul = _enum(ctx, m, "mul", f, MUL_MODES)
-    avg = _enum(ctx, m, "avgpool", f, AVGPOOL_MODES)
-    gavg = _enum(ctx, m, "global_avgpool", f, GLOBAL_AVGPOOL_MODES)
+    m = _mapping(ctx, value, f, ("add", "mul", "avgpool", "global_avgpool", "quantize",
+                                 "rescale", "softmax", "divider", "shared_grid"))
+    choices = {"add": ADD_MODES, "mul": MUL_MODES, "avgpool": AVGPOOL_MODES,
+               "global_avgpool": GLOBAL_AVGPOOL_MODES, "softmax": SOFTMAX_MODES}
+    modes: dict[str, Any] = {}
+    for key, op in OP_FIELDS.items():
+        if supported is _BAD:
+            # whether the field belongs here is unknown; still check a value that is given
+            modes[key] = ctx.check(_enum, ctx, m, key, f, choices[key], required=False)
+        elif op in supported:
+            modes[key] = ctx.check(_enum, ctx, m, key, f, choices[key],
+                                   why_required=f": {op} is in supported_ops")
+        else:
+            modes[key] = None
+            if key in m:
+                if host is not _BAD and op in host:
+                    why = (f"{op} runs on the host (host_ops: {host[op]}), which sets its "
+                           f"arithmetic; remove this field")
+                else:
+                    why = f"{op} is not in supported_ops; remove this field or add {op}"
+                ctx.report(_join(f, key), f"{why} (got {_show(m[key])})")
+    divider = ctx.check(_bool, ctx, m, "divider", f, required=False, default=True)
     qf = _join(f, "quantize")
-    qm = _mapping(ctx, m["quantize"], qf, ["method", "rounding"])
-    quant = QuantizeSpec(_enum(ctx, qm, "method", qf, QUANTIZE_METHODS),
-                         _enum(ctx, qm, "rounding", qf, ROUNDING_MODES))
-    rescale = _enum(ctx, m, "rescale", f, RESCALE_MODES)
-    softmax = _enum(ctx, m, "softmax", f, SOFTMAX_MODES)
-    # modes that take the requant block's integer arithmetic
-    needs = [("add", add == "fixed", ("fixed_point", "shift")),
-             ("avgpool", avg == "fixed", ("fixed_point", "shift")),
-             ("mul", mul == "fixed", ("fixed_point",)),
-             ("global_avgpool", gavg == "fixed", ("fixed_point",))]
-    for key, used, ok in needs:
-        if used and rq.arithmetic not in ok:
-            raise ctx.error(_join(f, key),
-                            f"'fixed' needs requant.arithmetic {' or '.join(ok)} (it uses the "
-                            f"requant block's multiplier/shift); requant.arithmetic is "
-                            f"{rq.arithmetic}")
+
+    def quantize() -> QuantizeSpec:
+        qm = _mapping(ctx, _get(ctx, m, "quantize", f), qf, ("method", "rounding"))
+        method = ctx.check(_enum, ctx, qm, "method", qf, QUANTIZE_METHODS)
+        rounding = ctx.check(_enum, ctx, qm, "rounding", qf, ROUNDING_MODES)
+        if not _ok(method, rounding):
+            raise _Invalid()
+        return QuantizeSpec(method, rounding)
+
+    quant = ctx.check(quantize)
+    rescale = ctx.check(_enum, ctx, m, "rescale", f, RESCALE_MODES)
+    shared = ctx.check(_parse_shared_grid, ctx, m, supported)
+
+    arith = rq.arithmetic if rq is not _BAD else _BAD
+    add, mul, avg, gavg = (modes[k] for k in ("add", "mul", "avgpool", "global_avgpool"))
+    if arith is not _BAD:
+        # modes that align or divide with the requant block's integer multiplier and shift
+        for key, mode in (("add", add), ("avgpool", avg)):
+            if mode == "fixed" and arith not in ("fixed_point", "shift"):
+                ctx.report(_join(f, key),
+                           f"'fixed' needs requant.arithmetic fixed_point or shift (it uses the "
+                           f"requant block's multiplier/shift); requant.arithmetic is {arith}")
+        if mul == "fp32_zp_in" and arith != "float32":
+            ctx.report(_join(f, "mul"),
+                       f"'fp32_zp_in' (ONNX Runtime QLinearMul: the zero point is added inside "
+                       f"the float rounding) needs requant.arithmetic float32; requant.arithmetic "
+                       f"is {arith} (use requant)")
+    if gavg == "avgpool" and avg is None:
+        ctx.report(_join(f, "global_avgpool"),
+                   "'avgpool' runs the global pool as an average pool with ops.avgpool's "
+                   "arithmetic, but AveragePool is not in supported_ops (so there is no "
+                   "ops.avgpool); add AveragePool and ops.avgpool, or use requant")
+    if divider is False and avg in AVGPOOL_DIVIDING:
+        ctx.report(_join(f, "avgpool"),
+                   f"{avg!r} divides the window sum by its count, but ops.divider is false (no "
+                   f"integer divider); use fixed (1/count folded into the requant multiplier)")
+    if not _ok(divider, quant, rescale, shared, *modes.values()):
+        raise _Invalid()
+    return OpModes(add, mul, avg, gavg, quant, rescale, modes["softmax"], shared, divider)
+
+
+def _parse_shared_grid(ctx: _Ctx, m: dict, supported: Any) -> tuple:
+    sf = "ops.shared_grid"
     shared = m.get("shared_grid", [])
-    sf = _join(f, "shared_grid")
     if not isinstance(shared, list):
-        raise ctx.error(sf, f"must be a list of op types from {', '.join(SHARED_GRID_OPS)}; "
-                            f"got {_typename(shared)}")
+        raise ctx.fail(sf, f"must be a list of op types from {', '.join(SHARED_GRID_OPS)}; "
+                           f"got {_typename(shared)}")
+    bad = False
     for i, op in enumerate(shared):
-        if op not in SHARED_GRID_OPS:
-            raise ctx.error(f"{sf}[{i}]", f"must be one of {', '.join(SHARED_GRID_OPS)} (ops whose "
-                                          f"inputs and output can share one grid); got {_show(op)}")
-        if op in shared[:i]:
-            raise ctx.error(f"{sf}[{i}]", f"duplicate op type {op!r}")
-    return OpModes(add, mul, avg, gavg, quant, rescale, softmax, tuple(shared))
+        if not isinstance(op, str) or op not in SHARED_GRID_OPS:
+            ctx.report(f"{sf}[{i}]", f"must be one of {', '.join(SHARED_GRID_OPS)} (ops whose "
+                                     f"inputs and output can share one grid); got {_show(op)}")
+            bad = True
+        elif op in shared[:i]:
+            ctx.report(f"{sf}[{i}]", f"duplicate op type {op!r}")
+            bad = True
+        elif supported is not _BAD and op not in supported:
+            ctx.report(f"{sf}[{i}]", f"{op} is not in supported_ops; remove it or add {op}")
+            bad = True
+    if bad:
+        raise _Invalid()
+    return tuple(shared)
 
 
-def _parse_profile(ctx: _Ctx, data: Any) -> HwProfile:
-    m = _mapping(ctx, data, "", ["name", "description", "activations", "weights", "bias",
-                                 "accumulator", "requant", "ops", "supported_ops"], ["runtime"])
-    runtime = _enum(ctx, m, "runtime", "", RUNTIMES, required=False, default="generic",
-                    why=" (the peer runtime whose kernel-specific arithmetic this profile reproduces)")
-    name = m["name"]
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ctx.error("name", "must be a string of lower-case letters, digits, '.', '_' or "
-                                f"'-' (starting with a letter or digit); got {_show(name)}")
-    desc = m["description"]
-    if not isinstance(desc, str):
-        raise ctx.error("description", f"must be one line of text; got {_typename(desc)}")
-    if not desc.strip() or "\n" in desc.strip() or "\r" in desc or len(desc) > DESCRIPTION_MAX:
-        raise ctx.error("description", f"must be one non-empty line of at most "
-                                       f"{DESCRIPTION_MAX} characters; got {desc!r:.80}")
-    acts = _parse_tensor(ctx, m["activations"], "activations")
-    wts = _parse_tensor(ctx, m["weights"], "weights")
-
-    acc_m = _mapping(ctx, m["accumulator"], "accumulator", ["bits", "overflow"])
-    acc = AccumulatorFormat(_int(ctx, acc_m, "bits", "accumulator", *ACC_BITS),
-                            _enum(ctx, acc_m, "overflow", "accumulator", OVERFLOW_MODES))
-
-    b_m = _mapping(ctx, m["bias"], "bias", ["bits", "scale"])
-    bbits = _int(ctx, b_m, "bits", "bias", *BIAS_BITS)
-    if bbits > acc.bits:
-        raise ctx.error("bias.bits", f"must be <= accumulator.bits ({acc.bits}); got {bbits}")
-    bscale = _enum(ctx, b_m, "scale", "bias", BIAS_SCALES,
-                   why=" (bias scale must equal input_scale * weight_scale, so that the bias "
-                       "adds to the accumulator directly)")
-    bias = BiasFormat(bbits, bscale)
-
-    rq = _parse_requant(ctx, m["requant"])
-    ops = _parse_ops(ctx, m["ops"], rq)
-
-    so = m["supported_ops"]
-    if not isinstance(so, list) or not so:
-        raise ctx.error("supported_ops", f"must be a non-empty list of op types from "
-                                         f"{', '.join(KNOWN_OPS)}; got {_typename(so)}")
-    seen: set[str] = set()
-    for i, op in enumerate(so):
-        if not isinstance(op, str) or op not in KNOWN_OPS:
-            hint = difflib.get_close_matches(str(op), KNOWN_OPS, n=1)
-            raise ctx.error(f"supported_ops[{i}]",
-                            f"must be one of {', '.join(KNOWN_OPS)}; got {_show(op)}"
-                            + (f"; did you mean '{hint[0]}'?" if hint else ""))
-        if op in seen:
-            raise ctx.error(f"supported_ops[{i}]", f"duplicate op type {op!r}")
-        seen.add(op)
-    return HwProfile(name, desc.strip(), acts, wts, bias, acc, rq, ops, tuple(so), ctx.path, runtime)
+def _check_reachable_shifts(ctx: _Ctx, acts: Any, wts: Any, rq: Any, supported: Any) -> None:
+    """Power-of-two scales with a shift-only requant: a conv needs the right shift
+    ``e_out - e_in - e_w``; if the exponent bounds put every such shift outside
+    [shift_min, shift_max], no conv of any model can be requantized."""
+    if not _ok(acts, wts, rq, supported) or rq.arithmetic != "shift" \
+            or not any(op in supported for op in MAC_OPS):
+        return
+    a, w = acts.scale, wts.scale
+    if a.form != "pow2" or w.form != "pow2" or None in (a.exponent_min, a.exponent_max,
+                                                        w.exponent_min, w.exponent_max):
+        return
+    lo = a.exponent_min - a.exponent_max - w.exponent_max
+    hi = a.exponent_max - a.exponent_min - w.exponent_min
+    if hi < rq.shift_min or lo > rq.shift_max:
+        ctx.report("requant.shift_max" if lo > rq.shift_max else "requant.shift_min",
+                   f"no conv can be requantized: with the scale exponent bounds of "
+                   f"activations and weights a conv needs a shift e_out - e_in - e_w in "
+                   f"[{lo}, {hi}], outside [shift_min, shift_max] = "
+                   f"[{rq.shift_min}, {rq.shift_max}]")
 
 
-def _check_duplicate_keys(ctx: _Ctx, node: yaml.Node, prefix: str = "") -> None:
+TOP_REQUIRED = ("name", "description", "activations", "weights", "bias", "accumulator",
+                "requant", "ops", "supported_ops")
+TOP_OPTIONAL = ("runtime", "host_ops")
+
+
+def _parse_profile(ctx: _Ctx, data: Any, resolve_refs: bool = True) -> HwProfile:
+    m = _mapping(ctx, data, "", TOP_REQUIRED + TOP_OPTIONAL)
+    for k in TOP_REQUIRED:
+        if k not in m:
+            ctx.report(k, "missing required field", missing=True)
+    runtime = ctx.check(
+        _enum, ctx, m, "runtime", "", RUNTIMES, required=False, default="generic",
+        why=" (the peer runtime whose kernel-specific arithmetic this profile reproduces)")
+
+    name = m.get("name", _BAD)
+    if name is not _BAD and (not isinstance(name, str) or not NAME_RE.match(name)):
+        ctx.report("name", "must be a string of lower-case letters, digits, '.', '_' or '-' "
+                           f"(starting with a letter or digit); got {_show(name)}")
+        name = _BAD
+    desc = m.get("description", _BAD)
+    if desc is _BAD:
+        pass
+    elif not isinstance(desc, str):
+        ctx.report("description", f"must be one line of text; got {_typename(desc)}")
+        desc = _BAD
+    elif not desc.strip() or "\n" in desc.strip() or "\r" in desc or len(desc) > DESCRIPTION_MAX:
+        ctx.report("description", f"must be one non-empty line of at most {DESCRIPTION_MAX} "
+                                  f"characters; got {desc!r:.80}")
+        desc = _BAD
+
+    def block(key, parse, *args):
+        return ctx.check(parse, ctx, m[key], *args) if key in m else _BAD
+
+    acts = block("activations", _parse_tensor, "activations")
+    wts = block("weights", _parse_tensor, "weights")
+    acc = block("accumulator", _parse_accumulator)
+    bias = block("bias", _parse_bias, acc)
+    rq = block("requant", _parse_requant)
+    if _ok(rq, acc) and rq.arithmetic == "double_q31" and acc.bits > DOUBLE_Q31_ACC_BITS:
+        ctx.report("requant.arithmetic",
+                   f"double_q31 requantizes a {DOUBLE_Q31_ACC_BITS}-bit accumulator (the "
+                   f"simulator wraps it to int32 first), but accumulator.bits is {acc.bits}; "
+                   f"use fixed_point with multiplier_bits 31")
+    supported = block("supported_ops", _parse_supported_ops)
+    host, host_profiles = {}, {}
+    if "host_ops" in m:
+        parsed = ctx.check(_parse_host_ops, ctx, m["host_ops"], supported, resolve_refs)
+        host, host_profiles = (_BAD, _BAD) if parsed is _BAD else parsed
+    ops = block("ops", _parse_ops, rq, supported, host)
+    _check_reachable_shifts(ctx, acts, wts, rq, supported)
+    if ctx.problems:
+        raise _Invalid()
+    return HwProfile(name, desc.strip(), acts, wts, bias, acc, rq, ops, supported, ctx.path,
+                     runtime, host, host_profiles)
+
+
+def _check_duplicate_keys(ctx: _Ctx, node: yaml.Node, prefix: str = "",
+                          seen_nodes: set | None = None) -> None:
+    # aliases make the node graph a DAG; visiting each node once keeps this linear in the file
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen = set()
         for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
-            field = _join(prefix, key)
+            key = k.value if isinstance(k, yaml.ScalarNode) else type(k).__name__
+            field = _join(prefix, _key(key))
             if key in seen:
-                raise HwProfileError(ctx.path, field,
-                                     f"duplicate key (line {k.start_mark.line + 1})")
+                ctx.problems.append((k.start_mark.line + 1, field,
+                                     f"duplicate key (line {k.start_mark.line + 1})"))
             seen.add(key)
-            _check_duplicate_keys(ctx, v, field)
+            _check_duplicate_keys(ctx, v, field, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _check_duplicate_keys(ctx, v, f"{prefix}[{i}]")
+            _check_duplicate_keys(ctx, v, f"{prefix}[{i}]", seen_nodes)
+
+
+def _find(name: str) -> Path | None:
+    """The first ``<name>.yaml`` along the search path."""
+    for d, _ in profile_search_path():
+        cand = d / f"{name}.yaml"
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _search_path_text() -> str:
+    return "searched: " + ", ".join(str(d) for d, _ in profile_search_path())
 
 
 def _resolve(name_or_path: str | os.PathLike) -> Path:
@@ -825,35 +1265,45 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
                    or s.endswith((".yaml", ".yml")) or p.is_file())
     if is_pathlike:
         return p
-    for d in profile_dirs():
-        cand = d / f"{s}.yaml"
-        if cand.is_file():
-            return cand
+    found = _find(s)
+    if found is not None:
+        return found
     names = [n for n, _ in _list_names()]
     hint = difflib.get_close_matches(s, names, n=1)
     raise HwProfileError(s, "<file>",
-                         f"no shipped hardware profile named {s!r}"
+                         f"no hardware profile named {s!r}"
                          + (f" (did you mean '{hint[0]}'?)" if hint else "")
                          + f"; available: {', '.join(names) or '(none)'}; "
-                           "or give a path to a .yaml file")
+                           f"or give a path to a .yaml file ({_search_path_text()})")
 
 
 def load_profile(name_or_path: str | os.PathLike) -> HwProfile:
-    """Load and validate a hardware profile: a shipped name (``nna-sym8`` ->
-    ``hw_profiles/nna-sym8.yaml``) or a path to a YAML file. Raises HwProfileError."""
-    path = _resolve(name_or_path)
+    """Load and validate a hardware profile: a name looked up along
+    :func:`profile_search_path` (``nna-sym8`` -> the first ``nna-sym8.yaml``) or a path to a
+    YAML file. Raises HwProfileError carrying every problem found."""
+    return _load(_resolve(name_or_path))
+
+
+def _load(path: Path, resolve_refs: bool = True) -> HwProfile:
     spath = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_PROFILE_BYTES + 1)
     except FileNotFoundError:
         raise HwProfileError(spath, "<file>", "file not found") from None
     except IsADirectoryError:
         raise HwProfileError(spath, "<file>", "is a directory, not a YAML file") from None
+    except OSError as e:
+        raise HwProfileError(spath, "<file>", f"cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise HwProfileError(spath, "<file>", f"larger than {MAX_PROFILE_BYTES // 1024} KiB; a "
+                                              f"profile is a few KB of YAML (is this the right "
+                                              f"file?)")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise HwProfileError(spath, "<file>", f"not UTF-8 text ({e.reason} at byte "
                                               f"{e.start})") from None
-    except OSError as e:
-        raise HwProfileError(spath, "<file>", f"cannot read: {e.strerror or e}") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -865,6 +1315,8 @@ def load_profile(name_or_path: str | os.PathLike) -> HwProfile:
         raise HwProfileError(spath, "<document>",
                              f"YAML syntax error{where}: {problem}"
                              + (f" ({ctxt})" if ctxt else "")) from None
+    except RecursionError:
+        raise HwProfileError(spath, "<document>", "nested too deeply to be a profile") from None
     ctx = _Ctx(spath, root)
     if data is None:
         raise HwProfileError(spath, "<document>", "the file is empty; a profile is a YAML "
@@ -875,24 +1327,50 @@ def load_profile(name_or_path: str | os.PathLike) -> HwProfile:
                              f"the top level must be a mapping (name: ..., description: ..., "
                              f"...); got {_typename(data)}{line}")
     _check_duplicate_keys(ctx, root)
-    return _parse_profile(ctx, data)
+    profile = ctx.check(_parse_profile, ctx, data, resolve_refs)
+    ctx.raise_problems()
+    return profile
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    """One ``<name>.yaml`` on the search path. ``shadowed_by`` is the file that wins for
+    ``name`` when this one does not (an earlier directory has the same name)."""
+
+    name: str
+    path: Path
+    directory: Path
+    origin: str                 # MRQ_PROFILE_PATH | ./hw_profiles | shipped
+    shadowed_by: Path | None = None
+
+
+def find_profiles() -> list[ProfileEntry]:
+    """Every profile file on the search path, by name, then in search order (the first of a
+    name wins, later ones are marked ``shadowed_by`` it)."""
+    winner: dict[str, Path] = {}
+    out = []
+    for d, origin in profile_search_path():
+        if not d.is_dir():
+            continue
+        for p in sorted(d.glob("*.yaml")):
+            first = winner.setdefault(p.stem, p)
+            out.append(ProfileEntry(p.stem, p, d, origin, None if first is p else first))
+    order = {id(e): i for i, e in enumerate(out)}
+    return sorted(out, key=lambda e: (e.name, order[id(e)]))
 
 
 def _list_names() -> list[tuple[str, Path]]:
-    seen: dict[str, Path] = {}
-    for d in profile_dirs():
-        for p in sorted(d.glob("*.yaml")):
-            seen.setdefault(p.stem, p)
-    return sorted(seen.items())
+    return [(e.name, e.path) for e in find_profiles() if e.shadowed_by is None]
 
 
 def list_profiles() -> list[tuple[str, str]]:
-    """``[(name, one-line description)]`` of the shipped profiles, sorted by name. Each file
-    is loaded (validated); a malformed shipped profile raises HwProfileError."""
+    """``[(name, one-line description)]`` of the profiles found by name (the first of each
+    name on the search path), sorted by name. Each file is loaded (validated); a malformed one
+    raises HwProfileError."""
     return [(name, load_profile(p).description) for name, p in _list_names()]
 
 
 def iter_profiles() -> Iterable[HwProfile]:
-    """All shipped profiles, loaded, sorted by name."""
+    """All profiles found by name, loaded, sorted by name."""
     for _, p in _list_names():
         yield load_profile(p)

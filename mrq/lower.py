@@ -6,62 +6,84 @@ name the rounding and overflow behaviour.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 
 from mrq import multipliers as mul
 from mrq.errors import UnsupportedOpError, ModelError
+from simulator.errors import SimulatorError
 from mrq.ir import Graph, Node, QParams, Tensor, storage_dtype
 from mrq.lower_extra import ExtraOpsLowering
-from simulator.program import Program, Step, TensorSpec
+from simulator.program import Program, TensorSpec
+from simulator.rounding import round_array
+from simulator.steps import make_step
 
 
 @dataclass(frozen=True)
 class Arithmetic:
-    """The arithmetic facts of a hardware profile that lowering needs."""
+    """The arithmetic facts of a hardware profile that lowering needs, read from the profile in
+    one place (:func:`arithmetic_from_profile`); no field has a default of its own."""
 
     name: str
-    requant: str = "float32"            # float32 | fixed_point | double_q31 | shift
-    multiplier_bits: int = 31
-    shift_min: int = -31
-    shift_max: int = 63
-    rounding: str = "half_even"         # rounding of the requantization
-    acc_bits: int = 32
-    acc_overflow: str = "wrap"
-    add: str = "ort_fma"                # ort_fma | tflite | fixed | float
-    mul: str = "fp32_zp_in"             # fp32_zp_in (zero point inside the rounding) | other:
-                                        # the profile's requant arithmetic
-    avgpool: str = "ort_float"          # ort_float | tflite_raw | fixed
-    global_avgpool: str = "fp32"        # fp32 (ORT multiplier) | avgpool | fixed | double_q31
-    rescale: str = "float_dq_q"         # float_dq_q | requant
-    quantize_method: str = "divide"     # divide | multiply
-    quantize_rounding: str = "half_even"
-    supported_ops: Optional[frozenset] = None
-    runtime: str = "generic"            # generic | tflite-reference | xnnpack
+    requant: str                  # float32 | fixed_point | double_q31 | shift
+    multiplier_bits: Optional[int]  # fixed_point only
+    shift_min: Optional[int]      # None: float32 (no shift)
+    shift_max: Optional[int]
+    rounding: str                 # rounding of the requantization
+    zero_point: str               # after_rounding | before_rounding
+    multiplier_precision: Optional[str]   # float32 | float64 | None (shift: exact powers of 2)
+    acc_bits: int
+    acc_overflow: str
+    add: Optional[str]            # None: the profile does not support Add
+    mul: Optional[str]            # requant | fp32_zp_in | None
+    avgpool: Optional[str]        # ort_float | tflite_raw | fixed | None
+    global_avgpool: Optional[str]  # requant | avgpool | None
+    divider: bool                 # False: pooling folds 1/N into the multiplier
+    rescale: str                  # float_dq_q | requant
+    quantize_method: str          # divide | multiply
+    quantize_rounding: str
+    supported_ops: Optional[frozenset]
+    host_ops: tuple = ()          # ((op type, 'float' | profile name), ...)
+    runtime: str = "generic"      # generic | tflite-reference | xnnpack
+
+    def host_arithmetic(self, op_type: str) -> Optional[str]:
+        for op, how in self.host_ops:
+            if op_type in IR_OP_NAMES.get(op, {op}):
+                return how
+        return None
 
 
 def arithmetic_from_profile(profile) -> Arithmetic:
     """Adapter from :class:`mrq.hw_profile.HwProfile` to :class:`Arithmetic`."""
     rq = profile.requant
     ops = profile.ops
+    host = getattr(profile, "host_ops", None) or {}
     return Arithmetic(
         name=profile.name,
         requant=rq.arithmetic,
-        multiplier_bits=rq.multiplier_bits or 31,
-        shift_min=rq.shift_min if rq.shift_min is not None else -31,
-        shift_max=rq.shift_max if rq.shift_max is not None else 63,
+        multiplier_bits=rq.multiplier_bits,
+        shift_min=rq.shift_min,
+        shift_max=rq.shift_max,
         rounding=rq.rounding,
+        zero_point=rq.zero_point,
+        multiplier_precision=rq.multiplier_precision,
         acc_bits=profile.accumulator.bits,
         acc_overflow=profile.accumulator.overflow,
         add=ops.add, mul=ops.mul, avgpool=ops.avgpool, global_avgpool=ops.global_avgpool,
+        divider=getattr(ops, "divider", True),
         rescale=ops.rescale,
         quantize_method=ops.quantize.method, quantize_rounding=ops.quantize.rounding,
         supported_ops=frozenset(profile.supported_ops) if profile.supported_ops else None,
+        host_ops=tuple(sorted(dict(host).items())),
         runtime=getattr(profile, "runtime", "generic"),
     )
 
+
+# IR ops whose step kinds have a float variant, for host_ops entries with float arithmetic.
+HOST_FLOAT_OPS = frozenset({"Softmax", "Add", "AveragePool", "GlobalAveragePool", "Logistic",
+                            "Rescale", "Concat", "Reshape", "Transpose", "MaxPool", "Clamp"})
 
 # Which IR op a supported-ops list entry covers (ONNX names users write in profiles).
 IR_OP_NAMES = {
@@ -81,21 +103,14 @@ class LoweredModel:
     arithmetic: Arithmetic
     # Step name -> IR node name (several steps may implement one node, e.g. Concat rescales).
     step_node: dict
+    # Step name -> 'npu' or 'host' (the profile's host_ops); golden sets cover the NPU part.
+    placement: dict = field(default_factory=dict)
+    # Parameters the model needed outside the profile's limits (mrq.limits.Violation): the
+    # program holds the closest legal value instead, so it is not the model's arithmetic.
+    limit_violations: list = field(default_factory=list)
 
-
-def _round(x: np.ndarray, mode: str) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    if mode == "half_even":
-        return np.rint(x)
-    if mode == "half_away":
-        return np.sign(x) * np.floor(np.abs(x) + 0.5)
-    if mode == "half_up":
-        return np.floor(x + 0.5)
-    if mode == "floor":
-        return np.floor(x)
-    if mode == "toward_zero":
-        return np.trunc(x)
-    raise ValueError(mode)
+    def host_steps(self) -> list:
+        return [name for name, where in self.placement.items() if where == "host"]
 
 
 class _Lowerer(ExtraOpsLowering):
@@ -104,6 +119,8 @@ class _Lowerer(ExtraOpsLowering):
         self.a = arith
         self.steps: list[Step] = []
         self.step_node: dict = {}
+        # (index of the step about to be emitted, [mrq.multipliers.Clip]) per clipped block
+        self._clips: list = []
 
     # ------------------------------------------------------------------ shared blocks
     def acc_block(self) -> dict:
@@ -116,9 +133,13 @@ class _Lowerer(ExtraOpsLowering):
             q = np.float32(np.float32(value) / s)
         else:
             q = np.float32(np.float32(value) * np.float32(np.float32(1.0) / s))
-        return int(_round(q, self.a.quantize_rounding)) + int(qp.zero_point[0])
+        return int(round_array(q, self.a.quantize_rounding)) + int(qp.zero_point[0])
+
+    xnn_bounds = False   # set while lowering a node whose fused bounds XNNPACK quantizes
 
     def out_range(self, qp: QParams, clamp: Optional[tuple]) -> tuple[int, int]:
+        if self.xnn_bounds and clamp is not None:
+            return self._xnn_range(qp, clamp)
         lo, hi = qp.qmin, qp.qmax
         if clamp is not None:
             c_lo, c_hi = clamp
@@ -140,27 +161,51 @@ class _Lowerer(ExtraOpsLowering):
                  "rq_rounding": self.a.rounding}
         mode = self.a.requant
         real = np.atleast_1d(np.asarray(real, np.float64))
+        if self.a.multiplier_precision == "float32":
+            # the profile evaluates the real multiplier step by step in float32 (ORT's operation
+            # order where the caller gives it), then encodes that value
+            f32 = real.astype(np.float32) if ort_multiplier is None else ort_multiplier
+            real = np.atleast_1d(np.asarray(f32, np.float32)).astype(np.float64)
+        zp_inside = zp_inside or self.a.zero_point == "before_rounding"
         if mode == "float32":
-            m = ort_multiplier if ort_multiplier is not None else real.astype(np.float32)
+            m = real.astype(np.float32)
             block.update(rq_mode="fp32_zp_in" if zp_inside else "fp32",
                          rq_multiplier=np.atleast_1d(m).astype(np.float32),
                          rq_shift=np.zeros(len(np.atleast_1d(m)), np.int64))
-        elif mode == "double_q31":
-            m, s = mul.tflite_multipliers(real)
-            block.update(rq_mode="double_q31", rq_multiplier=m, rq_shift=s)
-        elif mode == "fixed_point":
-            m, s = mul.fixed_point_multipliers(real, self.a.multiplier_bits, self.a.shift_min, self.a.shift_max)
-            block.update(rq_mode="fixed", rq_multiplier=m, rq_shift=s)
-        elif mode == "shift":
-            _, s = mul.pow2_shifts(real)
-            block.update(rq_mode="shift", rq_multiplier=np.ones(len(s), np.int64), rq_shift=s)
+        elif mode in ("double_q31", "fixed_point", "shift"):
+            # Never emit a parameter the hardware cannot hold: out-of-range values become the
+            # closest legal one, and the record says what the model needed instead.
+            m, s, clips = mul.encode(real, mode, self.a.multiplier_bits, self.a.shift_min,
+                                     self.a.shift_max)
+            self._note_clips(clips)
+            block.update(rq_mode={"double_q31": "double_q31", "fixed_point": "fixed", "shift": "shift"}[mode],
+                         rq_multiplier=m, rq_shift=s)
         else:
             raise ValueError(f"unknown requant arithmetic {mode!r}")
         return block
 
+    def _note_clips(self, clips: list) -> None:
+        """Clipped multipliers of the parameters being built: every caller emits the step that
+        uses them next, so they belong to the next requantizing step."""
+        if clips:
+            self._clips.append((len(self.steps), clips))
+
+    def _limit_violations(self) -> list:
+        from mrq.limits import clip_violations
+        out = []
+        for index, clips in self._clips:
+            step = next((s for s in self.steps[index:] if "rq_mode" in s.params), None)
+            if step is None or self.placement.get(step.name) == "host":
+                continue   # host steps run the host's arithmetic, not the NPU's registers
+            out += clip_violations(step.name, step.kind, self.step_node.get(step.name), clips)
+        return out
+
     def emit(self, kind, node: Node, inputs, outputs, suffix="", **params):
         name = node.name + suffix
-        self.steps.append(Step(kind, name, tuple(inputs), tuple(outputs), params))
+        try:
+            self.steps.append(make_step(kind, name, inputs, outputs, **params))
+        except SimulatorError as err:
+            raise ModelError(f"node {node.name!r}: cannot lower it: {err}") from None
         self.step_node[name] = node.name
 
     def t(self, name) -> Tensor:
@@ -171,15 +216,20 @@ class _Lowerer(ExtraOpsLowering):
         t = self.t(name)
         if t.is_const and name not in self.const_emitted:
             self.const_emitted.add(name)
-            self.steps.append(Step("constant", f"const_{name}", (), (name,),
-                                   {"value": np.asarray(t.data).astype(storage_dtype(t.dtype))}))
+            self.steps.append(make_step("constant", f"const_{name}", (), (name,),
+                                        value=np.asarray(t.data).astype(storage_dtype(t.dtype))))
             self.step_node[f"const_{name}"] = node.name
         return name
 
     # ------------------------------------------------------------------ ops
     def lower(self) -> LoweredModel:
         self.const_emitted: set = set()
+        self.placement: dict = {}
         for node in self.g.nodes:
+            host = None if node.attrs.get("layout_boundary") else self.a.host_arithmetic(node.op)
+            if host is not None:
+                self._lower_on_host(node, host)
+                continue
             if self.a.supported_ops is not None and not node.attrs.get("layout_boundary"):
                 # (the Transposes mrq.layout adds are the simulator's, not the model's)
                 names = IR_OP_NAMES.get(node.op, {node.op})
@@ -193,7 +243,38 @@ class _Lowerer(ExtraOpsLowering):
         inputs = tuple(TensorSpec(n, storage_dtype(g.tensors[n].dtype), tuple(g.tensors[n].shape)) for n in g.inputs)
         outputs = tuple(TensorSpec(n, storage_dtype(g.tensors[n].dtype), tuple(g.tensors[n].shape)) for n in g.outputs)
         program = Program(inputs, outputs, tuple(self.steps))
-        return LoweredModel(program, g, self.a, self.step_node)
+        placement = {s.name: self.placement.get(s.name, "npu") for s in self.steps}
+        return LoweredModel(program, g, self.a, self.step_node, placement, self._limit_violations())
+
+    def _lower_on_host(self, node, how: str) -> None:
+        """Lower a ``host_ops`` node with the host's arithmetic: ``float`` (the float variants
+        of the step kinds) or a named runtime profile's."""
+        start = len(self.steps)
+        saved = self.a
+        try:
+            if how == "float":
+                self.a = replace(self.a, name=f"{saved.name} (host)", add="float",
+                                 avgpool="ort_float", rescale="float_dq_q", requant="float32",
+                                 multiplier_precision="float32", rounding="half_even",
+                                 zero_point="after_rounding", global_avgpool="requant",
+                                 shift_min=None, shift_max=None, multiplier_bits=None,
+                                 quantize_method="divide", quantize_rounding="half_even",
+                                 supported_ops=None, host_ops=(), runtime="generic")
+                if node.op not in HOST_FLOAT_OPS:
+                    raise UnsupportedOpError(
+                        node.op, node.name, f"host_ops lists it with float arithmetic, which "
+                        f"exists for {', '.join(sorted(HOST_FLOAT_OPS))}; name a runtime "
+                        f"profile instead (e.g. {node.op}: tflite-int8)")
+            else:
+                from mrq.hw_profile import load_profile
+                self.a = replace(arithmetic_from_profile(load_profile(how)), host_ops=())
+            if not self.lower_override(node):
+                getattr(self, "_" + node.op)(node)
+        finally:
+            self.a = saved
+        for step in self.steps[start:]:
+            self.placement[step.name] = "host"
+
 
     def _Quantize(self, node):
         qp = self.t(node.outputs[0]).qparams
@@ -225,10 +306,10 @@ class _Lowerer(ExtraOpsLowering):
                 # The bias lives on another grid than the accumulator: the hardware must
                 # pre-scale it, which we do here with the profile's rounding.
                 real = (codes - b.qparams.zero_point) * bs
-                codes = _round(real / ex, self.a.rounding).astype(np.int64)
+                codes = round_array(real / ex, self.a.rounding).astype(np.int64)
         return codes
 
-    def _conv_like(self, node, kind):
+    def _conv_like(self, node, kind, **requant_choice):
         x, w, y = self.t(node.inputs[0]), self.t(node.inputs[1]), self.t(node.outputs[0])
         x_qp, w_qp = x.qparams, w.qparams
         n_out = w.data.shape[0] if kind == "conv" else w.data.shape[1]
@@ -254,6 +335,7 @@ class _Lowerer(ExtraOpsLowering):
             real = np.float64(x_qp.scale[0]) * w_scale.astype(np.float64) / np.float64(y.qparams.scale[0])
             ort = mul.ort_multiplier(x_qp.scale[0], w_scale, y.qparams.scale[0])
             params.update(self.requant_block(real, y.qparams, node.attrs.get("clamp"), channel_axis, ort))
+            params.update(requant_choice)
         self.emit(kind, node, node.inputs[:1], node.outputs, **params)
 
     def _Conv(self, node):
@@ -268,13 +350,14 @@ class _Lowerer(ExtraOpsLowering):
         qy = self.t(node.outputs[0]).qparams
         lo, hi = self.out_range(qy, node.attrs.get("clamp"))
         common = dict(zero_point_a=int(qa.zero_point[0]), zero_point_b=int(qb.zero_point[0]),
-                      zero_point_out=int(qy.zero_point[0]), out_min=lo, out_max=hi,
+                      out_zero_point=int(qy.zero_point[0]), out_min=lo, out_max=hi,
                       out_dtype=storage_dtype(qy.dtype))
         sa, sb, sy = (np.float32(q.scale[0]) for q in (qa, qb, qy))
         mode = self.a.add
         if mode in ("ort_fma", "float"):
+            extra = {"rounding": self.a.quantize_rounding} if mode == "float" else {}
             self.emit("add", node, [a, b], node.outputs, mode=mode, scale_a=sa, scale_b=sb, scale_out=sy,
-                      rounding=self.a.quantize_rounding, **common)
+                      **extra, **common)
         elif mode == "tflite":
             left_shift = 20
             twice_max = 2.0 * max(float(sa), float(sb))
@@ -287,21 +370,14 @@ class _Lowerer(ExtraOpsLowering):
         elif mode == "fixed":
             ra, rb = float(sa) / float(sy), float(sb) / float(sy)
             if self.a.requant == "shift":
-                _, sh = mul.pow2_shifts(np.array([ra, rb]))
-                shift = int(max(sh.max(), 0))
-                m_a = int(np.ldexp(1.0, shift - int(sh[0])))
-                m_b = int(np.ldexp(1.0, shift - int(sh[1])))
+                m_a, m_b, shift, clips = mul.pow2_add_multipliers(ra, rb, self.a.shift_min, self.a.shift_max)
             else:
-                bits = self.a.multiplier_bits
-                big = max(ra, rb)
-                shift = bits - int(np.frexp(big)[1])
-                shift = int(np.clip(shift, self.a.shift_min, self.a.shift_max))
-                m_a = int(_round(ra * 2.0 ** shift, "half_away"))
-                m_b = int(_round(rb * 2.0 ** shift, "half_away"))
+                m_a, m_b, shift, clips = mul.fixed_add_multipliers(
+                    ra, rb, self.a.multiplier_bits, self.a.shift_min, self.a.shift_max)
+            self._note_clips(clips)
             self.emit("add", node, [a, b], node.outputs, mode="fixed", multiplier_a=m_a, multiplier_b=m_b,
                       rq_mode="shift", rq_multiplier=np.ones(1, np.int64),
-                      rq_shift=np.array([shift], np.int64), rq_rounding=self.a.rounding,
-                      out_zero_point=int(qy.zero_point[0]), channel_axis=-1, **common)
+                      rq_shift=np.array([shift], np.int64), rq_rounding=self.a.rounding, **common)
         else:
             raise ValueError(f"unknown add arithmetic {mode!r}")
 
@@ -312,7 +388,8 @@ class _Lowerer(ExtraOpsLowering):
         real = np.array([float(qa.scale[0]) * float(qb.scale[0]) / float(qy.scale[0])])
         ort = np.array([np.float32(np.float32(qa.scale[0]) * np.float32(qb.scale[0])) / np.float32(qy.scale[0])],
                        np.float32)
-        block = self.requant_block(real, qy, node.attrs.get("clamp"), -1, ort, zp_inside=(self.a.mul == "fp32_zp_in"))
+        block = self.requant_block(real, qy, node.attrs.get("clamp"), -1, ort,
+                                   zp_inside=(self.a.mul == "fp32_zp_in"))
         self.emit("mul", node, [a, b], node.outputs, zero_point_a=int(qa.zero_point[0]),
                   zero_point_b=int(qb.zero_point[0]), **block)
 
@@ -370,16 +447,50 @@ class _Lowerer(ExtraOpsLowering):
 
     def _emit_avgpool(self, node, geom, x_qp, y_qp, lo, hi, clamp):
         mode = self.a.avgpool
-        if mode in ("ort_float", "tflite_raw"):
+        if mode == "ort_float":
             self.emit("avgpool", node, node.inputs, node.outputs, mode=mode, **geom,
-                      scale_in=np.float32(x_qp.scale[0]), zero_point_in=int(x_qp.zero_point[0]),
-                      scale_out=np.float32(y_qp.scale[0]), zero_point_out=int(y_qp.zero_point[0]),
+                      scale_in=np.float32(x_qp.scale[0]), input_zero_point=int(x_qp.zero_point[0]),
+                      scale_out=np.float32(y_qp.scale[0]), out_zero_point=int(y_qp.zero_point[0]),
                       out_min=lo, out_max=hi, out_dtype=storage_dtype(y_qp.dtype))
+        elif mode == "tflite_raw":
+            self.emit("avgpool", node, node.inputs, node.outputs, mode=mode, **geom,
+                      out_min=lo, out_max=hi, out_dtype=storage_dtype(y_qp.dtype))
+        elif not self.a.divider:
+            self._avgpool_without_divider(node, geom, x_qp, y_qp, clamp)
         else:
             real = np.array([float(x_qp.scale[0]) / float(y_qp.scale[0])])
             self.emit("avgpool", node, node.inputs, node.outputs, mode="fixed", **geom,
                       input_zero_point=int(x_qp.zero_point[0]),
                       **self.requant_block(real, y_qp, clamp, -1))
+
+    def _avgpool_without_divider(self, node, geom, x_qp, y_qp, clamp):
+        """Hardware without a divider (``ops.divider: false``): the window sums come from the
+        MAC array (a depthwise conv with weights 1 and the profile's accumulator), and 1/count
+        is folded into the requantization multiplier, so every window must have one count."""
+        x = self.t(node.inputs[0])
+        layout = geom["layout"]
+        kh, kw = (int(k) for k in geom["kernel"])
+        pads = tuple(int(p) for p in geom["pads"])
+        if any(pads) and not geom["count_include_pad"]:
+            raise UnsupportedOpError(
+                "AveragePool", node.name, "padded windows have different counts, and profile "
+                f"{self.a.name!r} has no divider (ops.divider: false) to divide by each")
+        if geom["ceil_mode"]:
+            raise UnsupportedOpError("AveragePool", node.name, "ceil_mode windows have "
+                                     "different counts and the profile has no divider")
+        channels = x.shape[1] if layout == "NCHW" else x.shape[-1]
+        if channels is None:
+            raise ModelError(f"node {node.name!r}: AveragePool needs a static channel count")
+        count = kh * kw
+        real = np.array([float(x_qp.scale[0]) / (float(y_qp.scale[0]) * count)])
+        channel_axis = 1 if layout == "NCHW" else 3
+        self.emit("conv", node, node.inputs, node.outputs, suffix="/window_sum",
+                  weight=np.ones((int(channels), 1, kh, kw), np.int8),
+                  weight_zero_point=np.zeros(int(channels), np.int64),
+                  bias=np.zeros(int(channels), np.int64), input_zero_point=int(x_qp.zero_point[0]),
+                  strides=tuple(geom["strides"]), pads=pads, dilations=(1, 1),
+                  group=int(channels), layout=layout, **self.acc_block(),
+                  **self.requant_block(np.full(int(channels), real[0]), y_qp, clamp, channel_axis))
 
     def _GlobalAveragePool(self, node):
         x = self.t(node.inputs[0])

@@ -43,7 +43,6 @@ import numpy as np
 from mrq import multipliers as mul
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.ir import QParams, storage_dtype
-from simulator.program import Step
 
 # Profile name -> which LiteRT path it reproduces.
 
@@ -159,12 +158,6 @@ class ExtraOpsLowering:
                 hi = min(hi, xnnpack_quantize_bound(clamp[1], qp))
         return lo, hi
 
-    def _replace_steps(self, start: int, **updates) -> None:
-        """Update the params of the steps emitted since index ``start`` (frozen Steps)."""
-        for i in range(start, len(self.steps)):
-            s = self.steps[i]
-            self.steps[i] = Step(s.kind, s.name, s.inputs, s.outputs, {**dict(s.params), **updates})
-
     # ------------------------------------------------------------------ profile-specific lowering
     def lower_override(self, node) -> bool:
         """Lower ``node`` with a TFLite runtime's own arithmetic where the profile vocabulary cannot
@@ -177,10 +170,8 @@ class ExtraOpsLowering:
         op = node.op
         if flavour == "ref":
             if op == "Gemm" and not node.attrs.get("integer_output") and self.a.requant == "double_q31":
-                start = len(self.steps)
-                _Lowerer._Gemm(self, node)
                 # Same Q31 multiplier and shift (31 - exponent); one rounding, half up.
-                self._replace_steps(start, rq_mode="fixed", rq_rounding="half_up")
+                _Lowerer._conv_like(self, node, "gemm", rq_mode="fixed", rq_rounding="half_up")
                 return True
             return False
         # flavour == "xnnpack"
@@ -190,10 +181,12 @@ class ExtraOpsLowering:
             return self._xnnpack_requantize(node)
         if op in ("Conv", "Gemm", "Mul") and node.attrs.get("clamp") is not None \
                 and not node.attrs.get("integer_output"):
-            start = len(self.steps)
-            getattr(_Lowerer, "_" + op)(self, node)
-            lo, hi = self._xnn_range(self.t(node.outputs[0]).qparams, node.attrs["clamp"])
-            self._replace_steps(start, out_min=lo, out_max=hi)
+            # the delegate quantizes fused activation bounds its own way (xnn_qs8_quantize)
+            self.xnn_bounds = True
+            try:
+                getattr(_Lowerer, "_" + op)(self, node)
+            finally:
+                self.xnn_bounds = False
             return True
         if op == "Clamp" and node.attrs.get("tflite_op") is not None:
             x_qp, y_qp = self.t(node.inputs[0]).qparams, self.t(node.outputs[0]).qparams
@@ -217,9 +210,9 @@ class ExtraOpsLowering:
         zo = int(qy.zero_point[0])
         self.emit("add", node, [a, b], node.outputs, mode="fixed", multiplier_a=am, multiplier_b=bm,
                   zero_point_a=int(qa.zero_point[0]), zero_point_b=int(qb.zero_point[0]),
-                  zero_point_out=zo, rq_mode="shift", rq_multiplier=np.ones(1, np.int64),
+                  rq_mode="shift", rq_multiplier=np.ones(1, np.int64),
                   rq_shift=np.array([shift], np.int64), rq_rounding="half_up", out_zero_point=zo,
-                  channel_axis=-1, out_min=lo, out_max=hi, out_dtype="int8")
+                  out_min=lo, out_max=hi, out_dtype="int8")
         return True
 
     def _xnnpack_requantize(self, node) -> bool:
@@ -269,7 +262,7 @@ class ExtraOpsLowering:
             if flavour == "xnnpack":
                 self.emit("softmax_tflite", node, node.inputs, node.outputs, mode="lut", axis=-1,
                           table=tflite_softmax_table(x_qp.scale[0], beta),
-                          scale_out=_f32(y_qp.scale[0]), zero_point_out=int(y_qp.zero_point[0]),
+                          scale_out=_f32(y_qp.scale[0]), out_zero_point=int(y_qp.zero_point[0]),
                           out_min=int(info.min), out_max=int(info.max), out_dtype=out_dtype,
                           rounding="add_half_truncate" if out_dtype == "uint8" else "half_away")
                 return
@@ -278,8 +271,8 @@ class ExtraOpsLowering:
                                      f"beta={beta} needs the TFLite softmax arithmetic (profile "
                                      f"{self.a.name!r} uses the float softmax)")
         self.emit("softmax", node, node.inputs, node.outputs, axis=axis, mode="float",
-                  scale_in=np.float32(x_qp.scale[0]), zero_point_in=int(x_qp.zero_point[0]),
-                  scale_out=np.float32(y_qp.scale[0]), zero_point_out=int(y_qp.zero_point[0]),
+                  scale_in=np.float32(x_qp.scale[0]), input_zero_point=int(x_qp.zero_point[0]),
+                  scale_out=np.float32(y_qp.scale[0]), out_zero_point=int(y_qp.zero_point[0]),
                   out_min=y_qp.qmin, out_max=y_qp.qmax, out_dtype=storage_dtype(y_qp.dtype))
 
     # ------------------------------------------------------------------ Logistic

@@ -21,6 +21,7 @@ from mrq.passes.bias_grids import bias_grids
 from mrq.passes.error_folding import error_folding, error_folding_hook
 from mrq.passes.explicit_clamps import explicit_clamps
 from mrq.passes.float_inputs import float_inputs
+from mrq.passes.multiplier_limits import multiplier_limits
 from mrq.passes.weight_correction import weight_correction, weight_correction_hook
 from mrq.passes.weight_grids import weight_grids
 
@@ -29,6 +30,8 @@ PASSES = [
     Pass("float_inputs", float_inputs, doc="integer inputs on a rejected grid take real values instead"),
     Pass("activation_grids", activation_grids, doc="activations onto conforming grids (+ scale selection)"),
     Pass("weight_grids", weight_grids, doc="weights onto conforming grids (+ scale selection), round to nearest"),
+    Pass("multiplier_limits", multiplier_limits, doc="finer weight / coarser output scales where a "
+         "requantization multiplier exceeds the profile's shift and multiplier range"),
     Pass("bias_grids", bias_grids, doc="biases onto input scale x weight scale, profile bias width"),
     Pass("weight_correction", weight_correction, needs_calib=True, doc="sequential rounding with error feedback",
          layer_hook=weight_correction_hook),

@@ -24,9 +24,10 @@ import numpy as np
 
 from mrq.errors import InputDataError, MrqError
 from mrq.golden import GoldenSet, GoldenTensor, ROLE_ACC, load_golden, parse_hex, safe_stem
+from simulator import rounding
 
 FORMATS = ("npy", "hex", "bin")
-ROUNDING_MODES = ("half_even", "half_away", "half_up", "floor", "toward_zero")
+ROUNDING_MODES = rounding.NAMES
 
 
 @dataclass
@@ -348,20 +349,8 @@ def _round_rational(num, shift, mode: str):
     q = num >> sp                       # floor division by 2**s
     r = num - (q << sp)                 # 0 <= r < 2**s
     half = (sp * 0 + 1) << (sp - 1)
-    if mode == "floor":
-        v = q
-    elif mode == "toward_zero":
-        v = q + ((num < 0) & (r != 0))
-    else:
-        up = r > half
-        tie = r == half
-        if mode == "half_up":
-            up = up | tie
-        elif mode == "half_away":
-            up = up | (tie & (num > 0))
-        else:  # half_even
-            up = up | (tie & ((q & 1) == 1))
-        v = q + up
+    cmp_half = np.asarray(r > half, np.int64) - np.asarray(r < half, np.int64)
+    v = q + rounding.round_up(q, cmp_half, r != 0, mode).astype(q.dtype)
     left = num << np.where(pos, 0, -s).astype(num.dtype if num.dtype == object else np.int64)
     return np.where(pos, v, left)
 
@@ -414,12 +403,8 @@ def _rounding_diagnosis(gs: GoldenSet, t: GoldenTensor, a_model: np.ndarray, dif
         frac = f - base
         ties = frac == np.float32(0.5)
         at_ties = int(np.count_nonzero(ties[idx]))
-        base = base.astype(np.int64)
         for rm in ROUNDING_MODES:
-            r = {"floor": base, "half_up": base + (frac >= 0.5),
-                 "toward_zero": np.where(f < 0, np.ceil(f), base).astype(np.int64),
-                 "half_away": np.where(f < 0, -np.floor(-f + 0.5), np.floor(f + 0.5)).astype(np.int64),
-                 "half_even": np.rint(f).astype(np.int64)}[rm]
+            r = rounding.round_array(f, rm).astype(np.int64)
             q = np.clip(r + (0 if mode == "fp32_zp_in" else zp), lo, hi)
             if np.array_equal(q, actual):
                 cands.append(rm)

@@ -4,7 +4,7 @@ At batch 1 a model's kernels take microseconds, while the interpreter (:func:`si
 spends tens of microseconds of Python per step: reading parameters, choosing kernels, allocating
 outputs. :func:`compile_program` fixes the input shapes and dtypes, asks every step for its
 :class:`simulator.launch.Launch` (the kernel calls the interpreter would make for those shapes,
-see :mod:`simulator.launchers`) and writes them, in program order, into the source of one
+see :mod:`simulator.steps`) and writes them, in program order, into the source of one
 function that numba compiles. Running it costs one dispatch; the kernels and their arguments are
 the interpreter's, so the outputs are the same bits (tests/simulator/test_compiled.py compares
 them on every model the tests build).
@@ -37,7 +37,7 @@ from simulator.errors import KernelInputError, SimulatorError
 from simulator.kernels import sources_digest
 from simulator.kernels.jitcache import _describe
 from simulator.launch import In, Tmp
-from simulator.launchers import spec, step_launch
+from simulator.steps import spec, step_launch
 from simulator.run import RunResult, _check_feeds, _plan
 
 _LAST_REASON = [""]
@@ -109,7 +109,7 @@ def _generate(program, feeds):
     body = src.lines
     n_steps = len(program.steps)
     body.append(f"    sat = np.zeros({n_steps}, np.int64)")
-    for k, (step, _executor) in enumerate(_plan(program)):
+    for k, (step, _kind, _params) in enumerate(_plan(program)):
         in_specs = [specs[name] for name in step.inputs]
         try:
             launch = step_launch(step, in_specs)

@@ -6,9 +6,9 @@ saturates or wraps, and the machine instruction (or library routine) it models.
 
 Conventions (used everywhere in the simulator):
 
-- Rounding modes are passed to jitted code as small ints, see ``ROUNDING_CODES``:
-  ``half_even`` (RNE), ``half_away`` (RHA), ``half_up`` (RHU = floor(x + 1/2)), ``floor``,
-  ``toward_zero``. "Round" always means rounding the exact real value once.
+- Rounding modes are passed to jitted code as small ints, the codes of the one table in
+  :mod:`simulator.rounding` (``ROUNDING_CODES`` maps names to codes). "Round" always means
+  rounding the exact real value once, and every rounding decision here is :func:`round_up`.
 - A ``shift`` is a power-of-two *divisor* exponent: ``value / 2**shift``. A negative shift is a
   left shift (multiplication by ``2**-shift``). TFLite uses the opposite sign for its "exponent";
   only ``multiply_by_quantized_multiplier`` takes the TFLite convention, and says so.
@@ -26,22 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# --------------------------------------------------------------------------------------------
-# Rounding-mode codes
-# --------------------------------------------------------------------------------------------
-RND_HALF_EVEN = 0
-RND_HALF_AWAY = 1
-RND_HALF_UP = 2
-RND_FLOOR = 3
-RND_TOWARD_ZERO = 4
-
-ROUNDING_CODES = {
-    "half_even": RND_HALF_EVEN,
-    "half_away": RND_HALF_AWAY,
-    "half_up": RND_HALF_UP,
-    "floor": RND_FLOOR,
-    "toward_zero": RND_TOWARD_ZERO,
-}
+from simulator.rounding import CODES as ROUNDING_CODES  # noqa: F401  (kernels' name -> code)
+from simulator.rounding import UP_TABLE as _UP_TABLE
 
 INT64_MIN = np.int64(-(2**63))
 INT64_MAX = np.int64(2**63 - 1)
@@ -56,37 +42,60 @@ _TWO53 = 9007199254740992  # 2**53
 # The one rounding decision
 # --------------------------------------------------------------------------------------------
 @njit(cache=True)
-def _cmp(a, b):
+def sign_cmp(a, b):
     """-1, 0 or +1 as ``a`` is below, equal to or above ``b``, without a branch."""
     return np.int64(a > b) - np.int64(a < b)
 
 
 @njit(cache=True)
-def _round_decide(q, cmp_half, nonzero, mode):
-    """Round ``q + f`` to an integer, where ``q`` is an integer and ``f`` in [0, 1) a fraction.
+def _holds(table, neg, odd):
+    """The predicate with 4-bit truth table ``table`` (bit ``2 * neg + odd``, see
+    ``simulator.rounding.Pred``) at a ``q`` of sign ``neg`` and parity ``odd``. Selects between
+    constant bit tests rather than a shift by the class: with a constant ``table`` (a constant
+    mode) equal arms fold, leaving the rule's plain logic (``q_odd`` is ``odd``, ``always`` is
+    true), so loops over it still vectorize to a few compares."""
+    if_neg = ((table & 8) != 0) if odd else ((table & 4) != 0)
+    if_nonneg = ((table & 2) != 0) if odd else ((table & 1) != 0)
+    return if_neg if neg else if_nonneg
 
-    ``q`` is the floor of the exact value. ``cmp_half`` is -1, 0 or +1 as ``f`` is below, at or
-    above 1/2; ``nonzero`` tells whether ``f != 0``. The exact value is negative iff ``q < 0``.
-    Returns ``q`` or ``q + 1``; saturates at INT64_MAX instead of wrapping.
 
-    The branches depend only on ``mode`` (loop-invariant in kernels, so well predicted); the
-    data-dependent decision is boolean arithmetic.
+@njit(cache=True)
+def round_up(q, cmp_half, nonzero, mode):
+    """1 if ``q + f`` rounds up to ``q + 1`` under ``mode``, else 0 (int64).
+
+    ``q`` is the floor of the exact value (int64), ``f`` in [0, 1) its fraction: ``cmp_half`` is
+    -1, 0 or +1 as ``f`` is below, at or above 1/2 and ``nonzero`` tells whether ``f != 0``. The
+    rule is ``simulator.rounding.UP_TABLE[mode]``. The branches test only the rule: they are
+    loop-invariant, and with a constant ``mode`` (the kernels' closure constants) they fold away,
+    leaving the rule's few compares (half_up: ``f >= 1/2``; toward_zero: ``f != 0 and q < 0``)
+    in loops that still vectorize. Regions sharing a predicate are tested together for that.
     """
-    above = cmp_half > 0
-    tie = cmp_half == 0
-    if mode == RND_FLOOR:
-        up = False
-    elif mode == RND_TOWARD_ZERO:
-        up = nonzero & (q < 0)
-    elif mode == RND_HALF_UP:
-        up = above | tie
-    elif mode == RND_HALF_AWAY:
-        up = above | (tie & (q >= 0))
-    else:  # RND_HALF_EVEN
-        up = above | (tie & ((q & 1) == 1))
-    if up and q == INT64_MAX:
-        return INT64_MAX
-    return q + np.int64(up)
+    rule = _UP_TABLE[mode]
+    t_above = rule >> 12
+    t_tie = (rule >> 8) & 15
+    t_below = (rule >> 4) & 15
+    neg = q < 0
+    odd = (q & 1) != 0
+    if t_above == t_tie and t_tie == t_below:
+        up = nonzero & _holds(t_above, neg, odd)
+    elif t_above == t_tie:
+        up = ((nonzero & (cmp_half >= 0) & _holds(t_above, neg, odd))
+              | (nonzero & (cmp_half < 0) & _holds(t_below, neg, odd)))
+    elif t_tie == t_below:
+        up = ((cmp_half > 0) & _holds(t_above, neg, odd)
+              | (nonzero & (cmp_half <= 0) & _holds(t_tie, neg, odd)))
+    else:
+        up = ((cmp_half > 0) & _holds(t_above, neg, odd)
+              | (nonzero & (cmp_half == 0) & _holds(t_tie, neg, odd))
+              | (nonzero & (cmp_half < 0) & _holds(t_below, neg, odd)))
+    return np.int64(up)
+
+
+@njit(cache=True)
+def _round_decide(q, cmp_half, nonzero, mode):
+    """``q`` or ``q + 1`` as :func:`round_up` decides; saturates at INT64_MAX instead of
+    wrapping."""
+    return q + (round_up(q, cmp_half, nonzero, mode) & np.int64(q != INT64_MAX))
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +127,7 @@ def round_float(x, mode):
         return q
     # x is not an integer, so |x| < 2**52 and floor(x) + 0.5 is exact (x - floor(x) is not
     # always exact: -0.5 + 2**-54 would round)
-    return _round_decide(q, _cmp(xf, fl + 0.5), True, mode)
+    return _round_decide(q, sign_cmp(xf, fl + 0.5), True, mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +176,7 @@ def rounding_shift_right(x, shift, mode):
             mask = (np.int64(1) << shift) - 1
         r = x & mask  # x - q * 2**shift, in [0, 2**shift)
         half = np.int64(1) << (shift - 1)
-        return _round_decide(q, _cmp(r, half), r != 0, mode)
+        return _round_decide(q, sign_cmp(r, half), r != 0, mode)
     # shift >= 64: |x / 2**shift| <= 1/2, with equality only for x = -2**63, shift = 64
     if x == 0:
         return np.int64(0)
@@ -190,7 +199,7 @@ def rounding_divide(x, d, mode):
     d = np.int64(d)
     q = x // d  # floor division in numba (Python semantics)
     r = x - q * d  # in [0, d)
-    return _round_decide(q, _cmp(2 * r, d), r != 0, mode)
+    return _round_decide(q, sign_cmp(2 * r, d), r != 0, mode)
 
 
 @njit(cache=True)
@@ -215,7 +224,7 @@ def _round_parts(hi, lo31, shift, mode):
         q = (hi << k) + (lo31 >> shift)
         r = lo31 & ((np.int64(1) << shift) - 1)
         half = np.int64(1) << (shift - 1)
-        return _round_decide(q, _cmp(r, half), r != 0, mode)
+        return _round_decide(q, sign_cmp(r, half), r != 0, mode)
     t = shift - 31  # >= 1: the rounding point lies inside hi
     if t <= 63:
         q = hi >> t
@@ -225,7 +234,7 @@ def _round_parts(hi, lo31, shift, mode):
             mask = (np.int64(1) << t) - 1
         rh = hi & mask  # high part of the remainder, in [0, 2**t)
         half_h = np.int64(1) << (t - 1)  # 1/2 is (half_h, 0) in (rh, lo31) units
-        cmp_half = _cmp(rh, half_h)
+        cmp_half = sign_cmp(rh, half_h)
         if cmp_half == 0 and lo31 > 0:
             cmp_half = 1
         return _round_decide(q, cmp_half, rh != 0 or lo31 != 0, mode)

@@ -11,7 +11,7 @@ every parallel kernel splits its work into ranges whose results do not interact.
 
 The checks that depend only on the program (unknown step kinds, buffers used before they are
 produced) are done once per Program object and cached, as is each step's prepared form (packed
-weights, see :mod:`simulator.executors`): a Program is immutable, so the second run of the same
+weights, see :mod:`simulator.steps`): a Program is immutable, so the second run of the same
 Program object only executes kernels.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import numba
 import numpy as np
 
 from simulator.errors import KernelInputError, ProgramError, SimulatorError
-from simulator.executors import EXECUTORS
+from simulator.steps import KINDS, params_of
+from simulator.steps.base import check_n_inputs
 from simulator.memory import keep_heap
 
 # Start-up measurement hook (bench/bench_startup.py): when set, the wall-clock time at which the
@@ -112,8 +113,8 @@ _PLANS: dict = {}
 
 
 def _plan(program):
-    """``[(step, executor), ...]`` after checking kinds and buffer order (cached per Program
-    object). Raises the same ProgramErrors, in the same order, as executing the steps would."""
+    """``[(step, kind, params), ...]`` after checking kinds, parameters and buffer order (cached
+    per Program object)."""
     key = id(program)
     entry = _PLANS.get(key)
     if entry is not None and entry[0]() is program:
@@ -121,12 +122,13 @@ def _plan(program):
     known = {spec.name for spec in program.inputs}
     plan = []
     for step in program.steps:
-        executor = EXECUTORS.get(step.kind)
-        if executor is None:
+        kind = KINDS.get(step.kind)
+        if kind is None:
             raise ProgramError(
                 f"step {step.name!r}: unknown step kind {step.kind!r}; known kinds are"
-                f" {sorted(EXECUTORS)}"
+                f" {sorted(KINDS)}"
             )
+        params = params_of(step)
         missing = [name for name in step.inputs if name not in known]
         if missing:
             raise ProgramError(
@@ -134,7 +136,7 @@ def _plan(program):
                 " by the program inputs or an earlier step"
             )
         known.update(step.outputs)
-        plan.append((step, executor))
+        plan.append((step, kind, params))
     try:
         ref = weakref.ref(program, lambda _r, k=key: _PLANS.pop(k, None))
     except TypeError:
@@ -178,9 +180,11 @@ def _run(program, feeds, trace):
     stats = result.stats
     if _FIRST_STEP_FILE:
         _first_step_mark()
-    for step, executor in _plan(program):
+    for step, kind, params in _plan(program):
         try:
-            outputs, step_stats = executor(step, *[buffers[name] for name in step.inputs])
+            arrays = [buffers[name] for name in step.inputs]
+            check_n_inputs(step, arrays, kind.n_inputs)
+            outputs, step_stats = kind.execute(step, params, *arrays)
         except SimulatorError as err:
             raise _prefixed(err, step) from err
         except (TypeError, ValueError, KeyError, IndexError) as err:

@@ -8,7 +8,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def test_simulator_imports_without_mrq():
     code = ("import sys; sys.modules['mrq'] = None\n"
-            "import simulator, simulator.run, simulator.executors, simulator.primitives\n"
+            "import simulator, simulator.run, simulator.steps, simulator.primitives\n"
             "assert not any(m == 'mrq' or m.startswith('mrq.') for m in sys.modules if sys.modules[m] is not None)\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

@@ -53,11 +53,7 @@ from simulator.kernels.quant import (
     rounding_code,
 )
 from simulator.primitives import (
-    RND_FLOOR,
-    RND_HALF_AWAY,
-    RND_HALF_EVEN,
-    RND_HALF_UP,
-    RND_TOWARD_ZERO,
+    ROUNDING_CODES,
     f32_add,
     f32_div,
     f32_mul,
@@ -65,10 +61,15 @@ from simulator.primitives import (
     int_to_f32,
     multiply_by_quantized_multiplier,
     round_float,
+    round_up,
+    sign_cmp,
 )
 
 ELTWISE_DTYPES = ("int8", "uint8", "int16", "uint16", "int32")
-_vquant_he = simd.vquant[0]
+# ORT's float adds end in nearbyint (RNE); TFLite's add is gemmlowp (RHA) or ruy (RHU)
+_RNE = ROUNDING_CODES["half_even"]
+_RHA = ROUNDING_CODES["half_away"]
+_RHU = ROUNDING_CODES["half_up"]
 
 
 @njit(cache=True, inline="always")
@@ -150,7 +151,7 @@ def _add_ort_fma_range(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out
             v = simd.vfma_f32(bv, rb, simd.vfma_f32(av, ra, kc))
         else:
             v = simd.vfma_f32(av, ra, simd.vfma_f32(bv, rb, kc))
-        q, k = _vquant_he(v, out_min, out_max, 16)
+        q, k = simd.vquant(v, out_min, out_max, 16, _RNE)
         cnt += k
         simd.vstore_codes(out, i, q)
     i = i0 + 16 * n_full
@@ -163,7 +164,7 @@ def _add_ort_fma_range(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out
             v = simd.vfma_f32(bv, rb, simd.vfma_f32(av, ra, kc))
         else:
             v = simd.vfma_f32(av, ra, simd.vfma_f32(bv, rb, kc))
-        q, k = _vquant_he(v, out_min, out_max, n)
+        q, k = simd.vquant(v, out_min, out_max, n, _RNE)
         cnt += k
         store16(out, i, 1, q, n)
     return cnt
@@ -354,7 +355,7 @@ def _add_tflite(a, b, *, left_shift, multiplier_a, shift_a, multiplier_b, shift_
         check_int_array(name, arr, ("int8", "uint8", "int16", "uint16"))
     out_min, out_max, dt = check_out_range(out_min, out_max, out_dtype)
     rnd = rounding_code(rq_rounding)
-    if rnd not in (RND_HALF_AWAY, RND_HALF_UP):
+    if rnd not in (_RHA, _RHU):
         raise KernelInputError("add 'tflite': rq_rounding must be 'half_away' or 'half_up'")
     left_shift = int(left_shift)
     if not 0 <= left_shift <= 30:
@@ -372,7 +373,7 @@ def _add_tflite(a, b, *, left_shift, multiplier_a, shift_a, multiplier_b, shift_
     def lr(shift):
         return np.int64(max(int(shift), 0)), np.int64(max(-int(shift), 0))
 
-    kernels_ = _ADD_TFLITE[rnd == RND_HALF_UP]
+    kernels_ = _ADD_TFLITE[rnd == _RHU]
     flat_params = (np.int64(za), np.int64(zb), np.int64(zero_point_out), np.int64(left_shift),
                    m_a, *lr(s_a), m_b, *lr(s_b), m_o, *lr(s_o), np.int64(out_min),
                    np.int64(out_max))
@@ -552,17 +553,7 @@ def _make_add_shift_kernels(rnd):
             x = ((np.int64(a1[i]) - za) * ma + (np.int64(b1[i]) - zb) * mb) * mult
             q = x >> shift
             r = x & mask
-            if rnd == RND_FLOOR:
-                up = np.int64(0)
-            elif rnd == RND_HALF_UP:
-                up = np.int64(r >= half)
-            elif rnd == RND_HALF_AWAY:
-                up = np.int64(r >= half + np.int64(x < 0))
-            elif rnd == RND_TOWARD_ZERO:
-                up = np.int64((x < 0) & (r != 0))
-            else:  # half to even
-                up = np.int64((r > half) | ((r == half) & ((q & 1) == 1)))
-            v = q + up + zp
+            v = q + round_up(q, sign_cmp(r, half), r != 0, rnd) + zp
             count += np.int64(v < lo) + np.int64(v > hi)
             out[i] = min(max(v, lo), hi)
         return count

@@ -15,7 +15,8 @@ Kinds (``EP_*``) and why each equals the general definition:
   Clamping ``f`` to ``[L - 1, H + 1]`` (``L = out_min - zp``, ``H = out_max - zp``) before
   rounding changes neither the clamped code nor the saturation flag: rounding is monotone and
   fixes the integers ``L - 1`` and ``H + 1``, so ``round(f) < L`` iff ``round(clamped) < L``.
-  Inside that small range ``g + 0.5`` is exact in f64, so every rounding mode is one float op.
+  Inside that small range ``floor(g) + 0.5`` is exact in f64, so the tie test of the mode's
+  rule is one comparison (``round_small``).
   ``M`` must be finite (no NaN can arise then; +-inf clamps like the general path).
 - ``EP_FP32_ZP_IN`` (``'fp32_zp_in'``): ``f = f32(f32(f32(acc) * M) + f32(zp))``, rounded and
   clamped to ``[out_min, out_max]`` the same way (the zero point is inside the rounding).
@@ -23,8 +24,8 @@ Kinds (``EP_*``) and why each equals the general definition:
   ``0 <= s <= 62``; a left shift ``-s > 0`` is folded into ``M' = M * 2**-s``. Exact when
   ``|acc * M'| < 2**62`` (``prepare`` returns ``acc_limit``, the largest ``|acc|`` allowed): the
   product is formed in int64, ``q = p >> s`` is the floor, ``rem = p & (2**s - 1)`` the
-  remainder, and the rounding decision is the one of ``primitives._round_decide`` (a zero
-  remainder never rounds, which also covers ``s = 0``).
+  remainder, and the rounding decision is ``primitives.round_up`` (a zero remainder never
+  rounds, which also covers ``s = 0``).
 - ``EP_Q31`` / ``EP_Q31_RUY`` (``'double_q31'``, gemmlowp RHA / ruy RHU): TFLite
   ``MultiplyByQuantizedMultiplier`` on ``wrap32(acc)``, written with selects: the truncating
   ``(ab + nudge) / 2**31`` is ``(v + ((v >> 63) & (2**31 - 1))) >> 31``; the single overflow
@@ -41,8 +42,6 @@ whether the unclamped result lay outside (the ``out_saturated`` counter).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
@@ -50,12 +49,10 @@ from simulator.kernels import simd
 from simulator.primitives import (
     INT32_MAX,
     INT32_MIN,
-    RND_FLOOR,
-    RND_HALF_AWAY,
-    RND_HALF_EVEN,
-    RND_HALF_UP,
-    RND_TOWARD_ZERO,
+    ROUNDING_CODES,
     int_to_f32,
+    round_up,
+    sign_cmp,
 )
 
 EP_NONE = 0
@@ -167,7 +164,8 @@ def prepare(mode_code, rnd, mult_f, mult_i, shifts, zp, out_min, out_max, dtype,
         ep.acc_limit = (_LIMIT62 - 1) // big if big else 2**63 - 1
         return _finish(ep)
     if mode_code == q.RQ_DOUBLE_Q31:
-        ep.kind = int(EP_Q31_RUY if rnd == RND_HALF_UP else EP_Q31)
+        # TFLite's fixed formula; the mode only picks the peer (ruy rounds half up)
+        ep.kind = int(EP_Q31_RUY if rnd == ROUNDING_CODES["half_up"] else EP_Q31)
         ep.mi = np.ascontiguousarray(mult_i, dtype=np.int64)
         t = 31 - np.asarray(shifts, dtype=np.int64)
         ep.s1 = np.ascontiguousarray(np.maximum(t, 0), dtype=np.int64)
@@ -181,16 +179,10 @@ def prepare(mode_code, rnd, mult_f, mult_i, shifts, zp, out_min, out_max, dtype,
 # --------------------------------------------------------------------------------------------
 @njit(cache=True)
 def round_small(g, rnd):
-    """Round a float64 ``g`` with ``|g| < 2**51`` (so ``g + 0.5`` is exact) by mode ``rnd``."""
-    if rnd == RND_HALF_EVEN:
-        return np.rint(g)
-    if rnd == RND_FLOOR:
-        return np.floor(g)
-    if rnd == RND_TOWARD_ZERO:
-        return np.trunc(g)
-    if rnd == RND_HALF_UP:
-        return np.floor(g + 0.5)
-    return np.trunc(g + math.copysign(0.5, g))  # RND_HALF_AWAY
+    """Round a float64 ``g`` with ``|g| < 2**51`` (so ``floor(g) + 0.5`` is exact) by mode
+    ``rnd``; float64 result."""
+    fl = np.floor(g)
+    return fl + np.float64(round_up(np.int64(fl), sign_cmp(g, fl + 0.5), g != fl, rnd))
 
 
 @njit(cache=True)
@@ -232,18 +224,7 @@ def ep_int(acc, m, s, rnd, zp, lo, hi):
     one = np.int64(1)
     rem = p & ((one << s) - one)
     half = (one << s) >> one
-    nz = rem != 0
-    if rnd == RND_FLOOR:
-        up = False
-    elif rnd == RND_TOWARD_ZERO:
-        up = nz & (q < 0)
-    elif rnd == RND_HALF_UP:
-        up = nz & (rem >= half)
-    elif rnd == RND_HALF_AWAY:
-        up = nz & ((rem > half) | ((rem == half) & (q >= 0)))
-    else:
-        up = nz & ((rem > half) | ((rem == half) & ((q & one) == one)))
-    r = q + np.int64(up)
+    r = q + round_up(q, sign_cmp(rem, half), rem != 0, rnd)
     lo_r = lo - zp
     hi_r = hi - zp
     sat = (r < lo_r) | (r > hi_r)
@@ -280,68 +261,24 @@ def ep_q31(acc, m, left, right, ruy, zp, lo, hi):
 # --------------------------------------------------------------------------------------------
 # 16 lanes at once (explicit vectors, simulator.kernels.simd): the fused kernels' epilogue
 # --------------------------------------------------------------------------------------------
-_fp32_he, _fp32_ha, _fp32_hu, _fp32_fl, _fp32_tz = simd.ep16_fp32
-_zpin_he, _zpin_ha, _zpin_hu, _zpin_fl, _zpin_tz = simd.ep16_fp32_zp_in
-_int_he, _int_ha, _int_hu, _int_fl, _int_tz = simd.ep16_int
-_i32_he, _i32_ha, _i32_hu, _i32_fl, _i32_tz = simd.ep16_int32
-_p32_he, _p32_ha, _p32_hu, _p32_fl, _p32_tz = simd.ep16_int_p32
 _q31 = simd.ep16_q31
 _q31_ruy = simd.ep16_q31_ruy
 
 
 @njit(cache=True, inline="always")
 def _ep16_vec(kind, rnd, accv, mfv, miv, s1v, s2v, zpf, zp, lo, hi, n):
-    """Dispatch on the (loop-invariant) kind and rounding mode to the static-mode intrinsics."""
+    """Dispatch on the kind; ``kind`` and ``rnd`` must be compile-time constants (the callers'
+    closure constants): the intrinsics generate each mode's code from its rule."""
     if kind == EP_FP32:
-        if rnd == RND_HALF_EVEN:
-            return _fp32_he(accv, mfv, zp, lo, hi, n)
-        if rnd == RND_HALF_AWAY:
-            return _fp32_ha(accv, mfv, zp, lo, hi, n)
-        if rnd == RND_HALF_UP:
-            return _fp32_hu(accv, mfv, zp, lo, hi, n)
-        if rnd == RND_FLOOR:
-            return _fp32_fl(accv, mfv, zp, lo, hi, n)
-        return _fp32_tz(accv, mfv, zp, lo, hi, n)
+        return simd.ep16_fp32(accv, mfv, zp, lo, hi, n, rnd)
     if kind == EP_FP32_ZP_IN:
-        if rnd == RND_HALF_EVEN:
-            return _zpin_he(accv, mfv, zpf, lo, hi, n)
-        if rnd == RND_HALF_AWAY:
-            return _zpin_ha(accv, mfv, zpf, lo, hi, n)
-        if rnd == RND_HALF_UP:
-            return _zpin_hu(accv, mfv, zpf, lo, hi, n)
-        if rnd == RND_FLOOR:
-            return _zpin_fl(accv, mfv, zpf, lo, hi, n)
-        return _zpin_tz(accv, mfv, zpf, lo, hi, n)
+        return simd.ep16_fp32_zp_in(accv, mfv, zpf, lo, hi, n, rnd)
     if kind == EP_INT:
-        if rnd == RND_HALF_EVEN:
-            return _int_he(accv, miv, s1v, zp, lo, hi, n)
-        if rnd == RND_HALF_AWAY:
-            return _int_ha(accv, miv, s1v, zp, lo, hi, n)
-        if rnd == RND_HALF_UP:
-            return _int_hu(accv, miv, s1v, zp, lo, hi, n)
-        if rnd == RND_FLOOR:
-            return _int_fl(accv, miv, s1v, zp, lo, hi, n)
-        return _int_tz(accv, miv, s1v, zp, lo, hi, n)
+        return simd.ep16_int(accv, miv, s1v, zp, lo, hi, n, rnd)
     if kind == EP_INT32:
-        if rnd == RND_HALF_EVEN:
-            return _i32_he(accv, miv, s1v, zp, lo, hi, n)
-        if rnd == RND_HALF_AWAY:
-            return _i32_ha(accv, miv, s1v, zp, lo, hi, n)
-        if rnd == RND_HALF_UP:
-            return _i32_hu(accv, miv, s1v, zp, lo, hi, n)
-        if rnd == RND_FLOOR:
-            return _i32_fl(accv, miv, s1v, zp, lo, hi, n)
-        return _i32_tz(accv, miv, s1v, zp, lo, hi, n)
+        return simd.ep16_int32(accv, miv, s1v, zp, lo, hi, n, rnd)
     if kind == EP_INT_P32:
-        if rnd == RND_HALF_EVEN:
-            return _p32_he(accv, miv, s1v, zp, lo, hi, n)
-        if rnd == RND_HALF_AWAY:
-            return _p32_ha(accv, miv, s1v, zp, lo, hi, n)
-        if rnd == RND_HALF_UP:
-            return _p32_hu(accv, miv, s1v, zp, lo, hi, n)
-        if rnd == RND_FLOOR:
-            return _p32_fl(accv, miv, s1v, zp, lo, hi, n)
-        return _p32_tz(accv, miv, s1v, zp, lo, hi, n)
+        return simd.ep16_int_p32(accv, miv, s1v, zp, lo, hi, n, rnd)
     if kind == EP_Q31:
         return _q31(accv, miv, s1v, s2v, zp, lo, hi, n)
     if kind == EP_Q31_RUY:

@@ -41,8 +41,7 @@ from simulator.kernels.quant import (
     rounding_code,
 )
 from simulator.primitives import (
-    RND_HALF_AWAY,
-    RND_HALF_EVEN,
+    ROUNDING_CODES,
     f32_add,
     f32_div,
     f32_mul,
@@ -52,6 +51,9 @@ from simulator.primitives import (
 )
 
 POOL_DTYPES = ("int8", "uint8", "int16", "uint16")
+# the peers' fixed roundings: ORT's nearbyint (RNE) and TFLite's (sum +- count/2) / count (RHA)
+_RNE = ROUNDING_CODES["half_even"]
+_RHA = ROUNDING_CODES["half_away"]
 
 
 def pool_output_size(in_size, kernel, stride, pad_begin, pad_end, dilation, ceil_mode) -> int:
@@ -270,7 +272,7 @@ def _avgpool_kernel(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in, s_
                             y = f32_add(y, f32_mul(s_in, xv))
                     y = f32_div(y, int_to_f32(count))
                     f = f32_add(f32_div(y, s_out), int_to_f32(z_out))
-                    q, s = clamp_add_zp(round_float(f, RND_HALF_EVEN), np.int64(0), out_min,
+                    q, s = clamp_add_zp(round_float(f, _RNE), np.int64(0), out_min,
                                         out_max)
                     out[n, c, oh, ow] = q
                     if s:
@@ -281,7 +283,7 @@ def _avgpool_kernel(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in, s_
                         for w in range(w0, w1):
                             acc += np.int64(x[n, c, h, w]) - z_in
                     if mode == AVG_TFLITE_RAW:
-                        q, s = clamp_add_zp(rounding_divide(acc, count, RND_HALF_AWAY),
+                        q, s = clamp_add_zp(rounding_divide(acc, count, _RHA),
                                             np.int64(0), out_min, out_max)
                         out[n, c, oh, ow] = q
                         if s:
@@ -331,7 +333,7 @@ def _avgpool_nhwc_rows(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in,
                 for c in range(n_ch):
                     y = f32_div(yf[c], cf)
                     f = f32_add(f32_div(y, s_out), int_to_f32(z_out))
-                    q, s = clamp_add_zp(round_float(f, RND_HALF_EVEN), np.int64(0), out_min,
+                    q, s = clamp_add_zp(round_float(f, _RNE), np.int64(0), out_min,
                                         out_max)
                     out[n, oh, ow, c] = q
                     count_sat += s
@@ -360,7 +362,7 @@ def _avgpool_nhwc_rows(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in,
                 for c in range(n_ch):
                     a = acc[c] - bias
                     if mode == AVG_TFLITE_RAW:
-                        q, s = clamp_add_zp(rounding_divide(a, count, RND_HALF_AWAY),
+                        q, s = clamp_add_zp(rounding_divide(a, count, _RHA),
                                             np.int64(0), out_min, out_max)
                         out[n, oh, ow, c] = q
                         count_sat += s
@@ -439,7 +441,7 @@ def _avgpool(x, layout, kernel, strides, pads, ceil_mode, count_include_pad, mod
         lo, hi = dtype_range(dt) if dt.kind in "iu" else (0, -1)
         out_min_i, out_max_i, dt = check_out_range(lo if out_min is None else out_min,
                                                    hi if out_max is None else out_max, dt)
-        rnd = RND_HALF_EVEN
+        rnd = _RNE
     if code == AVG_ORT_FLOAT:
         s_in, s_out = np.float32(scale_in), np.float32(scale_out)
         if not (s_in > 0 and s_out > 0 and math.isfinite(s_in) and math.isfinite(s_out)):

@@ -33,8 +33,6 @@ from simulator.primitives import (
     INT64_MAX,
     INT64_MIN,
     ROUNDING_CODES,
-    RND_HALF_AWAY,
-    RND_HALF_UP,
     f32_add,
     f32_div,
     f32_mul,
@@ -65,6 +63,11 @@ INT_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "int64")
 
 _FIXED_ACC_LIMIT = 2**62
 _FIXED_MULT_LIMIT = 2**32
+
+# double_q31 is TFLite's fixed formula, not a profile rounding: the mode only picks the peer
+# (gemmlowp rounds half away, ruy half up)
+_Q31_GEMMLOWP = ROUNDING_CODES["half_away"]
+_Q31_RUY = ROUNDING_CODES["half_up"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +185,7 @@ def requant_one(acc, mode, mult_f, mult_i, shift, rnd, zp):
         return mul_shift_round(acc, mult_i, shift, rnd)
     if mode == RQ_DOUBLE_Q31:
         return multiply_by_quantized_multiplier(
-            wrap_bits(acc, 32), mult_i, 31 - shift, rnd == RND_HALF_UP
+            wrap_bits(acc, 32), mult_i, 31 - shift, rnd == _Q31_RUY
         )
     # RQ_SHIFT
     return rounding_shift_right(acc, shift, rnd)
@@ -297,7 +300,7 @@ def requant_params(*, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="h
                 "rq_mode 'double_q31' needs 1 <= rq_shift <= 62 (TFLite shift 31 - rq_shift in"
                 " [-31, 30])"
             )
-        if rnd not in (RND_HALF_AWAY, RND_HALF_UP):
+        if rnd not in (_Q31_GEMMLOWP, _Q31_RUY):
             raise KernelInputError(
                 "rq_mode 'double_q31' supports rq_rounding 'half_away' (gemmlowp) or 'half_up'"
                 " (ruy); got " + repr(rq_rounding)
@@ -505,8 +508,6 @@ def _quantize_kernel(x3, scale, zp, rnd, use_multiply, out_min, out_max, out3):
 
 
 def _make_quantize_kernels(rnd):
-    vquant = simd.vquant[rnd]
-
     @njit(cache=True)
     def quantize_range(x1, scale, inv, zp, n_ch, inner, use_multiply, out_min, out_max, out1,
                        i0, i1):
@@ -528,7 +529,7 @@ def _make_quantize_kernels(rnd):
                 f = simd.vmul_f32(xv, simd.vsplat_f32(inv[c]))
             else:
                 f = simd.vdiv_f32(xv, simd.vsplat_f32(scale[c]))
-            q, k = vquant(f, out_min - z, out_max - z, n)
+            q, k = simd.vquant(f, out_min - z, out_max - z, n, rnd)
             cnt += k
             ep_k.store16(out1, i, 1, simd.vadd_i32(q, simd.vsplat_i32(z)), n)
         return cnt

@@ -27,6 +27,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from simulator import rounding as R
+
 
 def _host_has_vnni() -> bool:
     try:
@@ -189,35 +191,141 @@ def _count_lanes(builder, mask, n):
     return builder.zext(cnt, _I64)
 
 
-def _round_f(builder, g, rnd):
-    """Round the float vector ``g`` (small magnitude: ``g + 0.5`` exact) with the rounding
-    mode ``rnd`` (a Python int, the codes of ``simulator.primitives``)."""
+# --------------------------------------------------------------------------------------------
+# Rounding, generated at compile time from the rule of a static mode (simulator.rounding)
+# --------------------------------------------------------------------------------------------
+def _static_mode(rnd):
+    """The :class:`simulator.rounding.Mode` of an intrinsic's rounding argument, or ``None``
+    (numba then retries with the literal type). Only a compile-time constant is accepted: the
+    kernels pass closure constants, so every mode gets straight-line code and the epilogue never
+    branches on the mode."""
+    if isinstance(rnd, types.IntegerLiteral):
+        return R.get_mode(rnd.literal_value)
+    return None
+
+
+def _rule(above, tie, below):
+    return (above.table, tie.table, below.table)
+
+
+def _holds(builder, table, q_neg, q_odd):
+    """i1 lanes: the predicate with truth table ``table`` (bit ``2 * neg + odd``) of ``q``, or
+    ``True`` (Python) when it always holds. ``q_neg``/``q_odd`` build the lanes on demand, so a
+    rule that never looks at the sign (or parity) costs nothing for it."""
+    if table == R.ALWAYS.table:
+        return True
+
+    def by_parity(t):  # t: truth table over (even, odd) for one sign
+        if t == 0:
+            return ir.Constant(_I1V, [0] * 16)
+        if t == 3:
+            return ir.Constant(_I1V, [1] * 16)
+        return q_odd() if t == 2 else builder.not_(q_odd())
+
+    nonneg, neg = table & 3, table >> 2
+    if nonneg == neg:
+        return by_parity(neg)
+    if {nonneg, neg} == {0, 3}:
+        return q_neg() if neg == 3 else builder.not_(q_neg())
+    return builder.select(q_neg(), by_parity(neg), by_parity(nonneg))
+
+
+def _up_lanes(builder, mode, region, q_neg, q_odd):
+    """i1 lanes "round up to q + 1" of ``mode``'s rule, or ``None`` if it never does.
+    ``region(frozenset of 'above'/'tie'/'below')``: the lanes whose fraction lies in one of those
+    regions (never a zero fraction). Regions sharing a predicate are tested together, so e.g.
+    half_up is a single ``rem >= half``."""
+    groups = {}
+    for name, pred in (("above", mode.above), ("tie", mode.tie), ("below", mode.below)):
+        if pred.table != R.NEVER.table:
+            groups.setdefault(pred.table, set()).add(name)
+    up = None
+    for table, names in groups.items():
+        cond = region(frozenset(names))
+        h = _holds(builder, table, q_neg, q_odd)
+        term = cond if h is True else builder.and_(cond, h)
+        up = term if up is None else builder.or_(up, term)
+    return up
+
+
+# the comparison of the fraction with 1/2 that selects a set of regions
+_REGION_CMP = {frozenset({"above"}): ">", frozenset({"tie"}): "==", frozenset({"below"}): "<",
+               frozenset({"above", "tie"}): ">=", frozenset({"tie", "below"}): "<=",
+               frozenset({"above", "below"}): "!="}
+
+
+def _region_fn(builder, cmp, frac, half, nonzero):
+    """``region`` for :func:`_up_lanes` from a fraction ``frac`` (lanes) compared with ``half``
+    by ``cmp(op, a, b)`` (``icmp_signed`` or ``fcmp_ordered``); ``nonzero()``: the lanes with
+    ``frac != 0``."""
+    def region(names):
+        if len(names) == 3:
+            return nonzero()
+        c = cmp(_REGION_CMP[names], frac, half)
+        # 'above' alone excludes a zero fraction already (half >= 0)
+        return c if names == _ABOVE else builder.and_(c, nonzero())
+    return region
+
+
+_ABOVE = frozenset({"above"})
+
+
+def _lazy(make):
+    cache = []
+
+    def get():
+        if not cache:
+            cache.append(make())
+        return cache[0]
+    return get
+
+
+def _round_generic_f(builder, g, mode):
+    """``mode``'s rule on float lanes: ``q = floor(g)``, ``f = g - q`` compared with 1/2.
+    ``f`` is exact for ``|g| >= 1/2`` (Sterbenz); for ``-1/2 < g < 0`` it may round, but only
+    within (1/2, 1], so the region is still right. ``q`` must fit int32 (parity)."""
+    q = _vcall(builder, "llvm.floor.v16f32", _FT, g)
+    f = builder.fsub(g, q)
     half = ir.Constant(_FT, [0.5] * 16)
-    if rnd == 0:  # half_even
+    zero = ir.Constant(_FT, [0.0] * 16)
+    nonzero = _lazy(lambda: builder.fcmp_ordered("!=", f, zero))
+    region = _region_fn(builder, builder.fcmp_ordered, f, half, nonzero)
+    q_neg = _lazy(lambda: builder.fcmp_ordered("<", q, zero))
+    q_odd = _lazy(lambda: builder.trunc(builder.fptosi(q, _VT), _I1V))
+    up = _up_lanes(builder, mode, region, q_neg, q_odd)
+    if up is None:
+        return q
+    return builder.select(up, builder.fadd(q, ir.Constant(_FT, [1.0] * 16)), q)
+
+
+def _fast_f(builder, g, mode):
+    """One instruction (or two) for the rules that have one, else ``None``. Each equals the
+    rule for ``|g| < 2**22`` (``g + 0.5`` exact); tests/simulator/test_rounding.py compares them
+    with :func:`_round_generic_f`."""
+    rule = _rule(mode.above, mode.tie, mode.below)
+    half = ir.Constant(_FT, [0.5] * 16)
+    if rule == _rule(R.ALWAYS, R.Q_ODD, R.NEVER):
         return _vcall(builder, "llvm.roundeven.v16f32", _FT, g)
-    if rnd == 3:  # floor
+    if rule == _rule(R.NEVER, R.NEVER, R.NEVER):
         return _vcall(builder, "llvm.floor.v16f32", _FT, g)
-    if rnd == 4:  # toward_zero
+    if rule == _rule(R.Q_NEG, R.Q_NEG, R.Q_NEG):
         return _vcall(builder, "llvm.trunc.v16f32", _FT, g)
-    if rnd == 2:  # half_up
+    if rule == _rule(R.ALWAYS, R.ALWAYS, R.NEVER):
         return _vcall(builder, "llvm.floor.v16f32", _FT, builder.fadd(g, half))
-    # half_away
-    return _vcall(builder, "llvm.trunc.v16f32", _FT,
-                  builder.fadd(g, _vcall(builder, "llvm.copysign.v16f32", _FT, half, g)))
+    if rule == _rule(R.ALWAYS, R.Q_NONNEG, R.NEVER):
+        return _vcall(builder, "llvm.trunc.v16f32", _FT,
+                      builder.fadd(g, _vcall(builder, "llvm.copysign.v16f32", _FT, half, g)))
+    return None
 
 
-def _round_up_i(builder, rnd, gt, tie, q_neg, q_odd):
-    """The "add one" decision of an integer rounding (remainder > 1/2: ``gt``, = 1/2: ``tie``)
-    for the static mode ``rnd``; the caller ands it with "remainder != 0"."""
-    if rnd == 0:
-        return builder.or_(gt, builder.and_(tie, q_odd))
-    if rnd == 2:
-        return builder.or_(gt, tie)
-    if rnd == 3:
-        return ir.Constant(_I1V, [0] * 16)
-    if rnd == 4:
-        return q_neg
-    return builder.or_(gt, builder.and_(tie, builder.not_(q_neg)))
+def _round_f(builder, g, mode, fast=True):
+    """Round the float lanes ``g`` (``|g| < 2**22``) with the static ``mode``; float lanes."""
+    r = _fast_f(builder, g, mode) if fast else None
+    return _round_generic_f(builder, g, mode) if r is None else r
+
+
+def _is_rne(mode):
+    return _rule(mode.above, mode.tie, mode.below) == _rule(R.ALWAYS, R.Q_ODD, R.NEVER)
 
 
 def _i64(context, builder, val, ty):
@@ -380,43 +488,46 @@ def vstore_codes_n(typingctx, arr, idx, v, n):
 _PAIR = types.Tuple((i32x16, types.int64))
 
 
-def _make_ep16_fp32(rnd):
+def _make_ep16_fp32(fast=True):
     @intrinsic
-    def ep16_fp32(typingctx, acc, m, zp, lo, hi, n):
-        return _PAIR(i32x16, f32x16, zp, lo, hi, n), _fp32_codegen(rnd)
+    def ep16_fp32(typingctx, acc, m, zp, lo, hi, n, rnd):
+        mode = _static_mode(rnd)
+        if mode is None:
+            return None
+        return _PAIR(i32x16, f32x16, zp, lo, hi, n, rnd), _fp32_codegen(mode, fast)
     return ep16_fp32
 
 
-def _fp32_codegen(rnd_):
+def _fp32_codegen(mode, fast):
     """``fp32`` requantization of 16 int32 accumulators (see ``epilogue.ep_fp32``):
     ``q = clamp(round(f32(f32(acc) * m)) + zp)``; returns (codes, saturated lanes among the
     first ``n``). Needs ``|lo - zp|, |hi - zp| < 2**22`` (exact float bounds)."""
     def codegen(context, builder, sig, args):
         acc_v, m_v = args[0], args[1]
         zp_, lo_, hi_, n_ = (_i64(context, builder, a, t)
-                             for a, t in zip(args[2:], sig.args[2:]))
+                             for a, t in zip(args[2:6], sig.args[2:6]))
         f = builder.fmul(builder.sitofp(acc_v, _FT), m_v)
         q, cnt = _round_clamp_count(builder, f, builder.sub(lo_, zp_), builder.sub(hi_, zp_),
-                                    n_, rnd_)
+                                    n_, mode, fast)
         q = builder.add(q, _splat(builder, builder.trunc(zp_, _I32), _VT))
         return context.make_tuple(builder, sig.return_type, (q, cnt))
     return codegen
 
 
-def _round_clamp_count(builder, f, lo_, hi_, n_, rnd_):
+def _round_clamp_count(builder, f, lo_, hi_, n_, mode, fast):
     """``(clamp(round(f), lo, hi) as int32 lanes, lanes among the first n where the rounded
     value lay outside [lo, hi])`` for float lanes ``f`` and i64 bounds with ``|lo|, |hi| <
     2**22``. ``f`` is first clamped to ``[lo - 1, hi + 1]`` (rounding is monotone and keeps
     those integers, so neither the clamped code nor the flag changes), which makes the rounded
     value an exact small int32; the flag is then "the int32 clamp changed it". Round half to
-    even is one ``vcvtps2dq`` with embedded rounding on AVX-512 hosts."""
+    even is one ``vcvtps2dq`` with embedded rounding on AVX-512 hosts (with ``fast``)."""
     lo_i = _splat(builder, builder.trunc(lo_, _I32), _VT)
     hi_i = _splat(builder, builder.trunc(hi_, _I32), _VT)
     one = ir.Constant(_FT, [1.0] * 16)
     lo_f = builder.fsub(builder.sitofp(lo_i, _FT), one)
     hi_f = builder.fadd(builder.sitofp(hi_i, _FT), one)
     g = _clamp_f(builder, f, lo_f, hi_f)
-    if rnd_ == 0 and ENABLED:
+    if fast and ENABLED and _is_rne(mode):
         cvt = ir.FunctionType(_VT, [_FT, _VT, ir.IntType(16), _I32])
         fn = cgutils.get_or_insert_function(builder.module, cvt,
                                             "llvm.x86.avx512.mask.cvtps2dq.512")
@@ -424,49 +535,51 @@ def _round_clamp_count(builder, f, lo_, hi_, n_, rnd_):
         r = builder.call(fn, [g, ir.Constant(_VT, [0] * 16), ir.Constant(ir.IntType(16), -1),
                               ir.Constant(_I32, 8)])
     else:
-        r = builder.fptosi(_round_f(builder, g, rnd_), _VT)
+        r = builder.fptosi(_round_f(builder, g, mode, fast), _VT)
     q = _clamp_i(builder, r, lo_i, hi_i)
     return q, _count_lanes(builder, builder.icmp_signed("!=", r, q), n_)
 
 
-def _make_ep16_fp32_zp_in(rnd):
+def _make_ep16_fp32_zp_in(fast=True):
     @intrinsic
-    def ep16_fp32_zp_in(typingctx, acc, m, zpf, lo, hi, n):
-        return _PAIR(i32x16, f32x16, zpf, lo, hi, n), _fp32_zp_in_codegen(rnd)
+    def ep16_fp32_zp_in(typingctx, acc, m, zpf, lo, hi, n, rnd):
+        mode = _static_mode(rnd)
+        if mode is None:
+            return None
+        return _PAIR(i32x16, f32x16, zpf, lo, hi, n, rnd), _fp32_zp_in_codegen(mode, fast)
     return ep16_fp32_zp_in
 
 
-def _fp32_zp_in_codegen(rnd_):
+def _fp32_zp_in_codegen(mode, fast):
     """``fp32_zp_in``: ``q = clamp(round(f32(f32(f32(acc) * m) + zpf)))``; needs
     ``|lo|, |hi| < 2**22``."""
     def codegen(context, builder, sig, args):
         acc_v, m_v = args[0], args[1]
         zpf_ = context.cast(builder, args[2], sig.args[2], types.float32)
-        lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:], sig.args[3:]))
+        lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:6], sig.args[3:6]))
         f = builder.fmul(builder.sitofp(acc_v, _FT), m_v)
         f = builder.fadd(f, _splat(builder, zpf_, _FT))
-        q, cnt = _round_clamp_count(builder, f, lo_, hi_, n_, rnd_)
+        q, cnt = _round_clamp_count(builder, f, lo_, hi_, n_, mode, fast)
         return context.make_tuple(builder, sig.return_type, (q, cnt))
     return codegen
 
 
-def _shift_round(builder, p, s_v, vty, rnd_):
-    """``round(p / 2**s)`` lane-wise for the static rounding mode (``vty``: the lanes' vector
-    type, int32 or int64): the floor ``p >> s`` plus one where the remainder ``p & (2**s - 1)``
-    rounds up (a zero remainder never does, which also covers ``s = 0``)."""
+def _shift_round(builder, p, s_v, vty, mode):
+    """``round(p / 2**s)`` lane-wise with the static ``mode`` (``vty``: the lanes' vector type,
+    int32 or int64): the floor ``p >> s`` plus one where the remainder ``p & (2**s - 1)``
+    rounds up by the mode's rule (a zero remainder never does, which also covers ``s = 0``)."""
     one = ir.Constant(vty, [1] * 16)
     zero = ir.Constant(vty, [0] * 16)
     q = builder.ashr(p, s_v)
     pw = builder.shl(one, s_v)
     rem = builder.and_(p, builder.sub(pw, one))
     half = builder.ashr(pw, one)
-    nz = builder.icmp_signed("!=", rem, zero)
-    gt = builder.icmp_signed(">", rem, half)
-    tie = builder.icmp_signed("==", rem, half)
-    q_neg = builder.icmp_signed("<", q, zero)
-    q_odd = builder.icmp_signed("!=", builder.and_(q, one), zero)
-    up = builder.and_(_round_up_i(builder, rnd_, gt, tie, q_neg, q_odd), nz)
-    return builder.add(q, builder.zext(up, vty))
+    nonzero = _lazy(lambda: builder.icmp_signed("!=", rem, zero))
+    region = _region_fn(builder, builder.icmp_signed, rem, half, nonzero)
+    q_neg = _lazy(lambda: builder.icmp_signed("<", q, zero))
+    q_odd = _lazy(lambda: builder.icmp_signed("!=", builder.and_(q, one), zero))
+    up = _up_lanes(builder, mode, region, q_neg, q_odd)
+    return q if up is None else builder.add(q, builder.zext(up, vty))
 
 
 def _clamp_count_zp(builder, r, lo_, hi_, zp_, n_, vty):
@@ -484,44 +597,45 @@ def _clamp_count_zp(builder, r, lo_, hi_, zp_, n_, vty):
     return (r if vty == _VT else builder.trunc(r, _VT)), cnt
 
 
-def _make_ep16_int_p32(rnd):
-    @intrinsic
-    def ep16_int_p32(typingctx, acc, m, s, zp, lo, hi, n):
-        return _PAIR(i32x16, i64x16, i64x16, zp, lo, hi, n), _int_p32_codegen(rnd)
-    return ep16_int_p32
-
-
-def _int_p32_codegen(rnd_):
+@intrinsic
+def ep16_int_p32(typingctx, acc, m, s, zp, lo, hi, n, rnd):
     """``fixed``/``shift`` when the product itself fits int32 (``|acc * m| < 2**31``) and
-    ``0 <= s <= 30``: the formulas of :func:`_int_codegen` on int32 lanes, half the vector work
+    ``0 <= s <= 30``: the formulas of :func:`ep16_int` on int32 lanes, half the vector work
     of the int64 product (the caller proves the bound from the operand dtypes)."""
+    mode = _static_mode(rnd)
+    if mode is None:
+        return None
+
     def codegen(context, builder, sig, args):
         acc_v = args[0]
         m_v = builder.trunc(args[1], _VT)
         s_v = builder.trunc(args[2], _VT)
-        zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:], sig.args[3:]))
-        r = _shift_round(builder, builder.mul(acc_v, m_v), s_v, _VT, rnd_)
+        zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:7], sig.args[3:7]))
+        r = _shift_round(builder, builder.mul(acc_v, m_v), s_v, _VT, mode)
         r, cnt = _clamp_count_zp(builder, r, lo_, hi_, zp_, n_, _VT)
         return context.make_tuple(builder, sig.return_type, (r, cnt))
-    return codegen
+    return _PAIR(i32x16, i64x16, i64x16, zp, lo, hi, n, rnd), codegen
 
 
-def _make_ep16_int(rnd, m32):
+def _make_ep16_int(m32):
     @intrinsic
-    def ep16_int(typingctx, acc, m, s, zp, lo, hi, n):
-        return _PAIR(i32x16, i64x16, i64x16, zp, lo, hi, n), _int_codegen(rnd, m32)
+    def ep16_int(typingctx, acc, m, s, zp, lo, hi, n, rnd):
+        mode = _static_mode(rnd)
+        if mode is None:
+            return None
+        return _PAIR(i32x16, i64x16, i64x16, zp, lo, hi, n, rnd), _int_codegen(mode, m32)
     return ep16_int
 
 
-def _int_codegen(rnd_, m32=False):
+def _int_codegen(mode, m32):
     """``fixed``/``shift`` (see ``epilogue.ep_int``): ``q = clamp(round(acc * m / 2**s) + zp)``
     with ``p = acc * m`` exact in int64 and ``0 <= s <= 62``."""
     def codegen(context, builder, sig, args):
         acc_v, m_v, s_v = args[0], args[1], args[2]
-        zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:], sig.args[3:]))
+        zp_, lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[3:7], sig.args[3:7]))
         if m32:  # the multipliers fit int32: a 32 x 32 -> 64-bit product (vpmuldq)
             m_v = builder.sext(builder.trunc(m_v, _VT), _LT)
-        r = _shift_round(builder, builder.mul(builder.sext(acc_v, _LT), m_v), s_v, _LT, rnd_)
+        r = _shift_round(builder, builder.mul(builder.sext(acc_v, _LT), m_v), s_v, _LT, mode)
         r, cnt = _clamp_count_zp(builder, r, lo_, hi_, zp_, n_, _LT)
         return context.make_tuple(builder, sig.return_type, (r, cnt))
     return codegen
@@ -725,15 +839,19 @@ def vload_f32x(typingctx, arr, idx):
     return f32x16(arr, idx), codegen
 
 
-def _make_vquant(rnd):
+def _make_vquant(fast=True):
     @intrinsic
-    def vquant(typingctx, f, lo, hi, n):
-        """Round float32 lanes ``f`` with the static mode and clamp to the integer range
+    def vquant(typingctx, f, lo, hi, n, rnd):
+        """Round float32 lanes ``f`` with the static mode ``rnd`` and clamp to the integer range
         [lo, hi] (|lo|, |hi| < 2**22): returns (int32 codes, lanes among the first n whose
         rounded value lies outside). NaN is below every bound (it maps to ``lo``, counted),
         like ``primitives.round_float`` followed by a clamp."""
+        mode = _static_mode(rnd)
+        if mode is None:
+            return None
+
         def codegen(context, builder, sig, args):
-            lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[1:], sig.args[1:]))
+            lo_, hi_, n_ = (_i64(context, builder, a, t) for a, t in zip(args[1:4], sig.args[1:4]))
             lo_f = _splat(builder, builder.sitofp(lo_, ir.FloatType()), _FT)
             hi_f = _splat(builder, builder.sitofp(hi_, ir.FloatType()), _FT)
             one = ir.Constant(_FT, [1.0] * 16)
@@ -741,26 +859,23 @@ def _make_vquant(rnd):
             f = args[0]
             f = builder.select(builder.fcmp_unordered("uno", f, f), low, f)
             g = _clamp_f(builder, f, low, builder.fadd(hi_f, one))
-            r = _round_f(builder, g, rnd)
+            r = _round_f(builder, g, mode, fast)
             out = builder.or_(builder.fcmp_ordered("<", r, lo_f),
                               builder.fcmp_ordered(">", r, hi_f))
             cnt = _count_lanes(builder, out, n_)
             q = builder.fptosi(_clamp_f(builder, r, lo_f, hi_f), _VT)
             return context.make_tuple(builder, sig.return_type, (q, cnt))
-        return _PAIR(f32x16, lo, hi, n), codegen
+        return _PAIR(f32x16, lo, hi, n, rnd), codegen
     return vquant
 
 
-vquant = tuple(_make_vquant(r) for r in range(5))
-
-
-# one intrinsic per static rounding mode (codes of simulator.primitives: 0 half_even,
-# 1 half_away, 2 half_up, 3 floor, 4 toward_zero)
-ep16_fp32 = tuple(_make_ep16_fp32(r) for r in range(5))
-ep16_fp32_zp_in = tuple(_make_ep16_fp32_zp_in(r) for r in range(5))
-ep16_int = tuple(_make_ep16_int(r, False) for r in range(5))
-ep16_int32 = tuple(_make_ep16_int(r, True) for r in range(5))
-ep16_int_p32 = tuple(_make_ep16_int_p32(r) for r in range(5))
+# The rounding argument ``rnd`` of these must be a compile-time constant (a code of
+# simulator.rounding): one specialization per mode, generated from the mode's rule.
+vquant = _make_vquant()
+ep16_fp32 = _make_ep16_fp32()
+ep16_fp32_zp_in = _make_ep16_fp32_zp_in()
+ep16_int = _make_ep16_int(False)
+ep16_int32 = _make_ep16_int(True)
 ep16_q31 = _make_ep16_q31(False)
 ep16_q31_ruy = _make_ep16_q31(True)
 

@@ -32,9 +32,7 @@ from simulator.kernels.quant import check_int_array, check_out_range
 from simulator.primitives import (
     INT32_MAX,
     INT32_MIN,
-    RND_HALF_AWAY,
-    RND_HALF_EVEN,
-    RND_TOWARD_ZERO,
+    ROUNDING_CODES,
     f32_add,
     f32_div,
     f32_mul,
@@ -47,6 +45,11 @@ from simulator.primitives import (
 )
 
 _8BIT = ("int8", "uint8")
+# the C++ conversions these kernels model: static_cast (truncation), std::round (RHA),
+# nearbyint (RNE)
+_TRUNC = ROUNDING_CODES["toward_zero"]
+_RHA = ROUNDING_CODES["half_away"]
+_RNE = ROUNDING_CODES["half_even"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,9 +262,9 @@ def _softmax_lut_rows(x, table, scale_out, zero_point, add_half, out_min, out_ma
         for c in range(depth):
             prob = f32_mul(table[255 - mx + np.int64(x[r, c])], inv)
             if add_half:   # static_cast<int32_t>(prob + 0.5f): float add, then truncation
-                v = round_float(f32_add(prob, np.float32(0.5)), RND_TOWARD_ZERO)
+                v = round_float(f32_add(prob, np.float32(0.5)), _TRUNC)
             else:          # std::round (half away) + zero point
-                v = round_float(prob, RND_HALF_AWAY) + zero_point
+                v = round_float(prob, _RHA) + zero_point
             if v < out_min:
                 v = out_min
                 n_sat += 1
@@ -377,7 +380,7 @@ def _mean_xnnpack_apply(sums, scale, zero_point, out_min, out_max, out):
     n_sat = 0
     for i in range(sums.size):
         y = f32_add(f32_mul(int_to_f32(_wrap32(sums[i])), scale), zero_point)
-        v = round_float(y, RND_HALF_EVEN)
+        v = round_float(y, _RNE)
         if v < out_min:
             v = out_min
             n_sat += 1

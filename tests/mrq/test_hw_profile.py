@@ -1,11 +1,15 @@
-"""Hardware profiles: shipped files load, malformed files fail with precise errors, the JSON
-schema agrees with the loader, and check_tensor finds format violations."""
+"""Hardware profiles: shipped files load, malformed files fail with precise errors (every
+independent problem at once), the JSON schema agrees with the loader, profiles are found along
+the search path, host_ops resolve, to_dict round-trips, and check_tensor finds format
+violations."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,14 @@ SHIPPED = ["litert-default", "nna-a16w8", "nna-sym8", "nna-sym8-acc20", "nna-sym
 
 def _raw(name: str) -> dict:
     return yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text())
+
+
+@pytest.fixture(autouse=True)
+def _isolated_search_path(tmp_path_factory, monkeypatch):
+    """Name lookups see the shipped profiles only, whatever the caller's environment and
+    current directory hold."""
+    monkeypatch.delenv(H.PROFILE_PATH_ENV, raising=False)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,6 +64,9 @@ def test_shipped_profile_loads(name):
     assert p.bias.bits <= p.accumulator.bits
     assert p.requant.rq_mode in H.RQ_MODES
     assert set(p.supported_ops) <= set(H.KNOWN_OPS)
+    for key, op in H.OP_FIELDS.items():
+        assert (getattr(p.ops, key) is not None) == p.supports(op), (key, op)
+    assert p.host_ops == {} and not p.runs_on_host("Softmax")
     for role in ("activations", "weights"):
         for dt in p.tensor_format(role).dtypes():
             lo, hi = p.qmin_qmax(role, dt)
@@ -75,7 +90,9 @@ def test_key_facts_of_shipped_profiles():
     assert ort.requant.rq_mode == "fp32" and ort.requant.rounding == "half_even"
     assert ort.requant.multiplier_precision == "float32"
     assert (ort.ops.add, ort.ops.mul, ort.ops.avgpool, ort.ops.global_avgpool) == \
-        ("ort_fma", "fp32_zp_in", "ort_float", "fp32")
+        ("ort_fma", "fp32_zp_in", "ort_float", "requant")
+    assert ort.ops.divider is True
+    assert (ort.accumulator.bias, ort.accumulator.product_order) == ("first", "channel_row_col")
     assert ort.ops.quantize == H.QuantizeSpec("divide", "half_even")
     assert ort.ops.rescale == "float_dq_q"
 
@@ -84,21 +101,25 @@ def test_key_facts_of_shipped_profiles():
     assert tfl.requant.multiplier_max == 2**31 - 1
     assert tfl.qmin_qmax("weights", "int8") == (-127, 127)
     assert tfl.qmin_qmax("activations", "int8") == (-128, 127)
-    assert (tfl.ops.add, tfl.ops.avgpool) == ("tflite", "tflite_raw")
+    assert (tfl.ops.add, tfl.ops.mul, tfl.ops.avgpool, tfl.ops.global_avgpool) == \
+        ("tflite", "requant", "tflite_raw", "requant")
     assert tfl.ops.quantize == H.QuantizeSpec("divide", "half_away")
 
     lit = load_profile("litert-default")
     assert lit.requant.rq_mode == "fp32" and lit.requant.rounding == "half_even"
+    assert (lit.ops.mul, lit.ops.global_avgpool) == ("requant", "requant")
 
     sym8 = load_profile("nna-sym8")
     assert sym8.requant.rq_mode == "fixed" and sym8.requant.multiplier_bits == 16
     assert sym8.requant.multiplier_max == 65535 and sym8.requant.rounding == "half_up"
     assert sym8.ops.add == "fixed" and sym8.ops.avgpool == "fixed"
+    assert sym8.ops.mul == sym8.ops.global_avgpool == "requant"
     assert sym8.activations.symmetric and sym8.weights.symmetric
 
     pow2 = load_profile("nna-sym8-pow2")
     assert pow2.requant.rq_mode == "shift" and pow2.requant.rounding == "half_up"
     assert pow2.activations.scale.form == pow2.weights.scale.form == "pow2"
+    assert (pow2.ops.mul, pow2.ops.global_avgpool) == ("requant", "avgpool")
 
     a16 = load_profile("nna-a16w8")
     assert a16.activation_dtypes() == ("int16",) and a16.weight_dtypes() == ("int8",)
@@ -148,6 +169,22 @@ def _append_op(op):
     return lambda d: d["supported_ops"].append(op)
 
 
+def _remove_op(op, *op_fields):
+    """Drop ``op`` from supported_ops and the ops.* fields that would then be rejected."""
+    def mut(d):
+        d["supported_ops"].remove(op)
+        for key in op_fields:
+            del d["ops"][key]
+    return mut
+
+
+def _chain(*mutations):
+    def mut(d):
+        for m in mutations:
+            m(d)
+    return mut
+
+
 MALFORMED = [
     ("wrong-enum", "nna-sym8", _set("accumulator.overflow", "wrapp"), "accumulator.overflow",
      "must be one of wrap, saturate, error; got 'wrapp'", True),
@@ -184,7 +221,9 @@ MALFORMED = [
     ("multiplier-bits-missing", "nna-sym8", _del("requant.multiplier_bits"),
      "requant.multiplier_bits", "missing required field", True),
     ("multiplier-bits-range", "nna-sym8", _set("requant.multiplier_bits", 40),
-     "requant.multiplier_bits", "[2, 32]", True),
+     "requant.multiplier_bits", "[1, 32]", True),
+    ("multiplier-bits-zero", "nna-sym8", _set("requant.multiplier_bits", 0),
+     "requant.multiplier_bits", "[1, 32]", True),
     ("shift-on-float32", "onnxruntime-cpu", _set("requant.shift_min", 0), "requant.shift_min",
      "not allowed when arithmetic is float32", True),
     ("multiplier-bits-on-q31", "tflite-int8", _set("requant.multiplier_bits", 31),
@@ -203,8 +242,65 @@ MALFORMED = [
      "ort_fma, tflite, fixed, float", True),
     ("add-fixed-needs-int", "onnxruntime-cpu", _set("ops.add", "fixed"), "ops.add",
      "requant.arithmetic fixed_point or shift", True),
-    ("mul-fixed-on-shift", "nna-sym8-pow2", _set("ops.mul", "fixed"), "ops.mul",
-     "requant.arithmetic fixed_point", True),
+    ("mul-old-vocabulary", "nna-sym8", _set("ops.mul", "fixed"), "ops.mul",
+     "must be one of requant, fp32_zp_in; got 'fixed'", True),
+    ("global-avgpool-old-vocabulary", "onnxruntime-cpu", _set("ops.global_avgpool", "fp32"),
+     "ops.global_avgpool", "must be one of requant, avgpool; got 'fp32'", True),
+    ("mul-zp-in-on-fixed-point", "nna-sym8", _set("ops.mul", "fp32_zp_in"), "ops.mul",
+     "needs requant.arithmetic float32; requant.arithmetic is fixed_point", True),
+    ("field-for-unsupported-op", "nna-sym8", _remove_op("Mul"), "ops.mul",
+     "Mul is not in supported_ops; remove this field or add Mul (got 'requant')", True),
+    ("softmax-field-for-unsupported-op", "onnxruntime-cpu", _remove_op("Softmax"),
+     "ops.softmax", "Softmax is not in supported_ops; remove this field or add Softmax", True),
+    ("field-missing-for-supported-op", "nna-sym8", _del("ops.add"), "ops.add",
+     "missing required field: Add is in supported_ops (one of ort_fma", True),
+    ("divider-not-bool", "nna-sym8", _set("ops.divider", "no"), "ops.divider",
+     "must be true or false; got 'no'", True),
+    ("divider-false-ort-float", "onnxruntime-cpu", _set("ops.divider", False), "ops.avgpool",
+     "'ort_float' divides the window sum by its count, but ops.divider is false", True),
+    ("divider-false-tflite-raw", "tflite-int8", _set("ops.divider", False), "ops.avgpool",
+     "'tflite_raw' divides", True),
+    ("global-avgpool-avgpool-without-avgpool", "nna-sym8-pow2",
+     _remove_op("AveragePool", "avgpool"), "ops.global_avgpool",
+     "AveragePool is not in supported_ops (so there is no ops.avgpool)", True),
+    ("shared-grid-unsupported-op", "nna-sym8",
+     _chain(_remove_op("Add", "add"), _set("ops.shared_grid", ["Add"])), "ops.shared_grid[0]",
+     "Add is not in supported_ops", True),
+    ("acc-bias-order", "nna-sym8-acc20", _set("accumulator.bias", "last"), "accumulator.bias",
+     "must be first (the simulator implements only this order", True),
+    ("acc-product-order", "nna-sym8-acc20", _set("accumulator.product_order", "col_row_channel"),
+     "accumulator.product_order", "must be channel_row_col (the simulator implements only", True),
+    ("multiplier-1-shift-max-0", "nna-sym8",
+     _chain(_set("requant.multiplier_bits", 1), _set("requant.shift_max", 0)),
+     "requant.shift_max", "must be >= 1 for arithmetic fixed_point: with shift_max 0 no "
+     "multiplier below 1 is representable", True),
+    ("shift-max-0-on-shift", "nna-sym8-pow2", _set("requant.shift_max", 0), "requant.shift_max",
+     "must be >= 1 for arithmetic shift", True),
+    ("double-q31-wide-accumulator", "tflite-int8", _set("accumulator.bits", 48),
+     "requant.arithmetic", "double_q31 requantizes a 32-bit accumulator", True),
+    ("host-unknown-op", "nna-sym8", _set("host_ops", ["Softmaxx"]), "host_ops[0]",
+     "did you mean 'Softmax'?", True),
+    ("host-unknown-op-mapping", "nna-sym8", _set("host_ops", {"Sofmax": "float"}),
+     "host_ops.Sofmax", "did you mean 'Softmax'?", True),
+    ("host-not-a-list", "nna-sym8", _set("host_ops", "Softmax"), "host_ops",
+     "must be a list of op types", True),
+    ("host-bad-arithmetic", "nna-sym8",
+     _chain(_remove_op("Softmax", "softmax"), _set("host_ops", {"Softmax": 3})),
+     "host_ops.Softmax", "must be float or the name of a profile", True),
+    # checks JSON Schema cannot express (the loader is stricter)
+    ("host-op-also-supported", "nna-sym8", _set("host_ops", ["Conv"]), "host_ops[0]",
+     "Conv is also in supported_ops", False),
+    ("host-profile-not-found", "nna-sym8",
+     _chain(_remove_op("Softmax", "softmax"), _set("host_ops", {"Softmax": "tflite-int9"})),
+     "host_ops.Softmax", "no profile named 'tflite-int9' on the search path (did you mean "
+     "'tflite-int8'?)", False),
+    ("host-profile-lacks-op", "tflite-int8",
+     _chain(_remove_op("Pad"), _set("host_ops", {"Pad": "nna-sym8"})),
+     "host_ops.Pad", "does not support Pad (not in its supported_ops)", False),
+    ("pow2-exponents-leave-no-shift", "nna-sym8-pow2",
+     _chain(_set("activations.scale.exponent_min", 0), _set("activations.scale.exponent_max", 0),
+            _set("weights.scale.exponent_min", 0), _set("requant.shift_min", 1)),
+     "requant.shift_min", "no conv can be requantized", False),
     ("quantize-method", "nna-sym8", _set("ops.quantize.method", "round"),
      "ops.quantize.method", "divide, multiply", True),
     ("unknown-op", "nna-sym8", _append_op("Conv2D"), "supported_ops[18]", "did you mean 'Conv'",
@@ -246,7 +342,8 @@ def test_malformed_profile_error_names_file_field_and_allowed(tmp_path, case):
     assert msg.startswith(f"{path}: field '{field}': "), msg
     assert fragment in msg, msg
     assert "(line " in msg or "(in the mapping at line " in msg, msg
-    assert "\n" not in msg
+    # one mistake, one problem: nothing that depends on the broken field is reported again
+    assert len(e.errors) == 1 and "\n" not in msg, msg
 
 
 def test_line_number_points_at_the_field(tmp_path):
@@ -311,6 +408,258 @@ def test_unknown_profile_name_lists_available():
         assert name in msg
 
 
+def test_every_independent_problem_is_reported_at_once(tmp_path):
+    data = _raw("nna-sym8")
+    data["accumulator"]["overflow"] = "wrapp"
+    data["requant"]["rounding"] = "nearest"
+    data["ops"]["mul"] = "fixed"
+    data["host_ops"] = ["Softmaxx"]
+    data["weights"] = {"bits": 99}          # broken parent: its missing fields are not listed
+    path = tmp_path / "multi.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(HwProfileError) as ei:
+        load_profile(path)
+    e = ei.value
+    fields = [f for _, f, _ in e.errors]
+    assert sorted(fields) == sorted(["weights.bits", "weights.signed", "weights.symmetric",
+                                     "weights.narrow_range", "weights.granularity",
+                                     "weights.scale", "accumulator.overflow",
+                                     "requant.rounding", "ops.mul", "host_ops[0]"])
+    lines = str(e).splitlines()
+    assert len(lines) == len(e.errors)
+    for (p, f, m), line in zip(e.errors, lines):
+        assert p == str(path) and line == f"{path}: field '{f}': {m}"
+        assert "(line " in m or "(in the mapping at line " in m
+    # in file order
+    line_no = [int(line.rsplit("line ", 1)[1].rstrip(")")) for line in lines]
+    assert line_no == sorted(line_no)
+    assert (e.path, e.field) == (str(path), e.errors[0][1])
+
+
+def test_broken_requant_block_skips_the_checks_that_depend_on_it(tmp_path):
+    data = _raw("nna-sym8")
+    data["requant"]["arithmetic"] = "fixedpoint"
+    data["ops"]["add"] = "fixed"          # would need fixed_point or shift: not decidable
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(HwProfileError) as ei:
+        load_profile(path)
+    assert [f for _, f, _ in ei.value.errors] == ["requant.arithmetic"]
+
+
+def test_multiplier_bits_1_is_a_valid_width(tmp_path):
+    data = _raw("nna-sym8")
+    data["requant"]["multiplier_bits"] = 1
+    path = tmp_path / "m1.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    p = load_profile(path)
+    assert p.requant.multiplier_bits == 1 and p.requant.multiplier_max == 1
+
+
+def test_unsupported_ops_have_no_mode(tmp_path):
+    data = _raw("nna-sym8")
+    for op in ("Mul", "Softmax", "AveragePool"):
+        data["supported_ops"].remove(op)
+    for key in ("mul", "softmax", "avgpool"):
+        del data["ops"][key]
+    data["ops"]["divider"] = False
+    path = tmp_path / "nomul.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    p = load_profile(path)
+    assert (p.ops.mul, p.ops.softmax, p.ops.avgpool) == (None, None, None)
+    assert p.ops.add == "fixed" and p.ops.divider is False
+    assert not p.supports("Mul")
+
+
+def test_divider_false_keeps_fixed_avgpool(tmp_path):
+    data = _raw("nna-sym8")
+    data["ops"]["divider"] = False
+    path = tmp_path / "nodiv.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    p = load_profile(path)
+    assert p.ops.divider is False and p.ops.avgpool == "fixed"
+
+
+# --------------------------------------------------------------------------------------------
+# host_ops
+
+
+def _profile_file(dir_: Path, name: str, base: str = "nna-sym8", mutation=None) -> Path:
+    data = copy.deepcopy(_raw(base))
+    data["name"] = name
+    if mutation:
+        mutation(data)
+    dir_.mkdir(parents=True, exist_ok=True)
+    path = dir_ / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _host(spec):
+    """Move Softmax from the NPU to the host with ``spec`` as host_ops."""
+    return _chain(_remove_op("Softmax", "softmax"), _set("host_ops", spec))
+
+
+def test_host_ops_list_means_float(tmp_path):
+    path = _profile_file(tmp_path, "h", mutation=_host(["Softmax"]))
+    p = load_profile(path)
+    assert p.host_ops == {"Softmax": "float"}
+    assert p.runs_on_host("Softmax") and not p.runs_on_host("Conv")
+    assert p.host_profile("Softmax") is None and not p.supports("Softmax")
+    assert p.ops.softmax is None
+
+
+def test_host_ops_mapping_names_a_profile(tmp_path):
+    path = _profile_file(tmp_path, "h", mutation=_host({"Softmax": "tflite-int8"}))
+    p = load_profile(path)
+    assert p.host_ops == {"Softmax": "tflite-int8"}
+    ref = p.host_profile("Softmax")
+    assert ref.name == "tflite-int8" and ref == load_profile("tflite-int8")
+    hash(p)     # the dict fields do not make a profile unhashable
+
+
+def test_host_profile_is_found_along_the_search_path(tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    _profile_file(mine, "host-cpu", base="onnxruntime-cpu")
+    path = _profile_file(tmp_path, "h", mutation=_host({"Softmax": "host-cpu"}))
+    with pytest.raises(HwProfileError, match="no profile named 'host-cpu'"):
+        load_profile(path)
+    monkeypatch.setenv(H.PROFILE_PATH_ENV, str(mine))
+    assert load_profile(path).host_profile("Softmax").source == str(mine / "host-cpu.yaml")
+
+
+@pytest.mark.parametrize("ref_mutation,fragment", [
+    (_host(["Softmax"]), "has host_ops itself; a host profile must run its ops itself (no chains)"),
+    (_set("accumulator.overflow", "wrapp"), "does not load: accumulator.overflow: must be one of"),
+])
+def test_host_profile_must_load_and_not_chain(tmp_path, monkeypatch, ref_mutation, fragment):
+    lib = tmp_path / "lib"
+    _profile_file(lib, "helper", mutation=ref_mutation)
+    monkeypatch.setenv(H.PROFILE_PATH_ENV, str(lib))
+    path = _profile_file(tmp_path, "h", mutation=_host({"Softmax": "helper"}))
+    with pytest.raises(HwProfileError) as ei:
+        load_profile(path)
+    assert [f for _, f, _ in ei.value.errors] == ["host_ops.Softmax"]
+    assert fragment in str(ei.value) and "'helper'" in str(ei.value)
+
+
+def test_host_profile_cycle_does_not_recurse(tmp_path, monkeypatch):
+    monkeypatch.setenv(H.PROFILE_PATH_ENV, str(tmp_path))
+    _profile_file(tmp_path, "a", mutation=_host({"Softmax": "b"}))
+    _profile_file(tmp_path, "b", mutation=_host({"Softmax": "a"}))
+    for name, other in (("a", "b"), ("b", "a")):
+        with pytest.raises(HwProfileError, match=f"profile '{other}'.*no chains"):
+            load_profile(name)
+
+
+# --------------------------------------------------------------------------------------------
+# search path
+
+
+def _described(dir_: Path, name: str, desc: str) -> Path:
+    return _profile_file(dir_, name, mutation=_set("description", desc))
+
+
+def test_search_path_order(tmp_path, monkeypatch):
+    env1, env2, cwd = tmp_path / "env1", tmp_path / "env2", tmp_path / "work"
+    _described(env2, "nna-sym8", "from env2")
+    _described(env2, "only-env2", "env2 only")
+    _described(env1, "only-env2", "env1 wins")
+    _described(cwd / "hw_profiles", "nna-sym8", "from cwd")
+    _described(cwd / "hw_profiles", "only-cwd", "cwd only")
+    monkeypatch.chdir(cwd)
+
+    monkeypatch.setenv(H.PROFILE_PATH_ENV, os.pathsep.join([str(env1), "", str(tmp_path / "nope"),
+                                                            str(env2)]))
+    dirs = [(d, o) for d, o in H.profile_search_path()]
+    assert dirs[:4] == [(env1, "MRQ_PROFILE_PATH"), (tmp_path / "nope", "MRQ_PROFILE_PATH"),
+                        (env2, "MRQ_PROFILE_PATH"), (cwd / "hw_profiles", "./hw_profiles")]
+    assert [o for _, o in dirs[4:]] == ["shipped"] * len(H.profile_dirs())
+    assert load_profile("nna-sym8").description == "from env2"
+    assert load_profile("only-env2").description == "env1 wins"
+    assert load_profile("only-cwd").description == "cwd only"
+    assert load_profile("tflite-int8").source == str(PROFILE_DIR / "tflite-int8.yaml")
+
+    entries = [(e.name, e.origin, e.shadowed_by) for e in H.find_profiles()
+               if e.name in ("nna-sym8", "only-env2")]
+    assert entries == [
+        ("nna-sym8", "MRQ_PROFILE_PATH", None),
+        ("nna-sym8", "./hw_profiles", env2 / "nna-sym8.yaml"),
+        ("nna-sym8", "shipped", env2 / "nna-sym8.yaml"),
+        ("only-env2", "MRQ_PROFILE_PATH", None),
+        ("only-env2", "MRQ_PROFILE_PATH", env1 / "only-env2.yaml"),
+    ]
+    names = [n for n, _ in H.list_profiles()]
+    assert names == sorted(set(SHIPPED) | {"only-cwd", "only-env2"})
+
+    monkeypatch.delenv(H.PROFILE_PATH_ENV)
+    assert load_profile("nna-sym8").description == "from cwd"
+    with pytest.raises(HwProfileError, match="no hardware profile named 'only-env2'"):
+        load_profile("only-env2")
+    monkeypatch.chdir(tmp_path)
+    assert load_profile("nna-sym8").source == str(PROFILE_DIR / "nna-sym8.yaml")
+
+
+def test_cwd_that_is_the_shipped_directory_is_listed_once(monkeypatch):
+    monkeypatch.chdir(REPO)
+    dirs = H.profile_search_path()
+    assert [d.resolve() for d, _ in dirs].count(PROFILE_DIR.resolve()) == 1
+    assert dict((d.resolve(), o) for d, o in dirs)[PROFILE_DIR.resolve()] == "shipped"
+
+
+# --------------------------------------------------------------------------------------------
+# to_dict (mrq profiles show) and bounded reading
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_to_dict_round_trips(tmp_path, name):
+    p = load_profile(name)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(p.to_dict(), sort_keys=False))
+    assert load_profile(path) == dataclasses.replace(p, source=str(path))
+
+
+def test_to_dict_round_trips_host_ops_and_optional_fields(tmp_path):
+    src = _profile_file(tmp_path / "src", "h", base="nna-sym8-pow2", mutation=_chain(
+        _host({"Softmax": "tflite-int8"}), _set("ops.divider", False),
+        _set("accumulator.bias", "first")))
+    p = load_profile(src)
+    d = p.to_dict()
+    assert d["host_ops"] == {"Softmax": "tflite-int8"} and "softmax" not in d["ops"]
+    assert d["ops"]["divider"] is False and d["accumulator"]["product_order"] == "channel_row_col"
+    path = tmp_path / "shown.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    q = load_profile(path)
+    assert q == dataclasses.replace(p, source=str(path))
+    assert q.host_profile("Softmax") == p.host_profile("Softmax")
+
+
+def test_oversized_file_is_not_parsed(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("# " + "x" * H.MAX_PROFILE_BYTES + "\n")
+    with pytest.raises(HwProfileError, match=r"field '<file>': larger than 256 KiB"):
+        load_profile(path)
+
+
+def test_alias_bomb_and_deep_nesting_stay_bounded(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    text = (PROFILE_DIR / "nna-sym8.yaml").read_text()
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text.replace("supported_ops: [", "x_bomb: {" + ", ".join(
+        f"b{i}: {line.split(': ', 1)[1]}" for i, line in enumerate(lines)) + "}\nsupported_ops: ["))
+    t0 = time.perf_counter()
+    with pytest.raises(HwProfileError) as ei:
+        load_profile(path)
+    assert time.perf_counter() - t0 < 5
+    assert [f for _, f, _ in ei.value.errors] == ["x_bomb"]
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 50000 + "]" * 50000 + "\n")
+    with pytest.raises(HwProfileError, match="<document>"):
+        load_profile(deep)
+
+
 # --------------------------------------------------------------------------------------------
 # JSON schema
 
@@ -333,11 +682,31 @@ def test_schema_vocabulary_matches_loader():
     assert ops["rescale"]["enum"] == list(H.RESCALE_MODES)
     assert ops["softmax"]["enum"] == list(H.SOFTMAX_MODES)
     assert ops["quantize"]["properties"]["method"]["enum"] == list(H.QUANTIZE_METHODS)
-    assert s["properties"]["supported_ops"]["items"]["enum"] == list(H.KNOWN_OPS)
+    assert ops["divider"]["type"] == "boolean" and ops["divider"]["default"] is True
+    assert d["ops"]["required"] == ["quantize", "rescale"]
+    assert set(ops) == set(H.OP_FIELDS) | {"quantize", "rescale", "divider", "shared_grid"}
+    acc = d["accumulator"]["properties"]
+    assert acc["bias"]["enum"] == list(H.BIAS_ORDERS)
+    assert acc["product_order"]["enum"] == list(H.PRODUCT_ORDERS)
+    assert rq["multiplier_bits"]["minimum"] == H.MULTIPLIER_BITS[0]
+    assert rq["multiplier_bits"]["maximum"] == H.MULTIPLIER_BITS[1]
+    assert d["op"]["enum"] == list(H.KNOWN_OPS)
+    assert s["properties"]["supported_ops"]["items"] == {"$ref": "#/$defs/op"}
+    list_form, map_form = s["properties"]["host_ops"]["oneOf"]
+    assert list_form["items"] == {"$ref": "#/$defs/op"}
+    assert map_form["propertyNames"] == {"$ref": "#/$defs/op"}
+    assert map_form["additionalProperties"]["pattern"] == H.NAME_RE.pattern
+    # every ops.<field> is tied to its op: required when supported, forbidden otherwise
+    tied = {c["if"]["properties"]["supported_ops"]["contains"]["const"]:
+            (c["then"]["properties"]["ops"]["required"], c["else"]["properties"]["ops"]["properties"])
+            for c in s["allOf"] if "else" in c}
+    assert tied == {op: ([key], {key: False}) for key, op in H.OP_FIELDS.items()}
     assert d["tensor"]["properties"]["bits"]["minimum"] == H.ACT_BITS[0]
     assert d["tensor"]["properties"]["bits"]["maximum"] == H.ACT_BITS[1]
     assert s["properties"]["runtime"]["enum"] == list(H.RUNTIMES)
-    assert set(s["required"]) == {f.name for f in dataclasses.fields(H.HwProfile)} - {"source", "runtime"}
+    assert set(s["required"]) == {f.name for f in dataclasses.fields(H.HwProfile)} - {
+        "source", "runtime", "host_ops", "host_profiles"}
+    assert set(s["properties"]) == set(H.TOP_REQUIRED) | set(H.TOP_OPTIONAL)
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ def test_qlinear_add(dtype, shapes, pow2):
         want = _binary_case("QLinearAdd", dtype, sa, za, sb, zb, sc, zc, a, b)
         lo, hi = _range(dtype)
         params = {"mode": "ort_fma", "scale_a": sa, "scale_b": sb, "scale_out": sc,
-                  "zero_point_a": za, "zero_point_b": zb, "zero_point_out": zc,
+                  "zero_point_a": za, "zero_point_b": zb, "out_zero_point": zc,
                   "out_min": lo, "out_max": hi, "out_dtype": dtype}
         got = _run_program("add", params, {"a": a, "b": b}, dtype, n_batch_free=False)
         _check("QLinearAdd", got, want)
@@ -158,7 +158,7 @@ def test_qlinear_add_all_pairs_ties(dtype):
         sa, sb, sc = f32(sa), f32(sb), f32(sc)
         want = _binary_case("QLinearAdd", dtype, sa, za, sb, zb, sc, zc, a, b)
         params = {"mode": "ort_fma", "scale_a": sa, "scale_b": sb, "scale_out": sc,
-                  "zero_point_a": za, "zero_point_b": zb, "zero_point_out": zc,
+                  "zero_point_a": za, "zero_point_b": zb, "out_zero_point": zc,
                   "out_min": lo, "out_max": hi, "out_dtype": dtype}
         _check("QLinearAdd", _run_program("add", params, {"a": a, "b": b}, dtype), want)
 
@@ -186,7 +186,7 @@ def test_qlinear_add_operand_order(case, a_is_span_scalar):
     a, b = (v[:, None], v[None, :]) if a_is_span_scalar else (v[None, :], v[:, None])
     want = _binary_case("QLinearAdd", dtype, sa, za, sb, zb, sc, zc, a, b)
     params = {"mode": "ort_fma", "scale_a": sa, "scale_b": sb, "scale_out": sc,
-              "zero_point_a": za, "zero_point_b": zb, "zero_point_out": zc,
+              "zero_point_a": za, "zero_point_b": zb, "out_zero_point": zc,
               "out_min": lo, "out_max": hi, "out_dtype": dtype}
     got = _run_program("add", params, {"a": a, "b": b}, dtype, n_batch_free=False)
     _check("QLinearAdd", got, want)
@@ -245,7 +245,7 @@ def test_qlinear_average_pool(dtype, case, count_include_pad, channels_last):
         params = {"mode": "ort_float", "layout": "NHWC" if channels_last else "NCHW",
                   "kernel": kernel, "strides": strides, "pads": pads, "ceil_mode": ceil_mode,
                   "count_include_pad": count_include_pad, "scale_in": s_in,
-                  "zero_point_in": z_in, "scale_out": s_out, "zero_point_out": z_out,
+                  "input_zero_point": z_in, "scale_out": s_out, "out_zero_point": z_out,
                   "out_min": lo, "out_max": hi, "out_dtype": dtype}
         _check("QLinearAveragePool", _run_program("avgpool", params, {"x": x}, dtype), want)
 

@@ -1,4 +1,4 @@
-"""simulator.run and simulator.executors: feed checks, errors naming steps, traces, stats, and every
+"""simulator.run and the step kinds: feed checks, errors naming steps, traces, stats, and every
 step kind through ``run`` against the references."""
 import pathlib
 import sys
@@ -13,7 +13,7 @@ from simulator.errors import (  # noqa: E402
     KernelInputError,
     ProgramError,
 )
-from simulator.executors import EXECUTORS  # noqa: E402
+from simulator.steps import KINDS  # noqa: E402
 from simulator.program import Program, Step, TensorSpec  # noqa: E402
 from simulator.run import RunResult, run  # noqa: E402
 from tests.reference import conv_ref, eltwise_ref, gemm_ref, pool_ref, quant_ref  # noqa: E402
@@ -36,9 +36,9 @@ def run1(kind, params, feeds, out_dtype):
 
 
 def test_registry_covers_every_program_kind():
-    assert PROGRAM_KINDS <= set(EXECUTORS)
-    for kind, fn in EXECUTORS.items():
-        assert fn.__name__ == f"execute_{kind}"
+    assert PROGRAM_KINDS <= set(KINDS)
+    for name, kind in KINDS.items():
+        assert kind.name == name and kind.execute.__name__ == f"execute_{name}"
 
 
 # --- a small network through several steps, with trace and stats ----------------------------------
@@ -122,8 +122,18 @@ def test_program_errors_name_the_step():
         run1("clamp", {"out_min": 0}, {"x": x}, "int8")
     with pytest.raises(ProgramError, match="'layer0'.*unknown mode"):
         run1("add", {"mode": "magic", "out_dtype": "int8"}, {"a": x, "b": x}, "int8")
-    with pytest.raises(ProgramError, match="not implemented"):
-        run1("softmax", {"mode": "tflite", "axis": -1, "out_dtype": "int8"}, {"x": x}, "int8")
+    with pytest.raises(ProgramError, match="unknown mode 'tflite'"):
+        run1("softmax", {"mode": "tflite", "axis": -1, "scale_in": np.float32(1),
+                         "scale_out": np.float32(1), "out_dtype": "int8"}, {"x": x}, "int8")
+    # typed parameters: a misspelt or misplaced parameter is an error, never silently ignored
+    with pytest.raises(ProgramError, match="unknown parameter 'zero_point_out'.*'out_zero_point'"):
+        run1("rescale", {"rq_mode": "shift", "out_dtype": "int8", "zero_point_out": 3},
+             {"x": x}, "int8")
+    with pytest.raises(ProgramError, match="'rounding' does not apply to mode 'ort_fma'"):
+        run1("add", {"mode": "ort_fma", "scale_a": 1.0, "scale_b": 1.0, "scale_out": 1.0,
+                     "rounding": "half_up", "out_dtype": "int8"}, {"a": x, "b": x}, "int8")
+    with pytest.raises(ProgramError, match="missing parameter 'multiplier_a' .mode 'fixed'"):
+        run1("add", {"mode": "fixed", "out_dtype": "int8"}, {"a": x, "b": x}, "int8")
     bad = Program((TensorSpec("x", "int8", (None, 4)),), (TensorSpec("y", "int8", ()),),
                   (Step("clamp", "c", ("nope",), ("y",), {"out_min": 0, "out_max": 1}),))
     with pytest.raises(ProgramError, match="'c'.*'nope'"):
@@ -177,12 +187,12 @@ def test_add_modes_through_run():
             "out_dtype": "uint8"}
     got, _ = run1("add", dict(base, mode="ort_fma", scale_a=np.float32(0.5),
                               scale_b=np.float32(0.25), scale_out=np.float32(1.0),
-                              zero_point_out=127), {"a": a, "b": b}, "uint8")
+                              out_zero_point=127), {"a": a, "b": b}, "uint8")
     want, _ = eltwise_ref.add_ort_fma(a, b, 0.5, 128, 0.25, 120, 1.0, 127, 0, 255, "uint8")
     np.testing.assert_array_equal(got, want)
     got, _ = run1("add", dict(base, mode="tflite", left_shift=20, multiplier_a=1073741824,
                               shift_a=0, multiplier_b=1073741824, shift_b=-1,
-                              multiplier_out=1073741824, shift_out=-19, zero_point_out=127),
+                              multiplier_out=1073741824, shift_out=-19, out_zero_point=127),
                   {"a": a, "b": b}, "uint8")
     want, _ = eltwise_ref.add_tflite(a, b, 20, 1073741824, 0, 1073741824, -1, 1073741824, -19,
                                      128, 120, 127, 0, 255, "uint8")
@@ -194,7 +204,7 @@ def test_add_modes_through_run():
                                     "uint8")
     np.testing.assert_array_equal(got, want)
     got, _ = run1("add", dict(base, mode="float", scale_a=np.float32(0.5), scale_b=np.float32(0.25),
-                              scale_out=np.float32(1.0), zero_point_out=127),
+                              scale_out=np.float32(1.0), out_zero_point=127),
                   {"a": a, "b": b}, "uint8")
     want, _ = eltwise_ref.add_float(a, b, 0.5, 128, 0.25, 120, 1.0, 127, "half_even", 0, 255,
                                     "uint8")
@@ -238,8 +248,8 @@ def test_pools_through_run():
     want, _ = pool_ref.avgpool_tflite(x, (3, 3), (2, 2), (1, 1, 1, 1), True, False, -128, 127,
                                       "int8")
     np.testing.assert_array_equal(got, want)
-    got, _ = run1("avgpool", dict(geo, mode="ort_float", scale_in=np.float32(0.5), zero_point_in=1,
-                                  scale_out=np.float32(0.25), zero_point_out=-3, out_dtype="int8"),
+    got, _ = run1("avgpool", dict(geo, mode="ort_float", scale_in=np.float32(0.5), input_zero_point=1,
+                                  scale_out=np.float32(0.25), out_zero_point=-3, out_dtype="int8"),
                   {"x": x}, "int8")
     want, _ = pool_ref.avgpool_ort_float(x, (3, 3), (2, 2), (1, 1, 1, 1), True, False, 0.5, 1,
                                          0.25, -3, -128, 127, "int8")
@@ -303,6 +313,6 @@ def test_movement_quantize_dequantize_softmax_through_run():
                                  2**15 - 1, "int16")
     np.testing.assert_array_equal(got, want)
     got, _ = run1("softmax", {"mode": "float", "axis": -1, "scale_in": np.float32(0.1),
-                              "zero_point_in": 0, "scale_out": np.float32(1 / 256),
-                              "zero_point_out": -128, "out_dtype": "int8"}, {"x": x}, "int8")
+                              "input_zero_point": 0, "scale_out": np.float32(1 / 256),
+                              "out_zero_point": -128, "out_dtype": "int8"}, {"x": x}, "int8")
     assert got.shape == x.shape and got.dtype == np.int8

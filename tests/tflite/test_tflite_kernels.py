@@ -1,4 +1,4 @@
-"""simulator/kernels/tflite_ops.py and simulator/executors_extra.py against the numpy reference
+"""simulator/kernels/tflite_ops.py and the TFLite step kinds (simulator/steps/) against the numpy reference
 (tests/reference/tflite_ref.py), and the lowering's parameter helpers against the same reference."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from simulator.errors import KernelInputError, ProgramError  # noqa: E402
-from simulator.executors import EXECUTORS  # noqa: E402
+from simulator.steps import KINDS, execute_step  # noqa: E402
 from simulator.kernels import tflite_ops as K  # noqa: E402
 from simulator.program import Step  # noqa: E402
 from tests.reference import tflite_ref as T  # noqa: E402
@@ -107,7 +107,7 @@ def test_reduce_sum_and_requant_mean_step():
         axes=(1, 2), keep_dims=False, mode="requant", input_zero_point=7, rq_mode="fixed",
         rq_multiplier=np.array([3], np.int64), rq_shift=np.array([5], np.int64), rq_rounding="half_away",
         out_zero_point=-3, out_min=-128, out_max=127, out_dtype="int8", channel_axis=-1))
-    (out,), stats = EXECUTORS["mean"](step, x)
+    (out,), stats = execute_step(step, x)
     acc = (x.astype(np.int64).sum(axis=(1, 2)) - 7 * 12) * 3
     expected = np.clip(np.sign(acc) * ((np.abs(acc) + 16) // 32) - 3, -128, 127)
     assert np.array_equal(out, expected) and out.dtype == np.int8 and "out_saturated" in stats
@@ -125,17 +125,17 @@ def test_pad_kernel():
 
 def test_executors_registered_and_validate():
     for kind in ("softmax_tflite", "lut", "mean", "pad"):
-        assert kind in EXECUTORS
+        assert kind in KINDS
     x = np.zeros((1, 4), np.int8)
     with pytest.raises(ProgramError):
-        EXECUTORS["softmax_tflite"](Step("softmax_tflite", "s", ("x",), ("y",), dict(mode="nope", out_dtype="int8")), x)
+        execute_step(Step("softmax_tflite", "s", ("x",), ("y",), dict(mode="nope", out_dtype="int8")), x)
     with pytest.raises(ProgramError):
-        EXECUTORS["softmax_tflite"](Step("softmax_tflite", "s", ("x",), ("y",), dict(
+        execute_step(Step("softmax_tflite", "s", ("x",), ("y",), dict(
             mode="lut", axis=0, out_dtype="int8")), np.zeros((2, 4), np.int8))
     with pytest.raises(ProgramError):
-        EXECUTORS["mean"](Step("mean", "m", ("x",), ("y",), dict(axes=(1,), keep_dims=False, mode="x")), x)
+        execute_step(Step("mean", "m", ("x",), ("y",), dict(axes=(1,), keep_dims=False, mode="x")), x)
     with pytest.raises(ProgramError):
-        EXECUTORS["pad"](Step("pad", "p", ("x",), ("y",), dict(value=0)), x)
+        execute_step(Step("pad", "p", ("x",), ("y",), dict(value=0)), x)
 
 
 def test_lowering_helpers_match_reference():

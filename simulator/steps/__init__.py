@@ -1,0 +1,21 @@
+"""The step kinds of the simulator: one module per kind, one registry.
+
+``KINDS[kind]`` is a :class:`simulator.steps.base.StepKind`: the kind's typed parameters (a
+frozen dataclass whose fields, defaults and checks are its contract), its executor and its
+launch. Importing this package registers every kind; adding a kind is one new module here and
+its name in ``_MODULES``.
+"""
+from importlib import import_module
+
+from simulator.steps.base import (KINDS, Params, StepKind, execute_step, make_step, params_of,
+                                  spec, step_launch)
+
+_MODULES = ("constant", "quantize", "dequantize", "conv", "gemm", "add", "mul", "rescale",
+            "clamp", "maxpool", "avgpool", "global_avgpool", "concat", "reshape", "transpose",
+            "softmax", "softmax_tflite", "lut", "mean", "pad")
+
+for _name in _MODULES:
+    import_module(f"simulator.steps.{_name}")
+
+__all__ = ["KINDS", "Params", "StepKind", "execute_step", "make_step", "params_of", "spec",
+           "step_launch"]
