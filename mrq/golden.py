@@ -50,6 +50,21 @@ class GoldenError(MrqError):
     """A golden set is missing, incomplete or corrupted."""
 
 
+class GoldenLimitError(MrqError):
+    """The model needs requantization parameters outside the profile's limits: its program
+    holds clipped values, so a golden set from it would not be the model's arithmetic."""
+
+    def __init__(self, model: str, profile: str, violations: list):
+        self.violations = list(violations)
+        lines = [f"refusing to write a golden set: {model} needs parameters outside profile "
+                 f"{profile!r}'s limits ({len(self.violations)} violation(s)); its program would "
+                 f"hold clipped values, and golden vectors from it are not the model's results:"]
+        lines += [f"  {v}" for v in self.violations]
+        lines.append(f"run `mrq requant {model} --profile {profile} -o OUT.onnx` (it chooses grids "
+                     f"whose parameters fit the limits) and make the golden set from OUT.onnx")
+        super().__init__("\n".join(lines))
+
+
 # --------------------------------------------------------------------------------------------
 # Tensors
 # --------------------------------------------------------------------------------------------
@@ -307,6 +322,7 @@ def run_traced(model, profile, feeds: dict):
     prof = resolve_profile(profile)
     graph = load_model(model) if isinstance(model, str) else model
     lowered = lower(graph, arithmetic_from_profile(prof))
+    _refuse_out_of_limits(model, graph, prof, lowered)
     program, bound = bind_inputs(lowered, feeds)
     result = run(program, bound, trace=True)
     trace = dict(result.trace)
@@ -314,6 +330,19 @@ def run_traced(model, profile, feeds: dict):
     for k, v in result.outputs.items():
         trace.setdefault(k, v)
     return graph, prof, lowered, program, trace, dict(result.stats)
+
+
+def _refuse_out_of_limits(model, graph, prof, lowered) -> None:
+    """Raise :class:`GoldenLimitError` when the lowering had to clip a parameter, or when the
+    program's arithmetic (requantization, accumulator, op modes) is not the profile's. The
+    model's own formats (activation dtypes, zero points, bias codes) are only noted in the
+    manifest, as before: the golden set then applies the profile's arithmetic to them."""
+    from mrq.limits import arithmetic_violations, program_violations
+    bad = list(lowered.limit_violations) + arithmetic_violations(
+        program_violations(lowered.program, prof, lowered.step_node, lowered.placement))
+    if bad:
+        name = model if isinstance(model, str) else getattr(graph, "name", "the model")
+        raise GoldenLimitError(name, prof.name, [str(v) for v in bad])
 
 
 def compute_golden(model: Union[str, "object"], profile, feeds: dict, layout: Optional[str] = None,

@@ -1109,7 +1109,7 @@ def _parse_ops(ctx: _Ctx, value: Any, rq: Any, supported: Any, host: Any) -> OpM
                        f"'fp32_zp_in' (ONNX Runtime QLinearMul: the zero point is added inside "
                        f"the float rounding) needs requant.arithmetic float32; requant.arithmetic "
                        f"is {arith} (use requant)")
-    if gavg == "avgpool" and avg is None:
+    if gavg == "avgpool" and avg is None and supported is not _BAD:
         ctx.report(_join(f, "global_avgpool"),
                    "'avgpool' runs the global pool as an average pool with ops.avgpool's "
                    "arithmetic, but AveragePool is not in supported_ops (so there is no "

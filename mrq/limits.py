@@ -51,7 +51,7 @@ from typing import Any, Optional
 import numpy as np
 
 __all__ = ["Violation", "program_violations", "step_violations", "implied_rq_mode",
-           "clip_violations", "RUNTIME_REQUANT", "RUNTIME_ADD_MODES"]
+           "clip_violations", "arithmetic_violations", "RUNTIME_REQUANT", "RUNTIME_ADD_MODES"]
 
 # rq_mode values without requantization registers: the raw accumulator, and ORT's float region.
 NO_REQUANT = ("none", "float_dq_q")
@@ -176,15 +176,31 @@ def step_violations(step, profile, node: Optional[str] = None) -> list:
     return out
 
 
-def program_violations(program, profile, step_node: Optional[dict] = None) -> list:
+def program_violations(program, profile, step_node: Optional[dict] = None,
+                       placement: Optional[dict] = None) -> list:
     """Every parameter of ``program`` outside the limits of ``profile`` (a
     :class:`mrq.hw_profile.HwProfile`), one :class:`Violation` per step and profile field.
-    ``step_node`` maps step names to IR node names for the messages."""
+    ``step_node`` maps step names to IR node names for the messages; ``placement`` (step name
+    -> ``npu``/``host``, :attr:`mrq.lower.LoweredModel.placement`) skips the steps of the
+    profile's ``host_ops``, which run the host's arithmetic, not the accelerator's."""
     step_node = step_node or {}
+    placement = placement or {}
     out = []
     for step in program.steps:
+        if placement.get(step.name) == "host":
+            continue
         out.extend(step_violations(step, profile, step_node.get(step.name)))
     return out
+
+
+# Fields whose violations mean the program's arithmetic is not the profile's (the lowering chose
+# those parameters); activations.*/bias.* restate the model's own tensor formats.
+ARITHMETIC_FIELDS = ("requant.", "accumulator.", "ops.")
+
+
+def arithmetic_violations(violations) -> list:
+    """The violations of parameters the lowering chose (see ``ARITHMETIC_FIELDS``)."""
+    return [v for v in violations if v.field.startswith(ARITHMETIC_FIELDS)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import numba
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
+from simulator.capabilities import ensure_started
 from simulator.errors import KernelInputError, SimulatorError
 from simulator.kernels import sources_digest
 from simulator.kernels.jitcache import _describe
@@ -296,6 +297,7 @@ class CompiledProgram:
 def compile_program(program, feeds) -> CompiledProgram | None:
     """Compile ``program`` for inputs with the shapes and dtypes of ``feeds`` (name -> array),
     or return ``None`` (see :func:`last_reason`) when some step has no launch for them."""
+    ensure_started()
     _LAST_REASON[0] = ""
     _check_feeds(program, feeds)
     try:

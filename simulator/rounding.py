@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["Pred", "Mode", "NEVER", "ALWAYS", "Q_NONNEG", "Q_NEG", "Q_ODD", "MODES", "NAMES",
-           "CODES", "UP_TABLE", "get_mode", "round_up", "round_array", "q_class"]
+           "CODES", "RULE_TABLE", "get_mode", "round_up", "round_array", "q_class"]
 
 
 class Pred(NamedTuple):
@@ -59,12 +59,6 @@ class Mode(NamedTuple):
     def code(self) -> int:
         return CODES[self.name]
 
-    @property
-    def up_mask(self) -> int:
-        """The rule as one 16-bit integer: bit ``4 * region + q_class`` says "round up", with
-        region 0 (f == 0: never), 1 (below), 2 (tie), 3 (above). One shift and mask decide."""
-        return (self.below.table << 4) | (self.tie.table << 8) | (self.above.table << 12)
-
 
 MODES: tuple[Mode, ...] = (
     Mode("half_even", ALWAYS, Q_ODD, NEVER, "RNE, ties to even (cvtps2dq, nearbyint)"),
@@ -78,10 +72,11 @@ MODES: tuple[Mode, ...] = (
 NAMES: tuple[str, ...] = tuple(m.name for m in MODES)
 CODES: dict[str, int] = {m.name: i for i, m in enumerate(MODES)}
 
-# int64 [n_modes]: ``Mode.up_mask`` by code. numba freezes a global array into the compiled
-# code, so with a constant code the table load folds away.
-UP_TABLE = np.array([m.up_mask for m in MODES], dtype=np.int64)
-UP_TABLE.setflags(write=False)
+# int64 [n_modes, 3]: the truth tables of (above, tie, below) by code, for jitted code. numba
+# freezes a global array into the compiled code, so with a constant code the loads fold away.
+RULE_TABLE = np.array([[m.above.table, m.tie.table, m.below.table] for m in MODES],
+                      dtype=np.int64)
+RULE_TABLE.setflags(write=False)
 
 
 def get_mode(which) -> Mode:

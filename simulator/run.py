@@ -24,14 +24,16 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
+from simulator.capabilities import ensure_started
 from simulator.errors import KernelInputError, ProgramError, SimulatorError
 from simulator.steps import KINDS, params_of
 from simulator.steps.base import check_n_inputs
 from simulator.memory import keep_heap
 
-# Start-up measurement hook (bench/bench_startup.py): when set, the wall-clock time at which the
-# first step of the process's first run starts is written to this file.
-_FIRST_STEP_FILE = os.environ.get("SIMULATOR_FIRST_STEP_FILE")
+# Start-up measurement hook (bench/bench_startup.py): when SIMULATOR_FIRST_STEP_FILE is set, the
+# wall-clock time at which the first step of the process's first run starts is written to that
+# file. The variable is read then, not at import.
+_FIRST_STEP_PENDING = True
 
 
 @dataclass
@@ -52,6 +54,7 @@ def max_threads() -> int:
 
 def set_threads(threads: int) -> None:
     """Set the thread count for the following runs of the calling thread (1..max_threads())."""
+    ensure_started()
     numba.set_num_threads(_check_threads(threads))
 
 
@@ -146,8 +149,11 @@ def _plan(program):
 
 
 def _first_step_mark():
-    global _FIRST_STEP_FILE
-    path, _FIRST_STEP_FILE = _FIRST_STEP_FILE, None
+    global _FIRST_STEP_PENDING
+    _FIRST_STEP_PENDING = False
+    path = os.environ.get("SIMULATOR_FIRST_STEP_FILE")
+    if not path:
+        return
     try:
         with open(path, "w") as fh:
             fh.write(repr(time.time()))
@@ -161,6 +167,7 @@ def run(program, feeds: dict, trace: bool = False, threads: int | None = None) -
     ``threads``: CPU threads for this run (1..:func:`max_threads`); ``None`` keeps the current
     setting (``NUMBA_NUM_THREADS`` or :func:`set_threads`).
     """
+    ensure_started()
     if threads is None:
         return _run(program, feeds, trace)
     threads = _check_threads(threads)
@@ -178,7 +185,7 @@ def _run(program, feeds, trace):
     buffers = dict(feeds)
     result = RunResult()
     stats = result.stats
-    if _FIRST_STEP_FILE:
+    if _FIRST_STEP_PENDING:
         _first_step_mark()
     for step, kind, params in _plan(program):
         try:

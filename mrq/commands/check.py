@@ -1,16 +1,21 @@
-"""``mrq check``: does a model satisfy a hardware profile? Format rules and accumulator widths.
+"""``mrq check``: does a model satisfy a hardware profile? Format rules, the lowered program's
+parameters, and accumulator widths.
 
-Exit 0 when the model satisfies the profile (no format violation, every op supported, and no
-conv/gemm accumulator that can overflow statically), 1 otherwise with one line per violation
-on stdout, followed by the accumulator analysis table. ``--inputs`` adds the observed
-accumulator ranges over those inputs."""
+Exit 0 when the model satisfies the profile (no format violation, every op supported, every
+parameter of the lowered program within the profile's limits (:mod:`mrq.limits`), no parameter
+the lowering had to clip, and no conv/gemm accumulator that can overflow statically), 1
+otherwise with one line per violation on stdout, followed by the accumulator analysis table.
+``--inputs`` adds the observed accumulator ranges over those inputs."""
 
 
 def register(sub):
     p = sub.add_parser("check", help="check that a model satisfies a hardware profile (formats, "
-                       "supported ops, accumulator widths); exit 0 if it does, 1 otherwise",
-                       description="Print one line per violation of the profile's format rules and "
-                       "accumulator width, then the per-layer accumulator analysis (static worst case "
+                       "supported ops, requantization shift/multiplier limits, accumulator widths); "
+                       "exit 0 if it does, 1 otherwise",
+                       description="Print one line per violation of the profile's format rules, of its "
+                       "limits on the lowered program's parameters (requantization shifts and "
+                       "multipliers, accumulator, bias width), and of its accumulator width, then the "
+                       "per-layer accumulator analysis (static worst case "
                        "from the integer weights and input range, the smallest safe width, and with "
                        "--inputs the observed range). Exit 0 if the model satisfies the profile, 1 if not.")
     p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
@@ -55,6 +60,7 @@ def check_model(model, profile, feeds=None):
 
     from mrq import accumulators as accmod
     from mrq.api import bind_inputs, profile_violations, resolve_profile
+    from mrq.limits import program_violations
     from mrq.lower import IR_OP_NAMES, arithmetic_from_profile, lower
     from mrq.onnx_import import load_model
 
@@ -71,6 +77,12 @@ def check_model(model, profile, feeds=None):
     lines += value_violations(graph, prof)
     # Lower without the supported-ops filter so the accumulator analysis covers every layer.
     lowered = lower(graph, replace(arithmetic_from_profile(prof), supported_ops=None))
+    # Parameters the model needs beyond the limits (the program holds clipped values), then the
+    # program's own parameters. Activation dtypes are left out of the latter: the lowering takes
+    # every out_dtype from a tensor that profile_violations above has already checked.
+    lines += [str(v) for v in lowered.limit_violations]
+    lines += [str(v) for v in program_violations(lowered.program, prof, lowered.step_node, lowered.placement)
+              if not v.field.startswith("activations.")]
     rows = accmod.static_analysis(lowered.program)
     lines += accmod.violation_lines(rows)
     if feeds is not None:

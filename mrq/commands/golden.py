@@ -7,7 +7,8 @@ def register(sub):
                        description="Simulate MODEL under a profile on the given inputs and write every "
                        "tensor (inputs, integer weights and biases, accumulators before requantization, "
                        "requantization parameters, requantized outputs) as .npy and $readmemh hex, plus "
-                       "manifest.json. See docs/verification.md.")
+                       "manifest.json. See docs/verification.md. Refuses (exit 1) a model that needs "
+                       "requantization parameters outside the profile's limits (see `mrq check`).")
     p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
     p.add_argument("--profile", required=True, help="profile name (see `mrq profiles`) or YAML path")
     p.add_argument("--inputs", required=True, help=".npz keyed by graph input name (float32 arrays are "
@@ -26,16 +27,24 @@ def register(sub):
 
 def run(args) -> int:
     from mrq.accumulators import AccumulatorRow, format_table
+    import sys
+
     from mrq.errors import MrqError
     from mrq.fileio import check_writable, load_npz
-    from mrq.golden import compute_golden, write_golden
+    from mrq.golden import GoldenLimitError, compute_golden, write_golden
 
     if args.weight_layout and sorted(args.weight_layout.upper()) != sorted("OIHW"):
         raise MrqError(f"--weight-layout {args.weight_layout!r}: must be a permutation of OIHW")
     check_writable(args.out)
     feeds = load_npz(args.inputs)
-    gs = compute_golden(args.model, args.profile, feeds, layout=args.layout,
-                        weight_layout=args.weight_layout.upper() if args.weight_layout else None)
+    try:
+        gs = compute_golden(args.model, args.profile, feeds, layout=args.layout,
+                            weight_layout=args.weight_layout.upper() if args.weight_layout else None)
+    except GoldenLimitError as exc:
+        # exit 1 (the model fails the profile, like `mrq check`), not 2 (a usage error)
+        for line in str(exc).splitlines():
+            print(f"mrq golden: {line}", file=sys.stderr)
+        return 1
     out = write_golden(gs, args.out, c_headers=args.c_headers, write_bin=args.bin, force=args.force)
     if not args.quiet:
         m = gs.manifest

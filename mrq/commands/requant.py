@@ -21,12 +21,13 @@ def register(sub):
     p.add_argument("--no-scale-selection", action="store_true", help="use the covering scale, no search")
     p.add_argument("--disable", nargs="+", default=[], metavar="PASS",
                    help="switch off passes by name (explicit_clamps, float_inputs, activation_grids, "
-                        "weight_grids, bias_grids, weight_correction, error_folding)")
+                        "weight_grids, multiplier_limits, bias_grids, weight_correction, error_folding)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from mrq.api import profile_violations, resolve_profile, simulate
+    from mrq.api import resolve_profile, simulate
+    from mrq.commands.check import check_model
     from mrq.errors import MrqError
     from mrq.fileio import atomic_path, check_writable, load_npz, save_json
     from mrq.metrics import sqnr_db
@@ -50,10 +51,12 @@ def run(args) -> int:
     options = Options(weight_correction=not args.no_weight_correction, error_folding=not args.no_error_folding,
                       scale_selection=not args.no_scale_selection, disabled=frozenset(args.disable))
     new, report = requantize(graph, profile, calib, options)
-    violations = profile_violations(new, profile)
     model = export_onnx(new)
     with atomic_path(args.output, ".onnx") as tmp:
         onnx.save(model, tmp)
+    # The output is checked as the user gets it (read back from the file) with everything
+    # `mrq check` checks: formats, the lowered program's limits, accumulator widths.
+    violations, _, _ = check_model(load_model(args.output), profile)
 
     sqnr = None
     if calib is not None:
@@ -80,12 +83,22 @@ def run(args) -> int:
         for row in float_fidelity["tensors"]:
             print(f"  {row['tensor'][:48]:<48} input model {row['input_sqnr_db']:7.2f} dB   "
                   f"re-quantized {row['requant_sqnr_db']:7.2f} dB")
-    if violations:
-        print(f"warning: {len(violations)} profile violation(s) remain, first: {violations[0]}", file=sys.stderr)
     if args.report:
         data = _report_json(report, args, sqnr, violations)
         data["float_model_fidelity"] = float_fidelity
         save_json(args.report, finite(data))
+    if violations:
+        # The model is written anyway: it is what the passes could do, and the violations are
+        # easiest to understand on it. A failing exit keeps scripts from using it unchecked.
+        print(f"mrq requant: error: the re-quantized model does not satisfy profile "
+              f"{profile.name!r} ({len(violations)} violation(s)):", file=sys.stderr)
+        for line in violations:
+            print(f"  {line}", file=sys.stderr)
+        print(f"mrq requant: {args.output} was written so you can inspect it "
+              f"(`mrq check {args.output} --profile {args.profile}`); do not deploy it",
+              file=sys.stderr)
+        return 1
+    print(f"\n{args.output} satisfies profile {profile.name!r} (formats, program limits, accumulators)")
     return 0
 
 

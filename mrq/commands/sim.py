@@ -61,6 +61,12 @@ def run(args) -> int:
               f"({len(result.violations)} violation(s); first: {result.violations[0]}); the "
               f"simulation applies the profile's arithmetic to the model's own grids. "
               f"Run `mrq requant` to convert the model.", file=sys.stderr)
+    limits = list(result.lowered.limit_violations)
+    if limits:
+        print(f"warning: the model needs {len(limits)} parameter(s) outside profile "
+              f"{profile_name!r}'s limits (first: {limits[0]}); the simulation uses the closest "
+              f"legal values, which is not the model's arithmetic. Run `mrq requant` to choose "
+              f"grids within the limits.", file=sys.stderr)
     if not args.quiet and args.no_fidelity:
         print(f"{args.model} on {profile_name}: batch {_batch(feeds)} in {elapsed:.2f} s")
         print(f"wrote {args.out}: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in result.outputs.items())}")

@@ -55,7 +55,8 @@ def _data_free(graph, ctx):
     for node in graph.nodes:
         if node.op not in ("Conv", "Gemm") or node.attrs.get("integer_output"):
             continue
-        old_qp = original.tensors[node.inputs[0]].qparams
+        # an input that float_inputs re-gridded is its renamed codes tensor here
+        old_qp = original.tensors[ctx.renamed.get(node.inputs[0], node.inputs[0])].qparams
         new_qp = graph.tensors[node.inputs[0]].qparams
         if old_qp.same_grid(new_qp):
             continue

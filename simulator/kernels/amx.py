@@ -16,52 +16,18 @@ registers written in assembly are simple and leave nothing for a register alloca
 wrong. Tiles are named by number (``tmm0`` ... ``tmm7``); every kernel that uses them calls
 :func:`tile_config` first and :func:`tile_release` last, on the thread that runs it.
 
-``ENABLED`` needs the host CPU to report ``amx-tile`` and ``amx-int8``, the VNNI kernels to be
-enabled (``simd.ENABLED``), Linux to grant the process the tile data state
-(``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``, done here once) and the environment
-variable ``SIMULATOR_AMX`` not to be ``0``. Otherwise the VNNI kernels run (same bits).
+Whether the AMX kernels run is :func:`simulator.capabilities.capabilities` ``.amx``: the host
+CPU reports ``amx-tile`` and ``amx-int8``, the VNNI kernels run, Linux granted the process the
+tile data state (``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``, requested by the gate on
+its first use, never at import) and neither ``SIMULATOR_AMX=0`` nor ``SIMULATOR_KERNELS`` says
+otherwise. Otherwise the VNNI kernels run (same bits). Nothing here is code-generated unless an
+AMX kernel is compiled, which only happens on that path.
 """
 from __future__ import annotations
-
-import ctypes
-import os
 
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
-
-from simulator.kernels import simd
-
-_SYS_ARCH_PRCTL = 158          # x86-64
-_ARCH_REQ_XCOMP_PERM = 0x1023
-_XFEATURE_XTILEDATA = 18
-
-
-def _request_tile_permission() -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
-    except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
-        return False
-
-
-def _host_has_amx() -> bool:
-    if not simd.ENABLED:
-        return False
-    try:
-        import llvmlite.binding as llvm
-
-        feats = llvm.get_host_cpu_features()
-        if not (feats.get("amx-tile", False) and feats.get("amx-int8", False)):
-            return False
-        # inline assembly needs LLVM's assembly parser for the host target
-        llvm.initialize_native_asmparser()
-    except Exception:  # pragma: no cover - unusual llvmlite builds
-        return False
-    return _request_tile_permission()
-
-
-ENABLED = os.environ.get("SIMULATOR_AMX", "1") != "0" and _host_has_amx()
 
 
 def _elem_ptr(context, builder, arr_ty, arr, idx, idx_ty):
@@ -166,7 +132,7 @@ def config_bytes(rows_a, colsb_a, rows_b):
     return cfg
 
 
-__all__ = ["ENABLED", "config_bytes", "tile_config", "tile_release", "zero0", "zero1", "zero2",
+__all__ = ["config_bytes", "tile_config", "tile_release", "zero0", "zero1", "zero2",
            "zero3", "load4", "load5", "load6", "load7", "store0", "store1", "store2", "store3",
            "dp_0_4_6", "dp_1_4_7", "dp_2_5_6", "dp_3_5_7", "sdp_0_4_6", "sdp_1_4_7",
            "sdp_2_5_6", "sdp_3_5_7"]

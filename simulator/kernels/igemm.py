@@ -58,6 +58,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from simulator.capabilities import capabilities
 from simulator.kernels import amx, amx_conv, gemv
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels import simd
@@ -780,7 +781,7 @@ class ConvFast:
         # need to fit the kernels' weight type: int32 (depthwise) or int8 after the split
         self.usable = (ws64.size > 0 and int(ws64.min()) >= -(2**31)
                        and int(ws64.max()) <= _INT32_LIMIT)
-        if not self.depthwise and not simd.ENABLED:
+        if not self.depthwise and not capabilities().vnni:
             self.usable = False
         self._colsum = colsum
         self.amx = None  # (n_chunks, chunk4, c4p, padded weights) when the AMX kernel applies
@@ -856,7 +857,7 @@ class ConvFast:
             self.wpk = np.ascontiguousarray(pk.transpose(0, 1, 5, 6, 3, 2, 4)).reshape(-1)
         self._geom = {}
         # AMX tiles (simulator.kernels.amx_conv): one group, no zero-point split, NHWC
-        if amx.ENABLED and group == 1 and not hu and not self.nchw:
+        if capabilities().amx and group == 1 and not hu and not self.nchw:
             n_taps = kh_n if self.run_mode else kh_n * kw_n
             n_chunks, chunk4, c4p = amx_conv.chunking(self.c4_n)
             self.amx = (n_chunks, chunk4, c4p,

@@ -1,23 +1,214 @@
-"""On-disk JIT cache for the kernels that factories specialise per arithmetic (closures).
+"""The simulator's on-disk JIT cache: where numba's cache files go and what keys them.
 
-numba keys a closure's cache entry on a pickle of its closure cells. A cell holding another
-jitted function pickles with that dispatcher's per-process UUID, so the key changes in every
-process and such kernels (all the ``*_par`` drivers that call a specialised ``*_range``
-kernel) were recompiled by every new process: ~10 s before the first large-batch run. Here the
-key uses a stable description instead: a captured dispatcher is described by its module,
-qualified name, bytecode and (recursively) its own closure values. The cache still follows the
-sources: ``simulator.kernels`` drops every cache file when any simulator source changes.
+numba's ``cache=True`` on its own is not enough for these kernels, for two reasons:
+
+- numba treats a cached function as stale only when *its own* source file changes, but the
+  kernels inline code from other files (``simulator/primitives.py``, ``simulator/rounding.py``,
+  the intrinsics of ``simd.py``, ``epilogue.py``) and link in the code of the kernels they call.
+  After an edit to ``primitives.py``, numba would keep serving every kernel that inlines it.
+- Part of the generated code depends on the kernel path (:mod:`simulator.capabilities`):
+  ``simd.vmadd16_i32`` is a ``vpdpwssd`` on the ``vnni`` path and a multiply and add on the
+  ``portable`` path, inside depthwise kernels that both paths run. numba's key (signature, CPU,
+  bytecode) is the same for both.
+
+So every cached function defined in a simulator source file is stored under
+``<root>/<digest>-<variant>/<its package directory>/``: ``digest`` covers every ``*.py`` of the
+simulator package (:func:`sources_digest`), ``variant`` is
+:func:`simulator.capabilities.jit_variant`. Any edit or a different path gives other
+directories; nothing is deleted to invalidate, so concurrent processes never see a half-deleted
+cache. ``<root>`` is ``$NUMBA_CACHE_DIR/simulator-jit`` when the user set ``NUMBA_CACHE_DIR``,
+else ``simulator/__pycache__/jit`` when that is writable, else numba's user-wide cache directory
+``/simulator-jit``. Directories of other digests that nobody wrote to for an hour are removed
+at a process's first cache write, which bounds the leftovers of past edits.
+
+Both halves of the key are computed when numba defines the first cached simulator kernel (numba
+asks for a function's cache directory then), i.e. from the sources as this process imported
+them: a file edited after that belongs to another digest. Nothing is written before the first
+compilation.
+
+Wiring: :class:`_SimulatorLocator` is a numba cache locator that answers only for functions in
+simulator source files; :func:`install` (run when :mod:`simulator.kernels` is imported) puts it
+first in numba's list of locators, in memory. ``NUMBA_CACHE_LOCATOR_CLASSES``, numba's own
+override of that list, bypasses it (and with it the protection above).
+
+Closure kernels: numba keys a closure's cache entry on a pickle of its closure cells. A cell
+holding another jitted function pickles with that dispatcher's per-process UUID, so the key
+changes in every process and such kernels (all the ``*_par`` drivers that call a specialised
+``*_range`` kernel) were recompiled by every new process: ~10 s before the first large-batch
+run. :func:`stable_cache` keys them on a stable description instead: a captured dispatcher is
+described by its module, qualified name, bytecode and (recursively) its own closure values.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
+import os
+import re
+import shutil
+import sys
+import time
 
+import numba
 import numpy as np
+from numba.core import caching
 from numba.core.caching import FunctionCache
 from numba.core.dispatcher import Dispatcher
 
+from simulator import capabilities as _caps
+
+_PKG = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # .../simulator
+_PKG_PARENT = os.path.dirname(_PKG)
+_ROOT_NAME = "simulator-jit"
+_KEY_RE = re.compile(r"^[0-9a-f]{24}-[a-z]+$")
+# a directory of another digest written to within this time may belong to a running process
+_PRUNE_AFTER_S = 3600.0
+
+# numba < 0.61 calls it _CacheImpl
+_CacheImplBase = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
+
 _PLAIN = (bool, int, float, str, bytes, type(None), np.integer, np.floating, np.bool_)
+
+
+@functools.lru_cache(maxsize=None)
+def sources_digest() -> str:
+    """sha256 over the relative path and bytes of every ``*.py`` under the simulator package;
+    computed once per process."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(_PKG):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")))
+        for name in sorted(filenames):
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, name)
+            digest.update(os.path.relpath(path, _PKG).encode() + b"\0")
+            try:
+                with open(path, "rb") as fh:
+                    digest.update(fh.read())
+            except OSError:  # removed while we walked (an editor's rename): still a change
+                digest.update(b"\0unreadable\0")
+    return digest.hexdigest()
+
+
+def jit_key() -> str:
+    """``<digest>-<variant>``: the name of this process's kernel cache directory; it changes
+    with any simulator source and with the VNNI choice."""
+    return f"{sources_digest()[:24]}-{_caps.jit_variant()}"
+
+
+def _writable(path: str) -> bool:
+    """Whether ``path`` exists writable or could be created, judged without creating anything."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+@functools.lru_cache(maxsize=None)
+def cache_root() -> str:
+    """The directory holding one subdirectory per :func:`jit_key` (module docstring)."""
+    if numba.config.CACHE_DIR:
+        return os.path.join(numba.config.CACHE_DIR, _ROOT_NAME)
+    in_tree = os.path.join(_PKG, "__pycache__", "jit")
+    if _writable(in_tree):
+        return in_tree
+    from numba.misc.appdirs import AppDirs
+
+    return os.path.join(AppDirs(appname="numba", appauthor=False).user_cache_dir, _ROOT_NAME)
+
+
+def _in_package(py_file) -> bool:
+    try:
+        path = os.path.realpath(py_file)
+    except (TypeError, ValueError):
+        return False
+    return path.endswith(".py") and path.startswith(_PKG + os.sep)
+
+
+_PRUNED = []
+
+
+def _prune_other_digests(root: str, keep: str) -> None:
+    """Remove ``root``'s cache directories of digests other than ``keep`` that were not written
+    to for :data:`_PRUNE_AFTER_S` (every variant of ``keep`` stays)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        if not _KEY_RE.match(name) or name.startswith(keep + "-"):
+            continue
+        path = os.path.join(root, name)
+        try:
+            if now - os.stat(path).st_mtime < _PRUNE_AFTER_S:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class _SimulatorLocator(caching._CacheLocator):
+    """numba cache locator for functions defined in simulator source files (module docstring)."""
+
+    def __init__(self, py_func, py_file):
+        self._lineno = py_func.__code__.co_firstlineno
+        self._key = jit_key()
+        self._top = os.path.join(cache_root(), self._key)
+        rel = os.path.relpath(os.path.dirname(os.path.realpath(py_file)), _PKG_PARENT)
+        self._path = os.path.join(self._top, rel)
+
+    def get_cache_path(self):
+        return self._path
+
+    def get_source_stamp(self):
+        # the directory already names the sources and the variant
+        return self._key
+
+    def get_disambiguator(self):
+        return str(self._lineno)
+
+    def ensure_cache_path(self):
+        # numba calls this before every write, never at definition: the first write of the
+        # process is the first moment the simulator touches the disk
+        if not _PRUNED:
+            _PRUNED.append(True)
+            _prune_other_digests(cache_root(), sources_digest()[:24])
+        super().ensure_cache_path()
+        try:
+            os.utime(self._top)  # "written to recently": keeps the pruning of others away
+        except OSError:
+            pass
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if not _in_package(py_file):
+            return None
+        return cls(py_func, py_file)
+
+
+def _uses_locator(dispatcher) -> bool:
+    cache = getattr(dispatcher, "_cache", None)
+    impl = getattr(cache, "_impl", None)
+    return isinstance(getattr(impl, "locator", None), _SimulatorLocator)
+
+
+def install() -> None:
+    """Make numba ask :class:`_SimulatorLocator` first (idempotent), and move the caches of
+    simulator functions defined before this call (a module such as ``simulator.primitives``
+    imported on its own first) to it. In memory only."""
+    classes = _CacheImplBase._locator_classes
+    if _SimulatorLocator not in classes:
+        classes.insert(0, _SimulatorLocator)
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "simulator" or name.startswith("simulator.")):
+            continue
+        for value in list(vars(module).values()):
+            if (isinstance(value, Dispatcher) and isinstance(value._cache, FunctionCache)
+                    and not _uses_locator(value) and _in_package(inspect.getfile(value.py_func))):
+                value.enable_caching()
 
 
 def _describe(value):

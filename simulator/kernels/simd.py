@@ -13,14 +13,15 @@ Sapphire/Emerald Rapids core). Everything here is exact integer arithmetic:
 - ``vbcast4(arr, i)``: the 4 bytes ``arr[i:i+4]`` broadcast to the 16 lanes (``vpbroadcastd``).
 - ``vload(arr, i)`` / ``vstore(arr, i, v)``: 64 unaligned bytes at element ``i``.
 
-``ENABLED`` is true when the host has AVX-512 F/BW/VNNI and numba compiles for the host CPU;
-the environment variable ``SIMULATOR_SIMD=0`` turns it off (then the portable kernels run:
-same results, slower). The kernels using these ops are only compiled when ``ENABLED`` is true,
-so on other machines nothing here is ever code-generated.
+Whether the VNNI kernels run is :func:`simulator.capabilities.capabilities` ``.vnni`` (the host
+has AVX-512 F/BW/VNNI, numba compiles for the host CPU, and neither ``SIMULATOR_KERNELS`` nor
+``SIMULATOR_SIMD=0`` says otherwise); otherwise the portable kernels run: same results, slower.
+The kernels built on the VNNI-only ops are only compiled on that path. A few ops here
+(``vmadd16_i32``, the fp32 epilogues' rounding) read the gate while generating code and emit a
+VNNI instruction or a portable sequence; :mod:`simulator.kernels.jitcache` keeps the two
+versions apart on disk.
 """
 from __future__ import annotations
-
-import os
 
 from llvmlite import ir
 from numba import types
@@ -28,22 +29,15 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from simulator import rounding as R
+from simulator.capabilities import capabilities
 
 
-def _host_has_vnni() -> bool:
-    try:
-        import numba
-        import llvmlite.binding as llvm
-
-        if numba.config.CPU_NAME not in (None, "host") or numba.config.CPU_FEATURES:
-            return False  # a portable/explicit target: do not assume host instructions
-        feats = llvm.get_host_cpu_features()
-        return all(feats.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
-    except Exception:  # pragma: no cover - unusual llvmlite builds
-        return False
-
-
-ENABLED = _host_has_vnni() and os.environ.get("SIMULATOR_SIMD", "1") != "0"
+def __getattr__(name):
+    # ``simd.ENABLED`` was a module constant computed at import; the gate answers now, on first
+    # use. Kept for readers outside the simulator (tests/simulator/test_sim_conv_fast.py).
+    if name == "ENABLED":
+        return capabilities().vnni
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class I32x16Type(types.Type):
@@ -420,7 +414,7 @@ def vmadd16_i32(typingctx, acc, a, b):
     portable 32-bit multiply and add."""
     def codegen(context, builder, sig, args):
         acc_v, a_v, b_v = args
-        if ENABLED:
+        if capabilities().vnni:
             return _vcall(builder, "llvm.x86.avx512.vpdpwssd.512", _VT, acc_v, a_v, b_v)
         else:
             h = ir.VectorType(ir.IntType(16), 16)
@@ -527,7 +521,7 @@ def _round_clamp_count(builder, f, lo_, hi_, n_, mode, fast):
     lo_f = builder.fsub(builder.sitofp(lo_i, _FT), one)
     hi_f = builder.fadd(builder.sitofp(hi_i, _FT), one)
     g = _clamp_f(builder, f, lo_f, hi_f)
-    if fast and ENABLED and _is_rne(mode):
+    if fast and capabilities().vnni and _is_rne(mode):
         cvt = ir.FunctionType(_VT, [_FT, _VT, ir.IntType(16), _I32])
         fn = cgutils.get_or_insert_function(builder.module, cvt,
                                             "llvm.x86.avx512.mask.cvtps2dq.512")
@@ -880,7 +874,7 @@ ep16_q31 = _make_ep16_q31(False)
 ep16_q31_ruy = _make_ep16_q31(True)
 
 
-__all__ = ["ENABLED", "i32x16", "f32x16", "i64x16", "vzero", "vload", "vbcast4", "vdpbusd",
+__all__ = ["i32x16", "f32x16", "i64x16", "vzero", "vload", "vbcast4", "vdpbusd",
            "vstore", "vload_i32", "vload_f32", "vload_i64", "vsplat_f32", "vsplat_i64",
            "vadd_i32", "vload_u8_i32", "vand_i32", "vmadd_i32", "vmadd16_i32", "vget", "vstore_codes", "vstore_codes_n", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
            "ep16_int32", "ep16_int_p32", "ep16_q31", "ep16_q31_ruy", "vload_ext", "vsplat_i32", "vsub_i32", "vshl_i32", "vmbqm",

@@ -306,6 +306,10 @@ MALFORMED = [
     ("unknown-op", "nna-sym8", _append_op("Conv2D"), "supported_ops[18]", "did you mean 'Conv'",
      True),
     ("duplicate-op", "nna-sym8", _append_op("Conv"), "supported_ops[18]", "duplicate", True),
+    # a misspelt supported op does not also make the ops.* fields that depend on it errors
+    ("misspelt-op-hides-op-checks", "nna-sym8-pow2",
+     _chain(lambda d: d["supported_ops"].__setitem__(8, "AveragPool"), _del("ops.avgpool")),
+     "supported_ops[8]", "did you mean 'AveragePool'?", True),
     ("bad-name", "nna-sym8", _set("name", "NNA Sym8"), "name", "lower-case", True),
     ("multiline-description", "nna-sym8", _set("description", "two\nlines"), "description",
      "one non-empty line", True),

@@ -1,7 +1,10 @@
 """Reference arithmetic: exact rationals, literal gemmlowp/TFLite/ruy code, exact float32 rounding.
 
-Rounding-mode names are the strings of docs/PROGRAM.md. Every function works on Python ints or
-``Fraction``s, so nothing can overflow or round by accident.
+Rounding-mode names are the strings of docs/PROGRAM.md, defined by the one table
+``simulator.rounding.MODES``: :func:`round_fraction` evaluates a mode's rule there on an exact
+``Fraction`` (what the rules mean is checked against closed forms by
+tests/simulator/test_rounding.py). Every function works on Python ints or ``Fraction``s, so
+nothing can overflow or round by accident.
 """
 from __future__ import annotations
 
@@ -9,31 +12,23 @@ from fractions import Fraction
 
 import numpy as np
 
-MODES = ("half_even", "half_away", "half_up", "floor", "toward_zero")
+from simulator import rounding
+
+MODES = rounding.NAMES
 HALF = Fraction(1, 2)
 
 
 def round_fraction(value, mode: str) -> int:
-    """Round an exact rational to an integer."""
+    """Round an exact rational to an integer with the rule of ``mode``."""
     value = Fraction(value)
-    floor = value.numerator // value.denominator
-    frac = value - floor
-    if mode == "floor":
-        return floor
-    if mode == "toward_zero":
-        return floor + 1 if (frac != 0 and value < 0) else floor
-    if frac > HALF:
-        return floor + 1
-    if frac < HALF:
-        return floor
-    # an exact tie: value = floor + 1/2
-    if mode == "half_up":
-        return floor + 1
-    if mode == "half_away":
-        return floor + 1 if value > 0 else floor
-    if mode == "half_even":
-        return floor + 1 if floor % 2 else floor
-    raise ValueError(mode)
+    q = value.numerator // value.denominator
+    f = value - q
+    if f == 0:
+        return q
+    m = rounding.MODES[rounding.CODES[mode]]
+    pred = m.above if f > HALF else m.tie if f == HALF else m.below
+    bit = 2 * (q < 0) + q % 2  # the predicate's truth-table index (sign, parity of q)
+    return q + ((pred.table >> bit) & 1)
 
 
 def round_float(x, mode: str) -> int:
@@ -127,7 +122,7 @@ def fraction_to_f32(value) -> np.float32:
     while mag / Fraction(2) ** e < 2**23:
         e -= 1
     e = max(e, -149)
-    m = round_fraction(mag / Fraction(2) ** e, "half_even")
+    m = round(mag / Fraction(2) ** e)  # Python rounds a Fraction half to even
     if m == 2**24:
         m //= 2
         e += 1
