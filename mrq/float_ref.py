@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mrq.pointwise import POINTWISE
 from mrq.float_kernels import clamp_3d, depthwise_conv_nchw, fake_quant_3d, fake_quant_3d_t
 from mrq.ir import Graph, Node, QParams
 from mrq.float_ref_extra import ExtraOpsReference
@@ -241,7 +242,10 @@ class FloatReference(ExtraOpsReference):
             self._pending_clamp = None
             self._defer_clamp = True
             try:
-                out = getattr(self, "_" + node.op)(node, *ins)
+                if node.op in POINTWISE:
+                    out = POINTWISE[node.op].real(np.asarray(ins[0], np.float64), node.attrs)
+                else:
+                    out = getattr(self, "_" + node.op)(node, *ins)
             finally:
                 self._defer_clamp = False
             t = self.g.tensors[node.outputs[0]]

@@ -56,8 +56,8 @@ class GoldenLimitError(MrqError):
 
     def __init__(self, model: str, profile: str, violations: list):
         self.violations = list(violations)
-        lines = [f"refusing to write a golden set: {model} needs parameters outside profile "
-                 f"{profile!r}'s limits ({len(self.violations)} violation(s)); its program would "
+        lines = [f"refusing to write a golden set: {model} needs parameters outside the limits of "
+                 f"profile {profile} ({len(self.violations)} violation(s)); its program would "
                  f"hold clipped values, and golden vectors from it are not the model's results:"]
         lines += [f"  {v}" for v in self.violations]
         lines.append(f"run `mrq requant {model} --profile {profile} -o OUT.onnx` (it chooses grids "
@@ -322,7 +322,7 @@ def run_traced(model, profile, feeds: dict):
     prof = resolve_profile(profile)
     graph = load_model(model) if isinstance(model, str) else model
     lowered = lower(graph, arithmetic_from_profile(prof))
-    _refuse_out_of_limits(model, graph, prof, lowered)
+    _refuse_out_of_limits(model, profile, graph, prof, lowered)
     program, bound = bind_inputs(lowered, feeds)
     result = run(program, bound, trace=True)
     trace = dict(result.trace)
@@ -332,7 +332,7 @@ def run_traced(model, profile, feeds: dict):
     return graph, prof, lowered, program, trace, dict(result.stats)
 
 
-def _refuse_out_of_limits(model, graph, prof, lowered) -> None:
+def _refuse_out_of_limits(model, profile, graph, prof, lowered) -> None:
     """Raise :class:`GoldenLimitError` when the lowering had to clip a parameter, or when the
     program's arithmetic (requantization, accumulator, op modes) is not the profile's. The
     model's own formats (activation dtypes, zero points, bias codes) are only noted in the
@@ -342,7 +342,9 @@ def _refuse_out_of_limits(model, graph, prof, lowered) -> None:
         program_violations(lowered.program, prof, lowered.step_node, lowered.placement))
     if bad:
         name = model if isinstance(model, str) else getattr(graph, "name", "the model")
-        raise GoldenLimitError(name, prof.name, [str(v) for v in bad])
+        # the profile as the user named it (a path for a custom profile), so the hint runs as is
+        raise GoldenLimitError(name, profile if isinstance(profile, str) else prof.name,
+                               [str(v) for v in bad])
 
 
 def compute_golden(model: Union[str, "object"], profile, feeds: dict, layout: Optional[str] = None,

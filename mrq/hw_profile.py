@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import yaml
 
+from mrq.pointwise import POINTWISE
 from mrq.errors import HwProfileError
 from simulator import rounding as _rounding
 
@@ -81,7 +82,7 @@ KNOWN_OPS = (
     "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
     "GlobalAveragePool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
     "Softmax", "Identity", "Pad", "Mean", "Logistic",
-)
+) + tuple(POINTWISE)
 # ops.<field> -> the op type whose arithmetic it sets: required when that op is in
 # supported_ops, rejected otherwise.
 OP_FIELDS = {"add": "Add", "mul": "Mul", "avgpool": "AveragePool",

@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from mrq.pointwise import POINTWISE
 from mrq import multipliers as mul
 from mrq.errors import UnsupportedOpError, ModelError
 from simulator.errors import SimulatorError
@@ -238,7 +239,7 @@ class _Lowerer(ExtraOpsLowering):
                                              f"profile {self.a.name!r} does not support it "
                                              f"(supported: {', '.join(sorted(self.a.supported_ops))})")
             if not self.lower_override(node):   # peer-runtime quirks (mrq/lower_extra.py)
-                getattr(self, "_" + node.op)(node)
+                self._dispatch(node)
         g = self.g
         inputs = tuple(TensorSpec(n, storage_dtype(g.tensors[n].dtype), tuple(g.tensors[n].shape)) for n in g.inputs)
         outputs = tuple(TensorSpec(n, storage_dtype(g.tensors[n].dtype), tuple(g.tensors[n].shape)) for n in g.outputs)
@@ -269,12 +270,37 @@ class _Lowerer(ExtraOpsLowering):
                 from mrq.hw_profile import load_profile
                 self.a = replace(arithmetic_from_profile(load_profile(how)), host_ops=())
             if not self.lower_override(node):
-                getattr(self, "_" + node.op)(node)
+                self._dispatch(node)
         finally:
             self.a = saved
         for step in self.steps[start:]:
             self.placement[step.name] = "host"
 
+
+    def _dispatch(self, node) -> None:
+        if node.op in POINTWISE:
+            self._pointwise(node)
+        else:
+            getattr(self, "_" + node.op)(node)
+
+    def _pointwise(self, node):
+        """A pointwise op as a 256-entry table: every 8-bit input code's real value through the
+        op's float semantics, quantized with the profile's own quantizer, clamped."""
+        x_qp = self.t(node.inputs[0]).qparams
+        y_qp = self.t(node.outputs[0]).qparams
+        if x_qp is None or y_qp is None or x_qp.dtype not in ("int8", "uint8") \
+                or y_qp.dtype not in ("int8", "uint8") or x_qp.scale.size != 1:
+            raise UnsupportedOpError(node.op, node.name, "a table op needs 8-bit per-tensor "
+                                                         "quantized input and output")
+        info = np.iinfo(np.dtype(storage_dtype(x_qp.dtype)))
+        codes = np.arange(int(info.min), int(info.max) + 1, dtype=np.int64)
+        # dequantized and evaluated in float32, as runtimes build their tables
+        real = (codes - int(x_qp.zero_point[0])).astype(np.float32) * np.float32(x_qp.scale[0])
+        y = POINTWISE[node.op].real(real, node.attrs)
+        lo, hi = self.out_range(y_qp, node.attrs.get("clamp"))
+        table = np.array([min(max(self.quantize_real(float(v), y_qp), lo), hi) for v in y])
+        self.emit("lut", node, node.inputs, node.outputs,
+                  table=table.astype(storage_dtype(y_qp.dtype)), out_dtype=storage_dtype(y_qp.dtype))
 
     def _Quantize(self, node):
         qp = self.t(node.outputs[0]).qparams

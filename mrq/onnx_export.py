@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mrq.pointwise import POINTWISE
 from mrq.errors import ModelError
 from mrq.ir import Graph, Node, QParams, storage_dtype
 
@@ -122,7 +123,10 @@ class _Exporter:
 
     def export(self, opset: int | None = None) -> onnx.ModelProto:
         for node in self.g.nodes:
-            getattr(self, "_" + node.op)(node)
+            if node.op in POINTWISE:
+                self._pointwise(node)
+            else:
+                getattr(self, "_" + node.op)(node)
         g = self.g
         inputs = [helper.make_tensor_value_info(n, _ELEM[storage_dtype(g.tensors[n].dtype)],
                                                 _dims(g.tensors[n].shape)) for n in g.inputs]
@@ -244,6 +248,14 @@ class _Exporter:
         y = self.fresh(node.name + "_y")
         self.nodes.append(helper.make_node("Softmax", [self.float_view(node.inputs[0])], [y],
                                            axis=int(node.attrs.get("axis", -1)), name=self.fresh(node.name)))
+        self.finish(node, y)
+
+    def _pointwise(self, node):
+        op = POINTWISE[node.op]
+        y = self.fresh(node.name + "_y")
+        attrs = {k: node.attrs.get(k, d) for k, d in op.attrs.items()}
+        self.nodes.append(helper.make_node(op.onnx_op, [self.float_view(node.inputs[0])], [y],
+                                           name=self.fresh(node.name), **attrs))
         self.finish(node, y)
 
     def _Logistic(self, node):

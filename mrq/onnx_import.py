@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from mrq.pointwise import BY_ONNX, ir_attrs
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.ir import Graph, Node, QParams, Tensor
 from mrq.shapes import infer_shapes
@@ -27,7 +28,7 @@ QUANT_MARKERS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
                  "QLinearGlobalAveragePool", "QGemm", "QLinearConcat"}
 # Float ops that compute new values: they need a QuantizeLinear after them.
 COMPUTE_FLOAT_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "GlobalAveragePool",
-                     "Concat", "Softmax"}
+                     "Concat", "Softmax"} | set(BY_ONNX)
 # Ops that only move or select values, so their output lives on their input's grid.
 GRID_PRESERVING_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool",
                        "Identity", "Relu", "Clip"}
@@ -345,6 +346,9 @@ class _Importer:
         elif op == "Softmax":
             x = self._int_input(ins[0], node)
             self._emit("Softmax", name, [x], [out], axis=int(attrs.get("axis", -1)), **extra)
+        elif op in BY_ONNX:
+            x = self._int_input(ins[0], node)
+            self._emit(BY_ONNX[op], name, [x], [out], **ir_attrs(BY_ONNX[op], attrs), **extra)
         else:
             raise UnsupportedOpError(op, node.name)
 

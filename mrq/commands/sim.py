@@ -63,8 +63,8 @@ def run(args) -> int:
               f"Run `mrq requant` to convert the model.", file=sys.stderr)
     limits = list(result.lowered.limit_violations)
     if limits:
-        print(f"warning: the model needs {len(limits)} parameter(s) outside profile "
-              f"{profile_name!r}'s limits (first: {limits[0]}); the simulation uses the closest "
+        print(f"warning: the model needs {len(limits)} parameter(s) outside the limits of "
+              f"profile {profile_name!r} (first: {limits[0]}); the simulation uses the closest "
               f"legal values, which is not the model's arithmetic. Run `mrq requant` to choose "
               f"grids within the limits.", file=sys.stderr)
     if not args.quiet and args.no_fidelity:
