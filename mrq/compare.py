@@ -294,10 +294,9 @@ def run_profile(graph, profile, feeds: dict, batch_size: int, ref_outputs: list,
                 calib=None, bar=None) -> ProfileResult:
     """Simulate ``graph`` under ``profile`` batch by batch; ``ref_outputs``: the float reference
     output (first graph output) per batch of the input model."""
-    from mrq.api import bind_inputs, resolve_profile
+    from mrq.api import resolve_profile
     from mrq.float_ref import FloatReference
-    from mrq.lower import arithmetic_from_profile, lower
-    from simulator.run import run
+    from mrq.pipeline import Pipeline
 
     prof = resolve_profile(profile)
     res = ProfileResult(profile=prof.name, description=prof.description)
@@ -307,20 +306,17 @@ def run_profile(graph, profile, feeds: dict, batch_size: int, ref_outputs: list,
     res.requantized, res.note = hook.requantized, hook.note
     res.violations_before, res.violations = hook.violations_before, hook.violations_after
     res.weight_bytes = weight_bytes(g, None if hook.violations_after else prof)
-    lowered = lower(g, arithmetic_from_profile(prof))
-    node_steps: dict = {}
-    for step in lowered.program.steps:
-        node_steps.setdefault(lowered.step_node.get(step.name, step.name), []).append(step.name)
+    pipe = Pipeline(g, prof, layout="native")
+    lowered = pipe.lowered
+    node_steps = pipe.node_steps()
     acc_err: dict = {}
     single_err: dict = {}
     counters: dict = {}
     agree = correct = seen = 0
     out_name = lowered.program.outputs[0].name if lowered.program.outputs else None
     for i, chunk in enumerate(_chunks(feeds, batch_size)):
-        program, bound = bind_inputs(lowered, chunk)
-        result = run(program, bound, trace=True)
-        trace = dict(result.trace)
-        trace.update(bound)
+        result = pipe.run(chunk, trace=True)
+        program, trace, bound = result.program, result.trace, result.bound
         arrays = {k: np.asarray(v) for k, v in chunk.items()}
         ref = FloatReference(graph).run(arrays)
         if g is not graph:

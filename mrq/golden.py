@@ -406,6 +406,8 @@ def compute_golden(model: Union[str, "object"], profile, feeds: dict, layout: Op
         node = next((n for n in graph.nodes if n.name == node_name), None)
         entry = {"index": idx, "name": step.name, "kind": step.kind, "node": node_name,
                  "op": node.op if node is not None else None,
+                 # host_ops steps are reference values for the host part, not RTL vectors
+                 "placement": lowered.placement.get(step.name, "npu"),
                  "inputs": list(step.inputs), "outputs": list(step.outputs), "tensors": []}
         layers.append(entry)
         p = step.params

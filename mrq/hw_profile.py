@@ -1211,6 +1211,13 @@ def _parse_profile(ctx: _Ctx, data: Any, resolve_refs: bool = True) -> HwProfile
                    f"double_q31 requantizes a {DOUBLE_Q31_ACC_BITS}-bit accumulator (the "
                    f"simulator wraps it to int32 first), but accumulator.bits is {acc.bits}; "
                    f"use fixed_point with multiplier_bits 31")
+    # a runtime's quirks refine that runtime's own requantization; on another arithmetic they
+    # would change nothing, which a profile must not state
+    runtime_arith = {"tflite-reference": "double_q31", "xnnpack": "float32"}.get(runtime)
+    if runtime_arith and _ok(rq) and rq.arithmetic != runtime_arith:
+        ctx.report("runtime", f"{runtime!r} reproduces a runtime whose requantization is "
+                              f"{runtime_arith}, but requant.arithmetic is {rq.arithmetic}; got "
+                              f"{runtime!r}")
     supported = block("supported_ops", _parse_supported_ops)
     host, host_profiles = {}, {}
     if "host_ops" in m:

@@ -277,6 +277,14 @@ class _Lowerer(ExtraOpsLowering):
             self.placement[step.name] = "host"
 
 
+    def _mode(self, field: str, node):
+        """The profile's ``ops.<field>``; a profile without it does not support the op."""
+        mode = getattr(self.a, field)
+        if mode is None:
+            raise UnsupportedOpError(node.op, node.name, f"profile {self.a.name!r} has no "
+                                                         f"ops.{field}: it does not support it")
+        return mode
+
     def _dispatch(self, node) -> None:
         if node.op in POINTWISE:
             self._pointwise(node)
@@ -379,7 +387,7 @@ class _Lowerer(ExtraOpsLowering):
                       out_zero_point=int(qy.zero_point[0]), out_min=lo, out_max=hi,
                       out_dtype=storage_dtype(qy.dtype))
         sa, sb, sy = (np.float32(q.scale[0]) for q in (qa, qb, qy))
-        mode = self.a.add
+        mode = self._mode("add", node)
         if mode in ("ort_fma", "float"):
             extra = {"rounding": self.a.quantize_rounding} if mode == "float" else {}
             self.emit("add", node, [a, b], node.outputs, mode=mode, scale_a=sa, scale_b=sb, scale_out=sy,
@@ -408,6 +416,7 @@ class _Lowerer(ExtraOpsLowering):
             raise ValueError(f"unknown add arithmetic {mode!r}")
 
     def _Mul(self, node):
+        self._mode("mul", node)
         a, b = (self.ensure_buffer(n, node) for n in node.inputs)
         qa, qb = self.t(a).qparams, self.t(b).qparams
         qy = self.t(node.outputs[0]).qparams
@@ -472,7 +481,7 @@ class _Lowerer(ExtraOpsLowering):
         self._emit_avgpool(node, geom, x_qp, y_qp, lo, hi, at.get("clamp"))
 
     def _emit_avgpool(self, node, geom, x_qp, y_qp, lo, hi, clamp):
-        mode = self.a.avgpool
+        mode = self._mode("avgpool", node)
         if mode == "ort_float":
             self.emit("avgpool", node, node.inputs, node.outputs, mode=mode, **geom,
                       scale_in=np.float32(x_qp.scale[0]), input_zero_point=int(x_qp.zero_point[0]),
@@ -519,6 +528,7 @@ class _Lowerer(ExtraOpsLowering):
                   **self.requant_block(np.full(int(channels), real[0]), y_qp, clamp, channel_axis))
 
     def _GlobalAveragePool(self, node):
+        self._mode("global_avgpool", node)
         x = self.t(node.inputs[0])
         x_qp, y_qp = x.qparams, self.t(node.outputs[0]).qparams
         layout = node.attrs.get("layout", "NCHW")

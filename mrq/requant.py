@@ -43,7 +43,8 @@ PASS_NAMES = tuple(p.name for p in PASSES)
 
 def check_supported(graph: Graph, profile) -> None:
     from mrq.lower import IR_OP_NAMES
-    supported = set(profile.supported_ops)
+    # host_ops run on the host with their own arithmetic: accepted like supported ops
+    supported = set(profile.supported_ops) | set(getattr(profile, "host_ops", None) or ())
     for node in graph.nodes:
         names = IR_OP_NAMES.get(node.op, {node.op})
         if names and not (names & supported):

@@ -67,7 +67,7 @@ def check_model(model, profile, feeds=None):
     prof = resolve_profile(profile)
     graph = load_model(model) if isinstance(model, str) else model
     lines = []
-    supported = set(prof.supported_ops or ())
+    supported = set(prof.supported_ops or ()) | set(getattr(prof, "host_ops", None) or ())
     if supported:
         for node in graph.nodes:
             names = IR_OP_NAMES.get(node.op, {node.op})

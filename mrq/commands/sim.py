@@ -88,13 +88,12 @@ def _outputs_in_batches(args, feeds):
     """Outputs only, ``--batch-size`` inputs at a time, through the fast (NHWC) program."""
     import numpy as np
 
-    from mrq.api import SimResult, bind_inputs, prepare, profile_violations, resolve_profile
-    from mrq.onnx_import import load_model
+    from mrq.api import SimResult
+    from mrq.pipeline import Pipeline
     from simulator.run import run
 
-    profile = resolve_profile(args.profile)
-    graph = load_model(args.model)
-    lowered = prepare(graph, profile)
+    pipe = Pipeline(args.model, args.profile, layout="nhwc")
+    lowered = pipe.lowered
     n = _batch(feeds)
     lengths = {k: (v.shape[0] if np.ndim(v) else None) for k, v in feeds.items()}
     if any(length != n for length in lengths.values()):
@@ -112,7 +111,7 @@ def _outputs_in_batches(args, feeds):
     compiled = None
     for start in starts:
         part = {k: v[start:start + args.batch_size] for k, v in feeds.items()}
-        program, bound = bind_inputs(lowered, part)
+        program, bound = pipe.bind(part)
         if want_compiled and compiled is None:
             compiled = _compile(program, bound, args)
             want_compiled = compiled is not None
@@ -131,7 +130,7 @@ def _outputs_in_batches(args, feeds):
     outputs = {name: np.concatenate(parts) if len(parts) > 1 else parts[0]
                for name, parts in chunks.items()}
     return SimResult(outputs=outputs, stats=stats, lowered=lowered,
-                     violations=profile_violations(graph, profile))
+                     violations=pipe.violations())
 
 
 def _compile(program, bound, args):

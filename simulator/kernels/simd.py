@@ -248,15 +248,15 @@ _REGION_CMP = {frozenset({"above"}): ">", frozenset({"tie"}): "==", frozenset({"
                frozenset({"above", "below"}): "!="}
 
 
-def _region_fn(builder, cmp, frac, half, nonzero):
-    """``region`` for :func:`_up_lanes` from a fraction ``frac`` (lanes) compared with ``half``
-    by ``cmp(op, a, b)`` (``icmp_signed`` or ``fcmp_ordered``); ``nonzero()``: the lanes with
-    ``frac != 0``."""
+def _region_fn(builder, cmp, value, half, nonzero):
+    """``region`` for :func:`_up_lanes`: ``value`` (lanes) compared with the midpoint ``half``
+    by ``cmp(op, a, b)`` (``icmp_signed`` or ``fcmp_ordered``); ``nonzero()``: the lanes whose
+    fraction is not 0. (The remainder and 2**(s-1), or ``g`` and ``floor(g) + 1/2``.)"""
     def region(names):
         if len(names) == 3:
             return nonzero()
-        c = cmp(_REGION_CMP[names], frac, half)
-        # 'above' alone excludes a zero fraction already (half >= 0)
+        c = cmp(_REGION_CMP[names], value, half)
+        # 'above' alone excludes a zero fraction already (the midpoint lies above it)
         return c if names == _ABOVE else builder.and_(c, nonzero())
     return region
 
@@ -275,15 +275,14 @@ def _lazy(make):
 
 
 def _round_generic_f(builder, g, mode):
-    """``mode``'s rule on float lanes: ``q = floor(g)``, ``f = g - q`` compared with 1/2.
-    ``f`` is exact for ``|g| >= 1/2`` (Sterbenz); for ``-1/2 < g < 0`` it may round, but only
-    within (1/2, 1], so the region is still right. ``q`` must fit int32 (parity)."""
+    """``mode``'s rule on float lanes: ``q = floor(g)``, and ``g`` compared with ``q + 1/2``,
+    which is exact for ``|g| < 2**22`` (``g - q`` is not: ``-0.49999997f + 1`` rounds to the tie
+    1/2). ``q`` must fit int32 (parity)."""
     q = _vcall(builder, "llvm.floor.v16f32", _FT, g)
-    f = builder.fsub(g, q)
-    half = ir.Constant(_FT, [0.5] * 16)
+    h = builder.fadd(q, ir.Constant(_FT, [0.5] * 16))
     zero = ir.Constant(_FT, [0.0] * 16)
-    nonzero = _lazy(lambda: builder.fcmp_ordered("!=", f, zero))
-    region = _region_fn(builder, builder.fcmp_ordered, f, half, nonzero)
+    nonzero = _lazy(lambda: builder.fcmp_ordered("!=", g, q))
+    region = _region_fn(builder, builder.fcmp_ordered, g, h, nonzero)
     q_neg = _lazy(lambda: builder.fcmp_ordered("<", q, zero))
     q_odd = _lazy(lambda: builder.trunc(builder.fptosi(q, _VT), _I1V))
     up = _up_lanes(builder, mode, region, q_neg, q_odd)
@@ -293,22 +292,17 @@ def _round_generic_f(builder, g, mode):
 
 
 def _fast_f(builder, g, mode):
-    """One instruction (or two) for the rules that have one, else ``None``. Each equals the
-    rule for ``|g| < 2**22`` (``g + 0.5`` exact); tests/simulator/test_rounding.py compares them
-    with :func:`_round_generic_f`."""
+    """One instruction for the rules that have one (exact for every float), else ``None``;
+    tests/simulator/test_rounding.py compares them with :func:`_round_generic_f`. Half up and
+    half away have none: ``floor(g + 1/2)`` and ``trunc(g + copysign(1/2, g))`` give 1 for
+    ``g = 0.49999997f``, where the f32 sum ``g + 1/2`` rounds up to 1."""
     rule = _rule(mode.above, mode.tie, mode.below)
-    half = ir.Constant(_FT, [0.5] * 16)
     if rule == _rule(R.ALWAYS, R.Q_ODD, R.NEVER):
         return _vcall(builder, "llvm.roundeven.v16f32", _FT, g)
     if rule == _rule(R.NEVER, R.NEVER, R.NEVER):
         return _vcall(builder, "llvm.floor.v16f32", _FT, g)
     if rule == _rule(R.Q_NEG, R.Q_NEG, R.Q_NEG):
         return _vcall(builder, "llvm.trunc.v16f32", _FT, g)
-    if rule == _rule(R.ALWAYS, R.ALWAYS, R.NEVER):
-        return _vcall(builder, "llvm.floor.v16f32", _FT, builder.fadd(g, half))
-    if rule == _rule(R.ALWAYS, R.Q_NONNEG, R.NEVER):
-        return _vcall(builder, "llvm.trunc.v16f32", _FT,
-                      builder.fadd(g, _vcall(builder, "llvm.copysign.v16f32", _FT, half, g)))
     return None
 
 

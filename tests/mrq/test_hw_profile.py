@@ -185,6 +185,10 @@ def _chain(*mutations):
     return mut
 
 
+# index of an op appended to nna-sym8's supported_ops, and of AveragePool in nna-sym8-pow2's
+_APPENDED = f"supported_ops[{len(_raw('nna-sym8')['supported_ops'])}]"
+_AVGPOOL_AT = _raw("nna-sym8-pow2")["supported_ops"].index("AveragePool")
+
 MALFORMED = [
     ("wrong-enum", "nna-sym8", _set("accumulator.overflow", "wrapp"), "accumulator.overflow",
      "must be one of wrap, saturate, error; got 'wrapp'", True),
@@ -303,13 +307,13 @@ MALFORMED = [
      "requant.shift_min", "no conv can be requantized", False),
     ("quantize-method", "nna-sym8", _set("ops.quantize.method", "round"),
      "ops.quantize.method", "divide, multiply", True),
-    ("unknown-op", "nna-sym8", _append_op("Conv2D"), "supported_ops[18]", "did you mean 'Conv'",
-     True),
-    ("duplicate-op", "nna-sym8", _append_op("Conv"), "supported_ops[18]", "duplicate", True),
+    ("unknown-op", "nna-sym8", _append_op("Conv2D"), _APPENDED, "did you mean 'Conv'", True),
+    ("duplicate-op", "nna-sym8", _append_op("Conv"), _APPENDED, "duplicate", True),
     # a misspelt supported op does not also make the ops.* fields that depend on it errors
     ("misspelt-op-hides-op-checks", "nna-sym8-pow2",
-     _chain(lambda d: d["supported_ops"].__setitem__(8, "AveragPool"), _del("ops.avgpool")),
-     "supported_ops[8]", "did you mean 'AveragePool'?", True),
+     _chain(lambda d: d["supported_ops"].__setitem__(_AVGPOOL_AT, "AveragPool"),
+            _del("ops.avgpool")),
+     f"supported_ops[{_AVGPOOL_AT}]", "did you mean 'AveragePool'?", True),
     ("bad-name", "nna-sym8", _set("name", "NNA Sym8"), "name", "lower-case", True),
     ("multiline-description", "nna-sym8", _set("description", "two\nlines"), "description",
      "one non-empty line", True),

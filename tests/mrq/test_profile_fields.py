@@ -146,8 +146,11 @@ def observe(profile, graph) -> tuple:
     from mrq.commands.check import check_model
     from mrq.lower import arithmetic_from_profile, lower
     try:
-        program = lower(graph, arithmetic_from_profile(profile)).program
+        lowered_model = lower(graph, arithmetic_from_profile(profile))
+        program = lowered_model.program
         h = hashlib.sha256()
+        # which steps run on the host is part of what a profile decides
+        h.update(repr(sorted(lowered_model.placement.items())).encode())
         for step in program.steps:
             h.update(f"{step.kind}|{step.name}|{step.inputs}|{step.outputs}".encode())
             for key, value in sorted(dict(step.params).items()):

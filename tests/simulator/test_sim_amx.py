@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from simulator.capabilities import capabilities  # noqa: E402
 from simulator.kernels import amx, amx_conv  # noqa: E402
 from simulator.kernels.conv import prepare_conv  # noqa: E402
 from simulator.kernels.gemm import prepare_gemm  # noqa: E402
@@ -29,7 +30,8 @@ from tests.simulator.test_sim_conv_fast import _input  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
-needs_amx = pytest.mark.skipif(not amx.ENABLED, reason="no AMX-INT8 on this host")
+needs_amx = pytest.mark.skipif(not capabilities().amx,
+                               reason=f"no AMX kernels here: {capabilities().amx_off}")
 
 
 def _requant(rng, m_out):
@@ -179,10 +181,21 @@ def test_config_rejects_impossible_tiles():
     assert cfg[0] == 1 and cfg[48:56].tolist() == [5] * 6 + [12] * 2
 
 
-def test_amx_switch_off():
-    """SIMULATOR_AMX=0 disables the AMX kernels (the VNNI kernels compute the same bits)."""
-    code = "from simulator.kernels import amx; print(amx.ENABLED)"
-    env = dict(os.environ, SIMULATOR_AMX="0")
+@pytest.mark.parametrize("switch", [{"SIMULATOR_AMX": "0"}, {"SIMULATOR_KERNELS": "vnni"}])
+def test_amx_switch_off(switch):
+    """SIMULATOR_AMX=0 (or forcing the VNNI path) disables the AMX kernels (the VNNI kernels
+    compute the same bits); the gate says which switch did it, whatever the host."""
+    code = ("from simulator.capabilities import capabilities as c; x = c();"
+            " print(x.amx, x.amx_off, sep='|')")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SIMULATOR_KERNELS", "SIMULATOR_SIMD", "SIMULATOR_AMX")}
+    env.update(switch)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.strip() == "False"
+                         text=True)
+    if "SIMULATOR_KERNELS" in switch and out.returncode:
+        assert "cannot run here" in out.stderr  # a host without VNNI cannot be forced to it
+        return
+    assert out.returncode == 0, out.stderr
+    amx_on, why = out.stdout.strip().split("|")
+    assert amx_on == "False"
+    assert why.endswith(" ".join(f"{k}={v}" for k, v in switch.items())) or "VNNI" in why

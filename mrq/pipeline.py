@@ -1,0 +1,199 @@
+"""The one pipeline every command and :mod:`mrq.api` runs: load -> layout -> lower -> bind ->
+run -> fidelity.
+
+:class:`Pipeline` holds a model lowered for a profile in a chosen layout; :meth:`Pipeline.run`
+binds user arrays and simulates one batch, :meth:`Pipeline.fidelity` compares a run with the
+float reference. The layout choice is made here only: ``native`` keeps the model's own
+intermediate tensors (traces, golden vectors, per-layer fidelity); ``nhwc`` (the default for
+outputs-only work) runs NCHW conv/pool chains channels-last, bit-identical at the outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional, Union
+
+import numpy as np
+
+from mrq.errors import InputDataError
+from mrq.hw_profile import HwProfile, load_profile
+from mrq.ir import Graph, storage_dtype
+from mrq.layout import to_nhwc
+from mrq.lower import LoweredModel, arithmetic_from_profile, lower
+from simulator.program import Program, TensorSpec
+
+
+def resolve_profile(profile: Union[str, HwProfile]) -> HwProfile:
+    return profile if isinstance(profile, HwProfile) else load_profile(profile)
+
+
+def profile_violations(graph: Graph, profile: HwProfile) -> list[str]:
+    """Lines describing where the model's quantization breaks the profile's format rules."""
+    lines = []
+    roles = {}
+    for node in graph.nodes:
+        if node.op in ("Conv", "Gemm") and not node.attrs.get("integer_output"):
+            roles[node.inputs[1]] = "weights"
+            if len(node.inputs) > 2:
+                roles[node.inputs[2]] = "bias"
+    for name, t in graph.tensors.items():
+        role = roles.get(name, "activations")
+        if t.qparams is None or (role != "bias" and t.dtype in ("int32", "int64")):
+            continue
+        qp = t.qparams
+        values = np.asarray(t.data) if t.is_const else None
+        for problem in profile.check_tensor(role, storage_dtype(qp.dtype), qp.scale, qp.zero_point, qp.axis,
+                                            values=values):
+            lines.append(f"{name}: {problem}")
+    if profile.ops.shared_grid:
+        from mrq.passes.grid_classes import shared_grid_violations
+        lines.extend(shared_grid_violations(graph, profile.ops.shared_grid))
+    return lines
+
+
+LAYOUTS = ("auto", "native", "nhwc")
+
+
+def layout_graph(graph: Graph, layout: str) -> Graph:
+    """The graph the simulator runs: ``native`` as imported; ``nhwc``/``auto`` with the NCHW
+    conv/pool chains rewritten to NHWC (:func:`mrq.layout.to_nhwc`; same outputs bit for bit,
+    but intermediate tensors change layout and name)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+    return graph if layout == "native" else to_nhwc(graph)
+
+
+def _check_shape(name: str, spec_shape: tuple, arr: np.ndarray) -> None:
+    if len(spec_shape) and arr.ndim != len(spec_shape):
+        raise InputDataError(f"input {name!r}: expected rank {len(spec_shape)} "
+                             f"{_fmt_shape(spec_shape)}, got shape {tuple(arr.shape)}")
+    for i, (want, got) in enumerate(zip(spec_shape, arr.shape)):
+        if i == 0 or want is None or want == 0:
+            continue
+        if want != got:
+            raise InputDataError(f"input {name!r}: expected shape {_fmt_shape(spec_shape)}, "
+                                 f"got {tuple(arr.shape)} (dimension {i} is {got}, must be {want})")
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join("N" if i == 0 or d is None else str(d) for i, d in enumerate(shape)) + ")"
+
+
+def bind_inputs(lowered: LoweredModel, feeds: dict) -> tuple[Program, dict]:
+    """Check user arrays against the model's inputs. Float arrays go through the model's input
+    quantization; integer arrays are taken as already quantized (the Quantize step is skipped)."""
+    program = lowered.program
+    expected = {s.name: s for s in program.inputs}
+    unknown = sorted(set(feeds) - set(expected))
+    missing = sorted(set(expected) - set(feeds))
+    if unknown or missing:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
+        if unknown:
+            parts.append(f"unknown input(s) {', '.join(map(repr, unknown))}")
+        raise InputDataError("; ".join(parts) + f" (the model's inputs: {', '.join(map(repr, expected))})")
+    steps = list(program.steps)
+    inputs = []
+    bound = {}
+    for spec in program.inputs:
+        arr = np.asarray(feeds[spec.name])
+        _check_shape(spec.name, spec.shape, arr)
+        if arr.ndim == 0:
+            raise InputDataError(f"input {spec.name!r}: a scalar; the leading dimension is the batch")
+        if arr.dtype == np.dtype(spec.dtype):
+            bound[spec.name] = np.ascontiguousarray(arr)
+            inputs.append(spec)
+            continue
+        quant = [s for s in steps if s.kind == "quantize" and s.inputs == (spec.name,)]
+        if spec.dtype == "float32" and arr.dtype.kind == "f":
+            bound[spec.name] = np.ascontiguousarray(arr.astype(np.float32))
+            inputs.append(spec)
+        elif spec.dtype == "float32" and arr.dtype.kind in "iu" and len(quant) == 1:
+            q = quant[0]
+            if arr.dtype != np.dtype(q.params["out_dtype"]):
+                raise InputDataError(f"input {spec.name!r}: integer arrays must be already-quantized "
+                                     f"{q.params['out_dtype']} codes, got {arr.dtype}")
+            steps.remove(q)
+            out = q.outputs[0]
+            bound[out] = np.ascontiguousarray(arr)
+            inputs.append(TensorSpec(out, q.params["out_dtype"], spec.shape))
+        else:
+            raise InputDataError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {arr.dtype}")
+    return replace(program, inputs=tuple(inputs), steps=tuple(steps)), bound
+
+
+
+@dataclass
+class Run:
+    """One simulated batch: ``outputs``; ``trace`` (every buffer, inputs included, when traced);
+    ``stats`` per step; the bound ``program``."""
+
+    outputs: dict
+    trace: dict
+    stats: dict
+    program: Program
+    bound: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    """A model lowered for a profile, ready to run batches.
+
+    ``layout``: ``native``, ``nhwc``, or ``auto`` (= ``nhwc``; pass ``native`` whenever the
+    model's intermediate tensors are read)."""
+
+    def __init__(self, model: Union[str, Graph], profile: Union[str, HwProfile],
+                 layout: str = "auto"):
+        self.profile = resolve_profile(profile)
+        self.graph = _load(model)
+        self.layout = "native" if layout == "native" else "nhwc"
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, "
+                             f"got {layout!r}")
+        self.lowered: LoweredModel = lower(layout_graph(self.graph, self.layout),
+                                           arithmetic_from_profile(self.profile))
+
+    @property
+    def program(self) -> Program:
+        return self.lowered.program
+
+    def violations(self) -> list:
+        """Where the model breaks the profile: formats, shared grids, and parameters the
+        lowering had to bring into the profile's limits."""
+        lines = profile_violations(self.graph, self.profile)
+        lines += [str(v) for v in getattr(self.lowered, "limit_violations", [])]
+        return lines
+
+    def node_steps(self) -> dict:
+        """IR node name -> the names of the steps that implement it."""
+        out: dict = {}
+        for step in self.lowered.program.steps:
+            out.setdefault(self.lowered.step_node.get(step.name, step.name), []).append(step.name)
+        return out
+
+    def bind(self, feeds: dict) -> tuple:
+        return bind_inputs(self.lowered, feeds)
+
+    def run(self, feeds: dict, trace: bool = False, threads: Optional[int] = None) -> Run:
+        from simulator.run import run
+        program, bound = self.bind(feeds)
+        result = run(program, bound, trace=trace, threads=threads)
+        full = {}
+        if trace:
+            full = dict(result.trace)
+            full.update(bound)
+        return Run(result.outputs, full, result.stats, program, bound)
+
+    def fidelity(self, feeds: dict, run: Run) -> list:
+        """Per-layer fidelity of a traced run against the float reference of the model."""
+        from mrq.float_ref import FloatReference
+        from mrq.metrics import layer_fidelity
+        if self.layout != "native":
+            raise ValueError("per-layer fidelity reads the model's own tensors: use "
+                             "layout='native'")
+        reference = FloatReference(self.graph).run({k: np.asarray(v) for k, v in feeds.items()})
+        return layer_fidelity(self.graph, run.trace, reference, run.stats, self.node_steps())
+
+
+def _load(model: Union[str, Graph]) -> Graph:
+    from mrq.onnx_import import load_model
+    return load_model(model) if isinstance(model, str) else model
