@@ -676,6 +676,23 @@ def test_schema_vocabulary_matches_loader():
     s = json.loads(SCHEMA_PATH.read_text())
     d = s["$defs"]
     assert d["rounding"]["enum"] == list(H.ROUNDING_MODES)
+    # the vocabulary is the simulator's one rounding table itself, and every narrower rounding
+    # enum (double_q31: gemmlowp or ruy) names modes of that table
+    from simulator import rounding
+    assert H.ROUNDING_MODES is rounding.NAMES
+
+    def rounding_enums(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "rounding" and isinstance(value, dict) and "enum" in value:
+                    yield value["enum"]
+                yield from rounding_enums(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from rounding_enums(value)
+
+    narrower = list(rounding_enums(s))
+    assert narrower and all(set(e) <= set(rounding.NAMES) for e in narrower)
     assert d["accumulator"]["properties"]["overflow"]["enum"] == list(H.OVERFLOW_MODES)
     assert d["scale"]["properties"]["form"]["enum"] == list(H.SCALE_FORMS)
     rq = d["requant"]["properties"]

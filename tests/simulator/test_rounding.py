@@ -562,10 +562,20 @@ _E2E_SCRIPT = textwrap.dedent("""
     from simulator.kernels import simd
     prof = load_profile(sys.argv[1])
     lowered = lower(load_model(DEMO_MODEL), arithmetic_from_profile(prof))
-    modes = sorted({str(s.params.get("rq_rounding")) for s in lowered.program.steps
-                    if "rq_rounding" in s.params})
-    res = simulate(DEMO_MODEL, prof, demo_inputs(batch=4), fidelity=False)
+    steps = lowered.program.steps
+    modes = sorted({str(s.params.get(k)) for s in steps for k in ("rq_rounding", "rounding")
+                    if s.params.get(k) is not None})
+    # inputs on the input quantizer's ties (x * f32(1/s) == k + 1/2 exactly), so that the
+    # rounding mode shows in the outputs
+    (quant,) = [s for s in steps if s.kind == "quantize"]
+    inv = np.float32(1.0) / np.float32(np.asarray(quant.params.get("scale")).reshape(-1)[0])
+    shape = demo_inputs(batch=4)["input"].shape
+    k = np.random.default_rng(5).integers(-40, 40, shape)
+    x = ((k + 0.5) / np.float64(inv)).astype(np.float32)
+    ties = int(np.count_nonzero(np.float32(x * inv) == k + 0.5))
+    res = simulate(DEMO_MODEL, prof, {"input": x}, fidelity=False)
     print(json.dumps({"simd": simd.ENABLED, "rounding": prof.requant.rounding, "modes": modes,
+                      "ties": ties, "method": str(quant.params.get("method")),
                       "outputs": {k: np.asarray(v).tolist() for k, v in res.outputs.items()}}))
 """)
 
@@ -602,8 +612,9 @@ def test_half_down_profile_end_to_end(tmp_path):
     assert prof.ops.quantize.rounding == "half_down"
     vec, portable = _e2e(path, True), _e2e(path, False)
     assert vec["simd"] == simd.ENABLED and portable["simd"] is False
-    assert vec["modes"] == ["half_down"]
+    assert vec["modes"] == ["half_down"] and vec["method"] == "multiply"
+    assert vec["ties"] > 100
     assert vec["outputs"] == portable["outputs"]
     up = _e2e(_profile_with_rounding(tmp_path, "half_up"), True)
     assert up["modes"] == ["half_up"]
-    assert up["outputs"] != vec["outputs"]  # the ties the demo hits round the other way
+    assert up["outputs"] != vec["outputs"]  # the input ties round the other way

@@ -41,3 +41,54 @@ def test_requant_tflite_to_pow2_then_check_and_sim(tmp_path):
     real = (np.load(calib)["input_1"].astype(np.float32) - 83) * np.float32(0.5847029089927673)
     (probs,) = sess.run(None, {"input_1": real})
     assert probs.shape == (24, 12)
+
+
+RESNET8 = os.path.join(MLPERF, "pretrainedResnet_quant.tflite")
+
+
+def _host_softmax_profile(tmp_path):
+    """nna-sym8 as written, except that Softmax runs on the host (host_ops)."""
+    import yaml
+    from mrq.hw_profile import load_profile
+    data = yaml.safe_load(open(load_profile("nna-sym8").source).read())
+    data["name"] = "nna-sym8-host-softmax"
+    data["supported_ops"] = [op for op in data["supported_ops"] if op != "Softmax"]
+    data["ops"].pop("softmax", None)
+    data["host_ops"] = ["Softmax"]
+    path = tmp_path / "nna-sym8-host-softmax.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_resnet8_requant_to_nna_sym8_passes_check_and_softmax_runs_on_the_host(tmp_path):
+    """MLPerf Tiny ResNet-8 (TFLite, int8 input) re-quantized to the shipped nna-sym8 passes
+    `mrq check` with no edit to the profile; with Softmax in host_ops the lowered model places
+    it on the host and the golden manifest says so."""
+    out = tmp_path / "r8.onnx"
+    r = mrq("requant", RESNET8, "--profile", "nna-sym8", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    r = mrq("check", str(out), "--profile", "nna-sym8", "-q")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    host = _host_softmax_profile(tmp_path)
+    out_h = tmp_path / "r8_host.onnx"
+    r = mrq("requant", RESNET8, "--profile", str(host), "-o", str(out_h))
+    assert r.returncode == 0, r.stderr
+    assert mrq("check", str(out_h), "--profile", str(host), "-q").returncode == 0
+    from mrq.pipeline import Pipeline
+    pipe = Pipeline(str(out_h), str(host), layout="native")
+    host_steps = pipe.lowered.host_steps()
+    assert host_steps and all(s.kind == "softmax" for s in pipe.program.steps
+                              if s.name in host_steps)
+    assert all(pipe.lowered.placement[s.name] == "npu" for s in pipe.program.steps
+               if s.kind in ("conv", "gemm", "add"))
+    feeds = tmp_path / "in.npz"
+    rng = np.random.default_rng(1)
+    np.savez(feeds, **{pipe.program.inputs[0].name: rng.normal(0, 1, (2, 32, 32, 3)).astype(np.float32)})
+    gold = tmp_path / "golden"
+    r = mrq("golden", str(out_h), "--profile", str(host), "--inputs", str(feeds), "-o", str(gold))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((gold / "manifest.json").read_text())
+    placements = {layer["kind"]: layer.get("placement") for layer in manifest["layers"]
+                  if layer.get("kind") not in (None, "inputs")}
+    assert placements.get("softmax") == "host" and placements.get("conv") == "npu"
