@@ -137,6 +137,12 @@ class _Exporter:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                                   producer_name="mrq")
         model.ir_version = 10 if opset >= 21 else 8
+        regridded = g.meta.get("regridded_inputs")
+        if regridded:
+            import json
+
+            from mrq.onnx_import import REGRIDDED_INPUTS_KEY
+            helper.set_model_props(model, {REGRIDDED_INPUTS_KEY: json.dumps(regridded)})
         return model
 
     # ---------------------------------------------------------------------- ops

@@ -61,6 +61,24 @@ def load_model(path: str) -> Graph:
     return import_onnx(load_onnx(path), source=path)
 
 
+REGRIDDED_INPUTS_KEY = "mrq.regridded_inputs"
+
+
+def _regridded_inputs(model: onnx.ModelProto) -> dict:
+    """Inputs that `mrq requant` moved off their original grid: name -> the old grid."""
+    import json
+    for prop in model.metadata_props:
+        if prop.key == REGRIDDED_INPUTS_KEY:
+            try:
+                value = json.loads(prop.value)
+            except ValueError:
+                return {}
+            if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in value.items()):
+                return value
+    return {}
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -210,8 +228,12 @@ class _Importer:
                 outputs.append(out)
             else:
                 raise ModelError(f"graph output {out!r} is computed in float outside any quantized op")
+        meta = {"source": self.source, "format": "onnx"}
+        regridded = _regridded_inputs(self.model)
+        if regridded:
+            meta["regridded_inputs"] = regridded
         graph = Graph(self.tensors, self.nodes, list(self.graph_inputs), outputs,
-                      name=g.name or "graph", meta={"source": self.source, "format": "onnx"})
+                      name=g.name or "graph", meta=meta)
         _check_inputs_used(graph)
         return remove_identities(infer_shapes(graph))
 

@@ -79,8 +79,14 @@ def _fmt_shape(shape) -> str:
 
 
 def bind_inputs(lowered: LoweredModel, feeds: dict) -> tuple[Program, dict]:
-    """Check user arrays against the model's inputs. Float arrays go through the model's input
-    quantization; integer arrays are taken as already quantized (the Quantize step is skipped)."""
+    """Check user arrays against the model's inputs.
+
+    A float input takes float arrays (through the model's input quantization) or integer codes
+    of its quantization grid (the Quantize step is skipped), except where ``mrq requant`` moved
+    that grid: codes made for the old grid would be read on the new one, so they are refused.
+    An integer input takes its codes, or float arrays, which are quantized onto its own grid
+    with the profile's quantizer, so one float file drives a model and its re-quantized
+    variants alike."""
     program = lowered.program
     expected = {s.name: s for s in program.inputs}
     unknown = sorted(set(feeds) - set(expected))
@@ -105,7 +111,19 @@ def bind_inputs(lowered: LoweredModel, feeds: dict) -> tuple[Program, dict]:
             inputs.append(spec)
             continue
         quant = [s for s in steps if s.kind == "quantize" and s.inputs == (spec.name,)]
-        if spec.dtype == "float32" and arr.dtype.kind == "f":
+        regridded = lowered.graph.meta.get("regridded_inputs", {}).get(spec.name)
+        if spec.dtype == "float32" and arr.dtype.kind in "iu" and regridded is not None:
+            raise InputDataError(
+                f"input {spec.name!r}: got {arr.dtype} codes, but `mrq requant` moved this "
+                f"input off its original grid ({regridded}); codes made for that grid would be "
+                f"read on the new one. Pass the real values instead: float32 arrays of "
+                f"scale * (code - zero_point) of the original grid")
+        if spec.dtype != "float32" and arr.dtype.kind == "f":
+            quantize = _input_quantize(lowered, spec)
+            steps.insert(0, quantize)
+            bound[quantize.inputs[0]] = np.ascontiguousarray(arr.astype(np.float32))
+            inputs.append(TensorSpec(quantize.inputs[0], "float32", spec.shape))
+        elif spec.dtype == "float32" and arr.dtype.kind == "f":
             bound[spec.name] = np.ascontiguousarray(arr.astype(np.float32))
             inputs.append(spec)
         elif spec.dtype == "float32" and arr.dtype.kind in "iu" and len(quant) == 1:
@@ -120,6 +138,22 @@ def bind_inputs(lowered: LoweredModel, feeds: dict) -> tuple[Program, dict]:
         else:
             raise InputDataError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {arr.dtype}")
     return replace(program, inputs=tuple(inputs), steps=tuple(steps)), bound
+
+
+def _input_quantize(lowered: LoweredModel, spec: TensorSpec):
+    """A quantize step from float values onto an integer input's own grid, with the profile's
+    input quantizer."""
+    from simulator.steps import make_step
+    qp = lowered.graph.tensors[spec.name].qparams
+    if qp is None:
+        raise InputDataError(f"input {spec.name!r}: expected {spec.dtype} codes, got float "
+                             f"values, and the input has no quantization grid to put them on")
+    a = lowered.arithmetic
+    return make_step("quantize", f"{spec.name}/quantize", (spec.name + "__real",), (spec.name,),
+                     scale=qp.scale.astype(np.float32), zero_point=qp.zero_point.astype(np.int64),
+                     axis=qp.axis if qp.axis is not None else 1, rounding=a.quantize_rounding,
+                     method=a.quantize_method, out_min=qp.qmin, out_max=qp.qmax,
+                     out_dtype=spec.dtype)
 
 
 

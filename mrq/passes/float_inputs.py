@@ -27,6 +27,8 @@ def float_inputs(graph: Graph, ctx) -> Graph:
         graph.tensors[name] = Tensor(name, t.shape, "float32")
         graph.nodes.insert(0, Node("Quantize", graph.unique_name("quantize_" + name), [name], [codes_name]))
         ctx.renamed[codes_name] = name
+        # codes made for the old grid must not be read on the new one (mrq.pipeline refuses them)
+        graph.meta.setdefault("regridded_inputs", {})[name] = describe(qp)
         ctx.report.change(name, "activations", describe(qp), "float32 (quantized inside the model)", True,
                           "float_inputs", f"the model now takes real values scale*(code-zero_point) of the old "
                                           f"grid instead of {qp.dtype} codes")

@@ -92,3 +92,38 @@ def test_resnet8_requant_to_nna_sym8_passes_check_and_softmax_runs_on_the_host(t
     placements = {layer["kind"]: layer.get("placement") for layer in manifest["layers"]
                   if layer.get("kind") not in (None, "inputs")}
     assert placements.get("softmax") == "host" and placements.get("conv") == "npu"
+
+
+def test_one_float_file_drives_the_tflite_model_and_its_requantized_variant(tmp_path):
+    """The re-quantized KWS model keeps its input name; int8 codes made for the old input grid
+    are refused with what to pass instead, and float values drive both models alike."""
+    from mrq.api import simulate
+    from mrq.errors import InputDataError
+    from mrq.onnx_import import load_model
+    out = tmp_path / "kws_sym8.onnx"
+    r = mrq("requant", KWS, "--profile", "nna-sym8", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    src, new = load_model(KWS), load_model(str(out))
+    assert src.inputs == new.inputs
+    name = src.inputs[0]
+    qp = src.tensors[name].qparams
+    rng = np.random.default_rng(2)
+    codes = np.clip(np.rint(rng.normal(83, 32, (4, 49, 10, 1))), -128, 127).astype(np.int8)
+    real = ((codes.astype(np.float32) - np.float32(qp.zero_point[0])) * np.float32(qp.scale[0]))
+    with pytest.raises(InputDataError, match="moved this input off its original grid"):
+        simulate(str(out), "nna-sym8", {name: codes}, fidelity=False)
+    # the input model: float values land exactly on its codes
+    a = simulate(KWS, "tflite-int8", {name: codes}, fidelity=False).outputs
+    b = simulate(KWS, "tflite-int8", {name: real}, fidelity=False).outputs
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    # the re-quantized model runs on the same float file and agrees with the input model
+    c = simulate(str(out), "nna-sym8", {name: real}, fidelity=False).outputs
+    k = next(iter(a))
+    agree = np.mean(np.argmax(a[k], axis=-1) == np.argmax(c[k], axis=-1))
+    assert agree >= 0.75
+    # the command line refuses the old codes with exit 2 and one line
+    feeds = tmp_path / "codes.npz"
+    np.savez(feeds, **{name: codes})
+    r = mrq("sim", str(out), "--profile", "nna-sym8", "--inputs", str(feeds), "--out",
+            str(tmp_path / "o.npz"), "--no-fidelity")
+    assert r.returncode == 2 and "original grid" in r.stderr and "Traceback" not in r.stderr
