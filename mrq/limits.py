@@ -86,13 +86,6 @@ class Violation:
     def __str__(self) -> str:
         return self.message
 
-    def as_dict(self) -> dict:
-        def plain(v):
-            return v.item() if isinstance(v, np.generic) else v
-        return {"step": self.step, "kind": self.kind, "node": self.node, "field": self.field,
-                "value": plain(self.value), "limit": plain(self.limit), "channel": self.channel,
-                "message": self.message}
-
 
 def _where(step: str, node: Optional[str]) -> str:
     return f"{step} (node {node})" if node else step

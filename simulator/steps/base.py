@@ -299,6 +299,8 @@ def check_n_inputs(step, arrays, n) -> None:
 
 def execute_step(step, *arrays):
     """``(outputs, stats)`` of one step through its kind's executor."""
+    from simulator.capabilities import ensure_started
+    ensure_started()
     p = params_of(step)
     kind = KINDS[step.kind]
     check_n_inputs(step, arrays, kind.n_inputs)

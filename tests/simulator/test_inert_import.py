@@ -120,8 +120,8 @@ _IMPORT_PROBE = textwrap.dedent("""
                       # on AMX hosts the first answer makes the arch_prctl call
                       "gate_asked": gate is not None and "caps" in gate._ONCE,
                       "files": [m.__file__ for n, m in sys.modules.items()
-                                if n.split(".")[0] == "simulator" and m is not None
-                                and getattr(m, "__file__", None)][:1]}))
+                                if n.split(".")[0] in ("simulator", "mrq") and m is not None
+                                and getattr(m, "__file__", None)]}))
 """)
 
 _KERNEL_MODULES = sorted("simulator.kernels." + p.stem
@@ -146,7 +146,7 @@ def _import_in(tree, modules, cache_dir):
     env = _env(NUMBA_CACHE_DIR=str(cache_dir) if cache_dir else None)
     res = json.loads(_run(["import_probe.py", *modules], env, tree).strip().splitlines()[-1])
     # the probe must have imported the copy, or the snapshots prove nothing
-    assert all(f.startswith(str(tree)) for f in res["files"]), res["files"]
+    assert res["files"] and all(f.startswith(str(tree)) for f in res["files"]), res["files"]
     assert res["calls"] == []
     assert res["env_changed"] == []
     assert not res["threads_started"]
