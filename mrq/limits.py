@@ -31,12 +31,14 @@ must hold: data movement (``reshape``, ``transpose``, including the layout trans
 simulator inserts, ``concat``, ``maxpool``, ``pad``, ``clamp``: their only hardware facts are
 ``out_min``/``out_max`` inside the dtype range) and the host side of the graph boundary
 (``quantize``/``dequantize``: float conversion, checked only for the code dtype it produces).
-``softmax`` mode ``float`` runs on the host (``ops.softmax: float``). A step with
+Table lookups (``lut``, ``softmax_tflite``) and ``softmax`` mode ``float`` have no shift or
+multiplier: only their ``out_dtype`` is checked. Steps the profile's ``host_ops`` place on the
+host (``placement``) run the host's arithmetic and are skipped. A step with
 ``rq_mode='none'`` (ConvInteger/MatMulInteger) hands its raw accumulator on: no requantization,
 no activation dtype. Peer-runtime profiles (``runtime`` other than ``generic``) reproduce CPU
 kernels whose arithmetic the vocabulary cannot name (:mod:`mrq.lower_extra`); their documented
-exceptions are listed in ``RUNTIME_REQUANT`` and ``RUNTIME_ADD_MODES``, and kernel-specific
-steps (``lut``, ``softmax_tflite``, ``mean`` modes ``tflite``/``xnnpack``) are theirs.
+exceptions are listed in ``RUNTIME_REQUANT`` and ``RUNTIME_ADD_MODES``, and their own
+parameter sets (``mean`` modes ``tflite``/``xnnpack``, add mode ``tflite``) carry no ``rq_*``.
 
 :func:`clip_violations` turns the records of :mod:`mrq.multipliers` (a multiplier the lowering
 had to clip to the closest legal value) into the same kind of violation, for
