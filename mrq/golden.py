@@ -314,22 +314,16 @@ def run_traced(model, profile, feeds: dict):
 
     Returns ``(graph, profile, lowered, program, trace, stats)``; ``program`` is the bound
     program (the input Quantize step is dropped when integer codes are fed)."""
-    from mrq.api import bind_inputs, resolve_profile
-    from mrq.lower import arithmetic_from_profile, lower
-    from mrq.onnx_import import load_model
-    from simulator.run import run
+    from mrq.pipeline import Pipeline
 
-    prof = resolve_profile(profile)
-    graph = load_model(model) if isinstance(model, str) else model
-    lowered = lower(graph, arithmetic_from_profile(prof))
+    pipe = Pipeline(model, profile, layout="native")
+    graph, prof, lowered = pipe.graph, pipe.profile, pipe.lowered
     _refuse_out_of_limits(model, profile, graph, prof, lowered)
-    program, bound = bind_inputs(lowered, feeds)
-    result = run(program, bound, trace=True)
-    trace = dict(result.trace)
-    trace.update(bound)
+    result = pipe.run(feeds, trace=True)
+    trace = result.trace
     for k, v in result.outputs.items():
         trace.setdefault(k, v)
-    return graph, prof, lowered, program, trace, dict(result.stats)
+    return graph, prof, lowered, result.program, trace, dict(result.stats)
 
 
 def _refuse_out_of_limits(model, profile, graph, prof, lowered) -> None:

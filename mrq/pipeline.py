@@ -173,18 +173,26 @@ class Pipeline:
     """A model lowered for a profile, ready to run batches.
 
     ``layout``: ``native``, ``nhwc``, or ``auto`` (= ``nhwc``; pass ``native`` whenever the
-    model's intermediate tensors are read)."""
+    model's intermediate tensors are read). ``every_op``: lower ops outside the profile's
+    ``supported_ops`` too (with its arithmetic), for analyses that cover every layer."""
 
     def __init__(self, model: Union[str, Graph], profile: Union[str, HwProfile],
-                 layout: str = "auto"):
+                 layout: str = "auto", every_op: bool = False):
         self.profile = resolve_profile(profile)
         self.graph = _load(model)
         self.layout = "native" if layout == "native" else "nhwc"
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, "
                              f"got {layout!r}")
-        self.lowered: LoweredModel = lower(layout_graph(self.graph, self.layout),
-                                           arithmetic_from_profile(self.profile))
+        arithmetic = arithmetic_from_profile(self.profile)
+        if every_op:
+            arithmetic = replace(arithmetic, supported_ops=None)
+        self.lowered: LoweredModel = lower(layout_graph(self.graph, self.layout), arithmetic)
+
+    @staticmethod
+    def load(model: Union[str, Graph]) -> Graph:
+        """The IR graph of a model file (ONNX or TFLite), or the graph itself."""
+        return _load(model)
 
     @property
     def program(self) -> Program:

@@ -10,7 +10,8 @@ where ``above``, ``tie`` and ``below`` are predicates of the sign and parity of 
 16-lane epilogue (``simulator.kernels.simd``), the numpy :func:`round_array` of the lowering and
 the diagnosis of ``mrq verify``, the profile vocabulary (``mrq.hw_profile.ROUNDING_MODES``, checked
 against ``hw_profiles/schema.json`` by a test) all follow :data:`MODES`; adding a mode is one
-entry there (and the schema enum, which the test keeps honest).
+entry there (and the schema enum, which the test keeps honest). The derived forms recognise the
+five named predicates to emit the cheapest code for them, and handle any other truth table too.
 
 A mode's code is its position in :data:`MODES`: jitted code receives codes, never names.
 
@@ -81,8 +82,6 @@ RULE_TABLE.setflags(write=False)
 
 def get_mode(which) -> Mode:
     """The :class:`Mode` of a name or a code; ``KeyError`` if there is none."""
-    if isinstance(which, Mode):
-        return which
     if isinstance(which, str):
         return MODES[CODES[which]]
     if isinstance(which, (int, np.integer)) and not isinstance(which, bool) \

@@ -242,7 +242,8 @@ def _up_lanes(builder, mode, region, q_neg, q_odd):
     return up
 
 
-# the comparison of the fraction with 1/2 that selects a set of regions
+# the comparison with the midpoint (fraction 1/2) that selects a set of regions
+_ABOVE = frozenset({"above"})
 _REGION_CMP = {frozenset({"above"}): ">", frozenset({"tie"}): "==", frozenset({"below"}): "<",
                frozenset({"above", "tie"}): ">=", frozenset({"tie", "below"}): "<=",
                frozenset({"above", "below"}): "!="}
@@ -261,10 +262,9 @@ def _region_fn(builder, cmp, value, half, nonzero):
     return region
 
 
-_ABOVE = frozenset({"above"})
-
-
 def _lazy(make):
+    """``make()``, built once on first use: IR for ``q < 0`` or the parity only where a rule
+    needs it."""
     cache = []
 
     def get():
