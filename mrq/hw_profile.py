@@ -15,7 +15,8 @@ current directory, then the shipped ones (:func:`profile_dirs`); the first match
 
 Vocabulary (see docs/PROGRAM.md for what the simulator does with it):
 
-* rounding modes: ``half_even``, ``half_away``, ``half_up``, ``floor``, ``toward_zero``;
+* rounding modes: the table of :mod:`simulator.rounding` (``half_even``, ``half_away``,
+  ``half_up``, ``floor``, ``toward_zero``, ``half_down``);
 * ``requant.arithmetic`` -> simulator ``rq_mode``: ``float32`` -> ``fp32`` (zero point after
   rounding) or ``fp32_zp_in`` (zero point before rounding), ``fixed_point`` -> ``fixed``,
   ``double_q31`` -> ``double_q31``, ``shift`` -> ``shift``;

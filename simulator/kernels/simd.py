@@ -249,16 +249,20 @@ _REGION_CMP = {frozenset({"above"}): ">", frozenset({"tie"}): "==", frozenset({"
                frozenset({"above", "below"}): "!="}
 
 
-def _region_fn(builder, cmp, value, half, nonzero):
+def _region_fn(builder, cmp, value, half, nonzero, zero_below_half=False):
     """``region`` for :func:`_up_lanes`: ``value`` (lanes) compared with the midpoint ``half``
     by ``cmp(op, a, b)`` (``icmp_signed`` or ``fcmp_ordered``); ``nonzero()``: the lanes whose
-    fraction is not 0. (The remainder and 2**(s-1), or ``g`` and ``floor(g) + 1/2``.)"""
+    fraction is not 0. (The remainder and 2**(s-1), or ``g`` and ``floor(g) + 1/2``.)
+    ``zero_below_half``: a zero fraction always compares below the midpoint (true for floats;
+    for a shift by 0 the integer midpoint is 0 too), so only 'below' needs ``nonzero``."""
     def region(names):
         if len(names) == 3:
             return nonzero()
         c = cmp(_REGION_CMP[names], value, half)
         # 'above' alone excludes a zero fraction already (the midpoint lies above it)
-        return c if names == _ABOVE else builder.and_(c, nonzero())
+        if names == _ABOVE or (zero_below_half and "below" not in names):
+            return c
+        return builder.and_(c, nonzero())
     return region
 
 
@@ -282,7 +286,7 @@ def _round_generic_f(builder, g, mode):
     h = builder.fadd(q, ir.Constant(_FT, [0.5] * 16))
     zero = ir.Constant(_FT, [0.0] * 16)
     nonzero = _lazy(lambda: builder.fcmp_ordered("!=", g, q))
-    region = _region_fn(builder, builder.fcmp_ordered, g, h, nonzero)
+    region = _region_fn(builder, builder.fcmp_ordered, g, h, nonzero, zero_below_half=True)
     q_neg = _lazy(lambda: builder.fcmp_ordered("<", q, zero))
     q_odd = _lazy(lambda: builder.trunc(builder.fptosi(q, _VT), _I1V))
     up = _up_lanes(builder, mode, region, q_neg, q_odd)
