@@ -1,15 +1,40 @@
-"""File input and output: safe loading and atomic writes (never a half-written output)."""
+"""File input and output: safe loading and atomic writes (never a half-written output, never an
+output that destroys an input).
+
+Every command calls :func:`guard_paths` with all of its inputs and outputs before any work. Outputs
+are then written with :func:`save_npz`/:func:`save_text`/:func:`save_json`/:func:`atomic_path`:
+
+* a regular file (or a new name) is replaced atomically from a process-unique temporary
+  ``.mrq-tmp-<pid>-<random>`` in the same folder; a symlink is followed, so the link stays a link
+  and its target gets the content;
+* a character device or FIFO is written directly (replacing ``/dev/null`` by a file would break
+  the system), ``-`` is stdout for text and JSON;
+* created files get the permissions the umask allows (0644 under umask 022), like any other tool.
+"""
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import signal
+import stat
+import sys
 import zipfile
 from contextlib import contextmanager
 
 import numpy as np
 
 from mrq.errors import InputDataError, MrqError
+
+STDIO = "-"
+TMP_PREFIX = ".mrq-tmp-"
+# Temporaries are named after the process that owns them so a later run can tell a stranded one
+# (its process is gone) from one another mrq is still writing.
+_TMP_RE = re.compile(r"^\.mrq-tmp-(\d+)-[0-9a-f]+")
 
 
 def load_npz(path: str) -> dict:
@@ -27,41 +52,274 @@ def load_npz(path: str) -> dict:
         raise InputDataError(f"{path}: not a readable .npz file ({exc})") from None
 
 
-def check_writable(path: str) -> None:
-    """Fail before any work if the output cannot be written."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(directory):
-        raise MrqError(f"{path}: output directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise MrqError(f"{path}: output directory {directory} is not writable")
+# --------------------------------------------------------------------------------------------
+# The guard: outputs that cannot destroy inputs
+# --------------------------------------------------------------------------------------------
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _is_special(path: str) -> bool:
+    """A character device or FIFO (after symlinks): written in place, never replaced."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def check_writable(path: str, directory: bool = False) -> None:
+    """Fail before any work if ``path`` cannot be written as an output: one line naming it.
+
+    ``directory``: the output is a folder (``mrq golden``), else a file."""
+    if path == STDIO and not directory:
+        return
+    if not path:
+        raise MrqError("an output path is empty")
+    if not directory and path.endswith(os.sep):
+        raise MrqError(f"{path}: an output file name cannot end in '{os.sep}'")
+    real = _real(path)
+    if not directory and _is_special(real):
+        if not os.access(real, os.W_OK):
+            raise MrqError(f"{path}: not writable")
+        return
+    name = os.path.basename(real)
+    parent = os.path.dirname(real) or os.sep
+    try:
+        name_max = os.pathconf(parent if os.path.isdir(parent) else os.sep, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if len(os.fsencode(name)) > name_max:
+        raise MrqError(f"{path}: file name too long ({len(os.fsencode(name))} bytes; this file system "
+                       f"allows {name_max})")
+    if os.path.exists(real):
+        mode = os.stat(real).st_mode
+        if stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+            raise MrqError(f"{path}: is a {'block device' if stat.S_ISBLK(mode) else 'socket'}; "
+                           f"refusing to write to it")
+        # the atomic replace needs only the folder's permission: without this a file the user
+        # made read-only would be replaced anyway
+        if stat.S_ISREG(mode) and not os.access(real, os.W_OK):
+            raise MrqError(f"{path}: the file is read-only")
+        if directory and not os.path.isdir(real):
+            raise MrqError(f"{path}: exists and is not a directory")
+        if not directory and os.path.isdir(real):
+            raise MrqError(f"{path}: is a directory; give a file name")
+    if not os.path.isdir(parent):
+        raise MrqError(f"{path}: output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MrqError(f"{path}: output directory {parent} is not writable")
+
+
+def guard_paths(inputs, outputs=(), dir_outputs=(), text_outputs=()) -> None:
+    """Refuse, before any work, outputs that would destroy an input or each other.
+
+    ``inputs``: every path the command reads (files or folders; ``None`` entries and profile
+    names that are not paths are skipped). ``outputs``: files the command writes;
+    ``dir_outputs``: folders it writes (replaced as a whole); ``text_outputs``: text or JSON files,
+    which may also be ``-`` (stdout). All are resolved through symlinks,
+    so a link to the model is the model. Refused: an output that is an input, a folder output that
+    contains an input, an output inside an input folder, two outputs that are the same file or one
+    inside the other. Then each output gets :func:`check_writable`. Also installs the SIGTERM
+    handler so a ``kill`` cleans up like Ctrl-C."""
+    install_sigterm()
+    for p in outputs:
+        if p == STDIO:
+            raise MrqError("'-' (stdout) is only for JSON and text outputs; give a file name")
+    outputs = list(outputs) + list(text_outputs)
+    ins = [(p, _real(p)) for p in inputs if p and p != STDIO and os.path.exists(p)]
+    outs = [(p, _real(p), False) for p in outputs if p] + [(p, _real(p), True) for p in dir_outputs if p]
+    for path, real, is_dir in outs:
+        if path == STDIO:
+            continue
+        special = not is_dir and _is_special(real)
+        for ipath, ireal in ins:
+            if special:
+                continue  # /dev/null as --out and as --inputs harms nothing: nothing is replaced
+            if real == ireal or _same_file(real, ireal):
+                raise MrqError(f"{path}: refusing to write over the input {ipath}; choose another output path")
+            if is_dir and _inside(ireal, real):
+                raise MrqError(f"{path}: refusing to replace a folder that holds the input {ipath}")
+            if _inside(real, ireal) and os.path.isdir(ireal):
+                raise MrqError(f"{path}: refusing to write inside the input folder {ipath}")
+    # two writes to /dev/null (or one FIFO) replace nothing, so they do not collide
+    real_outs = [(p, r, d) for p, r, d in outs if p != STDIO and (d or not _is_special(r))]
+    for i, (path, real, is_dir) in enumerate(real_outs):
+        for other, oreal, odir in real_outs[i + 1:]:
+            if real == oreal or (is_dir and _inside(oreal, real)) or (odir and _inside(real, oreal)):
+                raise MrqError(f"{other}: the same output path as {path}; give each output its own path")
+    for path, _, is_dir in outs:
+        check_writable(path, directory=is_dir)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Signals and stranded temporaries
+# --------------------------------------------------------------------------------------------
+
+_sigterm_installed = False
+
+
+def _on_sigterm(signum, frame):
+    # KeyboardInterrupt runs the same cleanup paths as Ctrl-C (every ``except BaseException``
+    # that removes a temporary) and ends in the CLI's "interrupted" exit
+    raise KeyboardInterrupt
+
+
+def install_sigterm() -> None:
+    global _sigterm_installed
+    if _sigterm_installed:
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        pass  # not the main thread (mrq used as a library): the host owns its signals
+    _sigterm_installed = True
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_swept: set = set()
+
+
+def sweep_stale(directory: str) -> None:
+    """Remove ``.mrq-tmp-<pid>-*`` temporaries in ``directory`` whose process is gone (a run
+    killed by SIGKILL or a power cut). Temporaries of live processes are left alone."""
+    if directory in _swept:
+        return
+    _swept.add(directory)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = _TMP_RE.match(name)
+        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        full = os.path.join(directory, name)
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full, ignore_errors=True)
+            else:
+                os.unlink(full)
+        except OSError:
+            pass
+
+
+def tmp_name(directory: str, suffix: str = "") -> str:
+    return os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~_umask()
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+class OutputWriteError(MrqError, OSError):
+    """Writing an output failed (disk full, file-size limit, ...). An ``MrqError`` so the CLI
+    prints one line and exits 2; also an ``OSError`` so library callers that caught the
+    original error keep working."""
+
+
+def write_error(path: str, exc: OSError) -> MrqError:
+    reason = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large (file-size "
+              "limit)", errno.EDQUOT: "disk quota exceeded"}.get(exc.errno, exc.strerror or str(exc))
+    err = OutputWriteError(f"{path}: cannot write: {reason}")
+    err.errno = exc.errno
+    return err
 
 
 @contextmanager
 def atomic_path(path: str, suffix: str = ""):
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step."""
+    """Yield a path to write; on success the content is at ``path``.
+
+    For a regular file or a new name: a temporary next to the (symlink-resolved) target that
+    replaces it in one step, so a reader never sees half a file and a failure leaves the old one.
+    For a device or FIFO: ``path`` itself (it is written in place, never replaced)."""
     check_writable(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".mrq-", suffix=suffix or os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
+    target = _real(path)
+    if _is_special(target):
+        yield target
+        return
+    directory = os.path.dirname(target)
+    sweep_stale(directory)
+    tmp = tmp_name(directory, suffix or os.path.splitext(target)[1])
     try:
         yield tmp
-        os.replace(tmp, path)
-    except BaseException:
         if os.path.exists(tmp):
+            os.chmod(tmp, file_mode())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        if os.path.lexists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
 
 
 def save_npz(path: str, arrays: dict) -> None:
-    with atomic_path(path, ".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    try:
+        with atomic_path(path, ".npz") as tmp:
+            with open(tmp, "wb") as f:
+                if _is_special(tmp):
+                    # zip needs to seek back to write its directory: a device or FIFO cannot
+                    buf = io.BytesIO()
+                    np.savez(buf, **arrays)
+                    f.write(buf.getbuffer())
+                else:
+                    np.savez(f, **arrays)
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def save_text(path: str, text: str) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+    if path == STDIO:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def save_json(path: str, obj) -> None:

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -30,9 +29,12 @@ import numpy as np
 
 from mrq import accumulators as accmod
 from mrq.errors import InputDataError, MrqError
-from mrq.fileio import _json_default, check_writable
+from mrq.fileio import _json_default, check_writable, dir_mode, sweep_stale, tmp_name, write_error
 
 FORMAT = "mrq-golden"
+# Written last into every golden set: ``--force`` replaces only a folder that holds it (and
+# nothing mrq did not write), so it can never delete a folder of the user's own files.
+MARKER = ".mrq-golden-set"
 VERSION = 1
 
 # Roles of the tensors of a golden set.
@@ -548,19 +550,55 @@ def _c_layer_defines(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def write_golden(gs: GoldenSet, out_dir: str, c_headers: bool = False, write_bin: bool = False,
-                 force: bool = False) -> str:
-    """Write ``gs`` to ``out_dir`` atomically. An existing non-empty ``out_dir`` is replaced only
-    with ``force``."""
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    check_writable(out_dir)
+def _owned_by_mrq(out_dir: str) -> Optional[str]:
+    """None if ``out_dir`` is a golden set mrq wrote and holds nothing else; else the reason."""
+    if not os.path.isfile(os.path.join(out_dir, MARKER)):
+        return "it was not written by mrq golden (no marker file)"
+    try:
+        with open(os.path.join(out_dir, "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+        listed = {MARKER, "manifest.json"}
+        for meta in manifest["tensors"]:
+            listed.update(os.path.normpath(rel) for rel in meta["files"].values())
+        if os.path.isdir(os.path.join(out_dir, "c")):
+            listed.add(os.path.join("c", "mrq_golden.h"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "its manifest.json is unreadable"
+    for root, dirs, files in os.walk(out_dir):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            rel = os.path.relpath(os.path.join(root, name), out_dir)
+            if rel not in listed:
+                return f"it holds {rel}, which mrq did not write"
+    return None
+
+
+def check_golden_target(out_dir: str, force: bool) -> str:
+    """The resolved ``out_dir`` if a golden set may be written there (before any work, and again
+    just before the write): new, empty, or with ``force`` a set mrq wrote holding nothing else."""
+    out_dir = os.path.realpath(os.path.abspath(out_dir))
+    check_writable(out_dir, directory=True)
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise MrqError(f"{out_dir}: exists and is not a directory")
-        if os.listdir(out_dir) and not force:
-            raise MrqError(f"{out_dir}: directory exists and is not empty (use --force to replace it)")
-    tmp = tempfile.mkdtemp(prefix=".mrq-golden-", dir=parent)
+        if os.listdir(out_dir):
+            if not force:
+                raise MrqError(f"{out_dir}: directory exists and is not empty (use --force to replace it)")
+            why = _owned_by_mrq(out_dir)
+            if why:
+                raise MrqError(f"{out_dir}: --force replaces only a golden set written by mrq, and "
+                               f"{why}; remove it yourself or choose another folder")
+    return out_dir
+
+
+def write_golden(gs: GoldenSet, out_dir: str, c_headers: bool = False, write_bin: bool = False,
+                 force: bool = False) -> str:
+    """Write ``gs`` to ``out_dir`` atomically. An existing non-empty ``out_dir`` is replaced only
+    with ``force``, and only when it is a golden set mrq wrote that holds nothing else."""
+    out_dir = check_golden_target(out_dir, force)
+    parent = os.path.dirname(out_dir)
+    sweep_stale(parent)
+    tmp = tmp_name(parent, ".golden")
+    os.mkdir(tmp, dir_mode())
     try:
         os.makedirs(os.path.join(tmp, "tensors"))
         if c_headers:
@@ -596,16 +634,24 @@ def write_golden(gs: GoldenSet, out_dir: str, c_headers: bool = False, write_bin
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
             json.dump(_finite(gs.manifest), f, indent=1, default=_json_default)
             f.write("\n")
+        with open(os.path.join(tmp, MARKER), "w", encoding="ascii") as f:
+            f.write(f"{FORMAT} {VERSION}: this folder was written by `mrq golden`; "
+                    f"`mrq golden --force` may replace it\n")
         if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=".mrq-golden-old-", dir=parent)
-            os.rmdir(old)
+            old = tmp_name(parent, ".old")
             os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
+            try:
+                os.rename(tmp, out_dir)
+            except BaseException:
+                os.rename(old, out_dir)  # the previous set stays, not stranded under a temp name
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise write_error(out_dir, exc) from None
         raise
     return out_dir
 
@@ -620,33 +666,155 @@ def _finite(obj):
     return obj
 
 
+ENCODINGS = ("ieee754-binary32", "twos-complement", "unsigned")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _confined(golden_dir: str, rel, where: str) -> str:
+    """The full path of a manifest entry, which must name a file inside the golden folder (after
+    symlinks): a manifest is data, and data must not make verify read files elsewhere."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\0" in rel:
+        raise GoldenError(f"{where}: expected a relative path inside the golden folder, got {rel!r}")
+    root = os.path.realpath(golden_dir)
+    full = os.path.realpath(os.path.join(root, rel))
+    if not full.startswith(root + os.sep):
+        raise GoldenError(f"{where}: {rel!r} lies outside the golden folder {golden_dir}")
+    return full
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _validate_params(params: dict, need, where: str) -> None:
+    """The requantization parameters :mod:`mrq.verify` reads to diagnose rounding."""
+    for key in ("rq_mode", "rq_rounding"):
+        need(params.get(key) is None or isinstance(params.get(key), str), f"{where}: params.{key}",
+             f"expected a string, got {params.get(key)!r}")
+    for key in ("channel_axis", "out_zero_point", "out_min", "out_max"):
+        need(params.get(key) is None or _is_int(params.get(key)), f"{where}: params.{key}",
+             f"expected an integer, got {params.get(key)!r}")
+    for key in ("rq_multiplier", "rq_shift", "scale"):
+        v = params.get(key)
+        if isinstance(v, dict):
+            ok = (v.get("tensor") is None or isinstance(v.get("tensor"), str)) and \
+                (v.get("values") is None or (isinstance(v["values"], list) and all(map(_is_number, v["values"]))))
+        else:
+            ok = v is None or _is_number(v) or (isinstance(v, list) and all(map(_is_number, v)))
+        need(ok, f"{where}: params.{key}", f"expected a number, a list of numbers or a tensor reference, got {v!r}")
+
+
+def validate_manifest(manifest, path: str) -> None:
+    """Check the type and range of every manifest key that :func:`load_golden` and
+    :mod:`mrq.verify` read, so a damaged or hand-edited manifest is one error naming the key
+    instead of a traceback or, worse, a comparison at a meaningless width."""
+    def need(cond, where, what):
+        if not cond:
+            raise GoldenError(f"{path}: {where}: {what}")
+
+    need(isinstance(manifest, dict), "top level", "expected a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise GoldenError(f"{path}: not an mrq golden manifest (format {manifest.get('format')!r})")
+    version = manifest.get("version", 0)
+    need(_is_int(version), "version", f"expected an integer, got {version!r}")
+    if version > VERSION:
+        raise GoldenError(f"{path}: golden format version {version} is newer than this mrq ({VERSION})")
+    tensors = manifest.get("tensors")
+    need(isinstance(tensors, list) and tensors, "tensors", "expected a non-empty list")
+    names = set()
+    for i, meta in enumerate(tensors):
+        w = f"tensors[{i}]"
+        need(isinstance(meta, dict), w, "expected an object")
+        for key in ("name", "role", "layer", "file", "dtype"):
+            need(isinstance(meta.get(key), str), f"{w}.{key}", f"expected a string, got {meta.get(key)!r}")
+        w = f"tensor {meta['name']!r}"
+        need(meta["name"] not in names, w, "appears twice")
+        names.add(meta["name"])
+        bits = meta.get("bits")
+        need(_is_int(bits) and 1 <= bits <= 64, f"{w}: bits", f"expected an integer in 1..64, got {bits!r}")
+        need(isinstance(meta.get("signed"), bool), f"{w}: signed", f"expected true/false, got {meta.get('signed')!r}")
+        need(meta.get("encoding") in ENCODINGS, f"{w}: encoding",
+             f"expected one of {', '.join(ENCODINGS)}, got {meta.get('encoding')!r}")
+        shape = meta.get("shape")
+        need(isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape), f"{w}: shape",
+             f"expected a list of non-negative integers, got {shape!r}")
+        perm = meta.get("perm")
+        need(perm is None or (isinstance(perm, list) and all(_is_int(p) for p in perm)
+                              and sorted(perm) == list(range(len(shape)))),
+             f"{w}: perm", f"expected null or a permutation of the {len(shape)} axes, got {perm!r}")
+        for key in ("layout", "model_layout", "note"):
+            need(meta.get(key) is None or isinstance(meta.get(key), str), f"{w}: {key}",
+                 f"expected a string or null, got {meta.get(key)!r}")
+        for key in ("scale", "zero_point"):
+            need(meta.get(key) is None or isinstance(meta.get(key), list), f"{w}: {key}",
+                 f"expected a list or null, got {meta.get(key)!r}")
+        qa = meta.get("quant_axis")
+        need(qa is None or (_is_int(qa) and 0 <= qa < max(len(shape), 1)), f"{w}: quant_axis",
+             f"expected null or an axis of the shape, got {qa!r}")
+        files, hashes = meta.get("files"), meta.get("sha256")
+        need(isinstance(files, dict) and isinstance(files.get("npy"), str), f"{w}: files",
+             "expected an object with an \"npy\" path")
+        need(isinstance(hashes, dict) and all(isinstance(hashes.get(k), str) for k in files),
+             f"{w}: sha256", "expected a hex digest for every file")
+    layers = manifest.get("layers", [])
+    need(isinstance(layers, list), "layers", "expected a list")
+    for i, entry in enumerate(layers):
+        need(isinstance(entry, dict) and isinstance(entry.get("name", ""), str)
+             and _is_int(entry.get("index", 0)) and isinstance(entry.get("params", {}), dict),
+             f"layers[{i}]", "expected an object with a string name, an integer index and a params object")
+        w = f"layers[{i}] ({entry.get('name', '?')})"
+        for key in ("kind", "accumulator"):
+            need(entry.get(key) is None or isinstance(entry.get(key), str), f"{w}: {key}",
+                 f"expected a string or null, got {entry.get(key)!r}")
+        outs = entry.get("outputs", [])
+        need(isinstance(outs, list) and all(isinstance(o, str) for o in outs), f"{w}: outputs",
+             "expected a list of tensor names")
+        _validate_params(entry.get("params", {}), need, w)
+    inputs = manifest.get("inputs", [])
+    need(isinstance(inputs, list) and all(n in names for n in inputs), "inputs",
+         "expected a list of tensor names of this manifest")
+    feeds = manifest.get("feeds", {})
+    need(isinstance(feeds, dict) and all(isinstance(k, str) and v in names for k, v in feeds.items()),
+         "feeds", "expected an object mapping feed names to tensor names of this manifest")
+
+
 def load_golden(golden_dir: str, check_hashes: bool = True) -> GoldenSet:
-    """Read a golden set written by :func:`write_golden` (the .npy files), verifying hashes."""
+    """Read a golden set written by :func:`write_golden` (the .npy files), verifying the manifest
+    (:func:`validate_manifest`), that every file lies inside ``golden_dir``, and the hashes."""
     path = os.path.join(golden_dir, "manifest.json")
     if not os.path.isfile(path):
         raise GoldenError(f"{golden_dir}: not a golden set (no manifest.json)")
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise GoldenError(f"{path}: unreadable manifest ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise GoldenError(f"{path}: not an mrq golden manifest (format {manifest.get('format')!r})")
-    if int(manifest.get("version", 0)) > VERSION:
-        raise GoldenError(f"{path}: golden format version {manifest.get('version')} is newer than this mrq ({VERSION})")
+    validate_manifest(manifest, path)
+    for meta in manifest["tensors"]:
+        for kind, rel in meta["files"].items():
+            _confined(golden_dir, rel, f"{path}: tensor {meta['name']!r}: files.{kind}")
     tensors = {}
     for meta in manifest["tensors"]:
         rel = meta["files"]["npy"]
-        full = os.path.join(golden_dir, rel)
+        full = _confined(golden_dir, rel, f"{path}: tensor {meta['name']!r}: files.npy")
         if not os.path.isfile(full):
             raise GoldenError(f"{golden_dir}: missing {rel}")
         if check_hashes and _file_sha256(full) != meta["sha256"]["npy"]:
             raise GoldenError(f"{golden_dir}: {rel} does not match its sha256 in the manifest "
                               f"(the golden set was modified)")
-        arr = np.load(full, allow_pickle=False)
+        try:
+            arr = np.load(full, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise GoldenError(f"{golden_dir}: {rel}: not a readable .npy file ({exc})") from None
+        if list(arr.shape) != meta["shape"] or arr.dtype.name != meta["dtype"]:
+            raise GoldenError(f"{golden_dir}: {rel} holds {arr.dtype.name}{list(arr.shape)}, the manifest "
+                              f"says {meta['dtype']}{meta['shape']}")
         tensors[meta["name"]] = GoldenTensor(
             name=meta["name"], role=meta["role"], layer=meta["layer"], array=arr,
-            bits=int(meta["bits"]), signed=bool(meta["signed"]),
+            bits=meta["bits"], signed=meta["signed"],
             is_float=meta["encoding"] == "ieee754-binary32", layout=meta.get("layout"),
             model_layout=meta.get("model_layout"),
             perm=tuple(meta["perm"]) if meta.get("perm") else None,

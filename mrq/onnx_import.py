@@ -228,6 +228,8 @@ class _Importer:
                 outputs.append(out)
             else:
                 raise ModelError(f"graph output {out!r} is computed in float outside any quantized op")
+        if not outputs:
+            raise ModelError(f"{self.source}: the graph has no outputs")
         meta = {"source": self.source, "format": "onnx"}
         regridded = _regridded_inputs(self.model)
         if regridded:
@@ -235,7 +237,10 @@ class _Importer:
         graph = Graph(self.tensors, self.nodes, list(self.graph_inputs), outputs,
                       name=g.name or "graph", meta=meta)
         _check_inputs_used(graph)
-        return remove_identities(infer_shapes(graph))
+        graph = remove_identities(infer_shapes(graph))
+        from mrq.tflite_import import check_batch_broadcast
+        check_batch_broadcast(graph)
+        return graph
 
     # ------------------------------------------------------------------------- Q / DQ
     def _op_QuantizeLinear(self, node):

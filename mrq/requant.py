@@ -70,6 +70,15 @@ def check_calibration(graph: Graph, calib: dict) -> dict:
             raise InputDataError(f"calibration input {name!r}: expected shape {shape}, got {tuple(arr.shape)}")
         if arr.dtype.kind not in "fiu":
             raise InputDataError(f"calibration input {name!r}: expected numbers, got dtype {arr.dtype}")
+        # grids and bias corrections are statistics of these samples: with none, or with a NaN or
+        # inf among them, every derived value is meaningless (NaN biases became 0 silently)
+        if arr.ndim == 0 or arr.shape[0] == 0 or arr.size == 0:
+            raise InputDataError(f"calibration input {name!r}: no samples (shape {tuple(arr.shape)})")
+        if arr.dtype.kind == "f":
+            bad = int(np.count_nonzero(~np.isfinite(arr)))
+            if bad:
+                raise InputDataError(f"calibration input {name!r}: {bad} of {arr.size} values are NaN "
+                                     f"or infinite; calibration data must be finite")
         out[name] = arr
     return out
 

@@ -116,6 +116,34 @@ def import_tflite_bytes(data: bytes, source: str = "model.tflite") -> Graph:
     return graph
 
 
+def _axis(axis: int, rank: int, op: str, index: int) -> int:
+    """``axis`` in ``[-rank, rank)`` as a positive axis; anything else is a corrupt model, not an
+    axis to wrap modulo the rank."""
+    if not -rank <= axis < rank:
+        raise ModelError(f"operator {index} ({op}): axis {axis} is outside the input's {rank} axes")
+    return axis % rank
+
+
+def check_batch_broadcast(graph: Graph) -> None:
+    """Refuse an Add/Mul whose constant operand would broadcast over the batch axis: a constant
+    with a leading dimension other than 1 at the batch position (or more axes than the
+    activation) turns a batch of N into N*k rows or a shape error at run time."""
+    for node in graph.nodes:
+        if node.op not in ("Add", "Mul"):
+            continue
+        operands = [graph.tensors[n] for n in node.inputs if n in graph.tensors]
+        act_ranks = [len(t.shape) for t in operands if not t.is_const]
+        if not act_ranks:
+            continue
+        rank = max(act_ranks)
+        for t in operands:
+            shape = tuple(np.shape(t.data)) if t.is_const else ()
+            if t.is_const and (len(shape) > rank or (len(shape) == rank and rank > 0 and shape[0] != 1)):
+                raise ModelError(f"node {node.name!r} ({node.op}): constant {t.name!r} of shape "
+                                 f"{list(shape)} would broadcast over the batch dimension of a "
+                                 f"{rank}-D activation; its leading dimension must be 1")
+
+
 class _Importer:
     def __init__(self, model, source: str):
         self.model = model
@@ -134,6 +162,10 @@ class _Importer:
         ttype = t.Type()
         dtype = _TYPES.get(ttype, f"type{ttype}")
         shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+        if any(d < 0 for d in shape):
+            # a constant reshaped to a negative dim silently becomes some other shape
+            raise ModelError(f"tensor {i} ({t.Name().decode(errors='replace') if t.Name() else '?'}): "
+                             f"negative dimension in shape {list(shape)}")
         q = t.Quantization()
         scale = zp = None
         qdim = 0
@@ -321,9 +353,13 @@ class _Importer:
             if name not in self.tensors:
                 raise ModelError(f"graph output {self._raw[int(idx)]['name']!r} is not computed by any operator")
             outputs.append(name)
+        if not outputs:
+            raise ModelError(f"{self.source}: the graph has no outputs")
         graph_name = self.g.Name().decode() if self.g.Name() else "main"
-        return Graph(self.tensors, self.nodes, inputs, outputs, name=graph_name,
-                     meta={"source": self.source, "format": "tflite"})
+        graph = Graph(self.tensors, self.nodes, inputs, outputs, name=graph_name,
+                      meta={"source": self.source, "format": "tflite"})
+        check_batch_broadcast(graph)
+        return graph
 
     # ----------------------------------------------------------------------------- convolution
     def _bias(self, idx: int, x: Tensor, w_qp: QParams, n_out: int, op: str, index: int) -> Optional[str]:
@@ -503,7 +539,7 @@ class _Importer:
         axes_raw = self._raw[ins[1]]["data"]
         if not isinstance(axes_raw, np.ndarray):
             raise UnsupportedOpError(name, f"operator {index}", "the reduction axes must be a constant")
-        axes = sorted({int(a) % rank for a in axes_raw.reshape(-1)})
+        axes = sorted({_axis(int(a), rank, name, index) for a in axes_raw.reshape(-1)})
         if 0 in axes:
             raise UnsupportedOpError(name, f"operator {index}", "reducing the batch dimension")
         y = self._output(outs[0], name, index)
@@ -580,7 +616,7 @@ class _Importer:
         y = self._output(outs[0], name, index)
         self._require_quantized([y], name, index)
         rank = len(self.tensors[y].shape)
-        axis = int(o.Axis()) % rank if o is not None else 0
+        axis = _axis(int(o.Axis()), rank, name, index) if o is not None else 0
         if axis == 0:
             raise UnsupportedOpError(name, f"operator {index}", "concatenation along the batch dimension")
         if o is not None and o.FusedActivationFunction() != 0:

@@ -7,9 +7,17 @@ the lowering had to clip, and no conv/gemm accumulator that can overflow statica
 otherwise with one line per violation on stdout, followed by the accumulator analysis table.
 ``--inputs`` adds the observed accumulator ranges over those inputs."""
 
+EXAMPLES = """\
+mrq check model.onnx --profile nna-sym8
+mrq check model.onnx --profile nna-sym8 --inputs calib.npz --json check.json
+mrq check model.tflite --profile ./my-npu.yaml -q      only the violation lines
+"""
+
 
 def register(sub):
-    p = sub.add_parser("check", help="check that a model satisfies a hardware profile (formats, "
+    from mrq.commands.common import add_command, add_json
+    p = add_command(sub, "check", examples=EXAMPLES, quiet_help="print only the violation lines",
+                    help="check that a model satisfies a hardware profile (formats, "
                        "supported ops, requantization shift/multiplier limits, accumulator widths); "
                        "exit 0 if it does, 1 otherwise",
                        description="Print one line per violation of the profile's format rules, of its "
@@ -21,8 +29,7 @@ def register(sub):
     p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
     p.add_argument("--profile", required=True, help="profile name (see `mrq profiles`) or YAML path")
     p.add_argument("--inputs", help=".npz of inputs for the observed accumulator ranges")
-    p.add_argument("--json", metavar="REPORT", help="also write violations and the analysis as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the violation lines")
+    add_json(p, help="also write violations and the analysis as JSON")
     p.set_defaults(func=run)
 
 
@@ -101,10 +108,9 @@ def check_model(model, profile, feeds=None):
 def run(args) -> int:
     from mrq.accumulators import format_table
     from mrq.commands.common import finite
-    from mrq.fileio import check_writable, load_npz, save_json
+    from mrq.fileio import guard_paths, load_npz, save_json
 
-    if args.json:
-        check_writable(args.json)
+    guard_paths([args.model, args.profile, args.inputs], text_outputs=[args.json])
     feeds = load_npz(args.inputs) if args.inputs else None
     lines, rows, prof = check_model(args.model, args.profile, feeds)
     for line in lines:

@@ -1,5 +1,21 @@
-"""Helpers shared by subcommands."""
+"""Helpers shared by subcommands, and the command-line conventions every command follows.
+
+Every command is made with :func:`add_command`, which gives it ``-q/--quiet``, ``-v/--verbose``
+and an ``examples:`` epilog; a command that writes a file or directory takes it with
+:func:`add_output` (``-o/--output``) and a JSON report with :func:`add_json` (``--json FILE``).
+The spellings of 0.1.0's first drafts (``--out``, ``--report``) are accepted, hidden from
+``--help``, for one release.
+
+Messages go through the ``mrq`` logger (:data:`log`), configured once by :mod:`mrq.cli` on
+stderr; what a command produces (a table, a result line) is printed on stdout."""
+from __future__ import annotations
+
+import argparse
+import logging
 import math
+import textwrap
+
+log = logging.getLogger("mrq")
 
 
 def finite(obj):
@@ -11,3 +27,52 @@ def finite(obj):
     if isinstance(obj, (list, tuple)):
         return [finite(v) for v in obj]
     return obj
+
+
+def epilog(examples: str, preamble: str = "") -> str:
+    """An ``examples:`` epilog (kept as written: the parsers use RawDescriptionHelpFormatter)."""
+    text = "examples:\n" + textwrap.indent(textwrap.dedent(examples).strip("\n"), "  ") + "\n"
+    return (textwrap.dedent(preamble).strip("\n") + "\n\n" + text) if preamble else text
+
+
+def add_verbosity(p: argparse.ArgumentParser, quiet_help: str | None = None, nested: bool = False):
+    """``-q/--quiet`` and ``-v/--verbose``. ``nested``: ``p`` is a subcommand of a command that
+    already has them; its options then default to nothing, so they do not reset what was given
+    one level up (``mrq profiles -q show X``)."""
+    default = argparse.SUPPRESS if nested else False
+    g = p.add_argument_group("output verbosity")
+    g.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help=quiet_help or "print only warnings and errors on stderr")
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="also print debugging messages on stderr")
+
+
+def add_command(sub, name: str, *, help: str, examples: str, description: str | None = None,
+                preamble: str = "", quiet_help: str | None = None,
+                simulates: bool = True) -> argparse.ArgumentParser:
+    """A subcommand parser with the shared options. ``simulates``: the command may run the
+    simulator, so :mod:`mrq.cli` says when its kernels get compiled."""
+    # RawDescriptionHelpFormatter keeps the examples as written, so the prose is wrapped here
+    p = sub.add_parser(name, help=help, description=description and textwrap.fill(description, 79),
+                       epilog=epilog(examples, preamble),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbosity(p, quiet_help)
+    p.set_defaults(simulates=simulates)
+    return p
+
+
+def add_output(p: argparse.ArgumentParser, *, help: str, metavar: str = "FILE",
+               required: bool = True) -> None:
+    """``-o/--output`` into ``args.output``; ``--out`` is its hidden former spelling. A
+    mutually exclusive group is what lets argparse require one of two spellings, and its
+    message names only the visible one."""
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("-o", "--output", dest="output", metavar=metavar, help=help)
+    g.add_argument("--out", dest="output", metavar=metavar, help=argparse.SUPPRESS)
+
+
+def add_json(p: argparse.ArgumentParser, *, help: str, legacy: str | None = None) -> None:
+    """``--json FILE`` into ``args.json``; ``legacy`` is a hidden former spelling (``--report``)."""
+    p.add_argument("--json", dest="json", metavar="FILE", help=help)
+    if legacy:
+        p.add_argument(legacy, dest="json", metavar="FILE", help=argparse.SUPPRESS)

@@ -1,8 +1,16 @@
 """``mrq golden``: write every tensor of one integer execution as a golden set for testbenches."""
 
+EXAMPLES = """\
+mrq golden model.onnx --profile nna-sym8 --inputs in.npz -o golden/
+mrq golden model.onnx --profile nna-sym8 --inputs in.npz -o golden/ --layout NHWC --weight-layout OHWI --c-headers
+mrq golden model.onnx --profile nna-sym8 --inputs in.npz -o golden/ --force -q
+"""
+
 
 def register(sub):
-    p = sub.add_parser("golden", help="write a golden set (every tensor of the integer execution) "
+    from mrq.commands.common import add_command, add_output
+    p = add_command(sub, "golden", examples=EXAMPLES, quiet_help="do not print the summary",
+                    help="write a golden set (every tensor of the integer execution) "
                        "for RTL/hardware verification",
                        description="Simulate MODEL under a profile on the given inputs and write every "
                        "tensor (inputs, integer weights and biases, accumulators before requantization, "
@@ -13,7 +21,7 @@ def register(sub):
     p.add_argument("--profile", required=True, help="profile name (see `mrq profiles`) or YAML path")
     p.add_argument("--inputs", required=True, help=".npz keyed by graph input name (float32 arrays are "
                    "quantized by the model's input quantization; integer arrays are used as codes)")
-    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory (written atomically)")
+    add_output(p, metavar="DIR", help="output directory (written atomically)")
     p.add_argument("--layout", choices=["NCHW", "NHWC"], help="axis order of the 4-D activation and "
                    "accumulator files (default: the model's)")
     p.add_argument("--weight-layout", metavar="PERM", help="axis order of conv weight files, a permutation "
@@ -21,31 +29,29 @@ def register(sub):
     p.add_argument("--c-headers", action="store_true", help="also write C headers (DIR/c/*.h, DIR/c/mrq_golden.h)")
     p.add_argument("--bin", action="store_true", help="also write raw little-endian .bin files")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists and is not empty")
-    p.add_argument("-q", "--quiet", action="store_true", help="do not print the summary")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from mrq.accumulators import AccumulatorRow, format_table
-    import sys
-
+    from mrq.commands.common import log
     from mrq.errors import MrqError
-    from mrq.fileio import check_writable, load_npz
-    from mrq.golden import GoldenLimitError, compute_golden, write_golden
+    from mrq.fileio import guard_paths, load_npz
+    from mrq.golden import GoldenLimitError, check_golden_target, compute_golden, write_golden
 
     if args.weight_layout and sorted(args.weight_layout.upper()) != sorted("OIHW"):
         raise MrqError(f"--weight-layout {args.weight_layout!r}: must be a permutation of OIHW")
-    check_writable(args.out)
+    guard_paths([args.model, args.profile, args.inputs], dir_outputs=[args.output])
+    check_golden_target(args.output, args.force)
     feeds = load_npz(args.inputs)
     try:
         gs = compute_golden(args.model, args.profile, feeds, layout=args.layout,
                             weight_layout=args.weight_layout.upper() if args.weight_layout else None)
     except GoldenLimitError as exc:
         # exit 1 (the model fails the profile, like `mrq check`), not 2 (a usage error)
-        for line in str(exc).splitlines():
-            print(f"mrq golden: {line}", file=sys.stderr)
+        log.error(str(exc))
         return 1
-    out = write_golden(gs, args.out, c_headers=args.c_headers, write_bin=args.bin, force=args.force)
+    out = write_golden(gs, args.output, c_headers=args.c_headers, write_bin=args.bin, force=args.force)
     if not args.quiet:
         m = gs.manifest
         n_files = sum(len(t["files"]) for t in m["tensors"])

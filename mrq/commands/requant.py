@@ -1,19 +1,26 @@
 """``mrq requant``: re-quantize a quantized model to a hardware profile and write ONNX QDQ."""
-import os
-import sys
-
 import numpy as np
 
-from mrq.commands.common import finite
+from mrq.commands.common import add_command, add_json, add_output, finite, log
+
+EXAMPLES = """\
+mrq requant model.onnx --profile nna-sym8 -o model_nna-sym8.onnx
+mrq requant model.onnx --profile nna-sym8-pow2 -o out.onnx --calib calib.npz --json requant.json
+mrq requant model.tflite --profile nna-w4a8 -o out.onnx --calib calib.npz --float-model model_float.tflite
+"""
 
 
 def register(sub):
-    p = sub.add_parser("requant", help="re-quantize a quantized model so it satisfies a hardware profile")
+    p = add_command(sub, "requant", help="re-quantize a quantized model so it satisfies a hardware profile",
+                    description="Re-quantize MODEL to the number formats and arithmetic of a hardware "
+                    "profile, write it as ONNX QDQ and check the written model as `mrq check` does "
+                    "(exit 1 if it does not satisfy the profile).", examples=EXAMPLES)
     p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
     p.add_argument("--profile", required=True, help="target profile name (see `mrq profiles`) or YAML path")
-    p.add_argument("-o", "--output", required=True, help="re-quantized ONNX QDQ model to write")
+    add_output(p, metavar="OUT.onnx", help="re-quantized ONNX QDQ model to write")
     p.add_argument("--calib", help=".npz of calibration inputs keyed by graph input name (float32, batch first)")
-    p.add_argument("--report", help="JSON report: per-tensor scheme changes, per-layer errors, end-to-end SQNR")
+    add_json(p, legacy="--report",
+             help="JSON report: per-tensor scheme changes, per-layer errors, end-to-end SQNR")
     p.add_argument("--float-model", help="float TFLite/ONNX version of the model: report the fidelity of the input "
                    "and the re-quantized model against it on the calibration data (needs --calib)")
     p.add_argument("--no-weight-correction", action="store_true", help="round weights to nearest (ablation)")
@@ -29,7 +36,7 @@ def run(args) -> int:
     from mrq.api import resolve_profile, simulate
     from mrq.commands.check import check_model
     from mrq.errors import MrqError
-    from mrq.fileio import atomic_path, check_writable, load_npz, save_json
+    from mrq.fileio import atomic_path, guard_paths, load_npz, save_json
     from mrq.metrics import sqnr_db
     from mrq.onnx_export import export_onnx
     from mrq.onnx_import import load_model
@@ -37,11 +44,8 @@ def run(args) -> int:
     from mrq.requant import PASS_NAMES, requantize
     import onnx
 
-    if os.path.exists(args.output) and os.path.samefile(args.output, args.model):
-        raise MrqError(f"{args.output}: refusing to overwrite the input model; choose another output path")
-    check_writable(args.output)
-    if args.report:
-        check_writable(args.report)
+    guard_paths([args.model, args.profile, args.calib, args.float_model], outputs=[args.output],
+                text_outputs=[args.json])
     unknown = sorted(set(args.disable) - set(PASS_NAMES))
     if unknown:
         raise MrqError(f"--disable: unknown pass(es) {', '.join(unknown)}; passes are {', '.join(PASS_NAMES)}")
@@ -83,20 +87,18 @@ def run(args) -> int:
         for row in float_fidelity["tensors"]:
             print(f"  {row['tensor'][:48]:<48} input model {row['input_sqnr_db']:7.2f} dB   "
                   f"re-quantized {row['requant_sqnr_db']:7.2f} dB")
-    if args.report:
+    if args.json:
         data = _report_json(report, args, sqnr, violations)
         data["float_model_fidelity"] = float_fidelity
-        save_json(args.report, finite(data))
+        save_json(args.json, finite(data))
     if violations:
         # The model is written anyway: it is what the passes could do, and the violations are
         # easiest to understand on it. A failing exit keeps scripts from using it unchecked.
-        print(f"mrq requant: error: the re-quantized model does not satisfy profile "
-              f"{profile.name!r} ({len(violations)} violation(s)):", file=sys.stderr)
-        for line in violations:
-            print(f"  {line}", file=sys.stderr)
-        print(f"mrq requant: {args.output} was written so you can inspect it "
-              f"(`mrq check {args.output} --profile {args.profile}`); do not deploy it",
-              file=sys.stderr)
+        log.error("\n".join(
+            [f"the re-quantized model does not satisfy profile {profile.name!r} "
+             f"({len(violations)} violation(s)):"] + [f"  {line}" for line in violations]
+            + [f"{args.output} was written so you can inspect it "
+               f"(`mrq check {args.output} --profile {args.profile}`); do not deploy it"]))
         return 1
     print(f"\n{args.output} satisfies profile {profile.name!r} (formats, program limits, accumulators)")
     return 0

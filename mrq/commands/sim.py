@@ -1,21 +1,30 @@
 """``mrq sim``: run a quantized model bit-exactly as a hardware profile would."""
+import logging
 import sys
 import time
 
-from mrq.commands.common import finite
+from mrq.commands.common import add_command, add_json, add_output, finite, log
 from mrq.errors import MrqError
+
+EXAMPLES = """\
+mrq sim model.onnx --profile onnxruntime-cpu --inputs in.npz -o out.npz --json fidelity.json
+mrq sim model.onnx --profile nna-sym8 --inputs val.npz -o out.npz --no-fidelity
+mrq sim model.tflite --profile litert-default --inputs val.npz -o out.npz --no-fidelity --batch-size 1 --compile yes
+"""
 
 
 def register(sub):
-    p = sub.add_parser("sim", help="run a quantized model bit-exactly as a hardware profile would")
+    p = add_command(sub, "sim", help="run a quantized model bit-exactly as a hardware profile would",
+                    description="Simulate MODEL bit-exactly under a hardware profile, write its outputs "
+                    "and print each layer's fidelity against the float reference.",
+                    examples=EXAMPLES, quiet_help="do not print the fidelity table or notes")
     p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
     p.add_argument("--profile", required=True, help="profile name (see `mrq profiles`) or YAML path")
     p.add_argument("--inputs", required=True, help=".npz keyed by graph input name; float32 arrays are "
                    "quantized with the model's input quantization, integer arrays are used as codes")
-    p.add_argument("--out", required=True, help=".npz of the outputs, keyed by graph output name")
-    p.add_argument("--dump-all", action="store_true", help="also write every intermediate tensor to --out")
-    p.add_argument("--report", help="JSON report with the per-layer fidelity")
-    p.add_argument("-q", "--quiet", action="store_true", help="do not print the fidelity table")
+    add_output(p, metavar="OUT.npz", help=".npz of the outputs, keyed by graph output name")
+    p.add_argument("--dump-all", action="store_true", help="also write every intermediate tensor to --output")
+    add_json(p, help="JSON report with the per-layer fidelity", legacy="--report")
     p.add_argument("--threads", type=int, help="CPU threads for the simulation (default: all cores)")
     p.add_argument("--no-fidelity", action="store_true",
                    help="outputs only: no float reference or per-layer table (the fast path for "
@@ -31,12 +40,10 @@ def register(sub):
 
 def run(args) -> int:
     from mrq.api import simulate
-    from mrq.fileio import check_writable, load_npz, save_json, save_npz
+    from mrq.fileio import guard_paths, load_npz, save_json, save_npz
     from mrq.metrics import format_table
 
-    for path in (args.out, args.report):
-        if path:
-            check_writable(path)
+    guard_paths([args.model, args.profile, args.inputs], outputs=[args.output], text_outputs=[args.json])
     feeds = load_npz(args.inputs)
     if args.no_fidelity and args.dump_all:
         raise MrqError("--dump-all writes the intermediate tensors: it cannot be combined with "
@@ -54,28 +61,28 @@ def run(args) -> int:
     if args.dump_all:
         for name, value in result.trace.items():
             arrays.setdefault(name, value)
-    save_npz(args.out, arrays)
+    save_npz(args.output, arrays)
     profile_name = result.lowered.arithmetic.name
     if result.violations:
-        print(f"warning: the model does not satisfy profile {profile_name!r} "
-              f"({len(result.violations)} violation(s); first: {result.violations[0]}); the "
-              f"simulation applies the profile's arithmetic to the model's own grids. "
-              f"Run `mrq requant` to convert the model.", file=sys.stderr)
+        log.warning(f"the model does not satisfy profile {profile_name!r} "
+                    f"({len(result.violations)} violation(s); first: {result.violations[0]}); the "
+                    f"simulation applies the profile's arithmetic to the model's own grids. "
+                    f"Run `mrq requant` to convert the model.")
     limits = list(result.lowered.limit_violations)
     if limits:
-        print(f"warning: the model needs {len(limits)} parameter(s) outside the limits of "
-              f"profile {profile_name!r} (first: {limits[0]}); the simulation uses the closest "
-              f"legal values, which is not the model's arithmetic. Run `mrq requant` to choose "
-              f"grids within the limits.", file=sys.stderr)
+        log.warning(f"the model needs {len(limits)} parameter(s) outside the limits of "
+                    f"profile {profile_name!r} (first: {limits[0]}); the simulation uses the closest "
+                    f"legal values, which is not the model's arithmetic. Run `mrq requant` to choose "
+                    f"grids within the limits.")
     if not args.quiet and args.no_fidelity:
         print(f"{args.model} on {profile_name}: batch {_batch(feeds)} in {elapsed:.2f} s")
-        print(f"wrote {args.out}: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in result.outputs.items())}")
+        print(f"wrote {args.output}: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in result.outputs.items())}")
     elif not args.quiet:
         print(format_table(result.layers, title=f"{args.model} on {profile_name} "
                                                  f"(batch {_batch(feeds)}, {elapsed:.2f} s)"))
-        print(f"wrote {args.out}: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in result.outputs.items())}")
-    if args.report:
-        save_json(args.report, finite({
+        print(f"wrote {args.output}: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in result.outputs.items())}")
+    if args.json:
+        save_json(args.json, finite({
             "model": args.model, "profile": profile_name, "seconds": elapsed,
             "outputs": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in result.outputs.items()},
             "violations": result.violations,
@@ -144,12 +151,13 @@ def _compile(program, bound, args):
         set_threads(args.threads)
     compiled = compile_program(program, bound)
     if compiled is None:
-        level = "warning" if args.compile == "yes" else "note"
-        print(f"{level}: the program does not compile ({last_reason()}); running it step by "
-              f"step", file=sys.stderr)
-    elif not args.quiet:
-        print(f"compiled the program for batch {args.batch_size} "
-              f"({numba.get_num_threads()} thread(s))", file=sys.stderr)
+        # asked for explicitly, not getting it is a warning; chosen by auto, a note
+        log.log(logging.WARNING if args.compile == "yes" else logging.INFO,
+                f"{'' if args.compile == 'yes' else 'note: '}the program does not compile "
+                f"({last_reason()}); running it step by step")
+    else:
+        log.info(f"compiled the program for batch {args.batch_size} "
+                 f"({numba.get_num_threads()} thread(s))")
     return compiled
 
 
