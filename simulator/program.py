@@ -1,7 +1,9 @@
 """The contract between ``mrq`` (which lowers models) and the simulator (which executes them).
 
 See docs/PROGRAM.md for every step kind and its parameters. A Program holds only integers,
-floats, strings, tuples and numpy arrays with explicit dtypes.
+floats, strings, tuples and numpy arrays with explicit dtypes. A Step's ``params`` is its kind's
+typed parameter object (:mod:`simulator.steps`; built by ``simulator.steps.make_step``), or a
+plain mapping that is converted, with the same checks, the first time the step runs.
 """
 from __future__ import annotations
 
