@@ -173,6 +173,12 @@ def _digest(source, src):
     return h.hexdigest()
 
 
+def programs_dir() -> str:
+    """The directory of compiled programs' sources and their numba cache files (module
+    docstring); ``mrq cache`` reports and clears it."""
+    return _cache_dir()
+
+
 def _cache_dir():
     root = os.environ.get("MRQ_CACHE_DIR")
     if not root:

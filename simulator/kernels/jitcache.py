@@ -18,8 +18,10 @@ simulator package (:func:`sources_digest`), ``variant`` is
 directories; nothing is deleted to invalidate, so concurrent processes never see a half-deleted
 cache. ``<root>`` is ``$NUMBA_CACHE_DIR/simulator-jit`` when the user set ``NUMBA_CACHE_DIR``,
 else ``simulator/__pycache__/jit`` when that is writable, else numba's user-wide cache directory
-``/simulator-jit``. Directories of other digests that nobody wrote to for an hour are removed
-at a process's first cache write, which bounds the leftovers of past edits.
+``/simulator-jit``. At a process's first cache write, directories of other digests that nobody
+wrote to for an hour are removed, and so are all but the :data:`KEEP_DIGESTS` most recent
+digests (the current one included), which bounds the leftovers of past edits. ``mrq cache
+info`` lists the entries, ``mrq cache clear`` removes the root.
 
 Both halves of the key are computed when numba defines the first cached simulator kernel (numba
 asks for a function's cache directory then), i.e. from the sources as this process imported
@@ -54,6 +56,7 @@ import numpy as np
 from numba.core import caching
 from numba.core.caching import FunctionCache
 from numba.core.dispatcher import Dispatcher
+from numba.core.extending import _Intrinsic
 
 from simulator import capabilities as _caps
 
@@ -63,6 +66,10 @@ _ROOT_NAME = "simulator-jit"
 _KEY_RE = re.compile(r"^[0-9a-f]{24}-[a-z]+$")
 # a directory of another digest written to within this time may belong to a running process
 _PRUNE_AFTER_S = 3600.0
+# at most this many digests are kept, however recent (the current one included): switching
+# between a few checkouts stays warm, while a session of edits (a digest per save) cannot fill
+# the disk
+KEEP_DIGESTS = 3
 
 # numba < 0.61 calls it _CacheImpl
 _CacheImplBase = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
@@ -130,24 +137,89 @@ def _in_package(py_file) -> bool:
 _PRUNED = []
 
 
-def _prune_other_digests(root: str, keep: str) -> None:
+def _prune_other_digests(root: str, keep: str, max_digests: int = KEEP_DIGESTS) -> None:
     """Remove ``root``'s cache directories of digests other than ``keep`` that were not written
-    to for :data:`_PRUNE_AFTER_S` (every variant of ``keep`` stays)."""
+    to for :data:`_PRUNE_AFTER_S`, and those of all but the ``max_digests - 1`` most recently
+    written other digests (every variant of ``keep`` stays; a digest's variants go together)."""
     try:
         names = os.listdir(root)
     except OSError:
         return
     now = time.time()
+    newest = {}  # other digest -> [its latest mtime, its directories]
     for name in names:
         if not _KEY_RE.match(name) or name.startswith(keep + "-"):
             continue
         path = os.path.join(root, name)
         try:
-            if now - os.stat(path).st_mtime < _PRUNE_AFTER_S:
-                continue
+            mtime = os.stat(path).st_mtime
         except OSError:
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        entry = newest.setdefault(name.split("-", 1)[0], [mtime, []])
+        entry[0] = max(entry[0], mtime)
+        entry[1].append(path)
+    ranked = sorted(newest.values(), key=lambda e: e[0], reverse=True)
+    for rank, (mtime, paths) in enumerate(ranked):
+        if rank < max_digests - 1 and now - mtime < _PRUNE_AFTER_S:
+            continue
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _tree_size(path: str) -> tuple[int, int]:
+    """(number of files, their total bytes) under ``path``; unreadable parts count as empty."""
+    files = size = 0
+    for dirpath, _dirs, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                size += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+            files += 1
+    return files, size
+
+
+def entries(root: str | None = None) -> list[dict]:
+    """One dict per ``<digest>-<variant>`` directory under ``root`` (default
+    :func:`cache_root`), newest first: ``name``, ``path``, ``files``, ``bytes``, ``mtime`` and
+    ``current`` (the entry this process's sources and kernel path use)."""
+    root = cache_root() if root is None else root
+    current = jit_key()
+    out = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return out
+    for name in names:
+        path = os.path.join(root, name)
+        if not _KEY_RE.match(name) or not os.path.isdir(path):
+            continue
+        files, size = _tree_size(path)
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            continue
+        out.append({"name": name, "path": path, "files": files, "bytes": size, "mtime": mtime,
+                    "current": name == current})
+    return sorted(out, key=lambda e: e["mtime"], reverse=True)
+
+
+def clear(root: str | None = None) -> tuple[int, int]:
+    """Remove the kernel cache root (default :func:`cache_root`: only the ``simulator-jit``
+    folder of a user's ``NUMBA_CACHE_DIR``, never the rest); returns the (files, bytes) it
+    held. A running process that writes afterwards recreates its own entry."""
+    root = cache_root() if root is None else root
+    files, size = _tree_size(root)
+    if os.path.islink(root):  # the link may be the user's: empty what it points to instead
+        for name in os.listdir(root):
+            path = os.path.join(root, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    elif os.path.isdir(root):
+        shutil.rmtree(root)
+    return files, size
 
 
 class _SimulatorLocator(caching._CacheLocator):
@@ -219,6 +291,16 @@ def _describe(value):
         if any(v is None for v in inner):
             return None
         return ("jit", func.__module__, func.__qualname__,
+                hashlib.sha256(func.__code__.co_code).hexdigest(), inner)
+    if isinstance(value, _Intrinsic):
+        # an intrinsic made by a factory (``simd.vmbqm`` / ``vmbqm_ruy``): numba would pickle
+        # it by identity, which differs per process; its definition's code and closure
+        # constants (``ruy``) say what it generates, the sources digest covers the rest
+        func = value._defn
+        inner = tuple(_describe(c.cell_contents) for c in (func.__closure__ or ()))
+        if any(v is None for v in inner):
+            return None
+        return ("intrinsic", func.__module__, func.__qualname__,
                 hashlib.sha256(func.__code__.co_code).hexdigest(), inner)
     if isinstance(value, _PLAIN):
         return (type(value).__name__, repr(value))

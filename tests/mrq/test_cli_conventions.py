@@ -30,6 +30,7 @@ COMMANDS = {
     "verify": (False, True),
     "profiles": (False, False),
     "demo": (False, False),
+    "cache": (False, False),
 }
 
 
@@ -69,7 +70,7 @@ def test_every_command_is_covered(commands):
 def test_help_shows_shared_options_and_an_example(commands, name):
     writes, writes_json = COMMANDS[name]
     parsers = [commands[name]]
-    if name == "profiles":
+    if name in ("profiles", "cache"):
         parsers += subparsers(commands[name]).values()
     for p in parsers:
         text = p.format_help()

@@ -1,0 +1,156 @@
+"""Interrupting ``mrq sim`` anywhere never leaves a partial output (issue 19), and its outputs do
+not depend on how the run was split up (threads, batch size, whole-program compilation).
+
+Interrupts: SIGINT, SIGTERM and SIGKILL at random moments of real runs (start-up, simulation,
+write), plus a few that land inside the write for certain (np.savez made slow, as in
+test_safe_outputs.py). After each one the target is absent or a complete npz equal to an
+uninterrupted run's; SIGINT/SIGTERM print no traceback; the next normal run in the folder
+leaves no ``.mrq-tmp-*`` behind (SIGKILL strands them, the sweep must take them)."""
+import collections
+import concurrent.futures
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_safe_outputs import _SLOW_WRITE, mrq, temporaries  # noqa: E402
+
+from mrq.demo import DEMO_MODEL, demo_inputs  # noqa: E402
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+N_RANDOM = 51          # 17 of each signal
+N_IN_WRITE = 2         # per signal
+
+
+def _sim_args(inputs, out, *extra):
+    return ["sim", str(DEMO_MODEL), "--profile", "onnxruntime-cpu", "--inputs", str(inputs),
+            "-o", str(out), "--no-fidelity", "-q", *extra]
+
+
+def _load(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _same(got, want):
+    return list(got) == list(want) and all(
+        got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]) for k in want)
+
+
+def _interrupt(argv, sig, delay, in_write_of=None):
+    """Start ``argv``, send ``sig`` after ``delay`` s (or once a temporary shows up in
+    ``in_write_of``); returns (returncode, stderr)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if in_write_of is not None:
+        deadline = time.time() + 60
+        while not temporaries(in_write_of) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+    else:
+        time.sleep(delay)
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def _in_startup(err):
+    """A KeyboardInterrupt traceback from before ``mrq.cli.main`` ran the command (Python
+    start-up, imports, building the parser): the known start-up defect, covered by the xfail
+    test below. A traceback through the command's own frame is a failure."""
+    return err.rstrip().endswith("KeyboardInterrupt") and "args.func(args)" not in err
+
+
+def _check(sig, code, err, out, want, label):
+    if sig != signal.SIGKILL and "Traceback" in err:
+        assert _in_startup(err), (label, err)
+    if out.exists():
+        assert _same(_load(out), want), f"{label}: target differs from an uninterrupted run's"
+    else:
+        assert code != 0, (label, "exit code 0 but no output")
+
+
+def test_interrupts_never_leave_a_partial_output(tmp_path):
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, **demo_inputs(2000))
+    work = tmp_path / "out"
+    work.mkdir()
+    ref = tmp_path / "ref.npz"
+    r = mrq(*_sim_args(inputs, ref))   # fills the JIT cache, so the next one times a real run
+    assert r.returncode == 0, r.stderr
+    started = time.perf_counter()
+    r = mrq(*_sim_args(inputs, ref))
+    full = time.perf_counter() - started
+    assert r.returncode == 0, r.stderr
+    want = _load(ref)
+
+    seed = int(os.environ.get("MRQ_INTERRUPT_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    cases = [(SIGNALS[i % 3], rng.uniform(0.0, full * 1.1), None) for i in range(N_RANDOM)]
+    cases += [(sig, 0.0, "write") for sig in SIGNALS for _ in range(N_IN_WRITE)]
+    rng.shuffle(cases)
+
+    def one(i, case):
+        sig, delay, how = case
+        out = work / f"o{i}.npz"
+        if how == "write":  # a folder of its own, so "a temporary exists" is this run's
+            sub = work / f"w{i}"
+            sub.mkdir()
+            out = sub / "o.npz"
+            argv = [sys.executable, "-c", _SLOW_WRITE, *_sim_args(inputs, out)]
+        else:
+            argv = [sys.executable, "-m", "mrq.cli", *_sim_args(inputs, out)]
+        code, err = _interrupt(argv, sig, delay, out.parent if how else None)
+        label = f"seed {seed}, case {i}: {sig.name} {how or f'after {delay:.2f} s'}"
+        _check(sig, code, err, out, want, label)
+        return sig.name, code, out.exists(), _in_startup(err)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(one, range(len(cases)), cases))
+    assert len(results) >= 50
+    print("seed", seed, "outcomes (signal, exit code, target written, start-up traceback):",
+          collections.Counter(results))
+    interrupted = sum(code != 0 for _, code, _, _ in results)
+    # the delays must mostly land inside runs, or this tests nothing
+    assert interrupted >= len(results) // 2, (seed, results)
+
+    # a normal run in each folder sweeps what SIGKILL stranded
+    for folder in [work, *sorted(p for p in work.iterdir() if p.is_dir())]:
+        r = mrq(*_sim_args(inputs, folder / "final.npz"))
+        assert r.returncode == 0, r.stderr
+        assert temporaries(folder) == [], (seed, folder)
+        assert _same(_load(folder / "final.npz"), want)
+
+
+def test_outputs_do_not_depend_on_threads_batches_or_compilation(tmp_path):
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, **demo_inputs(70))  # 70: batches of 64 and 7 both leave a short last one
+    outs = {}
+    for compile_ in ("no", "yes"):
+        for threads in (1, 2):
+            for batch in (1, 7, 64):
+                out = tmp_path / f"{compile_}-t{threads}-b{batch}.npz"
+                r = mrq(*_sim_args(inputs, out, "--threads", threads, "--batch-size", batch,
+                                   "--compile", compile_))
+                assert r.returncode == 0, r.stderr
+                outs[compile_, threads, batch] = _load(out)
+    base = outs["no", 1, 1]
+    assert base and all(v.size for v in base.values())
+    for key, got in outs.items():
+        assert _same(got, base), f"--compile/threads/batch {key} differ from no/1/1"
+
+
+@pytest.mark.xfail(strict=True, reason="SIGINT before mrq.cli.main runs the command (Python "
+                   "start-up, imports, build_parser) ends in a KeyboardInterrupt traceback: "
+                   "mrq/cli.py catches it only around the command")
+def test_sigint_during_startup_prints_no_traceback(tmp_path):
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, **demo_inputs(2))
+    argv = [sys.executable, "-m", "mrq.cli", *_sim_args(inputs, tmp_path / "o.npz")]
+    errs = [_interrupt(argv, signal.SIGINT, delay)[1] for delay in (0.05, 0.1, 0.15, 0.2)]
+    assert not any("Traceback" in e for e in errs), errs

@@ -1,0 +1,132 @@
+"""The simulator's on-disk JIT cache (simulator/kernels/jitcache.py) and ``mrq cache``:
+
+- every kernel the demo and a compiled ``mrq sim`` need has a process-independent cache key: with
+  an empty cache, a second process compiles nothing and a third adds no file (a closure whose
+  cache key pickles something per-process, such as a factory-made intrinsic, recompiles in every
+  process and writes a new index entry each time);
+- old source digests are pruned to the most recent few, never the current one;
+- ``mrq cache info`` lists the entries and ``mrq cache clear`` removes only what mrq owns.
+"""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from mrq.demo import DEMO_MODEL, demo_inputs
+from simulator.kernels import jitcache
+
+_COUNT = re.compile(r"compiled (\d+) kernel\(s\)")
+_NAMED = re.compile(r"debug: compiled (\S+) in")
+
+
+def _env(tmp_path):
+    env = dict(os.environ)
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "nb")
+    env["MRQ_CACHE_DIR"] = str(tmp_path / "mrq")
+    return env
+
+
+def _mrq(env, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "mrq.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _files(path):
+    return sum(len(names) for _, _, names in os.walk(path))
+
+
+def _compiles(stderr):
+    """(count from the CLI's counter, names from its -v lines): the CLI says nothing when it
+    compiled nothing."""
+    m = _COUNT.search(stderr)
+    return (int(m.group(1)) if m else 0), _NAMED.findall(stderr)
+
+
+def test_second_process_compiles_nothing(tmp_path):
+    env = _env(tmp_path)
+    feeds = tmp_path / "in.npz"
+    np.savez(feeds, **demo_inputs(8))
+    runs = [("demo", "-v", "--profiles", "onnxruntime-cpu", "nna-sym8", "tflite-int8"),
+            # the whole-program path (simulator/compiled.py) and its own cache folder
+            ("sim", DEMO_MODEL, "--profile", "tflite-int8", "--inputs", str(feeds), "-o",
+             str(tmp_path / "out.npz"), "--no-fidelity", "--compile", "yes", "-v")]
+    counts, files = [], []
+    for attempt in range(3):
+        n, names = 0, []
+        for args in runs:
+            r = _mrq(env, *args)
+            assert r.returncode == 0, r.stderr
+            c, named = _compiles(r.stderr)
+            n, names = n + c, names + named
+        counts.append((n, names))
+        files.append((_files(tmp_path / "nb"), _files(tmp_path / "mrq")))
+    assert counts[0][0] > 0, "the first run should have compiled (was the cache empty?)"
+    assert counts[1][0] == 0, f"recompiled in a second process: {counts[1][1]}"
+    assert counts[2][0] == 0, f"recompiled in a third process: {counts[2][1]}"
+    assert files[2] == files[1], f"cache files grew on the third run: {files}"
+    assert files[1][0] > 0 and files[1][1] > 0
+
+
+def _fake_entry(root, name, age_s, now):
+    path = root / name
+    (path / "simulator" / "kernels").mkdir(parents=True)
+    (path / "simulator" / "kernels" / "k.nbi").write_bytes(b"x" * 10)
+    os.utime(path, (now - age_s, now - age_s))
+    return path
+
+
+def test_prune_keeps_the_most_recent_digests(tmp_path):
+    now = time.time()
+    cur = "a" * 24
+    keep = [_fake_entry(tmp_path, f"{cur}-vnni", 7200, now),  # the current digest: whatever age
+            _fake_entry(tmp_path, f"{cur}-portable", 7200, now)]
+    # other digests, newest first; b has two variants that go together
+    others = {d: age for d, age in zip("bcdef", (10, 20, 30, 40, 50))}
+    for d, age in others.items():
+        _fake_entry(tmp_path, f"{d * 24}-vnni", age, now)
+    _fake_entry(tmp_path, f"{'b' * 24}-portable", 15, now)
+    old = _fake_entry(tmp_path, f"{'9' * 24}-vnni", 7200, now)  # past the hour: always removed
+    stray = tmp_path / "not-an-entry"
+    stray.mkdir()
+    jitcache._prune_other_digests(str(tmp_path), cur, max_digests=3)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([p.name for p in keep] + [f"{'b' * 24}-vnni", f"{'b' * 24}-portable",
+                                                     f"{'c' * 24}-vnni", "not-an-entry"])
+    assert not old.exists()
+
+
+def test_cache_info_and_clear_touch_only_what_mrq_owns(tmp_path):
+    env = _env(tmp_path)
+    nb, mrq_dir = tmp_path / "nb", tmp_path / "mrq"
+    now = time.time()
+    entry = _fake_entry(nb / "simulator-jit", f"{'c' * 24}-vnni", 60, now)
+    (entry / "simulator" / "more.nbc").write_bytes(b"y" * 2048)
+    # what a user keeps in their own NUMBA_CACHE_DIR / MRQ_CACHE_DIR: not ours to remove
+    (nb / "mine").mkdir()
+    (nb / "mine" / "other.nbi").write_text("user")
+    (mrq_dir / "programs").mkdir(parents=True)
+    (mrq_dir / "programs" / "_mrq_program_x.py").write_text("def program(): pass\n")
+    (mrq_dir / "notes.txt").write_text("user")
+
+    r = _mrq(env, "cache", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"kernel cache: {nb / 'simulator-jit'}" in r.stdout
+    line = next(s for s in r.stdout.splitlines() if "c" * 24 in s)
+    assert "2 files" in line and "2.0 KiB" in line and not line.lstrip().startswith("*")
+    assert f"compiled programs: {mrq_dir / 'programs'}" in r.stdout
+    assert "1 files" in r.stdout
+    key = _mrq(env, "cache", "info", timeout=60).stdout
+    assert re.search(r"current entry: [0-9a-f]{24}-(vnni|portable)  \(empty", key)
+
+    r = _mrq(env, "cache", "clear", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "2 files" in r.stderr
+    assert not (nb / "simulator-jit").exists()
+    assert not (mrq_dir / "programs").exists()
+    assert (nb / "mine" / "other.nbi").read_text() == "user"
+    assert (mrq_dir / "notes.txt").read_text() == "user"
+    r = _mrq(env, "cache", "clear", timeout=60)  # nothing left: still fine
+    assert r.returncode == 0, r.stderr
