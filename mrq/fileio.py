@@ -170,12 +170,63 @@ def _same_file(a: str, b: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 _sigterm_installed = False
+# This process's temporaries that hold only new content: removing them on SIGTERM loses nothing.
+_DISCARDABLE: set = set()
+_critical_depth = 0
+_sigterm_pending = False
 
 
 def _on_sigterm(signum, frame):
-    # KeyboardInterrupt runs the same cleanup paths as Ctrl-C (every ``except BaseException``
-    # that removes a temporary) and ends in the CLI's "interrupted" exit
-    raise KeyboardInterrupt
+    # Exit here instead of raising: an exception raised in a signal handler can unwind through a
+    # native extension's callback (seen: a nanobind enum constructor during import), which
+    # aborts the process with a C++ terminate. Nothing has been renamed into place yet except
+    # inside a critical section, which finishes first.
+    global _sigterm_pending
+    if _critical_depth:
+        _sigterm_pending = True
+        return
+    _exit_interrupted()
+
+
+def _exit_interrupted() -> None:
+    for path in list(_DISCARDABLE):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.unlink(path)
+        except OSError:
+            pass
+    try:
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(130)
+
+
+@contextmanager
+def critical():
+    """A step that must not be cut in half by SIGTERM (renaming a result into place, swapping a
+    golden set): a SIGTERM that arrives inside waits for its end."""
+    global _critical_depth
+    _critical_depth += 1
+    try:
+        yield
+    finally:
+        _critical_depth -= 1
+        if not _critical_depth and _sigterm_pending:
+            _exit_interrupted()
+
+
+def discardable(path: str) -> str:
+    """Register a temporary that holds only new content (removed if SIGTERM ends the run)."""
+    _DISCARDABLE.add(path)
+    return path
+
+
+def forget(path: str) -> None:
+    _DISCARDABLE.discard(path)
 
 
 def install_sigterm() -> None:
@@ -280,15 +331,18 @@ def atomic_path(path: str, suffix: str = ""):
         return
     directory = os.path.dirname(target)
     sweep_stale(directory)
-    tmp = tmp_name(directory, suffix or os.path.splitext(target)[1])
+    tmp = discardable(tmp_name(directory, suffix or os.path.splitext(target)[1]))
     try:
         yield tmp
-        if os.path.exists(tmp):
-            os.chmod(tmp, file_mode())
-        os.replace(tmp, target)
+        with critical():
+            if os.path.exists(tmp):
+                os.chmod(tmp, file_mode())
+            os.replace(tmp, target)
+            forget(tmp)
     except BaseException as exc:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+        forget(tmp)
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise

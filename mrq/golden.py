@@ -29,7 +29,8 @@ import numpy as np
 
 from mrq import accumulators as accmod
 from mrq.errors import InputDataError, MrqError
-from mrq.fileio import _json_default, check_writable, dir_mode, sweep_stale, tmp_name, write_error
+from mrq.fileio import (_json_default, check_writable, critical, dir_mode, discardable, forget,
+                        sweep_stale, tmp_name, write_error)
 
 FORMAT = "mrq-golden"
 # Written last into every golden set: ``--force`` replaces only a folder that holds it (and
@@ -597,7 +598,7 @@ def write_golden(gs: GoldenSet, out_dir: str, c_headers: bool = False, write_bin
     out_dir = check_golden_target(out_dir, force)
     parent = os.path.dirname(out_dir)
     sweep_stale(parent)
-    tmp = tmp_name(parent, ".golden")
+    tmp = discardable(tmp_name(parent, ".golden"))
     os.mkdir(tmp, dir_mode())
     try:
         os.makedirs(os.path.join(tmp, "tensors"))
@@ -637,19 +638,22 @@ def write_golden(gs: GoldenSet, out_dir: str, c_headers: bool = False, write_bin
         with open(os.path.join(tmp, MARKER), "w", encoding="ascii") as f:
             f.write(f"{FORMAT} {VERSION}: this folder was written by `mrq golden`; "
                     f"`mrq golden --force` may replace it\n")
-        if os.path.exists(out_dir):
-            old = tmp_name(parent, ".old")
-            os.rename(out_dir, old)
-            try:
+        with critical():
+            if os.path.exists(out_dir):
+                old = tmp_name(parent, ".old")
+                os.rename(out_dir, old)
+                try:
+                    os.rename(tmp, out_dir)
+                except BaseException:
+                    os.rename(old, out_dir)  # the previous set stays, not under a temp name
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
                 os.rename(tmp, out_dir)
-            except BaseException:
-                os.rename(old, out_dir)  # the previous set stays, not stranded under a temp name
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+            forget(tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        forget(tmp)
         if isinstance(exc, OSError):
             raise write_error(out_dir, exc) from None
         raise
