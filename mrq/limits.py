@@ -331,22 +331,19 @@ def _check_requant(step, p, profile, rq_mode, add) -> None:
                 f"integers")
             return
         # float multipliers in mode shift: only exact 1.0 is acceptable, checked below
-    if rq.arithmetic == "fixed_point":
-        top = (1 << rq.multiplier_bits) - 1
+    top = rq.multiplier_max
+    if top is not None:   # fixed_point or double_q31: an unsigned integer register
         bad = (mults < 0) | (mults > top)
         if np.any(bad):
             text, ch = _at(bad, mults, "rq_multiplier")
-            add("requant.multiplier_bits", int(mults[bad].max()), [0, top], ch,
-                f"{text} is outside the profile's {rq.multiplier_bits}-bit unsigned multiplier "
-                f"range [0, {top}] (requant.multiplier_bits {rq.multiplier_bits})")
-    elif rq.arithmetic == "double_q31":
-        top = (1 << 31) - 1
-        bad = (mults < 0) | (mults > top)
-        if np.any(bad):
-            text, ch = _at(bad, mults, "rq_multiplier")
-            add("requant.arithmetic", int(mults[bad].max()), [0, top], ch,
-                f"{text} is outside the Q31 multiplier range [0, {top}] (requant.arithmetic "
-                f"double_q31)")
+            if rq.arithmetic == "fixed_point":
+                add("requant.multiplier_bits", int(mults[bad].max()), [0, top], ch,
+                    f"{text} is outside the profile's {rq.multiplier_bits}-bit unsigned "
+                    f"multiplier range [0, {top}] (requant.multiplier_bits {rq.multiplier_bits})")
+            else:
+                add("requant.arithmetic", int(mults[bad].max()), [0, top], ch,
+                    f"{text} is outside the Q31 multiplier range [0, {top}] (requant.arithmetic "
+                    f"double_q31)")
     elif rq.arithmetic == "shift":
         bad = mults != 1
         if np.any(bad):
