@@ -46,13 +46,15 @@ class Arithmetic:
     quantize_method: str          # divide | multiply
     quantize_rounding: str
     supported_ops: Optional[frozenset]
-    host_ops: tuple = ()          # ((op type, 'float' | profile name), ...)
+    # ((op type, 'float' | profile name, that profile's Arithmetic or None), ...)
+    host_ops: tuple = ()
     runtime: str = "generic"      # generic | tflite-reference | xnnpack
 
-    def host_arithmetic(self, op_type: str) -> Optional[str]:
-        for op, how in self.host_ops:
+    def host_arithmetic(self, op_type: str) -> Optional[tuple]:
+        """``(how, arithmetic)`` for a host op (``arithmetic`` None for ``float``), else None."""
+        for op, how, arith in self.host_ops:
             if op_type in IR_OP_NAMES.get(op, {op}):
-                return how
+                return how, arith
         return None
 
 
@@ -77,9 +79,16 @@ def arithmetic_from_profile(profile) -> Arithmetic:
         rescale=ops.rescale,
         quantize_method=ops.quantize.method, quantize_rounding=ops.quantize.rounding,
         supported_ops=frozenset(profile.supported_ops) if profile.supported_ops else None,
-        host_ops=tuple(sorted(dict(host).items())),
+        # a named host profile was loaded with this one: lower with that copy, never a re-read
+        host_ops=tuple((op, how, _host_arithmetic(profile, op))
+                       for op, how in sorted(dict(host).items())),
         runtime=getattr(profile, "runtime", "generic"),
     )
+
+
+def _host_arithmetic(profile, op: str) -> Optional[Arithmetic]:
+    ref = profile.host_profile(op)
+    return None if ref is None else replace(arithmetic_from_profile(ref), host_ops=())
 
 
 # IR ops whose step kinds have a float variant, for host_ops entries with float arithmetic.
@@ -229,7 +238,7 @@ class _Lowerer(ExtraOpsLowering):
         for node in self.g.nodes:
             host = None if node.attrs.get("layout_boundary") else self.a.host_arithmetic(node.op)
             if host is not None:
-                self._lower_on_host(node, host)
+                self._lower_on_host(node, *host)
                 continue
             if self.a.supported_ops is not None and not node.attrs.get("layout_boundary"):
                 # (the Transposes mrq.layout adds are the simulator's, not the model's)
@@ -247,7 +256,7 @@ class _Lowerer(ExtraOpsLowering):
         placement = {s.name: self.placement.get(s.name, "npu") for s in self.steps}
         return LoweredModel(program, g, self.a, self.step_node, placement, self._limit_violations())
 
-    def _lower_on_host(self, node, how: str) -> None:
+    def _lower_on_host(self, node, how: str, host_arith: Optional[Arithmetic]) -> None:
         """Lower a ``host_ops`` node with the host's arithmetic: ``float`` (the float variants
         of the step kinds) or a named runtime profile's."""
         start = len(self.steps)
@@ -267,8 +276,7 @@ class _Lowerer(ExtraOpsLowering):
                         f"exists for {', '.join(sorted(HOST_FLOAT_OPS))}; name a runtime "
                         f"profile instead (e.g. {node.op}: tflite-int8)")
             else:
-                from mrq.hw_profile import load_profile
-                self.a = replace(arithmetic_from_profile(load_profile(how)), host_ops=())
+                self.a = host_arith
             if not self.lower_override(node):
                 self._dispatch(node)
         finally:
