@@ -1,5 +1,4 @@
 """``mrq cache``: where the simulator's compiled code is cached, how big it is, and clearing it."""
-import argparse
 import os
 import time
 
@@ -26,25 +25,22 @@ examples:
 
 
 def register(sub):
-    from mrq.commands.common import add_verbosity
-    p = sub.add_parser("cache", help="show or clear the simulator's compiled-code caches",
-                       description="Show where the simulator's kernel cache and the compiled "
-                                   "programs are cached and how big each entry is, or clear them.",
-                       epilog=INFO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_verbosity(p)
+    from mrq.commands.common import add_parser
+    p = add_parser(sub, "cache", help="show or clear the simulator's compiled-code caches",
+                   description="Show where the simulator's kernel cache and the compiled "
+                               "programs are cached and how big each entry is, or clear them.",
+                   epilog_text=INFO_EXAMPLES)
     p.set_defaults(func=run_info, simulates=False)
     ps = p.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
-    ip = ps.add_parser("info", help="list the caches, their entries and sizes (the default)",
-                       description="List the kernel cache's entries (one per sources digest and "
-                                   "kernel path) and the compiled-programs folder with file counts "
-                                   "and sizes.",
-                       epilog=INFO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_verbosity(ip, nested=True)
+    ip = add_parser(ps, "info", help="list the caches, their entries and sizes (the default)",
+                    description="List the kernel cache's entries (one per sources digest and "
+                                "kernel path) and the compiled-programs folder with file counts "
+                                "and sizes.",
+                    epilog_text=INFO_EXAMPLES, nested=True)
     ip.set_defaults(func=run_info)
-    cp = ps.add_parser("clear", help="remove the caches mrq and the simulator own",
-                       description="Remove the kernel cache and the compiled programs.",
-                       epilog=CLEAR_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_verbosity(cp, nested=True)
+    cp = add_parser(ps, "clear", help="remove the caches mrq and the simulator own",
+                    description="Remove the kernel cache and the compiled programs.",
+                    epilog_text=CLEAR_EXAMPLES, nested=True)
     cp.set_defaults(func=run_clear)
 
 

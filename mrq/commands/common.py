@@ -53,11 +53,19 @@ def add_command(sub, name: str, *, help: str, examples: str, description: str | 
     """A subcommand parser with the shared options. ``simulates``: the command may run the
     simulator, so :mod:`mrq.cli` says when its kernels get compiled."""
     # RawDescriptionHelpFormatter keeps the examples as written, so the prose is wrapped here
-    p = sub.add_parser(name, help=help, description=description and textwrap.fill(description, 79),
-                       epilog=epilog(examples, preamble),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_verbosity(p, quiet_help)
+    p = add_parser(sub, name, help=help, description=description and textwrap.fill(description, 79),
+                   epilog_text=epilog(examples, preamble), quiet_help=quiet_help)
     p.set_defaults(simulates=simulates)
+    return p
+
+
+def add_parser(sub, name: str, *, help: str, description: str | None, epilog_text: str,
+               quiet_help: str | None = None, nested: bool = False) -> argparse.ArgumentParser:
+    """A (sub)command parser whose epilog is kept as written, with ``-q``/``-v``; ``nested``
+    for the subcommands of a command (``mrq profiles show``), see :func:`add_verbosity`."""
+    p = sub.add_parser(name, help=help, description=description, epilog=epilog_text,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbosity(p, quiet_help, nested=nested)
     return p
 
 

@@ -1,5 +1,4 @@
 """``mrq profiles``: list, validate and show hardware profiles."""
-import argparse
 import sys
 
 LIST_EXAMPLES = """\
@@ -37,32 +36,27 @@ examples:
 
 
 def register(sub):
-    from mrq.commands.common import add_verbosity
-    p = sub.add_parser("profiles", help="list, validate and show hardware profiles",
-                       description="List the hardware profiles found by name, validate profile "
-                                   "files, or show a resolved profile.",
-                       epilog=LIST_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_verbosity(p)
+    from mrq.commands.common import add_parser
+    p = add_parser(sub, "profiles", help="list, validate and show hardware profiles",
+                   description="List the hardware profiles found by name, validate profile "
+                               "files, or show a resolved profile.",
+                   epilog_text=LIST_EXAMPLES)
     p.set_defaults(func=run_list, simulates=False)
     ps = p.add_subparsers(dest="profiles_command", metavar="SUBCOMMAND")
-    lp = ps.add_parser("list", help="list the profiles found by name (the default)",
-                       description="List every profile on the search path with the directory it "
-                                   "came from; names shadowed by an earlier directory are marked.",
-                       epilog=LIST_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_verbosity(lp, nested=True)
+    lp = add_parser(ps, "list", help="list the profiles found by name (the default)",
+                    description="List every profile on the search path with the directory it "
+                                "came from; names shadowed by an earlier directory are marked.",
+                    epilog_text=LIST_EXAMPLES, nested=True)
     lp.set_defaults(func=run_list)
-    vp = ps.add_parser("validate", help="check profile files and report every problem",
-                       description="Load each profile and report every problem it has.",
-                       epilog=VALIDATE_EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    vp = add_parser(ps, "validate", help="check profile files and report every problem",
+                    description="Load each profile and report every problem it has.",
+                    epilog_text=VALIDATE_EXAMPLES, nested=True)
     vp.add_argument("files", nargs="+", metavar="FILE", help="profile YAML file or name")
-    add_verbosity(vp, nested=True)
     vp.set_defaults(func=run_validate)
-    sp = ps.add_parser("show", help="print a resolved profile as YAML",
-                       description="Print a profile as YAML with every default filled in.",
-                       epilog=SHOW_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = add_parser(ps, "show", help="print a resolved profile as YAML",
+                    description="Print a profile as YAML with every default filled in.",
+                    epilog_text=SHOW_EXAMPLES, nested=True)
     sp.add_argument("profile", metavar="NAME|FILE", help="profile name or YAML file")
-    add_verbosity(sp, nested=True)
     sp.set_defaults(func=run_show)
 
 
