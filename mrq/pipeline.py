@@ -178,12 +178,12 @@ class Pipeline:
 
     def __init__(self, model: Union[str, Graph], profile: Union[str, HwProfile],
                  layout: str = "auto", every_op: bool = False):
-        self.profile = resolve_profile(profile)
-        self.graph = _load(model)
-        self.layout = "native" if layout == "native" else "nhwc"
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, "
                              f"got {layout!r}")
+        self.profile = resolve_profile(profile)
+        self.graph = _load(model)
+        self.layout = "native" if layout == "native" else "nhwc"
         arithmetic = arithmetic_from_profile(self.profile)
         if every_op:
             arithmetic = replace(arithmetic, supported_ops=None)
