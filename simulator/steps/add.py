@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from simulator.errors import ProgramError
 from simulator.kernels import eltwise as elt_k
 from simulator.kernels import quant as quant_k
 from simulator.steps.base import OutBlock, prepared, register, stats, where
@@ -54,7 +55,6 @@ class AddParams(OutBlock):
                      "fixed": frozenset({"rq_multiplier"})}
 
     def check(self, where_: str) -> None:
-        from simulator.errors import ProgramError
         if self.mode == "fixed" and self.rq_mode not in ("fixed", "shift"):
             raise ProgramError(f"{where_}: add mode 'fixed' needs rq_mode 'fixed' or 'shift', "
                                f"got {self.rq_mode!r}")

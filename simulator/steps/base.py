@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import weakref
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import numpy as np
@@ -355,5 +355,5 @@ def spec(shape, dtype):
 
 
 __all__ = ["AccBlock", "KINDS", "LAYOUT_CHANNEL_AXIS", "OutBlock", "Params", "RequantBlock",
-           "StepKind", "check_layout", "execute_step", "field", "make_step", "params_of",
+           "StepKind", "check_layout", "execute_step", "make_step", "params_of",
            "prepared", "register", "spec", "stats", "step_launch", "where"]

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from simulator.errors import ProgramError
 from simulator.kernels import quant as quant_k
 from simulator.steps.base import OutBlock, register, stats, where
 
@@ -26,7 +27,6 @@ class QuantizeParams(OutBlock):
     method: str = "divide"
 
     def check(self, where_: str) -> None:
-        from simulator.errors import ProgramError
         if self.method not in METHODS:
             raise ProgramError(f"{where_}: method must be 'divide' or 'multiply', got "
                                f"{self.method!r}")
