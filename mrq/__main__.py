@@ -1,6 +1,6 @@
 """``python -m mrq``: the same command line as the ``mrq`` console script."""
 import sys
 
-from mrq.cli import main
+from mrq.entry import main
 
 sys.exit(main())

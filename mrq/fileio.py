@@ -20,9 +20,9 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import stat
 import sys
+import time
 import zipfile
 from contextlib import contextmanager
 
@@ -30,11 +30,20 @@ import numpy as np
 
 from mrq.errors import InputDataError, MrqError
 
+# the interrupt handling (importable before numpy); re-exported for the writers and callers here
+from mrq.interrupts import critical, discardable, forget, install_sigterm
+
 STDIO = "-"
 TMP_PREFIX = ".mrq-tmp-"
 # Temporaries are named after the process that owns them so a later run can tell a stranded one
 # (its process is gone) from one another mrq is still writing.
 _TMP_RE = re.compile(r"^\.mrq-tmp-(\d+)-[0-9a-f]+")
+# Temporaries of mrq 0.1 before that naming (tempfile.mkstemp(prefix=".mrq-"): 8 random
+# characters of [a-z0-9_], the target's extension): no owner to ask, so they are taken once
+# nothing has written to them for OLD_TMP_AGE_S. A digit or underscore is required so that a
+# user's own ".mrq-settings.json" is never taken for one.
+_OLD_TMP_RE = re.compile(r"^\.mrq-(?=[a-z_]*[0-9_])[a-z0-9_]{8}\.(npz|npy|onnx|json|html|tflite|txt|csv)$")
+OLD_TMP_AGE_S = 3600.0
 
 
 def load_npz(path: str) -> dict:
@@ -169,78 +178,6 @@ def _same_file(a: str, b: str) -> bool:
 # Signals and stranded temporaries
 # --------------------------------------------------------------------------------------------
 
-_sigterm_installed = False
-# This process's temporaries that hold only new content: removing them on SIGTERM loses nothing.
-_DISCARDABLE: set = set()
-_critical_depth = 0
-_sigterm_pending = False
-
-
-def _on_sigterm(signum, frame):
-    # Exit here instead of raising: an exception raised in a signal handler can unwind through a
-    # native extension's callback (seen: a nanobind enum constructor during import), which
-    # aborts the process with a C++ terminate. Nothing has been renamed into place yet except
-    # inside a critical section, which finishes first.
-    global _sigterm_pending
-    if _critical_depth:
-        _sigterm_pending = True
-        return
-    _exit_interrupted()
-
-
-def _exit_interrupted() -> None:
-    for path in list(_DISCARDABLE):
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.lexists(path):
-                os.unlink(path)
-        except OSError:
-            pass
-    try:
-        sys.stderr.write("interrupted\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    os._exit(130)
-
-
-@contextmanager
-def critical():
-    """A step that must not be cut in half by SIGTERM (renaming a result into place, swapping a
-    golden set): a SIGTERM that arrives inside waits for its end."""
-    global _critical_depth
-    _critical_depth += 1
-    try:
-        yield
-    finally:
-        _critical_depth -= 1
-        if not _critical_depth and _sigterm_pending:
-            _exit_interrupted()
-
-
-def discardable(path: str) -> str:
-    """Register a temporary that holds only new content (removed if SIGTERM ends the run)."""
-    _DISCARDABLE.add(path)
-    return path
-
-
-def forget(path: str) -> None:
-    _DISCARDABLE.discard(path)
-
-
-def install_sigterm() -> None:
-    global _sigterm_installed
-    if _sigterm_installed:
-        return
-    try:
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:
-        pass  # not the main thread (mrq used as a library): the host owns its signals
-    _sigterm_installed = True
-
-
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -258,7 +195,8 @@ _swept: set = set()
 
 def sweep_stale(directory: str) -> None:
     """Remove ``.mrq-tmp-<pid>-*`` temporaries in ``directory`` whose process is gone (a run
-    killed by SIGKILL or a power cut). Temporaries of live processes are left alone."""
+    killed by SIGKILL or a power cut), and old-style ``.mrq-XXXXXXXX.ext`` files untouched for an
+    hour. Temporaries of live processes are left alone."""
     if directory in _swept:
         return
     _swept.add(directory)
@@ -266,11 +204,15 @@ def sweep_stale(directory: str) -> None:
         names = os.listdir(directory)
     except OSError:
         return
+    now = time.time()
     for name in names:
-        m = _TMP_RE.match(name)
-        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
-            continue
         full = os.path.join(directory, name)
+        m = _TMP_RE.match(name)
+        if m is None:
+            if not _OLD_TMP_RE.match(name) or not _older_than(full, now - OLD_TMP_AGE_S):
+                continue
+        elif int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
         try:
             if os.path.isdir(full) and not os.path.islink(full):
                 shutil.rmtree(full, ignore_errors=True)
@@ -278,6 +220,14 @@ def sweep_stale(directory: str) -> None:
                 os.unlink(full)
         except OSError:
             pass
+
+
+def _older_than(path: str, when: float) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_mtime < when
 
 
 def tmp_name(directory: str, suffix: str = "") -> str:
@@ -359,6 +309,73 @@ def save_npz(path: str, arrays: dict) -> None:
                     f.write(buf.getbuffer())
                 else:
                     np.savez(f, **arrays)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+
+
+class _SpilledArrays:
+    """Arrays that grow along axis 0 batch by batch, each spilled to its own raw file, so a
+    data set's outputs never sit in memory at once."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.layouts: dict = {}   # name -> [dtype, per-sample shape, rows, spill path]
+
+    def append(self, arrays: dict) -> None:
+        for name, value in arrays.items():
+            value = np.ascontiguousarray(value)
+            entry = self.layouts.get(name)
+            if entry is None:
+                spill = os.path.join(self.directory, f"{len(self.layouts)}.raw")
+                entry = self.layouts[name] = [value.dtype, value.shape[1:], 0, spill]
+            if value.dtype != entry[0] or value.shape[1:] != entry[1]:
+                raise ValueError(f"{name}: batch of {value.dtype}{list(value.shape)} after "
+                                 f"{entry[0]}{list(entry[1])} rows")
+            with open(entry[3], "ab") as f:
+                f.write(value.data)
+            entry[2] += value.shape[0]
+
+    def write_npz(self, f) -> None:
+        """The arrays as ``np.savez`` would write them (uncompressed, ``NAME.npy`` members, in
+        the order first appended), copied from the spill files in bounded chunks."""
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, (dtype, row_shape, rows, spill) in self.layouts.items():
+                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                          "shape": (rows,) + tuple(row_shape)}
+                with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                    try:
+                        np.lib.format.write_array_header_1_0(member, header)
+                    except ValueError:
+                        np.lib.format.write_array_header_2_0(member, header)
+                    if os.path.exists(spill):
+                        with open(spill, "rb") as src:
+                            shutil.copyfileobj(src, member, 1 << 22)
+
+
+@contextmanager
+def stream_npz(path: str):
+    """An .npz written batch by batch: yields a writer whose ``append({name: batch})`` adds rows
+    along axis 0 (spilled to disk next to the output); on success the file appears at ``path``
+    atomically, the same bytes ``np.savez`` would write for the concatenated arrays."""
+    import tempfile
+    try:
+        with atomic_path(path, ".npz") as tmp:
+            directory = tempfile.gettempdir() if _is_special(tmp) else os.path.dirname(tmp)
+            spill_dir = discardable(tmp_name(directory, ".spill"))
+            os.mkdir(spill_dir, 0o700)
+            try:
+                writer = _SpilledArrays(spill_dir)
+                yield writer
+                with open(tmp, "wb") as f:
+                    if _is_special(tmp):
+                        buf = io.BytesIO()  # zip seeks back to write its directory
+                        writer.write_npz(buf)
+                        f.write(buf.getbuffer())
+                    else:
+                        writer.write_npz(f)
+            finally:
+                shutil.rmtree(spill_dir, ignore_errors=True)
+                forget(spill_dir)
     except OSError as exc:
         raise write_error(path, exc) from None
 

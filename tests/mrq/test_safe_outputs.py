@@ -235,8 +235,8 @@ def slow(file, *a, **k):
     file.flush()
     time.sleep(60)
 np.savez = slow
-from mrq.cli import main
-sys.exit(main(sys.argv[1:]))
+from mrq.entry import main
+sys.exit(main())
 """
 
 
@@ -393,3 +393,21 @@ def test_constant_operand_that_would_change_the_batch_is_refused(tmp_path):
         b.op("ADD", [x, c], [y])
         return [x], [y]
     refused(mrq("check", _tflite(tmp_path, build), "--profile", "tflite-int8"), "batch dimension", "'c'")
+
+
+def test_sweep_takes_old_style_temporaries_only_when_stale(tmp_path):
+    """mrq 0.1 named its temporaries ``.mrq-XXXXXXXX.ext`` (no owner pid): they are taken once
+    untouched for an hour; a fresh one (an older mrq still writing) and a user's look-alike stay."""
+    from mrq import fileio
+    old = time.time() - fileio.OLD_TMP_AGE_S - 60
+    stale = tmp_path / ".mrq-k3j_x9q2.npz"
+    fresh = tmp_path / ".mrq-p0aa7bcd.npz"
+    users = [tmp_path / ".mrq-settings.json", tmp_path / ".mrq-golden-set", tmp_path / "model.npz",
+             tmp_path / ".mrq-k3j_x9q2.yaml"]
+    for f in [stale, fresh, *users]:
+        f.write_bytes(b"x")
+    for f in [stale, *users]:
+        os.utime(f, (old, old))
+    fileio.sweep_stale(str(tmp_path))
+    assert not stale.exists()
+    assert fresh.exists() and all(f.exists() for f in users)

@@ -5,6 +5,9 @@
   cache key pickles something per-process, such as a factory-made intrinsic, recompiles in every
   process and writes a new index entry each time);
 - old source digests are pruned to the most recent few, never the current one;
+- four processes that start together on an empty cache all succeed with identical outputs, and
+  what they left is a cache the next process compiles nothing from (numba writes its index and
+  object files by rename, so concurrent writers race to the same content, never to a torn file);
 - ``mrq cache info`` lists the entries and ``mrq cache clear`` removes only what mrq owns.
 """
 import os
@@ -68,6 +71,36 @@ def test_second_process_compiles_nothing(tmp_path):
     assert counts[2][0] == 0, f"recompiled in a third process: {counts[2][1]}"
     assert files[2] == files[1], f"cache files grew on the third run: {files}"
     assert files[1][0] > 0 and files[1][1] > 0
+
+
+def test_four_processes_on_a_cold_cache(tmp_path):
+    env = _env(tmp_path)
+    feeds = tmp_path / "in.npz"
+    np.savez(feeds, **demo_inputs(5))
+
+    def argv(i, *extra):
+        return [sys.executable, "-m", "mrq", "sim", str(DEMO_MODEL), "--profile", "nna-sym8",
+                "--inputs", str(feeds), "-o", str(tmp_path / f"out{i}.npz"), "--no-fidelity", *extra]
+
+    procs = [subprocess.Popen(argv(i), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(4)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    assert all(code == 0 for code, _ in results), results
+    outs = []
+    for i in range(4):
+        with np.load(tmp_path / f"out{i}.npz", allow_pickle=False) as z:
+            outs.append({k: z[k] for k in z.files})
+    assert outs[0] and all(o.keys() == outs[0].keys() for o in outs)
+    assert all(np.array_equal(o[k], outs[0][k]) for o in outs for k in o)
+    r = subprocess.run(argv(4, "-v"), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    count, names = _compiles(r.stderr)
+    assert count == 0, f"the cache the four left was not complete or not readable: {names}"
+    with np.load(tmp_path / "out4.npz", allow_pickle=False) as z:
+        assert all(np.array_equal(z[k], outs[0][k]) for k in outs[0])
 
 
 def _fake_entry(root, name, age_s, now):
