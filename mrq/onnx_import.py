@@ -37,6 +37,19 @@ CLAMP_OPS = {"Relu", "Clip"}
 _ONNX_INT_DTYPES = {np.dtype(k): k for k in ("int8", "uint8", "int16", "uint16", "int32", "int64")}
 
 
+_NARROW_TYPES = {onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4"}
+# Element types with no integer grid the simulator could hold (float8, float4, 2-bit).
+_UNSUPPORTED_TYPES = {getattr(onnx.TensorProto, n): n for n in (
+    "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0", "FLOAT4E2M1",
+    "INT2", "UINT2") if hasattr(onnx.TensorProto, n)}
+
+
+def _check_elem_type(elem: int, what: str) -> None:
+    if elem in _UNSUPPORTED_TYPES:
+        raise ModelError(f"{what} has type {_UNSUPPORTED_TYPES[elem]}, which mrq does not support "
+                         f"(integer codes of 4 to 16 bits and float32 only)")
+
+
 def load_onnx(path: str) -> onnx.ModelProto:
     if not os.path.exists(path):
         raise ModelError(f"{path}: no such file")
@@ -49,8 +62,31 @@ def load_onnx(path: str) -> onnx.ModelProto:
     return model
 
 
-def import_onnx(model: onnx.ModelProto, source: str = "model") -> Graph:
-    return _Importer(model, source).run()
+def import_onnx(model: onnx.ModelProto, source: str = "model", constants: Optional[dict] = None) -> Graph:
+    """The IR of a quantized ONNX model. ``constants``: values for graph inputs that hold
+    quantization parameters (scales, zero points: ONNX allows them as inputs, the simulator
+    needs them fixed); they become initializers."""
+    return _Importer(freeze_inputs(model, constants) if constants else model, source).run()
+
+
+def freeze_inputs(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:
+    """A copy of ``model`` in which the named graph inputs are initializers holding ``values``."""
+    names = {i.name for i in model.graph.input}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ModelError(f"no graph input named {', '.join(map(repr, unknown))} to hold a constant "
+                         f"(inputs: {', '.join(sorted(names))})")
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(model)
+    inputs = [i for i in frozen.graph.input if i.name not in values]
+    del frozen.graph.input[:]
+    frozen.graph.input.extend(inputs)
+    kept = [t for t in frozen.graph.initializer if t.name not in values]
+    del frozen.graph.initializer[:]
+    frozen.graph.initializer.extend(kept)
+    for name, value in values.items():
+        frozen.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    return frozen
 
 
 def load_model(path: str) -> Graph:
@@ -96,7 +132,9 @@ class _Importer:
             pass  # shapes are only needed for auto_pad/Flatten/Squeeze; we fail there if missing
         self.model = model
         g = model.graph
-        self.init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        # INT4/UINT4 constants are held as int8/uint8 codes; their grids say 4 bits
+        self.narrow: dict[str, str] = {}
+        self.init = {t.name: self._initializer(t) for t in g.initializer}
         for node in g.node:
             if node.op_type == "Constant":
                 attrs = _attrs(node)
@@ -123,6 +161,18 @@ class _Importer:
         self.names: set[str] = set()
 
     # -------------------------------------------------------------------------------- helpers
+    def _initializer(self, t: onnx.TensorProto) -> np.ndarray:
+        _check_elem_type(t.data_type, f"initializer {t.name!r}")
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception as exc:  # a payload that does not match its dims, a packing error
+            raise ModelError(f"initializer {t.name!r}: unreadable data ({type(exc).__name__}: "
+                             f"{exc})") from None
+        if t.data_type in _NARROW_TYPES:
+            self.narrow[t.name] = _NARROW_TYPES[t.data_type]
+            arr = arr.astype(np.int8 if t.data_type == onnx.TensorProto.INT4 else np.uint8)
+        return arr
+
     def _name(self, node: onnx.NodeProto) -> str:
         base = node.name or f"{node.op_type}_{node.output[0]}"
         name, i = base, 1
@@ -138,6 +188,10 @@ class _Importer:
         return (None,) + tuple(shape[1:]) if shape else shape
 
     def _const(self, name: str, node: onnx.NodeProto, what: str) -> np.ndarray:
+        if name not in self.init and name in self.graph_inputs:
+            raise ModelError(f"node {node.name or node.output[0]!r} ({node.op_type}): its {what} is the "
+                             f"graph input {name!r}; the simulator needs it constant: make it an "
+                             f"initializer (or give its value with import_onnx(..., constants=...))")
         if name not in self.init:
             raise UnsupportedOpError(node.op_type, node.name or node.output[0],
                                      f"{what} ({name!r}) must be a constant initializer")
@@ -151,6 +205,8 @@ class _Importer:
         else:
             zp_arr = np.zeros(scale.shape, np.int64)
             dtype = _ONNX_INT_DTYPES.get(like.dtype) if like is not None else "uint8"
+        if zp_name in self.narrow:
+            dtype = self.narrow[zp_name]
         if dtype is None:
             raise UnsupportedOpError(node.op_type, node.name, f"zero point dtype {zp_arr.dtype} is not supported")
         if np.any(scale <= 0) or not np.all(np.isfinite(scale)):
@@ -184,6 +240,8 @@ class _Importer:
             return self.alias[name]
         if name in self.tensors and self.tensors[name].is_quantized:
             return name
+        if self._integer_graph_input(name):
+            return name   # codes given directly; the reading node states their grid
         if name in self.consts:
             codes, qp = self.consts[name]
             return self._const_tensor(name + "_q", codes, qp)
@@ -193,17 +251,37 @@ class _Importer:
         raise ModelError(f"node {node.name!r} ({node.op_type}): input {name!r} is a float tensor that is "
                          f"not quantized; mrq simulates integer graphs only")
 
+    def _integer_graph_input(self, name: str) -> bool:
+        t = self.tensors.get(name)
+        return (name in self.graph_inputs and t is not None
+                and t.dtype in ("int4", "uint4", "int8", "uint8", "int16", "uint16"))
+
     # ------------------------------------------------------------------------------- main loop
     def run(self) -> Graph:
         g = self.model.graph
-        if not any(n.op_type in QUANT_MARKERS for n in g.node):
+        if not any(n.op_type in QUANT_MARKERS or n.op_type == "DynamicQuantizeLinear" for n in g.node):
             raise ModelError(f"{self.source}: the model is not quantized (no QuantizeLinear/DequantizeLinear "
                              f"or QLinear* ops); quantize it first, e.g. with "
                              f"onnxruntime.quantization.quantize_static")
+        for node in g.node:
+            if node.op_type == "DynamicQuantizeLinear":
+                raise UnsupportedOpError(node.op_type, node.name or node.output[0],
+                                         "dynamic quantization (a grid computed from each input at "
+                                         "run time) has no fixed grid to simulate")
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                block = _attrs(node).get("block_size", 0)
+                if block:
+                    raise UnsupportedOpError(node.op_type, node.name or node.output[0],
+                                             f"blocked quantization (block_size={block}): "
+                                             f"per-tensor and per-axis grids only")
         for inp in g.input:
             if inp.name in self.init:
                 continue
             elem = inp.type.tensor_type.elem_type
+            _check_elem_type(elem, f"graph input {inp.name!r}")
+            if elem in _NARROW_TYPES:   # 4-bit codes, fed as int8/uint8 arrays
+                self._add_tensor(inp.name, self._shape(inp.name), _NARROW_TYPES[elem])
+                continue
             np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
             self._add_tensor(inp.name, self._shape(inp.name), str(np_dtype))
         for node in g.node:
@@ -273,11 +351,30 @@ class _Importer:
                 raise ModelError(f"node {node.name!r}: DequantizeLinear of a float constant")
             qp = self._qparams(node, node.input[1], node.input[2] if len(node.input) > 2 else "",
                                axis=axis, like=codes)
+            if q in self.narrow and len(node.input) <= 2:
+                qp = qp.with_(dtype=self.narrow[q])   # no zero point to say it: the codes do
             self.consts[out] = (codes, qp)
         elif q in self.alias:  # DQ of a DQ output is not valid ONNX; treat defensively
             raise ModelError(f"node {node.name!r}: DequantizeLinear of a float tensor")
         elif q in self.tensors and self.tensors[q].is_quantized:
             # Only a view: the integer tensor stays the truth.
+            self.alias[out] = q
+        elif self._integer_graph_input(q):
+            # an integer graph input (the codes are given): this DQ states their grid
+            t = self.tensors[q]
+            qp = self._qparams(node, node.input[1], node.input[2] if len(node.input) > 2 else "",
+                               axis=axis, like=np.zeros(1, np.dtype(t.dtype)))
+            if qp.per_channel:
+                raise UnsupportedOpError("DequantizeLinear", node.name or out,
+                                         f"per-axis grid on the graph input {q!r} (per-tensor only)")
+            if qp.dtype != t.dtype:
+                raise ModelError(f"node {node.name or out!r}: DequantizeLinear zero point is "
+                                 f"{qp.dtype} but its input {q!r} is {t.dtype}")
+            if t.qparams is None:
+                t.qparams = qp
+            elif not t.qparams.same_grid(qp):
+                raise UnsupportedOpError("DequantizeLinear", node.name or out,
+                                         f"graph input {q!r} is read on two different grids")
             self.alias[out] = q
         else:
             raise ModelError(f"node {node.name!r}: DequantizeLinear input {q!r} is not an integer tensor")

@@ -1,0 +1,123 @@
+"""The quantized node tests of the ONNX backend test suite, regenerated from the installed onnx
+package (its ``expect`` cases: model, inputs, expected outputs), run through mrq's importer and
+the simulator under ``onnxruntime-cpu``.
+
+Every case ends one of two ways: the simulator's outputs equal the expected ones exactly, or the
+import refuses the model with a one-line user error (float8/float4/2-bit types, blocked
+quantization, batched QLinearMatMul, dynamic quantization, per-axis graph inputs). No case may
+crash, and the set that must pass only grows.
+
+The node tests give scales and zero points (and weights) as graph *inputs*; the simulator needs
+them fixed, so the test freezes them with ``import_onnx(..., constants=...)``. Left as inputs they
+are a clear error naming the node (``test_parameter_inputs_need_values``)."""
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from mrq.errors import MrqError
+from mrq.onnx_import import import_onnx
+from mrq.pipeline import Pipeline
+
+_MODULES = ("quantizelinear", "dequantizelinear", "qlinearconv", "qlinearmatmul", "convinteger",
+            "matmulinteger", "dynamicquantizelinear")
+
+# input slots that hold quantization parameters or weights (frozen as constants)
+_CONST_SLOTS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2),
+                "QLinearConv": (1, 2, 3, 4, 5, 6, 7, 8), "QLinearMatMul": (1, 2, 3, 4, 5, 6, 7),
+                "ConvInteger": (1, 2, 3), "MatMulInteger": (1, 2, 3)}
+
+# Exact today (none of these may regress).
+MUST_PASS = {
+    "test_quantizelinear", "test_quantizelinear_axis", "test_quantizelinear_uint16",
+    "test_quantizelinear_int16", "test_quantizelinear_int4", "test_quantizelinear_uint4",
+    "test_dequantizelinear", "test_dequantizelinear_uint16",
+    "test_dequantizelinear_int16", "test_dequantizelinear_int4", "test_dequantizelinear_uint4",
+    "test_qlinearconv", "test_qlinearmatmul_2D_uint8_float32", "test_qlinearmatmul_2D_uint8_float16",
+    "test_qlinearmatmul_2D_int8_float32", "test_qlinearmatmul_2D_int8_float16",
+    "test_convinteger_without_padding", "test_convinteger_with_padding", "test_matmulinteger",
+}
+
+
+def _cases():
+    import onnx.backend.test.case.node as node_cases
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in _MODULES:
+            importlib.import_module(f"onnx.backend.test.case.node.{name}")
+    prefixes = tuple(f"test_{m}" for m in _MODULES)
+    return {c.name: c for c in node_cases._NodeTestCases if c.name.startswith(prefixes)}
+
+
+CASES = _cases()
+
+
+def _array(value):
+    return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+
+
+def _codes(a: np.ndarray) -> np.ndarray:
+    """4-bit arrays (ml_dtypes) as the int8/uint8 codes the simulator is fed with."""
+    return {"int4": a.astype(np.int8), "uint4": a.astype(np.uint8)}.get(a.dtype.name, a)
+
+
+def _run(case):
+    (inputs, expected), = case.data_sets
+    graph = case.model.graph
+    node = graph.node[0]
+    values = dict(zip([i.name for i in graph.input], map(_array, inputs)))
+    frozen = {node.input[k]: values[node.input[k]] for k in _CONST_SLOTS.get(node.op_type, ())
+              if k < len(node.input) and node.input[k] in values}
+    feeds = {k: _codes(v) for k, v in values.items() if k not in frozen}
+    ir = import_onnx(case.model, case.name, constants=frozen)
+    outputs = Pipeline(ir, "onnxruntime-cpu", "native").run(feeds).outputs
+    return [outputs[o.name] for o in graph.output], [_codes(_array(e)) for e in expected]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_backend_node_case(name):
+    assert len(CASES) >= 45, "the onnx package ships fewer quantized node tests than expected"
+    try:
+        got, want = _run(CASES[name])
+    except MrqError as err:
+        assert name not in MUST_PASS, f"{name} regressed: {err}"
+        msg = str(err)
+        assert msg and "\n" not in msg and "Traceback" not in msg
+        return
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype, (name, g.shape, g.dtype, w.shape, w.dtype)
+        assert np.array_equal(g, w), f"{name}: {int(np.sum(g != w))} of {w.size} elements differ"
+    # a newly passing case belongs in MUST_PASS so it cannot silently regress
+    assert name in MUST_PASS, f"{name} now passes: add it to MUST_PASS"
+
+
+def test_parameter_inputs_need_values():
+    case = CASES["test_qlinearconv"]
+    with pytest.raises(MrqError, match=r"graph input 'x_scale'.*constant"):
+        import_onnx(case.model, case.name)
+    with pytest.raises(MrqError, match="no graph input named 'nope'"):
+        import_onnx(case.model, case.name, constants={"nope": np.float32(1)})
+
+
+def test_integer_graph_input_takes_the_grid_of_its_dequantize():
+    """An int8 graph input read by DequantizeLinear is fed as codes, and the float output equals
+    ONNX Runtime's."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.INT8, [None, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])
+    inits = [numpy_helper.from_array(np.float32(0.037), "s"), numpy_helper.from_array(np.int8(-3), "z")]
+    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["x", "s", "z"], ["y"], name="dq")],
+                              "g", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    codes = np.array([[-128, -3, 0, 1, 127], [5, -7, 64, -64, 2]], np.int8)
+    got = Pipeline(import_onnx(model), "onnxruntime-cpu", "native").run({"x": codes}).outputs["y"]
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": codes})[0]
+    assert got.dtype == np.float32 and np.array_equal(got, want)
