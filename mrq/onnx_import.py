@@ -771,11 +771,13 @@ class _Importer:
         t = self.tensors.get(x)
         if t is None:
             raise ModelError(f"node {node.name!r}: input {ins[0]!r} is unknown")
-        x_zp = self.init[ins[2]].reshape(-1) if ins[2] else np.zeros(1, t.dtype)
+        x_zp = (np.asarray(self._const(ins[2], node, "input zero point")).reshape(-1) if ins[2]
+                else np.zeros(1, t.dtype))
         if t.qparams is None:
             t.qparams = QParams(np.ones(1, np.float32), x_zp.astype(np.int64), t.dtype)
         codes = self._const(ins[1], node, "weight")
-        w_zp = self.init[ins[3]].reshape(-1) if ins[3] else np.zeros(1, codes.dtype)
+        w_zp = (np.asarray(self._const(ins[3], node, "weight zero point")).reshape(-1) if ins[3]
+                else np.zeros(1, codes.dtype))
         axis = None
         if w_zp.size > 1:
             axis = 0 if kind == "Conv" else 1
