@@ -18,12 +18,21 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
 from mrq.errors import InputDataError, MrqError
-from mrq.golden import GoldenSet, GoldenTensor, ROLE_ACC, load_golden, parse_hex, safe_stem
+from mrq.fileio import check_npy_file
+from mrq.golden import (
+    ROLE_ACC,
+    ROLE_ACTIVATION,
+    ROLE_OUTPUT,
+    GoldenSet,
+    GoldenTensor,
+    load_golden,
+    parse_hex,
+    safe_stem,
+)
 from simulator import rounding
 
 FORMATS = ("npy", "hex", "bin")
@@ -33,7 +42,7 @@ ROUNDING_MODES = rounding.NAMES
 @dataclass
 class ActualTensor:
     values: np.ndarray               # npy: as saved; hex/bin: flat
-    unknown: Optional[np.ndarray]    # flat mask of x/z elements (hex only)
+    unknown: np.ndarray | None    # flat mask of x/z elements (hex only)
     path: str
     fmt: str
 
@@ -51,12 +60,12 @@ class TensorCheck:
     n_diff: int = 0
     max_abs_diff: float = 0.0
     histogram: list = field(default_factory=list)     # [(label, count)]
-    first_index: Optional[tuple] = None               # stored (file) coordinates
-    first_model_index: Optional[tuple] = None         # model coordinates (differs with a layout)
-    axes: Optional[str] = None
-    model_axes: Optional[str] = None
-    expected: Optional[float] = None
-    actual: Optional[object] = None
+    first_index: tuple | None = None               # stored (file) coordinates
+    first_model_index: tuple | None = None         # model coordinates (differs with a layout)
+    axes: str | None = None
+    model_axes: str | None = None
+    expected: float | None = None
+    actual: object | None = None
     diagnosis: list = field(default_factory=list)
 
     @property
@@ -77,7 +86,7 @@ class TensorCheck:
         return d
 
 
-def _fmt_coords(coords, axes: Optional[str]) -> str:
+def _fmt_coords(coords, axes: str | None) -> str:
     coords = tuple(int(c) for c in coords)
     if axes and len(axes) == len(coords):
         named = ", ".join(f"{a.lower()}={c}" for a, c in zip(axes, coords))
@@ -108,8 +117,14 @@ def _index_dump(dump_dir: str) -> dict:
 def read_actual(path: str, fmt: str, t: GoldenTensor) -> ActualTensor:
     try:
         if fmt == "npy":
-            arr = np.load(path, allow_pickle=False)
-            return ActualTensor(np.asarray(arr), None, path, fmt)
+            # the header first: a plain numeric dtype whose declared size the file really holds
+            check_npy_file(path, max(t.array.nbytes * 8, 1 << 20))
+            arr = np.asarray(np.load(path, allow_pickle=False))
+            if not t.is_float and arr.dtype.kind == "f" and arr.size and \
+                    not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+                raise InputDataError(f"{path}: {t.name!r} holds integer codes, but the dump holds "
+                                     f"NaN, infinite or fractional values")
+            return ActualTensor(arr, None, path, fmt)
         if fmt == "bin":
             dt = t.array.dtype.newbyteorder("<")
             size = os.path.getsize(path)
@@ -122,7 +137,7 @@ def read_actual(path: str, fmt: str, t: GoldenTensor) -> ActualTensor:
         return ActualTensor(values, unknown if unknown.any() else None, path, fmt)
     except InputDataError as exc:
         raise InputDataError(f"{path}: {exc}") if not str(exc).startswith(path) else exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, OverflowError) as exc:
         raise InputDataError(f"{path}: unreadable {fmt} file ({exc})") from None
 
 
@@ -154,7 +169,9 @@ def _histogram(diff: np.ndarray, n_unknown: int = 0) -> list:
     """Counts of differences in LSBs: exact for |d| <= 2, then signed power-of-two bins."""
     d = np.asarray(diff)
     if d.dtype.kind == "f":
-        d = np.rint(d)
+        # a NaN or infinite difference (a float dump) counts as the largest one
+        d = np.nan_to_num(np.rint(d), nan=2.0 ** 62, posinf=2.0 ** 62, neginf=-2.0 ** 62)
+        d = np.clip(d, -2.0 ** 62, 2.0 ** 62)
     d = d.astype(np.int64, copy=False)
     bins = []
     nz = d[d != 0]
@@ -272,7 +289,7 @@ def compare_tensor(gs: GoldenSet, t: GoldenTensor, actual: ActualTensor, layer_i
 # --------------------------------------------------------------------------------------------
 
 
-def _layout_match(t: GoldenTensor, a: np.ndarray) -> Optional[tuple]:
+def _layout_match(t: GoldenTensor, a: np.ndarray) -> tuple | None:
     """A non-identity axis permutation p with dump == golden.transpose(p) (row-major)."""
     g = t.array
     if g.ndim < 2 or g.ndim > 5 or a.size != g.size:
@@ -374,8 +391,8 @@ def _rounding_diagnosis(gs: GoldenSet, t: GoldenTensor, a_model: np.ndarray, dif
     p = entry.get("params", {})
     n = int(differ_model.sum())
     if not acc_name or acc_name not in gs.tensors or t.role == ROLE_ACC or t.name not in entry.get("outputs", []):
-        return [f"off-by-one: all {n} differences are ±1 LSB (a rounding-sized error, not arithmetic "
-                f"garbage); the golden set has no accumulator for this step, so ties cannot be checked"]
+        return [(f"off-by-one: all {n} differences are ±1 LSB (a rounding-sized error, not arithmetic "
+                 f"garbage); the golden set has no accumulator for this step, so ties cannot be checked")]
     acc_t = gs.tensors[acc_name]
     acc = _to_model(acc_t.array, acc_t).astype(np.int64)
     if acc.shape != a_model.shape:
@@ -457,8 +474,69 @@ def _rounds(gs: GoldenSet, t: GoldenTensor) -> bool:
         entry.get("kind") in ("avgpool", "softmax", "add", "quantize")
 
 
+def _word_bits(t: GoldenTensor, values: np.ndarray) -> np.ndarray | None:
+    """The raw ``t.bits``-bit words of ``values`` (uint64): IEEE-754 bit patterns for floats,
+    two's complement for integers. None when a value does not fit the tensor's width (then
+    the words are not comparable bit for bit)."""
+    if t.is_float:
+        return np.ascontiguousarray(values, np.float32).view(np.uint32).astype(np.uint64)
+    v = np.asarray(values).astype(np.int64)
+    bits = int(t.bits)
+    lo, hi = ((-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if t.signed else (0, (1 << bits) - 1)) \
+        if bits < 64 else (np.iinfo(np.int64).min, np.iinfo(np.int64).max)
+    if v.size and (v.min() < lo or v.max() > hi):
+        return None
+    words = v.view(np.uint64)
+    return words & np.uint64((1 << bits) - 1) if bits < 64 else words
+
+
+def bit_flip_diagnosis(t: GoldenTensor, a: np.ndarray, differ: np.ndarray) -> str | None:
+    """A message when every differing element differs from the golden one in exactly one bit
+    (XOR a power of two): one element (a single-event upset), the same bit in many (a stuck or
+    bridged data line), or one bit each. None otherwise."""
+    g = t.array
+    a = np.asarray(a).reshape(g.shape)
+    mask = np.asarray(differ).reshape(g.shape)
+    if not mask.any():
+        return None
+    gw, aw = _word_bits(t, g[mask]), _word_bits(t, a[mask])
+    if gw is None or aw is None:
+        return None
+    x = gw ^ aw
+    if np.any(x == 0) or np.any(x & (x - np.uint64(1))):
+        return None
+    bits = np.log2(x.astype(np.float64)).round().astype(np.int64)
+    width = "IEEE-754 binary32" if t.is_float else f"{t.bits}-bit"
+    n = int(x.size)
+    if n == 1:
+        coords = tuple(int(i) for i in np.argwhere(mask)[0])
+        return (f"bit flip: element {_fmt_coords(coords, t.layout)} differs from the golden value in "
+                f"exactly one bit, bit {int(bits[0])} of the {width} word (expected {g[mask][0].item()}, "
+                f"got {a[mask][0].item()}); every other element matches: a single-event upset, or one "
+                f"bad memory/bus bit")
+    if np.all(bits == bits[0]):
+        k = int(bits[0])
+        got = (aw >> np.uint64(k)) & np.uint64(1)
+        stuck = int(got[0]) if np.all(got == got[0]) else None
+        msg = f"bit flip: the same bit {k} of the {width} word is flipped in all {n} differing elements"
+        if stuck is not None:
+            golden_all = _word_bits(t, g.reshape(-1))
+            could = int(np.count_nonzero(((golden_all >> np.uint64(k)) & np.uint64(1)) != stuck)) \
+                if golden_all is not None else -1
+            msg += (f"; every one reads {stuck} there" + (
+                f", and they are all {could} elements whose bit {k} should be {1 - stuck}: bit {k} "
+                f"stuck at {stuck} (a data line or memory column)" if could == n else
+                f" ({could - n} other element(s) whose bit {k} should be {1 - stuck} read correctly: an "
+                f"intermittent or address-dependent fault on bit {k})"))
+        return msg
+    shown = ", ".join(str(b) for b in sorted(set(bits.tolist()))[:8])
+    return (f"bit flips: each of the {n} differing elements differs in exactly one bit (bits {shown}"
+            f"{' ...' if len(set(bits.tolist())) > 8 else ''}): scattered single-bit errors "
+            f"(upsets or a marginal memory), not arithmetic")
+
+
 def diagnose(gs: GoldenSet, t: GoldenTensor, a: np.ndarray, diff: np.ndarray, differ: np.ndarray,
-             unknown: Optional[np.ndarray]) -> list:
+             unknown: np.ndarray | None) -> list:
     out = []
     p = _layout_match(t, a)
     if p is not None:
@@ -469,10 +547,16 @@ def diagnose(gs: GoldenSet, t: GoldenTensor, a: np.ndarray, diff: np.ndarray, di
     d = diff[differ if unknown is None else (differ & ~unknown)]
     if not d.size:
         return out
+    flips = bit_flip_diagnosis(t, a, differ if unknown is None else (differ & ~unknown))
+    if flips is not None and not np.all(np.abs(d) == 1):
+        # a flip of bit 0 is also a +-1 difference: the rounding checks below then say more
+        return out + [flips]
     if t.is_float:
         out.append(f"float values differ in {d.size} element(s), by up to {float(np.abs(d).max()):.3g} "
                    f"output LSB")
         return out
+    if flips is not None and d.size == 1:
+        out.append(flips)
     d = d.astype(np.int64)
     if np.all(np.abs(d) == 1) and unknown is None and not _rounds(gs, t):
         what = "an accumulator" if t.role == ROLE_ACC else f"a {t.role} tensor"
@@ -481,7 +565,6 @@ def diagnose(gs: GoldenSet, t: GoldenTensor, a: np.ndarray, diff: np.ndarray, di
                    f"(bias, zero point, a missing or extra product, an edge/padding tap), not rounding")
         return out
     if np.all(np.abs(d) == 1) and unknown is None:
-        g_model = _to_model(t.array, t)
         a_model = _to_model(a.reshape(t.array.shape), t)
         differ_model = _to_model(differ, t)
         out.extend(_rounding_diagnosis(gs, t, a_model, differ_model, d))
@@ -503,6 +586,207 @@ def diagnose(gs: GoldenSet, t: GoldenTensor, a: np.ndarray, diff: np.ndarray, di
 
 
 # --------------------------------------------------------------------------------------------
+# The first bad layer: MAC or requantization, and what feeds the first bad element
+# --------------------------------------------------------------------------------------------
+
+
+def _param_array(gs: GoldenSet, params: dict, key: str, dtype=None) -> np.ndarray | None:
+    """A step parameter of the manifest as an array: the golden tensor it names (exact dtype),
+    else its inline values, else a scalar."""
+    v = params.get(key)
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        name = v.get("tensor")
+        if name and name in gs.tensors:
+            return gs.tensors[name].array.reshape(-1)
+        if v.get("values") is None:
+            return None
+        v = v["values"]
+    return np.asarray(v, dtype).reshape(-1)
+
+
+def requantize_accumulator(gs: GoldenSet, entry: dict, acc_model: np.ndarray) -> np.ndarray | None:
+    """The step's requantization of ``acc_model`` (model layout), with the golden set's own
+    parameters, through the simulator's requantization kernel; None when the manifest does not
+    hold what it needs."""
+    from simulator.errors import SimulatorError
+    from simulator.kernels.quant import requantize
+    p = entry.get("params", {})
+    mode = p.get("rq_mode")
+    if mode in (None, "none") or "channel_axis" not in p or "out_dtype" not in p:
+        return None
+    mult = _param_array(gs, p, "rq_multiplier")
+    if mult is not None and mode not in ("fp32", "fp32_zp_in"):
+        mult = mult.astype(np.int64)
+    elif mult is not None:
+        mult = mult.astype(np.float32)
+    shift = _param_array(gs, p, "rq_shift")
+    try:
+        out, _ = requantize(np.asarray(acc_model).astype(np.int64), rq_mode=mode,
+                            rq_multiplier=mult if mult is not None else np.array([1], np.int64),
+                            rq_shift=shift.astype(np.int64) if shift is not None else None,
+                            rq_rounding=p.get("rq_rounding", "half_even"),
+                            out_zero_point=int(p.get("out_zero_point", 0)), out_min=p.get("out_min"),
+                            out_max=p.get("out_max"), out_dtype=p["out_dtype"],
+                            channel_axis=int(p["channel_axis"]))
+    except (SimulatorError, ValueError, TypeError, KeyError):
+        return None
+    return out
+
+
+def _model_array(t: GoldenTensor, values: np.ndarray) -> np.ndarray:
+    return _to_model(np.asarray(values).reshape(t.array.shape), t)
+
+
+def mac_or_requant(gs: GoldenSet, layer_checks: list, actual: dict) -> list:
+    """For a conv/gemm layer that differs: does the fault lie in the MAC array (the dumped
+    accumulator already differs) or after it, in requantization (the accumulator matches, the
+    output does not)? ``actual``: golden tensor name -> the dumped values."""
+    if not layer_checks:
+        return []
+    entry = _layer_params(gs, layer_checks[0].layer)
+    acc_name = entry.get("accumulator")
+    if not acc_name or acc_name not in gs.tensors:
+        return []
+    outs = [o for o in entry.get("outputs", []) if o in gs.tensors]
+    by_name = {c.name: c for c in layer_checks}
+    acc_chk = by_name.get(acc_name)
+    out_bad = [by_name[o] for o in outs if o in by_name and not by_name[o].ok]
+    acc_t = gs.tensors[acc_name]
+    if acc_chk is None:
+        if out_bad:
+            return [(f"MAC or requantization: the dump has no accumulator for {entry.get('name')!r}; dump "
+                     f"{acc_t.file}.npy/.hex to tell a MAC fault from a requantization fault")]
+        return []
+    if acc_chk.ok and out_bad:
+        msg = (f"requantization fault: the accumulator {acc_name!r} matches the golden set but the "
+               f"output differs, so the MAC array is right and the fault is after it (multiplier, "
+               f"shift, rounding, zero point or clamp)")
+        return [msg]
+    if acc_chk.status == "mismatch":
+        msg = (f"MAC fault: the accumulator {acc_name!r} already differs ({acc_chk.n_diff} of "
+               f"{acc_chk.n_elements} element(s)): products, bias, zero-point terms or the accumulation "
+               f"(width, overflow, order), before requantization")
+        out_t = gs.tensors[outs[0]] if outs else None
+        if out_t is not None and outs[0] in actual and acc_name in actual:
+            try:
+                acc_dump = _model_array(acc_t, actual[acc_name]).astype(np.int64)
+                out_dump = _model_array(out_t, actual[outs[0]]).astype(np.int64)
+            except ValueError:
+                return [msg]
+            requant = requantize_accumulator(gs, entry, acc_dump)
+            if requant is not None and requant.shape == out_dump.shape:
+                if np.array_equal(requant.astype(np.int64), out_dump):
+                    msg += ("; the dumped output is exactly the requantization of the dumped accumulator: "
+                            "the requantization stage works, the output error all comes from the MAC")
+                else:
+                    k = int(np.count_nonzero(requant.astype(np.int64) != out_dump))
+                    msg += (f"; the dumped output is not the requantization of the dumped accumulator either "
+                            f"({k} element(s) differ from it): the requantization stage is wrong too")
+        return [msg]
+    return []
+
+
+def _axis_coords(coords: tuple, letters: str | None) -> dict | None:
+    if not letters or len(letters) != len(coords):
+        return None
+    return {a: int(c) for a, c in zip(letters, coords)}
+
+
+def _span(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}..{hi}"
+
+
+def _window(o: int, stride: int, pad: int, dil: int, k: int, size: int) -> tuple[str, int]:
+    """Input positions of output position ``o`` along one axis, clipped to ``[0, size)``, and
+    how many of its ``k`` taps fall in the padding."""
+    taps = [o * stride - pad + j * dil for j in range(k)]
+    inside = [x for x in taps if 0 <= x < size]
+    text = _span(min(inside), max(inside)) if inside else "(padding only)"
+    if dil > 1 and len(inside) > 1:
+        text += f" step {dil}"
+    return text, len(taps) - len(inside)
+
+
+def feeding_inputs(gs: GoldenSet, chk: TensorCheck, checks_by_name: dict) -> list:
+    """The inputs that feed the first differing element of ``chk``: tensor names and
+    coordinates (the receptive-field window of a conv or pooling, the row and column of a gemm,
+    the same element of an elementwise op), and whether the dump of each matched."""
+    entry = _layer_params(gs, chk.layer)
+    if not entry or chk.first_index is None or chk.role not in (ROLE_ACC, ROLE_ACTIVATION, ROLE_OUTPUT):
+        return []
+    t = gs.tensors.get(chk.name)
+    coords = chk.first_model_index if chk.first_model_index is not None else chk.first_index
+    kind = entry.get("kind")
+    p = entry.get("params", {})
+    inputs = [i for i in entry.get("inputs", []) if i in gs.tensors]
+    layout = str(p.get("layout", "NCHW"))
+    out_ax = _axis_coords(coords, layout if len(coords) == 4 else ("NC" if len(coords) == 2 else None))
+
+    def status(name):
+        c = checks_by_name.get(name)
+        if c is None:
+            return "not in the dump"
+        return "matches in the dump" if c.ok else "that tensor differs in the dump too"
+
+    def model_shape(name):
+        it = gs.tensors[name]
+        return _to_model(it.array, it).shape
+
+    lines = []
+    if kind in ("conv", "maxpool", "avgpool") and out_ax is not None and len(coords) == 4 and inputs:
+        x = inputs[0]
+        shape = dict(zip(layout, model_shape(x)))
+        if kind == "conv":
+            w_name = f"{entry.get('name')}.weight"
+            if w_name not in gs.tensors:
+                return []
+            o_ch, i_g, kh, kw = _to_model(gs.tensors[w_name].array, gs.tensors[w_name]).shape
+            group = int(p.get("group", 1))
+            g = out_ax["C"] // max(o_ch // group, 1)
+            chans = _span(g * i_g, g * i_g + i_g - 1)
+        else:
+            kh, kw = (int(k) for k in p.get("kernel", (1, 1)))
+            chans = str(out_ax["C"])
+        sh, sw = (int(s) for s in p.get("strides", (1, 1)))
+        pt, pl = (int(v) for v in list(p.get("pads", (0, 0, 0, 0)))[:2])
+        dh, dw = (int(d) for d in p.get("dilations", (1, 1)))
+        rows, pad_r = _window(out_ax["H"], sh, pt, dh, kh, shape["H"])
+        cols, pad_c = _window(out_ax["W"], sw, pl, dw, kw, shape["W"])
+        pad = f"; {kh}x{kw} window, {pad_r} row(s) and {pad_c} column(s) of it in the padding" \
+            if pad_r or pad_c else f"; {kh}x{kw} window"
+        lines.append(f"input {x!r}: n={out_ax['N']}, c={chans}, h={rows}, w={cols} in {layout}{pad} "
+                     f"({status(x)})")
+        if kind == "conv":
+            oc = out_ax["C"]
+            lines.append(f"weights {entry.get('name')}.weight[{oc}, :, :, :] (OIHW) "
+                         f"({status(entry.get('name') + '.weight')})")
+            if f"{entry.get('name')}.bias" in gs.tensors:
+                lines.append(f"bias {entry.get('name')}.bias[{oc}] ({status(entry.get('name') + '.bias')})")
+    elif kind == "gemm" and len(coords) == 2 and inputs:
+        n, j = coords
+        lines.append(f"input {inputs[0]!r}: row n={n}, every k ({status(inputs[0])})")
+        lines.append(f"weights {entry.get('name')}.weight[:, {j}] (KN) ({status(entry.get('name') + '.weight')})")
+        if f"{entry.get('name')}.bias" in gs.tensors:
+            lines.append(f"bias {entry.get('name')}.bias[{j}] ({status(entry.get('name') + '.bias')})")
+    elif kind == "global_avgpool" and out_ax is not None and inputs:
+        lines.append(f"input {inputs[0]!r}: n={out_ax['N']}, c={out_ax['C']}, every h and w in {layout} "
+                     f"({status(inputs[0])})")
+    elif t is not None:
+        # elementwise and data-movement kinds: the same element of each input of the same rank
+        # (broadcast axes of size 1 at 0); other ranks are named without coordinates
+        for x in inputs:
+            shape = model_shape(x)
+            if len(shape) == len(coords):
+                at = tuple(int(c) if s > 1 else 0 for c, s in zip(coords, shape))
+                lines.append(f"input {x!r}{list(at)} ({status(x)})")
+            else:
+                lines.append(f"input {x!r} ({status(x)})")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
 # The whole dump
 # --------------------------------------------------------------------------------------------
 
@@ -518,13 +802,15 @@ class VerifyReport:
     unrecognized: list = field(default_factory=list)  # dump files that match no golden tensor
     require_all: bool = False
     n_tensors: int = 0
+    layer_diagnosis: list = field(default_factory=list)   # the first bad layer: MAC or requant
+    fed_by: list = field(default_factory=list)            # inputs feeding the first bad element
 
     @property
     def ok(self) -> bool:
         return bool(self.checks) and all(c.ok for c in self.checks) and not (self.require_all and self.missing)
 
     @property
-    def first_mismatch(self) -> Optional[TensorCheck]:
+    def first_mismatch(self) -> TensorCheck | None:
         bad = [c for c in self.checks if not c.ok]
         return min(bad, key=lambda c: c.layer_index) if bad else None
 
@@ -539,12 +825,13 @@ class VerifyReport:
         return {"ok": self.ok, "golden_dir": self.golden_dir, "dump_dir": self.dump_dir,
                 "model": self.model, "profile": self.profile,
                 "first_mismatch": fm.as_dict() if fm else None,
+                "layer_diagnosis": self.layer_diagnosis, "fed_by": self.fed_by,
                 "checks": [c.as_dict() for c in self.checks],
                 "missing": self.missing, "unrecognized": self.unrecognized}
 
     def format(self) -> str:
-        lines = [f"golden set {self.golden_dir} (model {self.model}, profile {self.profile}); "
-                 f"dump {self.dump_dir}"]
+        lines = [(f"golden set {self.golden_dir} (model {self.model}, profile {self.profile}); "
+                  f"dump {self.dump_dir}")]
         fmts = sorted({c.fmt for c in self.checks})
         checked = len({c.name for c in self.checks})
         lines.append(f"checked {len(self.checks)} file(s) ({', '.join(fmts) or 'none'}) covering "
@@ -567,6 +854,12 @@ class VerifyReport:
                 lines.append(f"  histogram (LSB): {format_histogram(fm.histogram)}")
             for d in fm.diagnosis:
                 lines.append(f"  diagnosis: {d}")
+            for d in self.layer_diagnosis:
+                lines.append(f"  diagnosis: {d}")
+            if self.fed_by:
+                lines.append("  the first differing element is computed from:")
+                for d in self.fed_by:
+                    lines.append(f"    {d}")
         lines.append("")
         lines.append("per layer (execution order):")
         first_layer = fm.layer_index if fm else None
@@ -616,6 +909,25 @@ def verify_arrays(gs: GoldenSet, actual: dict, golden_dir: str = "", dump_dir: s
             continue
         for a in (got if isinstance(got, list) else [got]):
             report.checks.append(compare_tensor(gs, t, a, li.get(t.layer, 0)))
+    fm = report.first_mismatch
+    if fm is not None and fm.status == "mismatch":
+        layer_checks = [c for c in report.checks if c.layer == fm.layer]
+        # one dump per tensor for the cross-checks (the first format read)
+        values = {}
+        for name, got in actual.items():
+            first = got[0] if isinstance(got, list) else got
+            if first.unknown is None and np.asarray(first.values).size == gs.tensors[name].array.size:
+                values[name] = np.asarray(first.values)
+        report.layer_diagnosis = mac_or_requant(gs, layer_checks, values)
+        checks_by_name: dict = {}
+        for c in report.checks:
+            prev = checks_by_name.get(c.name)
+            checks_by_name[c.name] = c if prev is None or prev.ok else prev
+        # the first bad element of the layer's computed tensors (its accumulator or outputs),
+        # not of a parameter, whose inputs are then named
+        target = next((c for c in layer_checks if c.status == "mismatch"
+                       and c.role in (ROLE_ACC, ROLE_ACTIVATION, ROLE_OUTPUT)), None)
+        report.fed_by = feeding_inputs(gs, target, checks_by_name) if target is not None else []
     return report
 
 
