@@ -46,10 +46,176 @@ _OLD_TMP_RE = re.compile(r"^\.mrq-(?=[a-z_]*[0-9_])[a-z0-9_]{8}\.(npz|npy|onnx|j
 OLD_TMP_AGE_S = 3600.0
 
 
-def load_npz(path: str) -> dict:
-    """Arrays from an .npz file, without pickles."""
-    if not os.path.exists(path):
-        raise InputDataError(f"{path}: no such file")
+# Declared array sizes above this are refused before anything is allocated: larger than the
+# memory of the machines mrq runs on, so a header that claims more is corrupt or hostile.
+MAX_ARRAY_BYTES = 64 << 30
+# deflate cannot compress better than about 1032:1; a zip directory that claims more is corrupt
+_MAX_DEFLATE_RATIO = 1100
+
+
+class FileProblem(InputDataError):
+    """A path that is not a readable regular file of a sane size. ``problem`` is the reason
+    without the path, for callers that format errors their own way (profiles)."""
+
+    def __init__(self, path: str, problem: str):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}")
+
+
+_KIND = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
+         (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
+         (stat.S_ISSOCK, "is a socket"))
+
+
+def _kind_problem(mode: int) -> str:
+    for test, text in _KIND:
+        if test(mode):
+            return f"{text}, not a regular file"
+    return "is not a regular file"
+
+
+def check_regular_file(path: str, max_bytes: int | None = None, what: str = "file") -> int:
+    """The size of ``path`` if it is a regular file (after symlinks) of at most ``max_bytes``,
+    else :class:`FileProblem`. Only ``stat`` is used: a FIFO or device is never opened (opening
+    a FIFO blocks until a writer comes, reading ``/dev/zero`` never ends)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileProblem(path, "no such file") from None
+    except OSError as exc:
+        reason = "too many levels of symbolic links" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise FileProblem(path, f"cannot read: {reason}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FileProblem(path, _kind_problem(st.st_mode))
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise FileProblem(path, f"{st.st_size} bytes, more than the {max_bytes} a {what} can be "
+                                f"(is this the right file?)")
+    return st.st_size
+
+
+def read_regular_file(path: str, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (see :func:`check_regular_file`).
+    Opened non-blocking and checked again on the descriptor, so a path swapped for a FIFO
+    between the check and the open cannot block the read; at most ``max_bytes + 1`` bytes are
+    ever read, whatever the file grows to meanwhile."""
+    check_regular_file(path, max_bytes, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise FileProblem(path, f"cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FileProblem(path, _kind_problem(mode))
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise FileProblem(path, f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise FileProblem(path, f"more than the {max_bytes} bytes a {what} can be")
+    return data
+
+
+def _npy_layout(stream, where: str):
+    """(dtype, shape, header length) of the .npy header at the start of ``stream``, checked:
+    a plain numeric dtype, no negative dimension."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as exc:
+        raise InputDataError(f"{where}: not a readable .npy array ({exc})") from None
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
+        raise InputDataError(f"{where}: dtype {dtype} is not a plain numeric type (object, string "
+                             f"and structured arrays are refused)")
+    if any(int(d) < 0 for d in shape):
+        raise InputDataError(f"{where}: negative dimension in shape {tuple(shape)}")
+    return np.dtype(dtype), tuple(int(d) for d in shape), stream.tell()
+
+
+def _declared_bytes(dtype, shape, where: str, cap_bytes: int) -> int:
+    nbytes = dtype.itemsize
+    for d in shape:
+        nbytes *= d   # Python ints: a product of huge dimensions does not wrap
+    if nbytes > cap_bytes:
+        raise InputDataError(f"{where}: the header declares {nbytes} bytes (shape {shape}), more "
+                             f"than the {cap_bytes}-byte cap")
+    return nbytes
+
+
+def check_npy_file(path: str, cap_bytes: int = MAX_ARRAY_BYTES) -> tuple:
+    """(dtype, shape) of an .npy file whose header agrees with the bytes the file holds and
+    declares at most ``cap_bytes``; checked before anything is allocated."""
+    size = check_regular_file(path)
+    try:
+        with open(path, "rb") as f:
+            dtype, shape, header_len = _npy_layout(f, path)
+    except OSError as exc:
+        raise InputDataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    nbytes = _declared_bytes(dtype, shape, path, cap_bytes)
+    if header_len + nbytes != size:
+        raise InputDataError(f"{path}: the header declares {nbytes} bytes of {dtype}{list(shape)}, "
+                             f"the file holds {size - header_len}")
+    return dtype, shape
+
+
+def check_npz_members(path: str, cap_bytes: int = MAX_ARRAY_BYTES) -> dict:
+    """name -> (dtype, shape) of every member of an .npz, each checked before any array is
+    loaded: a regular file, a zip directory whose sizes are possible (deflate ratio), an .npy
+    header of a plain numeric dtype whose declared size agrees with the member's size and,
+    summed over the members, is at most ``cap_bytes``."""
+    file_size = check_regular_file(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise InputDataError(f"{path}: not a readable .npz file ({exc})") from None
+    members, total = {}, 0
+    with zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            name = info.filename.removesuffix(".npy")
+            where = f"{path}: member {name!r}"
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise InputDataError(f"{where}: compression method {info.compress_type} is not "
+                                     f"supported (np.savez and np.savez_compressed write 0 or 8)")
+            limit = info.compress_size * (_MAX_DEFLATE_RATIO if info.compress_type else 1) + 1024
+            if info.file_size > limit or info.compress_size > file_size:
+                raise InputDataError(f"{where}: the archive directory declares {info.file_size} bytes "
+                                     f"from {info.compress_size} stored (corrupt archive)")
+            try:
+                with zf.open(info) as stream:
+                    dtype, shape, header_len = _npy_layout(stream, where)
+            except InputDataError:
+                raise
+            except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError) as exc:
+                raise InputDataError(f"{where}: not readable ({exc})") from None
+            nbytes = _declared_bytes(dtype, shape, where, cap_bytes)
+            if header_len + nbytes != info.file_size:
+                raise InputDataError(f"{where}: the header declares {nbytes} bytes of "
+                                     f"{dtype}{list(shape)}, the archive holds "
+                                     f"{info.file_size - header_len}")
+            total += nbytes
+            if total > cap_bytes:
+                raise InputDataError(f"{path}: the members declare more than the {cap_bytes}-byte cap")
+            members[name] = (dtype, shape)
+    return members
+
+
+def load_npz(path: str, cap_bytes: int = MAX_ARRAY_BYTES) -> dict:
+    """Arrays from an .npz file, without pickles, every declared size checked first
+    (:func:`check_npz_members`)."""
+    check_regular_file(path)
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise InputDataError(f"{path}: an .npy file (a single array); expected an .npz archive of "
+                             f"arrays named after the model's inputs (np.savez(path, name=array))")
+    check_npz_members(path, cap_bytes)
     try:
         with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
@@ -138,6 +304,8 @@ def guard_paths(inputs, outputs=(), dir_outputs=(), text_outputs=()) -> None:
     inside the other. Then each output gets :func:`check_writable`. Also installs the SIGTERM
     handler so a ``kill`` cleans up like Ctrl-C."""
     install_sigterm()
+    for p in inputs:
+        _refuse_special_input(p)
     for p in outputs:
         if p == STDIO:
             raise MrqError("'-' (stdout) is only for JSON and text outputs; give a file name")
@@ -165,6 +333,19 @@ def guard_paths(inputs, outputs=(), dir_outputs=(), text_outputs=()) -> None:
                 raise MrqError(f"{other}: the same output path as {path}; give each output its own path")
     for path, _, is_dir in outs:
         check_writable(path, directory=is_dir)
+
+
+def _refuse_special_input(path) -> None:
+    """An input that is a FIFO, device or socket is refused by ``stat`` before anything opens
+    it: opening a FIFO blocks until a writer comes, ``/dev/zero`` never ends."""
+    if not path or path == STDIO:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return   # missing or unreadable: the command's own reader says which
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise FileProblem(path, _kind_problem(mode))
 
 
 def _same_file(a: str, b: str) -> bool:

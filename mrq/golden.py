@@ -31,6 +31,7 @@ from mrq import accumulators as accmod
 from mrq.errors import InputDataError, MrqError
 from mrq.fileio import (_json_default, check_writable, critical, dir_mode, discardable, forget,
                         sweep_stale, tmp_name, write_error)
+from mrq.provenance import provenance
 
 FORMAT = "mrq-golden"
 # Written last into every golden set: ``--force`` replaces only a folder that holds it (and
@@ -183,10 +184,12 @@ def parse_hex(text: str, bits: int, signed: bool, is_float: bool = False):
         if re.search(r"[xXzZ?]", w):
             unknown[i] = True
             continue
+        if len(w) > 16:   # wider than any tensor (64 bits): also keeps int() off huge words
+            raise InputDataError(f"a hex word of {len(w)} digits is wider than 64 bits (element {i})")
         try:
             v = int(w, 16)
         except ValueError:
-            raise InputDataError(f"not a hex word: {w!r} (element {i})") from None
+            raise InputDataError(f"not a hex word: {w[:40]!r} (element {i})") from None
         if is_float:
             values[i] = np.array([v], np.uint32).view(np.float32)[0]
             continue
@@ -471,6 +474,8 @@ def compute_golden(model: Union[str, "object"], profile, feeds: dict, layout: Op
         "model": model if isinstance(model, str) else getattr(graph, "name", "graph"),
         "model_sha256": _file_sha256(model) if isinstance(model, str) and os.path.isfile(model) else None,
         "profile": prof.name, "profile_source": str(getattr(prof, "source", "")),
+        # mrq version, command line, model and profile-content hashes, date (mrq/provenance.py)
+        "provenance": provenance(model, prof),
         "arithmetic": {"requant": prof.requant.arithmetic, "rounding": prof.requant.rounding,
                        "accumulator_bits": prof.accumulator.bits,
                        "accumulator_overflow": prof.accumulator.overflow,

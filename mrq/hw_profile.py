@@ -38,8 +38,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import yaml
 
-from mrq.pointwise import POINTWISE
+from mrq import safe_yaml
 from mrq.errors import HwProfileError
+from mrq.fileio import FileProblem, read_regular_file
+from mrq.pointwise import POINTWISE
 from simulator import rounding as _rounding
 
 __all__ = [
@@ -79,11 +81,14 @@ BIAS_SCALES = ("input_times_weight",)
 BIAS_ORDERS = ("first",)
 PRODUCT_ORDERS = ("channel_row_col",)
 HOST_FLOAT = "float"
-KNOWN_OPS = (
+KNOWN_OPS = tuple(dict.fromkeys((
     "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
     "GlobalAveragePool", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
-    "Softmax", "Identity", "Pad", "Mean", "Logistic",
-) + tuple(POINTWISE)
+    "Softmax", "Identity", "Pad", "Mean", "Logistic", "Sub", "ConvTranspose",
+    # data movement, selection and table ops of TFLite models (mrq/tflite_import_shape.py)
+    "Gather", "Slice", "Split", "Tile", "DepthToSpace", "SpaceToDepth", "Resize", "ArgMax",
+    "ReduceMax", "Max", "Min", "Cast", "PRelu",   # HardSwish, Tanh: in POINTWISE
+) + tuple(POINTWISE)))  # table ops of mrq/pointwise.py; some are TFLite ops too
 # ops.<field> -> the op type whose arithmetic it sets: required when that op is in
 # supported_ops, rejected otherwise.
 OP_FIELDS = {"add": "Add", "mul": "Mul", "avgpool": "AveragePool",
@@ -91,7 +96,7 @@ OP_FIELDS = {"add": "Add", "mul": "Mul", "avgpool": "AveragePool",
 # Op types that multiply an accumulator grid by a weight grid (need the requant block).
 MAC_OPS = ("Conv", "Gemm", "MatMul")
 # Peer runtimes whose quirks go beyond the generic vocabulary (see mrq/lower_extra.py).
-RUNTIMES = ("generic", "tflite-reference", "xnnpack")
+RUNTIMES = ("generic", "tflite-reference", "xnnpack", "onnxruntime")
 ROLES = ("activations", "weights", "bias")
 
 ACT_BITS = (2, 16)        # activations and weights: storage is int8/uint8 or int16/uint16
@@ -363,7 +368,8 @@ class HwProfile:
     instead, op -> arithmetic: ``float`` (dequantize, float op, quantize) or the name of
     another profile whose arithmetic lowers that op; ``host_profiles[op]`` is that profile,
     loaded when this one was. ``source``: the file it was loaded from. ``runtime``: peer
-    runtime quirks to reproduce (generic | tflite-reference | xnnpack; mrq/lower_extra.py)."""
+    runtime quirks to reproduce (generic | tflite-reference | xnnpack | onnxruntime;
+    mrq/lower_extra.py, mrq/pointwise.py)."""
 
     name: str
     description: str
@@ -375,7 +381,7 @@ class HwProfile:
     ops: OpModes
     supported_ops: tuple[str, ...]
     source: str = ""    # the file it was loaded from
-    runtime: str = "generic"   # peer runtime quirks to reproduce: generic | tflite-reference | xnnpack
+    runtime: str = "generic"   # peer runtime quirks to reproduce: see RUNTIMES
     # hash=False: a dict would make the frozen dataclass unhashable.
     host_ops: dict = field(default_factory=dict, hash=False)
     # compare=False: two profiles are equal when they name the same host arithmetic.
@@ -1296,26 +1302,24 @@ def load_profile(name_or_path: str | os.PathLike) -> HwProfile:
 def _load(path: Path, resolve_refs: bool = True) -> HwProfile:
     spath = str(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_PROFILE_BYTES + 1)
-    except FileNotFoundError:
-        raise HwProfileError(spath, "<file>", "file not found") from None
-    except IsADirectoryError:
-        raise HwProfileError(spath, "<file>", "is a directory, not a YAML file") from None
-    except OSError as e:
-        raise HwProfileError(spath, "<file>", f"cannot read: {e.strerror or e}") from None
-    if len(raw) > MAX_PROFILE_BYTES:
-        raise HwProfileError(spath, "<file>", f"larger than {MAX_PROFILE_BYTES // 1024} KiB; a "
-                                              f"profile is a few KB of YAML (is this the right "
-                                              f"file?)")
+        # a regular file only (a FIFO would block, /dev/zero never end), never more than the cap
+        raw = read_regular_file(spath, MAX_PROFILE_BYTES)
+    except FileProblem as e:
+        problem = {"no such file": "file not found",
+                   "is a directory, not a regular file": "is a directory, not a YAML file"}.get(e.problem, e.problem)
+        if str(MAX_PROFILE_BYTES) in problem:
+            problem = (f"larger than {MAX_PROFILE_BYTES // 1024} KiB; a profile is a few KB of YAML "
+                       f"(is this the right file?)")
+        raise HwProfileError(spath, "<file>", problem) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise HwProfileError(spath, "<file>", f"not UTF-8 text ({e.reason} at byte "
                                               f"{e.start})") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = safe_yaml.load_with_node(text)
+    except safe_yaml.YamlLimitError as e:
+        raise HwProfileError(spath, "<document>", str(e)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -15,9 +15,11 @@ from typing import Optional
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx.external_data_helper import load_external_data_for_model
 
 from mrq.pointwise import BY_ONNX, ir_attrs
 from mrq.errors import ModelError, UnsupportedOpError
+from mrq.import_checks import check_external_data, check_graph, check_onnx_file, check_onnx_model
 from mrq.ir import Graph, Node, QParams, Tensor
 from mrq.shapes import infer_shapes
 
@@ -25,7 +27,8 @@ MS_DOMAIN = "com.microsoft"
 
 QUANT_MARKERS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
                  "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
-                 "QLinearGlobalAveragePool", "QGemm", "QLinearConcat"}
+                 "QLinearGlobalAveragePool", "QGemm", "QLinearConcat", "QLinearSigmoid",
+                 "QLinearLeakyRelu", "QLinearSoftmax"}
 # Float ops that compute new values: they need a QuantizeLinear after them.
 COMPUTE_FLOAT_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "GlobalAveragePool",
                      "Concat", "Softmax"} | set(BY_ONNX)
@@ -53,10 +56,17 @@ def _check_elem_type(elem: int, what: str) -> None:
 def load_onnx(path: str) -> onnx.ModelProto:
     if not os.path.exists(path):
         raise ModelError(f"{path}: no such file")
+    check_onnx_file(path)
     try:
-        model = onnx.load(path)
+        # external data only once its files and sizes are checked
+        model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types on garbage
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    check_external_data(model, path)
+    try:
+        load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+    except Exception as exc:
+        raise ModelError(f"{path}: unreadable external data ({type(exc).__name__}: {exc})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: the ONNX graph has no nodes")
     return model
@@ -66,6 +76,7 @@ def import_onnx(model: onnx.ModelProto, source: str = "model", constants: Option
     """The IR of a quantized ONNX model. ``constants``: values for graph inputs that hold
     quantization parameters (scales, zero points: ONNX allows them as inputs, the simulator
     needs them fixed); they become initializers."""
+    check_onnx_model(model, source)
     return _Importer(freeze_inputs(model, constants) if constants else model, source).run()
 
 
@@ -315,7 +326,9 @@ class _Importer:
         graph = Graph(self.tensors, self.nodes, list(self.graph_inputs), outputs,
                       name=g.name or "graph", meta=meta)
         _check_inputs_used(graph)
+        check_graph(graph, self.source)   # before shape inference, which divides by strides
         graph = remove_identities(infer_shapes(graph))
+        check_graph(graph, self.source)
         from mrq.tflite_import import check_batch_broadcast
         check_batch_broadcast(graph)
         return graph
@@ -472,7 +485,7 @@ class _Importer:
             self._emit("Softmax", name, [x], [out], axis=int(attrs.get("axis", -1)), **extra)
         elif op in BY_ONNX:
             x = self._int_input(ins[0], node)
-            self._emit(BY_ONNX[op], name, [x], [out], **ir_attrs(BY_ONNX[op], attrs), **extra)
+            self._emit(BY_ONNX[op], name, [x], [out], **ir_attrs(BY_ONNX[op], attrs, name), **extra)
         else:
             raise UnsupportedOpError(op, node.name)
 
@@ -837,6 +850,44 @@ class _Importer:
         self._add_tensor(node.output[0], self._shape(node.output[0]), y_qp.dtype, y_qp)
         layout = "NHWC" if _attrs(node).get("channels_last", 0) else "NCHW"
         self._emit("GlobalAveragePool", self._name(node), [x], [node.output[0]], layout=layout)
+
+    def _qlinear_unary(self, node) -> str:
+        """com.microsoft ``QLinear<op>(X, X_scale, X_zp, Y_scale, Y_zp)``: the integer input
+        (its grid checked) with the output tensor added; returns the input."""
+        x = self._view_int(node.input[0], node)
+        self._set_input_qparams(node, x, 1, 2)
+        ins = node.input
+        y_zp = ins[4] if len(ins) > 4 and ins[4] else ""
+        y_qp = self._qop_out(node, node.output[0], 3, 4, like=self.init.get(y_zp) if y_zp else None)
+        if not y_zp:
+            y_qp = y_qp.with_(dtype=self.tensors[x].dtype)
+        self._add_tensor(node.output[0], self._shape(node.output[0]), y_qp.dtype, y_qp)
+        return x
+
+    def _qlinear_pointwise(self, node, onnx_op):
+        """ORT's table of the float op: the same IR op as its QDQ form."""
+        x = self._qlinear_unary(node)
+        name = self._name(node)
+        self._emit(BY_ONNX[onnx_op], name, [x], [node.output[0]],
+                   **ir_attrs(BY_ONNX[onnx_op], _attrs(node), name))
+
+    def _op_QLinearSigmoid(self, node):
+        self._qlinear_pointwise(node, "Sigmoid")
+
+    def _op_QLinearLeakyRelu(self, node):
+        self._qlinear_pointwise(node, "LeakyRelu")
+
+    def _op_QLinearSoftmax(self, node):
+        """ORT's fused ``DQ -> Softmax -> Q``, the same IR op. ``opset`` < 13 softmax flattens
+        the axes from ``axis`` on: the same as opset 13 only when ``axis`` is the last one."""
+        attrs = _attrs(node)
+        x = self._qlinear_unary(node)
+        rank = len(self.tensors[x].shape)
+        axis = int(attrs.get("axis", -1 if int(attrs.get("opset", 13)) >= 13 else 1))
+        if int(attrs.get("opset", 13)) < 13 and axis not in (-1, rank - 1):
+            raise UnsupportedOpError(node.op_type, node.name, f"opset {attrs['opset']} softmax over "
+                                     f"the flattened axes {axis}.. of a rank-{rank} tensor")
+        self._emit("Softmax", self._name(node), [x], [node.output[0]], axis=axis)
 
     def _op_QLinearConcat(self, node):
         ins = node.input

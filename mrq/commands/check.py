@@ -108,10 +108,14 @@ def check_model(model, profile, feeds=None):
 def run(args) -> int:
     from mrq.accumulators import format_table
     from mrq.commands.common import finite
+    from mrq.errors import InputDataError
     from mrq.fileio import guard_paths, load_npz, save_json
 
     guard_paths([args.model, args.profile, args.inputs], text_outputs=[args.json])
     feeds = load_npz(args.inputs) if args.inputs else None
+    for name, arr in (feeds or {}).items():
+        if arr.ndim and arr.shape[0] == 0:
+            raise InputDataError(f"{args.inputs}: input {name!r} holds no samples (shape {arr.shape})")
     lines, rows, prof = check_model(args.model, args.profile, feeds)
     for line in lines:
         print(line)
