@@ -133,10 +133,12 @@ class _Exporter:
         outputs = [helper.make_tensor_value_info(n, _ELEM[storage_dtype(g.tensors[n].dtype)],
                                                  _dims(g.tensors[n].shape)) for n in g.outputs]
         graph = helper.make_graph(self.nodes, g.name or "mrq", inputs, outputs, self.inits)
-        opset = opset or (21 if self.wide else 17)
+        # the newest op's opset (Gelu: 20) when no opset is asked for
+        needed = max([POINTWISE[n.op].opset for n in self.g.nodes if n.op in POINTWISE], default=1)
+        opset = opset or max(21 if self.wide else 17, needed)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                                   producer_name="mrq")
-        model.ir_version = 10 if opset >= 21 else 8
+        model.ir_version = 10 if opset >= 21 else 9 if opset >= 19 else 8
         regridded = g.meta.get("regridded_inputs")
         if regridded:
             import json
