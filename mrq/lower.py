@@ -17,6 +17,7 @@ from mrq.errors import UnsupportedOpError, ModelError
 from simulator.errors import SimulatorError
 from mrq.ir import Graph, Node, QParams, Tensor, storage_dtype
 from mrq.lower_extra import ExtraOpsLowering
+from mrq.lower_movement import MovementOpsLowering
 from simulator.program import Program, TensorSpec
 from simulator.rounding import round_array
 from simulator.steps import make_step
@@ -102,7 +103,12 @@ IR_OP_NAMES = {
     "GlobalAveragePool": {"GlobalAveragePool"}, "Concat": {"Concat"},
     "Reshape": {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}, "Transpose": {"Transpose"},
     "Softmax": {"Softmax"}, "Rescale": set(), "Quantize": set(), "Dequantize": set(),
-    "Pad": {"Pad"}, "Mean": {"Mean"}, "Logistic": {"Logistic"},
+    "Pad": {"Pad"}, "Mean": {"Mean"}, "Logistic": {"Logistic"}, "Sub": {"Sub"},
+    "TransposeConv": {"ConvTranspose"},
+    # mrq/tflite_import_shape.py (ArgMax, ReduceMax, Cast, PRelu: their own names): a Take is
+    # any pure data movement
+    "Take": {"Gather", "Slice", "Split", "Tile", "DepthToSpace", "SpaceToDepth", "Resize"},
+    "ResizeBilinear": {"Resize"}, "Maximum": {"Max", "Min"},
 }
 
 
@@ -123,7 +129,7 @@ class LoweredModel:
         return [name for name, where in self.placement.items() if where == "host"]
 
 
-class _Lowerer(ExtraOpsLowering):
+class _Lowerer(ExtraOpsLowering, MovementOpsLowering):
     def __init__(self, graph: Graph, arith: Arithmetic):
         self.g = graph
         self.a = arith
@@ -138,12 +144,19 @@ class _Lowerer(ExtraOpsLowering):
 
     def quantize_real(self, value: float, qp: QParams) -> int:
         """The code the profile's quantizer gives a real value (clamp bounds of Relu/Clip)."""
+        return int(self.quantize_reals(value, qp))
+
+    def quantize_reals(self, values, qp: QParams) -> np.ndarray:
+        """:meth:`quantize_real` of float32 ``values``, unclamped, as float64 (+-inf where the
+        quotient overflows)."""
         s = np.float32(qp.scale[0])
-        if self.a.quantize_method == "divide":
-            q = np.float32(np.float32(value) / s)
-        else:
-            q = np.float32(np.float32(value) * np.float32(np.float32(1.0) / s))
-        return int(round_array(q, self.a.quantize_rounding)) + int(qp.zero_point[0])
+        v = np.asarray(values, np.float32)
+        with np.errstate(over="ignore"):
+            if self.a.quantize_method == "divide":
+                q = v / s
+            else:
+                q = v * np.float32(np.float32(1.0) / s)
+        return round_array(q, self.a.quantize_rounding) + int(qp.zero_point[0])
 
     xnn_bounds = False   # set while lowering a node whose fused bounds XNNPACK quantizes
 
@@ -294,7 +307,10 @@ class _Lowerer(ExtraOpsLowering):
         return mode
 
     def _dispatch(self, node) -> None:
-        if node.op in POINTWISE:
+        op = POINTWISE.get(node.op)
+        # an op with its own lowering (a TFLite runtime's table arithmetic) keeps it, unless the
+        # profile's runtime has its own kernel for the op in the registry
+        if op is not None and (self.a.runtime in op.runtime or not hasattr(self, "_" + node.op)):
             self._pointwise(node)
         else:
             getattr(self, "_" + node.op)(node)
@@ -308,15 +324,23 @@ class _Lowerer(ExtraOpsLowering):
                 or y_qp.dtype not in ("int8", "uint8") or x_qp.scale.size != 1:
             raise UnsupportedOpError(node.op, node.name, "a table op needs 8-bit per-tensor "
                                                          "quantized input and output")
+        self.emit("lut", node, node.inputs, node.outputs,
+                  table=self.pointwise_table(node.op, node.attrs, x_qp, y_qp, node.attrs.get("clamp")),
+                  out_dtype=storage_dtype(y_qp.dtype))
+
+    def pointwise_table(self, op: str, attrs: dict, x_qp: QParams, y_qp: QParams,
+                        clamp=None) -> np.ndarray:
+        """The 256 output codes of table op ``op`` (mrq/pointwise.py), indexed by input code -
+        minimum: the profile runtime's function of each code's float32 value, quantized with the
+        profile's quantizer, clamped."""
         info = np.iinfo(np.dtype(storage_dtype(x_qp.dtype)))
         codes = np.arange(int(info.min), int(info.max) + 1, dtype=np.int64)
         # dequantized and evaluated in float32, as runtimes build their tables
         real = (codes - int(x_qp.zero_point[0])).astype(np.float32) * np.float32(x_qp.scale[0])
-        y = POINTWISE[node.op].real(real, node.attrs)
-        lo, hi = self.out_range(y_qp, node.attrs.get("clamp"))
-        table = np.array([min(max(self.quantize_real(float(v), y_qp), lo), hi) for v in y])
-        self.emit("lut", node, node.inputs, node.outputs,
-                  table=table.astype(storage_dtype(y_qp.dtype)), out_dtype=storage_dtype(y_qp.dtype))
+        with np.errstate(over="ignore"):
+            y = POINTWISE[op].table_function(self.a.runtime)(real, attrs)
+        lo, hi = self.out_range(y_qp, clamp)
+        return np.clip(self.quantize_reals(y, y_qp), lo, hi).astype(storage_dtype(y_qp.dtype))
 
     def _Quantize(self, node):
         qp = self.t(node.outputs[0]).qparams
@@ -454,6 +478,8 @@ class _Lowerer(ExtraOpsLowering):
                   **self._rescale_params(x_qp, y_qp, node.attrs.get("clamp")))
 
     def _Clamp(self, node):
+        if self.tflite_relu(node):   # LiteRT's standalone RELU* between two grids
+            return
         x_qp = self.t(node.inputs[0]).qparams
         y_qp = self.t(node.outputs[0]).qparams
         clamp = (node.attrs.get("lo"), node.attrs.get("hi"))

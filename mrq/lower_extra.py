@@ -43,6 +43,7 @@ import numpy as np
 from mrq import multipliers as mul
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.ir import QParams, storage_dtype
+from mrq.lower_tflite16 import Tflite16Lowering
 
 # Profile name -> which LiteRT path it reproduces.
 
@@ -144,7 +145,7 @@ def xnnpack_quantize_bound(value: float, qp: QParams) -> int:
     return int(np.rint(f))
 
 
-class ExtraOpsLowering:
+class ExtraOpsLowering(Tflite16Lowering):
     # ------------------------------------------------------------------ helpers
     def _tfl(self) -> Optional[str]:
         return tflite_flavour(self.a)
@@ -167,6 +168,8 @@ class ExtraOpsLowering:
         if flavour is None:
             return False
         from mrq.lower import _Lowerer  # the defaults this refines (no import cycle at call time)
+        if self.lower_tflite16(node):   # 16x8 and the kernels XNNPACK does not take
+            return True
         op = node.op
         if flavour == "ref":
             if op == "Gemm" and not node.attrs.get("integer_output") and self.a.requant == "double_q31":

@@ -1,4 +1,4 @@
-"""TFLite flatbuffers (int8/uint8 "full integer" models) -> :mod:`mrq.ir`.
+"""TFLite flatbuffers (int8/uint8 "full integer" and int16x8 models) -> :mod:`mrq.ir`.
 
 The file is parsed with the ``tflite`` package (generated flatbuffer readers; no TensorFlow).
 Only the first subgraph is imported. Conventions, shared with :mod:`mrq.onnx_import`:
@@ -28,6 +28,9 @@ CONV_2D             Conv (NHWC, group = C_in / filter channels)
 DEPTHWISE_CONV_2D   Conv (NHWC, group = C_in)
 FULLY_CONNECTED     [Reshape to (-1, K)] + Gemm [+ Reshape back for keep_num_dims]
 ADD, MUL            Add, Mul
+SUB                 Sub (new IR op)
+TRANSPOSE_CONV      TransposeConv (new IR op): attrs strides, pads (top, left), output_size
+LEAKY_RELU          LeakyRelu (attrs alpha)
 AVERAGE_POOL_2D     AveragePool (NHWC, padding excluded from the count)
 MAX_POOL_2D         MaxPool (NHWC) [+ Clamp for a fused activation]
 MEAN                Mean (new IR op): attrs axes (positive, sorted), keep_dims
@@ -38,6 +41,10 @@ SOFTMAX             Softmax (axis -1; attrs beta)
 LOGISTIC            Logistic (new IR op)
 QUANTIZE            Quantize (float input) or Rescale (integer input)
 DEQUANTIZE          Dequantize
+(movement, shape,   :mod:`mrq.tflite_import_shape` (STRIDED_SLICE, SLICE, SPLIT(_V), PACK, UNPACK,
+ selection)         SHAPE, TRANSPOSE, TILE, GATHER, SQUEEZE, EXPAND_DIMS, DEPTH/SPACE, RESIZE_*,
+                    ARG_MAX/MIN, REDUCE_MAX/MIN, MAXIMUM/MINIMUM, RELU*, HARD_SWISH, TANH, CAST,
+                    PRELU; CUSTOM ops are refused by index and code, ``stop_before`` cuts before)
 ==================  ==========================================================================
 
 New IR ops (float semantics in :mod:`mrq.float_ref_extra`, lowering in :mod:`mrq.lower_extra`):
@@ -47,6 +54,15 @@ New IR ops (float semantics in :mod:`mrq.float_ref_extra`, lowering in :mod:`mrq
   output zero point).
 * ``Mean``: x; ``attrs['axes']`` (positive, sorted, never 0), ``attrs['keep_dims']``.
 * ``Logistic``: x -> 1 / (1 + exp(-x)).
+* ``Sub``: a - b (numpy broadcasting).
+* ``TransposeConv``: x (NHWC), w [O, I, KH, KW], optional bias; every input pixel adds x * w to
+  the output window at ``stride * position - pad``; taps outside ``attrs['output_size']`` are
+  dropped. A TRANSPOSE_CONV output shape fed at run time (a graph input) is taken from the
+  output tensor's declared shape, and that input is left out of the IR graph.
+
+int16 activations (LiteRT's 16x8 mode: int8 weights, int64 bias) must have zero point 0, as
+LiteRT requires; otherwise a ``ModelError`` names the operator index and op. QUANTIZE also takes
+quantized int32 tensors to or from int16.
 
 Errors: a missing or unreadable file -> :class:`~mrq.errors.ModelError`; a model without
 quantized tensors -> ``ModelError`` saying it is not quantized; an operator outside the list ->
@@ -54,13 +70,17 @@ quantized tensors -> ``ModelError`` saying it is not quantized; an operator outs
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from typing import Optional
 
 import numpy as np
 
+from mrq import tflite_import_shape
 from mrq.errors import ModelError, UnsupportedOpError
+from mrq.fileio import FileProblem, read_regular_file
+from mrq.import_checks import MAX_MODEL_BYTES, check_graph
 from mrq.ir import Graph, Node, QParams, Tensor
 
 _TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 6: "bool",
@@ -71,7 +91,7 @@ _ACTIVATION_NAMES = {4: "TANH", 5: "SIGN_BIT"}
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "AVERAGE_POOL_2D",
                  "MAX_POOL_2D", "MEAN", "RESHAPE", "PAD", "PADV2", "CONCATENATION", "SOFTMAX",
-                 "LOGISTIC", "QUANTIZE", "DEQUANTIZE")
+                 "LOGISTIC", "QUANTIZE", "DEQUANTIZE", "SUB", "LEAKY_RELU", "TRANSPOSE_CONV")
 
 
 def _module(name: str):
@@ -84,19 +104,21 @@ def _builtin_names() -> dict:
     return {v: k for k, v in vars(ops).items() if not k.startswith("_")}
 
 
-def import_tflite(path: str) -> Graph:
-    """Read a quantized ``.tflite`` file into the IR."""
+def import_tflite(path: str, stop_before: int | None = None) -> Graph:
+    """Read a quantized ``.tflite`` file into the IR; ``stop_before``: import only the operators
+    before that index, whose inputs become the graph outputs (to simulate up to a CUSTOM op)."""
     if not os.path.exists(path):
         raise ModelError(f"{path}: no such file")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read ({exc})") from None
-    return import_tflite_bytes(data, source=path)
+        # a regular file of at most 2 GiB (a flatbuffer cannot be larger): never a FIFO or /dev/zero
+        data = read_regular_file(path, MAX_MODEL_BYTES, "model file")
+    except FileProblem as exc:
+        raise ModelError(str(exc)) from None
+    return import_tflite_bytes(data, source=path, stop_before=stop_before)
 
 
-def import_tflite_bytes(data: bytes, source: str = "model.tflite") -> Graph:
+def import_tflite_bytes(data: bytes, source: str = "model.tflite",
+                        stop_before: int | None = None) -> Graph:
     """Like :func:`import_tflite`, from the flatbuffer bytes."""
     try:
         import tflite  # noqa: F401  (the flatbuffer readers)
@@ -108,7 +130,8 @@ def import_tflite_bytes(data: bytes, source: str = "model.tflite") -> Graph:
         model = _module("Model").Model.GetRootAsModel(data, 0)
         if model.SubgraphsLength() < 1:
             raise ModelError(f"{source}: the TFLite model has no subgraph")
-        graph = _Importer(model, source).run()
+        graph = _Importer(model, source, stop_before).run()
+        check_graph(graph, source)
     except (ModelError, UnsupportedOpError):
         raise
     except Exception as exc:  # corrupt flatbuffers surface as arbitrary decode errors
@@ -145,9 +168,10 @@ def check_batch_broadcast(graph: Graph) -> None:
 
 
 class _Importer:
-    def __init__(self, model, source: str):
+    def __init__(self, model, source: str, stop_before: int | None = None):
         self.model = model
         self.source = source
+        self.stop_before = stop_before
         self.g = model.Subgraphs(0)
         self.op_names = _builtin_names()
         self.tensors: dict[str, Tensor] = {}
@@ -155,6 +179,9 @@ class _Importer:
         self.names: dict[int, str] = {}      # TFLite tensor index -> IR name
         self.node_names: set[str] = set()
         self._raw = [self._read_tensor(i) for i in range(self.g.TensorsLength())]
+        # graph inputs that only carry a shape the model also declares statically (the output
+        # shape of a TRANSPOSE_CONV fed at run time): not inputs of the IR graph
+        self.shape_operands: set = set()
 
     # ----------------------------------------------------------------------------- tensors
     def _read_tensor(self, i: int) -> dict:
@@ -164,7 +191,7 @@ class _Importer:
         shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
         if any(d < 0 for d in shape):
             # a constant reshaped to a negative dim silently becomes some other shape
-            raise ModelError(f"tensor {i} ({t.Name().decode(errors='replace') if t.Name() else '?'}): "
+            raise ModelError(f"{self.source}: tensor {i} ({t.Name().decode(errors='replace') if t.Name() else '?'}): "
                              f"negative dimension in shape {list(shape)}")
         q = t.Quantization()
         scale = zp = None
@@ -208,21 +235,23 @@ class _Importer:
             return QParams(scale, zp, raw["dtype"], axis=raw["qdim"] if axis is None else axis)
         return QParams(scale[:1], zp[:1], raw["dtype"])
 
-    def _activation(self, idx: int, op: str, index: int) -> str:
-        """The IR tensor of a (non-constant) activation, creating it on first use."""
+    def _activation(self, idx: int, op: str, index: int, allow_int32: bool = False) -> str:
+        """The IR tensor of a (non-constant) activation, creating it on first use; quantized
+        int32 activations only where ``allow_int32`` (QUANTIZE from/to int32)."""
         raw = self._raw[idx]
         name = self._ir_name(idx)
         if name in self.tensors:
             return name
         if isinstance(raw["data"], np.ndarray) or raw["data"] == "unsupported":
             return self._constant(idx, op, index)
-        if raw["dtype"] not in _QUANT_TYPES + ("float32",):
+        int32_ok = allow_int32 and raw["dtype"] == "int32" and raw["scale"] is not None
+        if raw["dtype"] not in _QUANT_TYPES + ("float32",) and not int32_ok:
             raise UnsupportedOpError(op, f"operator {index}", f"tensor {raw['name']!r} has type {raw['dtype']}")
-        if raw["dtype"] == "int16":
-            raise UnsupportedOpError(op, f"operator {index}",
-                                     f"tensor {raw['name']!r}: int16 activations (16x8 quantization) "
-                                     f"are not supported")
         qp = self._qparams(raw)
+        if raw["dtype"] == "int16" and qp is not None and np.any(qp.zero_point != 0):
+            # LiteRT's 16x8 kernels have no input/output offsets: they refuse such a model
+            raise ModelError(f"operator {index} ({op}): int16 tensor {raw['name']!r} has zero point "
+                             f"{int(qp.zero_point[0])}; int16 activations must have zero point 0")
         if raw["dtype"] in _QUANT_TYPES and qp is None:
             raise ModelError(f"tensor {raw['name']!r} is {raw['dtype']} without quantization parameters")
         if qp is not None and qp.per_channel:
@@ -256,12 +285,12 @@ class _Importer:
         self.tensors[name] = Tensor(name, tuple(shape), like.dtype, like.qparams)
         return name
 
-    def _output(self, idx: int, op: str, index: int) -> str:
+    def _output(self, idx: int, op: str, index: int, allow_int32: bool = False) -> str:
         raw = self._raw[idx]
         name = self._ir_name(idx)
         if name in self.tensors:
             raise ModelError(f"operator {index} ({op}): tensor {raw['name']!r} is written twice")
-        return self._activation(idx, op, index)
+        return self._activation(idx, op, index, allow_int32)
 
     # ----------------------------------------------------------------------------- helpers
     def _emit(self, op: str, tfl_op: str, index: int, inputs, outputs, **attrs) -> Node:
@@ -330,7 +359,10 @@ class _Importer:
             raise ModelError(f"{self.source}: the model is not quantized: {what}; convert it with "
                              f"full-integer quantization (int8 activations) first")
         input_idx = [int(i) for i in self.g.InputsAsNumpy()]
-        for index in range(self.g.OperatorsLength()):
+        n_ops = self.g.OperatorsLength()
+        if self.stop_before is not None:
+            n_ops = tflite_import_shape.check_stop_before(self, self.stop_before)
+        for index in range(n_ops):
             op = self.g.Operators(index)
             code = self.model.OperatorCodes(op.OpcodeIndex())
             builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
@@ -339,16 +371,21 @@ class _Importer:
                 custom = code.CustomCode()
                 name = f"CUSTOM({custom.decode() if custom else '?'})"
             handler = getattr(self, "_op_" + name, None)
+            if handler is None and tflite_import_shape.handler_for(name) is not None:
+                handler = functools.partial(tflite_import_shape.handler_for(name), self)
             if handler is None:
                 raise UnsupportedOpError(name, f"operator {index}",
-                                         f"mrq imports {', '.join(SUPPORTED_OPS)}")
+                                         f"mrq imports {', '.join(SUPPORTED_OPS + tuple(tflite_import_shape.HANDLERS))}")
             ins = [int(v) for v in op.InputsAsNumpy()] if op.InputsLength() else []
             outs = [int(v) for v in op.OutputsAsNumpy()] if op.OutputsLength() else []
             handler(op, name, index, ins, outs)
         # Graph inputs are created by their first consumer (so errors name that operator).
-        inputs = [self._activation(idx, "input", -1) for idx in input_idx]
+        inputs = [self._activation(idx, "input", -1) for idx in input_idx
+                  if idx not in self.shape_operands]
         outputs = []
-        for idx in self.g.OutputsAsNumpy():
+        output_idx = (self.g.OutputsAsNumpy() if self.stop_before is None
+                      else tflite_import_shape.stop_outputs(self, self.stop_before))
+        for idx in output_idx:
             name = self._ir_name(int(idx))
             if name not in self.tensors:
                 raise ModelError(f"graph output {self._raw[int(idx)]['name']!r} is not computed by any operator")
@@ -368,14 +405,18 @@ class _Importer:
         raw = self._raw[idx]
         if not isinstance(raw["data"], np.ndarray):
             raise UnsupportedOpError(op, f"operator {index}", f"bias {raw['name']!r} must be a constant")
-        if raw["dtype"] != "int32":
+        # 16x8 kernels accumulate in int64 and take an int64 bias (LiteRT 2.3 runs an int32 bias
+        # with int16 input too, but its results match no reading of that bias we tried)
+        allowed = ("int64",) if x.dtype == "int16" else ("int32",)
+        if raw["dtype"] not in allowed:
             raise UnsupportedOpError(op, f"operator {index}",
-                                     f"bias {raw['name']!r} has type {raw['dtype']} (int32 expected)")
+                                     f"bias {raw['name']!r} has type {raw['dtype']} "
+                                     f"({' or '.join(allowed)} expected)")
         codes = raw["data"].astype(np.int64).reshape(-1)
         if codes.size != n_out:
             raise ModelError(f"operator {index} ({op}): bias has {codes.size} values for {n_out} outputs")
         grid = (np.float32(x.qparams.scale[0]) * w_qp.scale.astype(np.float32)).astype(np.float32)
-        qp = QParams(grid, np.zeros(grid.size, np.int64), "int32", axis=0 if grid.size > 1 else None)
+        qp = QParams(grid, np.zeros(grid.size, np.int64), raw["dtype"], axis=0 if grid.size > 1 else None)
         return self._constant(idx, op, index, data=codes, qp=qp)
 
     def _weight(self, idx: int, op: str, index: int, layout_fn, axis_map, n_out: int) -> tuple[str, QParams]:
@@ -437,6 +478,41 @@ class _Importer:
             attrs["clamp"] = clamp
         self._emit("Conv", name, index, [x, w] + ([b] if b else []), [y], **attrs)
 
+    def _op_TRANSPOSE_CONV(self, op, name, index, ins, outs):
+        o = self._options(op, "TransposeConvOptions")
+        x = self._activation(ins[2], name, index)
+        self._require_quantized([x], name, index)
+        xt = self.tensors[x]
+        shape_raw = self._raw[ins[0]]["data"]
+        if isinstance(shape_raw, np.ndarray):
+            out_shape = tuple(int(d) for d in shape_raw.reshape(-1))
+        elif ins[0] in {int(i) for i in self.g.InputsAsNumpy()} and len(self._raw[outs[0]]["shape"]) == 4:
+            # fed at run time: the output tensor's declared shape is the one the model runs with
+            out_shape = tuple(int(d) for d in self._raw[outs[0]]["shape"])
+            self.shape_operands.add(ins[0])
+        else:
+            raise UnsupportedOpError(name, f"operator {index}", "the output shape must be a constant")
+        fshape = self._raw[ins[1]]["shape"]
+        if len(xt.shape) != 4 or len(fshape) != 4 or len(out_shape) != 4:
+            raise UnsupportedOpError(name, f"operator {index}", "input, filter and output must be 4-D")
+        m, kh, kw, ci = fshape
+        if xt.shape[3] != ci or out_shape[3] != m:
+            raise ModelError(f"operator {index} ({name}): filter {list(fshape)} does not match input "
+                             f"{list(xt.shape[1:])} and output {list(out_shape)}")
+        w, w_qp = self._weight(ins[1], name, index, lambda a: a.transpose(0, 3, 1, 2), {0: 0}, m)
+        strides = (int(o.StrideH()), int(o.StrideW())) if o else (1, 1)
+        # TFLite pads as the conv from the output back to the input would (the offset is dropped)
+        pads = self._pads(o.Padding() if o else 1, (None,) + out_shape[1:], (kh, kw), strides,
+                          (1, 1), name, index)
+        clamp = self._clamp(o.FusedActivationFunction() if o else 0, name, index)
+        b = self._bias(ins[3] if len(ins) > 3 else -1, xt, w_qp, m, name, index)
+        y = self._output(outs[0], name, index)
+        self._require_quantized([y], name, index)
+        attrs = {"strides": strides, "pads": pads[:2], "output_size": out_shape[1:3], "layout": "NHWC"}
+        if clamp is not None:
+            attrs["clamp"] = clamp
+        self._emit("TransposeConv", name, index, [x, w] + ([b] if b else []), [y], **attrs)
+
     def _op_CONV_2D(self, op, name, index, ins, outs):
         self._conv(op, name, index, ins, outs, depthwise=False)
 
@@ -488,10 +564,22 @@ class _Importer:
                 raise UnsupportedOpError(name, f"operator {index}", f"per-channel operand {t!r}")
         clamp = self._clamp(o.FusedActivationFunction() if o else 0, name, index)
         attrs = {"clamp": clamp} if clamp is not None else {}
+        if ir_op in ("Add", "Sub") and o is not None and o.PotScaleInt16():
+            attrs["pot_scale_int16"] = True   # LiteRT's power-of-two int16 path, if scales allow
         self._emit(ir_op, name, index, [a, b], [y], **attrs)
 
     def _op_ADD(self, op, name, index, ins, outs):
         self._binary(op, name, index, ins, outs, "Add", "AddOptions")
+
+    def _op_SUB(self, op, name, index, ins, outs):
+        self._binary(op, name, index, ins, outs, "Sub", "SubOptions")
+
+    def _op_LEAKY_RELU(self, op, name, index, ins, outs):
+        o = self._options(op, "LeakyReluOptions")
+        x = self._activation(ins[0], name, index)
+        y = self._output(outs[0], name, index)
+        self._require_quantized([x, y], name, index)
+        self._emit("LeakyRelu", name, index, [x], [y], alpha=float(o.Alpha()) if o else 0.0)
 
     def _op_MUL(self, op, name, index, ins, outs):
         self._binary(op, name, index, ins, outs, "Mul", "MulOptions")
@@ -624,8 +712,11 @@ class _Importer:
         self._emit("Concat", name, index, xs, [y], axis=axis)
 
     def _op_QUANTIZE(self, op, name, index, ins, outs):
-        x = self._activation(ins[0], name, index)
-        y = self._output(outs[0], name, index)
+        x = self._activation(ins[0], name, index, allow_int32=True)
+        y = self._output(outs[0], name, index, allow_int32=True)
+        if "int32" in (self.tensors[x].dtype, self.tensors[y].dtype) and \
+                "int16" not in (self.tensors[x].dtype, self.tensors[y].dtype):
+            raise UnsupportedOpError(name, f"operator {index}", "int32 QUANTIZE other than to/from int16")
         yt = self.tensors[y]
         if not yt.is_quantized:
             raise ModelError(f"operator {index} (QUANTIZE): output {y!r} has no quantization parameters")

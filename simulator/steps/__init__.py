@@ -12,7 +12,8 @@ from simulator.steps.base import (KINDS, Params, StepKind, execute_step, make_st
 
 _MODULES = ("constant", "quantize", "dequantize", "conv", "gemm", "add", "mul", "rescale",
             "clamp", "maxpool", "avgpool", "global_avgpool", "concat", "reshape", "transpose",
-            "softmax", "softmax_tflite", "lut", "mean", "pad")
+            "softmax", "softmax_tflite", "lut", "mean", "pad", "lut16", "add_sub_tflite", "transpose_conv", "softmax_int16",
+            "take", "arg_reduce", "reduce_select", "select2", "resize_bilinear", "prelu")
 
 for _name in _MODULES:
     import_module(f"simulator.steps.{_name}")

@@ -149,11 +149,11 @@ def test_unsupported_op_names_index_and_builtin():
     y = b.tensor("y", [1, 8], "int8", scale=0.1, zero_point=0)
     z = b.tensor("z", [1, 8], "int8", scale=1 / 128, zero_point=0)
     b.op("RESHAPE", [x], [y], options=("ReshapeOptions", dict(new_shape=[1, 8])))
-    b.op("TANH", [y], [z])
+    b.op("EXP", [y], [z])
     with pytest.raises(UnsupportedOpError) as info:
         import_tflite_bytes(b.finish([x], [z]))
     msg = str(info.value)
-    assert "'TANH'" in msg and "operator 1" in msg
+    assert "'EXP'" in msg and "operator 1" in msg
 
 
 def test_unsupported_fused_activation():
@@ -193,11 +193,16 @@ def test_mean_pad_logistic_ir():
     assert logistic.op == "Logistic"
 
 
-def test_int16_activations_rejected():
+def test_int16_logistic_off_litert_output_scale_is_refused_when_lowered():
+    """int16 activations import (16x8 mode, tests/tflite/test_tflite_int16.py); an int16
+    LOGISTIC whose output scale is not 1/32768 (LiteRT refuses it) is refused, node named."""
+    from mrq.api import resolve_profile
+    from mrq.lower import arithmetic_from_profile, lower
     b = ModelBuilder()
     x = b.tensor("x", [1, 8], "int16", scale=0.001, zero_point=0)
-    y = b.tensor("y", [1, 8], "int16", scale=1 / 32768, zero_point=0)
+    y = b.tensor("y", [1, 8], "int16", scale=1 / 256, zero_point=0)
     b.op("LOGISTIC", [x], [y])
-    with pytest.raises(UnsupportedOpError, match="int16") as info:
-        import_tflite_bytes(b.finish([x], [y]))
-    assert "operator" in str(info.value)
+    graph = import_tflite_bytes(b.finish([x], [y]))
+    with pytest.raises(UnsupportedOpError, match="1/32768") as info:
+        lower(graph, arithmetic_from_profile(resolve_profile("tflite-int8")))
+    assert "logistic_0" in str(info.value)

@@ -74,8 +74,11 @@ class ModelBuilder:
                                  buffer=buf, quant=q))
         return len(self.tensors) - 1
 
-    def op(self, builtin: str, inputs, outputs, options=None) -> None:
+    def op(self, builtin: str, inputs, outputs, options=None, custom_code=None) -> None:
+        """``builtin`` by name; ``CUSTOM`` ops also name their ``custom_code``."""
         code = getattr(BuiltinOperator, builtin)
+        if custom_code is not None:
+            code = (code, custom_code)
         if code not in self.opcodes:
             self.opcodes.append(code)
         self.ops.append(dict(opcode=self.opcodes.index(code), inputs=list(inputs),
@@ -190,7 +193,12 @@ class ModelBuilder:
 
         code_offsets = []
         for code in self.opcodes:
+            custom = None
+            if isinstance(code, tuple):
+                code, custom = code[0], b.CreateString(code[1])
             _OperatorCode.OperatorCodeStart(b)
+            if custom is not None:
+                _OperatorCode.OperatorCodeAddCustomCode(b, custom)
             _OperatorCode.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
             _OperatorCode.OperatorCodeAddBuiltinCode(b, code)
             _OperatorCode.OperatorCodeAddVersion(b, 1)
