@@ -457,11 +457,13 @@ def _table_op(ir_op: str):
     def handler(imp, op, name, index, ins, outs):
         x = _tensor(imp, ins[0], name, index)
         y = _output(imp, outs[0], name, index)
+        # int16 TANH is LiteRT's table-interpolating kernel (mrq/lower_tflite16.py)
+        codes = ("int8", "uint8", "int16") if ir_op == "Tanh" else ("int8", "uint8")
         if ir_op != "Cast":
             imp._require_quantized([x, y], name, index)
-            if imp.tensors[y].dtype not in ("int8", "uint8"):
+            if imp.tensors[y].dtype not in codes:
                 raise _unsupported(name, index, f"{imp.tensors[y].dtype} output (8-bit codes only)")
-        if imp.tensors[x].dtype not in ("int8", "uint8"):
+        if imp.tensors[x].dtype not in codes:
             raise _unsupported(name, index, f"{imp.tensors[x].dtype} input (8-bit codes only)")
         _check_shape(imp, outs[0], imp._raw[ins[0]]["shape"], name, index)
         imp._emit(ir_op, name, index, [x], [y])

@@ -168,6 +168,14 @@ def logistic16(scale=0.0011):
     return b.finish([x], [y])
 
 
+def tanh16(scale=0.0011):
+    b = ModelBuilder()
+    x = _q(b, "x", [1, 8, 32], scale)
+    y = _q(b, "y", [1, 8, 32], 1.0 / 32768)
+    b.op("TANH", [x], [y])
+    return b.finish([x], [y])
+
+
 def mean16(out_scale=0.0013):
     b = ModelBuilder()
     x = _q(b, "x", [1, 5, 6, 8], 0.0008)
@@ -309,6 +317,25 @@ def _check_case(case):
             _check(compare_rows(trace, rows), graph)
             for name, arr in outputs.items():
                 assert arr.dtype == rows[0][name].dtype and arr.shape[1:] == rows[0][name].shape[1:]
+
+
+@pytest.mark.parametrize("scale", [0.0011, 0.00009, 1.0 / 4096])
+def test_int16_tanh_vs_litert(scale):
+    """int16 TANH (LiteRT's interpolated sigmoid table with TanhPrepare's input scaling, and the
+    power-of-two input-scale path at 1/4096) on both profiles, every tensor."""
+    if litert() is None:
+        pytest.skip("LiteRT is not installed")
+    from mrq.errors import UnsupportedOpError
+    model = tanh16(scale)
+    feeds = _inputs(model, 7)
+    for profile in PROFILES:
+        if scale == 1.0 / 4096 and profile == "litert-default":
+            # LiteRT's optimized gemmlowp path for power-of-two scales: refused, not guessed
+            with pytest.raises(UnsupportedOpError, match="power-of-two"):
+                mrq_run(model, profile, feeds)
+            continue
+        graph, outputs, trace = mrq_run(model, profile, feeds)
+        _check(compare_rows(trace, litert_run(model, feeds, profile, preserve_all=True)), graph)
 
 
 # ------------------------------------------------------------------------------------- kernels
