@@ -398,7 +398,7 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering):
                           rq_rounding=self.a.rounding)
         else:
             w_scale = np.broadcast_to(w_qp.scale, (n_out,)).astype(np.float32)
-            real = np.float64(x_qp.scale[0]) * w_scale.astype(np.float64) / np.float64(y.qparams.scale[0])
+            real = self.conv_real_multiplier(kind, x_qp, w_qp, w_scale, y.qparams)
             ort = mul.ort_multiplier(x_qp.scale[0], w_scale, y.qparams.scale[0])
             params.update(self.requant_block(real, y.qparams, node.attrs.get("clamp"), channel_axis, ort))
             params.update(requant_choice)

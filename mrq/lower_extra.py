@@ -159,6 +159,16 @@ class ExtraOpsLowering(Tflite16Lowering):
                 hi = min(hi, xnnpack_quantize_bound(clamp[1], qp))
         return lo, hi
 
+    def conv_real_multiplier(self, kind: str, x_qp: QParams, w_qp: QParams, w_scale: np.ndarray,
+                             y_qp: QParams) -> np.ndarray:
+        """The real multiplier per output channel of a conv or gemm (``w_scale`` broadcast to the
+        channels): float64 from the float32 scales, except where the runtime derives it its own
+        way: LiteRT's reference kernels take the legacy scalar multiplier (a float32 scale
+        product) for per-tensor uint8 convolutions and every per-tensor FULLY_CONNECTED."""
+        if self._tfl() == "ref" and not w_qp.per_channel and (kind == "gemm" or x_qp.dtype == "uint8"):
+            return mul.tflite_product_multiplier(x_qp.scale[0], w_scale, y_qp.scale[0])
+        return mul.real_multiplier(x_qp.scale[0], w_scale, y_qp.scale[0])
+
     # ------------------------------------------------------------------ profile-specific lowering
     def lower_override(self, node) -> bool:
         """Lower ``node`` with a TFLite runtime's own arithmetic where the profile vocabulary cannot

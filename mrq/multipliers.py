@@ -19,6 +19,21 @@ def ort_multiplier(scale_in: np.ndarray, scale_w: np.ndarray, scale_out: np.ndar
     return (prod / np.float32(scale_out)).astype(np.float32)
 
 
+def real_multiplier(scale_in, scale_w, scale_out) -> np.ndarray:
+    """``sx * sw / sy`` in float64 from the float32 scales (per weight channel)."""
+    return np.float64(np.float32(scale_in)) * np.asarray(scale_w, np.float32).astype(np.float64) \
+        / np.float64(np.float32(scale_out))
+
+
+def tflite_product_multiplier(scale_in, scale_w, scale_out) -> np.ndarray:
+    """LiteRT's ``GetQuantizedConvolutionMultipler`` (kernels/kernel_util.cc): the scalar multiplier
+    of per-tensor uint8 CONV_2D/DEPTHWISE_CONV_2D and of every per-tensor FULLY_CONNECTED,
+    ``double(f32(sx * sw)) / double(sy)``: the scale product is a float32 product. Per-channel and
+    int8 convolutions use ``double(sx) * double(sw) / double(sy)`` instead."""
+    prod = (np.float32(scale_in) * np.asarray(scale_w, np.float32)).astype(np.float32)
+    return prod.astype(np.float64) / np.float64(np.float32(scale_out))
+
+
 def _round_half_away(x: float) -> int:
     return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
 

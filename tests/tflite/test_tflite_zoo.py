@@ -20,6 +20,9 @@ from tflite_helpers import compare_rows, litert, litert_run
 ZOO = os.environ.get("MRQ_TFLITE_ZOO", "/work/shared/models/tflite_zoo")
 MODELS = (
     "coral/split_concat.tflite",                                   # SPLIT, CONCATENATION (uint8)
+    # uint8 per-tensor convolutions: LiteRT's legacy float32 scale product in the multiplier
+    # (mrq.multipliers.tflite_product_multiplier; 22,781 elements differed with a float64 one)
+    "coral/mobilenet_v1_0.75_192_quant.tflite",
     "tfmicro/custom_model_rf_keras.tflite",                        # SHAPE/STRIDED_SLICE/PACK folded
     "tflm_integration_int16/tfmicro_seanet/strided_slice_strided_slice0.tflite",   # int16
     "tflm_integration_int16/tfmicro_seanet/strided_slice_strided_slice33.tflite",
