@@ -213,7 +213,8 @@ class ExtraOpsLowering(Tflite16Lowering):
         a, b = (self.ensure_buffer(n, node) for n in node.inputs)
         qa, qb = self.t(a).qparams, self.t(b).qparams
         qy = self.t(node.outputs[0]).qparams
-        if any(q.dtype != "int8" for q in (qa, qb, qy)):
+        dtypes = {q.dtype for q in (qa, qb, qy)}
+        if dtypes not in ({"int8"}, {"uint8"}):   # the delegate's QS8 and QU8 adds
             return False
         params = xnnpack_add_params(qa.scale[0], qb.scale[0], qy.scale[0])
         if params is None:
@@ -225,7 +226,7 @@ class ExtraOpsLowering(Tflite16Lowering):
                   zero_point_a=int(qa.zero_point[0]), zero_point_b=int(qb.zero_point[0]),
                   rq_mode="shift", rq_multiplier=np.ones(1, np.int64),
                   rq_shift=np.array([shift], np.int64), rq_rounding="half_up", out_zero_point=zo,
-                  out_min=lo, out_max=hi, out_dtype="int8")
+                  out_min=lo, out_max=hi, out_dtype=storage_dtype(qy.dtype))
         return True
 
     def _xnnpack_requantize(self, node) -> bool:

@@ -88,11 +88,12 @@ def fc(seed, in_shape, n, act, bias=True, keep=False):
     return b.finish([x], [y])
 
 
-def binary(op, shape_b, act, scales=(0.03, 0.05, 0.06)):
+def binary(op, shape_b, act, scales=(0.03, 0.05, 0.06), dtype="int8"):
     b = ModelBuilder()
-    x = _q(b, "a", [1, 5, 6, 8], scales[0], -10)
-    y = _q(b, "b", shape_b, scales[1], 7)
-    o = _q(b, "o", [1, 5, 6, 8], scales[2], 3)
+    shift = 128 if dtype == "uint8" else 0
+    x = _q(b, "a", [1, 5, 6, 8], scales[0], -10 + shift, dtype=dtype)
+    y = _q(b, "b", shape_b, scales[1], 7 + shift, dtype=dtype)
+    o = _q(b, "o", [1, 5, 6, 8], scales[2], 3 + shift, dtype=dtype)
     kind = "AddOptions" if op == "ADD" else "MulOptions"
     b.op(op, [x, y], [o], options=(kind, dict(fused_activation_function=act)))
     return b.finish([x, y], [o])
@@ -241,6 +242,9 @@ CASES = {
     "fc_keep_num_dims": lambda: fc(9, [1, 3, 8], 5, "RELU6", keep=True),
     "add_relu": lambda: binary("ADD", [1, 5, 6, 8], "RELU"),
     "add_broadcast": lambda: binary("ADD", [1, 1, 1, 8], "NONE"),
+    # uint8 ADD: XNNPACK's QU8 add under litert-default (its 21-bit multipliers, as for int8)
+    "add_uint8": lambda: binary("ADD", [1, 5, 6, 8], "NONE", scales=(0.021, 0.0173, 0.0319), dtype="uint8"),
+    "add_uint8_relu6": lambda: binary("ADD", [1, 1, 1, 8], "RELU6", scales=(0.2, 0.011, 0.06), dtype="uint8"),
     "add_relu6_wide_ratio": lambda: binary("ADD", [1, 5, 6, 8], "RELU6", scales=(0.2, 0.011, 0.06)),
     "mul": lambda: binary("MUL", [1, 5, 6, 8], "NONE"),
     "mul_relu6_broadcast": lambda: binary("MUL", [1, 1, 6, 8], "RELU6", scales=(0.3, 0.2, 0.5)),
