@@ -235,6 +235,8 @@ def main(argv=None) -> int:
     from simulator.errors import SimulatorError
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the command line as given, for the provenance of reports (mrq/provenance.py)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(args.command, quiet=getattr(args, "quiet", False),
                       verbose=getattr(args, "verbose", False))
     notice = _watch_compilation() if getattr(args, "simulates", False) else None
@@ -270,4 +272,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from mrq.interrupts import install_process_handlers
+    install_process_handlers()
     sys.exit(main())

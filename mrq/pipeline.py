@@ -9,8 +9,9 @@ outputs-only work) runs NCHW conv/pool chains channels-last, bit-identical at th
 """
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Optional, Union
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from mrq.lower import LoweredModel, arithmetic_from_profile, lower
 from simulator.program import Program, TensorSpec
 
 
-def resolve_profile(profile: Union[str, HwProfile]) -> HwProfile:
+def resolve_profile(profile: str | HwProfile) -> HwProfile:
     return profile if isinstance(profile, HwProfile) else load_profile(profile)
 
 
@@ -176,7 +177,7 @@ class Pipeline:
     model's intermediate tensors are read). ``every_op``: lower ops outside the profile's
     ``supported_ops`` too (with its arithmetic), for analyses that cover every layer."""
 
-    def __init__(self, model: Union[str, Graph], profile: Union[str, HwProfile],
+    def __init__(self, model: str | Graph, profile: str | HwProfile,
                  layout: str = "auto", every_op: bool = False):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, "
@@ -190,7 +191,7 @@ class Pipeline:
         self.lowered: LoweredModel = lower(layout_graph(self.graph, self.layout), arithmetic)
 
     @staticmethod
-    def load(model: Union[str, Graph]) -> Graph:
+    def load(model: str | Graph) -> Graph:
         """The IR graph of a model file (ONNX or TFLite), or the graph itself."""
         return _load(model)
 
@@ -215,7 +216,7 @@ class Pipeline:
     def bind(self, feeds: dict) -> tuple:
         return bind_inputs(self.lowered, feeds)
 
-    def run(self, feeds: dict, trace: bool = False, threads: Optional[int] = None) -> Run:
+    def run(self, feeds: dict, trace: bool = False, threads: int | None = None) -> Run:
         from simulator.run import run
         program, bound = self.bind(feeds)
         result = run(program, bound, trace=trace, threads=threads)
@@ -235,7 +236,123 @@ class Pipeline:
         reference = FloatReference(self.graph).run({k: np.asarray(v) for k, v in feeds.items()})
         return layer_fidelity(self.graph, run.trace, reference, run.stats, self.node_steps())
 
+    def stream(self, source, batch_size: int, *, fidelity: bool = True, trace: bool = False,
+               labels: np.ndarray | None = None, threads: int | None = None,
+               sink: Callable[[dict, dict], None] | None = None,
+               progress: bool | str = False, execute: Callable | None = None) -> StreamResult:
+        """Simulate every sample of ``source`` (an :class:`mrq.datasets.InputSource`),
+        ``batch_size`` at a time, holding one batch in memory.
 
-def _load(model: Union[str, Graph]) -> Graph:
+        ``fidelity``: per-layer fidelity against the float reference, accumulated batch by batch
+        (the same numbers as one batch of every sample; needs ``layout='native'``). ``labels``:
+        top-1 accuracy of the single output, and of the float reference with ``fidelity``.
+        ``sink(outputs, trace)`` receives each batch's outputs (and, with ``trace``, every
+        buffer) as it is computed. ``progress``: a progress bar on stderr (a string: its
+        label). ``execute(program, bound, n_batches)``: runs one bound batch of an outputs-only
+        stream (a compiled program, say) instead of the interpreter."""
+        from mrq.metrics import FidelityAccumulator
+        if (fidelity or trace) and self.layout != "native":
+            raise ValueError("per-layer fidelity and traces read the model's own tensors: use "
+                             "layout='native'")
+        source = source.bound_to([s.name for s in self.program.inputs])
+        accumulator = FidelityAccumulator(self.graph, self.node_steps()) if fidelity else None
+        reference = None
+        if fidelity:
+            from mrq.float_ref import FloatReference
+            reference = FloatReference(self.graph)
+        result = StreamResult(num_samples=source.num_samples)
+        top1_output = _top1_output(self.graph) if labels is not None else None
+        if labels is not None and top1_output is None:
+            raise InputDataError("labels: top-1 accuracy needs a model with one output of class "
+                                 "scores (shape (N, classes))")
+        if labels is not None:
+            result.correct = 0
+            if fidelity:
+                result.float_correct = 0
+        bar = None
+        if progress and source.num_samples > batch_size:
+            from tqdm import tqdm
+            # shown only when the run lasts more than a couple of seconds
+            bar = tqdm(total=source.num_samples, unit="input", file=sys.stderr, delay=2.0,
+                       desc=progress if isinstance(progress, str) else "simulating")
+        seen = 0
+        n_batches = -(-source.num_samples // batch_size)
+        try:
+            for feeds in source.batches(batch_size):
+                if execute is not None and not (fidelity or trace):
+                    program, bound = self.bind(feeds)
+                    res = execute(program, bound, n_batches)
+                    run = Run(res.outputs, {}, res.stats, program, bound)
+                else:
+                    run = self.run(feeds, trace=fidelity or trace, threads=threads)
+                _add_stats(result.stats, run.stats)
+                ref = None
+                if fidelity:
+                    ref = reference.run(feeds)
+                    accumulator.add(run.trace, ref, run.stats)
+                n = next(iter(feeds.values())).shape[0]
+                if labels is not None:
+                    want = labels[seen:seen + n]
+                    result.correct += int(np.count_nonzero(_top1(run.outputs[top1_output]) == want))
+                    if ref is not None:
+                        result.float_correct += int(np.count_nonzero(_top1(ref[top1_output]) == want))
+                if sink is not None:
+                    sink(run.outputs, run.trace if trace else {})
+                seen += n
+                if bar is not None:
+                    bar.update(n)
+                del run, ref
+        finally:
+            if bar is not None:
+                bar.close()
+        if accumulator is not None:
+            result.layers = accumulator.rows()
+        return result
+
+
+@dataclass
+class StreamResult:
+    """What :meth:`Pipeline.stream` measured over the whole set: per-layer ``layers``
+    (``LayerFidelity``), the per-step counters summed over batches, and with labels the
+    count of correct top-1 outputs (simulation and float reference)."""
+
+    num_samples: int
+    layers: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    correct: int | None = None
+    float_correct: int | None = None
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.correct is None else self.correct / max(self.num_samples, 1)
+
+    @property
+    def float_accuracy(self) -> float | None:
+        return None if self.float_correct is None else self.float_correct / max(self.num_samples, 1)
+
+
+def _add_stats(total: dict, stats: dict) -> None:
+    """Per-step counters are counts of events: a data set's are the sums of its batches'."""
+    for step, counters in stats.items():
+        into = total.setdefault(step, {})
+        for key, value in counters.items():
+            into[key] = into.get(key, 0) + int(value)
+
+
+def _top1_output(graph: Graph) -> str | None:
+    """The output whose argmax is the predicted class: the model's only output, when it holds
+    per-class scores."""
+    if len(graph.outputs) != 1:
+        return None
+    shape = graph.tensors[graph.outputs[0]].shape
+    return graph.outputs[0] if shape is not None and len(shape) >= 2 else None
+
+
+def _top1(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores)
+    return np.argmax(scores.reshape(scores.shape[0], -1), axis=-1)
+
+
+def _load(model: str | Graph) -> Graph:
     from mrq.onnx_import import load_model
     return load_model(model) if isinstance(model, str) else model

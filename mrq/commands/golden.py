@@ -19,7 +19,8 @@ def register(sub):
                        "requantization parameters outside the profile's limits (see `mrq check`).")
     p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
     p.add_argument("--profile", required=True, help="profile name (see `mrq profiles`) or YAML path")
-    p.add_argument("--inputs", required=True, help=".npz keyed by graph input name (float32 arrays are "
+    p.add_argument("--inputs", required=True, help=".npz keyed by graph input name, a bare .npy (a "
+                   "model with one input) or a directory of .npz/.npy shards (float32 arrays are "
                    "quantized by the model's input quantization; integer arrays are used as codes)")
     add_output(p, metavar="DIR", help="output directory (written atomically)")
     p.add_argument("--layout", choices=["NCHW", "NHWC"], help="axis order of the 4-D activation and "
@@ -36,14 +37,19 @@ def run(args) -> int:
     from mrq.accumulators import AccumulatorRow, format_table
     from mrq.commands.common import log
     from mrq.errors import MrqError
-    from mrq.fileio import guard_paths, load_npz
-    from mrq.golden import GoldenLimitError, check_golden_target, compute_golden, write_golden
+    from mrq.fileio import guard_paths
+    from mrq.golden import (
+        GoldenLimitError,
+        check_golden_target,
+        compute_golden,
+        write_golden,
+    )
 
     if args.weight_layout and sorted(args.weight_layout.upper()) != sorted("OIHW"):
         raise MrqError(f"--weight-layout {args.weight_layout!r}: must be a permutation of OIHW")
     guard_paths([args.model, args.profile, args.inputs], dir_outputs=[args.output])
     check_golden_target(args.output, args.force)
-    feeds = load_npz(args.inputs)
+    feeds = _read_inputs(args.inputs, args.model)
     try:
         gs = compute_golden(args.model, args.profile, feeds, layout=args.layout,
                             weight_layout=args.weight_layout.upper() if args.weight_layout else None)
@@ -66,3 +72,17 @@ def run(args) -> int:
                   f"violation(s), first: {m['violations'][0]}); the golden set uses the profile's "
                   f"arithmetic on the model's own grids")
     return 0
+
+
+# A golden set holds every tensor of the execution, in .npy and hex text, for each sample: a few
+# test vectors, not a data set. Inputs beyond this are refused before any work.
+GOLDEN_MAX_INPUT_BYTES = 64 << 20
+
+
+def _read_inputs(path: str, model: str) -> dict:
+    from mrq.datasets import open_inputs
+    from mrq.pipeline import Pipeline
+    with open_inputs(path) as source:
+        if source.names == (None,):
+            source = source.bound_to(Pipeline.load(model).inputs)
+        return source.read_all(max_bytes=GOLDEN_MAX_INPUT_BYTES)

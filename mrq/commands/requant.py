@@ -18,7 +18,8 @@ def register(sub):
     p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
     p.add_argument("--profile", required=True, help="target profile name (see `mrq profiles`) or YAML path")
     add_output(p, metavar="OUT.onnx", help="re-quantized ONNX QDQ model to write")
-    p.add_argument("--calib", help=".npz of calibration inputs keyed by graph input name (float32, batch first)")
+    p.add_argument("--calib", help=".npz of calibration inputs keyed by graph input name (float32, batch "
+                   "first), a bare .npy (a model with one input) or a directory of .npz/.npy shards")
     add_json(p, legacy="--report",
              help="JSON report: per-tensor scheme changes, per-layer errors, end-to-end SQNR")
     p.add_argument("--float-model", help="float TFLite/ONNX version of the model: report the fidelity of the input "
@@ -32,17 +33,24 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+# Calibration statistics need every sample in memory at once; sets are hundreds of samples,
+# so a set this large is a mistake (a validation set passed as --calib) more than a need.
+CALIB_MAX_BYTES = 2 << 30
+
+
 def run(args) -> int:
+    import onnx
+
     from mrq.api import resolve_profile, simulate
     from mrq.commands.check import check_model
+    from mrq.datasets import open_inputs
     from mrq.errors import MrqError
-    from mrq.fileio import atomic_path, guard_paths, load_npz, save_json
+    from mrq.fileio import atomic_path, guard_paths, save_json
     from mrq.metrics import sqnr_db
     from mrq.onnx_export import export_onnx
     from mrq.onnx_import import load_model
     from mrq.passes.base import Options, feeds_for_new_graph
     from mrq.requant import PASS_NAMES, requantize
-    import onnx
 
     guard_paths([args.model, args.profile, args.calib, args.float_model], outputs=[args.output],
                 text_outputs=[args.json])
@@ -51,7 +59,11 @@ def run(args) -> int:
         raise MrqError(f"--disable: unknown pass(es) {', '.join(unknown)}; passes are {', '.join(PASS_NAMES)}")
     profile = resolve_profile(args.profile)
     graph = load_model(args.model)
-    calib = load_npz(args.calib) if args.calib else None
+    calib = None
+    if args.calib:
+        # the passes fit grids and corrections to every calibration sample at once
+        with open_inputs(args.calib) as source:
+            calib = source.bound_to(graph.inputs).read_all(max_bytes=CALIB_MAX_BYTES)
     options = Options(weight_correction=not args.no_weight_correction, error_folding=not args.no_error_folding,
                       scale_selection=not args.no_scale_selection, disabled=frozenset(args.disable))
     new, report = requantize(graph, profile, calib, options)
@@ -95,10 +107,10 @@ def run(args) -> int:
         # The model is written anyway: it is what the passes could do, and the violations are
         # easiest to understand on it. A failing exit keeps scripts from using it unchecked.
         log.error("\n".join(
-            [f"the re-quantized model does not satisfy profile {profile.name!r} "
-             f"({len(violations)} violation(s)):"] + [f"  {line}" for line in violations]
-            + [f"{args.output} was written so you can inspect it "
-               f"(`mrq check {args.output} --profile {args.profile}`); do not deploy it"]))
+            [(f"the re-quantized model does not satisfy profile {profile.name!r} "
+              f"({len(violations)} violation(s)):")] + [f"  {line}" for line in violations]
+            + [(f"{args.output} was written so you can inspect it "
+                f"(`mrq check {args.output} --profile {args.profile}`); do not deploy it")]))
         return 1
     print(f"\n{args.output} satisfies profile {profile.name!r} (formats, program limits, accumulators)")
     return 0

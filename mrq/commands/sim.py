@@ -1,6 +1,5 @@
 """``mrq sim``: run a quantized model bit-exactly as a hardware profile would."""
 import logging
-import sys
 import time
 
 from mrq.commands.common import add_command, add_json, add_output, finite, log
@@ -13,6 +12,13 @@ mrq sim model.tflite --profile litert-default --inputs val.npz -o out.npz --no-f
 """
 
 
+# Per-layer fidelity holds every intermediate of a batch twice (integer trace, float64
+# reference): a smaller batch keeps a 28x28 MobileNetV2 under 1 GB; outputs-only batches hold
+# one layer at a time.
+FIDELITY_BATCH = 32
+OUTPUTS_BATCH = 256
+
+
 def register(sub):
     p = add_command(sub, "sim", help="run a quantized model bit-exactly as a hardware profile would",
                     description="Simulate MODEL bit-exactly under a hardware profile, write its outputs "
@@ -20,8 +26,12 @@ def register(sub):
                     examples=EXAMPLES, quiet_help="do not print the fidelity table or notes")
     p.add_argument("model", help="quantized ONNX (QDQ or QOperator) or TFLite model")
     p.add_argument("--profile", required=True, help="profile name (see `mrq profiles`) or YAML path")
-    p.add_argument("--inputs", required=True, help=".npz keyed by graph input name; float32 arrays are "
-                   "quantized with the model's input quantization, integer arrays are used as codes")
+    p.add_argument("--inputs", required=True, help=".npz keyed by graph input name, a bare .npy "
+                   "(a model with one input), or a directory of .npz/.npy shards; float32 arrays "
+                   "are quantized with the model's input quantization, integer arrays are used "
+                   "as codes. Read a batch at a time")
+    p.add_argument("--labels", help="integer class labels (.npy/.npz, one per input): report the "
+                   "top-1 accuracy of the simulation (and of the float reference)")
     add_output(p, metavar="OUT.npz", help=".npz of the outputs, keyed by graph output name")
     p.add_argument("--dump-all", action="store_true", help="also write every intermediate tensor to --output")
     add_json(p, help="JSON report with the per-layer fidelity", legacy="--report")
@@ -29,115 +39,121 @@ def register(sub):
     p.add_argument("--no-fidelity", action="store_true",
                    help="outputs only: no float reference or per-layer table (the fast path for "
                         "whole validation sets; runs in batches with a progress bar)")
-    p.add_argument("--batch-size", type=int, default=256,
-                   help="with --no-fidelity: inputs simulated per batch (default 256)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="inputs simulated per batch: memory grows with it, not with the data set "
+                        f"(default {FIDELITY_BATCH}; {OUTPUTS_BATCH} with --no-fidelity)")
     p.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
                    help="with --no-fidelity: run the whole program as one compiled function "
                         "(no per-layer Python; pays off for many small batches). auto: when there "
                         "are at least 64 batches of at most 16 inputs")
+    p.add_argument("--stop-before", type=int, metavar="OPERATOR",
+                   help="TFLite models: simulate only the operators before this operator index "
+                        "(e.g. a CUSTOM post-processing op); its inputs become the outputs")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from mrq.api import simulate
-    from mrq.fileio import guard_paths, load_npz, save_json, save_npz
-    from mrq.metrics import format_table
+def _model(args):
+    """The model path, or with ``--stop-before`` the TFLite graph cut before that operator."""
+    if getattr(args, "stop_before", None) is None:
+        return args.model
+    if not str(args.model).lower().endswith(".tflite"):
+        raise MrqError(f"--stop-before needs a .tflite model, got {args.model}")
+    from mrq.tflite_import import import_tflite
+    return import_tflite(args.model, stop_before=args.stop_before)
 
-    guard_paths([args.model, args.profile, args.inputs], outputs=[args.output], text_outputs=[args.json])
-    feeds = load_npz(args.inputs)
+
+def run(args) -> int:
+    from mrq.datasets import open_inputs, open_labels
+    from mrq.errors import InputDataError
+    from mrq.fileio import guard_paths, save_json, stream_npz
+    from mrq.metrics import format_table
+    from mrq.pipeline import Pipeline
+
+    guard_paths([args.model, args.profile, args.inputs, args.labels], outputs=[args.output],
+                text_outputs=[args.json])
     if args.no_fidelity and args.dump_all:
         raise MrqError("--dump-all writes the intermediate tensors: it cannot be combined with "
                        "--no-fidelity")
+    if args.batch_size is None:
+        args.batch_size = OUTPUTS_BATCH if args.no_fidelity else FIDELITY_BATCH
     if args.batch_size < 1:
         raise MrqError(f"--batch-size must be >= 1, got {args.batch_size}")
-    t0 = time.perf_counter()
-    if args.no_fidelity:
-        result = _outputs_in_batches(args, feeds)
-    else:
-        result = simulate(args.model, args.profile, feeds, fidelity=True, trace=args.dump_all,
-                          threads=args.threads)
-    elapsed = time.perf_counter() - t0
-    arrays = dict(result.outputs)
-    if args.dump_all:
-        for name, value in result.trace.items():
-            arrays.setdefault(name, value)
-    save_npz(args.output, arrays)
-    profile_name = result.lowered.arithmetic.name
-    if result.violations:
+    with open_inputs(args.inputs) as source:
+        if source.num_samples == 0:
+            raise InputDataError(f"{args.inputs}: no samples (the leading dimension is 0)")
+        labels = open_labels(args.labels, source.num_samples) if args.labels else None
+        pipe = Pipeline(_model(args), args.profile, layout="nhwc" if args.no_fidelity else "native")
+        t0 = time.perf_counter()
+        with stream_npz(args.output) as writer:
+            def sink(outputs, trace):
+                # outputs first, then every other buffer: the member order of one in-memory run
+                writer.append({**outputs, **{k: v for k, v in trace.items() if k not in outputs}})
+            result = pipe.stream(source, args.batch_size, fidelity=not args.no_fidelity,
+                                 trace=args.dump_all, labels=labels, threads=args.threads,
+                                 sink=sink, progress=not args.quiet and "mrq sim",
+                                 execute=_executor(args) if args.no_fidelity else None)
+            written = {name: (dtype, [rows, *shape])
+                       for name, (dtype, shape, rows, _) in writer.layouts.items()}
+        elapsed = time.perf_counter() - t0
+    outputs = {spec.name: written[spec.name] for spec in pipe.program.outputs}
+    n = source.num_samples
+    profile_name = pipe.lowered.arithmetic.name
+    violations = pipe.violations()
+    if violations:
         log.warning(f"the model does not satisfy profile {profile_name!r} "
-                    f"({len(result.violations)} violation(s); first: {result.violations[0]}); the "
+                    f"({len(violations)} violation(s); first: {violations[0]}); the "
                     f"simulation applies the profile's arithmetic to the model's own grids. "
                     f"Run `mrq requant` to convert the model.")
-    limits = list(result.lowered.limit_violations)
+    limits = list(pipe.lowered.limit_violations)
     if limits:
         log.warning(f"the model needs {len(limits)} parameter(s) outside the limits of "
                     f"profile {profile_name!r} (first: {limits[0]}); the simulation uses the closest "
                     f"legal values, which is not the model's arithmetic. Run `mrq requant` to choose "
                     f"grids within the limits.")
+    wrote = f"wrote {args.output}: {', '.join(f'{k} {dt}{shape}' for k, (dt, shape) in outputs.items())}"
     if not args.quiet and args.no_fidelity:
-        print(f"{args.model} on {profile_name}: batch {_batch(feeds)} in {elapsed:.2f} s")
-        print(f"wrote {args.output}: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in result.outputs.items())}")
+        print(f"{args.model} on {profile_name}: batch {n} in {elapsed:.2f} s")
+        print(wrote)
     elif not args.quiet:
         print(format_table(result.layers, title=f"{args.model} on {profile_name} "
-                                                 f"(batch {_batch(feeds)}, {elapsed:.2f} s)"))
-        print(f"wrote {args.output}: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in result.outputs.items())}")
+                                                 f"(batch {n}, {elapsed:.2f} s)"))
+        print(wrote)
+    if not args.quiet and labels is not None:
+        line = f"top-1 accuracy on {n} labelled inputs: {result.accuracy:.4f}"
+        if result.float_accuracy is not None:
+            line += f" (float reference {result.float_accuracy:.4f})"
+        print(line)
     if args.json:
+        from mrq.provenance import provenance
         save_json(args.json, finite({
             "model": args.model, "profile": profile_name, "seconds": elapsed,
-            "outputs": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in result.outputs.items()},
-            "violations": result.violations,
+            "provenance": provenance(args.model, args.profile, getattr(args, "argv", None)),
+            "outputs": {k: {"dtype": str(dt), "shape": shape} for k, (dt, shape) in outputs.items()},
+            "samples": n, "batch_size": args.batch_size,
+            "accuracy": result.accuracy, "float_accuracy": result.float_accuracy,
+            "violations": violations,
             "layers": [row.as_dict() for row in result.layers],
         }))
     return 0
 
 
-def _outputs_in_batches(args, feeds):
-    """Outputs only, ``--batch-size`` inputs at a time, through the fast (NHWC) program."""
-    import numpy as np
-
-    from mrq.api import SimResult
-    from mrq.pipeline import Pipeline
+def _executor(args):
+    """Runs one bound batch of the outputs-only (NHWC) program: through the compiled program
+    when ``--compile`` asks for it (or auto finds many small batches), else step by step."""
     from simulator.run import run
 
-    pipe = Pipeline(args.model, args.profile, layout="nhwc")
-    lowered = pipe.lowered
-    n = _batch(feeds)
-    lengths = {k: (v.shape[0] if np.ndim(v) else None) for k, v in feeds.items()}
-    if any(length != n for length in lengths.values()):
-        raise MrqError(f"--inputs: every array needs the same leading (batch) dimension; got "
-                       f"{', '.join(f'{k} {v}' for k, v in lengths.items())}")
-    starts = range(0, max(n, 1), args.batch_size)
-    chunks = {}
-    stats = {}
-    progress = None
-    if len(starts) > 1 and not args.quiet:
-        from tqdm import tqdm
-        progress = tqdm(total=n, unit="input", desc="mrq sim", file=sys.stderr)
-    want_compiled = args.compile == "yes" or (
-        args.compile == "auto" and args.batch_size <= 16 and len(starts) >= 64)
-    compiled = None
-    for start in starts:
-        part = {k: v[start:start + args.batch_size] for k, v in feeds.items()}
-        program, bound = pipe.bind(part)
-        if want_compiled and compiled is None:
-            compiled = _compile(program, bound, args)
-            want_compiled = compiled is not None
-        if compiled is not None and all(bound[k].shape == compiled.input_specs[k][0]
-                                        for k in bound):
-            res = compiled.run(bound)
-        else:
-            res = run(program, bound, threads=args.threads)
-        for name, value in res.outputs.items():
-            chunks.setdefault(name, []).append(value)
-        stats = res.stats
-        if progress is not None:
-            progress.update(next(iter(part.values())).shape[0] if part else 0)
-    if progress is not None:
-        progress.close()
-    outputs = {name: np.concatenate(parts) if len(parts) > 1 else parts[0]
-               for name, parts in chunks.items()}
-    return SimResult(outputs=outputs, stats=stats, lowered=lowered,
-                     violations=pipe.violations())
+    state = {"want": args.compile == "yes" or (args.compile == "auto" and args.batch_size <= 16),
+             "compiled": None}
+
+    def execute(program, bound, n_batches):
+        if state["want"] and state["compiled"] is None and (args.compile == "yes" or n_batches >= 64):
+            state["compiled"] = _compile(program, bound, args)
+            state["want"] = state["compiled"] is not None
+        compiled = state["compiled"]
+        if compiled is not None and all(bound[k].shape == compiled.input_specs[k][0] for k in bound):
+            return compiled.run(bound)
+        return run(program, bound, threads=args.threads)
+    return execute
 
 
 def _compile(program, bound, args):
@@ -159,9 +175,3 @@ def _compile(program, bound, args):
         log.info(f"compiled the program for batch {args.batch_size} "
                  f"({numba.get_num_threads()} thread(s))")
     return compiled
-
-
-def _batch(feeds) -> int:
-    return int(next(iter(feeds.values())).shape[0]) if feeds else 0
-
-

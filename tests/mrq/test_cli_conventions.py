@@ -31,6 +31,7 @@ COMMANDS = {
     "profiles": (False, False),
     "demo": (False, False),
     "cache": (False, False),
+    "sweep": (True, True),
 }
 
 

@@ -17,7 +17,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_safe_outputs import _SLOW_WRITE, mrq, temporaries  # noqa: E402
