@@ -18,9 +18,6 @@ class ExtraOpsReference:
         axes = tuple(int(a) for a in node.attrs["axes"])
         return x.mean(axis=axes, keepdims=bool(node.attrs.get("keep_dims", False)))
 
-    def _Logistic(self, node, x):
-        return 1.0 / (1.0 + np.exp(-x))
-
     def _Sub(self, node, a, b):
         return self._clamp(a - b, node.attrs.get("clamp"))
 
