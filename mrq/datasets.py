@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from mrq.errors import InputDataError
+from mrq.fileio import declared_bytes, read_npy_header
 
 # Declared sizes above this are refused before anything is allocated or mapped: no input set mrq
 # is meant for comes near it, and a corrupt or hostile header could claim petabytes.
 MAX_MEMBER_BYTES = 1 << 40
 # deflate cannot compress better than about 1032:1; a directory that claims more is corrupt
 _MAX_DEFLATE_RATIO = 1100
-_NUMERIC_KINDS = "biuf"
 
 
 @dataclass(frozen=True)
@@ -55,32 +55,13 @@ class _Layout:
 
 
 def _parse_header(f, where: str) -> _Layout:
-    """The .npy header at the current position of ``f`` (left just after it), checked."""
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as exc:
-        raise InputDataError(f"{where}: not a readable .npy array ({exc})") from None
-    if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
-        raise InputDataError(f"{where}: dtype {dtype} is not a plain numeric type (object and "
-                             f"structured arrays are refused)")
-    layout = _Layout(np.dtype(dtype), tuple(int(d) for d in shape), bool(fortran))
-    if len(layout.shape) == 0:
+    """The .npy header at the current position of ``f`` (left just after it), checked
+    (mrq.fileio.read_npy_header) and refused as a scalar or above MAX_MEMBER_BYTES."""
+    dtype, shape, fortran, _ = read_npy_header(f, where)
+    if len(shape) == 0:
         raise InputDataError(f"{where}: a scalar; the leading dimension is the batch")
-    if any(d < 0 for d in layout.shape):
-        raise InputDataError(f"{where}: negative dimension in shape {layout.shape}")
-    size = 1
-    for d in layout.shape:
-        size *= d
-    if size * layout.dtype.itemsize > MAX_MEMBER_BYTES:
-        raise InputDataError(f"{where}: declares {size * layout.dtype.itemsize} bytes "
-                             f"(shape {layout.shape}), more than the {MAX_MEMBER_BYTES}-byte cap")
-    return layout
+    declared_bytes(dtype, shape, where, MAX_MEMBER_BYTES)
+    return _Layout(dtype, shape, fortran)
 
 
 class _Member:

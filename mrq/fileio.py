@@ -116,15 +116,15 @@ def read_regular_file(path: str, max_bytes: int, what: str = "file") -> bytes:
     return data
 
 
-def _npy_layout(stream, where: str):
-    """(dtype, shape, header length) of the .npy header at the start of ``stream``, checked:
-    a plain numeric dtype, no negative dimension."""
+def read_npy_header(stream, where: str) -> tuple:
+    """(dtype, shape, fortran_order, header length) of the .npy header at the current position
+    of ``stream`` (left just after it), checked: a plain numeric dtype, no negative dimension."""
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
         elif version in ((2, 0), (3, 0)):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as exc:
@@ -134,10 +134,12 @@ def _npy_layout(stream, where: str):
                              f"and structured arrays are refused)")
     if any(int(d) < 0 for d in shape):
         raise InputDataError(f"{where}: negative dimension in shape {tuple(shape)}")
-    return np.dtype(dtype), tuple(int(d) for d in shape), stream.tell()
+    return np.dtype(dtype), tuple(int(d) for d in shape), bool(fortran), stream.tell()
 
 
-def _declared_bytes(dtype, shape, where: str, cap_bytes: int) -> int:
+def declared_bytes(dtype, shape, where: str, cap_bytes: int) -> int:
+    """The bytes an array header declares, refused above ``cap_bytes`` before anything is
+    allocated."""
     nbytes = dtype.itemsize
     for d in shape:
         nbytes *= d   # Python ints: a product of huge dimensions does not wrap
@@ -153,10 +155,10 @@ def check_npy_file(path: str, cap_bytes: int = MAX_ARRAY_BYTES) -> tuple:
     size = check_regular_file(path)
     try:
         with open(path, "rb") as f:
-            dtype, shape, header_len = _npy_layout(f, path)
+            dtype, shape, _, header_len = read_npy_header(f, path)
     except OSError as exc:
         raise InputDataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    nbytes = _declared_bytes(dtype, shape, path, cap_bytes)
+    nbytes = declared_bytes(dtype, shape, path, cap_bytes)
     if header_len + nbytes != size:
         raise InputDataError(f"{path}: the header declares {nbytes} bytes of {dtype}{list(shape)}, "
                              f"the file holds {size - header_len}")
@@ -189,12 +191,12 @@ def check_npz_members(path: str, cap_bytes: int = MAX_ARRAY_BYTES) -> dict:
                                      f"from {info.compress_size} stored (corrupt archive)")
             try:
                 with zf.open(info) as stream:
-                    dtype, shape, header_len = _npy_layout(stream, where)
+                    dtype, shape, _, header_len = read_npy_header(stream, where)
             except InputDataError:
                 raise
             except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError) as exc:
                 raise InputDataError(f"{where}: not readable ({exc})") from None
-            nbytes = _declared_bytes(dtype, shape, where, cap_bytes)
+            nbytes = declared_bytes(dtype, shape, where, cap_bytes)
             if header_len + nbytes != info.file_size:
                 raise InputDataError(f"{where}: the header declares {nbytes} bytes of "
                                      f"{dtype}{list(shape)}, the archive holds "
