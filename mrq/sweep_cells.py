@@ -21,6 +21,7 @@ from functools import partial
 
 import numpy as np
 
+from mrq.compare import wilson_interval
 from mrq.errors import MrqError
 
 # float64 values are dyadic rationals with exponent >= -1074: scaled by 2**1074 they are
@@ -28,7 +29,6 @@ from mrq.errors import MrqError
 EXACT_SHIFT = 1074
 _MANTISSA_BITS = 53
 _LOW_BITS = 32
-WILSON_Z = 1.959963984540054   # two-sided 95 %
 
 
 @dataclass(frozen=True)
@@ -137,17 +137,6 @@ def per_sample_power(x: np.ndarray) -> np.ndarray:
     return np.square(x.reshape(x.shape[0], -1)).sum(axis=1)
 
 
-def wilson(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def empty_stats() -> dict:
     return {"n": 0, "ranked": 0, "correct": 0, "agree": 0, "ref_correct": 0, "out_signal": 0, "out_noise": 0,
             "layers": {}, "acc_overflow": 0, "out_saturated": 0, "seconds": 0.0}
@@ -187,7 +176,7 @@ def row_metrics(stats: dict, has_labels: bool) -> dict:
     ranked = stats["ranked"]
     has_classes = ranked > 0
     agree = stats["agree"] if has_classes else None
-    low, high = wilson(stats["agree"], ranked) if has_classes else (None, None)
+    low, high = wilson_interval(stats["agree"], ranked) if has_classes else (None, None)
     worst, worst_db = "", None
     for layer, (sig, noise) in stats["layers"].items():
         db = ExactSum.ratio_db(sig, noise)

@@ -18,6 +18,7 @@ import pytest
 
 import mrq
 from mrq.cli import main
+from mrq.compare import wilson_interval as wilson
 from mrq.demo import DEMO_MODEL
 from mrq.float_ref import FloatReference
 from mrq.onnx_import import load_model
@@ -29,7 +30,6 @@ from mrq.sweep_cells import (
     requantize_cell,
     row_metrics,
     run_shard,
-    wilson,
 )
 
 pytest.importorskip("distributed")   # the dev extra installs it; CI runs these tests
