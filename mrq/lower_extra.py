@@ -209,12 +209,15 @@ class ExtraOpsLowering(Tflite16Lowering):
                 return True
         return False
 
-    def _xnnpack_add(self, node) -> bool:
+    def _xnnpack_add(self, node, subtract: bool = False) -> bool:
+        """XNNPACK's add (QS8 and QU8), or its QS8 subtract: the add with the second multiplier
+        negated; False where XNNPACK refuses the types or scales (the TFLite kernel runs)."""
         a, b = (self.ensure_buffer(n, node) for n in node.inputs)
         qa, qb = self.t(a).qparams, self.t(b).qparams
         qy = self.t(node.outputs[0]).qparams
         dtypes = {q.dtype for q in (qa, qb, qy)}
-        if dtypes not in ({"int8"}, {"uint8"}):   # the delegate's QS8 and QU8 adds
+        # the QU8 subtract has not been checked against LiteRT: it keeps the TFLite kernel
+        if dtypes not in (({"int8"},) if subtract else ({"int8"}, {"uint8"})):
             return False
         params = xnnpack_add_params(qa.scale[0], qb.scale[0], qy.scale[0])
         if params is None:
@@ -222,7 +225,8 @@ class ExtraOpsLowering(Tflite16Lowering):
         am, bm, shift = params
         lo, hi = self._xnn_range(qy, node.attrs.get("clamp"))
         zo = int(qy.zero_point[0])
-        self.emit("add", node, [a, b], node.outputs, mode="fixed", multiplier_a=am, multiplier_b=bm,
+        self.emit("add", node, [a, b], node.outputs, mode="fixed", multiplier_a=am,
+                  multiplier_b=-bm if subtract else bm,
                   zero_point_a=int(qa.zero_point[0]), zero_point_b=int(qb.zero_point[0]),
                   rq_mode="shift", rq_multiplier=np.ones(1, np.int64),
                   rq_shift=np.array([shift], np.int64), rq_rounding="half_up", out_zero_point=zo,

@@ -357,30 +357,8 @@ class Tflite16Lowering:
                                      f"subtraction arithmetic (only the LiteRT profiles do)")
         if self.t(node.inputs[0]).qparams.dtype == "int16":
             self._add_sub_16(node)
-        elif not (self._tfl() == "xnnpack" and self._xnnpack_sub(node)):
+        elif not (self._tfl() == "xnnpack" and self._xnnpack_add(node, subtract=True)):
             self._tflite_add_sub(node, left_shift=20)
-
-    def _xnnpack_sub(self, node) -> bool:
-        """XNNPACK qs8 subtract: its add (``mrq.lower_extra.xnnpack_add_params``) with the
-        second multiplier negated; False where XNNPACK refuses the scales."""
-        from mrq.lower_extra import xnnpack_add_params
-        a, b = (self.ensure_buffer(n, node) for n in node.inputs)
-        qa, qb = self.t(a).qparams, self.t(b).qparams
-        qy = self.t(node.outputs[0]).qparams
-        if any(q.dtype != "int8" for q in (qa, qb, qy)):
-            return False
-        params = xnnpack_add_params(qa.scale[0], qb.scale[0], qy.scale[0])
-        if params is None:
-            return False
-        am, bm, shift = params
-        lo, hi = self._xnn_range(qy, node.attrs.get("clamp"))
-        self.emit("add", node, [a, b], node.outputs, mode="fixed", multiplier_a=am,
-                  multiplier_b=-bm, zero_point_a=int(qa.zero_point[0]),
-                  zero_point_b=int(qb.zero_point[0]), rq_mode="shift",
-                  rq_multiplier=np.ones(1, np.int64), rq_shift=np.array([shift], np.int64),
-                  rq_rounding="half_up", out_zero_point=int(qy.zero_point[0]), out_min=lo,
-                  out_max=hi, out_dtype="int8")
-        return True
 
     def _mul_16(self, node) -> None:
         """int16 MUL (``reference_integer_ops::MulElementwise``, both builds): ``MBQM((a - za) *
