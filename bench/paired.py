@@ -13,6 +13,11 @@ Per model it reports, as the median over the rounds (and the range of the per-ro
 
 Each engine is warmed up first; a round runs each engine for at least ~0.2 s (batch 1: a loop of
 calls, time per call) and keeps its per-call time.
+
+The first line printed names the simulator's kernel path and the CPU numba generates code for.
+Per host class (docs/performance.md): ``SIMULATOR_KERNELS=portable`` runs the portable kernels on
+any host; with ``NUMBA_CPU_NAME=haswell`` and ``NUMBA_CPU_FEATURES`` (a Haswell feature list) the
+simulator's kernels are AVX2 code, as on an AVX2-only host (the peers keep this host's code).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import zoo  # noqa: E402
+import zoo
 
 
 def _per_call(fn, min_seconds=0.2):
@@ -72,6 +77,15 @@ def measure(model, rounds):
     return rows
 
 
+def _kernel_path():
+    import numba
+
+    from simulator.capabilities import capabilities
+
+    target = numba.config.CPU_NAME or "host"
+    return f"simulator kernels: {capabilities().kernels}, numba target CPU: {target}"
+
+
 def _fmt(r):
     return f"{r[0]:.2f}x ({r[1]:.2f}-{r[2]:.2f})"
 
@@ -82,6 +96,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--models", default=",".join(zoo.MODELS))
     args = ap.parse_args(argv)
+    path = _kernel_path()
+    print(path)
     results = {}
     for model in args.models.split(","):
         if not zoo.available(model):
@@ -104,7 +120,7 @@ def main(argv=None):
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+            json.dump({"kernels": path, "models": results}, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,40 +1,152 @@
-"""Wall time of ``requantize()`` on the QAT MobileNetV2 with 512 calibration images (training
-split), per target profile, after one warm-up run (JIT cache loaded):
+"""Re-quantization time on the QAT MobileNetV2 with 512 calibration images (training split).
 
-    python bench/requant_time.py [MODEL.onnx] [--runs 3]
+Two measurements:
+
+- default: wall time of ``requantize()`` alone, per target profile, after one warm-up run (JIT
+  cache loaded), in this process::
+
+      python bench/requant_time.py [MODEL.onnx] [--runs 3]
+
+- ``--command``: the whole ``mrq requant`` command as a user runs it (process start, imports,
+  model I/O, re-quantization, ONNX export, the check and the end-to-end simulation), one fresh
+  process per run after a warm-up run; wall time, the CPU time of the process (user + sys, all
+  its threads) and the sha256 of the written model (re-quantization results must not change
+  when only speed work is done), then where the time of one more run goes (cProfile, CPU time,
+  top-level phases)::
+
+      python bench/requant_time.py --command [--profiles nna-sym8 nna-w4a8] [--threads 1]
+
+  ``--threads N`` runs the command with N BLAS, OpenMP and numba threads (default: the
+  libraries' own choice). On a shared machine the CPU time is the steadier figure: idle threads
+  that spin while they wait count as CPU time too, so compare it across thread settings.
 
 Needs Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist).
 """
 import argparse
+import hashlib
+import io
 import os
+import pstats
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import fashion_mnist  # noqa: E402
 
-from mrq.onnx_import import load_model  # noqa: E402
-from mrq.requant import requantize  # noqa: E402
+PROFILES = ["nna-sym8", "nna-sym8-pow2", "nna-w4a8", "nna-w4a8-pow2", "nna-w4a4"]
 
-PROFILES = ["nna-sym8", "nna-sym8-pow2", "nna-w4a8", "nna-w4a8-pow2"]
+# the command's top-level phases, as cProfile names them (file suffix, function)
+PHASES = [("mrq/requant.py", "requantize", "re-quantization passes"),
+          ("mrq/api.py", "simulate", "end-to-end simulation (SQNR)"),
+          ("mrq/commands/check.py", "check_model", "check of the written model"),
+          ("mrq/onnx_import.py", "load_model", "model loading (input and output)"),
+          ("mrq/onnx_export.py", "export_onnx", "ONNX export"),
+          ("numba/core/caching.py", "load_overload", "loading cached kernels (JIT cache)")]
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", nargs="?", default=os.path.join(HERE, "models", "fmnist_mnv2_qat_qdq.onnx"))
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--calib-images", type=int, default=512)
-    args = ap.parse_args(argv)
+def _calib(n_images):
     train_x, _ = fashion_mnist.load("train")
-    idx = np.random.default_rng(0).choice(len(train_x), args.calib_images, replace=False)
+    idx = np.random.default_rng(0).choice(len(train_x), n_images, replace=False)
+    return fashion_mnist.to_float(train_x[idx])
+
+
+def _thread_env(threads):
+    env = dict(os.environ)
+    if threads:
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            env[name] = str(threads)
+    return env
+
+
+def _run_command(argv, env):
+    """(wall s, cpu s) of one ``mrq requant`` process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "mrq", *argv], env=env, cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode not in (0, 1):   # 1: written, but the check found violations
+        sys.exit(f"mrq {' '.join(argv)} failed:\n{r.stderr}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def _sha256(path):
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+_PROFILE_SCRIPT = """
+import cProfile, sys, time
+from mrq.cli import main
+prof = cProfile.Profile(time.process_time)
+prof.enable()
+main(sys.argv[2:])
+prof.disable()
+prof.dump_stats(sys.argv[1])
+"""
+
+
+def _phases(argv, env, work):
+    """CPU seconds of the command's top-level phases in one profiled process."""
+    stats_path = os.path.join(work, "requant.prof")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", _PROFILE_SCRIPT, stats_path, *argv], env=env, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    stats = pstats.Stats(stats_path, stream=io.StringIO()).stats
+    rows = []
+    for suffix, func, what in PHASES:
+        cum = sum(v[3] for (path, _line, name), v in stats.items() if name == func and path.endswith(suffix))
+        rows.append((what, cum))
+    return total, rows
+
+
+def command_mode(args):
+    env = _thread_env(args.threads)
+    with tempfile.TemporaryDirectory() as work:
+        calib = os.path.join(work, "calib.npz")
+        np.savez(calib, input=_calib(args.calib_images))
+        print(f"mrq requant {os.path.relpath(args.model, ROOT)}, {args.calib_images} calibration images, "
+              f"threads: {args.threads or 'default'}, load {os.getloadavg()[0]:.1f}", flush=True)
+        for profile in args.profiles:
+            out = os.path.join(work, f"out_{profile}.onnx")
+            argv = ["requant", args.model, "--profile", profile, "-o", out, "--calib", calib]
+            _run_command(argv, env)  # warm-up: fills the JIT cache if it is cold
+            times = [_run_command(argv, env) for _ in range(args.runs)]
+            best_wall = min(t[0] for t in times)
+            best_cpu = min(t[1] for t in times)
+            print(f"{profile:<15} wall best {best_wall:.2f} s  cpu best {best_cpu:.2f} s   runs (wall/cpu): "
+                  + ", ".join(f"{w:.2f}/{c:.2f}" for w, c in times)
+                  + f"   sha256 {_sha256(out)[:16]}  load {os.getloadavg()[0]:.1f}", flush=True)
+            if args.phases:
+                total, rows = _phases(argv, env, work)
+                print(f"  where the CPU time goes (one profiled run, {total:.2f} s cpu with the profiler):")
+                for what, cum in rows:
+                    print(f"    {what:<40} {cum:6.2f} s")
+                print(f"    {'the rest (start-up, imports, I/O, printing)':<40} "
+                      f"{total - sum(c for w, c in rows[:5]):6.2f} s", flush=True)
+    return 0
+
+
+def function_mode(args):
+    from mrq.onnx_import import load_model
+    from mrq.requant import requantize
+
     graph = load_model(args.model)
-    calib = {graph.inputs[0]: fashion_mnist.to_float(train_x[idx])}
-    requantize(graph, PROFILES[0], calib)  # warm-up: loads the JIT cache
-    for profile in PROFILES:
+    calib = {graph.inputs[0]: _calib(args.calib_images)}
+    requantize(graph, args.profiles[0], calib)  # warm-up: loads the JIT cache
+    for profile in args.profiles:
         times = []
         for _ in range(args.runs):
             t0 = time.perf_counter()
@@ -43,6 +155,22 @@ def main(argv=None):
         print(f"{profile:<15} best {min(times):.2f} s   runs: {', '.join(f'{t:.2f}' for t in times)}",
               flush=True)
     return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", nargs="?", default=os.path.join(HERE, "models", "fmnist_mnv2_qat_qdq.onnx"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--calib-images", type=int, default=512)
+    ap.add_argument("--profiles", nargs="+", default=PROFILES, help="e.g. nna-sym8-acc16 nna-sym8-acc18")
+    ap.add_argument("--command", action="store_true", help="time the whole `mrq requant` command")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="with --command: BLAS/OpenMP/numba threads (0: the libraries' default)")
+    ap.add_argument("--phases", action="store_true",
+                    help="with --command: one more, profiled run per profile: CPU time per phase")
+    args = ap.parse_args(argv)
+    args.model = os.path.abspath(args.model)
+    return command_mode(args) if args.command else function_mode(args)
 
 
 if __name__ == "__main__":

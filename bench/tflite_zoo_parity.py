@@ -4,8 +4,11 @@ For every ``.tflite`` under ``/work/shared/models/tflite_zoo/`` (and ``--extra D
 TFLite profile (``tflite-int8`` vs LiteRT ``BUILTIN_REF``, ``litert-default`` vs the default
 interpreter), the model is imported, lowered and simulated on ``--inputs`` inputs (half uniform
 random codes over the input dtype, half codes within +-8 of the input zero point; float inputs get
-normal noise), LiteRT runs the same inputs with ``experimental_preserve_all_tensors=True``, and
-every tensor both have (outputs and every intermediate) is compared element by element.
+normal noise), LiteRT runs the same inputs with ``experimental_preserve_all_tensors=True`` (one
+invoke per row, variable tensors reset before each: every row is an independent sequence for the
+LSTM/SVDF models, whose final recurrent states are compared too; run-time TRANSPOSE_CONV output
+shapes are fed their declared values), and every tensor both have (outputs and every
+intermediate) is compared element by element.
 
 One row per model: ``exact``, ``N mismatches`` (over both profiles, with the worst tensor), or
 ``unsupported: reason`` (the one-line error mrq gives). A model with a CUSTOM op is simulated up to
@@ -71,6 +74,24 @@ def stop_index(path: str):
     return found[0][0] if found else None
 
 
+def truncated_model(path: str, stop: int) -> bytes:
+    """The model's flatbuffer with only its first ``stop`` operators, for LiteRT to run up to a
+    CUSTOM op it cannot resolve (Coral's PosenetDecoderOp): the length of the subgraph's operator
+    vector is rewritten (the later operators stay in the file, unreferenced; their output tensors
+    are never computed)."""
+    import struct
+
+    import tflite
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    sub = tflite.Model.GetRootAsModel(bytes(data), 0).Subgraphs(0)
+    field = sub._tab.Offset(10)                 # SubGraph.operators (field 3)
+    length_at = sub._tab.Vector(field) - 4
+    assert struct.unpack_from("<I", data, length_at)[0] == sub.OperatorsLength()
+    struct.pack_into("<I", data, length_at, stop)
+    return bytes(data)
+
+
 def simulate(graph, profile: str, feeds: dict):
     from mrq.api import bind_inputs, resolve_profile
     from mrq.lower import arithmetic_from_profile, lower
@@ -111,8 +132,17 @@ def check_model(path: str, n_inputs: int) -> dict:
             row.update(status="simulator error", reason=f"{profile}: {str(err).splitlines()[0]}")
             return row
         t_sim = time.perf_counter() - t0
+        fixed = graph.meta.get("tflite_fixed_inputs")
         try:
-            rows = litert_run(path, feeds, profile, preserve_all=True)
+            try:
+                rows = litert_run(path, feeds, profile, preserve_all=True, fixed=fixed)
+            except RuntimeError:
+                if stop is None:
+                    raise
+                # a custom op LiteRT cannot resolve either: run it the operators before that op
+                # (the whole model where LiteRT can: its delegate partitions then end at the op)
+                rows = litert_run(truncated_model(path, stop), feeds, profile, preserve_all=True,
+                                  fixed=fixed)
         except Exception as err:  # noqa: BLE001 - LiteRT refuses the model: nothing to compare with
             row.update(status="litert error", reason=f"{profile}: {type(err).__name__}: {err}"[:200])
             return row

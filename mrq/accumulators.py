@@ -24,8 +24,7 @@ values the hardware's accumulator register holds before requantization (wrapped 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Optional
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -117,11 +116,11 @@ class AccumulatorRow:
     safe_bits: int              # smallest width that holds [static_min, static_max]
     can_overflow: bool          # safe_bits > acc_bits
     worst_channel: int          # output channel with the largest worst-case magnitude
-    observed_min: Optional[int] = None   # exact accumulator extremes over the given inputs
-    observed_max: Optional[int] = None
-    observed_bits: Optional[int] = None
-    observed_overflow: Optional[int] = None  # elements that overflowed the profile's width
-    n_elements: Optional[int] = None
+    observed_min: int | None = None   # exact accumulator extremes over the given inputs
+    observed_max: int | None = None
+    observed_bits: int | None = None
+    observed_overflow: int | None = None  # elements that overflowed the profile's width
+    n_elements: int | None = None
 
     @property
     def static_magnitude(self) -> int:
@@ -139,6 +138,40 @@ class AccumulatorRow:
         return d
 
 
+def product_bits(acts, weights) -> int:
+    """Bits of the widest single product of an activation and a weight code (zero points
+    subtracted) for profile formats ``acts``/``weights``: an accumulator narrower than this
+    overflows on one product, which no choice of weights can avoid."""
+    def magnitude(fmt) -> int:
+        if fmt.symmetric:   # zero point 0 (signed) or 2**(bits-1) (unsigned)
+            return (1 << (fmt.bits - 1)) - (1 if fmt.narrow_range else 0)
+        return (1 << fmt.bits) - 1   # any zero point: |code - zp| up to the code span
+    p = magnitude(acts) * magnitude(weights)
+    return signed_bits_for(-p, p)
+
+
+def bound_from_sums(pos, neg, bias, x_lo, x_hi):
+    """``(lo, hi)`` of every partial sum (bias first, then the products in any order) of a dot
+    product whose zero-point-free weights have positive sum ``pos`` and negative sum ``neg``
+    and whose zero-point-free inputs lie in ``[x_lo, x_hi]`` (widened to contain 0: padding and
+    the zero point are real zero). Each product lies in an interval that contains 0, so every
+    prefix sum lies in ``[lo, hi]``: the bound holds for saturating accumulators too. Works on
+    Python ints (exact) and on numpy arrays alike."""
+    a = min(x_lo, 0)
+    b = max(x_hi, 0)
+    hi = bias + pos * b + neg * a
+    lo = bias + pos * a + neg * b
+    if isinstance(hi, np.ndarray) or isinstance(bias, np.ndarray):
+        return np.minimum(lo, bias), np.maximum(hi, bias)
+    return min(lo, bias), max(hi, bias)
+
+
+def weight_sums(weight_rows) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the sums of the positive and of the negative entries (int64)."""
+    ws = np.asarray(weight_rows, np.int64)
+    return np.where(ws > 0, ws, 0).sum(axis=1), np.where(ws < 0, ws, 0).sum(axis=1)
+
+
 def static_range(step, x_range: tuple) -> tuple[int, int, int]:
     """``(lo, hi, worst_channel)`` of every partial sum of a conv/gemm step."""
     p = step.params
@@ -153,18 +186,13 @@ def static_range(step, x_range: tuple) -> tuple[int, int, int]:
     bias = p.get("bias")
     bias = np.zeros(n_out, np.int64) if bias is None else \
         np.broadcast_to(np.asarray(bias, np.int64).reshape(-1), (n_out,))
-    ws = w2 - wzp[:, None]
-    pos = [int(v) for v in np.where(ws > 0, ws, 0).sum(axis=1)]
-    neg = [int(v) for v in np.where(ws < 0, ws, 0).sum(axis=1)]
+    pos, neg = weight_sums(w2 - wzp[:, None])
     xzp = int(p.get("input_zero_point", 0))
-    a = min(int(x_range[0]) - xzp, 0)
-    b = max(int(x_range[1]) - xzp, 0)
+    a, b = int(x_range[0]) - xzp, int(x_range[1]) - xzp
     lo = hi = None
     worst, worst_mag = 0, -1
     for m in range(n_out):
-        c_hi = int(bias[m]) + pos[m] * b + neg[m] * a
-        c_lo = int(bias[m]) + pos[m] * a + neg[m] * b
-        c_hi, c_lo = max(c_hi, int(bias[m])), min(c_lo, int(bias[m]))
+        c_lo, c_hi = bound_from_sums(int(pos[m]), int(neg[m]), int(bias[m]), a, b)
         lo = c_lo if lo is None else min(lo, c_lo)
         hi = c_hi if hi is None else max(hi, c_hi)
         mag = max(abs(c_lo), abs(c_hi))
@@ -197,8 +225,8 @@ def static_analysis(program) -> list[AccumulatorRow]:
     return rows
 
 
-def observe(rows: list[AccumulatorRow], program, trace: dict, stats: Optional[dict] = None,
-            exact_accumulators: Optional[dict] = None) -> list[AccumulatorRow]:
+def observe(rows: list[AccumulatorRow], program, trace: dict, stats: dict | None = None,
+            exact_accumulators: dict | None = None) -> list[AccumulatorRow]:
     """Fill the observed columns of ``rows`` from a traced run of ``program``.
 
     ``trace``: every buffer of the run; ``stats``: the run's per-step counters;
@@ -224,17 +252,40 @@ def observe(rows: list[AccumulatorRow], program, trace: dict, stats: Optional[di
     return rows
 
 
-def violation_lines(rows: list[AccumulatorRow]) -> list[str]:
+def merge_observed(into: AccumulatorRow, row: AccumulatorRow) -> AccumulatorRow:
+    """Widen ``into``'s observed columns by another batch's ``row`` of the same layer: the
+    extremes of the extremes, the sums of the counts (a data set read in batches)."""
+    if row.observed_max is not None:
+        if into.observed_max is None:
+            into.observed_min, into.observed_max = row.observed_min, row.observed_max
+        else:
+            into.observed_min = min(into.observed_min, row.observed_min)
+            into.observed_max = max(into.observed_max, row.observed_max)
+        into.observed_bits = signed_bits_for(into.observed_min, into.observed_max)
+    if row.n_elements is not None:
+        into.n_elements = (into.n_elements or 0) + row.n_elements
+    if row.observed_overflow is not None:
+        into.observed_overflow = (into.observed_overflow or 0) + row.observed_overflow
+    return into
+
+
+def tolerated(row: AccumulatorRow, guarantee: str) -> bool:
+    """A possible overflow the profile accepts: ``accumulator.guarantee: measured`` on a
+    saturating accumulator (the re-quantizer traded rare clamping for accuracy on data)."""
+    return guarantee == "measured" and row.acc_overflow == "saturate"
+
+
+def violation_lines(rows: list[AccumulatorRow], guarantee: str = "proof") -> list[str]:
     out = []
     for r in rows:
-        if r.can_overflow:
+        if r.can_overflow and not tolerated(r, guarantee):
             out.append(f"{r.layer}: accumulator can overflow: worst case [{r.static_min}, {r.static_max}] "
                        f"needs {r.safe_bits} bits, the profile has {r.acc_bits} ({r.acc_overflow}); "
                        f"worst output channel {r.worst_channel}")
     return out
 
 
-def format_table(rows: list[AccumulatorRow], title: Optional[str] = None) -> str:
+def format_table(rows: list[AccumulatorRow], title: str | None = None, guarantee: str = "proof") -> str:
     observed = any(r.observed_max is not None for r in rows)
     head = f"{'layer':<30} {'kind':<5} {'input range':>13} {'worst |acc|':>14} {'safe':>5} {'acc':>4} {'status':<9}"
     if observed:
@@ -244,7 +295,8 @@ def format_table(rows: list[AccumulatorRow], title: Optional[str] = None) -> str
     for r in rows:
         name = r.layer if len(r.layer) <= 30 else "…" + r.layer[-29:]
         rng = f"[{r.input_range[0]},{r.input_range[1]}]"
-        status = "OVERFLOW" if r.can_overflow else f"ok +{r.headroom_bits}b"
+        status = f"ok +{r.headroom_bits}b" if not r.can_overflow else \
+            "may sat" if tolerated(r, guarantee) else "OVERFLOW"
         line = (f"{name:<30} {r.kind:<5} {rng:>13} {r.static_magnitude:>14d} {r.safe_bits:>5d} "
                 f"{r.acc_bits:>4d} {status:<9}")
         if observed:
@@ -257,7 +309,10 @@ def format_table(rows: list[AccumulatorRow], title: Optional[str] = None) -> str
         lines.append(line)
     lines.append("worst |acc|: static worst-case magnitude from the integer weights and the input's "
                  "code range; safe: smallest accumulator width (bits) that cannot overflow; acc: the "
-                 "profile's width" + ("; observed: exact accumulator over the given inputs, the bits it "
+                 "profile's width" + ("; may sat: can saturate, which the profile's accumulator.guarantee "
+                                      "measured accepts" if any(r.can_overflow and tolerated(r, guarantee)
+                                                                for r in rows) else "")
+                 + ("; observed: exact accumulator over the given inputs, the bits it "
                                       "needs and the elements that overflowed the profile's width"
                                       if observed else ""))
     return "\n".join(lines)

@@ -244,6 +244,9 @@ class LayerRow:
     n_elements: int
     acc_overflow: int = 0
     out_saturated: int = 0
+    # conv/gemm: bits the static worst-case partial sum needs (mrq.accumulators) vs the profile's
+    acc_need_bits: int | None = None
+    acc_bits: int | None = None
     # the layer's own error (single run) split: SQNR of the clipping part and of the rest
     sqnr_clipping: float = float("inf")
     sqnr_rounding: float = float("inf")
@@ -254,6 +257,9 @@ class LayerRow:
     # conv/gemm: largest |bias code| and the profile's bias width
     bias_max_code: int | None = None
     bias_bits: int | None = None
+    # conv/gemm: the layer's weight and output bits under the profile (its `layers` overrides)
+    weight_bits: int | None = None
+    activation_bits: int | None = None
 
     @property
     def compounding_db(self) -> float:
@@ -384,9 +390,12 @@ def _top1(x: np.ndarray) -> np.ndarray | None:
 
 def weight_bytes(graph, profile=None) -> int:
     """Bytes of the conv/gemm weights and biases. With ``profile`` (for a model that satisfies
-    it) at the profile's weight and bias widths, else at the model's code widths; sub-byte codes
-    are packed (two 4-bit weights per byte), each tensor rounded up to whole bytes."""
+    it) at each layer's weight and bias widths under the profile, else at the model's code
+    widths; sub-byte codes are packed (two 4-bit weights per byte), each tensor rounded up to
+    whole bytes."""
     from mrq.ir import dtype_range
+    from mrq.mixed_precision import LayerFormats
+    formats = LayerFormats.of(graph, profile, check=False) if profile is not None else None
     total = 0
     for node in graph.nodes:
         if node.op not in ("Conv", "Gemm"):
@@ -395,8 +404,9 @@ def weight_bytes(graph, profile=None) -> int:
             t = graph.tensors.get(name)
             if t is None or t.data is None:
                 continue
-            if profile is not None:
-                bits = profile.bias.bits if role == "bias" else profile.weights.bits
+            if formats is not None:
+                layer = formats.for_node(node.name)    # each layer at its own widths
+                bits = layer.bias.bits if role == "bias" else layer.weights.bits
             else:
                 try:
                     lo, hi = dtype_range(t.dtype)
@@ -631,9 +641,22 @@ class _ProfileRun:
             out[node] = max(out.get(node, 0), int(np.max(np.abs(np.asarray(b, np.int64)))))
         return out
 
+    def _accumulator_need(self) -> dict:
+        """node -> (bits its static worst-case partial sum needs, the profile's width)."""
+        from mrq.accumulators import static_analysis
+        out: dict = {}
+        for row in static_analysis(self.pipe.lowered.program):
+            node = self.pipe.lowered.step_node.get(row.layer, row.layer)
+            need, width = out.get(node, (0, row.acc_bits))
+            out[node] = (max(need, row.safe_bits), width)
+        return out
+
     def finish(self, has_float_top: bool, has_base: bool, labels: bool, max_loss) -> ProfileResult:
+        from mrq.mixed_precision import LayerFormats
         res = self.res
         bias = self._bias_max()
+        acc_need = self._accumulator_need()
+        formats = LayerFormats.of(self.g, self.pipe.profile, check=False)
         for node in self.g.nodes:
             if node.name not in self.acc_err:
                 continue
@@ -648,7 +671,12 @@ class _ProfileRun:
                 n_diff=a.n_diff, n_elements=a.n, acc_overflow=ovf, out_saturated=sat,
                 sqnr_clipping=s.clipping_db, sqnr_rounding=s.rounding_db,
                 saturated_range=rng if split else None, clamped_activation=act if split else None,
-                bias_max_code=bias.get(node.name), bias_bits=self.bias_bits if node.name in bias else None))
+                bias_max_code=bias.get(node.name), bias_bits=self.bias_bits if node.name in bias else None,
+                acc_need_bits=acc_need.get(node.name, (None, None))[0],
+                acc_bits=acc_need.get(node.name, (None, None))[1],
+                weight_bits=formats.for_node(node.name).weights.bits if node.name in formats.kinds else None,
+                activation_bits=formats.for_node(node.name).activations.bits
+                if node.name in formats.kinds else None))
         res.acc_overflow = sum(r.acc_overflow for r in res.layers)
         res.out_saturated = sum(r.out_saturated for r in res.layers)
         finite = [r for r in res.layers if not math.isinf(r.sqnr_single)]
@@ -1129,23 +1157,27 @@ def render_html(result: CompareResult, png: bytes | None = None) -> str:
                        f"(fixed by re-quantization)</summary><ul>"
                        + "".join(f"<li><code>{_e(v)}</code></li>" for v in p.violations_before[:200])
                        + "</ul></details>")
-        out.append("<table><tr><th class='l'>layer</th><th class='l'>op</th><th>SQNR single (dB)</th>"
+        out.append("<table><tr><th class='l'>layer</th><th class='l'>op</th>"
+                   "<th>precision (weights / output bits)</th><th>SQNR single (dB)</th>"
                    "<th>SQNR accumulated (dB)</th><th>compounding (dB)</th><th>own error: rounding SQNR (dB)</th>"
                    "<th>own error: clipping SQNR (dB)</th><th>max |err| single (LSB)</th>"
                    "<th>max |err| accumulated (LSB)</th><th>codes ≠ rounded reference</th>"
-                   "<th>acc overflows</th><th>saturated at the storage range</th>"
-                   "<th>clamped by ReLU/ReLU6/Clip</th><th>largest |bias| code / bias bits</th>"
+                   "<th>acc overflows</th><th>accumulator need / width (bits)</th>"
+                   "<th>saturated at the storage range</th><th>clamped by ReLU/ReLU6/Clip</th><th>largest |bias| code / bias bits</th>"
                    "<th>bias headroom (bits)</th></tr>")
         for r in p.layers:
             bad = r.acc_overflow > 0 or bool(r.saturated_range)
             head = r.bias_headroom_bits
             bias = f"{r.bias_max_code} / {r.bias_bits}" if r.bias_max_code is not None else "-"
+            bits = f"w{r.weight_bits} / a{r.activation_bits}" if r.weight_bits is not None else "-"
             out.append(f"<tr class='{'bad' if bad else ''}'><td class='l'>{_e(r.layer)}</td>"
-                       f"<td class='l'>{_e(r.op)}</td><td>{_db(r.sqnr_single)}</td>"
+                       f"<td class='l'>{_e(r.op)}</td><td>{bits}</td><td>{_db(r.sqnr_single)}</td>"
                        f"<td>{_db(r.sqnr_accumulated)}</td><td>{_db(r.compounding_db)}</td>"
                        f"<td>{_db(r.sqnr_rounding)}</td><td>{_db(r.sqnr_clipping)}</td>"
                        f"<td>{_lsb(r.max_lsb_single)}</td><td>{_lsb(r.max_lsb_accumulated)}</td>"
                        f"<td>{r.n_diff}/{r.n_elements}</td><td>{r.acc_overflow}</td>"
+                       f"<td class='{'warn' if r.acc_need_bits and r.acc_need_bits > r.acc_bits else ''}'>"
+                       f"{'-' if r.acc_need_bits is None else f'{r.acc_need_bits} / {r.acc_bits}'}</td>"
                        f"<td>{_count(r.saturated_range)}</td><td>{_count(r.clamped_activation)}</td>"
                        f"<td>{bias}</td><td class='{'warn' if head is not None and head <= 0 else ''}'>"
                        f"{_count(head)}</td></tr>")

@@ -435,3 +435,48 @@ def open_labels(path: str, num_samples: int, max_samples: int = 1 << 27) -> np.n
             raise InputDataError(f"{path}: {num_samples} labels, more than the {max_samples} supported")
         return src.read(0, num_samples)[name].reshape(-1).astype(np.int64)
 
+
+
+# Calibration fits grids and corrections to every calibration sample at once, and the passes
+# keep every intermediate of each one: ~1.65 MB a sample on the 28x28 MobileNetV2 (peak RSS 0.69
+# GB at 256 samples, 1.95 GB at 1024). A thousand samples carry the statistics; more cost memory.
+DEFAULT_CALIB_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The calibration samples read (``arrays``: input name -> array) and how many the file
+    holds (``available``): ``arrays`` holds the first ``min(available, limit)``."""
+
+    arrays: dict
+    available: int
+
+    @property
+    def used(self) -> int:
+        return int(next(iter(self.arrays.values())).shape[0]) if self.arrays else 0
+
+    def note(self, path: str) -> str | None:
+        """A line saying the set was cut, or None when every sample is used."""
+        if self.used >= self.available:
+            return None
+        return (f"{path}: calibrating on the first {self.used} of its {self.available} samples "
+                f"(--calib-limit raises the limit)")
+
+
+def read_calibration(path: str, input_names: Sequence[str], limit: int = DEFAULT_CALIB_LIMIT,
+                     max_bytes: int = 2 << 30) -> Calibration:
+    """The first ``limit`` samples of the calibration set at ``path`` (any :func:`open_inputs`
+    format), read lazily: a 100k-sample shard directory costs the ``limit`` samples, not the
+    set. Refused (one line) when those samples alone exceed ``max_bytes``."""
+    if limit < 1:
+        raise InputDataError(f"the calibration limit must be >= 1, got {limit}")
+    with open_inputs(path) as source:
+        source = source.bound_to(input_names)
+        take = min(limit, source.num_samples)
+        row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * source.dtypes[k].itemsize
+                        for k, shape in source.shapes.items())
+        if row_bytes * take > max_bytes:
+            raise InputDataError(f"{path}: {take} calibration samples take {row_bytes * take} bytes, "
+                                 f"more than the {max_bytes} read into memory at once; lower the "
+                                 f"calibration limit")
+        return Calibration(source.read(0, take), source.num_samples)

@@ -5,13 +5,48 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+# below this many multiply-adds the numpy form is about as fast as the kernel, and a first run
+# (``mrq demo``, a one-image ``mrq sim``) does not wait seconds for numba to compile the kernel
+DEPTHWISE_JIT_MIN_MACS = 1 << 22
+
+
+def depthwise_conv_nchw(x, w, strides, pads, dilations, oh, ow):
+    """Depthwise convolution of float ``x`` [N, C, H, W] with ``w`` [C, KH, KW] (same dtype);
+    zero padding (top, left) = pads; output [N, C, OH, OW] in x's dtype. Every output sums its
+    taps in order (i, j) starting from 0, one rounding per multiply and per add, in the jitted
+    kernel and in the numpy form alike, so both give the same bits."""
+    n, c = x.shape[:2]
+    if n * c * oh * ow * w.shape[1] * w.shape[2] >= DEPTHWISE_JIT_MIN_MACS:
+        return depthwise_conv_nchw_jit(x, w, strides, pads, dilations, oh, ow)
+    return depthwise_conv_nchw_numpy(x, w, strides, pads, dilations, oh, ow)
+
+
+def depthwise_conv_nchw_numpy(x, w, strides, pads, dilations, oh, ow):
+    """:func:`depthwise_conv_nchw` as KH*KW whole-array multiply-adds (small inputs)."""
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[1], w.shape[2]
+    sh, sw = strides
+    dh, dw = dilations
+    top, left = pads
+    hp = (oh - 1) * sh + (kh - 1) * dh + 1
+    wp = (ow - 1) * sw + (kw - 1) * dw + 1
+    buf = np.zeros((n, c, hp, wp), x.dtype)
+    y0, y1, x0, x1 = min(top, hp), min(h + top, hp), min(left, wp), min(wd + left, wp)
+    if y1 > y0 and x1 > x0:
+        buf[:, :, y0:y1, x0:x1] = x[:, :, y0 - top:y1 - top, x0 - left:x1 - left]
+    out = np.zeros((n, c, oh, ow), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            tap = buf[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            out += w[:, i, j].reshape(1, c, 1, 1) * tap
+    return out
+
 
 @numba.njit(cache=True, parallel=True)
-def depthwise_conv_nchw(x, w, strides, pads, dilations, oh, ow):
-    """Depthwise convolution of float ``x`` [N, C, H, W] with ``w`` [C, KH, KW]; zero padding
-    (top, left) = pads; output [N, C, OH, OW] in x's dtype. Each plane is copied into a
-    zero-padded buffer (one per image, reused across channels); every output sums its taps in
-    order (i, j) starting from 0, with an unrolled branch-free path for 3x3 kernels."""
+def depthwise_conv_nchw_jit(x, w, strides, pads, dilations, oh, ow):
+    """:func:`depthwise_conv_nchw` as a parallel loop (large inputs). Each plane is copied into a
+    zero-padded buffer (one per image, reused across channels), with an unrolled branch-free
+    path for 3x3 kernels."""
     n, c, h, wd = x.shape
     kh, kw = w.shape[1], w.shape[2]
     sh, sw = strides

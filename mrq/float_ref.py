@@ -13,6 +13,7 @@ from mrq.float_kernels import clamp_3d, depthwise_conv_nchw, fake_quant_3d, fake
 from mrq.ir import Graph, Node, QParams
 from mrq.float_ref_extra import ExtraOpsReference
 from mrq.float_ref_movement import MovementOpsReference
+from mrq.float_ref_recurrent import RecurrentOpsReference
 
 
 def _grid_clamp(x: np.ndarray, qp: QParams | None) -> np.ndarray:
@@ -155,7 +156,7 @@ def _clamp_bounds(clamp) -> tuple[float, float]:
     return (-np.inf if lo is None else float(lo)), (np.inf if hi is None else float(hi))
 
 
-class FloatReference(ExtraOpsReference, MovementOpsReference):
+class FloatReference(ExtraOpsReference, MovementOpsReference, RecurrentOpsReference):
     """Float execution of the IR (float64 unless ``dtype=np.float32``).
 
     ``fake_quant=False``: the float reference (grids clamp but do not round).

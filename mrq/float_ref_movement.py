@@ -50,6 +50,19 @@ class MovementOpsReference:
         bottom = x[:, y1][:, :, x0] * (1 - wx) + x[:, y1][:, :, x1] * wx
         return top * (1 - wy) + bottom * wy
 
+    def _Resize(self, node, x):
+        at = node.attrs
+        wy_lo = np.asarray(at["wy_lo"], np.float64).reshape(1, 1, -1, 1)
+        wy_hi = np.asarray(at["wy_hi"], np.float64).reshape(1, 1, -1, 1)
+        wx_lo = np.asarray(at["wx_lo"], np.float64).reshape(1, 1, 1, -1)
+        wx_hi = np.asarray(at["wx_hi"], np.float64).reshape(1, 1, 1, -1)
+        r0, r1 = x[:, :, at["y_lo"]], x[:, :, at["y_hi"]]
+        return (wy_lo * (wx_lo * r0[:, :, :, at["x_lo"]] + wx_hi * r0[:, :, :, at["x_hi"]])
+                + wy_hi * (wx_lo * r1[:, :, :, at["x_lo"]] + wx_hi * r1[:, :, :, at["x_hi"]]))
+
+    def _MatMul(self, node, a, b):
+        return np.matmul(a, b)
+
     def _PRelu(self, node, x, alpha):
         return np.where(x >= 0, x, alpha * x)
 

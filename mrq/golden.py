@@ -152,14 +152,35 @@ def hex_words(array: np.ndarray, bits: int, is_float: bool = False) -> list[str]
     return [format(v, fmt) for v in raw.tolist()]
 
 
-def hex_text(t: GoldenTensor) -> str:
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def hex_lines(array: np.ndarray, bits: int, is_float: bool = False) -> bytes:
+    """``hex_words`` as ASCII, one word and a newline per element, made with array arithmetic
+    (a golden set of a data set has billions of words; formatting each in Python took hours)."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if is_float:
+        raw = flat.astype(np.float32).view(np.uint32).astype(np.uint64)
+        digits = 8
+    else:
+        digits = (bits + 3) // 4
+        raw = flat.astype(np.int64).view(np.uint64)
+        if bits < 64:
+            raw = raw & np.uint64((1 << bits) - 1)
+    text = np.empty((raw.size, digits + 1), np.uint8)
+    for i in range(digits):
+        text[:, i] = _HEX_DIGITS[((raw >> np.uint64(4 * (digits - 1 - i))) & np.uint64(0xF)).astype(np.intp)]
+    text[:, digits] = ord("\n")
+    return text.tobytes()
+
+
+def _hex_header(t: GoldenTensor, shape: tuple) -> str:
     enc = "IEEE-754 binary32 bit patterns" if t.is_float else \
         (f"{t.bits}-bit two's complement" if t.signed else f"{t.bits}-bit unsigned")
-    shape = "x".join(str(d) for d in t.array.shape) or "scalar"
-    header = (f"// mrq golden {t.name}: shape {shape}"
-              f"{' layout ' + t.layout if t.layout else ''}, {enc}, row-major (last axis fastest), "
-              f"one element per line, {t.array.size} lines\n")
-    return header + "\n".join(hex_words(t.array, t.bits, t.is_float)) + ("\n" if t.array.size else "")
+    size = int(np.prod(shape, dtype=np.int64))
+    return (f"// mrq golden {t.name}: shape {'x'.join(str(d) for d in shape) or 'scalar'}"
+            f"{' layout ' + t.layout if t.layout else ''}, {enc}, row-major (last axis fastest), "
+            f"one element per line, {size} lines\n")
 
 
 def parse_hex(text: str, bits: int, signed: bool, is_float: bool = False):
@@ -209,6 +230,8 @@ def parse_hex(text: str, bits: int, signed: bool, is_float: bool = False):
 class GoldenSet:
     manifest: dict
     tensors: dict = field(default_factory=dict)   # name -> GoldenTensor, in layer order
+    # the accumulator rows behind manifest["accumulators"] (merged when batches are streamed)
+    accumulator_rows: list = field(default_factory=list)
 
     def layers(self) -> list:
         return self.manifest.get("layers", [])
@@ -315,14 +338,15 @@ def _file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def run_traced(model, profile, feeds: dict):
-    """Lower and run ``model`` with every buffer traced.
+def run_traced(model, profile, feeds: dict, pipe=None):
+    """Lower and run ``model`` with every buffer traced (``pipe``: the model already lowered
+    for ``profile`` in the native layout, reused across batches).
 
     Returns ``(graph, profile, lowered, program, trace, stats)``; ``program`` is the bound
     program (the input Quantize step is dropped when integer codes are fed)."""
     from mrq.pipeline import Pipeline
 
-    pipe = Pipeline(model, profile, layout="native")
+    pipe = pipe or Pipeline(model, profile, layout="native")
     graph, prof, lowered = pipe.graph, pipe.profile, pipe.lowered
     _refuse_out_of_limits(model, profile, graph, prof, lowered)
     result = pipe.run(feeds, trace=True)
@@ -348,13 +372,14 @@ def _refuse_out_of_limits(model, profile, graph, prof, lowered) -> None:
 
 
 def compute_golden(model: Union[str, "object"], profile, feeds: dict, layout: Optional[str] = None,
-                   weight_layout: Optional[str] = None) -> GoldenSet:
+                   weight_layout: Optional[str] = None, pipe=None) -> GoldenSet:
     """Run ``model`` under ``profile`` on ``feeds`` and collect every tensor of the execution.
 
     ``layout``: write 4-D activations and accumulators in this axis order (e.g. ``NHWC``)
-    instead of the model's; ``weight_layout``: the same for conv weights (letters of ``OIHW``)."""
+    instead of the model's; ``weight_layout``: the same for conv weights (letters of ``OIHW``);
+    ``pipe``: the model already lowered (:func:`run_traced`)."""
     from mrq.api import profile_violations
-    graph, prof, lowered, program, trace, stats = run_traced(model, profile, feeds)
+    graph, prof, lowered, program, trace, stats = run_traced(model, profile, feeds, pipe)
     act_layout = _program_layout(program)
     program_outputs = {s.name for s in program.outputs}
     tensors: dict = {}
@@ -499,7 +524,7 @@ def compute_golden(model: Union[str, "object"], profile, feeds: dict, layout: Op
         "layers": layers,
         "tensors": [],   # filled on write (with file names and hashes)
     }
-    return GoldenSet(manifest=manifest, tensors=tensors)
+    return GoldenSet(manifest=manifest, tensors=tensors, accumulator_rows=rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,32 +540,34 @@ def _c_type(t: GoldenTensor) -> str:
     return f"{'' if t.signed else 'u'}int{width}_t"
 
 
-def _c_values(t: GoldenTensor) -> str:
-    flat = t.array.reshape(-1).tolist()
+def _c_literals(t: GoldenTensor, values: np.ndarray) -> list:
+    """C literals of ``values`` (elements of ``t``), row-major."""
+    flat = values.reshape(-1).tolist()
     if t.is_float:
-        vals = [repr(float(np.float32(v))) + "f" for v in flat]
-    elif _c_type(t) == "int64_t":
-        vals = [("(-9223372036854775807LL - 1)" if v == -(2 ** 63) else f"{v}LL") for v in flat]
-    else:
-        vals = [str(v) for v in flat]
-    lines = []
-    for i in range(0, len(vals), 16):
-        lines.append("    " + ", ".join(vals[i:i + 16]) + ",")
-    return "\n".join(lines)
+        return [repr(float(np.float32(v))) + "f" for v in flat]
+    if _c_type(t) == "int64_t":
+        return [("(-9223372036854775807LL - 1)" if v == -(2 ** 63) else f"{v}LL") for v in flat]
+    return [str(v) for v in flat]
 
 
-def _c_header(t: GoldenTensor) -> str:
+# C arrays hold this many values per line
+_C_PER_LINE = 16
+
+
+def _c_prefix(t: GoldenTensor, shape: tuple) -> str:
+    """A tensor's C header up to the opening brace of its values."""
     ident = c_identifier("mrq_" + t.file)
-    shape = ", ".join(str(d) for d in t.array.shape)
-    dims = "".join(f"#define {ident.upper()}_DIM{i} {d}\n" for i, d in enumerate(t.array.shape))
+    size = int(np.prod(shape, dtype=np.int64))
+    dims = "".join(f"#define {ident.upper()}_DIM{i} {d}\n" for i, d in enumerate(shape))
     zp = t.zero_point
     doc = (f"/* mrq golden tensor {t.name!r} (role {t.role}, layer {t.layer!r})\n"
-           f" * shape [{shape}]{', layout ' + t.layout if t.layout else ''}, row-major, {t.bits}-bit"
+           f" * shape [{', '.join(str(d) for d in shape)}]{', layout ' + t.layout if t.layout else ''}, "
+           f"row-major, {t.bits}-bit"
            f"{' float' if t.is_float else (' signed' if t.signed else ' unsigned')}"
            f"{', zero point ' + str(zp[0] if zp and len(zp) == 1 else zp) if zp is not None else ''} */\n")
     return (doc + "#pragma once\n#include <stdint.h>\n"
-            f"#define {ident.upper()}_SIZE {t.array.size}\n{dims}"
-            f"static const {_c_type(t)} {ident}[{max(t.array.size, 1)}] = {{\n{_c_values(t) or '    0,'}\n}};\n")
+            f"#define {ident.upper()}_SIZE {size}\n{dims}"
+            f"static const {_c_type(t)} {ident}[{max(size, 1)}] = {{\n")
 
 
 def _c_layer_defines(manifest: dict) -> str:
@@ -596,73 +623,309 @@ def check_golden_target(out_dir: str, force: bool) -> str:
     return out_dir
 
 
+# Hex words and C literals are Python strings: made this many elements at a time, so a large
+# batch never holds one string per element of a tensor at once.
+_TEXT_CHUNK = 1 << 18
+
+
+class _HashedFile:
+    """A file written once, front to back, hashed as it is written (a golden set of a data set
+    is gigabytes: reading it all back for the manifest's hashes doubled the time)."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "wb")  # noqa: SIM115  (open across batches; closed by close())
+        self._hash = hashlib.sha256()
+
+    def write(self, data) -> None:
+        if isinstance(data, str):
+            data = data.encode("ascii")
+        self._hash.update(data)
+        self._file.write(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _TensorFiles:
+    """The files of one tensor, written a batch at a time. A tensor of the execution (input,
+    activation, accumulator) grows along its leading (batch) axis; a parameter is written from
+    the first batch and must be the same in every later one."""
+
+    def __init__(self, tmp: str, t: GoldenTensor, batch: int, total: int, write_bin: bool,
+                 c_headers: bool):
+        a = t.array
+        self.tensor = t
+        self.batched = (t.role in ACTIVATION_ROLES + (ROLE_ACC,) and a.ndim >= 1 and batch > 0
+                        and a.shape[0] % batch == 0 and not (t.perm and t.perm[0] != 0))
+        self.per_sample = a.shape[0] // batch if self.batched else 0
+        self.shape = ((self.per_sample * total,) + a.shape[1:]) if self.batched else tuple(a.shape)
+        self.rows = 0
+        self.lo = self.hi = None
+        self.carry: list = []       # C literals not yet on a full line
+        self.c_lines = 0
+        # a batched tensor's first batch is needed for its dtype and row shape only
+        self.first = a[:0] if self.batched else a
+        base = os.path.join("tensors", t.file)
+        self.rel = {"npy": base + ".npy", "hex": base + ".hex"}
+        if write_bin:
+            self.rel["bin"] = base + ".bin"
+        if c_headers:
+            self.rel["c"] = os.path.join("c", t.file + ".h")
+        # closed by finish(), or by close() when the writer aborts
+        self.handles = {kind: _HashedFile(os.path.join(tmp, rel)) for kind, rel in self.rel.items()}
+        # the .npy header np.save writes for the whole array
+        header = {"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False,
+                  "shape": self.shape}
+        try:
+            np.lib.format.write_array_header_1_0(self.handles["npy"], header)
+        except ValueError:   # a header above 64 KiB (a shape that long) needs format 2.0
+            np.lib.format.write_array_header_2_0(self.handles["npy"], header)
+        self.handles["hex"].write(_hex_header(t, self.shape))
+        if "c" in self.handles:
+            self.handles["c"].write(_c_prefix(t, self.shape))
+        self._write(a)
+
+    def add(self, t: GoldenTensor, batch: int) -> None:
+        a = t.array
+        if not self.batched:
+            if a.dtype != self.first.dtype or not np.array_equal(a, self.first):
+                raise GoldenError(f"tensor {t.name!r} has no batch axis and differs between batches; "
+                                  f"write the golden set from one batch (a larger --batch-size)")
+            return
+        if a.shape[1:] != self.shape[1:] or a.shape[0] != self.per_sample * batch or \
+                a.dtype != self.first.dtype:
+            raise GoldenError(f"tensor {t.name!r}: a batch of {batch} gave {a.dtype}{list(a.shape)}, "
+                              f"the first batch {self.first.dtype}{list(self.first.shape)}")
+        self._write(a)
+
+    def _write(self, a: np.ndarray) -> None:
+        t = self.tensor
+        a = np.ascontiguousarray(a)
+        self.rows += a.shape[0] if a.ndim else 1
+        self.handles["npy"].write(a.tobytes())
+        if "bin" in self.handles:
+            self.handles["bin"].write(a.astype(a.dtype.newbyteorder("<")).tobytes())
+        if a.size and not t.is_float:
+            lo, hi = int(a.min()), int(a.max())
+            self.lo = lo if self.lo is None else min(self.lo, lo)
+            self.hi = hi if self.hi is None else max(self.hi, hi)
+        flat = a.reshape(-1)
+        for i in range(0, flat.size, _TEXT_CHUNK):
+            part = flat[i:i + _TEXT_CHUNK]
+            self.handles["hex"].write(hex_lines(part, t.bits, t.is_float))
+            if "c" in self.handles:
+                self.carry += _c_literals(t, part)
+                self._c_flush(final=False)
+
+    def _c_flush(self, final: bool) -> None:
+        full = len(self.carry) if final else len(self.carry) - len(self.carry) % _C_PER_LINE
+        if not full:
+            return
+        vals = self.carry[:full]
+        self.handles["c"].write("".join("    " + ", ".join(vals[i:i + _C_PER_LINE]) + ",\n"
+                                        for i in range(0, full, _C_PER_LINE)))
+        self.c_lines += -(-full // _C_PER_LINE)
+        del self.carry[:full]
+
+    def close(self) -> None:
+        for f in self.handles.values():
+            f.close()
+
+    def finish(self) -> dict:
+        """Close the files; the tensor's manifest entry (with file names and hashes)."""
+        if "c" in self.handles:
+            self._c_flush(final=True)
+            self.handles["c"].write(("" if self.c_lines else "    0,\n") + "};\n")
+        self.close()
+        if self.batched and self.rows != self.shape[0]:
+            raise GoldenError(f"tensor {self.tensor.name!r}: {self.rows} rows written, "
+                              f"{self.shape[0]} expected (fewer samples than announced)")
+        meta = self.tensor.meta()
+        meta["shape"] = list(self.shape)
+        meta.pop("min", None), meta.pop("max", None)
+        note = meta.pop("note", None)
+        if self.lo is not None:      # over every batch
+            meta["min"], meta["max"] = self.lo, self.hi
+        if note:
+            meta["note"] = note
+        meta["files"] = dict(self.rel)
+        meta["sha256"] = {k: f.hexdigest() for k, f in self.handles.items()}
+        return meta
+
+
+def _add_counters(total: dict, counters: dict) -> None:
+    for key, value in counters.items():
+        total[key] = total.get(key, 0) + int(value)
+
+
+class GoldenWriter:
+    """Writes a golden set a batch at a time into a temporary folder next to ``out_dir`` and
+    renames it into place in :meth:`finish`, so the folder appears complete or not at all.
+
+    ``total``: the samples every batch together holds (the batched tensors' files are sized
+    for it from the first batch). Use as a context manager: leaving it without ``finish``
+    (an error, an interrupt) removes the temporary folder."""
+
+    def __init__(self, out_dir: str, total: int, c_headers: bool = False, write_bin: bool = False,
+                 force: bool = False):
+        self.out_dir = check_golden_target(out_dir, force)
+        self.force, self.c_headers, self.write_bin = force, c_headers, write_bin
+        self.total = total
+        self.parent = os.path.dirname(self.out_dir)
+        sweep_stale(self.parent)
+        self.tmp = discardable(tmp_name(self.parent, ".golden"))
+        self.files: dict = {}        # tensor name -> _TensorFiles, in layer order
+        self.gs: GoldenSet | None = None   # the first batch's set: its manifest is the base
+        self.samples = 0
+        try:
+            os.mkdir(self.tmp, dir_mode())
+            os.makedirs(os.path.join(self.tmp, "tensors"))
+            if c_headers:
+                os.makedirs(os.path.join(self.tmp, "c"))
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise write_error(self.out_dir, exc) from None
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.tmp is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        for f in self.files.values():
+            f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        forget(self.tmp)
+        self.tmp = None
+
+    def add(self, gs: GoldenSet) -> None:
+        """The tensors of the next batch (:func:`compute_golden` on the next samples)."""
+        batch = int(gs.manifest["batch"])
+        try:
+            if self.gs is None:
+                self.gs = gs
+                for name, t in gs.tensors.items():
+                    self.files[name] = _TensorFiles(self.tmp, t, batch, self.total, self.write_bin,
+                                                    self.c_headers)
+            else:
+                if list(gs.tensors) != list(self.files):
+                    raise GoldenError("the batches of a golden set gave different tensors")
+                for name, t in gs.tensors.items():
+                    self.files[name].add(t, batch)
+                self._merge(gs)
+        except OSError as exc:
+            raise write_error(self.out_dir, exc) from None
+        self.samples += batch
+
+    def _merge(self, gs: GoldenSet) -> None:
+        """Per-step counters add up; observed accumulator extremes widen."""
+        for entry, more in zip(self.gs.manifest["layers"], gs.manifest["layers"]):
+            if "stats" in more:
+                _add_counters(entry.setdefault("stats", {}), more["stats"])
+        for row, more in zip(self.gs.accumulator_rows, gs.accumulator_rows):
+            accmod.merge_observed(row, more)
+
+    def finish(self) -> str:
+        """Complete the files, write the manifest and move the set into place."""
+        if self.gs is None:
+            raise InputDataError("no samples: a golden set needs at least one input")
+        if self.samples != self.total:
+            raise GoldenError(f"{self.samples} samples written, {self.total} announced")
+        gs, tmp, out_dir = self.gs, self.tmp, self.out_dir
+        try:
+            manifest = gs.manifest
+            manifest["batch"] = self.samples
+            acc = {r.layer: r.as_dict() for r in gs.accumulator_rows}
+            manifest["accumulators"] = list(acc.values())
+            for entry in manifest["layers"]:
+                if entry.get("name") in acc:
+                    entry["accumulator_analysis"] = acc[entry["name"]]
+            manifest["tensors"] = [f.finish() for f in self.files.values()]
+            if self.c_headers:
+                inc = "".join(f'#include "{t.file}.h"\n' for t in gs.tensors.values())
+                with open(os.path.join(tmp, "c", "mrq_golden.h"), "w", encoding="ascii") as f:
+                    f.write(f"/* mrq golden set: model {manifest['model']}, profile {manifest['profile']} */\n"
+                            f"#pragma once\n{inc}\n{_c_layer_defines(manifest)}\n")
+            with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
+                json.dump(_finite(manifest), f, indent=1, default=_json_default)
+                f.write("\n")
+            with open(os.path.join(tmp, MARKER), "w", encoding="ascii") as f:
+                f.write(f"{FORMAT} {VERSION}: this folder was written by `mrq golden`; "
+                        f"`mrq golden --force` may replace it\n")
+            # the target may have changed while the batches ran
+            check_golden_target(out_dir, self.force)
+            with critical():
+                if os.path.exists(out_dir):
+                    old = tmp_name(self.parent, ".old")
+                    os.rename(out_dir, old)
+                    try:
+                        os.rename(tmp, out_dir)
+                    except BaseException:
+                        os.rename(old, out_dir)  # the previous set stays, not under a temp name
+                        raise
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.rename(tmp, out_dir)
+                forget(tmp)
+                self.tmp = None
+        except OSError as exc:
+            raise write_error(out_dir, exc) from None
+        return out_dir
+
+
 def write_golden(gs: GoldenSet, out_dir: str, c_headers: bool = False, write_bin: bool = False,
                  force: bool = False) -> str:
     """Write ``gs`` to ``out_dir`` atomically. An existing non-empty ``out_dir`` is replaced only
     with ``force``, and only when it is a golden set mrq wrote that holds nothing else."""
-    out_dir = check_golden_target(out_dir, force)
-    parent = os.path.dirname(out_dir)
-    sweep_stale(parent)
-    tmp = discardable(tmp_name(parent, ".golden"))
-    os.mkdir(tmp, dir_mode())
+    with GoldenWriter(out_dir, int(gs.manifest["batch"]), c_headers=c_headers, write_bin=write_bin,
+                      force=force) as writer:
+        writer.add(gs)
+        return writer.finish()
+
+
+def stream_golden(model, profile, source, out_dir: str, batch_size: int, layout: str | None = None,
+                  weight_layout: str | None = None, c_headers: bool = False, write_bin: bool = False,
+                  force: bool = False, progress: bool = False) -> GoldenSet:
+    """:func:`compute_golden` over every sample of ``source`` (an
+    :class:`mrq.datasets.InputSource`), ``batch_size`` samples in memory at a time, written by a
+    :class:`GoldenWriter`: the same files as one :func:`write_golden` of all the samples.
+    Returns the set with its manifest (the batched tensors' arrays are not kept)."""
+    import sys
+
+    from mrq.pipeline import Pipeline
+    pipe = Pipeline(model, profile, layout="native")
+    source = source.bound_to(list(pipe.graph.inputs))
+    if source.num_samples == 0:
+        raise InputDataError(f"{source.path}: holds no samples")
+    bar = None
+    if progress and source.num_samples > batch_size:
+        from tqdm import tqdm
+        bar = tqdm(total=source.num_samples, unit="input", file=sys.stderr, delay=2.0,
+                   desc="mrq golden")
     try:
-        os.makedirs(os.path.join(tmp, "tensors"))
-        if c_headers:
-            os.makedirs(os.path.join(tmp, "c"))
-        metas = []
-        for t in gs.tensors.values():
-            meta = t.meta()
-            files, hashes = {}, {}
-            base = os.path.join("tensors", t.file)
-            np.save(os.path.join(tmp, base + ".npy"), t.array, allow_pickle=False)
-            files["npy"] = base + ".npy"
-            with open(os.path.join(tmp, base + ".hex"), "w", encoding="ascii") as f:
-                f.write(hex_text(t))
-            files["hex"] = base + ".hex"
-            if write_bin:
-                t.array.astype(t.array.dtype.newbyteorder("<")).tofile(os.path.join(tmp, base + ".bin"))
-                files["bin"] = base + ".bin"
-            if c_headers:
-                rel = os.path.join("c", t.file + ".h")
-                with open(os.path.join(tmp, rel), "w", encoding="ascii") as f:
-                    f.write(_c_header(t))
-                files["c"] = rel
-            for k, rel in files.items():
-                hashes[k] = _file_sha256(os.path.join(tmp, rel))
-            meta["files"], meta["sha256"] = files, hashes
-            metas.append(meta)
-        gs.manifest["tensors"] = metas
-        if c_headers:
-            inc = "".join(f'#include "{t.file}.h"\n' for t in gs.tensors.values())
-            with open(os.path.join(tmp, "c", "mrq_golden.h"), "w", encoding="ascii") as f:
-                f.write(f"/* mrq golden set: model {gs.manifest['model']}, profile {gs.manifest['profile']} */\n"
-                        f"#pragma once\n{inc}\n{_c_layer_defines(gs.manifest)}\n")
-        with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
-            json.dump(_finite(gs.manifest), f, indent=1, default=_json_default)
-            f.write("\n")
-        with open(os.path.join(tmp, MARKER), "w", encoding="ascii") as f:
-            f.write(f"{FORMAT} {VERSION}: this folder was written by `mrq golden`; "
-                    f"`mrq golden --force` may replace it\n")
-        with critical():
-            if os.path.exists(out_dir):
-                old = tmp_name(parent, ".old")
-                os.rename(out_dir, old)
-                try:
-                    os.rename(tmp, out_dir)
-                except BaseException:
-                    os.rename(old, out_dir)  # the previous set stays, not under a temp name
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, out_dir)
-            forget(tmp)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        forget(tmp)
-        if isinstance(exc, OSError):
-            raise write_error(out_dir, exc) from None
-        raise
-    return out_dir
+        with GoldenWriter(out_dir, source.num_samples, c_headers=c_headers, write_bin=write_bin,
+                          force=force) as writer:
+            for feeds in source.batches(batch_size):
+                writer.add(compute_golden(model, profile, feeds, layout=layout,
+                                          weight_layout=weight_layout, pipe=pipe))
+                for name, files in writer.files.items():
+                    # the first batch's set stays for the manifest: not its batch of every tensor
+                    if files.batched:
+                        writer.gs.tensors[name].array = files.first
+                if bar is not None:
+                    bar.update(next(iter(feeds.values())).shape[0])
+            writer.finish()
+            return writer.gs
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _finite(obj):

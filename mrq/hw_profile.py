@@ -28,10 +28,11 @@ Vocabulary (see docs/PROGRAM.md for what the simulator does with it):
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -52,7 +53,7 @@ __all__ = [
     "ZERO_POINT_PLACEMENTS", "MULTIPLIER_PRECISIONS", "ADD_MODES", "RQ_MODES", "MUL_MODES",
     "AVGPOOL_MODES", "GLOBAL_AVGPOOL_MODES", "QUANTIZE_METHODS", "RESCALE_MODES",
     "SOFTMAX_MODES", "BIAS_ORDERS", "PRODUCT_ORDERS", "KNOWN_OPS", "OP_FIELDS", "ROLES",
-    "PROFILE_PATH_ENV",
+    "PROFILE_PATH_ENV", "LayerOverride", "LAYER_OPS", "LAYER_POSITIONS", "LAYER_ROLES",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -80,6 +81,14 @@ BIAS_SCALES = ("input_times_weight",)
 # The accumulation order the simulator implements (docs/PROGRAM.md, accumulator block).
 BIAS_ORDERS = ("first",)
 PRODUCT_ORDERS = ("channel_row_col",)
+# What the re-quantizer promises about accumulator overflow (mrq/passes/accumulator_budget.py):
+# proof = no partial sum can leave the width for inputs in the calibration range (mrq check
+# counts a possible overflow as a violation); measured = a saturating accumulator may clamp where
+# the calibration data shows that costs less accuracy than a proof (check lists, not counts, it).
+ACC_GUARANTEES = ("proof", "measured")
+# a dot product of more than 2**24 terms is beyond any conv/gemm: with this much headroom over
+# one product the measured guarantee cannot matter
+MEASURED_MAX_HEADROOM_BITS = 24
 HOST_FLOAT = "float"
 KNOWN_OPS = tuple(dict.fromkeys((
     "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
@@ -88,6 +97,7 @@ KNOWN_OPS = tuple(dict.fromkeys((
     # data movement, selection and table ops of TFLite models (mrq/tflite_import_shape.py)
     "Gather", "Slice", "Split", "Tile", "DepthToSpace", "SpaceToDepth", "Resize", "ArgMax",
     "ReduceMax", "Max", "Min", "Cast", "PRelu",   # HardSwish, Tanh: in POINTWISE
+    "LSTM", "SVDF",   # TFLite recurrent ops (mrq/tflite_import_recurrent.py)
 ) + tuple(POINTWISE)))  # table ops of mrq/pointwise.py; some are TFLite ops too
 # ops.<field> -> the op type whose arithmetic it sets: required when that op is in
 # supported_ops, rejected otherwise.
@@ -98,6 +108,12 @@ MAC_OPS = ("Conv", "Gemm", "MatMul")
 # Peer runtimes whose quirks go beyond the generic vocabulary (see mrq/lower_extra.py).
 RUNTIMES = ("generic", "tflite-reference", "xnnpack", "onnxruntime")
 ROLES = ("activations", "weights", "bias")
+# layers: selectors and the roles an entry may override (docs/profiles.md, `layers`). A
+# DepthwiseConv is a Conv whose group count equals its input channels (> 1).
+LAYER_OPS = ("Conv", "DepthwiseConv", "Gemm")
+LAYER_POSITIONS = ("first", "last")
+LAYER_SELECTORS = ("op", "name", "position")
+LAYER_ROLES = ("activations", "weights")
 
 ACT_BITS = (2, 16)        # activations and weights: storage is int8/uint8 or int16/uint16
 BIAS_BITS = (8, 64)
@@ -262,6 +278,7 @@ class AccumulatorFormat:
     overflow: str
     bias: str = "first"
     product_order: str = "channel_row_col"
+    guarantee: str = "proof"
 
     @property
     def dtype(self) -> str:
@@ -361,6 +378,36 @@ class OpModes:
 
 
 @dataclass(frozen=True)
+class LayerOverride:
+    """One entry of ``layers:``. It selects the conv/gemm layers for which every stated selector
+    holds (``op``: a kind of :data:`LAYER_OPS`, ``Conv`` covering depthwise ones too; ``name``:
+    a glob on the node name; ``position``: ``first``/``last`` MAC layer in graph order) and
+    gives them complete formats (the profile's own block with the entry's fields on top; None
+    for a role the entry does not state). ``index`` is its place in the list."""
+
+    index: int
+    op: str | None
+    name: str | None
+    position: str | None
+    activations: TensorFormat | None
+    weights: TensorFormat | None
+
+    def matches(self, kind: str, name: str, positions: Iterable[str] = ()) -> bool:
+        if self.op is not None and self.op != kind and not (self.op == "Conv"
+                                                            and kind == "DepthwiseConv"):
+            return False
+        if self.name is not None and not fnmatch.fnmatchcase(name, self.name):
+            return False
+        return self.position is None or self.position in positions
+
+    def selector(self) -> str:
+        """``op=Conv, name='block*'`` (for messages)."""
+        parts = [f"op={self.op}" if self.op else "", f"name={self.name!r}" if self.name else "",
+                 f"position={self.position}" if self.position else ""]
+        return ", ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
 class HwProfile:
     """A validated hardware profile.
 
@@ -386,6 +433,8 @@ class HwProfile:
     host_ops: dict = field(default_factory=dict, hash=False)
     # compare=False: two profiles are equal when they name the same host arithmetic.
     host_profiles: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
+    # Per-layer formats (``layers:``) in file order; resolved by :meth:`for_layer` only.
+    layers: tuple = ()
 
     # --- helpers for the lowering ------------------------------------------------------------
     def tensor_format(self, role: str) -> TensorFormat:
@@ -429,6 +478,20 @@ class HwProfile:
         and ops that are not host ops."""
         return self.host_profiles.get(op_type)
 
+    def for_layer(self, kind: str, name: str, positions: Iterable[str] = ()) -> HwProfile:
+        """The profile a conv/gemm layer runs under: for each role, the format of the last
+        ``layers`` entry that matches the layer and states that role, else the profile's own.
+        ``kind``: a :data:`LAYER_OPS` value; ``positions``: which of ``first``/``last`` the
+        layer is. The result has no ``layers`` of its own (it is one layer's profile)."""
+        if not self.layers:
+            return self
+        acts, wts = self.activations, self.weights
+        for entry in self.layers:
+            if entry.matches(kind, name, positions):
+                acts = entry.activations or acts
+                wts = entry.weights or wts
+        return replace(self, activations=acts, weights=wts, layers=())
+
     def to_dict(self) -> dict:
         """The profile in its YAML vocabulary with every default filled in (``mrq profiles
         show``); loading it again gives an equal profile."""
@@ -466,20 +529,22 @@ class HwProfile:
             "activations": tensor(self.activations), "weights": tensor(self.weights),
             "bias": {"bits": self.bias.bits, "scale": self.bias.scale},
             "accumulator": {"bits": acc.bits, "overflow": acc.overflow, "bias": acc.bias,
-                            "product_order": acc.product_order},
+                            "product_order": acc.product_order, "guarantee": acc.guarantee},
             "requant": requant, "ops": ops, "supported_ops": list(self.supported_ops),
             "host_ops": dict(self.host_ops),
+            **({"layers": [_layer_dict(e, tensor) for e in self.layers]} if self.layers else {}),
         }
 
     def check_tensor(self, role: str, dtype, scale, zero_point, axis: int | None = None,
-                     values=None) -> list[str]:
+                     values=None, code_range: tuple | None = None) -> list[str]:
         """Violations of the profile's format constraints, one line each ([] = conforms).
 
         ``role``: 'activations', 'weights' or 'bias'. ``scale``/``zero_point``: scalars or 1-D
         arrays (per channel along ``axis``). ``values`` (optional): the integer data, checked
-        against the (narrow) code range. Checks dtype, bits, signedness, symmetry, narrow
-        range, granularity and the scale form (pow2 exact, fixed_point mantissa bits,
-        exponent range)."""
+        against the (narrow) code range. ``code_range`` (optional): the ``(qmin, qmax)`` the
+        tensor's grid lets codes take (4-bit codes in int8 have [-8, 7]), which must lie inside
+        the profile's. Checks dtype, bits, signedness, symmetry, narrow range, granularity and
+        the scale form (pow2 exact, fixed_point mantissa bits, exponent range)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
         out: list[str] = []
@@ -548,7 +613,18 @@ class HwProfile:
             lo, hi = fmt.qmin_qmax(dname)
             what = f"{fmt.bits}-bit {dname}" + (", narrow range" if fmt.narrow_range else "")
             out += _check_values(role, values, lo, hi, what)
+            # the grid's own code range: an 8-bit grid in int8 is not a 4-bit one
+            if code_range is not None and (code_range[0] < lo or code_range[1] > hi):
+                out.append(f"{role}: the grid's codes span [{code_range[0]}, {code_range[1]}], "
+                           f"outside the profile's [{lo}, {hi}] ({what})")
         return out
+
+
+def _layer_dict(entry: LayerOverride, tensor) -> dict:
+    out = {k: getattr(entry, k) for k in LAYER_SELECTORS if getattr(entry, k) is not None}
+    out.update({role: tensor(getattr(entry, role)) for role in LAYER_ROLES
+                if getattr(entry, role) is not None})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -862,34 +938,96 @@ def _parse_scale(ctx: _Ctx, value: Any, field: str) -> ScaleFormat:
     return ScaleFormat(form, mb, emin, emax)
 
 
-def _parse_tensor(ctx: _Ctx, value: Any, role: str) -> TensorFormat:
-    m = _mapping(ctx, value, role, ("bits", "signed", "symmetric", "narrow_range",
-                                    "granularity", "zero_point_granularity", "scale"))
-    bits = ctx.check(_int, ctx, m, "bits", role, *ACT_BITS)
-    signed = ctx.check(_enum, ctx, m, "signed", role, (True, False, "any"))
-    symmetric = ctx.check(_bool, ctx, m, "symmetric", role)
-    narrow = ctx.check(_bool, ctx, m, "narrow_range", role)
+TENSOR_FIELDS = ("bits", "signed", "symmetric", "narrow_range", "granularity",
+                 "zero_point_granularity", "scale")
+
+
+def _parse_tensor(ctx: _Ctx, value: Any, role: str, prefix: str | None = None) -> TensorFormat:
+    f = prefix or role    # the field path (a layers entry's block has its own)
+    m = _mapping(ctx, value, f, TENSOR_FIELDS)
+    bits = ctx.check(_int, ctx, m, "bits", f, *ACT_BITS)
+    signed = ctx.check(_enum, ctx, m, "signed", f, (True, False, "any"))
+    symmetric = ctx.check(_bool, ctx, m, "symmetric", f)
+    narrow = ctx.check(_bool, ctx, m, "narrow_range", f)
     if role == "activations":
-        gran = ctx.check(_enum, ctx, m, "granularity", role, ("per_tensor",),
+        gran = ctx.check(_enum, ctx, m, "granularity", f, ("per_tensor",),
                          why=" (the simulator has per-tensor activation quantization only)")
     else:
-        gran = ctx.check(_enum, ctx, m, "granularity", role, GRANULARITIES)
+        gran = ctx.check(_enum, ctx, m, "granularity", f, GRANULARITIES)
     zpg = _BAD
     if gran is not _BAD:
         allowed_zpg = GRANULARITIES if gran == "per_channel" else ("per_tensor",)
-        zpg = ctx.check(_enum, ctx, m, "zero_point_granularity", role, allowed_zpg,
+        zpg = ctx.check(_enum, ctx, m, "zero_point_granularity", f, allowed_zpg,
                         required=False, default=gran, why=f" (never finer than granularity {gran})")
-    sf = _join(role, "scale")
-    scale = ctx.check(lambda: _parse_scale(ctx, _get(ctx, m, "scale", role), sf))
+    sf = _join(f, "scale")
+    scale = ctx.check(lambda: _parse_scale(ctx, _get(ctx, m, "scale", f), sf))
     if not _ok(bits, signed, symmetric, narrow, gran, zpg, scale):
         raise _Invalid()
     return TensorFormat(role, bits, None if signed == "any" else signed, symmetric, narrow,
                         gran, zpg, scale)
 
 
+def _parse_layers(ctx: _Ctx, value: Any, raw: dict, acts: Any, wts: Any) -> tuple:
+    """``layers``: per-layer overrides. Each entry's blocks are validated as complete formats
+    (the profile's own block with the entry's fields on top), so an entry is checked like the
+    profile itself; whether it names a layer is checked against a model
+    (:mod:`mrq.mixed_precision`)."""
+    if not isinstance(value, list) or not value:
+        raise ctx.fail("layers", f"must be a non-empty list of overrides (each with a selector "
+                                 f"{', '.join(LAYER_SELECTORS)} and the blocks "
+                                 f"{', '.join(LAYER_ROLES)} it overrides); got {_typename(value)}")
+    base = {"activations": acts, "weights": wts}
+    out = [ctx.check(_parse_layer, ctx, entry, i, raw, base) for i, entry in enumerate(value)]
+    if not _ok(*out):
+        raise _Invalid()
+    return tuple(out)
+
+
+def _parse_layer(ctx: _Ctx, entry: Any, index: int, raw: dict, base: dict) -> LayerOverride:
+    f = f"layers[{index}]"
+    m = _mapping(ctx, entry, f, LAYER_SELECTORS + LAYER_ROLES)
+    op = ctx.check(_enum, ctx, m, "op", f, LAYER_OPS, required=False,
+                   why=" (the layer kinds with weights; Conv covers depthwise ones too)")
+    position = ctx.check(_enum, ctx, m, "position", f, LAYER_POSITIONS, required=False,
+                         why=" (the first or last conv/gemm layer in graph order)")
+    name = m.get("name")
+    if "name" in m and (not isinstance(name, str) or not name.strip()):
+        ctx.report(_join(f, "name"), f"must be a non-empty glob pattern on node names (e.g. "
+                                     f"'block1.*'); got {_show(name)}")
+        name = _BAD
+    if not any(k in m for k in LAYER_SELECTORS):
+        ctx.report(f, f"selects nothing: give at least one of {', '.join(LAYER_SELECTORS)}")
+    if not any(k in m for k in LAYER_ROLES):
+        ctx.report(f, f"overrides nothing: give {' and/or '.join(LAYER_ROLES)} (the fields "
+                      f"that differ for these layers)")
+    formats = {}
+    for role in LAYER_ROLES:
+        if role not in m:
+            formats[role] = None
+            continue
+        over = m[role]
+        if not isinstance(over, dict) or not over:
+            ctx.report(_join(f, role), f"must be a mapping of the {role} fields to override "
+                                       f"({', '.join(TENSOR_FIELDS)}); got {_typename(over)}")
+            formats[role] = _BAD
+            continue
+        if base[role] is _BAD or not isinstance(raw.get(role), dict):
+            formats[role] = _BAD   # the profile's own block is wrong: reported there
+            continue
+        merged = dict(raw[role])
+        if "granularity" in over and "zero_point_granularity" not in over:
+            merged.pop("zero_point_granularity", None)   # it defaults to the new granularity
+        merged.update(over)
+        formats[role] = ctx.check(_parse_tensor, ctx, merged, role, _join(f, role))
+    if not _ok(op, position, name, *formats.values()) or not any(k in m for k in LAYER_SELECTORS) \
+            or not any(k in m for k in LAYER_ROLES):
+        raise _Invalid()
+    return LayerOverride(index, op, name, position, formats["activations"], formats["weights"])
+
+
 def _parse_accumulator(ctx: _Ctx, value: Any) -> AccumulatorFormat:
     f = "accumulator"
-    m = _mapping(ctx, value, f, ("bits", "overflow", "bias", "product_order"))
+    m = _mapping(ctx, value, f, ("bits", "overflow", "bias", "product_order", "guarantee"))
     bits = ctx.check(_int, ctx, m, "bits", f, *ACC_BITS)
     overflow = ctx.check(_enum, ctx, m, "overflow", f, OVERFLOW_MODES)
     order = ctx.check(_enum, ctx, m, "bias", f, BIAS_ORDERS, required=False,
@@ -900,9 +1038,15 @@ def _parse_accumulator(ctx: _Ctx, value: Any) -> AccumulatorFormat:
                          default=PRODUCT_ORDERS[0],
                          why=" (the simulator implements only this order: conv products by "
                              "input channel, kernel row, kernel column; gemm products by k)")
-    if not _ok(bits, overflow, order, products):
+    guarantee = ctx.check(_enum, ctx, m, "guarantee", f, ACC_GUARANTEES, required=False,
+                          default=ACC_GUARANTEES[0])
+    if _ok(overflow, guarantee) and guarantee == "measured" and overflow != "saturate":
+        ctx.report(_join(f, "guarantee"), f"'measured' trades a rare clamped partial sum for accuracy, "
+                   f"which needs overflow: saturate (a {overflow} overflow is not a small error); "
+                   f"got 'measured'")
+    if not _ok(bits, overflow, order, products, guarantee):
         raise _Invalid()
-    return AccumulatorFormat(bits, overflow, order, products)
+    return AccumulatorFormat(bits, overflow, order, products, guarantee)
 
 
 def _parse_bias(ctx: _Ctx, value: Any, acc: Any) -> BiasFormat:
@@ -1177,7 +1321,7 @@ def _check_reachable_shifts(ctx: _Ctx, acts: Any, wts: Any, rq: Any, supported: 
 
 TOP_REQUIRED = ("name", "description", "activations", "weights", "bias", "accumulator",
                 "requant", "ops", "supported_ops")
-TOP_OPTIONAL = ("runtime", "host_ops")
+TOP_OPTIONAL = ("runtime", "host_ops", "layers")
 
 
 def _parse_profile(ctx: _Ctx, data: Any, resolve_refs: bool = True) -> HwProfile:
@@ -1213,6 +1357,16 @@ def _parse_profile(ctx: _Ctx, data: Any, resolve_refs: bool = True) -> HwProfile
     acc = block("accumulator", _parse_accumulator)
     bias = block("bias", _parse_bias, acc)
     rq = block("requant", _parse_requant)
+    if _ok(acts, wts, acc):
+        from mrq.accumulators import product_bits
+        need = product_bits(acts, wts)
+        if need > acc.bits:
+            ctx.report("accumulator.bits", f"must hold one product of an activation and a weight "
+                       f"({acts.bits}-bit x {wts.bits}-bit codes need {need} bits); got {acc.bits}")
+        elif acc.guarantee == "measured" and acc.bits - need >= MEASURED_MAX_HEADROOM_BITS:
+            ctx.report("accumulator.guarantee", f"'measured' would change nothing: a sum of "
+                       f"{need}-bit products leaves {acc.bits} bits only after 2**{acc.bits - need} "
+                       f"of them, more than any conv or gemm has; use proof (the default)")
     if _ok(rq, acc) and rq.arithmetic == "double_q31" and acc.bits > DOUBLE_Q31_ACC_BITS:
         ctx.report("requant.arithmetic",
                    f"double_q31 requantizes a {DOUBLE_Q31_ACC_BITS}-bit accumulator (the "
@@ -1232,10 +1386,11 @@ def _parse_profile(ctx: _Ctx, data: Any, resolve_refs: bool = True) -> HwProfile
         host, host_profiles = (_BAD, _BAD) if parsed is _BAD else parsed
     ops = block("ops", _parse_ops, rq, supported, host)
     _check_reachable_shifts(ctx, acts, wts, rq, supported)
+    layers = block("layers", _parse_layers, m, acts, wts) if "layers" in m else ()
     if ctx.problems:
         raise _Invalid()
     return HwProfile(name, desc.strip(), acts, wts, bias, acc, rq, ops, supported, ctx.path,
-                     runtime, host, host_profiles)
+                     runtime, host, host_profiles, layers)
 
 
 def _check_duplicate_keys(ctx: _Ctx, node: yaml.Node, prefix: str = "",

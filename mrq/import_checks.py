@@ -541,8 +541,50 @@ def _check_reshape(node, tensors, where):
                                  f"the target holds {math.prod(rest)}")
 
 
+def _check_take(node, tensors, where):
+    """Every copied element exists in one input sample; the output shape holds the copies."""
+    index = np.asarray(node.attrs.get("source", ()))
+    shape = tuple(node.attrs.get("shape", ()))
+    if math.prod(int(d) for d in shape) != index.size:
+        raise _fail(where, node, f"{index.size} copied elements for the output shape {list(shape)}")
+    x = _shape(tensors, node.inputs[0])
+    if x and all(d is not None for d in x[1:]) and index.size and \
+            (index.min() < 0 or index.max() >= math.prod(x[1:])):
+        raise _fail(where, node, f"copies element {int(index.max())} of an input sample of "
+                                 f"{math.prod(x[1:])} elements ({list(x)})")
+
+
+def _check_pad(node, tensors, where):
+    pads = [tuple(p) for p in node.attrs.get("pads", ())]
+    x = _shape(tensors, node.inputs[0])
+    if x and len(pads) != len(x):
+        raise _fail(where, node, f"{len(pads)} (before, after) pads for a rank-{len(x)} input")
+    if any(len(p) != 2 or min(p) < 0 for p in pads):
+        raise _fail(where, node, f"pads {pads} must be non-negative (before, after) pairs")
+    y = _shape(tensors, node.outputs[0])
+    if x and y and len(y) == len(x):
+        for i, ((b, e), n, m) in enumerate(zip(pads, x, y)):
+            if i and n is not None and m is not None and n + b + e != m:
+                raise _fail(where, node, f"axis {i}: {n} + {b} + {e} padded elements, the output has {m}")
+
+
+def _check_resize(node, tensors, where):
+    """The source rows/columns of a linear Resize lie in the input and match the output size."""
+    x, y = _shape(tensors, node.inputs[0]), _shape(tensors, node.outputs[0])
+    size = tuple(node.attrs.get("size", ()))
+    for axis, key in ((2, "y"), (3, "x")):
+        lo, hi = np.asarray(node.attrs[f"{key}_lo"]), np.asarray(node.attrs[f"{key}_hi"])
+        if lo.size != size[axis - 2] or hi.size != lo.size:
+            raise _fail(where, node, f"{lo.size} source positions for an output size {list(size)}")
+        if x and len(x) == 4 and x[axis] is not None and lo.size and \
+                (min(lo.min(), hi.min()) < 0 or max(lo.max(), hi.max()) >= x[axis]):
+            raise _fail(where, node, f"reads outside the input {list(x)} along axis {axis}")
+    if y and len(y) == 4 and tuple(y[2:]) != size:
+        raise _fail(where, node, f"output {list(y)} is not of size {list(size)}")
+
+
 _IR_CHECKS = {
     "Conv": _check_conv, "MaxPool": _check_pool, "AveragePool": _check_pool, "Gemm": _check_gemm,
     "Concat": _check_concat, "Softmax": _check_axis_attr, "Transpose": _check_transpose,
-    "Reshape": _check_reshape,
+    "Reshape": _check_reshape, "Take": _check_take, "Pad": _check_pad, "Resize": _check_resize,
 }

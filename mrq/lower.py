@@ -18,6 +18,7 @@ from simulator.errors import SimulatorError
 from mrq.ir import Graph, Node, QParams, Tensor, storage_dtype
 from mrq.lower_extra import ExtraOpsLowering
 from mrq.lower_movement import MovementOpsLowering
+from mrq.lower_matmul import MatMulLowering
 from simulator.program import Program, TensorSpec
 from simulator.rounding import round_array
 from simulator.steps import make_step
@@ -108,7 +109,9 @@ IR_OP_NAMES = {
     # mrq/tflite_import_shape.py (ArgMax, ReduceMax, Cast, PRelu: their own names): a Take is
     # any pure data movement
     "Take": {"Gather", "Slice", "Split", "Tile", "DepthToSpace", "SpaceToDepth", "Resize"},
-    "ResizeBilinear": {"Resize"}, "Maximum": {"Max", "Min"},
+    "ResizeBilinear": {"Resize"}, "Maximum": {"Max", "Min"}, "Svdf": {"SVDF"},
+    "Resize": {"Resize"},   # ONNX linear Resize (mrq/onnx_import_movement.py)
+    "MatMul": {"MatMul"},   # two activations (mrq/lower_matmul.py)
 }
 
 
@@ -129,7 +132,7 @@ class LoweredModel:
         return [name for name, where in self.placement.items() if where == "host"]
 
 
-class _Lowerer(ExtraOpsLowering, MovementOpsLowering):
+class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering):
     def __init__(self, graph: Graph, arith: Arithmetic):
         self.g = graph
         self.a = arith
@@ -603,7 +606,9 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering):
 
     def _Reshape(self, node):
         shape = node.attrs.get("shape")
-        self.emit("reshape", node, node.inputs, node.outputs, shape=None if shape is None else tuple(shape))
+        if shape is None:   # an identity kept because it names a graph output: 0 copies each dim
+            shape = (0,) * len(self.t(node.inputs[0]).shape)
+        self.emit("reshape", node, node.inputs, node.outputs, shape=tuple(shape))
 
     def _Transpose(self, node):
         self.emit("transpose", node, node.inputs, node.outputs, perm=tuple(node.attrs["perm"]))

@@ -284,6 +284,17 @@ class ExtraOpsLowering(Tflite16Lowering):
                           out_min=int(info.min), out_max=int(info.max), out_dtype=out_dtype,
                           rounding="add_half_truncate" if out_dtype == "uint8" else "half_away")
                 return
+        if self.a.runtime == "onnxruntime" and beta == 1.0 and x_qp.dtype in _8BIT \
+                and y_qp.dtype == x_qp.dtype:
+            # ORT runs 8-bit QDQ/QOperator softmax as com.microsoft QLinearSoftmax
+            from mrq.ort_softmax import qlinear_softmax_table, qlinear_softmax_y_scale
+            if not -rank <= axis < rank or x.shape[axis] is None:
+                raise UnsupportedOpError("Softmax", node.name, f"needs the static size of axis {axis} "
+                                         f"(input shape {list(x.shape)})")
+            self.emit("softmax_ort", node, node.inputs, node.outputs, axis=axis,
+                      table=qlinear_softmax_table(x_qp.scale[0], int(x.shape[axis]), x_qp.dtype == "int8"),
+                      y_scale=qlinear_softmax_y_scale(y_qp.scale[0]), out_zero_point=int(y_qp.zero_point[0]))
+            return
         if beta != 1.0:
             raise UnsupportedOpError("Softmax", node.name,
                                      f"beta={beta} needs the TFLite softmax arithmetic (profile "

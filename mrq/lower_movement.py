@@ -206,6 +206,27 @@ class MovementOpsLowering:
                   mode=mode, align_corners=bool(node.attrs.get("align_corners", False)),
                   half_pixel_centers=bool(node.attrs.get("half_pixel_centers", False)))
 
+    def _Resize(self, node):
+        """ONNX's linear Resize as ONNX Runtime runs a QDQ one: dequantize, interpolate in
+        float32 (the positions and weights the importer computed), quantize on the output grid."""
+        at = node.attrs
+        x_qp, y_qp = self.t(node.inputs[0]).qparams, self.t(node.outputs[0]).qparams
+        tables = {k: np.asarray(at[k]) for k in ("y_lo", "y_hi", "wy_lo", "wy_hi", "x_lo", "x_hi",
+                                                 "wx_lo", "wx_hi")}
+        if at.get("on_codes"):   # a QOperator graph: ORT's integer kernel interpolates the codes
+            self._require_one_grid(node, node.inputs[:1])
+            self.emit("resize_linear", node, node.inputs[:1], node.outputs, **tables)
+            return
+        real, resized = f"{node.outputs[0]}__real", f"{node.outputs[0]}__resized"
+        self.emit("dequantize", node, node.inputs[:1], [real], suffix="/dequantize",
+                  scale=x_qp.scale.astype(np.float32), zero_point=x_qp.zero_point.astype(np.int64), axis=1)
+        self.emit("resize_linear", node, [real], [resized], suffix="/resize", **tables)
+        lo, hi = self.out_range(y_qp, at.get("clamp"))
+        self.emit("quantize", node, [resized], node.outputs, scale=y_qp.scale.astype(np.float32),
+                  zero_point=y_qp.zero_point.astype(np.int64), axis=1,
+                  rounding=self.a.quantize_rounding, method=self.a.quantize_method,
+                  out_min=lo, out_max=hi, out_dtype=storage_dtype(y_qp.dtype))
+
     # ------------------------------------------------------------------ PRelu
     def _PRelu(self, node):
         """TFLite PRELU: multipliers ``f32(s_in / s_out)`` and ``f32(f32(s_in * s_alpha) / s_out)``

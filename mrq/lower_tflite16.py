@@ -36,6 +36,7 @@ import numpy as np
 from mrq import multipliers as mul
 from mrq.errors import UnsupportedOpError
 from mrq.ir import QParams, storage_dtype
+from mrq.lower_lstm import RecurrentLowering
 
 _INT16 = ("int16",)
 
@@ -262,7 +263,7 @@ def tflite_softmax_int16_params(input_scale: float, beta: float) -> dict:
                 "input_shift": int(e)}
 
 
-class Tflite16Lowering:
+class Tflite16Lowering(RecurrentLowering):
     """``lower_tflite16(node) -> bool``: lowers ``node`` with LiteRT's arithmetic when it is one
     of the kernels this module covers (see the module docstring), else returns False."""
 
@@ -281,6 +282,11 @@ class Tflite16Lowering:
             return True
         if op == "Mul" and x_dtype in _INT16:
             self._mul_16(node)
+            return True
+        if op == "Mul" and x_dtype in ("int8", "uint8") and (
+                self._mul_exponent(node) > 30
+                or (self._tfl() == "xnnpack" and not self._xnnpack_takes_mul(node))):
+            self._mul_tflite_kernel(node)
             return True
         if op in ("Logistic", "Tanh") and x_dtype in _INT16:
             self._sigmoid_tanh_16(node)
@@ -373,6 +379,53 @@ class Tflite16Lowering:
         self.emit("mul", node, [a, b], node.outputs, zero_point_a=int(qa.zero_point[0]),
                   zero_point_b=int(qb.zero_point[0]), rq_mode="double_q31", rq_multiplier=m,
                   rq_shift=s, rq_rounding="half_away", out_zero_point=int(qy.zero_point[0]),
+                  out_min=lo, out_max=hi, out_dtype=storage_dtype(qy.dtype), channel_axis=-1)
+
+    # ------------------------------------------------------------------ MUL, shift > 30
+    def _mul_exponent(self, node) -> int:
+        qa, qb, qy = (self.t(n).qparams for n in (node.inputs[0], node.inputs[1], node.outputs[0]))
+        if qa is None or qb is None or qy is None:
+            return 0
+        real = float(qa.scale[0]) * float(qb.scale[0]) / float(qy.scale[0])
+        return mul.tflite_quantize_multiplier(real)[1]
+
+    def _xnnpack_takes_mul(self, node) -> bool:
+        """The XNNPACK delegate's MUL check: ``f32(f32(s_a * s_b) / s_out)`` in [2**-16, 256);
+        outside it LiteRT's own (optimized) kernel runs the node."""
+        qa, qb, qy = (self.t(n).qparams for n in (node.inputs[0], node.inputs[1], node.outputs[0]))
+        ratio = _f32(_f32(_f32(qa.scale[0]) * _f32(qb.scale[0])) / _f32(qy.scale[0]))
+        return 2.0 ** -16 <= float(ratio) < 256.0
+
+    def _mul_tflite_kernel(self, node) -> None:
+        """8-bit MUL on LiteRT's own kernels: the reference, and the optimized one where XNNPACK
+        refuses the scales. ``MBQM(x, M, shift)`` (double rounding) computes ``x * (1 << shift)``
+        in int32, wrapping. A shift beyond 30 (degenerate output scales, e.g. 1e-35 in Coral's
+        traffic_model): the reference kernel's scalar ``shl`` takes the count modulo 32; the
+        optimized kernel's vectorised loop shifts by a per-lane count, which yields 0 for counts
+        of 32 and more, and its scalar tail (the last ``size mod 8`` uint8 / ``size mod 16`` int8
+        elements) is the reference again (measured on ai-edge-litert 2.3): only whole vector
+        blocks are modelled there."""
+        a, b = (self.ensure_buffer(n, node) for n in node.inputs)
+        qa, qb = self.t(a).qparams, self.t(b).qparams
+        qy = self.t(node.outputs[0]).qparams
+        real = np.array([float(qa.scale[0]) * float(qb.scale[0]) / float(qy.scale[0])])
+        m, e = mul.tflite_quantize_multiplier(float(real[0]))
+        if self._tfl() == "xnnpack" and e > 30:
+            shapes = [tuple(self.t(n).shape[1:]) for n in (a, b, node.outputs[0])]
+            size = int(np.prod(shapes[2])) if all(d is not None for d in shapes[2]) else 0
+            width = 8 if qy.dtype == "uint8" else 16
+            if len(set(shapes)) != 1 or size == 0 or size % width:
+                raise UnsupportedOpError(node.op, node.name, f"multiplier 2**{e} (left shift beyond "
+                                         f"30) on LiteRT's optimized kernel: only an elementwise "
+                                         f"MUL of a multiple of {width} elements is modelled")
+            m = 0
+            e = 0
+        lo, hi = tflite_activation_range(qy, node.attrs.get("clamp"))
+        self.emit("mul", node, [a, b], node.outputs, zero_point_a=int(qa.zero_point[0]),
+                  zero_point_b=int(qb.zero_point[0]), rq_mode="double_q31",
+                  rq_multiplier=np.array([m], np.int64),
+                  rq_shift=np.array([31 - (e % 32 if e > 30 else e)], np.int64),
+                  rq_rounding="half_away", out_zero_point=int(qy.zero_point[0]),
                   out_min=lo, out_max=hi, out_dtype=storage_dtype(qy.dtype), channel_axis=-1)
 
     # ------------------------------------------------------------------ TRANSPOSE_CONV

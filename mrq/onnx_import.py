@@ -10,17 +10,23 @@ Data-movement ops (Reshape, Transpose, MaxPool, Relu/Clip on one grid, ...) prop
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
-from mrq.pointwise import BY_ONNX, ir_attrs
 from mrq.errors import ModelError, UnsupportedOpError
-from mrq.import_checks import check_external_data, check_graph, check_onnx_file, check_onnx_model
+from mrq.import_checks import (
+    check_external_data,
+    check_graph,
+    check_onnx_file,
+    check_onnx_model,
+)
 from mrq.ir import Graph, Node, QParams, Tensor
+from mrq.onnx_import_movement import HANDLERS as MOVEMENT_HANDLERS
+from mrq.onnx_import_movement import fold_constants, resize_linear_attrs, static_shape
+from mrq.pointwise import BY_ONNX, ir_attrs
 from mrq.shapes import infer_shapes
 
 MS_DOMAIN = "com.microsoft"
@@ -31,7 +37,7 @@ QUANT_MARKERS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
                  "QLinearLeakyRelu", "QLinearSoftmax"}
 # Float ops that compute new values: they need a QuantizeLinear after them.
 COMPUTE_FLOAT_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "GlobalAveragePool",
-                     "Concat", "Softmax"} | set(BY_ONNX)
+                     "Concat", "Softmax", "ConvTranspose", "ReduceMean"} | set(BY_ONNX)
 # Ops that only move or select values, so their output lives on their input's grid.
 GRID_PRESERVING_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool",
                        "Identity", "Relu", "Clip"}
@@ -60,19 +66,19 @@ def load_onnx(path: str) -> onnx.ModelProto:
     try:
         # external data only once its files and sizes are checked
         model = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # protobuf raises several unrelated types on garbage
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types on garbage
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     check_external_data(model, path)
     try:
         load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - protobuf and file errors of many types
         raise ModelError(f"{path}: unreadable external data ({type(exc).__name__}: {exc})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: the ONNX graph has no nodes")
     return model
 
 
-def import_onnx(model: onnx.ModelProto, source: str = "model", constants: Optional[dict] = None) -> Graph:
+def import_onnx(model: onnx.ModelProto, source: str = "model", constants: dict | None = None) -> Graph:
     """The IR of a quantized ONNX model. ``constants``: values for graph inputs that hold
     quantization parameters (scales, zero points: ONNX allows them as inputs, the simulator
     needs them fixed); they become initializers."""
@@ -139,8 +145,8 @@ class _Importer:
         self.source = source
         try:
             model = onnx.shape_inference.infer_shapes(model)
-        except Exception:
-            pass  # shapes are only needed for auto_pad/Flatten/Squeeze; we fail there if missing
+        except Exception:  # noqa: BLE001, S110 - shapes are only needed for auto_pad/Flatten/
+            pass           # Squeeze and movement ops, which fail with a clear message if missing
         self.model = model
         g = model.graph
         # INT4/UINT4 constants are held as int8/uint8 codes; their grids say 4 bits
@@ -176,7 +182,7 @@ class _Importer:
         _check_elem_type(t.data_type, f"initializer {t.name!r}")
         try:
             arr = numpy_helper.to_array(t)
-        except Exception as exc:  # a payload that does not match its dims, a packing error
+        except Exception as exc:  # noqa: BLE001 - a payload that does not match its dims, a packing error
             raise ModelError(f"initializer {t.name!r}: unreadable data ({type(exc).__name__}: "
                              f"{exc})") from None
         if t.data_type in _NARROW_TYPES:
@@ -208,7 +214,7 @@ class _Importer:
                                      f"{what} ({name!r}) must be a constant initializer")
         return self.init[name]
 
-    def _qparams(self, node, scale_name, zp_name, axis=None, like: Optional[np.ndarray] = None) -> QParams:
+    def _qparams(self, node, scale_name, zp_name, axis=None, like: np.ndarray | None = None) -> QParams:
         scale = np.asarray(self._const(scale_name, node, "scale"), np.float32)
         if zp_name:
             zp_arr = self._const(zp_name, node, "zero point")
@@ -232,7 +238,7 @@ class _Importer:
         self.tensors[name] = Tensor(name, tuple(shape), dtype, qparams, data)
         return name
 
-    def _const_tensor(self, base: str, codes: np.ndarray, qp: Optional[QParams]) -> str:
+    def _const_tensor(self, base: str, codes: np.ndarray, qp: QParams | None) -> str:
         name = base
         i = 1
         while name in self.tensors:
@@ -298,7 +304,12 @@ class _Importer:
         for node in g.node:
             if id(node) in self.done or node.op_type == "Constant":
                 continue
+            if fold_constants(self, node):   # shape arithmetic on constants
+                continue
             handler = getattr(self, "_op_" + node.op_type, None)
+            if handler is None and node.op_type in MOVEMENT_HANDLERS:
+                MOVEMENT_HANDLERS[node.op_type](self, node)
+                continue
             if handler is None:
                 if node.op_type in COMPUTE_FLOAT_OPS or node.op_type in GRID_PRESERVING_OPS:
                     handler = self._float_op
@@ -393,7 +404,7 @@ class _Importer:
             raise ModelError(f"node {node.name!r}: DequantizeLinear input {q!r} is not an integer tensor")
 
     # ------------------------------------------------------------------- QDQ float islands
-    def _follow_to_quantize(self, node) -> tuple[Optional[onnx.NodeProto], list, list]:
+    def _follow_to_quantize(self, node) -> tuple[onnx.NodeProto | None, list, list]:
         """From a float op, walk single-consumer Relu/Clip nodes to the QuantizeLinear that ends
         the float island. Returns (quantize node or None, clamp bounds, nodes folded)."""
         out = node.output[0]
@@ -464,6 +475,10 @@ class _Importer:
             b = self._bias(ins[2], node) if len(ins) > 2 and ins[2] else None
             self._emit("Conv", name, [x, w] + ([b] if b else []), [out],
                        **self._conv_attrs(node, attrs, ins[0], self.tensors[w].data.shape), **extra)
+        elif op == "MatMul" and ins[1] not in self.consts:   # two activations (attention)
+            a, b = (self._int_input(i, node) for i in ins[:2])
+            self.tensors[out].shape = self._matmul_shape(node, ins[0], ins[1])
+            self._emit("MatMul", name, [a, b], [out], **extra)
         elif op in ("Gemm", "MatMul"):
             x = self._int_input(ins[0], node)
             w, b = self._gemm_weight(node, attrs, ins)
@@ -483,11 +498,118 @@ class _Importer:
         elif op == "Softmax":
             x = self._int_input(ins[0], node)
             self._emit("Softmax", name, [x], [out], axis=int(attrs.get("axis", -1)), **extra)
+        elif op == "ConvTranspose":
+            self._conv_transpose(node, attrs, ins, name, out, extra)
+        elif op == "ReduceMean":
+            self._reduce_mean(node, attrs, ins, name, out, extra)
         elif op in BY_ONNX:
             x = self._int_input(ins[0], node)
             self._emit(BY_ONNX[op], name, [x], [out], **ir_attrs(BY_ONNX[op], attrs, name), **extra)
         else:
             raise UnsupportedOpError(op, node.name)
+
+    def _matmul_shape(self, node, a_name, b_name) -> tuple:
+        """numpy matmul's output shape of two activations (batch dimension open)."""
+        a, b = static_shape(self, a_name, node), static_shape(self, b_name, node)
+        if len(a) < 2 or len(b) < 2 or a[-1] != b[-2]:
+            raise ModelError(f"node {node.name!r} ({node.op_type}): cannot multiply {list(a)} by {list(b)}")
+        try:
+            lead = np.broadcast_shapes(a[:-2], b[:-2])
+        except ValueError:
+            raise ModelError(f"node {node.name!r} ({node.op_type}): the leading dimensions of "
+                             f"{list(a)} and {list(b)} do not broadcast") from None
+        if len(a) != len(b) or not lead or lead[0] != 1:
+            raise UnsupportedOpError(node.op_type, node.name, f"{list(a)} @ {list(b)}: both operands "
+                                     f"need the batch dimension first")
+        return (None,) + tuple(lead[1:]) + (a[-2], b[-1])
+
+    def _conv_transpose(self, node, attrs, ins, name, out, extra):
+        """ONNX weight [C_in, C_out, kH, kW] (per-channel along axis 1) -> IR TransposeConv's
+        [C_out, C_in, kH, kW]; ONNX's output_padding extends the output at the bottom/right."""
+        x = self._int_input(ins[0], node)
+        if ins[1] not in self.consts:
+            raise UnsupportedOpError(node.op_type, node.name, f"weight {ins[1]!r} must be a quantized constant")
+        codes, qp = self.consts[ins[1]]
+        if codes.ndim != 4:
+            raise UnsupportedOpError(node.op_type, node.name, f"only 2-D transposed convolution (weight rank {codes.ndim})")
+        if int(attrs.get("group", 1)) != 1 or any(int(d) != 1 for d in attrs.get("dilations", (1, 1))):
+            raise UnsupportedOpError(node.op_type, node.name, "group or dilation other than 1")
+        if _decode(attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID") or "output_shape" in attrs:
+            raise UnsupportedOpError(node.op_type, node.name, "auto_pad/output_shape (give explicit pads)")
+        if qp.per_channel:
+            if qp.axis % 4 != 1:
+                raise UnsupportedOpError(node.op_type, node.name, "per-channel weights must use axis 1")
+            qp = qp.with_(axis=0)
+        codes = codes.transpose(1, 0, 2, 3)
+        if np.any(qp.zero_point != 0):
+            # ORT computes on the dequantized weights (w - zp) * s: hold the shifted codes (9 bits)
+            zp = qp.zero_point.reshape((-1, 1, 1, 1) if qp.per_channel else (1, 1, 1, 1))
+            codes = codes.astype(np.int64) - zp
+            qp = qp.with_(zero_point=np.zeros_like(qp.zero_point), dtype="int16")
+            codes = codes.astype(np.int16)
+        w = self._const_tensor(ins[1] + "_q", np.ascontiguousarray(codes), qp)
+        b = self._bias(ins[2], node) if len(ins) > 2 and ins[2] else None
+        spatial = self._spatial(ins[0])
+        if spatial is None or None in spatial:
+            raise UnsupportedOpError(node.op_type, node.name, "needs a static input height and width")
+        strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
+        pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
+        extra_out = [int(p) for p in attrs.get("output_padding", (0, 0))]
+        kernel = codes.shape[2:]
+        size = tuple((n - 1) * s + k - pb - pe + op for n, s, k, pb, pe, op
+                     in zip(spatial, strides, kernel, pads[:2], pads[2:], extra_out))
+        if any(d < 1 for d in size):
+            raise ModelError(f"node {node.name!r} (ConvTranspose): output size {list(size)} from input "
+                             f"{list(spatial)}, kernel {list(kernel)}, strides {list(strides)}, pads {pads}")
+        self.tensors[out].shape = (None, codes.shape[1]) + size
+        self._emit("TransposeConv", name, [x, w] + ([b] if b else []), [out], strides=strides,
+                   pads=tuple(pads[:2]), output_size=size, layout="NCHW", **extra)
+
+    def _reduce_mean(self, node, attrs, ins, name, out, extra):
+        x = self._int_input(ins[0], node)
+        shape = static_shape(self, ins[0], node)
+        rank = len(shape)
+        axes = attrs.get("axes")
+        if axes is None and len(ins) > 1 and ins[1]:
+            axes = [int(a) for a in np.asarray(self._const(ins[1], node, "axes")).reshape(-1)]
+        axes = sorted({int(a) % rank for a in (axes if axes else range(rank))})
+        if 0 in axes:
+            raise UnsupportedOpError(node.op_type, node.name, "reducing the batch dimension")
+        keep = bool(attrs.get("keepdims", 1))
+        self.tensors[x].shape = (None,) + tuple(shape[1:])
+        self.tensors[out].shape = tuple(1 if d in axes else n for d, n in enumerate((None,) + tuple(shape[1:]))
+                                        if keep or d not in axes)
+        self._emit("Mean", name, [x], [out], axes=tuple(axes), keep_dims=keep, **extra)
+
+    def _resize_linear(self, node, sizes, scales, coord):
+        """ORT resizes linearly in float32 between a DQ and a Q: the IR op holds its float32
+        positions and weights and the output grid of the Q that follows."""
+        x_in = node.input[0]
+        if x_in not in self.alias and x_in in self.tensors and self.tensors[x_in].is_quantized:
+            # QOperator graph: ORT's uint8/int8 kernel interpolates the codes themselves
+            t = self.tensors[x_in]
+            if t.dtype not in ("int8", "uint8") or t.qparams.per_channel:
+                raise UnsupportedOpError(node.op_type, node.name, "linear resize of 8-bit per-tensor codes only")
+            in_shape = (1,) + tuple(t.shape[1:])
+            out = node.output[0]
+            self._add_tensor(out, (None, in_shape[1], int(sizes[2]), int(sizes[3])), t.dtype, t.qparams)
+            self._emit("Resize", self._name(node), [x_in], [out], on_codes=True,
+                       **resize_linear_attrs(in_shape, sizes, scales, coord))
+            return
+        quant, clamps, folded = self._follow_to_quantize(node)
+        if quant is None or clamps or folded:
+            raise UnsupportedOpError(node.op_type, node.name, "a linear Resize must be followed by one "
+                                     "QuantizeLinear (ORT resizes in float32)")
+        qp = self._qparams(quant, quant.input[1], quant.input[2] if len(quant.input) > 2 else "",
+                           axis=_attrs(quant).get("axis", 1))
+        self.done.add(id(quant))
+        x = self._int_input(node.input[0], node)
+        if self.tensors[x].qparams.per_channel or qp.per_channel:
+            raise UnsupportedOpError(node.op_type, node.name, "per-channel quantized input or output")
+        in_shape = (1,) + tuple(self.tensors[x].shape[1:])
+        out = quant.output[0]
+        self._add_tensor(out, (None, in_shape[1], int(sizes[2]), int(sizes[3])), qp.dtype, qp)
+        self._emit("Resize", self._name(node), [x], [out], **resize_linear_attrs(in_shape, sizes, scales, coord))
 
     def _grid_preserving(self, node):
         """Ops whose output is on the input's grid. With a float (DQ view) input, the output is a
@@ -569,11 +691,11 @@ class _Importer:
         out_shape = self.shapes.get(node.output[0])
         if op == "Flatten":
             axis = attrs.get("axis", 1)
-            if axis == 1:
+            rank = len(in_shape) if in_shape else None
+            if axis == 1 or (rank is not None and axis == 1 - rank):
                 return (0, -1)
-            if out_shape is None or any(d is None for d in out_shape[1:]):
-                raise UnsupportedOpError(op, node.name, "Flatten with axis != 1 needs static shapes")
-            return (0,) + tuple(int(d) for d in out_shape[1:])
+            raise UnsupportedOpError(op, node.name, f"Flatten with axis={axis} merges the batch "
+                                     f"dimension with others (axis 1 only)")
         if op == "Reshape":
             target = [int(v) for v in self._const(node.input[1], node, "shape")]
             if attrs.get("allowzero", 0):
@@ -584,9 +706,7 @@ class _Importer:
                 if all(d is not None for d in in_rest) and -1 not in rest and \
                         int(np.prod(rest)) == int(np.prod(in_rest)):
                     target[0] = 0   # the first dim was the export-time batch size
-                elif -1 in rest and target[0] != -1:
-                    target[0] = 0
-                elif target[0] == -1 and -1 not in rest:
+                elif -1 in rest and target[0] != -1 or target[0] == -1 and -1 not in rest:
                     target[0] = 0
             return tuple(target)
         # Squeeze / Unsqueeze: use the inferred output shape, keeping the batch dimension.
@@ -595,7 +715,7 @@ class _Importer:
         return (0,) + tuple(int(d) for d in out_shape[1:])
 
     # ---------------------------------------------------------------------- op attributes
-    def _spatial(self, name: str) -> Optional[tuple]:
+    def _spatial(self, name: str) -> tuple | None:
         shape = self.shapes.get(name)
         if shape is None and name in self.alias:
             shape = self.shapes.get(self.alias[name])
@@ -628,8 +748,8 @@ class _Importer:
         dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
         pads = self._auto_pads(node, attrs, x_name, kernel, strides, dilations)
         layout = "NHWC" if attrs.get("channels_last", 0) else "NCHW"
-        return dict(strides=strides, pads=tuple(int(p) for p in pads), dilations=dilations,
-                    group=int(attrs.get("group", 1)), layout=layout)
+        return {"strides": strides, "pads": tuple(int(p) for p in pads), "dilations": dilations,
+                "group": int(attrs.get("group", 1)), "layout": layout}
 
     def _pool_attrs(self, node, attrs, x_name) -> dict:
         kernel = tuple(int(k) for k in attrs["kernel_shape"])
@@ -638,10 +758,10 @@ class _Importer:
         strides = tuple(int(s) for s in attrs.get("strides", (1, 1)))
         dilations = tuple(int(d) for d in attrs.get("dilations", (1, 1)))
         pads = self._auto_pads(node, attrs, x_name, kernel, strides, dilations)
-        return dict(kernel=kernel, strides=strides, pads=tuple(int(p) for p in pads),
-                    dilations=dilations, ceil_mode=int(attrs.get("ceil_mode", 0)),
-                    count_include_pad=int(attrs.get("count_include_pad", 0)),
-                    layout="NHWC" if attrs.get("channels_last", 0) else "NCHW")
+        return {"kernel": kernel, "strides": strides, "pads": tuple(int(p) for p in pads),
+                "dilations": dilations, "ceil_mode": int(attrs.get("ceil_mode", 0)),
+                "count_include_pad": int(attrs.get("count_include_pad", 0)),
+                "layout": "NHWC" if attrs.get("channels_last", 0) else "NCHW"}
 
     # ---------------------------------------------------------------------- constants
     def _weight(self, name, node) -> str:
@@ -740,6 +860,13 @@ class _Importer:
         ins = node.input
         x = self._view_int(ins[0], node)
         self._set_input_qparams(node, x, 1, 2)
+        if ins[3] not in self.init:   # B is an activation too (attention)
+            b = self._view_int(ins[3], node)
+            self._set_input_qparams(node, b, 4, 5)
+            y_qp = self._qop_out(node, node.output[0], 6, 7, like=self.init.get(ins[7]))
+            self._add_tensor(node.output[0], self._matmul_shape(node, ins[0], ins[3]), y_qp.dtype, y_qp)
+            self._emit("MatMul", self._name(node), [x, b], [node.output[0]])
+            return
         codes = self._const(ins[3], node, "B")
         b_scale = np.asarray(self._const(ins[4], node, "B scale"), np.float32).reshape(-1)
         b_zp = np.asarray(self._const(ins[5], node, "B zero point")).reshape(-1)
@@ -907,7 +1034,7 @@ class _Importer:
         self._emit("Concat", self._name(node), xs, [node.output[0]], axis=int(_attrs(node)["axis"]))
 
 
-def _merge_clamps(clamps: list) -> Optional[tuple]:
+def _merge_clamps(clamps: list) -> tuple | None:
     if not clamps:
         return None
     lo, hi = None, None

@@ -28,7 +28,10 @@ def resolve_profile(profile: str | HwProfile) -> HwProfile:
 
 
 def profile_violations(graph: Graph, profile: HwProfile) -> list[str]:
-    """Lines describing where the model's quantization breaks the profile's format rules."""
+    """Lines describing where the model's quantization breaks the profile's format rules (each
+    tensor against its own layer's formats when the profile has ``layers``)."""
+    from mrq.mixed_precision import LayerFormats
+    formats = LayerFormats.of(graph, profile)
     lines = []
     roles = {}
     for node in graph.nodes:
@@ -42,8 +45,8 @@ def profile_violations(graph: Graph, profile: HwProfile) -> list[str]:
             continue
         qp = t.qparams
         values = np.asarray(t.data) if t.is_const else None
-        for problem in profile.check_tensor(role, storage_dtype(qp.dtype), qp.scale, qp.zero_point, qp.axis,
-                                            values=values):
+        for problem in formats.for_tensor(name).check_tensor(
+                role, storage_dtype(qp.dtype), qp.scale, qp.zero_point, qp.axis, values=values):
             lines.append(f"{name}: {problem}")
     if profile.ops.shared_grid:
         from mrq.passes.grid_classes import shared_grid_violations
@@ -184,6 +187,9 @@ class Pipeline:
                              f"got {layout!r}")
         self.profile = resolve_profile(profile)
         self.graph = _load(model)
+        if self.profile.layers:
+            from mrq.mixed_precision import LayerFormats
+            LayerFormats.of(self.graph, self.profile)   # a `layers` entry must select a layer
         self.layout = "native" if layout == "native" else "nhwc"
         arithmetic = arithmetic_from_profile(self.profile)
         if every_op:

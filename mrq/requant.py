@@ -15,7 +15,9 @@ import numpy as np
 
 from mrq.errors import InputDataError, ModelError, UnsupportedOpError
 from mrq.ir import Graph
+from mrq.passes.accumulator_budget import accumulator_budget, accumulator_budget_hook
 from mrq.passes.activation_grids import activation_grids
+from mrq.passes.activation_offsets import activation_offsets, offset_bias, offset_bias_hook
 from mrq.passes.base import Context, Options, Pass, RequantReport, run_passes
 from mrq.passes.bias_grids import bias_grids
 from mrq.passes.error_folding import error_folding, error_folding_hook
@@ -29,12 +31,19 @@ PASSES = [
     Pass("explicit_clamps", explicit_clamps, doc="keep every clamp the old grids implied (ReLU, ReLU6)"),
     Pass("float_inputs", float_inputs, doc="integer inputs on a rejected grid take real values instead"),
     Pass("activation_grids", activation_grids, doc="activations onto conforming grids (+ scale selection)"),
+    Pass("activation_offsets", activation_offsets, needs_calib=True, doc="ReLU outputs on signed grids below "
+         "8 bits shifted to use every code; the consumers' biases undo the shift"),
     Pass("weight_grids", weight_grids, doc="weights onto conforming grids (+ scale selection), round to nearest"),
     Pass("multiplier_limits", multiplier_limits, doc="finer weight / coarser output scales where a "
          "requantization multiplier exceeds the profile's shift and multiplier range"),
     Pass("bias_grids", bias_grids, doc="biases onto input scale x weight scale, profile bias width"),
+    Pass("accumulator_budget", accumulator_budget, doc="per-channel weight scales that keep a narrow "
+         "accumulator from overflowing (proof) or trade measured saturation for rounding error",
+         layer_hook=accumulator_budget_hook),
     Pass("weight_correction", weight_correction, needs_calib=True, doc="sequential rounding with error feedback",
          layer_hook=weight_correction_hook),
+    Pass("offset_bias", offset_bias, needs_calib=True, doc="consumers of shifted activations: the "
+         "shift's bias share with their final weights", layer_hook=offset_bias_hook),
     Pass("error_folding", error_folding, doc="fold the expected output shift into the bias",
          layer_hook=error_folding_hook),
 ]

@@ -268,12 +268,11 @@ class Requantized:
 
 
 def read_calibration(cell: Cell, graph) -> dict | None:
+    """The first ``calibration_samples`` of the cell's calibration set (read lazily)."""
     if not cell.calibration:
         return None
-    from mrq.datasets import open_inputs
-    with open_inputs(cell.calibration) as src:
-        src = src.bound_to(graph.inputs)
-        return src.read(0, min(src.num_samples, cell.calibration_samples))
+    from mrq.datasets import read_calibration as first_samples
+    return first_samples(cell.calibration, graph.inputs, cell.calibration_samples).arrays
 
 
 def files_digest(paths) -> str:

@@ -41,6 +41,9 @@ SOFTMAX             Softmax (axis -1; attrs beta)
 LOGISTIC            Logistic (new IR op)
 QUANTIZE            Quantize (float input) or Rescale (integer input)
 DEQUANTIZE          Dequantize
+UNIDIRECTIONAL_     LSTM (int8 x int8 -> int16 integer LSTM; :mod:`mrq.tflite_import_recurrent`)
+ SEQUENCE_LSTM
+SVDF                Svdf (int8 input, int16 time weights and state)
 (movement, shape,   :mod:`mrq.tflite_import_shape` (STRIDED_SLICE, SLICE, SPLIT(_V), PACK, UNPACK,
  selection)         SHAPE, TRANSPOSE, TILE, GATHER, SQUEEZE, EXPAND_DIMS, DEPTH/SPACE, RESIZE_*,
                     ARG_MAX/MIN, REDUCE_MAX/MIN, MAXIMUM/MINIMUM, RELU*, HARD_SWISH, TANH, CAST,
@@ -62,7 +65,14 @@ New IR ops (float semantics in :mod:`mrq.float_ref_extra`, lowering in :mod:`mrq
 
 int16 activations (LiteRT's 16x8 mode: int8 weights, int64 bias) must have zero point 0, as
 LiteRT requires; otherwise a ``ModelError`` names the operator index and op. QUANTIZE also takes
-quantized int32 tensors to or from int16.
+quantized int32 tensors to or from int16; SOFTMAX int8 -> int16 has LiteRT's output zero point
+-32768.
+
+A graph input of lower rank than the other operand of ADD/SUB/MUL (a bias vector fed at run
+time, as in tflite-micro's extracted SEANet layers) has no batch dimension in the file: the IR
+input is ``[batch] + shape``, reshaped to ``[batch, 1, ..., 1] + shape`` before the op. The
+values of run-time TRANSPOSE_CONV output shapes are in ``graph.meta['tflite_fixed_inputs']``
+(tensor name -> shape) for whoever runs the model in LiteRT.
 
 Errors: a missing or unreadable file -> :class:`~mrq.errors.ModelError`; a model without
 quantized tensors -> ``ModelError`` saying it is not quantized; an operator outside the list ->
@@ -77,7 +87,7 @@ from typing import Optional
 
 import numpy as np
 
-from mrq import tflite_import_shape
+from mrq import tflite_import_recurrent, tflite_import_shape
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.fileio import FileProblem, read_regular_file
 from mrq.import_checks import MAX_MODEL_BYTES, check_graph
@@ -91,7 +101,8 @@ _ACTIVATION_NAMES = {4: "TANH", 5: "SIGN_BIT"}
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MUL", "AVERAGE_POOL_2D",
                  "MAX_POOL_2D", "MEAN", "RESHAPE", "PAD", "PADV2", "CONCATENATION", "SOFTMAX",
-                 "LOGISTIC", "QUANTIZE", "DEQUANTIZE", "SUB", "LEAKY_RELU", "TRANSPOSE_CONV")
+                 "LOGISTIC", "QUANTIZE", "DEQUANTIZE", "SUB", "LEAKY_RELU", "TRANSPOSE_CONV",
+                 "UNIDIRECTIONAL_SEQUENCE_LSTM", "SVDF")
 
 
 def _module(name: str):
@@ -182,6 +193,8 @@ class _Importer:
         # graph inputs that only carry a shape the model also declares statically (the output
         # shape of a TRANSPOSE_CONV fed at run time): not inputs of the IR graph
         self.shape_operands: set = set()
+        self.shape_values: dict = {}         # those inputs' values, for a runtime to be fed
+        self.unbatched: dict = {}            # graph inputs without a batch dim -> batched view
 
     # ----------------------------------------------------------------------------- tensors
     def _read_tensor(self, i: int) -> dict:
@@ -235,9 +248,11 @@ class _Importer:
             return QParams(scale, zp, raw["dtype"], axis=raw["qdim"] if axis is None else axis)
         return QParams(scale[:1], zp[:1], raw["dtype"])
 
-    def _activation(self, idx: int, op: str, index: int, allow_int32: bool = False) -> str:
+    def _activation(self, idx: int, op: str, index: int, allow_int32: bool = False,
+                    int16_offset_ok: bool = False) -> str:
         """The IR tensor of a (non-constant) activation, creating it on first use; quantized
-        int32 activations only where ``allow_int32`` (QUANTIZE from/to int32)."""
+        int32 activations only where ``allow_int32`` (QUANTIZE from/to int32); an int16 zero
+        point other than 0 only where ``int16_offset_ok`` (SOFTMAX int8 -> int16)."""
         raw = self._raw[idx]
         name = self._ir_name(idx)
         if name in self.tensors:
@@ -248,7 +263,8 @@ class _Importer:
         if raw["dtype"] not in _QUANT_TYPES + ("float32",) and not int32_ok:
             raise UnsupportedOpError(op, f"operator {index}", f"tensor {raw['name']!r} has type {raw['dtype']}")
         qp = self._qparams(raw)
-        if raw["dtype"] == "int16" and qp is not None and np.any(qp.zero_point != 0):
+        if raw["dtype"] == "int16" and qp is not None and np.any(qp.zero_point != 0) \
+                and not int16_offset_ok:
             # LiteRT's 16x8 kernels have no input/output offsets: they refuse such a model
             raise ModelError(f"operator {index} ({op}): int16 tensor {raw['name']!r} has zero point "
                              f"{int(qp.zero_point[0])}; int16 activations must have zero point 0")
@@ -393,8 +409,10 @@ class _Importer:
         if not outputs:
             raise ModelError(f"{self.source}: the graph has no outputs")
         graph_name = self.g.Name().decode() if self.g.Name() else "main"
-        graph = Graph(self.tensors, self.nodes, inputs, outputs, name=graph_name,
-                      meta={"source": self.source, "format": "tflite"})
+        meta = {"source": self.source, "format": "tflite"}
+        if self.shape_values:
+            meta["tflite_fixed_inputs"] = dict(self.shape_values)
+        graph = Graph(self.tensors, self.nodes, inputs, outputs, name=graph_name, meta=meta)
         check_batch_broadcast(graph)
         return graph
 
@@ -490,6 +508,7 @@ class _Importer:
             # fed at run time: the output tensor's declared shape is the one the model runs with
             out_shape = tuple(int(d) for d in self._raw[outs[0]]["shape"])
             self.shape_operands.add(ins[0])
+            self.shape_values[self._raw[ins[0]]["name"]] = list(out_shape)
         else:
             raise UnsupportedOpError(name, f"operator {index}", "the output shape must be a constant")
         fshape = self._raw[ins[1]]["shape"]
@@ -552,10 +571,31 @@ class _Importer:
             self._emit("Gemm", name, index, [a, w] + ([b] if b else []), [y], **attrs)
 
     # ----------------------------------------------------------------------------- elementwise
+    def _unbatched_input(self, idx: int, rank: int, op: str, index: int) -> str | None:
+        """A graph input of lower rank than the other operand of a broadcasting op has no
+        batch dimension in the file (a bias vector fed at run time): it becomes an IR input
+        ``[batch] + shape`` reshaped to ``[batch, 1, ..., 1] + shape`` (rank ``rank``), so every
+        batch row broadcasts as LiteRT's batch-1 run does. None for any other operand."""
+        raw = self._raw[idx]
+        if idx in self.unbatched:
+            return self.unbatched[idx]
+        if idx not in {int(i) for i in self.g.InputsAsNumpy()} or raw["data"] is not None \
+                or not 0 < len(raw["shape"]) < rank or self._ir_name(idx) in self.tensors:
+            return None
+        x = self._activation(idx, op, index)
+        xt = self.tensors[x]
+        xt.shape = (None,) + tuple(raw["shape"])
+        view = (1,) * (rank - 1 - len(raw["shape"])) + tuple(raw["shape"])
+        y = self._new_tensor(f"{x}__batched", (None,) + view, xt)
+        self._emit("Reshape", op, index, [x], [y], shape=(0,) + view, tflite_part="batch_broadcast")
+        self.unbatched[idx] = y
+        return y
+
     def _binary(self, op, name, index, ins, outs, ir_op, kind):
         o = self._options(op, kind)
-        a = self._activation(ins[0], name, index)
-        b = self._activation(ins[1], name, index)
+        rank = max(len(self._raw[i]["shape"]) for i in ins[:2])
+        a = self._unbatched_input(ins[0], rank, name, index) or self._activation(ins[0], name, index)
+        b = self._unbatched_input(ins[1], rank, name, index) or self._activation(ins[1], name, index)
         self._require_quantized([a, b], name, index)
         y = self._output(outs[0], name, index)
         self._require_quantized([y], name, index)
@@ -638,7 +678,13 @@ class _Importer:
     def _op_SOFTMAX(self, op, name, index, ins, outs):
         o = self._options(op, "SoftmaxOptions")
         x = self._activation(ins[0], name, index)
-        y = self._output(outs[0], name, index)
+        out = self._raw[outs[0]]
+        # LiteRT's int8 -> int16 SOFTMAX writes codes offset by -32768 (scale 1/65536)
+        offset_ok = (self.tensors[x].dtype == "int8" and out["dtype"] == "int16"
+                     and out["zp"] is not None and int(out["zp"][0]) == -32768)
+        if self._ir_name(outs[0]) in self.tensors:
+            raise ModelError(f"operator {index} ({name}): tensor {out['name']!r} is written twice")
+        y = self._activation(outs[0], name, index, int16_offset_ok=offset_ok)
         self._require_quantized([x, y], name, index)
         self._emit("Softmax", name, index, [x], [y], axis=-1, beta=float(o.Beta()) if o else 1.0)
 
@@ -724,6 +770,12 @@ class _Importer:
             self._emit("Rescale", name, index, [x], [y])
         else:
             self._emit("Quantize", name, index, [x], [y])
+
+    def _op_UNIDIRECTIONAL_SEQUENCE_LSTM(self, op, name, index, ins, outs):
+        tflite_import_recurrent.import_lstm(self, op, name, index, ins, outs)
+
+    def _op_SVDF(self, op, name, index, ins, outs):
+        tflite_import_recurrent.import_svdf(self, op, name, index, ins, outs)
 
     def _op_DEQUANTIZE(self, op, name, index, ins, outs):
         x = self._activation(ins[0], name, index)

@@ -3,10 +3,13 @@
 The simulator has three kernel paths that compute the same bits
 (tests/simulator/test_inert_import.py runs a conv and a gemm on each and compares them):
 
-- ``portable``: what numba compiles for any CPU.
+- ``portable``: what numba compiles for any 64-bit CPU: the dense conv/gemm kernel of
+  :mod:`simulator.kernels.portable` (int16 pair products: ``vpmaddwd`` on x86 targets with AVX2
+  or AVX-512BW, :func:`target_features`; generic widening multiplies elsewhere) and the
+  depthwise, add and epilogue kernels written in generic 16-lane vectors.
 - ``vnni``: the AVX-512 VNNI kernels (:mod:`simulator.kernels.simd` intrinsics: the dense
-  conv/gemm micro-kernel of :mod:`simulator.kernels.igemm`, the 16-lane adds of
-  :mod:`simulator.kernels.eltwise`), plus VNNI instructions chosen while generating code shared
+  conv/gemm micro-kernel of :mod:`simulator.kernels.igemm` and the row kernel of
+  :mod:`simulator.kernels.gemv`), plus VNNI instructions chosen while generating code shared
   with the portable path (``vpdpwssd`` in the depthwise kernels, ``vcvtps2dq`` rounding in the
   fp32 epilogues).
 - ``amx``: the ``vnni`` path plus the AMX tile conv/gemm kernel (:mod:`simulator.kernels.amx_conv`).
@@ -43,8 +46,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from simulator.errors import SimulatorError
 
@@ -156,6 +159,30 @@ def _host_vnni_off() -> str:
     return f"the host CPU lacks {', '.join(missing)}" if missing else ""
 
 
+def target_features() -> dict:
+    """``{feature: on}`` of the CPU numba generates code for: ``NUMBA_CPU_FEATURES`` when set
+    (``+avx2,-avx512bw,...``), else the host's. The portable kernels read it to name an x86
+    instruction (``vpmaddwd``) where the target has one; numba's cache key already covers the
+    target CPU and features, so it needs no part in :func:`jit_variant`."""
+    with _LOCK:
+        feats = _ONCE.get("features")
+    if feats is not None:
+        return feats
+    try:
+        import numba
+
+        text = numba.config.CPU_FEATURES
+        if text:
+            feats = {f[1:]: f[0] == "+" for f in text.split(",") if f[:1] in "+-" and f[1:]}
+        else:
+            feats = _host_features()
+    except (ImportError, AttributeError, RuntimeError, OSError):  # pragma: no cover
+        # unusual llvmlite builds: the generic code
+        feats = {}
+    with _LOCK:
+        return _ONCE.setdefault("features", feats)
+
+
 def _request_tile_permission() -> bool:
     import ctypes
 
@@ -246,4 +273,5 @@ def ensure_started() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-__all__ = ["PATHS", "Capabilities", "capabilities", "ensure_started", "jit_variant"]
+__all__ = ["PATHS", "Capabilities", "capabilities", "ensure_started", "jit_variant",
+           "target_features"]

@@ -84,3 +84,46 @@ def add_json(p: argparse.ArgumentParser, *, help: str, legacy: str | None = None
     p.add_argument("--json", dest="json", metavar="FILE", help=help)
     if legacy:
         p.add_argument(legacy, dest="json", metavar="FILE", help=argparse.SUPPRESS)
+
+
+def add_constants(p: argparse.ArgumentParser) -> None:
+    """``--constants FILE.npz`` / ``--freeze NAME=FILE.npy``: values for ONNX graph inputs that
+    hold quantization parameters (scales, zero points), which the simulator needs fixed."""
+    g = p.add_argument_group("constant graph inputs (ONNX)")
+    g.add_argument("--constants", metavar="FILE.npz",
+                   help="values of graph inputs that are constants (scales, zero points), keyed "
+                        "by input name; they become initializers")
+    g.add_argument("--freeze", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="one graph input's constant value (repeatable)")
+
+
+def constant_inputs(args) -> dict:
+    """name -> array from ``--constants``/``--freeze`` (empty when neither is given)."""
+    import numpy as np
+
+    from mrq.errors import MrqError
+    from mrq.fileio import check_npy_file, load_npz
+
+    values = dict(load_npz(args.constants)) if getattr(args, "constants", None) else {}
+    for item in getattr(args, "freeze", None) or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise MrqError(f"--freeze {item!r}: expected NAME=FILE.npy")
+        if name in values:
+            raise MrqError(f"--freeze {name}: the input is given twice")
+        check_npy_file(path)
+        values[name] = np.load(path, allow_pickle=False)
+    return values
+
+
+def model_with_constants(args):
+    """``args.model``, or its imported graph with the constant inputs frozen."""
+    values = constant_inputs(args)
+    if not values:
+        return args.model
+    from mrq.errors import MrqError
+    from mrq.onnx_import import import_onnx, load_onnx
+    if str(args.model).lower().endswith(".tflite"):
+        raise MrqError("--constants/--freeze apply to ONNX models (a TFLite model has no "
+                       "parameter inputs)")
+    return import_onnx(load_onnx(args.model), source=args.model, constants=values)

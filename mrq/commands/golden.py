@@ -4,11 +4,15 @@ EXAMPLES = """\
 mrq golden model.onnx --profile nna-sym8 --inputs in.npz -o golden/
 mrq golden model.onnx --profile nna-sym8 --inputs in.npz -o golden/ --layout NHWC --weight-layout OHWI --c-headers
 mrq golden model.onnx --profile nna-sym8 --inputs in.npz -o golden/ --force -q
+mrq golden model.onnx --profile nna-sym8 --inputs shards/ -o golden/ --batch-size 8
 """
+
+# every tensor of a traced batch, and its hex text, is in memory at once
+GOLDEN_BATCH = 16
 
 
 def register(sub):
-    from mrq.commands.common import add_command, add_output
+    from mrq.commands.common import add_command, add_constants, add_output
     p = add_command(sub, "golden", examples=EXAMPLES, quiet_help="do not print the summary",
                     help="write a golden set (every tensor of the integer execution) "
                        "for RTL/hardware verification",
@@ -30,34 +34,40 @@ def register(sub):
     p.add_argument("--c-headers", action="store_true", help="also write C headers (DIR/c/*.h, DIR/c/mrq_golden.h)")
     p.add_argument("--bin", action="store_true", help="also write raw little-endian .bin files")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists and is not empty")
+    p.add_argument("--batch-size", type=int, default=GOLDEN_BATCH, metavar="N",
+                   help=f"inputs simulated and written per batch (default {GOLDEN_BATCH}): memory grows "
+                        f"with it, not with the number of inputs; the files are the same for any N")
+    add_constants(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from mrq.accumulators import AccumulatorRow, format_table
     from mrq.commands.common import log
+    from mrq.datasets import open_inputs
     from mrq.errors import MrqError
     from mrq.fileio import guard_paths
-    from mrq.golden import (
-        GoldenLimitError,
-        check_golden_target,
-        compute_golden,
-        write_golden,
-    )
+    from mrq.golden import GoldenLimitError, check_golden_target, stream_golden
 
     if args.weight_layout and sorted(args.weight_layout.upper()) != sorted("OIHW"):
         raise MrqError(f"--weight-layout {args.weight_layout!r}: must be a permutation of OIHW")
-    guard_paths([args.model, args.profile, args.inputs], dir_outputs=[args.output])
-    check_golden_target(args.output, args.force)
-    feeds = _read_inputs(args.inputs, args.model)
-    try:
-        gs = compute_golden(args.model, args.profile, feeds, layout=args.layout,
-                            weight_layout=args.weight_layout.upper() if args.weight_layout else None)
-    except GoldenLimitError as exc:
-        # exit 1 (the model fails the profile, like `mrq check`), not 2 (a usage error)
-        log.error(str(exc))
-        return 1
-    out = write_golden(gs, args.output, c_headers=args.c_headers, write_bin=args.bin, force=args.force)
+    if args.batch_size < 1:
+        raise MrqError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from mrq.commands.common import model_with_constants
+    guard_paths([args.model, args.profile, args.inputs, args.constants, *args.freeze],
+                dir_outputs=[args.output])
+    out = check_golden_target(args.output, args.force)
+    with open_inputs(args.inputs) as source:
+        try:
+            gs = stream_golden(model_with_constants(args), args.profile, source, args.output, args.batch_size,
+                               layout=args.layout,
+                               weight_layout=args.weight_layout.upper() if args.weight_layout else None,
+                               c_headers=args.c_headers, write_bin=args.bin, force=args.force,
+                               progress=not args.quiet)
+        except GoldenLimitError as exc:
+            # exit 1 (the model fails the profile, like `mrq check`), not 2 (a usage error)
+            log.error(str(exc))
+            return 1
     if not args.quiet:
         m = gs.manifest
         n_files = sum(len(t["files"]) for t in m["tensors"])
@@ -72,17 +82,3 @@ def run(args) -> int:
                   f"violation(s), first: {m['violations'][0]}); the golden set uses the profile's "
                   f"arithmetic on the model's own grids")
     return 0
-
-
-# A golden set holds every tensor of the execution, in .npy and hex text, for each sample: a few
-# test vectors, not a data set. Inputs beyond this are refused before any work.
-GOLDEN_MAX_INPUT_BYTES = 64 << 20
-
-
-def _read_inputs(path: str, model: str) -> dict:
-    from mrq.datasets import open_inputs
-    from mrq.pipeline import Pipeline
-    with open_inputs(path) as source:
-        if source.names == (None,):
-            source = source.bound_to(Pipeline.load(model).inputs)
-        return source.read_all(max_bytes=GOLDEN_MAX_INPUT_BYTES)

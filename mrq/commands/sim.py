@@ -2,7 +2,15 @@
 import logging
 import time
 
-from mrq.commands.common import add_command, add_json, add_output, finite, log
+from mrq.commands.common import (
+    add_command,
+    add_constants,
+    add_json,
+    add_output,
+    finite,
+    log,
+    model_with_constants,
+)
 from mrq.errors import MrqError
 
 EXAMPLES = """\
@@ -49,13 +57,14 @@ def register(sub):
     p.add_argument("--stop-before", type=int, metavar="OPERATOR",
                    help="TFLite models: simulate only the operators before this operator index "
                         "(e.g. a CUSTOM post-processing op); its inputs become the outputs")
+    add_constants(p)
     p.set_defaults(func=run)
 
 
 def _model(args):
     """The model path, or with ``--stop-before`` the TFLite graph cut before that operator."""
     if getattr(args, "stop_before", None) is None:
-        return args.model
+        return model_with_constants(args)
     if not str(args.model).lower().endswith(".tflite"):
         raise MrqError(f"--stop-before needs a .tflite model, got {args.model}")
     from mrq.tflite_import import import_tflite
@@ -69,7 +78,8 @@ def run(args) -> int:
     from mrq.metrics import format_table
     from mrq.pipeline import Pipeline
 
-    guard_paths([args.model, args.profile, args.inputs, args.labels], outputs=[args.output],
+    guard_paths([args.model, args.profile, args.inputs, args.labels, args.constants, *args.freeze],
+                outputs=[args.output],
                 text_outputs=[args.json])
     if args.no_fidelity and args.dump_all:
         raise MrqError("--dump-all writes the intermediate tensors: it cannot be combined with "

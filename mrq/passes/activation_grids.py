@@ -20,6 +20,9 @@ from mrq.ir import Graph, QParams
 from mrq.passes.grid_classes import grid_classes, members
 
 CLIP_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+# Below 8 bits the rounding error of a covering grid dominates the clipping error much longer:
+# the best clip of a 4-bit ReLU output is typically 0.3-0.5 of its range.
+LOW_BIT_CLIP_FACTORS = (0.45, 0.4, 0.35, 0.3, 0.25, 0.2)
 MAX_SAMPLES = 200_000
 
 
@@ -59,7 +62,7 @@ def candidate_grids(lo: float, hi: float, fmt, select: bool) -> list:
         return [grid_for_range(lo, hi, fmt, direction="up")]
     directions = ("up", "down") if fmt.scale.form != "float" else ("up",)
     out = []
-    for factor in CLIP_FACTORS:
+    for factor in CLIP_FACTORS + (LOW_BIT_CLIP_FACTORS if fmt.bits < 8 else ()):
         for d in directions:
             out.append(grid_for_range(lo, hi, fmt, scale_multiplier=factor, direction=d))
     return out
@@ -158,7 +161,8 @@ def _consumer_weighted_errors(graph: Graph, ctx, root: str, names: list, candida
 
 
 def activation_grids(graph: Graph, ctx) -> Graph:
-    fmt = ctx.profile.activations
+    from mrq.mixed_precision import LayerFormats
+    formats = LayerFormats.of(graph, ctx.profile)   # each tensor: its producer layer's format
     select = ctx.options.scale_selection and ctx.calib is not None
     rng = np.random.default_rng(0)
     shared_ops = ctx.profile.ops.shared_grid
@@ -169,13 +173,17 @@ def activation_grids(graph: Graph, ctx) -> Graph:
         qp = t.qparams
         if qp.dtype in ("int32", "int64"):
             continue
+        profile = formats.for_tensor(root)
+        fmt = profile.activations
         # members may differ only where the profile ties them (ops.shared_grid)
         one_grid = all(graph.tensors[n].qparams.same_grid(qp) for n in names)
-        if one_grid and not ctx.profile.check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis):
+        if one_grid and not profile.check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis,
+                                                 code_range=(qp.qmin, qp.qmax)):
             continue
         flipped = signedness_flip(qp, fmt) if one_grid else None
-        if flipped is not None and not ctx.profile.check_tensor("activations", flipped.dtype, flipped.scale,
-                                                                flipped.zero_point, flipped.axis):
+        if flipped is not None and not profile.check_tensor("activations", flipped.dtype, flipped.scale,
+                                                            flipped.zero_point, flipped.axis,
+                                                            code_range=(flipped.qmin, flipped.qmax)):
             new, lossless, note = flipped, True, "code shift by 2**(bits-1)"
         else:
             lo, hi = _class_range(graph, names)
@@ -207,17 +215,19 @@ def activation_grids(graph: Graph, ctx) -> Graph:
 
 def _recode_constant_activations(graph: Graph, ctx) -> None:
     """Constant operands of Add/Mul/Concat (activations by role) onto a conforming grid."""
-    fmt = ctx.profile.activations
+    from mrq.mixed_precision import LayerFormats
+    formats = LayerFormats.of(graph, ctx.profile)
     weights_like = {n.inputs[1] for n in graph.nodes if n.op in ("Conv", "Gemm")}
     biases = {n.inputs[2] for n in graph.nodes if n.op in ("Conv", "Gemm") and len(n.inputs) > 2}
     for name, t in graph.tensors.items():
         if not t.is_const or t.qparams is None or name in weights_like or name in biases:
             continue
         qp = t.qparams
-        if not ctx.profile.check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis):
+        profile = formats.for_tensor(name)
+        if not profile.check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis):
             continue
         real = qp.dequantize(np.asarray(t.data))
-        new = grid_for_range(real.min(), real.max(), fmt)
+        new = grid_for_range(real.min(), real.max(), profile.activations)
         t.data = np.clip(np.rint(real / new.scale[0]) + new.zero_point[0], new.qmin, new.qmax).astype(np.int64)
         t.qparams, t.dtype = new, new.dtype
         ctx.report.change(name, "activations", describe(qp), describe(new), False, "activation_grids", "constant")

@@ -45,6 +45,8 @@ class RequantReport:
     changes: list = field(default_factory=list)          # list[TensorChange]
     layer_errors: dict = field(default_factory=dict)     # stage -> {layer: output MSE vs input model}
     bias_saturated: dict = field(default_factory=dict)   # layer -> number of saturated bias codes
+    # layer -> what accumulator_budget did (mrq.passes.accumulator_budget.LayerAccReport.as_dict)
+    accumulators: dict = field(default_factory=dict)
     passes_run: list = field(default_factory=list)
     passes_skipped: list = field(default_factory=list)
     notes: list = field(default_factory=list)
@@ -63,6 +65,9 @@ class Options:
     weight_correction: bool = True
     error_folding: bool = True
     scale_selection: bool = True
+    # weight_correction rounds the least-squares fit of the input model's output on the new
+    # model's input (mrq.passes.input_error_target) instead of the input model's weights
+    input_error_target: bool = True
     disabled: frozenset = frozenset()
 
     def enabled(self, name: str) -> bool:

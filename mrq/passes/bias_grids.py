@@ -40,6 +40,10 @@ def set_bias(graph: Graph, node, real: np.ndarray, profile) -> int:
     lo, hi = profile.bias.qmin_qmax()
     exact = np.rint(np.asarray(real, np.float64) / scale.astype(np.float64))
     codes = np.clip(exact, lo, hi).astype(np.int64)
+    from mrq.passes.accumulator_budget import budget_bias_limits
+    limits = budget_bias_limits(graph, node)
+    if limits is not None:   # the accumulator budget of accumulator_budget binds the bias too
+        codes = np.clip(codes, limits[0], limits[1]).astype(np.int64)
     saturated = int(np.count_nonzero(codes != exact))
     qp = QParams(scale, np.zeros(scale.size, np.int64), profile.bias.dtype, axis=0 if scale.size > 1 else None)
     if len(node.inputs) < 3:

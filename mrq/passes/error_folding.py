@@ -40,6 +40,7 @@ def error_folding_hook(graph, ctx):
         w_old = weight_rows(original, old_node)
         w_new = weight_rows(graph, node)
         mean_old = np.sum(w_old * mean_patch(original, old_node, x_old), axis=1) + real_bias(original, old_node)
+        mean_old = mean_old - node.attrs.get("output_offset", 0.0)    # see activation_offsets
         b_now = node.attrs.get("bias_real", real_bias(graph, node))
         mean_new = np.sum(w_new * mean_patch(graph, node, x_new), axis=1) + b_now
         saturated = set_bias(graph, node, b_now + (mean_old - mean_new), ctx.profile)

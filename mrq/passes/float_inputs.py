@@ -13,12 +13,15 @@ from mrq.ir import Graph, Node, Tensor
 
 
 def float_inputs(graph: Graph, ctx) -> Graph:
+    from mrq.mixed_precision import LayerFormats
+    formats = LayerFormats.of(graph, ctx.profile)   # an input has the format of its reader
     for i, name in enumerate(list(graph.inputs)):
         t = graph.tensors[name]
         qp = t.qparams
         if qp is None or t.dtype == "float32":
             continue
-        if not ctx.profile.check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis):
+        if not formats.for_tensor(name).check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis,
+                                                     code_range=(qp.qmin, qp.qmax)):
             continue
         codes_name = graph.unique_name(name + "_codes")
         for node in graph.nodes:

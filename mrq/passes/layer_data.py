@@ -124,6 +124,8 @@ def layer_output_mse(graph: Graph, node, original: Graph, x_new, x_old, cache: d
         old_node = original.node(node.name)
         y_old = pre_activation(original, old_node, x_old[:REPORT_SAMPLES], real_weights(original, old_node),
                                real_bias(original, old_node))
+        # a layer whose output activation_offsets shifted should reproduce the shifted values
+        y_old = y_old - np.asarray(node.attrs.get("output_offset", 0.0), y_old.dtype)
         cache[("layer_output", node.name)] = y_old
     b_now = np.asarray(node.attrs.get("bias_real", real_bias(graph, node)), np.float64)
     w_t = graph.tensors[node.inputs[1]]

@@ -75,6 +75,8 @@ class _Walk:
         self.ctx = ctx
         self.a = arith
         self.profile = ctx.profile
+        from mrq.mixed_precision import LayerFormats
+        self.formats = LayerFormats.of(graph, ctx.profile)   # per-layer weight/activation formats
         self.classes = grid_classes(graph, self.profile.ops.shared_grid)
         self.members = members(self.classes)
         self.rmax = mul.largest_multiplier(arith.requant, arith.multiplier_bits or 31, arith.shift_min)
@@ -227,7 +229,7 @@ class _Walk:
         NaN. Weights shared by another node, or per-tensor weights, move only as a whole."""
         w_t = self.g.tensors[node.inputs[1]]
         qp = w_t.qparams
-        fmt = self.profile.weights.scale
+        fmt = self.formats.for_node(node.name).weights.scale
         n_out = bad.size
         out = np.full(n_out, np.nan)
         if sum(1 for n in self.g.nodes if node.inputs[1] in n.inputs) > 1:
@@ -320,7 +322,7 @@ class _Walk:
                                       f"the grid of an integer model input, whose codes the "
                                       f"caller supplies")
             return
-        fmt = self.profile.activations.scale
+        fmt = self.formats.for_tensor(root).activations.scale
         need = max(k for k, _, _ in sites) / self.rmax
         cand = snap_scale(np.array([max(need, float(qp.scale[0]))]), fmt, "up")[0]
         for _ in range(NUDGES):
@@ -332,7 +334,7 @@ class _Walk:
                                       f"{need:.6g}, which the profile's activation scale form "
                                       f"cannot give")
             return
-        new = _rescaled_grid(qp, float(cand), self.profile.activations)
+        new = _rescaled_grid(qp, float(cand), self.formats.for_tensor(root).activations)
         for name in names:
             self.g.tensors[name].qparams = new
             self.g.tensors[name].dtype = new.dtype

@@ -13,6 +13,7 @@ import numpy as np
 
 from mrq.grids import describe, grid_for_range
 from mrq.ir import Graph, QParams
+from mrq.mixed_precision import LayerFormats
 from mrq.passes.activation_grids import CLIP_FACTORS, signedness_flip
 
 ENERGY_SAMPLES = 64   # calibration images used for the per-column input energy
@@ -58,18 +59,20 @@ def input_energy(node, graph: Graph, ctx, k: int) -> np.ndarray | None:
 
 
 def weight_grids(graph: Graph, ctx) -> Graph:
-    fmt = ctx.profile.weights
+    formats = LayerFormats.of(graph, ctx.profile)
     select = ctx.options.scale_selection
     for node in graph.nodes:
         if node.op not in ("Conv", "Gemm") or node.attrs.get("integer_output"):
             continue
+        profile = formats.for_node(node.name)     # the layer's own weight format
+        fmt = profile.weights
         t = graph.tensors[node.inputs[1]]
         qp = t.qparams
         codes = np.asarray(t.data)
-        if not ctx.profile.check_tensor("weights", qp.dtype, qp.scale, qp.zero_point, qp.axis, values=codes):
+        if not profile.check_tensor("weights", qp.dtype, qp.scale, qp.zero_point, qp.axis, values=codes):
             continue
         flipped = signedness_flip(qp, fmt)
-        if flipped is not None and not ctx.profile.check_tensor(
+        if flipped is not None and not profile.check_tensor(
                 "weights", flipped.dtype, flipped.scale, flipped.zero_point, flipped.axis,
                 values=codes + (flipped.zero_point[0] - qp.zero_point[0])):
             shift = int(flipped.zero_point.flat[0] - qp.zero_point.flat[0])

@@ -34,7 +34,6 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from simulator.capabilities import capabilities
 from simulator.errors import KernelInputError
 from simulator.launch import Call, In, Launch, Tmp
 from simulator.kernels import simd
@@ -458,7 +457,7 @@ class AddFixed:
         acc_bound = _add_bound(dtype_a, dtype_b, self.za, self.zb, self.ma, self.mb)
         # product and rounding offset fit int64: the branch-free kernel for this rounding
         fast = 1 <= self.shift <= 62 and acc_bound * abs(self.mult) < 2**62
-        if fast and capabilities().vnni and dtype_a.itemsize <= 2 and dtype_b.itemsize <= 2 \
+        if fast and dtype_a.itemsize <= 2 and dtype_b.itemsize <= 2 \
                 and acc_bound < 2**31:
             # the sum fits int32: 16 lanes, fused epilogue; when the product by the multiplier
             # fits int32 too (XNNPACK-style adds: multiplier 1, shift ~20), all in int32 lanes

@@ -50,7 +50,9 @@ Which kernel a dense (non-depthwise) NHWC step takes, for given input shapes: 1-
 1x1 stride-1 unpadded conv or gemm, the row kernel of :mod:`simulator.kernels.gemv`; else, on
 hosts with AMX-INT8 and one group without the zero-point split, the tile kernel of
 :mod:`simulator.kernels.amx_conv` (int8 inputs multiplied as they are, without the +128); else
-the VNNI kernel here. All compute the same bits (the tests compare each with the reference).
+the VNNI kernel here; on the ``portable`` path (no AVX-512 VNNI) the int16 kernel of
+:mod:`simulator.kernels.portable` instead of all three (int16 image and weights, no zero-point
+split). All compute the same bits (the tests compare each with the reference).
 """
 from __future__ import annotations
 
@@ -59,11 +61,9 @@ import numpy as np
 from numba import njit, prange
 
 from simulator.capabilities import capabilities
-from simulator.kernels import amx, amx_conv, gemv
+from simulator.kernels import amx, amx_conv, gemv, portable, simd
 from simulator.kernels import epilogue as ep_k
-from simulator.kernels import simd
 from simulator.kernels.jitcache import specialised
-from simulator.launch import Call, In, Launch, Tmp
 from simulator.kernels.simd import (
     vadd_i32,
     vbcast4,
@@ -76,6 +76,7 @@ from simulator.kernels.simd import (
     vstore,
     vzero,
 )
+from simulator.launch import Call, In, Launch, Tmp
 
 MR = 8
 LANES = 16
@@ -781,8 +782,8 @@ class ConvFast:
         # need to fit the kernels' weight type: int32 (depthwise) or int8 after the split
         self.usable = (ws64.size > 0 and int(ws64.min()) >= -(2**31)
                        and int(ws64.max()) <= _INT32_LIMIT)
-        if not self.depthwise and not capabilities().vnni:
-            self.usable = False
+        # the dense kernels: vpdpbusd (VNNI) or int16 pairs (simulator.kernels.portable)
+        self.vnni = capabilities().vnni
         self._colsum = colsum
         self.amx = None  # (n_chunks, chunk4, c4p, padded weights) when the AMX kernel applies
         self._biasp = {}
@@ -816,11 +817,19 @@ class ConvFast:
         # zero-point split: ws = wsh + dm[m] with wsh int8 (module docstring)
         wmin = ws64.reshape(m_out, -1).min(axis=1)
         wmax = ws64.reshape(m_out, -1).max(axis=1)
-        if int((wmax - wmin).max()) > 255:
+        if not self.vnni:
+            # int16 weights hold any 8-bit ws: no split
+            if not portable.usable_weights(wmin.min(), wmax.max()):
+                self.usable = False
+                return
+            dm = np.zeros(m_out, dtype=np.int64)
+        elif int((wmax - wmin).max()) > 255:
             self.usable = False
             return
-        # dm = 0 when the channel already fits int8, else the nearest shift that makes it fit
-        dm = np.clip(np.zeros(m_out, dtype=np.int64), wmax - 127, wmin + 128)
+        else:
+            # dm = 0 when the channel already fits int8, else the nearest shift that makes it fit
+            dm = np.clip(np.zeros(m_out, dtype=np.int64), wmax - 127, wmin + 128)
+        wtype = np.int8 if self.vnni else np.int16
         if np.any(dm != 0):
             self.has_u = 1
             self.dm[:m_out] = dm
@@ -838,7 +847,7 @@ class ConvFast:
             self.nbg = (m_out + LANES - 1) // LANES
             run = kw_n * cg
             self.c4_n = (run + 3) // 4
-            pk = np.zeros(((self.nbg + hu) * LANES, kh_n, self.c4_n * 4), dtype=np.int8)
+            pk = np.zeros(((self.nbg + hu) * LANES, kh_n, self.c4_n * 4), dtype=wtype)
             pk[:hu * LANES, :, :run] = 1
             pk[hu * LANES:hu * LANES + m_out, :, :run] = (
                 ws64.transpose(0, 2, 3, 1).reshape(m_out, kh_n, run))
@@ -849,12 +858,14 @@ class ConvFast:
             self.ctot = group * self.cgp
             self.nbg = (self.mg + LANES - 1) // LANES
             self.c4_n = self.cgp // 4
-            pk = np.zeros((group, (self.nbg + hu) * LANES, self.cgp, kh_n, kw_n), dtype=np.int8)
+            pk = np.zeros((group, (self.nbg + hu) * LANES, self.cgp, kh_n, kw_n), dtype=wtype)
             pk[:, :hu * LANES, :cg] = 1
             pk[:, hu * LANES:hu * LANES + self.mg, :cg] = (
                 ws64.reshape(group, self.mg, cg, kh_n, kw_n))
             pk = pk.reshape(group, self.nbg + hu, LANES, self.cgp // 4, 4, kh_n, kw_n)
             self.wpk = np.ascontiguousarray(pk.transpose(0, 1, 5, 6, 3, 2, 4)).reshape(-1)
+        if not self.vnni:
+            self.wpk = portable.pack_pairs(self.wpk)
         self._geom = {}
         # AMX tiles (simulator.kernels.amx_conv): one group, no zero-point split, NHWC
         if capabilities().amx and group == 1 and not hu and not self.nchw:
@@ -983,8 +994,9 @@ class ConvFast:
         # the dtype's offset to uint8 (for the bound), and the one the kernels apply: the AMX
         # kernel multiplies int8 inputs as they are (tdpbssd), the others need uint8 (+128)
         dflip = 128 if dtype == np.int8 else 0
-        use_gemv = (not self.depthwise and self.run_mode and not self.has_u and not self.nchw
-                    and self._pointwise() and n_img * oh_n * ow_n <= gemv.MAX_ROWS)
+        use_gemv = (self.vnni and not self.depthwise and self.run_mode and not self.has_u
+                    and not self.nchw and self._pointwise()
+                    and n_img * oh_n * ow_n <= gemv.MAX_ROWS)
         use_amx = (self.amx is not None and not use_gemv and self._amx_pays() and (dflip == 0 or -128 <= self.xzp <= 127))
         signed = use_amx and dflip == 128
         flip = 0 if signed else dflip
@@ -1020,7 +1032,10 @@ class ConvFast:
         img = hp_n * wp_n * self.ctot
         # bytes the kernels may read past the last window's run (multiplied by zero weights)
         slack = 16 + (4 * (self.amx[2] - self.c4_n) if use_amx else 0)
-        if (flip == 0 and not self.nchw and self.run_mode and self.kh == 1 and self.kw == 1
+        # the portable dense kernel reads an int16 image (simulator.kernels.portable)
+        image_dtype = "uint8" if self.vnni or self.depthwise else portable.IMAGE_DTYPE
+        if (flip == 0 and image_dtype == "uint8" and not self.nchw and self.run_mode
+                and self.kh == 1 and self.kw == 1
                 and (hp_n, wp_n) == (height, width) and self.cg % 4 == 0
                 and slack == 16):
             # an NHWC input of a 1x1 conv without padding (uint8, or int8 for the AMX kernel)
@@ -1030,7 +1045,7 @@ class ConvFast:
             calls = []
         else:
             # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
-            temps.append(((n_img * img + slack,), "uint8"))
+            temps.append(((n_img * img + slack,), image_dtype))
             xp = Tmp(1)
             args = (x_in, self.nchw, self.pt, self.pl, hp_n, wp_n, self.group, self.cg,
                     self.cgp, self.ctot, flip, uzp, xp)
@@ -1064,6 +1079,19 @@ class ConvFast:
         elif use_amx:
             calls.append(self._amx_call(xp, img, n_img, oh_n, ow_n, wp_n, taps, biasp, flat,
                                         parallel, threads, signed))
+        elif not self.vnni:
+            n_blocks = (total + portable.MR - 1) // portable.MR
+            common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps,
+                      self.c4_n, self.cgp, self.group, self.nbg, self.mg, self.m_out,
+                      self.wpk, biasp) + ep.arrays() + (flat, self.nchw, total)
+            pkern = portable.kernels(ep.kind, ep.rnd)
+            if total <= portable.MAX_ROWS:
+                calls.append(Call(pkern[2], common + (0, total), counted=True))
+            elif parallel:
+                calls.append(Call(pkern[1], common + (n_blocks, min(n_blocks, threads * 4)),
+                                  counted=True))
+            else:
+                calls.append(Call(pkern[0], common + (0, n_blocks), counted=True))
         else:
             n_blocks = (total + MR - 1) // MR
             common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps,
@@ -1111,4 +1139,4 @@ class ConvFast:
         return Call(kern[0], common + (0, n_units), counted=True)
 
 
-__all__ = ["ConvFast", "MR", "PARALLEL_MIN_MACS"]
+__all__ = ["MR", "PARALLEL_MIN_MACS", "ConvFast"]

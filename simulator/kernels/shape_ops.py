@@ -171,6 +171,35 @@ def resize_bilinear(x: np.ndarray, *, size: tuple, mode: str, align_corners: boo
     return np.clip(out, info.min, info.max).astype(x.dtype)
 
 
+def resize_linear_f32(x: np.ndarray, *, y_lo: np.ndarray, y_hi: np.ndarray, wy_lo: np.ndarray,
+                      wy_hi: np.ndarray, x_lo: np.ndarray, x_hi: np.ndarray, wx_lo: np.ndarray,
+                      wx_hi: np.ndarray) -> np.ndarray:
+    """Bilinear resize of NCHW values with given source rows/columns and float32 weights, ONNX
+    Runtime's ``UpsampleBilinear``: ``wx_lo*wy_lo*v00 + wx_hi*wy_lo*v01 + wx_lo*wy_hi*v10 +
+    wx_hi*wy_hi*v11``, each product and sum a float32 operation, left to right. Integer codes
+    are interpolated as float32 and truncated toward zero (its ``static_cast<T>``)."""
+    check_int_array("resize_linear input", x, ("float32", "int8", "uint8"))
+    if x.ndim != 4:
+        raise KernelInputError(f"resize_linear: input must be NCHW, got {list(x.shape)}")
+    for name, idx, n in (("y", y_lo, x.shape[2]), ("y", y_hi, x.shape[2]), ("x", x_lo, x.shape[3]),
+                         ("x", x_hi, x.shape[3])):
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise KernelInputError(f"resize_linear: {name} index outside [0, {n})")
+    f32 = np.float32
+    wyl, wyh = wy_lo.astype(f32).reshape(1, 1, -1, 1), wy_hi.astype(f32).reshape(1, 1, -1, 1)
+    wxl, wxh = wx_lo.astype(f32).reshape(1, 1, 1, -1), wx_hi.astype(f32).reshape(1, 1, 1, -1)
+    r0, r1 = x[:, :, y_lo].astype(f32), x[:, :, y_hi].astype(f32)
+    v00, v01, v10, v11 = r0[:, :, :, x_lo], r0[:, :, :, x_hi], r1[:, :, :, x_lo], r1[:, :, :, x_hi]
+    t = ((wxl * wyl).astype(f32) * v00).astype(f32)
+    t = (t + ((wxh * wyl).astype(f32) * v01).astype(f32)).astype(f32)
+    t = (t + ((wxl * wyh).astype(f32) * v10).astype(f32)).astype(f32)
+    t = (t + ((wxh * wyh).astype(f32) * v11).astype(f32)).astype(f32)
+    if x.dtype != np.float32:
+        info = np.iinfo(x.dtype)
+        return np.ascontiguousarray(np.clip(np.trunc(t), info.min, info.max).astype(x.dtype))
+    return np.ascontiguousarray(t)
+
+
 # --------------------------------------------------------------------------------------------
 # prelu
 # --------------------------------------------------------------------------------------------

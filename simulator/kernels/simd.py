@@ -29,7 +29,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from simulator import rounding as R
-from simulator.capabilities import capabilities
+from simulator.capabilities import capabilities, target_features
 
 
 def __getattr__(name):
@@ -417,6 +417,51 @@ def vmadd16_i32(typingctx, acc, a, b):
         else:
             h = ir.VectorType(ir.IntType(16), 16)
             p = builder.mul(a_v, builder.sext(builder.trunc(b_v, h), _VT))
+        return builder.add(acc_v, p)
+    return i32x16(i32x16, i32x16, i32x16), codegen
+
+
+_W32 = ir.VectorType(ir.IntType(16), 32)
+
+
+def _lanes(values):
+    return ir.Constant(ir.VectorType(_I32, len(values)), list(values))
+
+
+@intrinsic
+def vmaddwd(typingctx, acc, a, w):
+    """``acc[j] + a[2j] * w[2j] + a[2j+1] * w[2j+1]`` per int32 lane, ``a`` and ``w`` read as 32
+    int16 lanes (products exact, additions wrapping; ``vpmaddwd`` never overflows here because
+    the callers' ``a`` is never -32768). The portable dense kernel's inner product
+    (:mod:`simulator.kernels.portable`). LLVM does not reliably find ``vpmaddwd`` in the generic
+    form (it splits the even/odd lanes into 16-product multiplies), so on x86 targets with
+    AVX-512BW or AVX2 (:func:`simulator.capabilities.target_features`) this names the
+    instruction; any other target gets the generic sign-extend, multiply and add."""
+    def codegen(context, builder, sig, args):
+        acc_v, a_v, w_v = args
+        feats = target_features()
+        if feats.get("avx512bw"):
+            p = _vcall(builder, "llvm.x86.avx512.pmaddw.d.512", _VT,
+                       builder.bitcast(a_v, _W32), builder.bitcast(w_v, _W32))
+        elif feats.get("avx2"):
+            h16 = ir.VectorType(ir.IntType(16), 16)
+            h8 = ir.VectorType(_I32, 8)
+            halves = []
+            for half in (0, 8):
+                sel = _lanes(range(half, half + 8))
+                halves.append(_vcall(builder, "llvm.x86.avx2.pmadd.wd", h8,
+                                     builder.bitcast(builder.shuffle_vector(a_v, a_v, sel), h16),
+                                     builder.bitcast(builder.shuffle_vector(w_v, w_v, sel), h16)))
+            p = builder.shuffle_vector(halves[0], halves[1], _lanes(range(16)))
+        else:
+            a16 = builder.bitcast(a_v, _W32)
+            w16 = builder.bitcast(w_v, _W32)
+            p = None
+            for first in (0, 1):
+                sel = _lanes(range(first, 32, 2))
+                prod = builder.mul(builder.sext(builder.shuffle_vector(a16, a16, sel), _VT),
+                                   builder.sext(builder.shuffle_vector(w16, w16, sel), _VT))
+                p = prod if p is None else builder.add(p, prod)
         return builder.add(acc_v, p)
     return i32x16(i32x16, i32x16, i32x16), codegen
 
@@ -872,9 +917,47 @@ ep16_q31 = _make_ep16_q31(False)
 ep16_q31_ruy = _make_ep16_q31(True)
 
 
-__all__ = ["i32x16", "f32x16", "i64x16", "vzero", "vload", "vbcast4", "vdpbusd",
-           "vstore", "vload_i32", "vload_f32", "vload_i64", "vsplat_f32", "vsplat_i64",
-           "vadd_i32", "vload_u8_i32", "vand_i32", "vmadd_i32", "vmadd16_i32", "vget", "vstore_codes", "vstore_codes_n", "ep16_fp32", "ep16_fp32_zp_in", "ep16_int",
-           "ep16_int32", "ep16_int_p32", "ep16_q31", "ep16_q31_ruy", "vload_ext", "vsplat_i32", "vsub_i32", "vshl_i32", "vmbqm",
-           "vmbqm_ruy", "vclamp_count", "vcvt_f32", "vfma_f32", "vmul_f32", "vdiv_f32",
-           "vload_f32x", "vquant"]
+__all__ = [
+    "ep16_fp32",
+    "ep16_fp32_zp_in",
+    "ep16_int",
+    "ep16_int32",
+    "ep16_int_p32",
+    "ep16_q31",
+    "ep16_q31_ruy",
+    "f32x16",
+    "i32x16",
+    "i64x16",
+    "vadd_i32",
+    "vand_i32",
+    "vbcast4",
+    "vclamp_count",
+    "vcvt_f32",
+    "vdiv_f32",
+    "vdpbusd",
+    "vfma_f32",
+    "vget",
+    "vload",
+    "vload_ext",
+    "vload_f32",
+    "vload_f32x",
+    "vload_i32",
+    "vload_i64",
+    "vload_u8_i32",
+    "vmadd16_i32",
+    "vmadd_i32",
+    "vmaddwd",
+    "vmbqm",
+    "vmbqm_ruy",
+    "vmul_f32",
+    "vquant",
+    "vshl_i32",
+    "vsplat_f32",
+    "vsplat_i32",
+    "vsplat_i64",
+    "vstore",
+    "vstore_codes",
+    "vstore_codes_n",
+    "vsub_i32",
+    "vzero",
+]

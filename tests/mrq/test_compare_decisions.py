@@ -119,12 +119,15 @@ N = 16
 
 @pytest.fixture(scope="module")
 def broken_profile(tmp_path_factory):
-    """nna-sym8 with a 16-bit *wrapping* accumulator: the demo model's sums wrap, so its
-    predictions change and the threshold must FAIL it."""
+    """nna-sym8 with 4-bit weights and a 16-bit *wrapping* accumulator: re-quantized without
+    data, the demo model's predictions change and the threshold must FAIL it. (The 16-bit
+    accumulator alone no longer does: accumulator_budget proves the re-quantized sums never
+    wrap.)"""
     text = (ROOT_PROFILES / "nna-sym8-acc20.yaml").read_text()
     text = text.replace("name: nna-sym8-acc20", "name: nna-acc16-wrap")
     text = text.replace("bits: 20                # must fit", "bits: 16                # must fit")
     text = text.replace("  bits: 20\n  overflow: saturate", "  bits: 16\n  overflow: wrap")
+    text = text.replace("weights:\n  bits: 8", "weights:\n  bits: 4")
     path = tmp_path_factory.mktemp("prof") / "nna-acc16-wrap.yaml"
     path.write_text(text)
     return str(path)

@@ -23,8 +23,9 @@ from mrq.hw_profile import list_profiles, load_profile
 REPO = Path(__file__).resolve().parents[2]
 PROFILE_DIR = REPO / "hw_profiles"
 SCHEMA_PATH = PROFILE_DIR / "schema.json"
-SHIPPED = ["litert-default", "nna-a16w8", "nna-sym8", "nna-sym8-acc20", "nna-sym8-pow2",
-           "nna-w4a8", "nna-w4a8-pow2", "onnxruntime-cpu", "tflite-int8"]
+SHIPPED = ["litert-default", "nna-a16w8", "nna-sym8", "nna-sym8-acc16", "nna-sym8-acc18", "nna-sym8-acc20",
+           "nna-sym8-pow2",
+           "nna-w4a4", "nna-w4a4-fl8", "nna-w4a8", "nna-w4a8-pow2", "onnxruntime-cpu", "tflite-int8"]
 
 
 def _raw(name: str) -> dict:
@@ -732,7 +733,7 @@ def test_schema_vocabulary_matches_loader():
     assert d["tensor"]["properties"]["bits"]["maximum"] == H.ACT_BITS[1]
     assert s["properties"]["runtime"]["enum"] == list(H.RUNTIMES)
     assert set(s["required"]) == {f.name for f in dataclasses.fields(H.HwProfile)} - {
-        "source", "runtime", "host_ops", "host_profiles"}
+        "source", "runtime", "host_ops", "host_profiles", "layers"}
     assert set(s["properties"]) == set(H.TOP_REQUIRED) | set(H.TOP_OPTIONAL)
 
 

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from mrq.demo import DEMO_MODEL, demo_inputs
-from mrq.float_kernels import depthwise_conv_nchw, quant_sq_errors
+from mrq.float_kernels import (
+    depthwise_conv_nchw,
+    depthwise_conv_nchw_jit,
+    depthwise_conv_nchw_numpy,
+    quant_sq_errors,
+)
 from mrq.float_ref import FloatReference, _apply_clamp, _grid_round
 from mrq.ir import QParams
 from mrq.onnx_import import load_model
@@ -44,12 +49,16 @@ def test_depthwise_kernel_matches_naive_loops_bit_exactly(k, stride, pad, dil):
     w = rng.standard_normal((5, k, k))
     oh = (9 + 2 * pad - (k - 1) * dil - 1) // stride + 1
     ow = (10 + 2 * pad - (k - 1) * dil - 1) // stride + 1
-    got = depthwise_conv_nchw(x, w, (stride, stride), (pad, pad), (dil, dil), oh, ow)
-    np.testing.assert_array_equal(got, _naive_depthwise(x, w, (stride, stride), (pad, pad), (dil, dil), oh, ow))
-    got32 = depthwise_conv_nchw(x.astype(np.float32), w.astype(np.float32), (stride, stride), (pad, pad),
-                                (dil, dil), oh, ow)
+    args = (stride, stride), (pad, pad), (dil, dil), oh, ow
+    want = _naive_depthwise(x, w, *args)
+    # the jitted kernel (large inputs) and the numpy form (small ones): the same bits
+    for form in (depthwise_conv_nchw_jit, depthwise_conv_nchw_numpy, depthwise_conv_nchw):
+        np.testing.assert_array_equal(form(x, w, *args), want)
+    got32 = depthwise_conv_nchw_jit(x.astype(np.float32), w.astype(np.float32), *args)
     assert got32.dtype == np.float32
-    np.testing.assert_allclose(got32, got, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got32, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(depthwise_conv_nchw_numpy(x.astype(np.float32), w.astype(np.float32), *args),
+                                  got32)
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

@@ -284,19 +284,112 @@ def test_cli_shards_npy_and_labels(tmp_path):
                        out, "6 labels for 7 input samples")
 
 
-def test_golden_and_calibration_read_every_input_format(tmp_path):
-    """`mrq golden --inputs` and `mrq requant --calib` take a bare .npy and shard directories
-    too, and refuse a set larger than they hold in memory with one line."""
-    from mrq.commands import golden
+def _cli(capsys, *args):
+    """``mrq ARGS`` in this process (no interpreter start-up): (exit code, stderr lines)."""
+    from mrq.cli import main
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err.strip().splitlines()
 
-    x = demo_inputs(3, seed=1)["input"]
-    np.save(tmp_path / "x.npy", x)
-    (tmp_path / "d").mkdir()
-    np.save(tmp_path / "d" / "a.npy", x[:1])
-    np.save(tmp_path / "d" / "b.npy", x[1:])
-    for path in (tmp_path / "x.npy", tmp_path / "d"):
-        feeds = golden._read_inputs(str(path), DEMO_MODEL)
-        assert list(feeds) == ["input"]
-        np.testing.assert_array_equal(feeds["input"], x)
-    with pytest.raises(InputDataError, match="more than the 100"):
-        open_inputs(str(tmp_path / "d")).read_all(max_bytes=100)
+
+def _tree(root) -> dict:
+    """Every file under ``root`` by relative path: bytes, and the manifest without the
+    provenance (its date and command line differ from run to run)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            if name == "manifest.json":
+                with open(path) as f:
+                    data = json.load(f)
+                data.pop("provenance")
+                out[rel] = data
+            else:
+                with open(path, "rb") as f:
+                    out[rel] = f.read()
+    return out
+
+
+def test_golden_from_shards_in_batches_equals_one_batch_of_an_npz(tmp_path, capsys):
+    """`mrq golden` writes batch by batch (hex, C arrays split across batches, .npy headers for
+    the whole set, merged statistics), and the folder is byte for byte the one-batch folder."""
+    x = demo_inputs(5, seed=1)["input"]
+    np.savez(tmp_path / "x.npz", input=x)
+    shards = tmp_path / "d"
+    shards.mkdir()
+    np.save(shards / "a.npy", x[:2])
+    np.save(shards / "b.npy", x[2:])
+    common = ["--profile", "nna-sym8", "--layout", "NHWC", "--c-headers", "--bin", "-q"]
+    assert _cli(capsys, "golden", DEMO_MODEL, "--inputs", tmp_path / "x.npz", "-o", tmp_path / "one",
+                "--batch-size", 5, *common)[0] == 0
+    assert _cli(capsys, "golden", DEMO_MODEL, "--inputs", shards, "-o", tmp_path / "many",
+                "--batch-size", 2, *common)[0] == 0
+    one, many = _tree(tmp_path / "one"), _tree(tmp_path / "many")
+    assert sorted(one) == sorted(many)
+    for rel in one:
+        assert one[rel] == many[rel], rel
+    manifest = one["manifest.json"]
+    assert manifest["batch"] == 5
+    # the streamed .npy files hold the whole set
+    first = next(t for t in manifest["tensors"] if t["role"] == "input")
+    got = np.load(tmp_path / "many" / first["files"]["npy"], allow_pickle=False)
+    np.testing.assert_array_equal(got.transpose(0, 3, 1, 2).astype(np.float32), x)
+
+
+def test_calibration_from_shards_equals_the_npz_and_is_limited(tmp_path, capsys):
+    """`mrq requant --calib` reads shards like the .npz, and --calib-limit N reads only the
+    first N samples (the model equals the one calibrated on those N)."""
+    x = demo_inputs(6, seed=2)["input"]
+    np.savez(tmp_path / "first4.npz", input=x[:4])
+    shards = tmp_path / "d"
+    shards.mkdir()
+    for i, (lo, hi) in enumerate([(0, 3), (3, 6)]):
+        np.savez(shards / f"s{i}.npz", input=x[lo:hi])
+    outs = {}
+    for name, calib, extra in (("npz", tmp_path / "first4.npz", []),
+                               ("shards", shards, ["--calib-limit", 4])):
+        out = tmp_path / f"{name}.onnx"
+        code, err = _cli(capsys, "requant", DEMO_MODEL, "--profile", "nna-sym8-pow2", "-o", out,
+                         "--calib", calib, *extra)
+        assert code == 0, err
+        outs[name] = out.read_bytes()
+        if name == "shards":
+            assert any("first 4 of its 6 samples" in line for line in err), err
+    assert outs["npz"] == outs["shards"]
+    code, err = _cli(capsys, "requant", DEMO_MODEL, "--profile", "nna-sym8", "-o", tmp_path / "z.onnx",
+                     "--calib", shards, "--calib-limit", 0)
+    assert code == 2 and len(err) == 1 and "--calib-limit" in err[0]
+
+
+def test_check_inputs_in_batches_equals_one_batch(tmp_path, capsys):
+    """`mrq check --inputs` reads shards a batch at a time; the observed accumulator columns
+    (extremes, element and overflow counts) equal one batch of every sample."""
+    from mrq.commands.check import check_model
+    feeds = demo_inputs(5, seed=3)
+    shards = tmp_path / "d"
+    shards.mkdir()
+    np.savez(shards / "a.npz", input=feeds["input"][:3])
+    np.savez(shards / "b.npz", input=feeds["input"][3:])
+    code, err = _cli(capsys, "check", DEMO_MODEL, "--profile", "nna-sym8-acc20", "--inputs", shards,
+                     "--batch-size", 2, "--json", tmp_path / "c.json", "-q")
+    assert code in (0, 1), err
+    with open(tmp_path / "c.json") as f:
+        streamed = json.load(f)["accumulators"]
+    _, rows, _ = check_model(DEMO_MODEL, "nna-sym8-acc20", feeds)
+    assert streamed == json.loads(json.dumps([r.as_dict() for r in rows]))
+    assert all(r["observed_max"] is not None and r["n_elements"] > 0 for r in streamed)
+
+
+@pytest.mark.parametrize("command", ["golden", "check", "requant"])
+def test_shards_with_other_input_names_are_one_line_errors(tmp_path, capsys, command):
+    x = demo_inputs(2, seed=4)["input"]
+    shards = tmp_path / "d"
+    shards.mkdir()
+    np.savez(shards / "a.npz", input=x[:1])
+    np.savez(shards / "b.npz", other=x[1:])
+    out = tmp_path / "out"
+    args = {"golden": ["--inputs", shards, "-o", out], "check": ["--inputs", shards],
+            "requant": ["--calib", shards, "-o", out]}[command]
+    code, err = _cli(capsys, command, DEMO_MODEL, "--profile", "nna-sym8", *args)
+    assert code == 2 and len(err) == 1 and "every shard needs the same names" in err[0], err
+    assert sorted(os.listdir(tmp_path)) == ["d"]

@@ -478,7 +478,9 @@ def test_seanet_models_bit_exact(name):
                     info = np.iinfo(d["dtype"])
                     arr = (r.integers(info.min, int(info.max) + 1, d["shape"]) if row == 0 else
                            np.clip(r.normal(0, 3000, d["shape"]), info.min, info.max)).astype(d["dtype"])
-                    feeds[d["name"] or f"tensor_{d['index']}"] = arr
+                    key = d["name"] or f"tensor_{d['index']}"
+                    # an input without a batch dimension (the SUB's [64]) is [batch, 64] in mrq
+                    feeds[key] = arr if arr.ndim == len(graph.tensors[key].shape) else arr[None]
                 it.set_tensor(d["index"], arr)
             it.invoke()
             _, outputs, _ = mrq_run(graph, profile, feeds)

@@ -33,9 +33,11 @@ def model_path(key: str) -> str:
     return os.path.join(MODELS_DIR, MLPERF[key])
 
 
-def litert_run(model, inputs: dict, profile: str, preserve_all: bool = True) -> list[dict]:
+def litert_run(model, inputs: dict, profile: str, preserve_all: bool = True,
+               fixed: dict | None = None) -> list[dict]:
     """Run ``model`` (path or bytes) once per batch row (LiteRT runs batch 1). Returns one dict
-    per row: every readable tensor by name (all tensors with ``preserve_all``, else outputs)."""
+    per row: every readable tensor by name (all tensors with ``preserve_all``, else outputs).
+    ``fixed``: inputs set to the same value for every row (a TRANSPOSE_CONV output shape)."""
     lib = litert()
     resolver = getattr(lib.OpResolverType, PROFILE_RESOLVER[profile])
     kw = dict(model_path=model) if isinstance(model, str) else dict(model_content=model)
@@ -44,21 +46,34 @@ def litert_run(model, inputs: dict, profile: str, preserve_all: bool = True) -> 
         it = lib.Interpreter(experimental_op_resolver_type=resolver,
                              experimental_preserve_all_tensors=preserve_all, **kw)
     it.allocate_tensors()
+
+    def name_of(d):   # an unnamed tensor is "tensor_<index>" in mrq's importer
+        return d["name"] or f"tensor_{d['index']}"
+
     details = it.get_tensor_details()
-    in_idx = {d["name"]: d["index"] for d in it.get_input_details()}
-    out_names = [d["name"] for d in it.get_output_details()]
+    in_idx = {name_of(d): d["index"] for d in it.get_input_details()}
+    in_shape = {name_of(d): tuple(d["shape"]) for d in it.get_input_details()}
+    out_names = [name_of(d) for d in it.get_output_details()]
     n = len(next(iter(inputs.values())))
     rows = []
     for i in range(n):
+        # every row is an independent sequence: recurrent state (LSTM/SVDF variable tensors)
+        # starts from its reset value, as in mrq, not from the previous row's final state
+        it.reset_all_variables()
         for name, arr in inputs.items():
-            it.set_tensor(in_idx[name], np.ascontiguousarray(arr[i:i + 1]))
+            row_in = np.ascontiguousarray(arr[i:i + 1])
+            if row_in.size == int(np.prod(in_shape[name])):
+                row_in = row_in.reshape(in_shape[name])   # an input without a batch dimension
+            it.set_tensor(in_idx[name], row_in)
+        for name, value in (fixed or {}).items():
+            it.set_tensor(in_idx[name], np.asarray(value, np.int32))
         it.invoke()
         row = {}
         for d in details:
-            if not preserve_all and d["name"] not in out_names:
+            if not preserve_all and name_of(d) not in out_names:
                 continue
             try:
-                row[d["name"]] = it.get_tensor(d["index"]).copy()
+                row[name_of(d)] = it.get_tensor(d["index"]).copy()
             except ValueError:
                 pass
         rows.append(row)

@@ -166,9 +166,9 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     gs = compute_golden(g, "nna-sym8", cnn_inputs(g))
     import mrq.golden as golden_mod
 
-    def boom(t):
+    def boom(t, shape):
         raise OSError("disk full")
-    monkeypatch.setattr(golden_mod, "_c_header", boom)
+    monkeypatch.setattr(golden_mod, "_c_prefix", boom)
     with pytest.raises(OSError):
         write_golden(gs, str(tmp_path / "g"), c_headers=True)
     assert os.listdir(tmp_path) == []
@@ -243,3 +243,20 @@ def test_write_refuses_a_non_empty_directory(tmp_path):
     with pytest.raises(MrqError, match="not empty"):
         write_golden(gs, str(tmp_path / "g"))
     assert (tmp_path / "g" / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("bits", [1, 4, 7, 8, 16, 20, 32, 48, 63, 64])
+def test_hex_lines_equal_hex_words(bits):
+    """The array-arithmetic hex writer (golden sets of whole data sets) gives hex_words' words."""
+    from mrq.golden import hex_lines
+    rng = np.random.default_rng(bits)
+    lo, hi = -(2 ** 63), 2 ** 63 - 1
+    extremes = np.array([0, 1, -1, lo, hi, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1, 2 ** bits - 1
+                         if bits < 64 else hi], np.int64)
+    values = np.concatenate([extremes, rng.integers(lo, hi, 200, dtype=np.int64, endpoint=True)])
+    assert hex_lines(values, bits).decode("ascii") == "".join(w + "\n" for w in hex_words(values, bits))
+    floats = np.concatenate([np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 3.4e38], np.float32),
+                             rng.standard_normal(50).astype(np.float32)])
+    assert hex_lines(floats, bits, is_float=True).decode("ascii") == \
+        "".join(w + "\n" for w in hex_words(floats, bits, is_float=True))
+    assert hex_lines(values[:0], bits) == b""

@@ -1,0 +1,123 @@
+"""Low-bit re-quantization table: Fashion-MNIST accuracy of the QAT MobileNetV2 re-quantized to
+4-bit weights with 4-bit (nna-w4a4) and 8-bit (nna-w4a8) activations, executed by the bit-exact
+simulator, with the methods switched on one by one and then left out one at a time:
+
+    naive                  round everything onto the new grids
+    +weight correction     sequential rounding with error feedback (target: the input model's weights)
+    +error folding         expected output shift folded into the bias
+    +scale selection       clipping search (consumer-weighted error; 0.2-1.0 of the range below 8 bits)
+    +input-error target    weight correction rounds the least-squares fit of the input model's
+                           layer output on the new model's (coarse) input
+    full                   + activation offsets: ReLU outputs feeding unpadded Conv/Gemm layers
+                           shifted to use all 16 codes of the signed 4-bit grid
+    full - X               full with one method off
+
+512 calibration images from the training split; the input model's accuracy is the simulator
+under onnxruntime-cpu.
+
+    python bench/requant_lowbit.py [--test-images 10000] [--profiles nna-w4a4 nna-w4a8]
+                                   [--json out.json] [--markdown out.md]
+
+Needs Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import fashion_mnist
+from requant_headline import accuracy
+
+from mrq.api import profile_violations, resolve_profile
+from mrq.fileio import save_json, save_text
+from mrq.onnx_import import load_model
+from mrq.passes.base import Options
+from mrq.requant import requantize
+
+MODEL = os.path.join(HERE, "models", "fmnist_mnv2_qat_qdq.onnx")
+PROFILES = ["nna-w4a4", "nna-w4a8"]
+_NO_OFFSETS = frozenset({"activation_offsets"})
+_OFF = {"weight_correction": False, "error_folding": False, "scale_selection": False, "input_error_target": False,
+        "disabled": _NO_OFFSETS}
+ROWS = {
+    "naive": Options(**_OFF),
+    "+weight correction": Options(**{**_OFF, "weight_correction": True}),
+    "+error folding": Options(**{**_OFF, "weight_correction": True, "error_folding": True}),
+    "+scale selection": Options(input_error_target=False, disabled=_NO_OFFSETS),
+    "+input-error target": Options(disabled=_NO_OFFSETS),
+    "full (+activation offsets)": Options(),
+    "full - scale selection": Options(scale_selection=False),
+    "full - error folding": Options(error_folding=False),
+    "full - weight correction (and its target)": Options(weight_correction=False),
+    "full - input-error target": Options(input_error_target=False),
+    "full - activation offsets": Options(disabled=_NO_OFFSETS),
+}
+FULL = "full (+activation offsets)"
+TARGETS = {"nna-w4a4": 3.0, "nna-w4a8": 1.0}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--test-images", type=int, default=10000)
+    ap.add_argument("--calib-images", type=int, default=512)
+    ap.add_argument("--profiles", nargs="+", default=PROFILES)
+    ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    ap.add_argument("--json")
+    ap.add_argument("--markdown")
+    args = ap.parse_args(argv)
+
+    train_x, _ = fashion_mnist.load("train")
+    test_x, test_y = fashion_mnist.load("test")
+    calib_idx = np.random.default_rng(0).choice(len(train_x), args.calib_images, replace=False)
+    calib_images = fashion_mnist.to_float(train_x[calib_idx])
+    images = fashion_mnist.to_float(test_x[:args.test_images])
+    labels = test_y[:args.test_images].astype(np.int64)
+
+    graph = load_model(MODEL)
+    base = accuracy(graph, "onnxruntime-cpu", images, labels)
+    calib = {graph.inputs[0]: calib_images}
+    results = {"model": os.path.relpath(MODEL, os.path.dirname(HERE)), "input_accuracy_sim": base,
+               "test_images": args.test_images, "calib_images": args.calib_images, "profiles": {}}
+    for profile in args.profiles:
+        rows = {}
+        for row in args.rows:
+            t0 = time.perf_counter()
+            new, _ = requantize(graph, profile, calib, ROWS[row])
+            seconds = time.perf_counter() - t0
+            violations = profile_violations(new, resolve_profile(profile))
+            acc = accuracy(new, profile, images, labels)
+            rows[row] = {"accuracy": acc, "drop": base - acc, "requant_seconds": seconds,
+                         "violations": len(violations)}
+            print(f"{profile:<10} {row:<44} {acc:6.2f}% ({acc - base:+.2f})  requant {seconds:5.1f} s  "
+                  f"violations {len(violations)}", file=sys.stderr, flush=True)
+        results["profiles"][profile] = rows
+
+    lines = [(f"Fashion-MNIST test accuracy (%), {args.test_images} images, bit-exact simulator; "
+              f"{args.calib_images} calibration images; input model {base:.2f}% (simulator, onnxruntime-cpu)."),
+             "", "| method | " + " | ".join(args.profiles) + " |", "|---|" + "---|" * len(args.profiles)]
+    for row in args.rows:
+        cells = [f"{results['profiles'][p][row]['accuracy']:.2f} ({-results['profiles'][p][row]['drop']:+.2f})"
+                 for p in args.profiles]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines.append("| target drop (full) | " + " | ".join(f"≤ {TARGETS.get(p, float('nan')):.2f}" for p in args.profiles) + " |")
+    if FULL in args.rows:
+        secs = [results["profiles"][p][FULL]["requant_seconds"] for p in args.profiles]
+        lines.append("| re-quantization time, full (s) | " + " | ".join(f"{s:.2f}" for s in secs) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.json:
+        save_json(args.json, results)
+    if args.markdown:
+        save_text(args.markdown, table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""``matmul``: ``a[..., M, K] @ b[..., K, N]`` of two integer activations, accumulator,
+requantization."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simulator.kernels import quant as quant_k
+from simulator.kernels.matmul import matmul_acc
+from simulator.steps.base import AccBlock, RequantBlock, register, stats, where
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class MatMulParams(AccBlock, RequantBlock):
+    """``acc = sum_k (a[..., m, k] - zero_point_a) * (b[..., k, n] - zero_point_b)`` in the
+    accumulator block's width (leading dimensions broadcast), then the requantization block
+    (per tensor)."""
+
+    zero_point_a: int = 0
+    zero_point_b: int = 0
+
+
+def execute_matmul(step, p, a, b):
+    """Product of two activations, accumulator then requant."""
+    acc, n_ovf = matmul_acc(a, b, zero_point_a=p.zero_point_a, zero_point_b=p.zero_point_b,
+                            **p.acc_kwargs())
+    out, n_sat = quant_k.requantize(acc, **p.requant_kwargs(where(step)))
+    return (out,), stats(n_ovf, n_sat)
+
+
+KIND = register("matmul", MatMulParams, execute_matmul, n_inputs=2)

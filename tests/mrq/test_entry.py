@@ -1,0 +1,34 @@
+"""The console entry point (mrq/entry.py) asks idle worker threads to sleep: before numpy or
+numba load (they read the settings then), and never over a value the user set."""
+import os
+import subprocess
+import sys
+
+from mrq.entry import IDLE_THREADS, quiet_idle_threads
+
+_PROBE = """
+import os, sys
+import mrq.cli, mrq.entry
+def probe():
+    print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+          "numpy" in sys.modules, "numba" in sys.modules)
+    return 0
+mrq.cli.main = probe
+sys.exit(mrq.entry.main())
+"""
+
+
+def test_idle_thread_defaults_fill_only_what_the_user_left_unset():
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    quiet_idle_threads(env)
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE",
+                   "OPENBLAS_THREAD_TIMEOUT": IDLE_THREADS["OPENBLAS_THREAD_TIMEOUT"]}
+
+
+def test_entry_point_sets_them_before_numpy_loads():
+    env = {k: v for k, v in os.environ.items() if k not in IDLE_THREADS}
+    r = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [IDLE_THREADS["OMP_WAIT_POLICY"], IDLE_THREADS["OPENBLAS_THREAD_TIMEOUT"],
+                                "False", "False"]

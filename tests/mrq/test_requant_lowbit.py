@@ -1,0 +1,167 @@
+"""4-bit activations (nna-w4a4): the input-error target of weight correction and the low-bit
+clipping candidates reduce the error, the lowered program keeps every 4-bit activation code in
+-8..7 (clamps, input quantization, residual add, pooling), and re-quantization is deterministic."""
+import numpy as np
+import pytest
+
+from mrq.api import profile_violations, resolve_profile, simulate
+from mrq.demo import DEMO_MODEL, demo_inputs
+from mrq.float_ref import FloatReference
+from mrq.onnx_import import load_model
+from mrq.passes.activation_grids import candidate_grids
+from mrq.passes.base import Options
+from mrq.passes.bias_grids import bias_scale
+from mrq.passes.input_error_target import input_aware_rows
+from mrq.requant import requantize
+
+PROFILE = "nna-w4a4"
+
+
+@pytest.fixture(scope="module")
+def demo_graph():
+    return load_model(DEMO_MODEL)
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return demo_inputs(64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def full(demo_graph, calib):
+    return requantize(demo_graph, PROFILE, calib)
+
+
+def _quantize(x, scale, qmin=-8, qmax=7):
+    return np.clip(np.rint(x / scale), qmin, qmax) * scale
+
+
+def _patch_rng_state(seed=0):
+    return np.random.default_rng(seed).bit_generator.state
+
+
+class _Gemm:
+    """A one-Gemm graph: for a Gemm, the input patches are the input rows themselves."""
+
+    def __init__(self):
+        from mrq.ir import Graph, Node
+        self.node = Node("Gemm", "fc", ["x", "w"], ["y"])
+        self.graph = Graph(tensors={}, nodes=[self.node], inputs=["x"], outputs=["y"])
+
+
+def test_input_aware_rows_fit_the_old_output_from_coarse_inputs():
+    rng = np.random.default_rng(3)
+    k, m, n = 12, 5, 4000
+    # correlated ReLU outputs (channels driven by a few common factors, as in a real layer)
+    mixing = rng.normal(0.0, 1.0, (3, k)) / np.sqrt(3)
+    x_old = np.maximum(rng.normal(0.0, 1.0, (n, 3)) @ mixing + 0.3, 0.0)
+    x_new = _quantize(x_old, 0.2)                                   # 4-bit grid, clipped at 1.4
+    w = rng.normal(0.0, 1.0, (m, k))
+    gemm = _Gemm()
+    fitted = input_aware_rows(gemm.graph, gemm.node, x_new[None].astype(np.float32), x_old,
+                              _patch_rng_state(), w[None])
+    assert fitted is not None and fitted.shape == (1, m, k)
+
+    def err(rows):
+        return float(np.mean(np.square(x_new @ rows.T - x_old @ w.T)))
+    # the regression removes the part of the input error that x_new predicts (clipping, the
+    # non-zero-mean rounding after ReLU); plain W leaves all of it
+    assert err(fitted[0]) < 0.5 * err(w)
+    # unchanged inputs: nothing to fit
+    assert input_aware_rows(gemm.graph, gemm.node, x_old[None].astype(np.float32), x_old,
+                            _patch_rng_state(), w[None]) is None
+
+
+def test_low_bit_grids_search_deeper_clipping():
+    a4 = resolve_profile(PROFILE).activations
+    a8 = resolve_profile("nna-w4a8").activations
+    deepest = lambda fmt: min(float(g.scale[0]) for g in candidate_grids(0.0, 6.0, fmt, True))
+    covering4 = float(candidate_grids(0.0, 6.0, a4, False)[0].scale[0])
+    covering8 = float(candidate_grids(0.0, 6.0, a8, False)[0].scale[0])
+    assert deepest(a4) <= 0.21 * covering4
+    assert deepest(a8) >= 0.49 * covering8       # 8-bit profiles keep their candidate set
+
+
+def test_full_beats_naive_and_the_input_error_target_helps(demo_graph, calib, full):
+    feeds = demo_inputs(64, seed=11)
+    target = FloatReference(demo_graph, fake_quant=True).run(feeds)["logits"]
+    naive, _ = requantize(demo_graph, PROFILE, calib, Options(False, False, False, False))
+    _, report_no_target = requantize(demo_graph, PROFILE, calib, Options(input_error_target=False))
+    new, report = full
+    out_err = lambda g: float(np.mean(np.square(FloatReference(g, fake_quant=True).run(feeds)["logits"] - target)))
+    assert out_err(new) < 0.4 * out_err(naive)
+    # what the target minimises: each layer's output error against the input model's, with the
+    # new model's own (4-bit) inputs (0.85x of plain weight correction's on this model)
+    layer_err = lambda r: sum(after for _, after in r.layer_errors["weight_correction"].values())
+    assert layer_err(report) < 0.92 * layer_err(report_no_target)
+
+
+def test_lowered_program_keeps_4_bit_codes_in_range(full):
+    new, _ = full
+    assert profile_violations(new, resolve_profile(PROFILE)) == []
+    four_bit = {n for n, t in new.tensors.items() if t.qparams is not None and t.data is None
+                and t.qparams.bits == 4}
+    assert len(four_bit) >= 8
+    # inputs far outside the calibration range drive every clamp (input quantization too)
+    feeds = {k: v * 8.0 for k, v in demo_inputs(8, seed=5).items()}
+    trace = simulate(new, PROFILE, feeds, fidelity=False, trace=True).trace
+    seen = four_bit & set(trace)
+    assert seen >= four_bit - set(new.inputs)
+    hit_max = hit_min = False
+    for name in seen:
+        codes = np.asarray(trace[name])
+        assert codes.dtype == np.int8, name
+        lo, hi = int(codes.min()), int(codes.max())
+        assert -8 <= lo and hi <= 7, (name, lo, hi)
+        hit_max |= hi == 7
+        hit_min |= lo == -8
+    assert hit_max and hit_min      # the range is used to its ends, not merely respected
+
+
+def test_activation_offsets_keep_the_function_and_use_every_code(demo_graph, calib, full):
+    """The demo's depthwise ReLU output (read only by a 1x1 conv) is shifted; the residual-read
+    and padded-conv-read ReLU outputs are not. Without rounding (grids clamp only) the network
+    computes the same function as without the shift, up to the bias codes' rounding."""
+    new, report = full
+    shifted = [c.tensor for c in report.changes if c.pass_name == "activation_offsets"]
+    assert shifted == ["r2_QuantizeLinear_Output"]
+    producer = new.producer(shifted[0])
+    assert producer.attrs["clamp"][0] < 0 < producer.attrs["output_offset"]
+    naive = Options(False, False, False, False, disabled=frozenset({"activation_offsets"}))
+    plain, _ = requantize(demo_graph, PROFILE, calib, naive)
+    offset, _ = requantize(demo_graph, PROFILE, calib, Options(False, False, False, False))
+    feeds = demo_inputs(16, seed=4)
+    a = FloatReference(plain, fake_quant=False).run(feeds)
+    b = FloatReference(offset, fake_quant=False).run(feeds)
+    # the shift itself is exact; each model rounds its (shifted) bias to half an accumulator LSB
+    c = offset.node(producer.name).attrs["output_offset"]
+    lsb = float(bias_scale(plain, plain.node(producer.name)).max() + bias_scale(offset, offset.node(producer.name)).max())
+    assert np.abs(b[shifted[0]] - (a[shifted[0]] - c)).max() <= 0.5 * lsb + 1e-5
+    # ... which the rest of the network carries to the logits (a consumer bias that missed the
+    # rounding of its weights, V_new - V, is off by ~35% of the logits' range)
+    np.testing.assert_allclose(b["logits"], a["logits"], atol=0.1 * np.abs(a["logits"]).max())
+    # with rounding, the shifted tensor's codes reach both ends of -8..7
+    trace = simulate(offset, PROFILE, feeds, fidelity=False, trace=True).trace[shifted[0]]
+    assert int(np.min(trace)) == -8 and int(np.max(trace)) == 7
+
+
+def test_8_bit_activations_keep_their_weights(demo_graph, calib):
+    """The refit is for coarse input grids only: nna-w4a8 (8-bit activations, 4-bit weights,
+    so weight correction runs on every layer) gives the same codes with and without it."""
+    few = demo_inputs(16, seed=2)
+    on, _ = requantize(demo_graph, "nna-w4a8", few)
+    off, _ = requantize(demo_graph, "nna-w4a8", few, Options(input_error_target=False))
+    for name, t in on.tensors.items():
+        if t.data is not None:
+            np.testing.assert_array_equal(np.asarray(t.data), np.asarray(off.tensors[name].data), err_msg=name)
+
+
+def test_requantization_is_deterministic(demo_graph, calib, full):
+    again, _ = requantize(demo_graph, PROFILE, calib)
+    first, _ = full
+    for name, t in first.tensors.items():
+        u = again.tensors[name]
+        if t.data is not None:
+            np.testing.assert_array_equal(np.asarray(t.data), np.asarray(u.data), err_msg=name)
+        if t.qparams is not None:
+            assert t.qparams.same_grid(u.qparams), name
