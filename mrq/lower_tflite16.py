@@ -461,10 +461,14 @@ class Tflite16Lowering(RecurrentLowering):
         bias = (np.zeros(n_out, np.int64) if len(node.inputs) < 3
                 else self._bias_codes(node, x_qp, w_qp, n_out))
         wzp = np.broadcast_to(w_qp.zero_point, (n_out,))
+        weight = w.data.astype(storage_dtype(w_qp.dtype))
         if np.any(wzp != 0):
-            raise UnsupportedOpError("TransposeConv", node.name, "weights with a zero point")
+            if flavour is not None:
+                raise UnsupportedOpError("TransposeConv", node.name, "weights with a zero point")
+            # uint8 ONNX weights: the kernel takes the shifted codes (9 bits) as they are
+            weight = (weight.astype(np.int64) - wzp.reshape(-1, 1, 1, 1)).astype(np.int16)
         self.emit("transpose_conv", node, node.inputs[:1], node.outputs,
-                  weight=np.ascontiguousarray(w.data.astype(storage_dtype(w_qp.dtype))),
+                  weight=np.ascontiguousarray(weight),
                   bias=bias, input_zero_point=int(x_qp.zero_point[0]),
                   strides=tuple(node.attrs["strides"]), pads=tuple(node.attrs["pads"]),
                   output_size=tuple(node.attrs["output_size"]),

@@ -540,14 +540,7 @@ class _Importer:
             if qp.axis % 4 != 1:
                 raise UnsupportedOpError(node.op_type, node.name, "per-channel weights must use axis 1")
             qp = qp.with_(axis=0)
-        codes = codes.transpose(1, 0, 2, 3)
-        if np.any(qp.zero_point != 0):
-            # ORT computes on the dequantized weights (w - zp) * s: hold the shifted codes (9 bits)
-            zp = qp.zero_point.reshape((-1, 1, 1, 1) if qp.per_channel else (1, 1, 1, 1))
-            codes = codes.astype(np.int64) - zp
-            qp = qp.with_(zero_point=np.zeros_like(qp.zero_point), dtype="int16")
-            codes = codes.astype(np.int16)
-        w = self._const_tensor(ins[1] + "_q", np.ascontiguousarray(codes), qp)
+        w = self._const_tensor(ins[1] + "_q", np.ascontiguousarray(codes.transpose(1, 0, 2, 3)), qp)
         b = self._bias(ins[2], node) if len(ins) > 2 and ins[2] else None
         spatial = self._spatial(ins[0])
         if spatial is None or None in spatial:

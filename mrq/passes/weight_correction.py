@@ -14,7 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 from mrq.passes.input_error_target import refit_rows
-from mrq.passes.layer_data import layer_output_mse, patch_groups, real_weights, run_layer_hooks
+from mrq.passes.layer_data import (
+    layer_output_mse,
+    patch_groups,
+    real_weights,
+    run_layer_hooks,
+)
 
 DAMPING = 0.01   # fraction of mean(diag(H)) added to the diagonal, for a well-conditioned inverse
 
