@@ -5,20 +5,42 @@ DequantizeLinear and QuantizeLinear, exactly as ONNX Runtime's quantization tool
 the result loads in any ONNX runtime and re-imports into the same IR. Clamps (fused Relu/Clip,
 including clamps that the old grid only implied) are written as explicit Clip nodes, so a
 runtime that ignores the grid still sees them.
+
+Code widths: a grid of at most 4 bits is written as ONNX INT4/UINT4 (opset 21), so ONNX
+Runtime clamps to it too; graph inputs and outputs keep int8/uint8, which numpy callers can
+feed and fetch. What the ONNX type cannot say (a width other than 4/8/16 bits, a narrow range,
+a 4-bit grid at a graph input or output) travels in the model property
+:data:`mrq.onnx_import.CODE_GRIDS_KEY`, keyed by the zero-point initializer of each Quantize/
+DequantizeLinear, so a written model re-imports with the grids it was simulated with.
 """
 from __future__ import annotations
 
+import json
+
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mrq.pointwise import POINTWISE
 from mrq.errors import ModelError
-from mrq.ir import Graph, Node, QParams, storage_dtype
+from mrq.ir import Graph, Node, QParams, dtype_range, storage_dtype
+from mrq.onnx_import import CODE_GRIDS_KEY
 
 _ELEM = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8, "uint8": TensorProto.UINT8,
          "int16": TensorProto.INT16, "uint16": TensorProto.UINT16, "int32": TensorProto.INT32,
-         "int64": TensorProto.INT64, "int4": TensorProto.INT8, "uint4": TensorProto.UINT8}
+         "int64": TensorProto.INT64, "int4": TensorProto.INT4, "uint4": TensorProto.UINT4}
+# numpy types that onnx.numpy_helper writes as INT4/UINT4 (packed two codes a byte)
+_NUMPY_CODES = {"int4": ml_dtypes.int4, "uint4": ml_dtypes.uint4}
+LOW_BIT_OPSET = 21   # the first opset with INT4/UINT4 QuantizeLinear/DequantizeLinear
+
+
+def grid_bits(qp: QParams) -> int:
+    """The code width of a grid (4-bit codes held in int8 have 4)."""
+    if qp.bits is not None:
+        return qp.bits
+    lo, hi = dtype_range(qp.dtype)
+    return int(hi - lo).bit_length()
 
 
 class _Exporter:
@@ -30,6 +52,18 @@ class _Exporter:
         self.used: set = set(graph.tensors)
         self.wide = any(t.qparams is not None and storage_dtype(t.dtype) in ("int16", "uint16")
                         and not t.is_const for t in graph.tensors.values())
+        self.io_names = set(graph.inputs) | set(graph.outputs)
+        self.low_bit = any(self.code_dtype(n) in _NUMPY_CODES for n in graph.tensors)
+        self.code_grids: dict = {}    # zero-point initializer -> what its ONNX type cannot say
+
+    def code_dtype(self, name: str) -> str:
+        """The ONNX code type of integer tensor ``name``: INT4/UINT4 for grids of at most 4
+        bits, except at graph inputs and outputs (see the module docstring)."""
+        t = self.g.tensors[name]
+        storage = storage_dtype(t.dtype)
+        if t.qparams is None or name in self.io_names or storage not in ("int8", "uint8"):
+            return storage
+        return ("int4" if storage == "int8" else "uint4") if grid_bits(t.qparams) <= 4 else storage
 
     def fresh(self, base: str) -> str:
         name, i = base, 1
@@ -43,12 +77,17 @@ class _Exporter:
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def qparam_inits(self, base: str, qp: QParams, n: int | None = None):
+    def qparam_inits(self, base: str, qp: QParams, code_dtype: str):
+        """Scale and zero-point initializers of grid ``qp`` written as ``code_dtype`` codes; the
+        grid's width and narrow range go to the model property when the type does not say them."""
         scale = qp.scale.astype(np.float32)
-        zp = qp.zero_point.astype(storage_dtype(qp.dtype))
+        zp = _codes(qp.zero_point, code_dtype, base + " zero point")
         if qp.scale.size == 1:
             scale, zp = scale.reshape(()), zp.reshape(())
-        return self.init(base + "_scale", scale), self.init(base + "_zero_point", zp)
+        zp_name = self.init(base + "_zero_point", zp)
+        if grid_bits(qp) != grid_bits(QParams(1.0, 0, code_dtype)) or qp.narrow_range:
+            self.code_grids[zp_name] = {"bits": grid_bits(qp), "narrow_range": bool(qp.narrow_range)}
+        return self.init(base + "_scale", scale), zp_name
 
     def float_view(self, name: str) -> str:
         """The float (dequantized) name of an integer tensor, emitting its DequantizeLinear once."""
@@ -58,18 +97,15 @@ class _Exporter:
         if t.qparams is None:
             return name
         src = name
+        dtype = self.code_dtype(name)
+        if dtype == "int64":
+            # ONNX DequantizeLinear has no int64 input: wide biases travel as int32 when
+            # their values fit (the accumulator stays as wide as the profile says).
+            dtype = "int32"
         if t.is_const:
-            data = np.asarray(t.data)
-            dtype = storage_dtype(t.dtype)
-            if dtype == "int64":
-                # ONNX DequantizeLinear has no int64 input: wide biases travel as int32 when
-                # their values fit (the accumulator stays as wide as the profile says).
-                if data.size and (data.min() < -(2**31) or data.max() > 2**31 - 1):
-                    raise ModelError(f"tensor {name!r} needs more than 32 bits, which ONNX QDQ cannot carry")
-                dtype = "int32"
-            src = self.init(name, data.astype(dtype))
+            src = self.init(name, _codes(np.asarray(t.data), dtype, f"tensor {name!r}"))
         qp = t.qparams if storage_dtype(t.dtype) != "int64" else t.qparams.with_(dtype="int32")
-        s, z = self.qparam_inits(name, qp)
+        s, z = self.qparam_inits(name, qp, dtype)
         out = self.fresh(name + "_dq")
         attrs = {}
         if t.qparams.per_channel:
@@ -78,8 +114,10 @@ class _Exporter:
         self.dq_names[name] = out
         return out
 
-    def quantize(self, float_name: str, out: str, qp: QParams):
-        s, z = self.qparam_inits(out, qp)
+    def quantize(self, float_name: str, out: str, qp: QParams, tensor: str | None = None):
+        """QuantizeLinear onto ``qp`` into ``out``, typed as IR tensor ``tensor`` (default:
+        ``out``) is."""
+        s, z = self.qparam_inits(out, qp, self.code_dtype(tensor or out))
         self.nodes.append(helper.make_node("QuantizeLinear", [float_name, s, z], [out], name=self.fresh("Q_" + out)))
 
     def clamp(self, name: str, clamp, base: str) -> str:
@@ -115,7 +153,7 @@ class _Exporter:
             self.nodes.append(helper.make_node("Identity", [y_float], [out], name=self.fresh(node.name + "_out")))
         elif to_nhwc:
             codes = self.fresh(out + "_nchw")
-            self.quantize(y_float, codes, t.qparams)
+            self.quantize(y_float, codes, t.qparams, tensor=out)
             self.nodes.append(helper.make_node("Transpose", [codes], [out], perm=[0, 2, 3, 1],
                                                name=self.fresh(node.name + "_to_nhwc")))
         else:
@@ -128,23 +166,31 @@ class _Exporter:
             else:
                 getattr(self, "_" + node.op)(node)
         g = self.g
-        inputs = [helper.make_tensor_value_info(n, _ELEM[storage_dtype(g.tensors[n].dtype)],
+        inputs = [helper.make_tensor_value_info(n, _ELEM[self.code_dtype(n)],
                                                 _dims(g.tensors[n].shape)) for n in g.inputs]
-        outputs = [helper.make_tensor_value_info(n, _ELEM[storage_dtype(g.tensors[n].dtype)],
+        outputs = [helper.make_tensor_value_info(n, _ELEM[self.code_dtype(n)],
                                                  _dims(g.tensors[n].shape)) for n in g.outputs]
         graph = helper.make_graph(self.nodes, g.name or "mrq", inputs, outputs, self.inits)
         # the newest op's opset (Gelu: 20) when no opset is asked for
         needed = max([POINTWISE[n.op].opset for n in self.g.nodes if n.op in POINTWISE], default=1)
+        if self.low_bit:
+            if opset is not None and opset < LOW_BIT_OPSET:
+                raise ModelError(f"opset {opset} cannot hold the model's 4-bit grids (INT4/UINT4 "
+                                 f"QuantizeLinear needs opset {LOW_BIT_OPSET})")
+            needed = max(needed, LOW_BIT_OPSET)
         opset = opset or max(21 if self.wide else 17, needed)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                                   producer_name="mrq")
         model.ir_version = 10 if opset >= 21 else 9 if opset >= 19 else 8
+        props = {}
         regridded = g.meta.get("regridded_inputs")
         if regridded:
-            import json
-
             from mrq.onnx_import import REGRIDDED_INPUTS_KEY
-            helper.set_model_props(model, {REGRIDDED_INPUTS_KEY: json.dumps(regridded)})
+            props[REGRIDDED_INPUTS_KEY] = json.dumps(regridded)
+        if self.code_grids:
+            props[CODE_GRIDS_KEY] = json.dumps(self.code_grids, sort_keys=True)
+        if props:
+            helper.set_model_props(model, props)
         return model
 
     # ---------------------------------------------------------------------- ops
@@ -270,6 +316,17 @@ class _Exporter:
         y = self.fresh(node.name + "_y")
         self.nodes.append(helper.make_node("Sigmoid", [self.float_view(node.inputs[0])], [y], name=self.fresh(node.name)))
         self.finish(node, y)
+
+
+def _codes(values: np.ndarray, code_dtype: str, what: str) -> np.ndarray:
+    """``values`` as an array of ONNX code type ``code_dtype`` (INT4/UINT4 through ml_dtypes),
+    refusing values the type cannot hold instead of wrapping them."""
+    values = np.asarray(values)
+    lo, hi = dtype_range(code_dtype)
+    if values.size and (values.min() < lo or values.max() > hi):
+        raise ModelError(f"{what} has values in [{values.min()}, {values.max()}], outside the "
+                         f"{code_dtype} range [{lo}, {hi}] ONNX would store it in")
+    return values.astype(storage_dtype(code_dtype)).astype(_NUMPY_CODES.get(code_dtype, storage_dtype(code_dtype)))
 
 
 def _dims(shape):

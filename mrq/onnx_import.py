@@ -132,6 +132,31 @@ def _regridded_inputs(model: onnx.ModelProto) -> dict:
     return {}
 
 
+CODE_GRIDS_KEY = "mrq.code_grids"
+
+
+def _code_grids(model: onnx.ModelProto) -> dict:
+    """What an ONNX code type cannot say about a grid (written by :mod:`mrq.onnx_export`): zero-
+    point initializer name -> (code bits, narrow range)."""
+    import json
+    for prop in model.metadata_props:
+        if prop.key != CODE_GRIDS_KEY:
+            continue
+        try:
+            value = json.loads(prop.value)
+        except ValueError:
+            value = None
+        ok = isinstance(value, dict) and all(
+            isinstance(v, dict) and set(v) == {"bits", "narrow_range"}
+            and type(v["bits"]) is int and 2 <= v["bits"] <= 16
+            and isinstance(v["narrow_range"], bool) for v in value.values())
+        if not ok:
+            raise ModelError(f"model property {CODE_GRIDS_KEY!r} must map zero-point names to "
+                             f"{{\"bits\": 2..16, \"narrow_range\": true|false}}")
+        return {k: (v["bits"], v["narrow_range"]) for k, v in value.items()}
+    return {}
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -151,6 +176,7 @@ class _Importer:
         g = model.graph
         # INT4/UINT4 constants are held as int8/uint8 codes; their grids say 4 bits
         self.narrow: dict[str, str] = {}
+        self.code_grids = _code_grids(model)
         self.init = {t.name: self._initializer(t) for t in g.initializer}
         for node in g.node:
             if node.op_type == "Constant":
@@ -228,11 +254,18 @@ class _Importer:
             raise UnsupportedOpError(node.op_type, node.name, f"zero point dtype {zp_arr.dtype} is not supported")
         if np.any(scale <= 0) or not np.all(np.isfinite(scale)):
             raise ModelError(f"node {node.name!r}: scale {scale_name!r} must be finite and positive")
-        if scale.size > 1:
-            if axis is None:
-                raise ModelError(f"node {node.name!r}: per-axis scale without an axis")
-            return QParams(scale.reshape(-1), np.asarray(zp_arr).reshape(-1), dtype, axis=axis)
-        return QParams(scale.reshape(-1), np.asarray(zp_arr).reshape(-1), dtype)
+        if scale.size > 1 and axis is None:
+            raise ModelError(f"node {node.name!r}: per-axis scale without an axis")
+        qp = QParams(scale.reshape(-1), np.asarray(zp_arr).reshape(-1), dtype,
+                     axis=axis if scale.size > 1 else None)
+        if zp_name in self.code_grids:   # a grid narrower than its ONNX type (mrq.onnx_export)
+            bits, narrow = self.code_grids[zp_name]
+            width = qp.qmax.bit_length() + (dtype[0] == "i")
+            if bits > width:
+                raise ModelError(f"node {node.name!r}: {CODE_GRIDS_KEY} gives {zp_name!r} "
+                                 f"{bits} bits, more than its {dtype} type holds")
+            qp = qp.with_(bits=None if bits == width else bits, narrow_range=narrow)
+        return qp
 
     def _add_tensor(self, name, shape, dtype, qparams=None, data=None) -> str:
         self.tensors[name] = Tensor(name, tuple(shape), dtype, qparams, data)

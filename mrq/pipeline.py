@@ -45,8 +45,12 @@ def profile_violations(graph: Graph, profile: HwProfile) -> list[str]:
             continue
         qp = t.qparams
         values = np.asarray(t.data) if t.is_const else None
+        # a run-time tensor's codes are unknown: its grid's code range is what must fit (an
+        # 8-bit grid in int8 under a 4-bit layer is a violation); constants' values are checked
+        code_range = (qp.qmin, qp.qmax) if values is None and role == "activations" else None
         for problem in formats.for_tensor(name).check_tensor(
-                role, storage_dtype(qp.dtype), qp.scale, qp.zero_point, qp.axis, values=values):
+                role, storage_dtype(qp.dtype), qp.scale, qp.zero_point, qp.axis, values=values,
+                code_range=code_range):
             lines.append(f"{name}: {problem}")
     if profile.ops.shared_grid:
         from mrq.passes.grid_classes import shared_grid_violations
