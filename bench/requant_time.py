@@ -85,8 +85,11 @@ def _sha256(path):
         return hashlib.sha256(fh.read()).hexdigest()
 
 
+# as the console script starts (mrq/entry.py: idle threads sleep), then cli.main under cProfile
 _PROFILE_SCRIPT = """
 import cProfile, sys, time
+from mrq.entry import quiet_idle_threads
+quiet_idle_threads()
 from mrq.cli import main
 prof = cProfile.Profile(time.process_time)
 prof.enable()

@@ -380,6 +380,8 @@ def compute_golden(model: Union[str, "object"], profile, feeds: dict, layout: Op
     ``pipe``: the model already lowered (:func:`run_traced`)."""
     from mrq.api import profile_violations
     graph, prof, lowered, program, trace, stats = run_traced(model, profile, feeds, pipe)
+    from mrq.mixed_precision import LayerFormats
+    formats = LayerFormats.of(graph, prof, check=False)   # each tensor's bits: its layer's
     act_layout = _program_layout(program)
     program_outputs = {s.name for s in program.outputs}
     tensors: dict = {}
@@ -396,7 +398,9 @@ def compute_golden(model: Union[str, "object"], profile, feeds: dict, layout: Op
         arr = np.asarray(arr)
         perm = _perm(model_layout, want_layout)
         stored = np.ascontiguousarray(arr.transpose(perm) if perm else arr)
-        bits, signed, is_float, note = _width(stored, role, prof, step_params)
+        own = (formats.for_tensor(name) if name in graph.tensors
+               else formats.for_node(lowered.step_node.get(layer, layer)))
+        bits, signed, is_float, note = _width(stored, role, own, step_params)
         if qp is not None:
             scale, zero_point, quant_axis = _qp_lists(qp)
         if quant_axis is not None and perm:
@@ -505,7 +509,11 @@ def compute_golden(model: Union[str, "object"], profile, feeds: dict, layout: Op
                        "accumulator_bits": prof.accumulator.bits,
                        "accumulator_overflow": prof.accumulator.overflow,
                        "activation_bits": prof.activations.bits, "weight_bits": prof.weights.bits,
-                       "bias_bits": prof.bias.bits},
+                       "bias_bits": prof.bias.bits,
+                       # profiles with `layers`: the bits of each conv/gemm layer (and of the
+                       # tensors it writes), overriding the two above
+                       **({"layers": [{"node": n, "kind": k, "weight_bits": w, "activation_bits": a}
+                                      for n, k, w, a in formats.rows()]} if formats.mixed else {})},
         "batch": int(next(iter(trace[s.name] for s in program.inputs)).shape[0]) if program.inputs else 0,
         "layout": {"activations": layout or act_layout, "model_activations": act_layout,
                    "conv_weights": weight_layout or "OIHW"},

@@ -24,7 +24,10 @@ the blocks it uses):
   multiplier register (fixed_point) or are powers of two (shift), and the block's multiplier is 1;
 * ``avgpool``: ``mode`` equal to ``ops.avgpool``; ``rescale``: ``float_dq_q`` exactly when
   ``ops.rescale`` is ``float_dq_q``;
-* ``out_dtype`` (and a ``constant``'s dtype) among the profile's activation dtypes.
+* ``out_dtype`` (and a ``constant``'s dtype) among the profile's activation dtypes, and the
+  ``out_min``/``out_max`` of a step with an ``out_dtype`` inside the activation code range
+  (``activations.bits``, narrow range), each step against its own layer's formats where the
+  profile has ``layers``.
 
 Not checked, by rule: steps that carry none of these parameters have nothing the accelerator
 must hold: data movement (``reshape``, ``transpose``, including the layout transposes the
@@ -48,12 +51,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Violation", "program_violations", "step_violations", "implied_rq_mode",
-           "clip_violations", "arithmetic_violations", "RUNTIME_REQUANT", "RUNTIME_ADD_MODES"]
+__all__ = [
+    "RUNTIME_ADD_MODES",
+    "RUNTIME_REQUANT",
+    "Violation",
+    "arithmetic_violations",
+    "clip_violations",
+    "implied_rq_mode",
+    "program_violations",
+    "step_violations",
+]
 
 # rq_mode values without requantization registers: the raw accumulator, and ORT's float region.
 NO_REQUANT = ("none", "float_dq_q")
@@ -78,22 +89,22 @@ class Violation:
 
     step: str
     kind: str
-    node: Optional[str]
+    node: str | None
     field: str
     value: Any
     limit: Any
-    channel: Optional[int]
+    channel: int | None
     message: str
 
     def __str__(self) -> str:
         return self.message
 
 
-def _where(step: str, node: Optional[str]) -> str:
+def _where(step: str, node: str | None) -> str:
     return f"{step} (node {node})" if node else step
 
 
-def _at(mask: np.ndarray, values: np.ndarray, name: str, limit: int = 4) -> tuple[str, Optional[int]]:
+def _at(mask: np.ndarray, values: np.ndarray, name: str, limit: int = 4) -> tuple[str, int | None]:
     """'rq_shift -1 at channel 5' / 'rq_shift [-1, -2] at channels 1, 5 and 2 more' and the
     first offending channel (None for a per-tensor array)."""
     mask = np.asarray(mask).reshape(-1)
@@ -140,8 +151,9 @@ def _runtime(profile) -> str:
     return getattr(profile, "runtime", "generic") or "generic"
 
 
-def step_violations(step, profile, node: Optional[str] = None) -> list:
-    """The violations of one step (see the module docstring for the rules)."""
+def step_violations(step, profile, node: str | None = None) -> list:
+    """The violations of one step (see the module docstring for the rules); ``profile`` is the
+    profile of the step's layer (:meth:`mrq.mixed_precision.LayerFormats.for_node`)."""
     p = step.params
     out: list = []
     where = _where(step.name, node)
@@ -171,20 +183,24 @@ def step_violations(step, profile, node: Optional[str] = None) -> list:
     return out
 
 
-def program_violations(program, profile, step_node: Optional[dict] = None,
-                       placement: Optional[dict] = None) -> list:
+def program_violations(program, profile, step_node: dict | None = None,
+                       placement: dict | None = None, formats=None) -> list:
     """Every parameter of ``program`` outside the limits of ``profile`` (a
     :class:`mrq.hw_profile.HwProfile`), one :class:`Violation` per step and profile field.
     ``step_node`` maps step names to IR node names for the messages; ``placement`` (step name
     -> ``npu``/``host``, :attr:`mrq.lower.LoweredModel.placement`) skips the steps of the
-    profile's ``host_ops``, which run the host's arithmetic, not the accelerator's."""
+    profile's ``host_ops``, which run the host's arithmetic, not the accelerator's.
+    ``formats`` (a :class:`mrq.mixed_precision.LayerFormats` of the graph ``step_node`` names):
+    each step is checked against its own layer's formats, not the profile's base ones."""
     step_node = step_node or {}
     placement = placement or {}
     out = []
     for step in program.steps:
         if placement.get(step.name) == "host":
             continue
-        out.extend(step_violations(step, profile, step_node.get(step.name)))
+        node = step_node.get(step.name)
+        layer = profile if formats is None or node is None else formats.for_node(node)
+        out.extend(step_violations(step, layer, node))
     return out
 
 
@@ -213,7 +229,10 @@ def _check_dtype(step, p, profile, rq_mode, add) -> None:
     else:
         dtype = _get(p, "out_dtype")
         what = "out_dtype"
-    if dtype is None or str(dtype) in dtypes:
+    if dtype is not None and str(dtype) in dtypes:
+        _check_code_range(p, profile, str(dtype), what, add)
+        return
+    if dtype is None:
         return
     dtype = str(dtype)
     width = dtype.lstrip("u").replace("int", "")
@@ -222,6 +241,21 @@ def _check_dtype(step, p, profile, rq_mode, add) -> None:
     add(field, dtype, list(dtypes), None,
         f"{what} {dtype} is not among the profile's activation dtypes ({', '.join(dtypes)}; "
         f"activations.bits {profile.activations.bits}, signed {_signed(profile.activations.signed)})")
+
+
+def _check_code_range(p, profile, dtype: str, what: str, add) -> None:
+    """A step's output clamp inside its layer's code range: 8-bit codes written by a step of a
+    4-bit layer are a violation even though both are stored in int8."""
+    lo, hi = _get(p, "out_min"), _get(p, "out_max")
+    if lo is None or hi is None or what != "out_dtype":
+        return
+    lo, hi = np.min(lo), np.max(hi)
+    fmt = profile.activations
+    want_lo, want_hi = fmt.qmin_qmax(dtype)
+    if int(lo) < want_lo or int(hi) > want_hi:
+        add("activations.bits", [int(lo), int(hi)], [want_lo, want_hi], None,
+            f"output codes [{int(lo)}, {int(hi)}] outside the profile's {fmt.bits}-bit {dtype} "
+            f"range [{want_lo}, {want_hi}] (activations.bits {fmt.bits})")
 
 
 def _signed(signed) -> str:
@@ -275,11 +309,10 @@ def _check_add(p, profile, add) -> None:
                 add("requant.multiplier_bits", m, [0, top], None,
                     f"{key} {m} is outside the profile's {rq.multiplier_bits}-bit unsigned multiplier "
                     f"range [0, {top}] (requant.multiplier_bits {rq.multiplier_bits})")
-        elif rq.arithmetic == "shift":
-            if m < 1 or m & (m - 1):
-                add("requant.arithmetic", m, "a power of two >= 1", None,
-                    f"{key} {m} is not a power of two >= 1: requant.arithmetic shift aligns the "
-                    f"inputs by shifts, it has no multiplier")
+        elif rq.arithmetic == "shift" and (m < 1 or m & (m - 1)):
+            add("requant.arithmetic", m, "a power of two >= 1", None,
+                f"{key} {m} is not a power of two >= 1: requant.arithmetic shift aligns the "
+                f"inputs by shifts, it has no multiplier")
     block = _get(p, "rq_multiplier")
     if block is not None:
         block = np.asarray(block).reshape(-1)
@@ -324,13 +357,12 @@ def _check_requant(step, p, profile, rq_mode, add) -> None:
             add("requant.shift_max", int(shifts[high].max()), rq.shift_max, ch,
                 f"{text} is above requant.shift_max {rq.shift_max} (a right shift wider than the "
                 f"hardware's)")
-    if mults.dtype.kind not in "iu":
-        if rq.arithmetic in ("fixed_point", "double_q31"):
-            add("requant.arithmetic", str(mults.dtype), "integer", None,
-                f"rq_multiplier is {mults.dtype}; requant.arithmetic {rq.arithmetic} multiplies by "
-                f"integers")
-            return
-        # float multipliers in mode shift: only exact 1.0 is acceptable, checked below
+    # float multipliers in mode shift: only exact 1.0 is acceptable, checked below
+    if mults.dtype.kind not in "iu" and rq.arithmetic in ("fixed_point", "double_q31"):
+        add("requant.arithmetic", str(mults.dtype), "integer", None,
+            f"rq_multiplier is {mults.dtype}; requant.arithmetic {rq.arithmetic} multiplies by "
+            f"integers")
+        return
     top = rq.multiplier_max
     if top is not None:   # fixed_point or double_q31: an unsigned integer register
         bad = (mults < 0) | (mults > top)
@@ -361,7 +393,7 @@ def _encoded(mults: np.ndarray, shifts: np.ndarray, i: int) -> str:
 # multipliers the lowering had to clip
 
 
-def clip_violations(step: str, kind: str, node: Optional[str], clips: list) -> list:
+def clip_violations(step: str, kind: str, node: str | None, clips: list) -> list:
     """:class:`Violation` s for the :class:`mrq.multipliers.Clip` records of one step: one per
     profile field and parameter, naming the channels, the real multiplier that was needed and
     the legal value the program holds instead."""

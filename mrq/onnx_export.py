@@ -22,10 +22,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mrq.pointwise import POINTWISE
 from mrq.errors import ModelError
 from mrq.ir import Graph, Node, QParams, dtype_range, storage_dtype
 from mrq.onnx_import import CODE_GRIDS_KEY
+from mrq.pointwise import POINTWISE
 
 _ELEM = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8, "uint8": TensorProto.UINT8,
          "int16": TensorProto.INT16, "uint16": TensorProto.UINT16, "int32": TensorProto.INT32,

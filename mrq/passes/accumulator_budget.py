@@ -45,6 +45,8 @@ MAX_STEPS = 16
 # bound either way, so it is checked after every step rather than predicted).
 PROOF_STEP = 2.0 ** (1 / 16)
 SAMPLE_ROWS = 2048  # calibration rows (output positions) per layer scored in the measured mode
+# proof mode scores only for the report (the proof does not depend on data): fewer samples
+REPORT_IMAGES, REPORT_ROWS = 32, 512
 
 
 @dataclass(frozen=True)
@@ -204,8 +206,11 @@ def _budget_layer(graph, ctx, node, profile, x_lo, x_hi, x_new, rng, force_proof
         return
     target = _rows(node, real_weights(ctx.original, ctx.original.node(node.name)))
     per_channel = qp.per_channel
-    scorer = None if x_new is None else _Scorer(graph, node, target, scale, zp, qp, fmt, b_real, x_scale,
-                                                profile.bias, a_lo, a_hi, per_channel, x_new, rng)
+    scorer = None
+    if x_new is not None:
+        sample = x_new[:REPORT_IMAGES] if proof else x_new
+        scorer = _Scorer(graph, node, target, scale, zp, qp, fmt, b_real, x_scale, profile.bias, a_lo, a_hi,
+                         per_channel, sample, rng, REPORT_ROWS if proof else SAMPLE_ROWS)
     stats = None
     if scorer is not None:
         err0, sat0, _ = scorer.score(1.0)
@@ -306,12 +311,12 @@ class _Scorer:
     does, and the (row, channel) accumulations that saturated."""
 
     def __init__(self, graph, node, target, scale, zp, qp, fmt, b_real, x_scale, bias_fmt, a_lo, a_hi,
-                 per_channel, x_new, rng):
+                 per_channel, x_new, rng, max_rows=SAMPLE_ROWS):
         patches = patch_groups(graph, node, x_new, rng)              # [G, R, K] real
         g, r, k = patches.shape
-        if r > SAMPLE_ROWS:
-            patches = patches[:, rng.choice(r, SAMPLE_ROWS, replace=False)]
-            r = SAMPLE_ROWS
+        if r > max_rows:
+            patches = patches[:, rng.choice(r, max_rows, replace=False)]
+            r = max_rows
         m = target.shape[0]
         self.g, self.r, self.k, self.m, self.mg = g, r, k, m, m // g
         self.group_of = np.arange(m) // self.mg

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from mrq.grids import describe, grid_for_range, real_range
-from mrq.ir import Graph, QParams
+from mrq.ir import Graph, QParams, storage_dtype
 from mrq.passes.grid_classes import grid_classes, members
 
 CLIP_FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
@@ -173,17 +173,18 @@ def activation_grids(graph: Graph, ctx) -> Graph:
         qp = t.qparams
         if qp.dtype in ("int32", "int64"):
             continue
-        profile = formats.for_tensor(root)
+        # one grid for tensors written by layers of different widths: the narrowest layer's
+        # (its codes fit every wider layer's range); formats that differ in more than the width
+        # have no common grid (checked below)
+        profiles = [formats.for_tensor(root)] + [formats.for_tensor(n) for n in names if n != root]
+        profile = min(profiles, key=lambda p: p.activations.bits)
         fmt = profile.activations
         # members may differ only where the profile ties them (ops.shared_grid)
         one_grid = all(graph.tensors[n].qparams.same_grid(qp) for n in names)
-        if one_grid and not profile.check_tensor("activations", qp.dtype, qp.scale, qp.zero_point, qp.axis,
-                                                 code_range=(qp.qmin, qp.qmax)):
+        if one_grid and _fits_all(profiles, qp):
             continue
         flipped = signedness_flip(qp, fmt) if one_grid else None
-        if flipped is not None and not profile.check_tensor("activations", flipped.dtype, flipped.scale,
-                                                            flipped.zero_point, flipped.axis,
-                                                            code_range=(flipped.qmin, flipped.qmax)):
+        if flipped is not None and _fits_all(profiles, flipped):
             new, lossless, note = flipped, True, "code shift by 2**(bits-1)"
         else:
             lo, hi = _class_range(graph, names)
@@ -204,6 +205,8 @@ def activation_grids(graph: Graph, ctx) -> Graph:
                 new = candidates[int(np.argmin(errors))]
                 note = f"scale selected on calibration data (MSE {min(errors):.3g} vs {errors[0]:.3g} covering)"
             lossless = False
+        if not _fits_all(profiles, new):
+            _no_common_grid(graph, names, profiles, formats)
         for name in names:
             graph.tensors[name].qparams = new
             graph.tensors[name].dtype = new.dtype
@@ -211,6 +214,30 @@ def activation_grids(graph: Graph, ctx) -> Graph:
                           note + (f"; shared by {len(names)} tensors" if len(names) > 1 else ""))
     _recode_constant_activations(graph, ctx)
     return graph
+
+
+def _fits_all(profiles: list, qp: QParams) -> bool:
+    """``qp`` satisfies the activation format of every one of ``profiles``."""
+    return not any(p.check_tensor("activations", storage_dtype(qp.dtype), qp.scale, qp.zero_point,
+                                  qp.axis, code_range=(qp.qmin, qp.qmax)) for p in profiles)
+
+
+def _no_common_grid(graph: Graph, names: list, profiles: list, formats) -> None:
+    from mrq.errors import HwProfileError
+    owners = sorted({formats.node_layer.get(formats.tensor_node.get(n, ""), "?") for n in names})
+    kinds = sorted({_format_words(p.activations) for p in profiles})
+    profile = formats.profile
+    raise HwProfileError(profile.source or profile.name, "layers",
+                         f"tensors {', '.join(sorted(names)[:4])} must share one grid (tied by "
+                         f"{', '.join(profile.ops.shared_grid) or 'a data-movement op'}) but their "
+                         f"layers {', '.join(owners[:4])} have activation formats that no one grid "
+                         f"satisfies ({'; '.join(kinds)}); give these layers the same format")
+
+
+def _format_words(fmt) -> str:
+    signed = {True: "signed", False: "unsigned", None: "either sign"}[fmt.signed]
+    return (f"{fmt.bits}-bit {signed}{' symmetric' if fmt.symmetric else ''} "
+            f"{fmt.granularity} {fmt.scale.form} scale")
 
 
 def _recode_constant_activations(graph: Graph, ctx) -> None:
