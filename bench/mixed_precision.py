@@ -36,11 +36,11 @@ from mrq.metrics import sqnr_db
 from mrq.onnx_import import load_model
 from mrq.passes.base import Options, feeds_for_new_graph
 from mrq.precision_search import parse_budget, search
-from mrq.requant import requantize
+from mrq.requant import naive_options, requantize
 from simulator.run import run
 
 MODEL = os.path.join(HERE, "models", "fmnist_mnv2_qat_qdq.onnx")
-METHODS = {"naive": Options(weight_correction=False, error_folding=False, scale_selection=False),
+METHODS = {"naive": naive_options(),
            "full": Options()}
 
 

@@ -35,7 +35,7 @@ import fashion_mnist  # noqa: E402
 from mrq.api import bind_inputs, prepare, profile_violations, resolve_profile  # noqa: E402
 from mrq.onnx_import import load_model  # noqa: E402
 from mrq.passes.base import Options  # noqa: E402
-from mrq.requant import requantize  # noqa: E402
+from mrq.requant import naive_options, requantize  # noqa: E402
 from simulator.run import run  # noqa: E402
 
 MODELS = {
@@ -44,7 +44,7 @@ MODELS = {
 }
 PROFILES = ["nna-sym8", "nna-sym8-pow2", "nna-w4a8", "nna-w4a8-pow2"]
 ROWS = {
-    "naive": Options(weight_correction=False, error_folding=False, scale_selection=False),
+    "naive": naive_options(),
     "+weight correction": Options(weight_correction=True, error_folding=False, scale_selection=False),
     "+error folding": Options(weight_correction=True, error_folding=True, scale_selection=False),
     "full (+scale selection)": Options(),

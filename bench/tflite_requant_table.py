@@ -23,7 +23,7 @@ from mrq.api import simulate
 from mrq.metrics import sqnr_db
 from mrq.onnx_import import load_model
 from mrq.passes.base import Options, feeds_for_new_graph
-from mrq.requant import requantize
+from mrq.requant import naive_options, requantize
 
 MODELS_DIR = os.environ.get("MRQ_MLPERF_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models", "mlperf_tiny"))
 MODELS = {
@@ -32,7 +32,7 @@ MODELS = {
     "AD01 auto-encoder": ("ad01_int8.tflite", "ad01_fp32.tflite", False),
 }
 PROFILES = ["nna-sym8", "nna-sym8-pow2"]
-METHODS = {"naive": Options(weight_correction=False, error_folding=False, scale_selection=False), "full": Options()}
+METHODS = {"naive": naive_options(), "full": Options()}
 
 
 def float_model_outputs(path: str, real_inputs: np.ndarray) -> np.ndarray:

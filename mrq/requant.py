@@ -49,6 +49,16 @@ PASSES = [
 ]
 PASS_NAMES = tuple(p.name for p in PASSES)
 
+# The methods: what a naive re-quantization (every tensor rounded onto its new grid) leaves out.
+METHOD_PASSES = frozenset({"activation_offsets", "accumulator_budget", "weight_correction", "offset_bias",
+                           "error_folding"})
+
+
+def naive_options() -> Options:
+    """The one definition of "naive" that ablation tables, sweeps and the budget search share."""
+    return Options(weight_correction=False, error_folding=False, scale_selection=False,
+                   input_error_target=False, disabled=METHOD_PASSES)
+
 
 def check_supported(graph: Graph, profile) -> None:
     from mrq.lower import IR_OP_NAMES
