@@ -153,9 +153,12 @@ def fl8_model(demo_graph):
 def test_overridden_layers_get_their_own_codes(demo_graph, fl8_model):
     fl8, w4a4 = resolve_profile("nna-w4a4-fl8"), resolve_profile("nna-w4a4")
     assert profile_violations(fl8_model, fl8) == []
-    # the same model breaks plain w4a4 exactly at the 8-bit layers
+    # the same model breaks plain w4a4 exactly at the 8-bit layers: their weights, and the
+    # 8-bit grids of the tensors they read (the image) and write
     broken = {line.split(":")[0] for line in profile_violations(fl8_model, w4a4)}
-    assert broken == {"w1_DequantizeLinear_Output_q", "wfc_DequantizeLinear_Output_q"}
+    assert broken == {"w1_DequantizeLinear_Output_q", "wfc_DequantizeLinear_Output_q",
+                      "input_QuantizeLinear_Output", "r1_QuantizeLinear_Output",
+                      "logits_QuantizeLinear_Output"}
     t = fl8_model.tensors
     for name, wide in (("r1_QuantizeLinear_Output", True), ("r2_QuantizeLinear_Output", False),
                        ("logits_QuantizeLinear_Output", True)):
