@@ -12,6 +12,8 @@ feed and fetch. What the ONNX type cannot say (a width other than 4/8/16 bits, a
 a 4-bit grid at a graph input or output) travels in the model property
 :data:`mrq.onnx_import.CODE_GRIDS_KEY`, keyed by the zero-point initializer of each Quantize/
 DequantizeLinear, so a written model re-imports with the grids it was simulated with.
+ONNX Runtime (1.32) runs INT4 activations with ``graph_optimization_level`` at most
+``ORT_ENABLE_BASIC``: its extended QDQ rewrites (ClipQuantFusion, integer MaxPool) reject them.
 """
 from __future__ import annotations
 

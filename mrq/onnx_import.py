@@ -190,6 +190,7 @@ class _Importer:
             if t.HasField("shape"):
                 self.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
                                              for d in t.shape.dim)
+        self.onnx_names = {n for node in g.node for n in list(node.input) + list(node.output)}
         self.consumers = {}
         for node in g.node:
             for name in node.input:
@@ -649,7 +650,8 @@ class _Importer:
         src_t = self.tensors[src]
         out_name = node.output[0]
         int_out = (src + "__" + out_name) if is_view else out_name
-        if int_out in self.tensors:
+        # a made-up name must not be one the file uses later (a re-exported model holds it)
+        while int_out in self.tensors or (is_view and int_out in self.onnx_names):
             int_out = int_out + "_1"
         shape = self._shape(out_name)
         self._add_tensor(int_out, shape, src_t.dtype, src_t.qparams)

@@ -226,6 +226,8 @@ class _SimulatorLocator(caching._CacheLocator):
     """numba cache locator for functions defined in simulator source files (module docstring)."""
 
     def __init__(self, py_func, py_file):
+        # numba's own locators set it, and numba reads it when a function cannot be cached
+        self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
         self._key = jit_key()
         self._top = os.path.join(cache_root(), self._key)
@@ -321,12 +323,36 @@ class _StableClosureCache(FunctionCache):
                 (digest(func.__code__.co_code), digest(repr(cells).encode())))
 
 
+def _name_after_closure(func) -> None:
+    """Append a digest of the closure values to ``func.__qualname__`` (before its first compile).
+
+    numba names a function's machine code after its module, qualified name, argument types and a
+    per-process counter. Two specialisations of one factory share the first three, and the
+    counter restarts in every process: specialisation A compiled in one process and B in another
+    can get the same symbol. A cached program links in the code of the kernels it calls, so a
+    process loading two such programs had one symbol with two bodies and called the wrong one
+    (a compiled ResNet-8 whose outputs differed from the interpreter's, depending on which cached
+    programs earlier test runs had left). With the closure in the name, different code never
+    shares a symbol."""
+    if "__k" in func.__qualname__:
+        return
+    for cell in func.__closure__ or ():
+        # kernels the factory made and this one calls without returning them: same hazard
+        if isinstance(cell.cell_contents, Dispatcher) and cell.cell_contents.py_func.__closure__:
+            _name_after_closure(cell.cell_contents.py_func)
+    cells = tuple(_describe(c.cell_contents) for c in (func.__closure__ or ()))
+    if any(v is None for v in cells):
+        return
+    func.__qualname__ += "__k" + hashlib.sha256(repr(cells).encode()).hexdigest()[:16]
+
+
 def stable_cache(*dispatchers):
     """Give cached closure kernels a process-independent cache key; returns them unchanged
     otherwise (a tuple if several)."""
     for d in dispatchers:
         if isinstance(d, Dispatcher) and getattr(d, "_cache", None) is not None \
                 and isinstance(d._cache, FunctionCache) and d.py_func.__closure__:
+            _name_after_closure(d.py_func)
             d._cache = _StableClosureCache(d.py_func)
     return dispatchers if len(dispatchers) != 1 else dispatchers[0]
 

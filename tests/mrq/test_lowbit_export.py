@@ -79,6 +79,17 @@ def test_written_low_bit_model_reads_back_with_its_grids_and_simulates_identical
         np.testing.assert_array_equal(ra.trace[name], rb.trace[name], err_msg=name)
 
 
+def test_a_read_model_writes_and_reads_back_again(tmp_path):
+    """Names the importer makes up for views (``src__maxpool_y``) are names a re-written file
+    holds: the second read must not take one for the other."""
+    once = _write_read(_requanted("nna-w4a4"), tmp_path / "once.onnx")
+    twice = _write_read(once, tmp_path / "twice.onnx")
+    _assert_same_grids(once, twice)
+    feeds = demo_inputs(4, seed=6)
+    np.testing.assert_array_equal(Pipeline(once, "nna-w4a4").run(feeds).outputs["logits"],
+                                  Pipeline(twice, "nna-w4a4").run(feeds).outputs["logits"])
+
+
 @pytest.mark.parametrize("profile", LOW_BIT)
 def test_file_holds_int4_codes_and_onnxruntime_runs_them(profile, tmp_path):
     new = _requanted(profile)
@@ -101,7 +112,7 @@ def test_file_holds_int4_codes_and_onnxruntime_runs_them(profile, tmp_path):
     ours = Pipeline(new, profile).run(feeds).outputs["logits"]
     # ORT clamps to the 4-bit grids too: its float rounding differs from the fixed-point
     # requantization only at ties
-    assert np.mean(ort_logits == ours) >= 0.95
+    assert np.mean(ort_logits == ours) >= 0.99   # measured: 5120 of 5120 logits on 512 inputs
 
 
 def test_other_widths_and_narrow_ranges_survive_through_the_model_property(tmp_path):

@@ -163,3 +163,25 @@ def test_cache_info_and_clear_touch_only_what_mrq_owns(tmp_path):
     assert (mrq_dir / "notes.txt").read_text() == "user"
     r = _mrq(env, "cache", "clear", timeout=60)  # nothing left: still fine
     assert r.returncode == 0, r.stderr
+
+
+_SPECIALISED_NAMES = (
+    "from simulator.kernels import quant, gemv;"
+    "print('|'.join(k.py_func.__qualname__ for key in ((0, 0), (0, 1), (1, 0))"
+    " for k in (*quant._requant_kernels(*key), gemv.kernels(*key))))"
+)
+
+
+def test_specialisations_never_share_a_symbol_name():
+    """numba names machine code after the qualified name plus a per-process counter, so two
+    specialisations of one factory compiled in different processes could get one symbol, and a
+    process loading both cached programs called the wrong code. Each specialisation is named
+    after its closure values: different across keys, identical across processes."""
+    here = subprocess.run([sys.executable, "-c", _SPECIALISED_NAMES], capture_output=True, text=True,
+                          check=True).stdout.strip().split("|")
+    again = subprocess.run([sys.executable, "-c", _SPECIALISED_NAMES.replace("((0, 0), (0, 1), (1, 0))",
+                                                                              "((1, 0), (0, 1), (0, 0))")],
+                           capture_output=True, text=True, check=True).stdout.strip().split("|")
+    assert len(set(here)) == len(here), here
+    assert sorted(here) == sorted(again)
+    assert all("__k" in name for name in here)
