@@ -30,7 +30,7 @@ import yaml
 import mrq
 from mrq import safe_yaml, sweep_cells
 from mrq.errors import MrqError
-from mrq.sweep_cells import BUILTIN_METHODS, Cell, Method, Shard, shard_key
+from mrq.sweep_cells import BUILTIN_METHODS, SWITCHES, Cell, Method, Shard, shard_key
 
 log = logging.getLogger("mrq")
 
@@ -48,7 +48,7 @@ SWEEP_EXTRA = 'pip install "mrq-nna[sweep]"'
 
 _TOP_KEYS = ("models", "profiles", "methods", "datasets", "shard_size", "batch_size")
 _DATASET_KEYS = ("name", "inputs", "labels", "calibration", "calibration_samples")
-_METHOD_KEYS = ("weight_correction", "error_folding", "scale_selection", "disable")
+_METHOD_KEYS = (*SWITCHES, "disable")
 
 
 class SweepError(MrqError):
@@ -257,7 +257,7 @@ def _methods(f: _Fields, data: dict) -> list:
             base = BUILTIN_METHODS.get(str(name), Method(str(name)))
             opts = f.mapping(opts if opts is not None else {}, where, _METHOD_KEYS)
             kw = {}
-            for k in ("weight_correction", "error_folding", "scale_selection"):
+            for k in SWITCHES:
                 if k in opts:
                     if not isinstance(opts[k], bool):
                         f.fail(f"{where}.{k}", f"expected true or false, got {opts[k]!r}")
@@ -269,9 +269,8 @@ def _methods(f: _Fields, data: dict) -> list:
             if unknown:
                 f.fail(f"{where}.disable", f"unknown pass(es) {', '.join(unknown)}; passes are "
                        f"{', '.join(PASS_NAMES)}")
-            out.append(Method(str(name), **{**{k: getattr(base, k) for k in
-                                                 ("weight_correction", "error_folding", "scale_selection")},
-                                              **kw}, disabled=tuple(sorted(disabled))))
+            out.append(Method(str(name), **{**{k: getattr(base, k) for k in SWITCHES}, **kw},
+                              disabled=tuple(sorted(disabled))))
     else:
         f.fail("methods", "expected a list of method names or a mapping name: {options}")
     f.unique([m.name for m in out], "methods")

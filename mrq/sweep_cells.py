@@ -39,21 +39,33 @@ class Method:
     weight_correction: bool = True
     error_folding: bool = True
     scale_selection: bool = True
+    input_error_target: bool = True
     disabled: tuple = ()
 
     def options(self):
         from mrq.passes.base import Options
-        return Options(weight_correction=self.weight_correction, error_folding=self.error_folding,
-                       scale_selection=self.scale_selection, disabled=frozenset(self.disabled))
+        return Options(**{k: getattr(self, k) for k in SWITCHES}, disabled=frozenset(self.disabled))
+
+    @classmethod
+    def from_options(cls, name: str, options) -> "Method":
+        return cls(name, **{k: getattr(options, k) for k in SWITCHES}, disabled=tuple(sorted(options.disabled)))
 
     def as_dict(self) -> dict:
-        return {"weight_correction": self.weight_correction, "error_folding": self.error_folding,
-                "scale_selection": self.scale_selection, "disabled": sorted(self.disabled)}
+        return {**{k: getattr(self, k) for k in SWITCHES}, "disabled": sorted(self.disabled)}
+
+
+# the boolean switches of Options a sweep file can set per method
+SWITCHES = ("weight_correction", "error_folding", "scale_selection", "input_error_target")
+
+
+def _naive() -> Method:
+    from mrq.requant import naive_options
+    return Method.from_options("naive", naive_options())
 
 
 # the two methods a sweep can name without defining them
 BUILTIN_METHODS = {
-    "naive": Method("naive", weight_correction=False, error_folding=False, scale_selection=False),
+    "naive": _naive(),
     "full": Method("full"),
 }
 

@@ -57,7 +57,7 @@ def run(args) -> int:
     from mrq.compare import format_table, run_compare, write_report
     from mrq.datasets import open_inputs, open_labels
     from mrq.errors import InputDataError, MrqError
-    from mrq.fileio import guard_paths, load_npz, save_json
+    from mrq.fileio import guard_paths, save_json
     from mrq.onnx_import import load_model
 
     guard_paths([args.model, *args.profiles, args.inputs, args.labels, args.calib, args.baseline],
@@ -74,7 +74,11 @@ def run(args) -> int:
         source = source.bound_to(list(graph.inputs))
         _check_inputs(args.inputs, source, graph)
         labels = open_labels(args.labels, source.num_samples) if args.labels else None
-        calib = load_npz(args.calib) if args.calib else None
+        calib = None
+        if args.calib:
+            # the first DEFAULT_CALIB_LIMIT samples, read lazily (as mrq requant does)
+            from mrq.datasets import DEFAULT_CALIB_LIMIT, read_calibration
+            calib = read_calibration(args.calib, list(graph.inputs), DEFAULT_CALIB_LIMIT).arrays
         if calib is not None:
             # checked now, not only if some profile needs re-quantizing: a bad file is an error
             from mrq.requant import check_calibration
