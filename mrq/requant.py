@@ -17,7 +17,11 @@ from mrq.errors import InputDataError, ModelError, UnsupportedOpError
 from mrq.ir import Graph
 from mrq.passes.accumulator_budget import accumulator_budget, accumulator_budget_hook
 from mrq.passes.activation_grids import activation_grids
-from mrq.passes.activation_offsets import activation_offsets, offset_bias, offset_bias_hook
+from mrq.passes.activation_offsets import (
+    activation_offsets,
+    offset_bias,
+    offset_bias_hook,
+)
 from mrq.passes.base import Context, Options, Pass, RequantReport, run_passes
 from mrq.passes.bias_grids import bias_grids
 from mrq.passes.error_folding import error_folding, error_folding_hook
@@ -76,7 +80,7 @@ def check_calibration(graph: Graph, calib: dict) -> dict:
     unknown = sorted(set(calib) - set(expected))
     missing = sorted(set(expected) - set(calib))
     if unknown or missing:
-        raise InputDataError(f"calibration data: " + "; ".join(
+        raise InputDataError("calibration data: " + "; ".join(
             ([f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []) +
             ([f"unknown input(s) {', '.join(map(repr, unknown))}"] if unknown else [])) +
             f" (the model's inputs: {', '.join(map(repr, expected))})")
