@@ -90,6 +90,18 @@ def to_float(images: np.ndarray) -> np.ndarray:
     return x / np.float32(255.0)
 
 
+def calibration_and_test(calib_images: int = 512, test_images: int = 10000, seed: int = 0,
+                         root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The split every re-quantization table uses: ``calib_images`` training images drawn
+    without replacement (``seed``), the first ``test_images`` test images and their labels;
+    float32 NCHW in [0, 1] and int64 labels."""
+    train_x, _ = load("train", root)
+    test_x, test_y = load("test", root)
+    calib_idx = np.random.default_rng(seed).choice(len(train_x), calib_images, replace=False)
+    return (to_float(train_x[calib_idx]), to_float(test_x[:test_images]),
+            test_y[:test_images].astype(np.int64))
+
+
 def subset(split: str = "test", n: int = 1000, start: int = 0,
            root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` images of ``split`` from ``start``: uint8 ``[n,1,28,28]``, int64 ``[n]``."""

@@ -74,14 +74,9 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
 
-    train_x, _ = fashion_mnist.load("train")
-    test_x, test_y = fashion_mnist.load("test")
-    rng = np.random.default_rng(0)
-    calib_idx = rng.choice(len(train_x), args.calib_images, replace=False)
+    calib_images, images, labels = fashion_mnist.calibration_and_test(args.calib_images, args.test_images)
     graph = load_model(MODEL)
-    calib = {graph.inputs[0]: fashion_mnist.to_float(train_x[calib_idx])}
-    images = fashion_mnist.to_float(test_x[:args.test_images])
-    labels = test_y[:args.test_images].astype(np.int64)
+    calib = {graph.inputs[0]: calib_images}
     reference = FloatReference(graph, fake_quant=True).run(calib)
     base = accuracy(graph, "onnxruntime-cpu", images, labels)
     eight_bit = weight_bytes(graph, resolve_profile("nna-sym8"))

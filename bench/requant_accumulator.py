@@ -101,12 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
 
-    train_x, _ = fashion_mnist.load("train")
-    test_x, test_y = fashion_mnist.load("test")
-    calib_idx = np.random.default_rng(0).choice(len(train_x), args.calib_images, replace=False)
-    calib = fashion_mnist.to_float(train_x[calib_idx])
-    images = fashion_mnist.to_float(test_x[:args.test_images])
-    labels = test_y[:args.test_images].astype(np.int64)
+    calib, images, labels = fashion_mnist.calibration_and_test(args.calib_images, args.test_images)
     graph = load_model(MODEL)
     base, _ = accuracy(graph, "onnxruntime-cpu", images, labels)
     print(f"input model (onnxruntime-cpu): {base:.2f}% on {len(images)} test images", flush=True)

@@ -85,13 +85,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from tqdm import tqdm
 
-    train_x, _ = fashion_mnist.load("train")
-    test_x, test_y = fashion_mnist.load("test")
-    rng = np.random.default_rng(0)
-    calib_idx = rng.choice(len(train_x), args.calib_images, replace=False)
-    calib_images = fashion_mnist.to_float(train_x[calib_idx])
-    images = fashion_mnist.to_float(test_x[:args.test_images])
-    labels = test_y[:args.test_images].astype(np.int64)
+    calib_images, images, labels = fashion_mnist.calibration_and_test(args.calib_images, args.test_images)
 
     models = {k: v for k, v in MODELS.items() if ("qat" if "QAT" in k else "ort") in args.models}
     results = []
@@ -135,7 +129,7 @@ def main(argv=None) -> int:
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("| target drop (full) | " + " | ".join(f"≤ {TARGETS.get(p, float('nan')):.2f}" for p in args.profiles) + " |")
         secs = [entry['profiles'][p]['full (+scale selection)']['requant_seconds'] for p in args.profiles]
-        lines.append(f"| re-quantization time, full (s) | " + " | ".join(f"{s:.2f}" for s in secs) + " |")
+        lines.append("| re-quantization time, full (s) | " + " | ".join(f"{s:.2f}" for s in secs) + " |")
         lines.append("")
     table = "\n".join(lines)
     print(table)

@@ -27,8 +27,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
@@ -73,12 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
 
-    train_x, _ = fashion_mnist.load("train")
-    test_x, test_y = fashion_mnist.load("test")
-    calib_idx = np.random.default_rng(0).choice(len(train_x), args.calib_images, replace=False)
-    calib_images = fashion_mnist.to_float(train_x[calib_idx])
-    images = fashion_mnist.to_float(test_x[:args.test_images])
-    labels = test_y[:args.test_images].astype(np.int64)
+    calib_images, images, labels = fashion_mnist.calibration_and_test(args.calib_images, args.test_images)
 
     graph = load_model(MODEL)
     base = accuracy(graph, "onnxruntime-cpu", images, labels)
