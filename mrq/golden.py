@@ -136,18 +136,22 @@ def c_identifier(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _hex_bits(array: np.ndarray, bits: int, is_float: bool) -> tuple[np.ndarray, int]:
+    """Each element's bit pattern as uint64 (two's complement / unsigned at ``bits``, or the
+    IEEE-754 binary32 pattern for floats), row-major, and the hex digits one word takes."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if is_float:
+        return flat.astype(np.float32).view(np.uint32).astype(np.uint64), 8
+    raw = flat.astype(np.int64).view(np.uint64)
+    if bits < 64:
+        raw = raw & np.uint64((1 << bits) - 1)
+    return raw, (bits + 3) // 4
+
+
 def hex_words(array: np.ndarray, bits: int, is_float: bool = False) -> list[str]:
     """One hex word per element (row-major): two's complement / unsigned at ``bits``, or the
     IEEE-754 binary32 bit pattern for floats."""
-    flat = np.ascontiguousarray(array).reshape(-1)
-    if is_float:
-        raw = flat.astype(np.float32).view(np.uint32).astype(np.uint64)
-        digits = 8
-    else:
-        digits = (bits + 3) // 4
-        raw = flat.astype(np.int64).view(np.uint64)
-        if bits < 64:
-            raw = raw & np.uint64((1 << bits) - 1)
+    raw, digits = _hex_bits(array, bits, is_float)
     fmt = f"0{digits}x"
     return [format(v, fmt) for v in raw.tolist()]
 
@@ -158,15 +162,7 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
 def hex_lines(array: np.ndarray, bits: int, is_float: bool = False) -> bytes:
     """``hex_words`` as ASCII, one word and a newline per element, made with array arithmetic
     (a golden set of a data set has billions of words; formatting each in Python took hours)."""
-    flat = np.ascontiguousarray(array).reshape(-1)
-    if is_float:
-        raw = flat.astype(np.float32).view(np.uint32).astype(np.uint64)
-        digits = 8
-    else:
-        digits = (bits + 3) // 4
-        raw = flat.astype(np.int64).view(np.uint64)
-        if bits < 64:
-            raw = raw & np.uint64((1 << bits) - 1)
+    raw, digits = _hex_bits(array, bits, is_float)
     text = np.empty((raw.size, digits + 1), np.uint8)
     for i in range(digits):
         text[:, i] = _HEX_DIGITS[((raw >> np.uint64(4 * (digits - 1 - i))) & np.uint64(0xF)).astype(np.intp)]
