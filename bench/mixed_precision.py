@@ -28,8 +28,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import fashion_mnist
+from requant_headline import accuracy  # the simulator's top-1 on the test images
 
-from mrq.api import bind_inputs, prepare, profile_violations, resolve_profile, simulate
+from mrq.api import profile_violations, resolve_profile, simulate
 from mrq.compare import weight_bytes
 from mrq.float_ref import FloatReference
 from mrq.metrics import sqnr_db
@@ -37,24 +38,11 @@ from mrq.onnx_import import load_model
 from mrq.passes.base import Options, feeds_for_new_graph
 from mrq.precision_search import parse_budget, search
 from mrq.requant import naive_options, requantize
-from simulator.run import run
 
 MODEL = os.path.join(HERE, "models", "fmnist_mnv2_qat_qdq.onnx")
 METHODS = {"naive": naive_options(),
            "full": Options()}
 
-
-def accuracy(graph, profile, images, labels, batch=1000) -> float:
-    lowered = prepare(graph, profile)
-    name = graph.inputs[0]
-    correct = 0
-    for start in range(0, len(images), batch):
-        feeds = {name: images[start:start + batch]}
-        program, bound = bind_inputs(lowered, feeds)
-        out = run(program, bound).outputs[graph.outputs[0]]
-        correct += int(np.sum(np.asarray(out).reshape(len(feeds[name]), -1).argmax(axis=1)
-                              == labels[start:start + batch]))
-    return 100.0 * correct / len(images)
 
 
 def calib_sqnr(graph, new, profile, calib, reference) -> float:
