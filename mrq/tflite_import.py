@@ -92,6 +92,7 @@ from mrq.errors import ModelError, UnsupportedOpError
 from mrq.fileio import FileProblem, read_regular_file
 from mrq.import_checks import MAX_MODEL_BYTES, check_graph
 from mrq.ir import Graph, Node, QParams, Tensor
+from mrq.tflite_op_versions import op_version_problem
 
 _TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 6: "bool",
           7: "int16", 9: "int8", 10: "float64", 17: "int4"}
@@ -386,6 +387,9 @@ class _Importer:
             if name == "CUSTOM" or builtin == 32:
                 custom = code.CustomCode()
                 name = f"CUSTOM({custom.decode() if custom else '?'})"
+            version_problem = op_version_problem(name, int(code.Version()))
+            if version_problem is not None:
+                raise UnsupportedOpError(name, f"operator {index}", version_problem)
             handler = getattr(self, "_op_" + name, None)
             if handler is None and tflite_import_shape.handler_for(name) is not None:
                 handler = functools.partial(tflite_import_shape.handler_for(name), self)

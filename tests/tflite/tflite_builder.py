@@ -74,11 +74,11 @@ class ModelBuilder:
                                  buffer=buf, quant=q))
         return len(self.tensors) - 1
 
-    def op(self, builtin: str, inputs, outputs, options=None, custom_code=None) -> None:
-        """``builtin`` by name; ``CUSTOM`` ops also name their ``custom_code``."""
-        code = getattr(BuiltinOperator, builtin)
-        if custom_code is not None:
-            code = (code, custom_code)
+    def op(self, builtin: str, inputs, outputs, options=None, custom_code=None,
+           version: int = 1) -> None:
+        """``builtin`` by name; ``CUSTOM`` ops also name their ``custom_code``; ``version`` is the
+        operator code's version."""
+        code = (getattr(BuiltinOperator, builtin), custom_code, version)
         if code not in self.opcodes:
             self.opcodes.append(code)
         self.ops.append(dict(opcode=self.opcodes.index(code), inputs=list(inputs),
@@ -192,16 +192,14 @@ class ModelBuilder:
         sg = _SubGraph.SubGraphEnd(b)
 
         code_offsets = []
-        for code in self.opcodes:
-            custom = None
-            if isinstance(code, tuple):
-                code, custom = code[0], b.CreateString(code[1])
+        for code, custom_code, version in self.opcodes:
+            custom = b.CreateString(custom_code) if custom_code is not None else None
             _OperatorCode.OperatorCodeStart(b)
             if custom is not None:
                 _OperatorCode.OperatorCodeAddCustomCode(b, custom)
             _OperatorCode.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
             _OperatorCode.OperatorCodeAddBuiltinCode(b, code)
-            _OperatorCode.OperatorCodeAddVersion(b, 1)
+            _OperatorCode.OperatorCodeAddVersion(b, version)
             code_offsets.append(_OperatorCode.OperatorCodeEnd(b))
         codes_vec = table_vector(_Model.ModelStartOperatorCodesVector, code_offsets)
         sgs_vec = table_vector(_Model.ModelStartSubgraphsVector, [sg])
