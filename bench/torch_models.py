@@ -136,8 +136,10 @@ def build(arch: str):
         def forward(self, x):
             t = self.embed(x).flatten(2).transpose(1, 2)       # N, T, D
             n, tokens, d = t.shape
-            q, k, v = self.qkv(self.ln1(t)).reshape(n, tokens, 3, self.heads, d // self.heads) \
-                .permute(2, 0, 3, 1, 4)
+            # split q/k/v before moving the heads so that the batch stays the first axis (timm's
+            # permute(2, 0, 3, 1, 4) moves it, which mrq refuses: it runs batch items apart)
+            q, k, v = (z.transpose(1, 2) for z in self.qkv(self.ln1(t))
+                       .reshape(n, tokens, 3, self.heads, d // self.heads).unbind(2))
             att = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, -1)
             t = t + self.proj((att @ v).transpose(1, 2).reshape(n, tokens, d))
             t = t + self.mlp2(nn.functional.gelu(self.mlp1(self.ln2(t))))

@@ -14,6 +14,8 @@ from mrq.ir import Graph, Node, QParams
 from mrq.float_ref_extra import ExtraOpsReference
 from mrq.float_ref_movement import MovementOpsReference
 from mrq.float_ref_recurrent import RecurrentOpsReference
+from mrq.float_ref_dynamic import DynamicOpsReference
+from mrq.float_ref_islands import FloatIslandReference
 
 
 def _grid_clamp(x: np.ndarray, qp: QParams | None) -> np.ndarray:
@@ -156,7 +158,8 @@ def _clamp_bounds(clamp) -> tuple[float, float]:
     return (-np.inf if lo is None else float(lo)), (np.inf if hi is None else float(hi))
 
 
-class FloatReference(ExtraOpsReference, MovementOpsReference, RecurrentOpsReference):
+class FloatReference(ExtraOpsReference, MovementOpsReference, RecurrentOpsReference,
+                     DynamicOpsReference, FloatIslandReference):
     """Float execution of the IR (float64 unless ``dtype=np.float32``).
 
     ``fake_quant=False``: the float reference (grids clamp but do not round).

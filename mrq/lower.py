@@ -19,6 +19,8 @@ from mrq.ir import Graph, Node, QParams, Tensor, storage_dtype
 from mrq.lower_extra import ExtraOpsLowering
 from mrq.lower_movement import MovementOpsLowering
 from mrq.lower_matmul import MatMulLowering
+from mrq.lower_dynamic import DynamicLowering
+from mrq.lower_islands import FloatIslandLowering
 from simulator.program import Program, TensorSpec
 from simulator.rounding import round_array
 from simulator.steps import make_step
@@ -112,6 +114,13 @@ IR_OP_NAMES = {
     "ResizeBilinear": {"Resize"}, "Maximum": {"Max", "Min"}, "Svdf": {"SVDF"},
     "Resize": {"Resize"},   # ONNX linear Resize (mrq/onnx_import_movement.py)
     "MatMul": {"MatMul"},   # two activations (mrq/lower_matmul.py)
+    # ONNX Runtime's dynamic quantization (mrq/lower_dynamic.py): quantized MatMuls
+    "DynamicMatMul": {"MatMul", "Gemm"}, "MatMulInteger": {"MatMul", "Gemm"},
+    "DynamicConv": {"Conv"},
+    "DynamicQuantize": set(),
+    # float islands of ONNX Runtime (mrq/onnx_import_islands.py): a chain of Erf and scalar
+    # Div/Mul/Add/Sub; LayerNormalization and a float-weight ConvTranspose use their ONNX names
+    "ElementwiseChain": {"Div", "Mul", "Add", "Sub", "Erf"},
 }
 
 
@@ -132,7 +141,8 @@ class LoweredModel:
         return [name for name, where in self.placement.items() if where == "host"]
 
 
-class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering):
+class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLowering,
+               FloatIslandLowering):
     def __init__(self, graph: Graph, arith: Arithmetic):
         self.g = graph
         self.a = arith

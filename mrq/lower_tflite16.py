@@ -430,6 +430,8 @@ class Tflite16Lowering(RecurrentLowering):
 
     # ------------------------------------------------------------------ TRANSPOSE_CONV
     def _TransposeConv(self, node):
+        if self.a.runtime == "onnxruntime" and node.attrs.get("layout") == "NCHW":
+            return self._ort_transpose_conv(node)   # ORT's float kernel (mrq/lower_islands.py)
         x, w, y = self.t(node.inputs[0]), self.t(node.inputs[1]), self.t(node.outputs[0])
         x_qp, w_qp, y_qp = x.qparams, w.qparams, y.qparams
         n_out = w.data.shape[0]

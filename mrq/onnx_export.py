@@ -24,9 +24,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mrq.errors import ModelError
+from mrq.errors import ModelError, UnsupportedOpError
 from mrq.ir import Graph, Node, QParams, dtype_range, storage_dtype
 from mrq.onnx_import import CODE_GRIDS_KEY
+from mrq.onnx_export_islands import FloatIslandExport
 from mrq.pointwise import POINTWISE
 
 _ELEM = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8, "uint8": TensorProto.UINT8,
@@ -35,6 +36,7 @@ _ELEM = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8, "uint8": Tensor
 # numpy types that onnx.numpy_helper writes as INT4/UINT4 (packed two codes a byte)
 _NUMPY_CODES = {"int4": ml_dtypes.int4, "uint4": ml_dtypes.uint4}
 LOW_BIT_OPSET = 21   # the first opset with INT4/UINT4 QuantizeLinear/DequantizeLinear
+MEAN_OPSET = 18      # ReduceMean's axes as an input (one form to write)
 
 
 def grid_bits(qp: QParams) -> int:
@@ -45,7 +47,7 @@ def grid_bits(qp: QParams) -> int:
     return int(hi - lo).bit_length()
 
 
-class _Exporter:
+class _Exporter(FloatIslandExport):
     def __init__(self, graph: Graph):
         self.g = graph
         self.nodes: list = []
@@ -165,8 +167,12 @@ class _Exporter:
         for node in self.g.nodes:
             if node.op in POINTWISE:
                 self._pointwise(node)
-            else:
+            elif hasattr(self, "_" + node.op):
                 getattr(self, "_" + node.op)(node)
+            else:
+                # e.g. TFLite's integer LSTM/SVDF: ONNX QDQ has no form that keeps their arithmetic
+                raise UnsupportedOpError(node.op, node.name, "mrq cannot write it as ONNX QDQ "
+                                         "(the format `mrq requant` writes)")
         g = self.g
         inputs = [helper.make_tensor_value_info(n, _ELEM[self.code_dtype(n)],
                                                 _dims(g.tensors[n].shape)) for n in g.inputs]
@@ -175,6 +181,8 @@ class _Exporter:
         graph = helper.make_graph(self.nodes, g.name or "mrq", inputs, outputs, self.inits)
         # the newest op's opset (Gelu: 20) when no opset is asked for
         needed = max([POINTWISE[n.op].opset for n in self.g.nodes if n.op in POINTWISE], default=1)
+        if any(n.op == "Mean" for n in self.g.nodes):
+            needed = max(needed, MEAN_OPSET)
         if self.low_bit:
             if opset is not None and opset < LOW_BIT_OPSET:
                 raise ModelError(f"opset {opset} cannot hold the model's 4-bit grids (INT4/UINT4 "
@@ -312,6 +320,40 @@ class _Exporter:
         attrs = {k: node.attrs.get(k, d) for k, d in op.attrs.items()}
         self.nodes.append(helper.make_node(op.onnx_op, [self.float_view(node.inputs[0])], [y],
                                            name=self.fresh(node.name), **attrs))
+        self.finish(node, y)
+
+    def _Pad(self, node):
+        pads = [(int(a), int(b)) for a, b in node.attrs["pads"]]
+        begins_ends = self.init(node.name + "_pads", np.array([a for a, _ in pads] + [b for _, b in pads], np.int64))
+        value = self.init(node.name + "_value", np.array(float(node.attrs.get("value", 0.0)), np.float32))
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node("Pad", [self.float_view(node.inputs[0]), begins_ends, value], [y],
+                                           mode="constant", name=self.fresh(node.name)))
+        self.finish(node, y)
+
+    def _Mean(self, node):
+        axes = self.init(node.name + "_axes", np.array([int(a) for a in node.attrs["axes"]], np.int64))
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node("ReduceMean", [self.float_view(node.inputs[0]), axes], [y],
+                                           keepdims=int(bool(node.attrs.get("keep_dims", False))),
+                                           name=self.fresh(node.name)))
+        self.finish(node, y)
+
+    def _Take(self, node):
+        """Any pure data movement (TFLite slices, splits, tiles, depth/space): a constant Gather
+        on the flattened sample, which re-imports as the same Take."""
+        flat = self.fresh(node.name + "_flat")
+        self.nodes.append(helper.make_node(
+            "Reshape", [self.float_view(node.inputs[0]), self.init(node.name + "_flat_shape", np.array([0, -1], np.int64))],
+            [flat], name=self.fresh(node.name + "_flatten")))
+        taken = self.fresh(node.name + "_taken")
+        self.nodes.append(helper.make_node(
+            "Gather", [flat, self.init(node.name + "_source", np.asarray(node.attrs["source"], np.int64))],
+            [taken], axis=1, name=self.fresh(node.name)))
+        y = self.fresh(node.name + "_y")
+        shape = np.array((0,) + tuple(int(d) for d in node.attrs["shape"]), np.int64)
+        self.nodes.append(helper.make_node("Reshape", [taken, self.init(node.name + "_shape", shape)], [y],
+                                           name=self.fresh(node.name + "_reshape")))
         self.finish(node, y)
 
     def _Logistic(self, node):

@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
+from mrq import onnx_import_dynamic as dynamic
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.import_checks import (
     check_external_data,
@@ -23,9 +24,15 @@ from mrq.import_checks import (
     check_onnx_file,
     check_onnx_model,
 )
-from mrq.ir import Graph, Node, QParams, Tensor
+from mrq.ir import Graph, Node, QParams, Tensor, dtype_range, storage_dtype
+from mrq.onnx_import_islands import HANDLERS as ISLAND_HANDLERS
 from mrq.onnx_import_movement import HANDLERS as MOVEMENT_HANDLERS
-from mrq.onnx_import_movement import fold_constants, resize_linear_attrs, static_shape
+from mrq.onnx_import_movement import (
+    fold_constants,
+    one_d_as_two_d,
+    resize_linear_attrs,
+    static_shape,
+)
 from mrq.pointwise import BY_ONNX, ir_attrs
 from mrq.shapes import infer_shapes
 
@@ -34,7 +41,10 @@ MS_DOMAIN = "com.microsoft"
 QUANT_MARKERS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
                  "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
                  "QLinearGlobalAveragePool", "QGemm", "QLinearConcat", "QLinearSigmoid",
-                 "QLinearLeakyRelu", "QLinearSoftmax"}
+                 "QLinearLeakyRelu", "QLinearSoftmax",
+                 # dynamic quantization (mrq/onnx_import_dynamic.py), ORT's fused forms too
+                 "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+                 "DynamicQuantizeLSTM"}
 # Float ops that compute new values: they need a QuantizeLinear after them.
 COMPUTE_FLOAT_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "GlobalAveragePool",
                      "Concat", "Softmax", "ConvTranspose", "ReduceMean"} | set(BY_ONNX)
@@ -157,6 +167,35 @@ def _code_grids(model: onnx.ModelProto) -> dict:
     return {}
 
 
+def _quantize_constant(x: np.ndarray, qp: QParams, node: onnx.NodeProto) -> np.ndarray:
+    """The codes ORT's QuantizeLinear kernel gives a float constant (when it folds the node or
+    runs it): ``RNE(clamp(f32(x / scale), qmin - zp, qmax - zp)) + zp`` with the type's own
+    range (peer_arithmetic.md section 1.6); exporters quantize weights this way at run time."""
+    if x.dtype != np.float32 or not np.all(np.isfinite(x)):
+        raise UnsupportedOpError("QuantizeLinear", node.name or node.output[0],
+                                 f"quantizing a constant of type {x.dtype} (finite float32 only)")
+    shape = qp.broadcast_shape(x.ndim) if x.ndim else ()
+    scale = qp.scale.reshape(shape) if shape else qp.scale[0]
+    zp = qp.zero_point.reshape(shape) if shape else qp.zero_point[0]
+    lo, hi = dtype_range(qp.dtype)
+    with np.errstate(over="ignore"):   # |x / scale| beyond float32 saturates, as in ORT
+        q = np.rint(np.clip(x / scale, (lo - zp).astype(np.float32), (hi - zp).astype(np.float32)))
+    return (q.astype(np.int64) + zp).astype(storage_dtype(qp.dtype))
+
+
+def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with ONNX shape inference's value_info. Data propagation first: it follows
+    Shape -> Gather -> Concat -> Reshape chains (exporters' flatten/attention reshapes) to static
+    shapes; without it, what plain inference finds. Shapes are only needed for auto_pad/Flatten/
+    Squeeze and movement ops, which fail with a clear message if one is missing."""
+    for data_prop in (True, False):
+        try:
+            return onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
+        except Exception:  # noqa: BLE001, S112 - inference raises many types; the model stays usable
+            continue
+    return model
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -168,10 +207,7 @@ def _decode(v):
 class _Importer:
     def __init__(self, model: onnx.ModelProto, source: str):
         self.source = source
-        try:
-            model = onnx.shape_inference.infer_shapes(model)
-        except Exception:  # noqa: BLE001, S110 - shapes are only needed for auto_pad/Flatten/
-            pass           # Squeeze and movement ops, which fail with a clear message if missing
+        model = _with_inferred_shapes(one_d_as_two_d(model))
         self.model = model
         g = model.graph
         # INT4/UINT4 constants are held as int8/uint8 codes; their grids say 4 bits
@@ -299,8 +335,14 @@ class _Importer:
         if name in self.init:
             raise UnsupportedOpError(node.op_type, node.name,
                                      f"input {name!r} is a float constant; quantize it (QDQ) first")
-        raise ModelError(f"node {node.name!r} ({node.op_type}): input {name!r} is a float tensor that is "
-                         f"not quantized; mrq simulates integer graphs only")
+        raise self._not_quantized(node, name)
+
+    def _not_quantized(self, node, name: str) -> ModelError:
+        dtype = self.tensors[name].dtype if name in self.tensors else "float32"
+        kind = "a float tensor that is not quantized" if dtype.startswith("float") else \
+            f"an unquantized {dtype} tensor"   # an int64 mask or token id input
+        return ModelError(f"node {node.name!r} ({node.op_type}): input {name!r} is {kind}; mrq "
+                          f"simulates quantized integer graphs only")
 
     def _integer_graph_input(self, name: str) -> bool:
         t = self.tensors.get(name)
@@ -310,15 +352,12 @@ class _Importer:
     # ------------------------------------------------------------------------------- main loop
     def run(self) -> Graph:
         g = self.model.graph
-        if not any(n.op_type in QUANT_MARKERS or n.op_type == "DynamicQuantizeLinear" for n in g.node):
+        if not any(n.op_type in QUANT_MARKERS for n in g.node):
             raise ModelError(f"{self.source}: the model is not quantized (no QuantizeLinear/DequantizeLinear "
                              f"or QLinear* ops); quantize it first, e.g. with "
                              f"onnxruntime.quantization.quantize_static")
         for node in g.node:
-            if node.op_type == "DynamicQuantizeLinear":
-                raise UnsupportedOpError(node.op_type, node.name or node.output[0],
-                                         "dynamic quantization (a grid computed from each input at "
-                                         "run time) has no fixed grid to simulate")
+            dynamic.refuse_unsimulated(node)   # before the float ops that lead to it
             if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 block = _attrs(node).get("block_size", 0)
                 if block:
@@ -343,6 +382,10 @@ class _Importer:
             handler = getattr(self, "_op_" + node.op_type, None)
             if handler is None and node.op_type in MOVEMENT_HANDLERS:
                 MOVEMENT_HANDLERS[node.op_type](self, node)
+                continue
+            # float kernels of ORT between DQ and Q; a handler may decline (QDQ ConvTranspose)
+            if handler is None and node.op_type in ISLAND_HANDLERS and \
+                    ISLAND_HANDLERS[node.op_type](self, node):
                 continue
             if handler is None:
                 if node.op_type in COMPUTE_FLOAT_OPS or node.op_type in GRID_PRESERVING_OPS:
@@ -392,7 +435,7 @@ class _Importer:
             else:
                 self._emit("Rescale", self._name(node), [src], [out])
         elif x in self.init:
-            raise UnsupportedOpError("QuantizeLinear", node.name, "quantizing a float constant at run time")
+            self.init[out] = _quantize_constant(np.asarray(self.init[x]), qp, node)
         elif x in self.tensors and not self.tensors[x].is_quantized:
             self._add_tensor(out, self.tensors[x].shape, qp.dtype, qp)
             self._emit("Quantize", self._name(node), [x], [out])
@@ -422,9 +465,6 @@ class _Importer:
             t = self.tensors[q]
             qp = self._qparams(node, node.input[1], node.input[2] if len(node.input) > 2 else "",
                                axis=axis, like=np.zeros(1, np.dtype(t.dtype)))
-            if qp.per_channel:
-                raise UnsupportedOpError("DequantizeLinear", node.name or out,
-                                         f"per-axis grid on the graph input {q!r} (per-tensor only)")
             if qp.dtype != t.dtype:
                 raise ModelError(f"node {node.name or out!r}: DequantizeLinear zero point is "
                                  f"{qp.dtype} but its input {q!r} is {t.dtype}")
@@ -478,6 +518,8 @@ class _Importer:
         op = node.op_type
         if op in GRID_PRESERVING_OPS:
             return self._grid_preserving(node)
+        if op == "Concat" and self._concat_of_codes(node):
+            return None
         quant, clamps, folded = self._follow_to_quantize(node)
         if quant is None:
             raise ModelError(f"node {node.name!r} ({op}): its float output is not followed by "
@@ -690,8 +732,7 @@ class _Importer:
         users = self.consumers.get(node.output[0], [])
         if not users or node.output[0] in self.graph_outputs or \
                 not all(u.op_type == "QuantizeLinear" and list(u.input[1:]) == list(users[0].input[1:]) for u in users):
-            raise ModelError(f"node {node.name!r} ({node.op_type}): input {node.input[0]!r} is a float tensor "
-                             f"that is not quantized; mrq simulates integer graphs only")
+            raise self._not_quantized(node, node.input[0])
         quant = users[0]
         qp = self._qparams(quant, quant.input[1], quant.input[2] if len(quant.input) > 2 else "",
                            axis=_attrs(quant).get("axis", 1))
@@ -726,8 +767,8 @@ class _Importer:
                                      f"dimension with others (axis 1 only)")
         if op == "Reshape":
             target = [int(v) for v in self._const(node.input[1], node, "shape")]
-            if attrs.get("allowzero", 0):
-                raise UnsupportedOpError(op, node.name, "allowzero=1")
+            if attrs.get("allowzero", 0) and 0 in target:   # without a 0 it changes nothing
+                raise UnsupportedOpError(op, node.name, "allowzero=1 with a 0 in the target shape")
             if in_shape and len(target) >= 1 and target[0] != 0:
                 rest = target[1:]
                 in_rest = in_shape[1:]
@@ -739,7 +780,9 @@ class _Importer:
             return tuple(target)
         # Squeeze / Unsqueeze: use the inferred output shape, keeping the batch dimension.
         if out_shape is None or any(d is None for d in out_shape[1:]):
-            raise UnsupportedOpError(op, node.name, "needs a static output shape (run shape inference)")
+            # after a contrib op ONNX infers no shapes: derive it from the input's and the axes
+            from mrq.onnx_import_islands import squeeze_shape
+            out_shape = squeeze_shape(self, node, attrs)
         return (0,) + tuple(int(d) for d in out_shape[1:])
 
     # ---------------------------------------------------------------------- op attributes
@@ -895,11 +938,13 @@ class _Importer:
             self._add_tensor(node.output[0], self._matmul_shape(node, ins[0], ins[3]), y_qp.dtype, y_qp)
             self._emit("MatMul", self._name(node), [x, b], [node.output[0]])
             return
+        if np.ndim(self.init[ins[3]]) > 2:   # batched B
+            return dynamic.qlinear_matmul_nd(self, node)
         codes = self._const(ins[3], node, "B")
         b_scale = np.asarray(self._const(ins[4], node, "B scale"), np.float32).reshape(-1)
         b_zp = np.asarray(self._const(ins[5], node, "B zero point")).reshape(-1)
         if codes.ndim != 2:
-            raise UnsupportedOpError("QLinearMatMul", node.name, "B must be a 2-D constant")
+            raise UnsupportedOpError("QLinearMatMul", node.name, "B must be a constant of rank 2 or more")
         qp = QParams(b_scale, b_zp.astype(np.int64), _ONNX_INT_DTYPES[codes.dtype], axis=1 if b_scale.size > 1 else None)
         w = self._const_tensor(ins[3] + "_q", codes, qp)
         y_qp = self._qop_out(node, node.output[0], 6, 7, like=self.init.get(ins[7]))
@@ -958,10 +1003,21 @@ class _Importer:
         self._emit(kind, self._name(node), [x, w], [out], integer_output=True, **extra)
 
     def _op_ConvInteger(self, node):
-        self._integer_op(node, "Conv")
+        if not dynamic.conv_integer(self, node):   # run-time zero point (quantize_dynamic)
+            self._integer_op(node, "Conv")
 
     def _op_MatMulInteger(self, node):
-        self._integer_op(node, "Gemm")
+        if not dynamic.matmul_integer(self, node):   # run-time zero points, N-D, non-constant B
+            self._integer_op(node, "Gemm")
+
+    def _op_DynamicQuantizeLinear(self, node):
+        dynamic.dynamic_quantize_linear(self, node)
+
+    def _op_DynamicQuantizeMatMul(self, node):   # com.microsoft, ORT's fused form
+        dynamic.fused_dynamic_matmul(self, node)
+
+    def _op_MatMulIntegerToFloat(self, node):   # com.microsoft, ORT's fused form
+        dynamic.fused_dynamic_matmul(self, node)
 
     def _qbinary(self, node, op):
         ins = node.input
@@ -1043,6 +1099,20 @@ class _Importer:
             raise UnsupportedOpError(node.op_type, node.name, f"opset {attrs['opset']} softmax over "
                                      f"the flattened axes {axis}.. of a rank-{rank} tensor")
         self._emit("Softmax", self._name(node), [x], [node.output[0]], axis=axis)
+
+    def _concat_of_codes(self, node) -> bool:
+        """A Concat of integer tensors on one per-tensor grid (tf2onnx writes them between the
+        QuantizeLinear and the DequantizeLinear) joins codes: its output is on that grid."""
+        ts = [self.tensors.get(i) for i in node.input]
+        if not ts or any(t is None or not t.is_quantized for t in ts):   # DQ views are not
+            return False                                                   # in self.tensors
+        grid = ts[0].qparams
+        if grid.per_channel or not all(t.qparams.same_grid(grid) for t in ts):
+            return False
+        self._add_tensor(node.output[0], self._shape(node.output[0]), grid.dtype, grid)
+        self._emit("Concat", self._name(node), [t.name for t in ts], [node.output[0]],
+                   axis=int(_attrs(node)["axis"]))
+        return True
 
     def _op_QLinearConcat(self, node):
         ins = node.input

@@ -35,7 +35,8 @@ def profile_violations(graph: Graph, profile: HwProfile) -> list[str]:
     lines = []
     roles = {}
     for node in graph.nodes:
-        if node.op in ("Conv", "Gemm") and not node.attrs.get("integer_output"):
+        if node.op in ("Conv", "Gemm", "DynamicMatMul", "DynamicConv") \
+                and not node.attrs.get("integer_output"):
             roles[node.inputs[1]] = "weights"
             if len(node.inputs) > 2:
                 roles[node.inputs[2]] = "bias"

@@ -14,7 +14,9 @@ _MODULES = ("constant", "quantize", "dequantize", "conv", "gemm", "add", "mul", 
             "clamp", "maxpool", "avgpool", "global_avgpool", "concat", "reshape", "transpose",
             "softmax", "softmax_tflite", "lut", "mean", "pad", "lut16", "add_sub_tflite", "transpose_conv", "softmax_int16",
             "take", "arg_reduce", "reduce_select", "select2", "resize_bilinear", "prelu",
-            "lstm_int8x8_16", "svdf_int8", "resize_linear", "matmul", "softmax_ort")
+            "lstm_int8x8_16", "svdf_int8", "resize_linear", "matmul", "softmax_ort",
+            "dynamic_quantize", "matmul_integer", "scale_bias", "conv_integer", "layernorm_ort",
+            "convtranspose_ort")
 
 for _name in _MODULES:
     import_module(f"simulator.steps.{_name}")
