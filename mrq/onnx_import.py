@@ -143,6 +143,8 @@ def _regridded_inputs(model: onnx.ModelProto) -> dict:
 
 
 CODE_GRIDS_KEY = "mrq.code_grids"
+# graph.meta: why the model takes one sample at a time (see mrq.pipeline.check_batch)
+BATCH_FIXED_KEY = "batch_fixed_by"
 
 
 def _code_grids(model: onnx.ModelProto) -> dict:
@@ -411,6 +413,14 @@ class _Importer:
         regridded = _regridded_inputs(self.model)
         if regridded:
             meta["regridded_inputs"] = regridded
+        # a Reshape whose constant target keeps a leading size other than "copy" bakes the
+        # export-time batch in (ORT's quantizer writes [16, 32] for a batch-1 [1, 16, 32]); such a
+        # model runs one sample at a time, as ONNX Runtime runs it (its input is declared batch 1)
+        fixed = next((n for n in self.nodes if n.op == "Reshape" and n.attrs.get("shape")
+                      and int(n.attrs["shape"][0]) > 0), None)
+        if fixed is not None:
+            meta[BATCH_FIXED_KEY] = (f"Reshape node {fixed.name!r} has the constant target shape "
+                                     f"{[int(d) for d in fixed.attrs['shape']]}")
         graph = Graph(self.tensors, self.nodes, list(self.graph_inputs), outputs,
                       name=g.name or "graph", meta=meta)
         _check_inputs_used(graph)
@@ -558,6 +568,8 @@ class _Importer:
         elif op in ("Gemm", "MatMul"):
             x = self._int_input(ins[0], node)
             w, b = self._gemm_weight(node, attrs, ins)
+            if op == "Gemm" and attrs.get("transB", 0):
+                extra = {**extra, "ort_trans_b": True}   # ORT's one-row SGEMM kernel depends on it
             self._emit("Gemm", name, [x, w] + ([b] if b else []), [out], **extra)
         elif op in ("Add", "Mul"):
             a, b = (self._int_input(i, node) for i in ins[:2])

@@ -80,6 +80,127 @@ def _data_axis(node, axis: int, rank: int) -> int:
     return axis
 
 
+# ------------------------------------------------------------------- 1-D conv and pooling
+def one_d_as_two_d(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` in which every 1-D Conv of a QDQ graph (DQ(constant) weights, output
+    through Relu/Clip to one QuantizeLinear), 1-D AveragePool (likewise), 1-D QLinearConv and 1-D
+    MaxPool runs as its 2-D form on a height of 1: Unsqueeze before, Squeeze after the
+    QuantizeLinear (an elementwise op, so moving the Squeeze past it changes no value). The same
+    sums in the same order: ORT's 1-D kernels are its N-D ones. Graphs without such ops come back
+    unchanged (the same object)."""
+    g = model.graph
+    init = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+
+    def conv_weight(n):
+        dq = producer.get(n.input[1]) if len(n.input) > 1 else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in init:
+            return None
+        return dq if len(init[dq.input[0]].dims) == 3 else None
+
+    def chain_to_quantize(n):
+        chain, out = [], n.output[0]
+        while out not in outputs and len(consumers.get(out, [])) == 1:
+            user = consumers[out][0]
+            chain.append(user)
+            if user.op_type == "QuantizeLinear":
+                return chain
+            if user.op_type not in ("Relu", "Clip") or user.input[0] != out:
+                return None
+            out = user.output[0]
+        return None
+
+    plans = {}   # id(op) -> [op, Relu/Clip..., QuantizeLinear] or [MaxPool]
+    for n in g.node:
+        if n.op_type == "Conv" and conv_weight(n) is not None:
+            chain = chain_to_quantize(n)
+            if chain is not None:
+                plans[id(n)] = [n] + chain
+        elif (n.op_type == "MaxPool" and len(_attrs(n).get("kernel_shape", [])) == 1
+              and len(n.output) == 1) or (   # QLinearConv: integer in, integer out
+                n.op_type == "QLinearConv" and len(n.input) > 3 and n.input[3] in init
+                and len(init[n.input[3]].dims) == 3):
+            plans[id(n)] = [n]
+        elif n.op_type == "AveragePool" and len(_attrs(n).get("kernel_shape", [])) == 1:
+            chain = chain_to_quantize(n)
+            if chain is not None:
+                plans[id(n)] = [n] + chain
+    if not plans:
+        return model
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    axes = "mrq_1d_axis2"
+    if opset >= 13:
+        m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([2], np.int64), axes))
+
+    def reshape(op, x, y):
+        if opset >= 13:
+            return onnx.helper.make_node(op, [x, axes], [y], name=y)
+        return onnx.helper.make_node(op, [x], [y], name=y, axes=[2])
+
+    in_plan = {id(n) for nodes in plans.values() for n in nodes}
+    last = {id(nodes[-1]) for nodes in plans.values()}
+    rename = {n.output[0]: n.output[0] + "__2d" for nodes in plans.values() for n in nodes}
+    weights4: dict = {}
+    new_nodes = []
+    for old in g.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(old)
+        if id(old) in plans:
+            x4 = node.input[0] + "__2d_in"
+            new_nodes.append(reshape("Unsqueeze", node.input[0], x4))
+            node.input[0] = x4
+            if node.op_type == "Conv":
+                node.input[1] = _weight_2d(m, conv_weight(old), init, weights4, new_nodes)
+            elif node.op_type == "QLinearConv":
+                node.input[3] = _initializer_2d(m, init[node.input[3]], weights4)
+            for a in node.attribute:
+                if a.name in ("kernel_shape", "strides", "dilations") and len(a.ints) == 1:
+                    a.ints[:] = [1, a.ints[0]]
+                elif a.name == "pads" and len(a.ints) == 2:
+                    a.ints[:] = [0, a.ints[0], 0, a.ints[1]]
+        elif id(old) in in_plan:
+            node.input[0] = rename.get(node.input[0], node.input[0])
+        if id(old) in in_plan:
+            node.output[0] = rename[old.output[0]]
+        new_nodes.append(node)
+        if id(old) in last:
+            new_nodes.append(reshape("Squeeze", node.output[0], old.output[0]))
+    del m.graph.node[:]
+    m.graph.node.extend(new_nodes)
+    del m.graph.value_info[:]   # rank-3 shapes of the rewritten tensors would contradict
+    return m
+
+
+def _initializer_2d(model, tensor, done: dict) -> str:
+    """The name of an added copy of the (O, I, K) weight ``tensor`` shaped (O, I, 1, K)."""
+    if tensor.name not in done:
+        arr = onnx.numpy_helper.to_array(tensor)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(
+            arr.reshape(arr.shape[0], arr.shape[1], 1, arr.shape[2]), tensor.name + "__2d"))
+        done[tensor.name] = tensor.name + "__2d"
+    return done[tensor.name]
+
+
+def _weight_2d(model, dq, init, done: dict, new_nodes: list) -> str:
+    """The output of a DequantizeLinear of the (O, I, K) weight reshaped to (O, I, 1, K)."""
+    out = dq.output[0] + "__2d"
+    if ("dq", out) not in done:
+        dq4 = onnx.NodeProto()
+        dq4.CopyFrom(dq)
+        dq4.input[0], dq4.output[0] = _initializer_2d(model, init[dq.input[0]], done), out
+        dq4.name = (dq.name or dq.output[0]) + "__2d"
+        new_nodes.append(dq4)
+        done["dq", out] = out
+    return out
+
+
 # ------------------------------------------------------------------------------ shapes
 def static_shape(imp, name: str, node) -> tuple:
     """The full ONNX shape of ``name`` with a batch of 1 where the model leaves it open."""
@@ -194,8 +315,10 @@ def movement(imp, node, fn: Callable, x_index: int = 0) -> None:
     if x_in in imp.consts:
         raise _unsupported(node, f"moving the quantized constant {x_in!r} (fold it before quantizing)")
     if x_in in imp.tensors and not imp.tensors[x_in].is_quantized and x_in not in imp.alias:
-        raise _fail(node, f"input {x_in!r} is a float tensor that is not quantized; mrq simulates "
-                          f"integer graphs only")
+        kind = imp.tensors[x_in].dtype   # an int64 mask or id input is not "float"
+        kind = "a float tensor that is not quantized" if kind.startswith("float") else \
+            f"an unquantized {kind} tensor"
+        raise _fail(node, f"input {x_in!r} is {kind}; mrq simulates quantized integer graphs only")
     is_view = x_in in imp.alias
     src = imp._int_input(x_in, node)
     src_t = imp.tensors[src]
@@ -613,8 +736,27 @@ def _pad(imp, node):
     imp._emit("Pad", imp._name(node), [x], [out], pads=tuple(per_axis), value=value)
 
 
+def _cast(imp, node):
+    """A Cast to the type its input already has is an identity (exporters put them between
+    QuantizeLinear and DequantizeLinear); one that changes the type of a simulated tensor is not
+    supported."""
+    x_in = node.input[0]
+    to = onnx.helper.tensor_dtype_to_np_dtype(_attrs(node)["to"])
+    if x_in in imp.alias:
+        have = np.dtype(np.float32)
+    elif x_in in imp.tensors and imp.tensors[x_in].dtype not in ("int4", "uint4"):
+        have = np.dtype(imp.tensors[x_in].dtype)
+    else:
+        have = None
+    if have != to:
+        raise _unsupported(node, f"casting {x_in!r} ({have or 'unknown type'}) to {to}: only a "
+                                 f"Cast to the same type is supported")
+    imp._grid_preserving(onnx.helper.make_node("Identity", [x_in], list(node.output[:1]),
+                                               name=node.name or node.output[0]))
+
+
 HANDLERS: dict = {
-    "Slice": _slice, "Split": _split, "Gather": _gather, "DepthToSpace": _depth_to_space,
+    "Cast": _cast, "Slice": _slice, "Split": _split, "Gather": _gather, "DepthToSpace": _depth_to_space,
     "SpaceToDepth": _space_to_depth, "Resize": _resize, "Upsample": _resize, "Shape": _shape_op,
     "ReduceMax": _reduce_select("max"), "ReduceMin": _reduce_select("min"),
     "ArgMax": _arg("max"), "ArgMin": _arg("min"), "Pad": _pad,
