@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import zoo  # noqa: E402
+import zoo
 
 
 def _weights():

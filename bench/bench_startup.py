@@ -2,7 +2,10 @@
 cache (empty ``NUMBA_CACHE_DIR`` and ``MRQ_CACHE_DIR``: every kernel compiles), and the second
 run (cache warm). Per model: wall time of the process, its CPU time (user + sys: on a shared
 machine the steadier figure), the time to the start of the first simulator step, and the number
-of kernels the run compiled (the CLI's ``-v`` count). Not part of the test suite.
+of kernels the run compiled (the CLI's ``-v`` count). Not part of the test suite. A cold
+``demo`` compiles its later profiles in a child process while it runs the first (mrq/demo.py):
+its cpu counts both processes and its compiled count only the parent's; with two idle cores its
+wall is about the larger of the two, so measure it on a quiet machine.
 
 As a script (a table; ``demo`` is the ``mrq demo`` command, the others ``mrq sim`` of one
 image of the bench models, default fidelity report included)::
@@ -28,7 +31,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import zoo  # noqa: E402
+import zoo
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 MODELS = ["demo", "resnet8", "kws", "ad01", "mnv2-ort"]
@@ -51,6 +54,8 @@ def _run_once(model, cache_dir, work):
     mark = os.path.join(work, "first_step")
     env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache_dir, "numba"),
                MRQ_CACHE_DIR=os.path.join(cache_dir, "mrq"), SIMULATOR_FIRST_STEP_FILE=mark)
+    # as installed: the modules' bytecode is on disk after the first run, as pip leaves it
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
     r = subprocess.run([sys.executable, "-m", "mrq", *_argv(model, work)], env=env, cwd=ROOT,

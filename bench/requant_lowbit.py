@@ -7,9 +7,12 @@ simulator, with the methods switched on one by one and then left out one at a ti
     +error folding         expected output shift folded into the bias
     +scale selection       clipping search (consumer-weighted error; 0.2-1.0 of the range below 8 bits)
     +input-error target    weight correction rounds the least-squares fit of the input model's
-                           layer output on the new model's (coarse) input
-    full                   + activation offsets: ReLU outputs feeding unpadded Conv/Gemm layers
-                           shifted to use all 16 codes of the signed 4-bit grid
+                           layer output on the new model's (coarse) input (error folding then
+                           leaves those layers alone: see mrq/passes/error_folding.py)
+    +activation offsets    ReLU outputs feeding unpadded Conv/Gemm layers shifted to use all 16
+                           codes of the signed 4-bit grid
+    full                   + output grids: the class scores' grid (below 8 bits) chosen by argmax
+                           agreement with the input model instead of MSE
     full - X               full with one method off
 
 512 calibration images from the training split; the input model's accuracy is the simulator
@@ -41,7 +44,8 @@ from mrq.requant import requantize
 
 MODEL = os.path.join(HERE, "models", "fmnist_mnv2_qat_qdq.onnx")
 PROFILES = ["nna-w4a4", "nna-w4a8"]
-_NO_OFFSETS = frozenset({"activation_offsets"})
+_NO_OFFSETS = frozenset({"activation_offsets", "output_grids"})
+_NO_OUTPUT_GRIDS = frozenset({"output_grids"})
 _OFF = {"weight_correction": False, "error_folding": False, "scale_selection": False, "input_error_target": False,
         "disabled": _NO_OFFSETS}
 ROWS = {
@@ -50,14 +54,16 @@ ROWS = {
     "+error folding": Options(**{**_OFF, "weight_correction": True, "error_folding": True}),
     "+scale selection": Options(input_error_target=False, disabled=_NO_OFFSETS),
     "+input-error target": Options(disabled=_NO_OFFSETS),
-    "full (+activation offsets)": Options(),
+    "+activation offsets": Options(disabled=_NO_OUTPUT_GRIDS),
+    "full (+output grids)": Options(),
     "full - scale selection": Options(scale_selection=False),
     "full - error folding": Options(error_folding=False),
     "full - weight correction (and its target)": Options(weight_correction=False),
     "full - input-error target": Options(input_error_target=False),
-    "full - activation offsets": Options(disabled=_NO_OFFSETS),
+    "full - activation offsets": Options(disabled=frozenset({"activation_offsets"})),
+    "full - output grids": Options(disabled=_NO_OUTPUT_GRIDS),
 }
-FULL = "full (+activation offsets)"
+FULL = "full (+output grids)"
 TARGETS = {"nna-w4a4": 3.0, "nna-w4a8": 1.0}
 
 

@@ -27,7 +27,11 @@ log = logging.getLogger("mrq")
 COMPILE_NOTICE = "compiling kernels for this machine (first run only)..."
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command`` alone when a module of
+    :mod:`mrq.commands` has that name: each command module imports what its options need, and
+    some import much (``sweep``: the passes), so a process that runs one command registers only
+    that one (the parse result is the same)."""
     parser = argparse.ArgumentParser(
         prog="mrq", description="Re-quantize quantized models for fixed-point accelerators and "
         "simulate them bit-exactly.",
@@ -40,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {mrq.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(mrq.commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"mrq.commands.{info.name}")
+    names = sorted(info.name for info in pkgutil.iter_modules(mrq.commands.__path__))
+    if command in names:
+        names = [command]
+    for name in names:
+        module = importlib.import_module(f"mrq.commands.{name}")
         if hasattr(module, "register"):
             module.register(sub)
     return parser
@@ -100,12 +107,8 @@ def _kernel_cache_is_cold() -> bool:
     missing or empty, i.e. every kernel this run needs will be compiled."""
     try:
         from simulator.kernels import jitcache
-        path = os.path.join(jitcache.cache_root(), jitcache.jit_key())
-        with os.scandir(path) as entries:
-            return next(entries, None) is None
-    except FileNotFoundError:
-        return True
-    except Exception:   # a cache we cannot inspect: let the timer decide
+        return jitcache.is_cold()
+    except (ImportError, OSError):   # a cache we cannot inspect: let the timer decide
         return False
 
 
@@ -233,10 +236,12 @@ class _PipeSafeStdout:
 
 def main(argv=None) -> int:
     from simulator.errors import SimulatorError
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    # a first word that is not an option names the command (the top level has options only)
+    parser = build_parser(given[0] if given and not given[0].startswith("-") else None)
+    args = parser.parse_args(given)
     # the command line as given, for the provenance of reports (mrq/provenance.py)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = given
     configure_logging(args.command, quiet=getattr(args, "quiet", False),
                       verbose=getattr(args, "verbose", False))
     notice = _watch_compilation() if getattr(args, "simulates", False) else None

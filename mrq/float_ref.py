@@ -16,6 +16,7 @@ from mrq.float_ref_movement import MovementOpsReference
 from mrq.float_ref_recurrent import RecurrentOpsReference
 from mrq.float_ref_dynamic import DynamicOpsReference
 from mrq.float_ref_islands import FloatIslandReference
+from mrq.float_ref_float import FloatOpsReference
 
 
 def _grid_clamp(x: np.ndarray, qp: QParams | None) -> np.ndarray:
@@ -159,7 +160,7 @@ def _clamp_bounds(clamp) -> tuple[float, float]:
 
 
 class FloatReference(ExtraOpsReference, MovementOpsReference, RecurrentOpsReference,
-                     DynamicOpsReference, FloatIslandReference):
+                     DynamicOpsReference, FloatIslandReference, FloatOpsReference):
     """Float execution of the IR (float64 unless ``dtype=np.float32``).
 
     ``fake_quant=False``: the float reference (grids clamp but do not round).

@@ -99,6 +99,7 @@ KNOWN_OPS = tuple(dict.fromkeys((
     "ReduceMax", "Max", "Min", "Cast", "PRelu",   # HardSwish, Tanh: in POINTWISE
     "LSTM", "SVDF",   # TFLite recurrent ops (mrq/tflite_import_recurrent.py)
     "LayerNormalization",   # ORT float kernel (mrq/onnx_import_islands.py)
+    "ReduceL2",   # ORT float kernel in mixed graphs (mrq/onnx_import_float.py)
 ) + tuple(POINTWISE)))  # table ops of mrq/pointwise.py; some are TFLite ops too
 # ops.<field> -> the op type whose arithmetic it sets: required when that op is in
 # supported_ops, rejected otherwise.

@@ -21,6 +21,7 @@ from mrq.lower_movement import MovementOpsLowering
 from mrq.lower_matmul import MatMulLowering
 from mrq.lower_dynamic import DynamicLowering
 from mrq.lower_islands import FloatIslandLowering
+from mrq.lower_float import FloatOpsLowering, island_op_name
 from simulator.program import Program, TensorSpec
 from simulator.rounding import round_array
 from simulator.steps import make_step
@@ -57,7 +58,8 @@ class Arithmetic:
     def host_arithmetic(self, op_type: str) -> Optional[tuple]:
         """``(how, arithmetic)`` for a host op (``arithmetic`` None for ``float``), else None."""
         for op, how, arith in self.host_ops:
-            if op_type in IR_OP_NAMES.get(op, {op}):
+            # host_ops holds profile (ONNX) names: the IR op's names say which one covers it
+            if op in IR_OP_NAMES.get(op_type, {op_type}) or op_type in IR_OP_NAMES.get(op, {op}):
                 return how, arith
         return None
 
@@ -121,6 +123,11 @@ IR_OP_NAMES = {
     # float islands of ONNX Runtime (mrq/onnx_import_islands.py): a chain of Erf and scalar
     # Div/Mul/Add/Sub; LayerNormalization and a float-weight ConvTranspose use their ONNX names
     "ElementwiseChain": {"Div", "Mul", "Add", "Sub", "Erf"},
+    # float islands of mixed graphs (mrq/onnx_import_float.py)
+    "FloatBinary": {"Add", "Sub", "Mul", "Div", "PRelu"}, "FloatConcat": {"Concat"}, "FloatMaxPool": {"MaxPool"},
+    "FloatSoftmax": {"Softmax"}, "FloatGlobalAveragePool": {"GlobalAveragePool"},
+    "FloatReduceL2": {"ReduceL2"},
+    "FloatUnary": {"Sigmoid", "Tanh", "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish"},
 }
 
 
@@ -142,7 +149,7 @@ class LoweredModel:
 
 
 class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLowering,
-               FloatIslandLowering):
+               FloatIslandLowering, FloatOpsLowering):
     def __init__(self, graph: Graph, arith: Arithmetic):
         self.g = graph
         self.a = arith
@@ -262,7 +269,8 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLow
         self.const_emitted: set = set()
         self.placement: dict = {}
         for node in self.g.nodes:
-            host = None if node.attrs.get("layout_boundary") else self.a.host_arithmetic(node.op)
+            host = None if node.attrs.get("layout_boundary") else \
+                self.a.host_arithmetic(island_op_name(node))
             if host is not None:
                 self._lower_on_host(node, *host)
                 continue
@@ -320,6 +328,8 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLow
         return mode
 
     def _dispatch(self, node) -> None:
+        if self.ort_float_island(node):   # 16-bit QDQ under ORT (mrq/lower_islands.py)
+            return
         op = POINTWISE.get(node.op)
         # an op with its own lowering (a TFLite runtime's table arithmetic) keeps it, unless the
         # profile's runtime has its own kernel for the op in the registry

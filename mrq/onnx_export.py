@@ -229,6 +229,10 @@ class _Exporter(FloatIslandExport):
     def _Gemm(self, node):
         a = self.float_view(node.inputs[0])
         w = self.float_view(node.inputs[1])
+        if len(node.inputs) > 2:
+            # the bias's DequantizeLinear before the MatMul: the importer fuses MatMul -> Add of a
+            # constant it has already read (mrq.onnx_import._matmul_bias_add)
+            self.float_view(node.inputs[2])
         y = self.fresh(node.name + "_y")
         rank = len(self.g.tensors[node.inputs[0]].shape)
         if rank == 2:
@@ -242,6 +246,78 @@ class _Exporter(FloatIslandExport):
                 self.nodes.append(helper.make_node("Add", [mm, self.float_view(node.inputs[2])], [y],
                                                    name=self.fresh(node.name + "_bias")))
         self.finish(node, y)
+
+    def _MatMul(self, node):
+        """Two activations (attention; or a batched constant B): DQ -> MatMul -> Q, the form ORT's
+        QDQ rewrite runs as QLinearMatMul and mrq re-imports as the same IR MatMul."""
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node("MatMul", [self.float_view(n) for n in node.inputs], [y],
+                                           name=self.fresh(node.name)))
+        self.finish(node, y)
+
+    def _TransposeConv(self, node):
+        """IR weight [C_out, C_in, kH, kW] (per-channel axis 0) written as ONNX's [C_in, C_out, kH,
+        kW] (axis 1); the output size as end pads and output_padding."""
+        at = node.attrs
+        if at.get("layout", "NCHW") != "NCHW":
+            raise UnsupportedOpError("TransposeConv", node.name, "only NCHW transposed convolutions "
+                                     "can be written as ONNX ConvTranspose")
+        w = self.g.tensors[node.inputs[1]]
+        codes = np.ascontiguousarray(np.asarray(w.data).transpose(1, 0, 2, 3))
+        dtype = self.code_dtype(node.inputs[1])
+        qp = w.qparams.with_(axis=1) if w.qparams.per_channel else w.qparams
+        src = self.init(node.inputs[1], _codes(codes, dtype, f"tensor {node.inputs[1]!r}"))
+        s, z = self.qparam_inits(node.inputs[1], qp, dtype)
+        w_float = self.fresh(node.inputs[1] + "_dq")
+        self.nodes.append(helper.make_node("DequantizeLinear", [src, s, z], [w_float],
+                                           name=self.fresh("DQ_" + node.inputs[1]),
+                                           **({"axis": 1} if qp.per_channel else {})))
+        ins = [self.float_view(node.inputs[0]), w_float] + [self.float_view(n) for n in node.inputs[2:3]]
+        in_hw = self.g.tensors[node.inputs[0]].shape[2:]
+        begin = [int(p) for p in at["pads"]]
+        full = [(int(n) - 1) * int(st) + int(k) - b for n, st, k, b
+                in zip(in_hw, at["strides"], codes.shape[2:], begin)]   # size with no end pad
+        end = [max(f - int(o), 0) for f, o in zip(full, at["output_size"])]
+        extra = [int(o) - (f - e) for o, f, e in zip(at["output_size"], full, end)]
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node(
+            "ConvTranspose", ins, [y], name=self.fresh(node.name), kernel_shape=list(codes.shape[2:]),
+            strides=[int(v) for v in at["strides"]], pads=begin + end, output_padding=extra))
+        self.finish(node, y)
+
+    def _Resize(self, node):
+        """Bilinear resize: the IR holds ORT's sample positions and weights, not the ONNX
+        coordinate mode, so the mode written is the one whose positions are the node's."""
+        from mrq.onnx_import_movement import _COORD_MODES, resize_linear_attrs
+        at = node.attrs
+        in_shape = tuple(self.g.tensors[node.inputs[0]].shape)
+        if at.get("layout", "NCHW") != "NCHW" or len(in_shape) != 4:
+            raise UnsupportedOpError("Resize", node.name, "only a 4-D NCHW resize can be written")
+        sizes = (1, int(in_shape[1])) + tuple(int(d) for d in at["size"])
+        scales = np.array([1.0, 1.0] + [np.float32(o) / np.float32(i) for o, i in zip(sizes[2:], in_shape[2:])],
+                          np.float32)
+        keys = ("y_lo", "y_hi", "wy_lo", "wy_hi", "x_lo", "x_hi", "wx_lo", "wx_hi")
+
+        def same(coord):
+            want = resize_linear_attrs(in_shape, sizes, scales, coord)
+            return all(np.array_equal(np.asarray(want[k]), np.asarray(at[k])) for k in keys)
+        coord = next((c for c in _COORD_MODES if same(c)), None)
+        if coord is None:
+            raise UnsupportedOpError("Resize", node.name, "its sample positions match no ONNX "
+                                     "coordinate_transformation_mode at these scales")
+        y = self.fresh(node.name + "_y")
+        self.nodes.append(helper.make_node(
+            "Resize", [self.float_view(node.inputs[0]), "", self.init(node.name + "_scales", scales)], [y],
+            mode="linear", coordinate_transformation_mode=coord, name=self.fresh(node.name)))
+        self.finish(node, y)
+
+    def _ArgMax(self, node):
+        """Index of the largest (``select`` min: smallest) code; on the dequantized values it is
+        the same index (a positive scale keeps the order and the ties)."""
+        op = {"max": "ArgMax", "min": "ArgMin"}[node.attrs.get("select", "max")]
+        # int64 indices: written straight into the output (an Identity of int64 does not re-import)
+        self.nodes.append(helper.make_node(op, [self.float_view(node.inputs[0])], [node.outputs[0]],
+                                           keepdims=0, axis=int(node.attrs["axis"]), name=self.fresh(node.name)))
 
     def _binary(self, node, op):
         y = self.fresh(node.name + "_y")

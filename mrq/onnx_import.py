@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
 from mrq import onnx_import_dynamic as dynamic
+from mrq import onnx_import_float as float_islands
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.import_checks import (
     check_external_data,
@@ -381,6 +382,8 @@ class _Importer:
                 continue
             if fold_constants(self, node):   # shape arithmetic on constants
                 continue
+            if float_islands.handle(self, node):   # ORT float kernels on float tensors
+                continue
             handler = getattr(self, "_op_" + node.op_type, None)
             if handler is None and node.op_type in MOVEMENT_HANDLERS:
                 MOVEMENT_HANDLERS[node.op_type](self, node)
@@ -530,13 +533,16 @@ class _Importer:
             return self._grid_preserving(node)
         if op == "Concat" and self._concat_of_codes(node):
             return None
-        quant, clamps, folded = self._follow_to_quantize(node)
+        bias_add = self._matmul_bias_add(node)
+        quant, clamps, folded = self._follow_to_quantize(bias_add[0] if bias_add else node)
         if quant is None:
             raise ModelError(f"node {node.name!r} ({op}): its float output is not followed by "
                              f"QuantizeLinear, so it is not quantized; mrq simulates integer graphs only")
         out = quant.output[0]
         axis = _attrs(quant).get("axis", 1)
         qp = self._qparams(quant, quant.input[1], quant.input[2] if len(quant.input) > 2 else "", axis=axis)
+        if bias_add:
+            folded = [bias_add[0]] + folded
         for n in folded + [quant]:
             self.done.add(id(n))
         clamp = _merge_clamps(clamps)
@@ -544,7 +550,24 @@ class _Importer:
             if extra.op_type == "QuantizeLinear":   # duplicate Q nodes of the same tensor
                 self._add_tensor(extra.output[0], self._shape(out), qp.dtype, qp)
                 self._emit("Reshape", self._name(extra), [out], [extra.output[0]], shape=None)
-        self._quantized_compute(node, out, qp, clamp)
+        self._quantized_compute(node, out, qp, clamp,
+                                inputs=list(node.input[:2]) + [bias_add[1]] if bias_add else None)
+
+    def _matmul_bias_add(self, node):
+        """(Add node, bias name) when a MatMul of a constant weight feeds only an Add of an int32
+        quantized constant: the bias of a Gemm over tokens (rank 3), as mrq's exporter writes it
+        (ONNX Gemm is 2-D only); else None."""
+        if node.op_type != "MatMul" or node.input[1] not in self.consts or \
+                node.output[0] in self.graph_outputs:
+            return None
+        users = self.consumers.get(node.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Add":
+            return None
+        others = [i for i in users[0].input if i != node.output[0]]
+        if len(others) != 1 or others[0] not in self.consts or \
+                self.consts[others[0]][0].dtype != np.int32:
+            return None
+        return users[0], others[0]
 
     def _quantized_compute(self, node, out, qp, clamp, inputs=None):
         """Emit the IR op for a float compute op (QDQ) with integer inputs and output grid qp."""
@@ -570,6 +593,8 @@ class _Importer:
             w, b = self._gemm_weight(node, attrs, ins)
             if op == "Gemm" and attrs.get("transB", 0):
                 extra = {**extra, "ort_trans_b": True}   # ORT's one-row SGEMM kernel depends on it
+            elif op == "MatMul":   # ORT turns a 16-bit QDQ one into MatMulNBits, not SGEMM
+                extra = {**extra, "onnx_matmul": True}
             self._emit("Gemm", name, [x, w] + ([b] if b else []), [out], **extra)
         elif op in ("Add", "Mul"):
             a, b = (self._int_input(i, node) for i in ins[:2])

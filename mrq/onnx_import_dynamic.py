@@ -124,7 +124,18 @@ def _emit_dynamic_quantize(imp, node) -> None:
 
 
 def _const_value(imp, name: str):
-    return imp.init.get(name) if name else None
+    """A constant, also one a later node computes from constants (quantize_dynamic reshapes each
+    conv bias to [1, C, 1, 1] with a Reshape it places after the chain's first node)."""
+    if not name:
+        return None
+    if name not in imp.init:
+        producer = _producer(imp, name)
+        if producer is not None and producer.op_type == "Reshape" and \
+                all(n in imp.init for n in producer.input[:2]):
+            from mrq.onnx_import_movement import fold_constants
+            fold_constants(imp, producer)
+            imp.done.add(id(producer))
+    return imp.init.get(name)
 
 
 def _fold_chain(imp, mm) -> bool:

@@ -115,8 +115,20 @@ def one_d_as_two_d(model: onnx.ModelProto) -> onnx.ModelProto:
             out = user.output[0]
         return None
 
+    candidates = [n for n in g.node if n.op_type in ("Conv", "MaxPool", "QLinearConv", "AveragePool")]
+    if not candidates:
+        return model
+    # Only ops whose input is (or may be) rank 3 are 1-D: a rank-3 weight on a rank-4 input is a
+    # malformed conv, which the importer's shape checks report naming the node.
+    ranks = _declared_ranks(model)
+
+    def one_d_input(n):
+        return ranks.get(n.input[0], 3) == 3
+
     plans = {}   # id(op) -> [op, Relu/Clip..., QuantizeLinear] or [MaxPool]
-    for n in g.node:
+    for n in candidates:
+        if not one_d_input(n):
+            continue
         if n.op_type == "Conv" and conv_weight(n) is not None:
             chain = chain_to_quantize(n)
             if chain is not None:
@@ -176,6 +188,22 @@ def one_d_as_two_d(model: onnx.ModelProto) -> onnx.ModelProto:
     m.graph.node.extend(new_nodes)
     del m.graph.value_info[:]   # rank-3 shapes of the rewritten tensors would contradict
     return m
+
+
+def _declared_ranks(model: onnx.ModelProto) -> dict:
+    """Tensor name -> rank, from the graph's declarations and ONNX shape inference (best effort:
+    a model inference cannot type is left to the importer's own checks)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:   # noqa: BLE001 - malformed models are diagnosed later, naming the node
+        inferred = model.graph
+    ranks = {}
+    for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    for t in model.graph.initializer:
+        ranks[t.name] = len(t.dims)
+    return ranks
 
 
 def _initializer_2d(model, tensor, done: dict) -> str:
@@ -314,6 +342,10 @@ def movement(imp, node, fn: Callable, x_index: int = 0) -> None:
         return
     if x_in in imp.consts:
         raise _unsupported(node, f"moving the quantized constant {x_in!r} (fold it before quantizing)")
+    if imp.tensors.get(x_in) is not None and imp.tensors[x_in].dtype == "float32" \
+            and not imp.tensors[x_in].is_quantized and x_in not in imp.alias:
+        from mrq.onnx_import_float import float_movement  # (it imports this module)
+        return float_movement(imp, node, fn)   # a float island: the same index map
     if x_in in imp.tensors and not imp.tensors[x_in].is_quantized and x_in not in imp.alias:
         kind = imp.tensors[x_in].dtype   # an int64 mask or id input is not "float"
         kind = "a float tensor that is not quantized" if kind.startswith("float") else \

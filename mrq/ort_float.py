@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulator.kernels import ort_eltwise
+
 _F32 = np.float32
 
 
@@ -24,71 +26,22 @@ def _f32(values) -> np.ndarray:
     return np.asarray(values, dtype=_F32)
 
 
-def fma(a, b, c) -> np.ndarray:
-    """float32 ``a * b + c`` rounded once (round to nearest even), as an FMA instruction does.
-
-    The float64 product of two float32 values is exact (48 significant bits); the float64 sum is
-    computed with its exact error (TwoSum) and rounded to odd, and a round-to-odd float64 value
-    rounds to the correctly rounded float32 (53 >= 24 + 2 bits)."""
-    a64, b64, c64 = (_f32(v).astype(np.float64) for v in (a, b, c))
-    prod = a64 * b64
-    total = prod + c64
-    b_virtual = total - prod
-    err = (prod - (total - b_virtual)) + (c64 - b_virtual)
-    bits = np.asarray(total).view(np.int64)
-    to_odd = (err != 0) & ((bits & 1) == 0) & np.isfinite(total)
-    toward = np.where(err > 0, np.inf, -np.inf)
-    total = np.where(to_odd, np.nextafter(total, toward), total)
-    return total.astype(_F32)
-
-
-# ------------------------------------------------------------------------------------ logistic
-# onnxruntime/core/mlas/lib/logistic.cpp (MlasLogisticConstants), Eigen's rational approximation
-_LOGISTIC_RANGE = (_F32(-18.0), _F32(18.0))
-_LOGISTIC_ALPHA = _f32([4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05,
-                        8.51377133304701e-03, 2.48287947061529e-01])          # alpha_9 .. alpha_1
-_LOGISTIC_BETA = _f32([6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06,
-                       1.70198817374094e-03, 1.16817656904453e-01,
-                       9.93151921023180e-01])                                 # beta_10 .. beta_0
-
-
-def _odd_rational(x, lo, hi, alpha, beta) -> np.ndarray:
-    """``x * P(x^2) / Q(x^2)`` on x clamped to [lo, hi], both polynomials by Horner with FMA."""
-    x = np.minimum(hi, np.maximum(lo, _f32(x)))
-    x2 = x * x
-    p = fma(x2, alpha[0], alpha[1])
-    for coef in alpha[2:]:
-        p = fma(x2, p, coef)
-    q = fma(x2, beta[0], beta[1])
-    for coef in beta[2:]:
-        q = fma(x2, q, coef)
-    return (x * p) / q
+# The FMA emulation and MLAS's logistic/tanh kernels are the simulator's (float islands run them
+# on whole tensors; here they build tables): one definition of each.
+fma = ort_eltwise.fma
 
 
 def logistic(x) -> np.ndarray:
     """``MlasComputeLogistic`` on x86-64 with FMA3: ``MlasLogisticKernelFma3``
     (onnxruntime/core/mlas/lib/x86_64/LogisticKernelFma3.S): x clamped to [-18, 18],
     ``p / q + 0.5`` floored at 0 (the assembly kernel has no upper clamp)."""
-    ratio = _odd_rational(x, *_LOGISTIC_RANGE, _LOGISTIC_ALPHA, _LOGISTIC_BETA)
-    return np.maximum(_F32(0.0), ratio + _F32(0.5))
-
-
-# ---------------------------------------------------------------------------------------- tanh
-# onnxruntime/core/mlas/lib/tanh.cpp (MlasTanhConstants)
-_TANH_RANGE = (_F32(-9.0), _F32(9.0))
-_TANH_ALPHA = _f32([-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                    5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                    4.89352455891786e-03])                                     # alpha_13 .. alpha_1
-_TANH_BETA = _f32([1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                   4.89352518554385e-03])                                      # beta_6 .. beta_0
+    return ort_eltwise.logistic(_f32(x))
 
 
 def tanh(x) -> np.ndarray:
     """``MlasComputeTanh<float>`` on x86-64 with FMA3 (``TanhKernelRoutine``): x clamped to
     [-9, 9], ``x * P(x^2) / Q(x^2)``."""
-    return _odd_rational(x, *_TANH_RANGE, _TANH_ALPHA, _TANH_BETA)
-
-
+    return ort_eltwise.tanh(_f32(x))
 
 
 # ----------------------------------------------------------------------------------------- erf

@@ -33,14 +33,20 @@ def profile_violations(graph: Graph, profile: HwProfile) -> list[str]:
     from mrq.mixed_precision import LayerFormats
     formats = LayerFormats.of(graph, profile)
     lines = []
+    from mrq.lower import IR_OP_NAMES
     roles = {}
+    host_constants = set()   # weights of host_ops nodes: in the host's formats, not the NPU's
     for node in graph.nodes:
-        if node.op in ("Conv", "Gemm", "DynamicMatMul", "DynamicConv") \
+        if node.op in ("Conv", "Gemm", "DynamicMatMul", "DynamicConv", "TransposeConv") \
                 and not node.attrs.get("integer_output"):
             roles[node.inputs[1]] = "weights"
             if len(node.inputs) > 2:
                 roles[node.inputs[2]] = "bias"
+            if any(profile.runs_on_host(op) for op in IR_OP_NAMES.get(node.op, {node.op})):
+                host_constants.update(node.inputs[1:3])
     for name, t in graph.tensors.items():
+        if name in host_constants:
+            continue
         role = roles.get(name, "activations")
         if t.qparams is None or (role != "bias" and t.dtype in ("int32", "int64")):
             continue
@@ -83,6 +89,16 @@ def _check_shape(name: str, spec_shape: tuple, arr: np.ndarray) -> None:
                                  f"got {tuple(arr.shape)} (dimension {i} is {got}, must be {want})")
 
 
+def check_batch(graph: Graph, batch: int, what: str) -> None:
+    """Refuse a batch of more than one sample for a model that bakes batch 1 into a constant
+    shape (ONNX Runtime refuses it too: the model declares its input batch as 1)."""
+    from mrq.onnx_import import BATCH_FIXED_KEY
+    why = graph.meta.get(BATCH_FIXED_KEY)
+    if why and batch > 1:
+        raise InputDataError(f"{what}: a batch of {batch} samples, but the model takes one at a time "
+                             f"({why}, which holds the batch size 1 it was exported with)")
+
+
 def _fmt_shape(shape) -> str:
     return "(" + ", ".join("N" if i == 0 or d is None else str(d) for i, d in enumerate(shape)) + ")"
 
@@ -113,6 +129,8 @@ def bind_inputs(lowered: LoweredModel, feeds: dict) -> tuple[Program, dict]:
     for spec in program.inputs:
         arr = np.asarray(feeds[spec.name])
         _check_shape(spec.name, spec.shape, arr)
+        if arr.ndim:
+            check_batch(lowered.graph, arr.shape[0], f"input {spec.name!r}")
         if arr.ndim == 0:
             raise InputDataError(f"input {spec.name!r}: a scalar; the leading dimension is the batch")
         if arr.dtype == np.dtype(spec.dtype):

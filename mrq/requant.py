@@ -28,6 +28,7 @@ from mrq.passes.error_folding import error_folding, error_folding_hook
 from mrq.passes.explicit_clamps import explicit_clamps
 from mrq.passes.float_inputs import float_inputs
 from mrq.passes.multiplier_limits import multiplier_limits
+from mrq.passes.output_grids import output_grids, output_grids_hook
 from mrq.passes.weight_correction import weight_correction, weight_correction_hook
 from mrq.passes.weight_grids import weight_grids
 
@@ -50,12 +51,14 @@ PASSES = [
          "shift's bias share with their final weights", layer_hook=offset_bias_hook),
     Pass("error_folding", error_folding, doc="fold the expected output shift into the bias",
          layer_hook=error_folding_hook),
+    Pass("output_grids", output_grids, needs_calib=True, doc="class scores below 8 bits: the output grid "
+         "whose argmax agrees most with the input model's", layer_hook=output_grids_hook),
 ]
 PASS_NAMES = tuple(p.name for p in PASSES)
 
 # The methods: what a naive re-quantization (every tensor rounded onto its new grid) leaves out.
 METHOD_PASSES = frozenset({"activation_offsets", "accumulator_budget", "weight_correction", "offset_bias",
-                           "error_folding"})
+                           "error_folding", "output_grids"})
 
 
 def naive_options() -> Options:
@@ -102,6 +105,8 @@ def check_calibration(graph: Graph, calib: dict) -> dict:
             if bad:
                 raise InputDataError(f"calibration input {name!r}: {bad} of {arr.size} values are NaN "
                                      f"or infinite; calibration data must be finite")
+        from mrq.pipeline import check_batch
+        check_batch(graph, arr.shape[0], f"calibration input {name!r}")
         out[name] = arr
     return out
 

@@ -32,14 +32,15 @@ from collections.abc import Mapping
 import numba
 import numpy as np
 from numba.core.dispatcher import Dispatcher
+from numba.core.errors import NumbaError
 
 from simulator.capabilities import ensure_started
 from simulator.errors import KernelInputError, SimulatorError
 from simulator.kernels import sources_digest
 from simulator.kernels.jitcache import _describe
 from simulator.launch import In, Tmp
-from simulator.steps import spec, step_launch
 from simulator.run import RunResult, _check_feeds, _plan
+from simulator.steps import params_of, spec, step_launch
 
 _LAST_REASON = [""]
 
@@ -57,7 +58,6 @@ class _Source:
     """The generated function's text and the globals it names."""
 
     def __init__(self):
-        self.lines = []
         self.consts = {}   # global name -> array
         self.kernels = {}  # global name -> dispatcher
         self._ids = {}
@@ -97,17 +97,15 @@ def _view(expr, shape):
     return f"{expr}.reshape(({dims},))"
 
 
-def _generate(program, feeds):
-    """``(source, output buffer names)``; raises :class:`_Unsupported`."""
-    src = _Source()
+def _body(program, input_specs, src, body):
+    """Append the launches of every step to ``body`` (lines of a function whose inputs are
+    ``x0, x1, ...`` with ``input_specs``: name -> (shape, dtype)); return ``(output
+    expressions, {buffer: spec})``. Raises :class:`_Unsupported`."""
     var = {}   # buffer name -> python expression
     specs = {}  # buffer name -> spec array
-    args = []
     for i, inp in enumerate(program.inputs):
         var[inp.name] = f"x{i}"
-        specs[inp.name] = spec(feeds[inp.name].shape, feeds[inp.name].dtype)
-        args.append(f"x{i}")
-    body = src.lines
+        specs[inp.name] = spec(*input_specs[inp.name])
     n_steps = len(program.steps)
     body.append(f"    sat = np.zeros({n_steps}, np.int64)")
     for k, (step, _kind, _params) in enumerate(_plan(program)):
@@ -153,10 +151,171 @@ def _generate(program, feeds):
         if specs[o.name].dtype.name != o.dtype:
             raise _Unsupported(f"program output {o.name!r} has dtype {specs[o.name].dtype.name}")
         outs.append(var[o.name])
+    return outs, specs
+
+
+def _with_threads(threads, fn, *args):
+    """``fn(*args)`` with numba's thread count set to ``threads`` (launches are built for the
+    current count)."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        return fn(*args)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _generate(program, feeds):
+    """``(source, src)`` of one function running the whole batch; raises :class:`_Unsupported`."""
+    src = _Source()
+    input_specs = {name: (arr.shape, arr.dtype) for name, arr in feeds.items()}
+    body = []
+    outs, _ = _body(program, input_specs, src, body)
     body.append(f"    return ({''.join(o + ', ' for o in outs)}), sat")
-    source = ("import numpy as np\n\n\ndef program(" + ", ".join(args) + "):\n"
-              + "\n".join(body) + "\n")
+    args = ", ".join(f"x{i}" for i in range(len(program.inputs)))
+    source = f"import numpy as np\n\n\ndef program({args}):\n" + "\n".join(body) + "\n"
     return source, src
+
+
+# a batch is split into chunks only when each chunk keeps at least this many rows: fewer rows
+# per chunk leave the 8-row kernel blocks mostly empty
+CHUNK_MIN_ROWS = 8
+# parameters that name axes of a step's input; a step that works along the batch axis (axis 0)
+# mixes rows, so its program is not split over the batch
+_AXIS_FIELDS = ("axis", "axes", "channel_axis", "perm")
+
+
+def _chunking(batch, threads):
+    """``(rows per chunk, full chunks, rows of the last, shorter chunk or 0)`` or ``None``."""
+    n = min(threads, batch // CHUNK_MIN_ROWS)
+    if threads < 2 or n < 2:
+        return None
+    rows = -(-batch // n)
+    full = batch // rows
+    return rows, full, batch - full * rows
+
+
+def _along_batch(step, rank):
+    """Whether a parameter of ``step`` names axis 0 of its (rank ``rank``) input."""
+    params = params_of(step)
+    for name in _AXIS_FIELDS:
+        value = getattr(params, name, None)
+        if value is None:
+            continue
+        if name == "perm":
+            if int(value[0]) != 0:
+                return True
+            continue
+        for axis in np.atleast_1d(np.asarray(value)).reshape(-1):
+            if int(axis) % max(rank, 1) == 0:
+                return True
+    return False
+
+
+def _separable(program, specs_by_batch):
+    """Whether every buffer of the program keeps the batch as its leading axis at each of the
+    batch sizes in ``specs_by_batch`` ({batch: {buffer: spec}}) and no step works along it:
+    then each output row depends only on the same input row (the assumption every batched
+    run of the simulator makes: ``mrq sim`` runs a data set in batches) and the batch can be
+    split into chunks that run independently."""
+    for batch, specs in specs_by_batch.items():
+        for s in specs.values():
+            if len(s.shape) < 2 or int(s.shape[0]) != batch:
+                return False
+    first = next(iter(specs_by_batch.values()))
+    for step in program.steps:
+        rank = len(first[step.inputs[0]].shape) if step.inputs else 0
+        if _along_batch(step, rank):
+            return False
+    return True
+
+
+def _generate_chunked(program, feeds, threads):
+    """``(source, src, chunks)`` of a function that splits the batch into ``chunks`` ranges of
+    rows and runs each range through the whole program on its own thread (``prange``), the
+    launches built for one thread; ``None`` when the program is not split (see
+    :func:`_separable`). One fork per run instead of one per parallel step, and no step waits
+    for the slowest thread of the previous one."""
+    batches = {int(arr.shape[0]) for arr in feeds.values() if arr.ndim >= 1}
+    if len(batches) != 1:
+        return None
+    (batch,) = batches
+    plan = _chunking(batch, threads)
+    if plan is None:
+        return None
+    try:
+        return _chunked_source(program, feeds, threads, batch, plan)
+    except _Unsupported:
+        return None  # e.g. a step without a launch at the chunk's shape: not split
+
+
+def _chunked_source(program, feeds, threads, batch, plan):
+    rows, full, tail = plan
+    src = _Source()
+    names = [inp.name for inp in program.inputs]
+
+    def specs_at(n):
+        return {name: ((n,) + tuple(feeds[name].shape[1:]), feeds[name].dtype) for name in names}
+
+    chunk_sizes = [rows] + ([tail] if tail else [])
+    fns = []
+    specs_by_batch = {}
+    for c, n in enumerate(chunk_sizes):
+        body = []
+        for i, name in enumerate(names):
+            row = int(np.prod(feeds[name].shape[1:], dtype=np.int64))
+            dims = ", ".join(str(int(d)) for d in (n,) + tuple(feeds[name].shape[1:]))
+            body.append(f"    x{i} = f{i}.reshape(-1)[start * {row}:(start + {n}) * {row}]"
+                        f".reshape(({dims},))")
+        outs, specs = _with_threads(1, _body, program, specs_at(n), src, body)
+        body.append(f"    return ({''.join(o + ', ' for o in outs)}), sat")
+        args = "".join(f"f{i}, " for i in range(len(names)))
+        fns.append(f"@njit(cache=CACHE)\ndef chunk{c}({args}start):\n" + "\n".join(body))
+        specs_by_batch[n] = specs
+    if batch not in specs_by_batch:
+        full_specs = {}
+        _with_threads(threads, _spec_pass, program, specs_at(batch), full_specs)
+        specs_by_batch[batch] = full_specs
+    if not _separable(program, specs_by_batch):
+        return None
+    out_specs = [specs_by_batch[rows][o.name] for o in program.outputs]
+    n_chunks = full + (1 if tail else 0)
+    n_steps = len(program.steps)
+    args = ", ".join(f"f{i}" for i in range(len(names)))
+    lines = [f"def program({args}):"]
+    for j, s in enumerate(out_specs):
+        dims = ", ".join(str(int(d)) for d in (batch,) + tuple(s.shape[1:]))
+        lines.append(f"    o{j} = np.empty(({dims},), np.{s.dtype.name})")
+    lines.append(f"    sats = np.zeros(({n_chunks}, {n_steps}), np.int64)")
+    lines.append(f"    for c in prange({n_chunks}):")
+    call_args = "".join(f"f{i}, " for i in range(len(names)))
+    for c, n in enumerate(chunk_sizes):
+        cond = (f"if c < {full}:" if c == 0 else "else:") if tail else "if True:"
+        lines.append(f"        {cond}")
+        lines.append(f"            start = c * {rows}")
+        lines.append(f"            outs{c}, sat{c} = chunk{c}({call_args}start)")
+        for j in range(len(out_specs)):
+            lines.append(f"            o{j}[start:start + {n}] = outs{c}[{j}]")
+        lines.append(f"            sats[c] = sat{c}")
+    outs = "".join(f"o{j}, " for j in range(len(out_specs)))
+    lines.append(f"    return ({outs}), sats.sum(axis=0)")
+    source = ("import numpy as np\nfrom numba import njit, prange\n\n\n"
+              + "\n\n\n".join(fns) + "\n\n\n" + "\n".join(lines) + "\n")
+    return source, src, n_chunks
+
+
+def _spec_pass(program, input_specs, specs):
+    """Fill ``specs`` with every buffer's spec for inputs ``input_specs`` (the launches' output
+    specs; nothing is generated)."""
+    for name, (shape, dtype) in input_specs.items():
+        specs[name] = spec(shape, dtype)
+    for step, _kind, _params in _plan(program):
+        in_specs = [specs[name] for name in step.inputs]
+        launch = step_launch(step, in_specs)
+        if launch is None:
+            raise _Unsupported(f"step {step.name!r} ({step.kind}) has no launch")
+        for name, s in zip(step.outputs, launch.output_specs(in_specs)):
+            specs[name] = spec(*s)
 
 
 def _digest(source, src):
@@ -210,22 +369,35 @@ def _write_source(path, source):
 _MODULES: dict = {}
 
 
-def _jit(source, src):
+def _jit(source, src, parallel=False, probe=False):
+    """The dispatcher of the generated function (compiled, or loaded from numba's on-disk
+    cache, on its first call). ``probe``: write nothing; ``None`` unless an earlier process
+    left this very source in the cache directory."""
     digest = _digest(source, src)
     cached = _MODULES.get(digest)
     if cached is not None:
         return cached
     name = f"_mrq_program_{digest[:24]}"
     path = os.path.join(_cache_dir(), name + ".py")
-    on_disk = _write_source(path, source)
+    if probe:
+        try:
+            with open(path) as fh:
+                if fh.read() != source:
+                    return None
+        except OSError:
+            return None
+        on_disk = True
+    else:
+        on_disk = _write_source(path, source)
     module = types.ModuleType(name)
     module.__file__ = path if on_disk else f"<{name}>"
     module.__dict__.update(src.consts)
     module.__dict__.update(src.kernels)
+    module.__dict__["CACHE"] = on_disk  # the chunk functions' decorator argument
     # numba re-imports the module by name when it loads a cached function
     sys.modules[name] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
-    fn = numba.njit(cache=on_disk)(module.program)
+    exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - our own generated source
+    fn = numba.njit(cache=on_disk, parallel=parallel)(module.program)
     _MODULES[digest] = fn
     return fn
 
@@ -271,6 +443,15 @@ class CompiledProgram:
         self._step_names = [s.name for s in program.steps]
         self._out_names = [s.name for s in program.outputs]
 
+    def warm_up(self, feeds) -> bool:
+        """Compile (or load) the function by running it once on ``feeds``; False if numba
+        cannot compile the generated source (the interpreter then runs the program)."""
+        try:
+            self.run(feeds)
+        except NumbaError:
+            return False
+        return True
+
     def run(self, feeds) -> RunResult:
         arrays = []
         try:
@@ -300,20 +481,54 @@ class CompiledProgram:
         return result
 
 
-def compile_program(program, feeds) -> CompiledProgram | None:
+def compiled_on_disk(program, feeds) -> bool | None:
+    """Whether :func:`compile_program` (with the current thread count) would load the compiled
+    program from the on-disk cache (True: milliseconds) or compile it (False: seconds);
+    ``None`` when the program has no compiled form for these inputs. Writes no file."""
+    try:
+        source, src, chunks = _source_for(program, feeds, numba.get_num_threads())
+    except _Unsupported:
+        return None
+    fn = _jit(source, src, parallel=chunks > 1, probe=True)
+    if fn is None:
+        return False
+    cache_file = getattr(getattr(fn, "_cache", None), "_cache_file", None)
+    index = getattr(cache_file, "_index_path", None)
+    return bool(index) and os.path.exists(index)
+
+
+def _source_for(program, feeds, threads):
+    """``(source, src, chunks)``; raises :class:`_Unsupported`."""
+    chunked = _generate_chunked(program, feeds, threads)
+    if chunked is not None:
+        return chunked
+    source, src = _with_threads(threads, _generate, program, feeds)
+    return source, src, 1
+
+
+def compile_program(program, feeds, threads=None) -> CompiledProgram | None:
     """Compile ``program`` for inputs with the shapes and dtypes of ``feeds`` (name -> array),
-    or return ``None`` (see :func:`last_reason`) when some step has no launch for them."""
+    or return ``None`` (see :func:`last_reason`) when some step has no launch for them.
+
+    ``threads`` (default: numba's current count): with 2 or more and a batch of at least
+    ``CHUNK_MIN_ROWS`` rows per thread, the batch is split into one range of rows per thread,
+    each run through the whole program on its own thread, when every buffer keeps the batch as
+    its leading axis (:func:`_separable`); otherwise the steps' own kernels use the threads."""
     ensure_started()
     _LAST_REASON[0] = ""
     _check_feeds(program, feeds)
+    threads = numba.get_num_threads() if threads is None else int(threads)
     try:
-        source, src = _generate(program, feeds)
+        source, src, chunks = _source_for(program, feeds, threads)
     except _Unsupported as err:
         _LAST_REASON[0] = str(err)
         return None
-    fn = _jit(source, src)
+    fn = _jit(source, src, parallel=chunks > 1)
     specs = {name: (tuple(arr.shape), arr.dtype) for name, arr in feeds.items()}
-    return CompiledProgram(program, specs, fn, source)
+    compiled = CompiledProgram(program, specs, fn, source)
+    compiled.chunks = chunks
+    compiled.threads = threads
+    return compiled
 
 
-__all__ = ["CompiledProgram", "compile_program", "last_reason"]
+__all__ = ["CompiledProgram", "compile_program", "compiled_on_disk", "last_reason"]

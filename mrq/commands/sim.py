@@ -53,7 +53,8 @@ def register(sub):
     p.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
                    help="with --no-fidelity: run the whole program as one compiled function "
                         "(no per-layer Python; pays off for many small batches). auto: when there "
-                        "are at least 64 batches of at most 16 inputs")
+                        "are at least 64 batches of at most 16 inputs, or once the batches run so "
+                        "far would have paid for compiling (simulator.run). no: never")
     p.add_argument("--stop-before", type=int, metavar="OPERATOR",
                    help="TFLite models: simulate only the operators before this operator index "
                         "(e.g. a CUSTOM post-processing op); its inputs become the outputs")
@@ -162,7 +163,8 @@ def _executor(args):
         compiled = state["compiled"]
         if compiled is not None and all(bound[k].shape == compiled.input_specs[k][0] for k in bound):
             return compiled.run(bound)
-        return run(program, bound, threads=args.threads)
+        return run(program, bound, threads=args.threads,
+                   compile="no" if args.compile == "no" else "auto")
     return execute
 
 

@@ -244,8 +244,10 @@ def _recode_constant_activations(graph: Graph, ctx) -> None:
     """Constant operands of Add/Mul/Concat (activations by role) onto a conforming grid."""
     from mrq.mixed_precision import LayerFormats
     formats = LayerFormats.of(graph, ctx.profile)
-    weights_like = {n.inputs[1] for n in graph.nodes if n.op in ("Conv", "Gemm")}
-    biases = {n.inputs[2] for n in graph.nodes if n.op in ("Conv", "Gemm") and len(n.inputs) > 2}
+    # TransposeConv's weights and bias are weights too (its profile lowers them as such)
+    weighted = ("Conv", "Gemm", "TransposeConv")
+    weights_like = {n.inputs[1] for n in graph.nodes if n.op in weighted}
+    biases = {n.inputs[2] for n in graph.nodes if n.op in weighted and len(n.inputs) > 2}
     for name, t in graph.tensors.items():
         if not t.is_const or t.qparams is None or name in weights_like or name in biases:
             continue

@@ -31,7 +31,8 @@ def grid_classes(graph: Graph, shared_ops=()) -> dict:
             t = graph.tensors.get(name)
             if t is not None and t.qparams is not None and not t.is_const:
                 find(name)
-        if node.op in GRID_SHARING_OPS or (
+        # a Resize on codes (ORT's QOperator kernel) interpolates codes: one grid in and out
+        if node.op in GRID_SHARING_OPS or (node.op == "Resize" and node.attrs.get("on_codes")) or (
                 node.op == "Clamp" and graph.tensors[node.inputs[0]].qparams.same_grid(
                     graph.tensors[node.outputs[0]].qparams)):
             union(node.inputs[0], node.outputs[0])

@@ -120,7 +120,11 @@ class _Walk:
         op, a = node.op, self.a
         out = node.outputs[0]
         t_out = self.g.tensors.get(out)
-        if t_out is None or t_out.qparams is None or t_out.qparams.dtype in ("int32", "int64"):
+        if t_out is None or t_out.qparams is None:
+            return []
+        # a wide output is an accumulator (no requantization), except a QUANTIZE into int32
+        # (TFLite int16 -> int32): that re-gridding still has a multiplier the hardware holds
+        if t_out.qparams.dtype in ("int32", "int64") and op != "Rescale":
             return []
         s = self.scale
         requant = self.too_large
@@ -334,7 +338,8 @@ class _Walk:
                                       f"{need:.6g}, which the profile's activation scale form "
                                       f"cannot give")
             return
-        new = _rescaled_grid(qp, float(cand), self.formats.for_tensor(root).activations)
+        new = (replace(qp, scale=np.array([cand], np.float32)) if qp.dtype in ("int32", "int64")
+               else _rescaled_grid(qp, float(cand), self.formats.for_tensor(root).activations))
         for name in names:
             self.g.tensors[name].qparams = new
             self.g.tensors[name].dtype = new.dtype

@@ -92,6 +92,7 @@ def weight_correction_hook(graph, ctx):
     original = ctx.original
     rng = np.random.default_rng(0)
     errors = ctx.report.layer_errors.setdefault("weight_correction", {})
+    refitted = ctx.cache.setdefault("refitted_layers", set())   # layers rounded to an input-error target
 
     def on_layer(node, x_new, x_old):
         w_name = node.inputs[1]
@@ -120,16 +121,20 @@ def weight_correction_hook(graph, ctx):
                                                         for v in (bias, budget.acc_lo, budget.acc_hi))
         if node.op == "Conv":
             m = t.data.shape[0]
-            rows = refit_rows(ctx, graph, node, x, x_old, rng_state, target_w.reshape(group, m // group, -1), hessian)
+            target_rows = target_w.reshape(group, m // group, -1)
+            rows = refit_rows(ctx, graph, node, x, x_old, rng_state, target_rows, hessian)
             scale = np.broadcast_to(qp.scale, (m,)).reshape(group, m // group)
             zp = np.broadcast_to(qp.zero_point, (m,)).reshape(group, m // group)
             codes = gptq_round(rows, hessian, scale, zp, qp.qmin, qp.qmax, limits).reshape(t.data.shape)
         else:
             n = t.data.shape[1]
-            rows = refit_rows(ctx, graph, node, x, x_old, rng_state, target_w.T[None], hessian)
+            target_rows = target_w.T[None]
+            rows = refit_rows(ctx, graph, node, x, x_old, rng_state, target_rows, hessian)
             scale = np.broadcast_to(qp.scale, (n,))[None]
             zp = np.broadcast_to(qp.zero_point, (n,))[None]
             codes = np.ascontiguousarray(gptq_round(rows, hessian, scale, zp, qp.qmin, qp.qmax, limits)[0].T)
+        if rows is not target_rows:     # error_folding leaves these layers alone (see there)
+            refitted.add(node.name)
         old_codes = t.data
         t.data = codes.astype(t.data.dtype)
         after = layer_output_mse(graph, node, original, x_new, x_old, ctx.cache)

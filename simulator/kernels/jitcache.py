@@ -72,12 +72,12 @@ _PRUNE_AFTER_S = 3600.0
 KEEP_DIGESTS = 3
 
 # numba < 0.61 calls it _CacheImpl
-_CacheImplBase = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
+_CacheImplBase = getattr(caching, "CacheImpl", None) or caching._CacheImpl
 
 _PLAIN = (bool, int, float, str, bytes, type(None), np.integer, np.floating, np.bool_)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sources_digest() -> str:
     """sha256 over the relative path and bytes of every ``*.py`` under the simulator package;
     computed once per process."""
@@ -103,6 +103,19 @@ def jit_key() -> str:
     return f"{sources_digest()[:24]}-{_caps.jit_variant()}"
 
 
+def is_cold() -> bool:
+    """Whether this process's cache directory (:func:`jit_key` under :func:`cache_root`) is
+    missing or empty, i.e. every kernel a run needs will be compiled; a directory that cannot
+    be read counts as warm (nothing to plan around)."""
+    try:
+        with os.scandir(os.path.join(cache_root(), jit_key())) as found:
+            return next(found, None) is None
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def _writable(path: str) -> bool:
     """Whether ``path`` exists writable or could be created, judged without creating anything."""
     while not os.path.exists(path):
@@ -113,7 +126,7 @@ def _writable(path: str) -> bool:
     return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cache_root() -> str:
     """The directory holding one subdirectory per :func:`jit_key` (module docstring)."""
     if numba.config.CACHE_DIR:
@@ -318,7 +331,7 @@ class _StableClosureCache(FunctionCache):
         cells = tuple(_describe(c.cell_contents) for c in (func.__closure__ or ()))
         if any(v is None for v in cells):  # something we cannot describe: numba's own key
             return super()._index_key(sig, codegen)
-        digest = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+        digest = lambda b: hashlib.sha256(b).hexdigest()
         return (sig, codegen.magic_tuple(),
                 (digest(func.__code__.co_code), digest(repr(cells).encode())))
 
@@ -357,7 +370,7 @@ def stable_cache(*dispatchers):
     return dispatchers if len(dispatchers) != 1 else dispatchers[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def specialised(factory, *key):
     """The kernels ``factory(*key)`` makes (closure constants ``key``), made once per process and
     given process-independent cache keys. ``key``: hashable Python values (ints, bools)."""

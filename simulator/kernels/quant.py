@@ -313,22 +313,48 @@ def requant_params(*, rq_mode, rq_multiplier=None, rq_shift=None, rq_rounding="h
     return p
 
 
-def _requant_kernels(kind, rnd):
-    """``(items, par)`` kernels specialized for an epilogue kind and rounding mode (closure
-    constants: only the branch in use is compiled; see ``igemm.kernels``)."""
-    return specialised(_make_requant_kernels, int(kind), int(rnd))
+# the loop a requantization specialisation is made with (a closure constant like the kind and
+# rounding mode): a step runs one of them, and one vector loop compiles in ~1/3 of the time of all
+RQ_LOOP_COLUMNS = 0         # 16-lane epilogue, the channel is the column index (channel-last)
+RQ_LOOP_PLANES = 1          # 16-lane epilogue, row i is one plane of channel i % n_ch
+RQ_LOOP_SCALAR_COLUMNS = 2  # scalar ep_* functions (an accumulator may not fit int32), by column
+RQ_LOOP_SCALAR_PLANES = 3   # scalar ep_* functions, by plane
 
 
-def _make_requant_kernels(kind, rnd):
+def _requant_loop(by_column, fits32):
+    return (0 if by_column else 1) + (0 if fits32 else 2)
+
+
+def _requant_kernels(kind, rnd, loop=RQ_LOOP_COLUMNS):
+    """``(items, par)`` kernels specialized for an epilogue kind, rounding mode and loop
+    (closure constants: only the branch in use is compiled; see ``igemm.kernels``)."""
+    return specialised(_make_requant_kernels, int(kind), int(rnd), int(loop))
+
+
+def _make_requant_kernels(kind, rnd, loop):
     @njit(cache=True)
-    def requant_items(acc2, by_column, n_ch, fits32, mf, mi, s1, s2, zpf, zp, lo,
-                            hi, out2, i0, i1):
-        """``requantize`` of rows ``[i0, i1)`` of ``acc2`` through the branch-free epilogue.
+    def requant_columns(acc2, n_ch, mf, mi, s1, s2, zpf, zp, lo, hi, out2, i0, i1):
+        """``requantize`` of rows ``[i0, i1)`` of ``acc2`` (channel = column; every value fits
+        int32) through the 16-lane epilogue. Returns the saturation count."""
+        width = acc2.shape[1]
+        tmp = np.zeros(16, dtype=np.int32)
+        count = 0
+        for i in range(i0, i1):
+            a = acc2[i]
+            o = out2[i]
+            for j0 in range(0, width, 16):
+                n = min(16, width - j0)
+                for j in range(n):
+                    tmp[j] = np.int32(a[j0 + j])
+                codes, k = ep_k.ep16(kind, rnd, simd.vload_i32(tmp, 0), mf, mi, s1, s2, j0,
+                                     zpf, zp, lo, hi, n)
+                count += k
+                ep_k.store16(o, j0, 1, codes, n)
+        return count
 
-        ``by_column``: the channel is the column index (channel-last data); otherwise row ``i`` is
-        one plane of channel ``i % n_ch``. ``fits32``: every accumulator fits int32, so the 16-lane
-        vector epilogue runs; otherwise the scalar ``ep_*`` functions. Returns the saturation count.
-        """
+    @njit(cache=True)
+    def requant_planes(acc2, n_ch, mf, mi, s1, s2, zpf, zp, lo, hi, out2, i0, i1):
+        """As ``requant_columns`` with row ``i`` one plane of channel ``i % n_ch``."""
         width = acc2.shape[1]
         tmp = np.zeros(16, dtype=np.int32)
         count = 0
@@ -336,20 +362,28 @@ def _make_requant_kernels(kind, rnd):
             a = acc2[i]
             o = out2[i]
             c = i % n_ch
-            if fits32:
-                for j0 in range(0, width, 16):
-                    n = min(16, width - j0)
-                    for j in range(n):
-                        tmp[j] = np.int32(a[j0 + j])
-                    if by_column:
-                        codes, k = ep_k.ep16(kind, rnd, simd.vload_i32(tmp, 0), mf, mi, s1, s2, j0,
-                                             zpf, zp, lo, hi, n)
-                    else:
-                        codes, k = ep_k.ep16_splat(kind, rnd, simd.vload_i32(tmp, 0), mf, mi, s1, s2,
-                                                   c, zpf, zp, lo, hi, n)
-                    count += k
-                    ep_k.store16(o, j0, 1, codes, n)
-                continue
+            for j0 in range(0, width, 16):
+                n = min(16, width - j0)
+                for j in range(n):
+                    tmp[j] = np.int32(a[j0 + j])
+                codes, k = ep_k.ep16_splat(kind, rnd, simd.vload_i32(tmp, 0), mf, mi, s1, s2,
+                                           c, zpf, zp, lo, hi, n)
+                count += k
+                ep_k.store16(o, j0, 1, codes, n)
+        return count
+
+    by_column = loop == RQ_LOOP_SCALAR_COLUMNS
+
+    @njit(cache=True)
+    def requant_scalar(acc2, n_ch, mf, mi, s1, s2, zpf, zp, lo, hi, out2, i0, i1):
+        """Rows ``[i0, i1)`` through the scalar ``ep_*`` functions (any accumulator the
+        epilogue's ``acc_limit`` allows); ``by_column``: the channel is the column index."""
+        width = acc2.shape[1]
+        count = 0
+        for i in range(i0, i1):
+            a = acc2[i]
+            o = out2[i]
+            c = i % n_ch
             for j in range(width):
                 cc = j if by_column else c
                 if kind == ep_k.EP_FP32:
@@ -365,16 +399,15 @@ def _make_requant_kernels(kind, rnd):
                 count += s
         return count
 
+    requant_items = (requant_columns, requant_planes, requant_scalar, requant_scalar)[loop]
 
     @njit(cache=True, parallel=True)
-    def requant_par(acc2, by_column, n_ch, fits32, mf, mi, s1, s2, zpf, zp, lo, hi,
-                          out2, n_chunks):
+    def requant_par(acc2, n_ch, mf, mi, s1, s2, zpf, zp, lo, hi, out2, n_chunks):
         n_items = acc2.shape[0]
         sat = np.zeros(n_chunks, dtype=np.int64)
         for ch in prange(n_chunks):
-            sat[ch] = requant_items(acc2, by_column, n_ch, fits32, mf, mi, s1, s2,
-                                          zpf, zp, lo, hi, out2, ch * n_items // n_chunks,
-                                          (ch + 1) * n_items // n_chunks)
+            sat[ch] = requant_items(acc2, n_ch, mf, mi, s1, s2, zpf, zp, lo, hi, out2,
+                                    ch * n_items // n_chunks, (ch + 1) * n_items // n_chunks)
         return sat.sum()
 
     return requant_items, requant_par
@@ -431,8 +464,8 @@ def requantize_launch(shape, bound, p, outer, n_ch, inner):
         shape2 = (outer, n_ch) if by_column else (outer * n_ch, inner)
         fits32 = bound < 2**31
         threads = numba.get_num_threads()
-        items, par = _requant_kernels(ep.kind, ep.rnd)
-        args = (In(0, shape2), by_column, n_ch, fits32) + ep.arrays() + (Tmp(0, shape2),)
+        items, par = _requant_kernels(ep.kind, ep.rnd, _requant_loop(by_column, fits32))
+        args = (In(0, shape2), n_ch) + ep.arrays() + (Tmp(0, shape2),)
         if size >= PARALLEL_MIN_ELEMENTS and threads > 1 and shape2[0] > 1:
             call = Call(par, args + (min(shape2[0], 4 * threads),), counted=True)
         else:
@@ -465,12 +498,11 @@ def requantize_with(acc, p, outer, n_ch, inner):
         out2 = out3.reshape(shape2)
         fits32 = -(2**31) <= amin and amax < 2**31
         threads = numba.get_num_threads()
-        items, par = _requant_kernels(ep.kind, ep.rnd)
+        items, par = _requant_kernels(ep.kind, ep.rnd, _requant_loop(by_column, fits32))
         if acc.size >= PARALLEL_MIN_ELEMENTS and threads > 1 and shape2[0] > 1:
-            n_sat = par(acc2, by_column, n_ch, fits32, *ep.arrays(), out2,
-                        min(shape2[0], 4 * threads))
+            n_sat = par(acc2, n_ch, *ep.arrays(), out2, min(shape2[0], 4 * threads))
         else:
-            n_sat = items(acc2, by_column, n_ch, fits32, *ep.arrays(), out2, 0, shape2[0])
+            n_sat = items(acc2, n_ch, *ep.arrays(), out2, 0, shape2[0])
     else:
         out64 = np.empty((outer, n_ch, inner), dtype=np.int64)
         n_sat = _requant_kernel(acc3, p.mode, p.mult_f, p.mult_i, p.shifts, p.rnd,

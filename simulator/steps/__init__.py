@@ -16,7 +16,9 @@ _MODULES = ("constant", "quantize", "dequantize", "conv", "gemm", "add", "mul", 
             "take", "arg_reduce", "reduce_select", "select2", "resize_bilinear", "prelu",
             "lstm_int8x8_16", "svdf_int8", "resize_linear", "matmul", "softmax_ort",
             "dynamic_quantize", "matmul_integer", "scale_bias", "conv_integer", "layernorm_ort",
-            "convtranspose_ort")
+            "convtranspose_ort", "conv_ort", "gemm_ort", "float_binary", "float_unary",
+            "float_maxpool", "float_softmax", "float_global_avgpool",
+            "float_reduce_l2")
 
 for _name in _MODULES:
     import_module(f"simulator.steps.{_name}")

@@ -41,6 +41,7 @@ def baseline(qat_graph, data):
     return accuracy(qat_graph, "onnxruntime-cpu", images, labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile,max_drop", [("nna-sym8", 0.5), ("nna-w4a8-pow2", 1.5)])
 def test_qat_model_requantized_keeps_accuracy(qat_graph, data, baseline, profile, max_drop):
     calib, images, labels = data

@@ -122,6 +122,7 @@ def test_former_spellings_write_the_same_files(tmp_path, inputs):
     assert out.is_file() and report.is_file()
 
 
+@pytest.mark.slow
 def test_quiet_silences_notes_but_not_results(tmp_path, inputs):
     out = tmp_path / "o.npz"
     base = ("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", inputs, "-o", out,

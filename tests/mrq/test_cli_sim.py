@@ -1,19 +1,26 @@
 """`mrq sim` contract: outputs, report, and one clear line + exit code 2 for every user error,
 with no output file left behind."""
 import json
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import onnx
 import pytest
+from cli_in_process import mrq_in_process
 from onnx import TensorProto, helper, numpy_helper
 
 from mrq.demo import DEMO_MODEL, demo_inputs
 
 
 def mrq(*args):
-    return subprocess.run([sys.executable, "-m", "mrq.cli", *args], capture_output=True, text=True)
+    """A real process: the tests of the contract's first cases run the entry point itself."""
+    return subprocess.run([sys.executable, "-m", "mrq.cli", *args], capture_output=True, text=True,
+                          check=False)
+
+
+cli = mrq_in_process
 
 
 @pytest.fixture()
@@ -78,7 +85,7 @@ def test_float_model(tmp_path, inputs):
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
     path, out = tmp_path / "float.onnx", tmp_path / "o.npz"
     onnx.save(helper.make_model(g), str(path))
-    _assert_user_error(mrq("sim", str(path), "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out)),
+    _assert_user_error(cli("sim", str(path), "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out)),
                        out, "not quantized")
 
 
@@ -88,18 +95,19 @@ def test_unsupported_op_names_node(tmp_path, inputs):
     node.op_type = "LpPool"
     path, out = tmp_path / "lp.onnx", tmp_path / "o.npz"
     onnx.save(model, str(path))
-    _assert_user_error(mrq("sim", str(path), "--profile", "onnxruntime-cpu", "--inputs", str(inputs),
+    _assert_user_error(cli("sim", str(path), "--profile", "onnxruntime-cpu", "--inputs", str(inputs),
                            "--out", str(out)), out, "LpPool", node.name)
 
 
 def test_malformed_profile_names_file_and_field(tmp_path, inputs):
     prof = tmp_path / "bad.yaml"
-    text = open(DEMO_MODEL.replace("mrq/data/demo_cnn.onnx", "hw_profiles/nna-sym8.yaml")).read()
+    text = pathlib.Path(DEMO_MODEL.replace("mrq/data/demo_cnn.onnx",
+                                           "hw_profiles/nna-sym8.yaml")).read_text()
     prof.write_text(text.replace("overflow: wrap", "overflow: wrapp"))
     out = tmp_path / "o.npz"
-    _assert_user_error(mrq("sim", DEMO_MODEL, "--profile", str(prof), "--inputs", str(inputs), "--out", str(out)),
+    _assert_user_error(cli("sim", DEMO_MODEL, "--profile", str(prof), "--inputs", str(inputs), "--out", str(out)),
                        out, "bad.yaml", "accumulator.overflow", "wrap, saturate, error")
-    _assert_user_error(mrq("sim", DEMO_MODEL, "--profile", "no-such-profile", "--inputs", str(inputs),
+    _assert_user_error(cli("sim", DEMO_MODEL, "--profile", "no-such-profile", "--inputs", str(inputs),
                            "--out", str(out)), out, "no-such-profile")
 
 
@@ -112,7 +120,7 @@ def test_malformed_profile_names_file_and_field(tmp_path, inputs):
 def test_wrong_inputs(tmp_path, arrays, needles):
     path, out = tmp_path / "in.npz", tmp_path / "o.npz"
     np.savez(path, **arrays)
-    _assert_user_error(mrq("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(path),
+    _assert_user_error(cli("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(path),
                            "--out", str(out)), out, *needles)
 
 
@@ -120,19 +128,19 @@ def test_unreadable_inputs_and_output_dir(tmp_path, inputs):
     out = tmp_path / "o.npz"
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"junk")
-    _assert_user_error(mrq("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(junk),
+    _assert_user_error(cli("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(junk),
                            "--out", str(out)), out, "junk.npz")
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, input=np.array([object()], dtype=object))
-    _assert_user_error(mrq("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(pickled),
+    _assert_user_error(cli("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(pickled),
                            "--out", str(out)), out, "pickled.npz")
-    r = mrq("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(inputs),
+    r = cli("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(inputs),
             "--out", str(tmp_path / "missing_dir" / "o.npz"))
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
 def test_profiles_lists_every_shipped_profile():
-    r = mrq("profiles")
+    r = cli("profiles")
     assert r.returncode == 0
     for name in ("onnxruntime-cpu", "tflite-int8", "nna-sym8", "nna-sym8-pow2", "nna-a16w8", "nna-sym8-acc20"):
         assert name in r.stdout
@@ -145,9 +153,9 @@ def test_no_fidelity_runs_in_batches_with_the_same_outputs(tmp_path):
     path = tmp_path / "in.npz"
     np.savez(path, **feeds)
     full, fast = tmp_path / "full.npz", tmp_path / "fast.npz"
-    r = mrq("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(path), "--out", str(full), "-q")
+    r = cli("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(path), "--out", str(full), "-q")
     assert r.returncode == 0, r.stderr
-    r = mrq("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(path), "--out", str(fast),
+    r = cli("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(path), "--out", str(fast),
             "--no-fidelity", "--batch-size", "3")
     assert r.returncode == 0, r.stderr
     assert "SQNR" not in r.stdout and "batch 7" in r.stdout
@@ -165,9 +173,9 @@ def test_no_fidelity_compiled_program_same_outputs(tmp_path, profile, compiles):
     path = tmp_path / "in.npz"
     np.savez(path, **feeds)
     full, fast = tmp_path / "full.npz", tmp_path / "fast.npz"
-    r = mrq("sim", DEMO_MODEL, "--profile", profile, "--inputs", str(path), "--out", str(full), "-q")
+    r = cli("sim", DEMO_MODEL, "--profile", profile, "--inputs", str(path), "--out", str(full), "-q")
     assert r.returncode == 0, r.stderr
-    r = mrq("sim", DEMO_MODEL, "--profile", profile, "--inputs", str(path), "--out", str(fast),
+    r = cli("sim", DEMO_MODEL, "--profile", profile, "--inputs", str(path), "--out", str(fast),
             "--no-fidelity", "--batch-size", "1", "--compile", "yes")
     assert r.returncode == 0, r.stderr
     if compiles:
@@ -182,9 +190,9 @@ def test_no_fidelity_compiled_program_same_outputs(tmp_path, profile, compiles):
 
 def test_no_fidelity_user_errors(tmp_path, inputs):
     out = tmp_path / "o.npz"
-    r = mrq("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out),
+    r = cli("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out),
             "--no-fidelity", "--dump-all")
     _assert_user_error(r, out, "--dump-all", "--no-fidelity")
-    r = mrq("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out),
+    r = cli("sim", DEMO_MODEL, "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out),
             "--no-fidelity", "--batch-size", "0")
     _assert_user_error(r, out, "--batch-size")

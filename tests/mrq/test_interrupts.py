@@ -17,17 +17,22 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_safe_outputs import _SLOW_WRITE, mrq, temporaries  # noqa: E402
+from cli_in_process import mrq_in_process
+from test_safe_outputs import _SLOW_WRITE, mrq, temporaries
 
-from mrq.demo import DEMO_MODEL, demo_inputs  # noqa: E402
+from mrq.demo import DEMO_MODEL, demo_inputs
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
-# 8 of each signal per run (the delays are drawn from a fresh seed every run, printed on failure);
-# MRQ_INTERRUPT_RANDOM=51 gives the longer soak this test ran before the suite outgrew 10 min
-N_RANDOM = int(os.environ.get("MRQ_INTERRUPT_RANDOM", 24))
-N_IN_WRITE = 2         # per signal
+# (random delays, in-write cases per signal): the default run sends each signal twice at random
+# moments and once inside the write, with delays drawn from a fresh seed every run (printed on
+# failure), so successive runs cover other moments; the soak (``pytest -m long``) sends each
+# signal 17 times at random and twice in the write. MRQ_INTERRUPT_RANDOM overrides the random
+# count of the default run.
+QUICK = (int(os.environ.get("MRQ_INTERRUPT_RANDOM", "6")), 1)
+SOAK = (51, 2)
 STARTUP_S = 0.05       # the interpreter's own start-up (measured 10-30 ms on the CI host)
 
 
@@ -82,7 +87,10 @@ def _check(sig, code, err, out, want, label):
         assert code != 0, (label, "exit code 0 but no output")
 
 
-def test_interrupts_never_leave_a_partial_output(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("n_random, n_in_write", [
+    pytest.param(*QUICK, id="quick"), pytest.param(*SOAK, id="soak", marks=pytest.mark.long)])
+def test_interrupts_never_leave_a_partial_output(tmp_path, n_random, n_in_write):
     inputs = tmp_path / "in.npz"
     np.savez(inputs, **demo_inputs(2000))
     work = tmp_path / "out"
@@ -100,8 +108,8 @@ def test_interrupts_never_leave_a_partial_output(tmp_path):
     rng = random.Random(seed)
     # From STARTUP_S on: before that the Python interpreter itself is still starting (site
     # imports; no mrq code has run), and an interrupt there is Python's own traceback.
-    cases = [(SIGNALS[i % 3], rng.uniform(STARTUP_S, full * 1.1), None) for i in range(N_RANDOM)]
-    cases += [(sig, 0.0, "write") for sig in SIGNALS for _ in range(N_IN_WRITE)]
+    cases = [(SIGNALS[i % 3], rng.uniform(STARTUP_S, full * 1.1), None) for i in range(n_random)]
+    cases += [(sig, 0.0, "write") for sig in SIGNALS for _ in range(n_in_write)]
     rng.shuffle(cases)
 
     def one(i, case):
@@ -121,7 +129,7 @@ def test_interrupts_never_leave_a_partial_output(tmp_path):
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(pool.map(one, range(len(cases)), cases))
-    assert len(results) == len(cases) == N_RANDOM + len(SIGNALS) * N_IN_WRITE >= 30
+    assert len(results) == len(cases) == n_random + len(SIGNALS) * n_in_write
     print("seed", seed, "outcomes (signal, exit code, target written, in Python's start-up):",
           collections.Counter(results))
     interrupted = sum(code != 0 for _, code, _, _ in results)
@@ -140,6 +148,7 @@ def test_interrupts_never_leave_a_partial_output(tmp_path):
         assert _same(_load(folder / "final.npz"), want)
 
 
+@pytest.mark.slow
 def test_outputs_do_not_depend_on_threads_batches_or_compilation(tmp_path):
     inputs = tmp_path / "in.npz"
     np.savez(inputs, **demo_inputs(70))  # 70: batches of 64 and 7 both leave a short last one
@@ -148,8 +157,10 @@ def test_outputs_do_not_depend_on_threads_batches_or_compilation(tmp_path):
         for threads in (1, 2):
             for batch in (1, 7, 64):
                 out = tmp_path / f"{compile_}-t{threads}-b{batch}.npz"
-                r = mrq(*_sim_args(inputs, out, "--threads", threads, "--batch-size", batch,
-                                   "--compile", compile_))
+                # in this process: twelve process starts would cost more than the runs, and
+                # the interrupt tests above run the real entry point
+                r = mrq_in_process(*_sim_args(inputs, out, "--threads", threads,
+                                              "--batch-size", batch, "--compile", compile_))
                 assert r.returncode == 0, r.stderr
                 outs[compile_, threads, batch] = _load(out)
     base = outs["no", 1, 1]

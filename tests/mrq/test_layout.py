@@ -38,22 +38,25 @@ def _feeds(program, batch, seed):
     return feeds
 
 
-def _outputs(graph, profile, layout, feeds):
-    program, bound = bind_inputs(prepare(graph, profile, layout=layout), feeds)
+def _outputs(lowered, feeds):
+    program, bound = bind_inputs(lowered, feeds)
     return run(program, bound).outputs
 
 
-def assert_same_outputs(graph, profile, batches=(1, 3), seeds=(0, 1)):
-    native = prepare(graph, profile, layout="native").program
-    for batch in batches:
-        for seed in seeds:
-            feeds = _feeds(native, batch, seed)
-            a = _outputs(graph, profile, "native", feeds)
-            b = _outputs(graph, profile, "nhwc", feeds)
-            assert list(a) == list(b)
-            for name in a:
-                assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
-                np.testing.assert_array_equal(a[name], b[name], err_msg=f"{profile} {name}")
+def assert_same_outputs(graph, profile, batches=(1, 3), seeds=(0, 1), more_feeds=()):
+    """Both layouts, lowered once each (binding inputs leaves a lowered model as it was), on
+    random inputs of each batch and seed and on ``more_feeds``."""
+    native = prepare(graph, profile, layout="native")
+    nhwc = prepare(graph, profile, layout="nhwc")
+    cases = [_feeds(native.program, batch, seed) for batch in batches for seed in seeds]
+    for feeds in cases + list(more_feeds):
+        a = _outputs(native, feeds)
+        b = _outputs(nhwc, feeds)
+        assert list(a) == list(b)
+        for name in a:
+            assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+            np.testing.assert_array_equal(a[name], b[name],
+                                          err_msg=f"{graph.name} {profile} {name}")
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +153,8 @@ class _G:
         b = f"{y}_b"
         self.g.tensors[b] = Tensor(b, (c_out,), "int32", None,
                                    self.rng.integers(-3000, 3000, c_out).astype(np.int64))
-        attrs = dict(strides=(stride, stride), pads=(k // 2,) * 4, dilations=(1, 1), group=group,
-                     layout="NCHW")
+        attrs = {"strides": (stride, stride), "pads": (k // 2,) * 4, "dilations": (1, 1),
+                 "group": group, "layout": "NCHW"}
         if clamp:
             attrs["clamp"] = clamp
         self.node("Conv", [x, w, b], [y], **attrs)
@@ -255,23 +258,20 @@ def zoo_models(tmp_path_factory):
     import sys
     sys.path.insert(0, str(REPO / "tests"))
     from parity import zoo
-    cases = zoo.generate(tmp_path_factory.mktemp("layout_zoo"), ZOO_COUNT, 20261126)
+    cases = zoo.generate_shared(tmp_path_factory, ZOO_COUNT, 20261126)
     return [(c.name, str(c.path), c.make_inputs) for c in cases]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", ["onnxruntime-cpu", "nna-sym8"])
 def test_generated_models(zoo_models, profile):
     converted = 0
-    for name, path, make_inputs in zoo_models:
+    for _, path, make_inputs in zoo_models:
         g = load_model(path)
         new = to_nhwc(g)
         converted += any(n.attrs.get("layout") == "NHWC" for n in new.nodes)
-        assert_same_outputs(g, profile, batches=(2,), seeds=(0,))
-        feeds = make_inputs(1)                      # inputs on the grid and on rounding ties
-        a = _outputs(g, profile, "native", feeds)
-        b = _outputs(g, profile, "nhwc", feeds)
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name} {profile} {k}")
+        # random inputs, then inputs on the grid and on rounding ties
+        assert_same_outputs(g, profile, batches=(2,), seeds=(0,), more_feeds=[make_inputs(1)])
     assert converted == len(zoo_models)
 
 
@@ -284,9 +284,9 @@ def test_avgpool_kernel_nhwc_equals_nchw(mode, include_pad):
     from simulator.kernels import pool as pool_k
     rng = np.random.default_rng(3)
     x = rng.integers(-128, 128, (2, 5, 7, 6)).astype(np.int8)
-    kw = dict(kernel=(3, 3), strides=(2, 2), pads=(0, 1, 1, 0), count_include_pad=include_pad,
-              mode=mode, zero_point_in=-37, scale_in=0.05, scale_out=0.04, zero_point_out=3,
-              rq_rounding="half_up", out_dtype=np.int8)
+    kw = {"kernel": (3, 3), "strides": (2, 2), "pads": (0, 1, 1, 0),
+          "count_include_pad": include_pad, "mode": mode, "zero_point_in": -37, "scale_in": 0.05,
+          "scale_out": 0.04, "zero_point_out": 3, "rq_rounding": "half_up", "out_dtype": np.int8}
     a, sa = pool_k.avgpool(x, layout="NCHW", **kw)
     b, sb = pool_k.avgpool(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), layout="NHWC", **kw)
     np.testing.assert_array_equal(a, b.transpose(0, 3, 1, 2))

@@ -13,8 +13,6 @@
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -346,8 +344,13 @@ def test_lowering_clips_add_fixed_multipliers():
 
 
 def test_shipped_profiles_lower_the_test_models_without_clipping():
-    sys.path.insert(0, os.path.join(ROOT, "tests", "verification"))
-    from conftest import make_cnn
+    # by path: the module named ``conftest`` here may be another directory's (tests/conftest.py)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "verification_conftest", os.path.join(ROOT, "tests", "verification", "conftest.py"))
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    make_cnn = models.make_cnn
     from mrq.demo import DEMO_MODEL
     from mrq.hw_profile import iter_profiles
     from mrq.onnx_import import load_model
@@ -506,7 +509,9 @@ def _inputs(n, seed):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "mrq.cli", *map(str, args)], capture_output=True, text=True)
+    # in this process (tests/cli_in_process.py): exit codes and stderr as a subprocess gives them
+    from cli_in_process import mrq_in_process
+    return mrq_in_process(*args)
 
 
 @pytest.fixture(scope="module")

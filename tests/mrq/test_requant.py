@@ -177,17 +177,22 @@ def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "mrq.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
+def _cli_in_process(*args):
+    from cli_in_process import mrq_in_process
+    return mrq_in_process(*args)
+
+
 def test_cli_never_overwrites_the_input_and_writes_atomically(tmp_path):
     model = tmp_path / "m.onnx"
     shutil.copy(DEMO_MODEL, model)
     before = model.read_bytes()
-    r = _cli("requant", str(model), "--profile", "nna-sym8", "-o", str(model))
+    r = _cli_in_process("requant", str(model), "--profile", "nna-sym8", "-o", str(model))
     assert r.returncode == 2 and "overwrite" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert model.read_bytes() == before
     bad_calib = tmp_path / "calib.npz"
     np.savez(bad_calib, wrong=np.zeros((1, 3, 16, 16), np.float32))
     out = tmp_path / "out.onnx"
-    r = _cli("requant", str(model), "--profile", "nna-sym8", "-o", str(out), "--calib", str(bad_calib))
+    r = _cli_in_process("requant", str(model), "--profile", "nna-sym8", "-o", str(out), "--calib", str(bad_calib))
     assert r.returncode == 2 and "'wrong'" in r.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".mrq-")]
 

@@ -165,3 +165,82 @@ def test_requantization_is_deterministic(demo_graph, calib, full):
             np.testing.assert_array_equal(np.asarray(t.data), np.asarray(u.data), err_msg=name)
         if t.qparams is not None:
             assert t.qparams.same_grid(u.qparams), name
+
+
+def test_top1_agreement_counts_a_tie_as_the_fraction_it_gets_right():
+    from mrq.passes.output_grids import top1_agreement
+    scores = np.array([[3, 3, 1], [0, 2, 2], [5, 1, 1], [1, 1, 1]])
+    reference_top = np.array([1, 0, 0, 2])
+    assert top1_agreement(scores, reference_top) == pytest.approx((0.5 + 0.0 + 1.0 + 1 / 3) / 4)
+
+
+def _scores(graph, feeds):
+    return FloatReference(graph, fake_quant=True).run(feeds)["logits"]
+
+
+def test_output_grids_raise_the_argmax_agreement_and_pass_check(demo_graph, calib, full):
+    """The class scores' grid is re-chosen (its objective, the argmax agreement with the input
+    model on the calibration data, rises above the MSE choice's) and the model still passes
+    ``mrq check``; 8-bit scores keep the MSE choice."""
+    from mrq.commands.check import check_model
+    from mrq.passes.output_grids import top1_agreement
+    new, report = full
+    mse_choice, _ = requantize(demo_graph, PROFILE, calib, Options(disabled=frozenset({"output_grids"})))
+    changed = [c for c in report.changes if c.pass_name == "output_grids"]
+    assert [c.tensor for c in changed] == ["logits_QuantizeLinear_Output"]
+    reference_top = _scores(demo_graph, calib).argmax(axis=1)
+    agreement = lambda g: top1_agreement(np.round(_scores(g, calib) / float(
+        g.tensors["logits_QuantizeLinear_Output"].qparams.scale[0])), reference_top)
+    assert agreement(new) > agreement(mse_choice)
+    assert check_model(new, PROFILE)[0] == []
+    few = demo_inputs(16, seed=2)
+    _, report8 = requantize(demo_graph, "nna-w4a8", few)
+    assert not [c for c in report8.changes if c.pass_name == "output_grids"]
+
+
+def test_error_folding_leaves_refitted_layers_alone_and_the_output_improves(demo_graph, calib, full):
+    """Layers rounded to the input-error target get no folded constant (it would fight the
+    refit); the network output is then closer to the input model's than with the whole mean
+    shift folded into every layer (the behaviour before), on held-out inputs."""
+    from mrq.passes import error_folding
+    new, report = full
+    folded = set(report.layer_errors["error_folding"])
+    refitted = set(report.layer_errors["weight_correction"]) - folded
+    assert refitted and "stem_conv" in refitted
+    everywhere = error_folding.error_folding_hook
+
+    def fold_every_layer(graph, ctx):
+        ctx.cache["refitted_layers"] = set()
+        return everywhere(graph, ctx)
+    import mrq.requant as requant_module
+    passes = [p if p.name != "error_folding" else type(p)(p.name, p.fn, p.needs_calib, p.doc, fold_every_layer)
+              for p in requant_module.PASSES]
+    saved = requant_module.PASSES
+    requant_module.PASSES = passes
+    try:
+        before, report_before = requantize(demo_graph, PROFILE, calib)
+    finally:
+        requant_module.PASSES = saved
+    assert set(report_before.layer_errors["error_folding"]) >= refitted
+    feeds = demo_inputs(256, seed=21)
+    target = _scores(demo_graph, feeds)
+    err = lambda g: float(np.mean(np.square(_scores(g, feeds) - target)))
+    assert err(new) < err(before)
+
+
+def test_class_bias_shifts_win_ties_for_the_class_that_is_right():
+    """Two classes whose scores round to the same code: the hardware's argmax takes the first;
+    a fraction of a code on the second class's bias makes it win the ties it should win, and
+    nothing moves when the argmax already agrees."""
+    from mrq.ir import QParams
+    from mrq.passes.output_grids import class_bias_shifts
+    grid = QParams(np.array([1.0], np.float32), np.zeros(1, np.int64), "int8", bits=4)
+    rng = np.random.default_rng(0)
+    n = 400
+    y = np.stack([np.full(n, 3.0), 3.0 + rng.uniform(-0.45, 0.3, n)], axis=1)   # codes tie at 3
+    right = (y[:, 1] > 3.0).astype(np.int64)                 # class 1 is right where it is larger
+    shifts = class_bias_shifts(y, grid, right)
+    codes = lambda sh: np.clip(np.rint((y + sh) / 1.0), -8, 7).argmax(axis=1)
+    assert np.mean(codes(shifts) == right) > np.mean(codes(np.zeros(2)) == right) + 0.2
+    assert np.all(np.abs(shifts) <= 0.5)
+    assert not np.any(class_bias_shifts(y, grid, codes(np.zeros(2))))

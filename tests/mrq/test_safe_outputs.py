@@ -1,8 +1,9 @@
 """No command destroys or silently corrupts a user's file (issue 19, issue 17 item 3).
 
-Every case runs the real CLI in a subprocess on real files in ``tmp_path`` and checks what is on
-disk afterwards: the inputs unchanged, no partial target, no stranded temporary, modes, links and
-device nodes as they were. Each refused case is one line on stderr with exit code 2."""
+Every case runs the CLI on real files in ``tmp_path`` and checks what is on disk afterwards: the
+inputs unchanged, no partial target, no stranded temporary, modes, links and device nodes as they
+were. Each refused case is one line on stderr with exit code 2. Refusals run ``mrq.cli.main`` in
+this process; umask, file-size limits, signals, stdout and device outputs a real subprocess."""
 import json
 import os
 import pathlib
@@ -16,11 +17,18 @@ import time
 import numpy as np
 import onnx
 import pytest
+from cli_in_process import mrq_in_process
 
 from mrq.demo import DEMO_MODEL, demo_inputs
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tflite"))
-from tflite_builder import ModelBuilder  # noqa: E402
+from tflite_builder import ModelBuilder
+
+
+def cli(*args):
+    """In this process (see cli_in_process.py); what depends on the process itself (umask,
+    resource limits, signals, stdout, device files) runs in a real one through :func:`mrq`."""
+    return mrq_in_process(*args)
 
 
 def mrq(*args, umask=None, cwd=None):
@@ -56,7 +64,7 @@ def files(tmp_path):
 def golden_set(tmp_path_factory):
     d = tmp_path_factory.mktemp("golden")
     np.savez(d / "in.npz", **demo_inputs(2))
-    r = mrq("golden", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", d / "in.npz", "-o", d / "gs", "-q")
+    r = cli("golden", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", d / "in.npz", "-o", d / "gs", "-q")
     assert r.returncode == 0, r.stderr
     return d / "gs"
 
@@ -97,14 +105,14 @@ def test_output_equal_to_an_input_is_refused(files, case):
     files["link"].symlink_to(files["model"])
     before = _snapshot([files["model"], files["inputs"], files["calib"]])
     listing = sorted(os.listdir(files["dir"]))
-    refused(mrq(*CASES[case](files)), "refusing")
+    refused(cli(*CASES[case](files)), "refusing")
     assert _snapshot(before) == before
     assert sorted(os.listdir(files["dir"])) == listing      # nothing written, nothing left behind
 
 
 def test_two_outputs_on_one_path_are_refused(files):
     out = files["dir"] / "o.npz"
-    refused(mrq("sim", files["model"], "--profile", "onnxruntime-cpu", "--inputs", files["inputs"],
+    refused(cli("sim", files["model"], "--profile", "onnxruntime-cpu", "--inputs", files["inputs"],
                 "--out", out, "--report", out), "same output path")
     assert not out.exists()
 
@@ -112,7 +120,7 @@ def test_two_outputs_on_one_path_are_refused(files):
 def test_verify_report_into_the_golden_set_is_refused(golden_set):
     manifest = golden_set / "manifest.json"
     before = manifest.read_bytes()
-    refused(mrq("verify", golden_set, "--actual", golden_set / "tensors", "--json", manifest), "refusing")
+    refused(cli("verify", golden_set, "--actual", golden_set / "tensors", "--json", manifest), "refusing")
     assert manifest.read_bytes() == before
 
 
@@ -125,7 +133,7 @@ def test_golden_force_never_replaces_a_folder_of_user_files(files, tmp_path):
     user_model = folder / "mine.onnx"
     shutil.copy(DEMO_MODEL, user_model)
     # the model is given from elsewhere: only the marker rule stands between --force and the folder
-    refused(mrq("golden", files["model"], "--profile", "onnxruntime-cpu", "--inputs", files["inputs"],
+    refused(cli("golden", files["model"], "--profile", "onnxruntime-cpu", "--inputs", files["inputs"],
                 "-o", folder, "--force"), "not written by mrq golden")
     assert user_model.read_bytes() == pathlib.Path(DEMO_MODEL).read_bytes()
     assert os.listdir(folder) == ["mine.onnx"]
@@ -134,11 +142,11 @@ def test_golden_force_never_replaces_a_folder_of_user_files(files, tmp_path):
 def test_golden_force_replaces_its_own_set_but_not_one_holding_a_user_file(files, tmp_path):
     gs = tmp_path / "gs"
     args = ("golden", files["model"], "--profile", "onnxruntime-cpu", "--inputs", files["inputs"], "-o", gs, "-q")
-    assert mrq(*args).returncode == 0
-    assert mrq(*args, "--force").returncode == 0               # mrq's own set: replaced
+    assert cli(*args).returncode == 0
+    assert cli(*args, "--force").returncode == 0               # mrq's own set: replaced
     notes = gs / "tensors" / "my_notes.txt"
     notes.write_text("keep me")
-    refused(mrq(*args, "--force"), "my_notes.txt")
+    refused(cli(*args, "--force"), "my_notes.txt")
     assert notes.read_text() == "keep me"
     assert temporaries(tmp_path) == []
 
@@ -151,7 +159,7 @@ def test_symlink_output_writes_the_target_and_keeps_the_link(files, tmp_path):
     target.write_text("old")
     link = tmp_path / "report.json"
     link.symlink_to(target)
-    r = mrq("check", files["model"], "--profile", "onnxruntime-cpu", "--json", link, "-q")
+    r = cli("check", files["model"], "--profile", "onnxruntime-cpu", "--json", link, "-q")
     assert r.returncode in (0, 1), r.stderr
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert json.loads(target.read_text())["profile"] == "onnxruntime-cpu"
@@ -204,7 +212,7 @@ def test_output_path_problems_are_one_line_before_the_work(files, tmp_path, kind
     out = {"folder": str(tmp_path), "trailing slash": str(tmp_path / "o.npz") + "/",
            "too long": str(tmp_path / ("x" * 300 + ".npz")), "missing parent": str(tmp_path / "no" / "o.npz")}[kind]
     listing = sorted(os.listdir(tmp_path))
-    refused(mrq("sim", files["model"], "--profile", "onnxruntime-cpu", "--inputs", files["inputs"], "--out", out))
+    refused(cli("sim", files["model"], "--profile", "onnxruntime-cpu", "--inputs", files["inputs"], "--out", out))
     assert sorted(os.listdir(tmp_path)) == listing
 
 
@@ -217,7 +225,7 @@ def test_file_size_limit_is_one_line_and_leaves_nothing(files, tmp_path):
     # a first run fills the JIT cache, so under the limit the only large write is the output
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     out.unlink()
-    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # noqa: E731
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
     refused(subprocess.run(cmd, capture_output=True, text=True, preexec_fn=limit), "file too large")
     assert not out.exists() and temporaries(tmp_path) == []
 
@@ -287,7 +295,7 @@ def test_requant_refuses_calibration_without_finite_samples(files, tmp_path, bad
     calib = tmp_path / "bad.npz"
     np.savez(calib, **{name: arr})
     out = tmp_path / "new.onnx"
-    refused(mrq("requant", files["model"], "--profile", "nna-sym8", "--calib", calib, "-o", out),
+    refused(cli("requant", files["model"], "--profile", "nna-sym8", "--calib", calib, "-o", out),
             "calibration input", "no samples" if bad == "empty" else "NaN or infinite")
     assert not out.exists()
 
@@ -308,7 +316,7 @@ def test_verify_refuses_a_manifest_path_outside_the_golden_folder(golden_set, tm
         shutil.copy(gs / t["files"]["npy"], tmp_path / "outside.npy")
         t["files"]["npy"] = "../outside.npy"
     gs = _tamper(golden_set, tmp_path, edit)
-    refused(mrq("verify", gs, "--actual", golden_set / "tensors"), "outside the golden folder")
+    refused(cli("verify", gs, "--actual", golden_set / "tensors"), "outside the golden folder")
 
 
 @pytest.mark.parametrize("bits", [10 ** 6, -5, 0, "8", True])
@@ -316,7 +324,7 @@ def test_verify_refuses_a_manifest_with_an_impossible_width(golden_set, tmp_path
     def edit(m, gs):
         m["tensors"][0]["bits"] = bits
     gs = _tamper(golden_set, tmp_path, edit)
-    refused(mrq("verify", gs, "--actual", golden_set / "tensors"), "bits")
+    refused(cli("verify", gs, "--actual", golden_set / "tensors"), "bits")
 
 
 def _first_layer_with_params(m):
@@ -336,7 +344,7 @@ MISTYPED = {
 @pytest.mark.parametrize("key", list(MISTYPED))
 def test_verify_refuses_a_manifest_with_a_mistyped_key(golden_set, tmp_path, key):
     gs = _tamper(golden_set, tmp_path, lambda m, gs: MISTYPED[key](m))
-    refused(mrq("verify", gs, "--actual", golden_set / "tensors"), key.split(".")[-1])
+    refused(cli("verify", gs, "--actual", golden_set / "tensors"), key.split(".")[-1])
 
 
 def test_graph_without_outputs_is_refused_at_import(tmp_path):
@@ -344,7 +352,7 @@ def test_graph_without_outputs_is_refused_at_import(tmp_path):
     del m.graph.output[:]
     path = tmp_path / "no_outputs.onnx"
     onnx.save(m, path)
-    refused(mrq("check", path, "--profile", "onnxruntime-cpu"), "no outputs")
+    refused(cli("check", path, "--profile", "onnxruntime-cpu"), "no outputs")
 
 
 def _q(b, name, shape, data=None):
@@ -364,7 +372,7 @@ def test_tflite_concat_axis_outside_the_rank_is_refused(tmp_path):
         x, y, o = _q(b, "x", [1, 4, 5, 3]), _q(b, "y", [1, 4, 5, 2]), _q(b, "o", [1, 4, 5, 5])
         b.op("CONCATENATION", [x, y], [o], options=("ConcatenationOptions", dict(axis=9)))
         return [x, y], [o]
-    refused(mrq("check", _tflite(tmp_path, build), "--profile", "tflite-int8"), "axis 9")
+    refused(cli("check", _tflite(tmp_path, build), "--profile", "tflite-int8"), "axis 9")
 
 
 def test_tflite_mean_axis_outside_the_rank_is_refused(tmp_path):
@@ -374,7 +382,7 @@ def test_tflite_mean_axis_outside_the_rank_is_refused(tmp_path):
         y = _q(b, "y", [1, 5, 8])
         b.op("MEAN", [x, ax], [y], options=("ReducerOptions", dict(keep_dims=False)))
         return [x], [y]
-    refused(mrq("check", _tflite(tmp_path, build), "--profile", "tflite-int8"), "axis 7")
+    refused(cli("check", _tflite(tmp_path, build), "--profile", "tflite-int8"), "axis 7")
 
 
 def test_tflite_negative_dimension_is_refused(tmp_path):
@@ -382,7 +390,7 @@ def test_tflite_negative_dimension_is_refused(tmp_path):
         x, y = _q(b, "x", [1, -2, 4]), _q(b, "y", [1, -2, 4])
         b.op("ADD", [x, x], [y])
         return [x], [y]
-    refused(mrq("check", _tflite(tmp_path, build), "--profile", "tflite-int8"), "negative dimension")
+    refused(cli("check", _tflite(tmp_path, build), "--profile", "tflite-int8"), "negative dimension")
 
 
 def test_constant_operand_that_would_change_the_batch_is_refused(tmp_path):
@@ -392,7 +400,7 @@ def test_constant_operand_that_would_change_the_batch_is_refused(tmp_path):
         y = _q(b, "y", [1, 4])
         b.op("ADD", [x, c], [y])
         return [x], [y]
-    refused(mrq("check", _tflite(tmp_path, build), "--profile", "tflite-int8"), "batch dimension", "'c'")
+    refused(cli("check", _tflite(tmp_path, build), "--profile", "tflite-int8"), "batch dimension", "'c'")
 
 
 def test_sweep_takes_old_style_temporaries_only_when_stale(tmp_path):

@@ -22,6 +22,12 @@ def mrq(*args):
     return subprocess.run([sys.executable, "-m", "mrq.cli", *args], capture_output=True, text=True, check=False)
 
 
+def cli(*args):
+    """In this process (tests/cli_in_process.py): what a subprocess would return."""
+    from cli_in_process import mrq_in_process
+    return mrq_in_process(*args)
+
+
 def _assert_user_error(r, out, *needles):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
@@ -251,13 +257,13 @@ def test_cli_shards_npy_and_labels(tmp_path):
     reports = {}
     for name, inputs, extra in (("npz", tmp_path / "all.npz", []),
                                 ("shards", shards, ["--batch-size", "3"])):
-        r = mrq("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(inputs),
+        r = cli("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(inputs),
                 "-o", str(tmp_path / f"{name}.npz"), "--json", str(tmp_path / f"{name}.json"),
                 "--labels", str(tmp_path / "labels.npy"), "--dump-all", *extra)
         assert r.returncode == 0, r.stderr
         assert "top-1 accuracy on 7 labelled inputs" in r.stdout
         reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
-    r = mrq("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(tmp_path / "all.npy"),
+    r = cli("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(tmp_path / "all.npy"),
             "-o", str(tmp_path / "npy.npz"), "--labels", str(tmp_path / "labels.npy"),
             "--no-fidelity", "--batch-size", "2")
     assert r.returncode == 0 and "top-1 accuracy on 7 labelled inputs" in r.stdout, r.stderr
@@ -279,7 +285,7 @@ def test_cli_shards_npy_and_labels(tmp_path):
             assert {k: v for k, v in got.items() if k not in floats} == \
                 {k: v for k, v in want.items() if k not in floats}
     np.save(tmp_path / "short.npy", labels[:6])
-    _assert_user_error(mrq("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(shards),
+    _assert_user_error(cli("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", str(shards),
                            "-o", str(out), "--labels", str(tmp_path / "short.npy")),
                        out, "6 labels for 7 input samples")
 

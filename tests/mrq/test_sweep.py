@@ -233,6 +233,7 @@ def _wait_for(pred, timeout, proc=None):
     return False
 
 
+@pytest.mark.slow
 def test_scheduler_killed_worker_and_client_resume(data, tmp_path, dask_cluster, capsys, monkeypatch):
     address, workers = dask_cluster
     # one sample per shard: enough tasks for the kills to land mid-sweep

@@ -33,9 +33,8 @@ IDS = [f"m{i:03d}-{GRID[i % len(GRID)].key}" for i in range(COUNT)]
 
 @pytest.fixture(scope="session")
 def zoo_cases(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ort_zoo")
     t = time.perf_counter()
-    cases = zoo.generate(d, COUNT, SEED)
+    cases = zoo.generate_shared(tmp_path_factory, COUNT, SEED)
     return cases, time.perf_counter() - t
 
 

@@ -608,6 +608,22 @@ def _make_one(args) -> dict:
     return meta
 
 
+def generate_shared(tmp_path_factory, count: int, seed: int = 20261126) -> list[ModelCase]:
+    """:func:`generate` into one folder per pytest run, shared by every pytest-xdist worker and
+    every test module that asks, under a lock: each model is quantized once per run instead of
+    once per worker and module (``generate`` reuses the models it finds; the first ``count`` of
+    a larger zoo are the same models)."""
+    import fcntl
+
+    base = Path(tmp_path_factory.getbasetemp())
+    # under xdist each worker's base temp is a folder of the run's own
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out_dir = root / f"ort_zoo_{seed}"
+    with open(root / f"ort_zoo_{seed}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return generate(out_dir, count, seed)
+
+
 def generate(
     out_dir, count: int = 150, seed: int = 20261126, processes: int = 1
 ) -> list[ModelCase]:

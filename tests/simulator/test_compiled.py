@@ -12,10 +12,10 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "tflite"))
 
-from simulator.compiled import compile_program, last_reason  # noqa: E402
-from simulator.errors import KernelInputError  # noqa: E402
-from simulator.program import Program, Step, TensorSpec  # noqa: E402
-from simulator.run import run  # noqa: E402
+from simulator.compiled import compile_program, last_reason
+from simulator.errors import KernelInputError
+from simulator.program import Program, Step, TensorSpec
+from simulator.run import run
 
 
 def assert_same(program, feeds, compiled):
@@ -219,3 +219,143 @@ def test_transpose_matches_numpy_for_every_permutation():
             want = np.transpose(x, perm)
             assert got.flags.c_contiguous
             np.testing.assert_array_equal(got, want, err_msg=f"{shape} {perm}")
+
+
+# --- batches split over threads (one range of rows per thread) and run()'s switch ---------------
+def _reference(program, feeds):
+    return run(program, feeds, threads=1, compile="no")
+
+
+def _assert_results_equal(got, want):
+    assert list(got.outputs) == list(want.outputs)
+    for name in want.outputs:
+        assert got.outputs[name].shape == want.outputs[name].shape
+        np.testing.assert_array_equal(got.outputs[name], want.outputs[name], err_msg=name)
+    assert dict(got.stats) == dict(want.stats)
+
+
+def _fc(n_in=24, n_out=20):
+    """One gemm (int8, per-channel fp32 requantization): the cheapest program with a counted
+    kernel, so its tests compile little."""
+    rng = np.random.default_rng(5)
+    steps = (Step("gemm", "fc", ("x",), ("y",), {
+        "weight": _int8(rng, (n_in, n_out)), "bias": rng.integers(-2000, 2000, n_out),
+        "input_zero_point": 3, "out_zero_point": -2, "rq_mode": "fp32",
+        "rq_multiplier": rng.uniform(2e-3, 9e-3, n_out).astype(np.float32),
+        "out_dtype": "int8"}),)
+    return Program((TensorSpec("x", "int8", (None, n_in)),),
+                   (TensorSpec("y", "int8", (None, n_out)),), steps)
+
+
+def _needs_two_threads():
+    from simulator.run import max_threads
+
+    if max_threads() < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2")
+
+
+def test_batch_split_over_threads_is_bit_exact():
+    _needs_two_threads()
+    program = _fc()
+    # 19 rows over 2 threads: a chunk of 10 rows and a shorter one of 9 (two chunk functions)
+    feeds = {"x": _int8(np.random.default_rng(3), (19, 24))}
+    compiled = compile_program(program, feeds, threads=2)
+    assert compiled is not None, last_reason()
+    assert compiled.chunks == 2 and "prange(2)" in compiled.source
+    assert "def chunk1(" in compiled.source
+    for seed in range(3):
+        x = _int8(np.random.default_rng(seed), (19, 24))
+        x[seed::5] = 127 if seed % 2 else -128  # saturating rows in both chunks
+        feeds = {"x": x}
+        _assert_results_equal(compiled.run(feeds), _reference(program, feeds))
+        assert _reference(program, feeds).stats["fc"]["out_saturated"]
+    # one thread, or fewer than CHUNK_MIN_ROWS rows per thread: not split
+    assert compile_program(program, feeds, threads=1).chunks == 1
+    assert compile_program(program, {"x": x[:15]}, threads=2).chunks == 1
+
+
+@pytest.mark.parametrize("second,out_shape,why", [
+    (Step("reshape", "flat", ("p",), ("y",), {"shape": (-1,)}), (None,), "rank 1"),
+    (Step("transpose", "t", ("p",), ("y",), {"perm": (1, 0, 2)}), (4, None, 8), "batch moved"),
+    (Step("reshape", "r", ("p",), ("y",), {"shape": (-1, 16)}), (None, 16), "rows regrouped"),
+])
+def test_batch_is_not_split_when_rows_would_mix(second, out_shape, why):
+    from simulator.compiled import _generate_chunked
+
+    steps = (Step("reshape", "p0", ("x",), ("p",), {"shape": (-1, 4, 8)}), second)
+    program = Program((TensorSpec("x", "int8", (None, 32)),),
+                      (TensorSpec("y", "int8", out_shape),), steps)
+    feeds = {"x": np.zeros((32, 32), np.int8)}
+    assert _generate_chunked(program, feeds, 2) is None, why
+    if why == "rows regrouped":  # the same steps on rows of 16 keep the batch: split
+        ok = Program(program.inputs, (TensorSpec("y", "int8", (None, 2, 16)),),
+                     (steps[0], Step("reshape", "r", ("p",), ("y",), {"shape": (-1, 2, 16)})))
+        assert _generate_chunked(ok, feeds, 2) is not None
+
+
+def test_run_switches_to_the_compiled_program_and_back_never(monkeypatch):
+    import simulator.run as run_mod
+
+    feeds = {"x": _int8(np.random.default_rng(4), (19, 24))}
+    feeds["x"][::3] = 127
+    program = _fc()  # the program (and shape) of the split test's 1-thread compile
+    want = _reference(program, feeds)
+    # a switch as soon as the source is generated (run 3) and compiled (run 4)
+    monkeypatch.setattr(run_mod, "STEP_PYTHON_S", 1e3)
+    for _ in range(3):
+        _assert_results_equal(run(program, feeds, threads=1), want)
+        assert run_mod.switch_status(program, feeds, 1)["compiled"] is None
+    _assert_results_equal(run(program, feeds, threads=1), want)
+    status = run_mod.switch_status(program, feeds, 1)
+    assert status["compiled"] is not None and status["switch_at"] == 4
+    _assert_results_equal(run(program, feeds, threads=1), want)
+    # trace and compile="no" take the interpreter (the compiled result has no trace)
+    assert run(program, feeds, threads=1, trace=True).trace
+    other = _fc()  # a new Program object: its own count
+    for _ in range(6):
+        run(other, feeds, threads=1, compile="no")
+    assert run_mod.switch_status(other, feeds, 1)["runs"] == 0
+    monkeypatch.setenv("SIMULATOR_COMPILE", "no")
+    for _ in range(6):
+        run(other, feeds, threads=1)
+    assert run_mod.switch_status(other, feeds, 1)["compiled"] is None
+    with pytest.raises(Exception, match="compile must be"):
+        run(program, feeds, compile="yes")
+
+
+def test_run_never_switches_a_program_without_launches(monkeypatch):
+    import simulator.run as run_mod
+
+    monkeypatch.setattr(run_mod, "STEP_PYTHON_S", 1e3)
+    steps = (Step("clamp", "cl", ("x",), ("y",), {"out_min": -5, "out_max": 5}),)
+    program = Program((TensorSpec("x", "int8", (None, 4)),), (TensorSpec("y", "int8", (None, 4)),),
+                      steps)
+    feeds = {"x": np.arange(-8, 8, dtype=np.int8).reshape(4, 4)}
+    for _ in range(5):
+        out = run(program, feeds, threads=1).outputs["y"]
+    np.testing.assert_array_equal(out, np.clip(feeds["x"], -5, 5))
+    assert run_mod.switch_status(program, feeds, 1)["switch_at"] == -1
+
+
+def test_switch_probe_writes_nothing_and_prices_a_cold_compile(tmp_path, monkeypatch):
+    import simulator.run as run_mod
+
+    monkeypatch.setenv("MRQ_CACHE_DIR", str(tmp_path))
+    steps = (Step("reshape", "r", ("x",), ("y",), {"shape": (-1, 3, 4)}),)
+    program = Program((TensorSpec("x", "int8", (None, 12)),),
+                      (TensorSpec("y", "int8", (None, 3, 4)),), steps)
+    feeds = {"x": _int8(np.random.default_rng(7), (5, 12))}
+    for _ in range(3):
+        run(program, feeds, threads=1)
+    # the source was generated (run 3) but not written: priced as a cold compile
+    assert not (tmp_path / "programs").exists()
+    cold = run_mod.COLD_COMPILE_S + run_mod.COLD_COMPILE_STEP_S
+    assert run_mod.switch_status(program, feeds, 1)["switch_at"] == 3 + int(
+        np.ceil(cold / run_mod.STEP_PYTHON_S))
+    # once compiled (here explicitly), a new Program object's probe finds it on disk
+    assert compile_program(program, feeds, threads=1).run(feeds).outputs["y"].shape == (5, 3, 4)
+    again = Program(program.inputs, program.outputs, steps)
+    for _ in range(3):
+        run(again, feeds, threads=1)
+    assert run_mod.switch_status(again, feeds, 1)["switch_at"] == 3 + int(
+        np.ceil(run_mod.COMPILED_LOAD_S / run_mod.STEP_PYTHON_S))

@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from mrq.demo import DEMO_MODEL, demo_inputs
 from simulator.kernels import jitcache
@@ -48,6 +49,7 @@ def _compiles(stderr):
     return (int(m.group(1)) if m else 0), _NAMED.findall(stderr)
 
 
+@pytest.mark.slow
 def test_second_process_compiles_nothing(tmp_path):
     env = _env(tmp_path)
     feeds = tmp_path / "in.npz"
@@ -73,6 +75,7 @@ def test_second_process_compiles_nothing(tmp_path):
     assert files[1][0] > 0 and files[1][1] > 0
 
 
+@pytest.mark.slow
 def test_four_processes_on_a_cold_cache(tmp_path):
     env = _env(tmp_path)
     feeds = tmp_path / "in.npz"

@@ -271,6 +271,7 @@ def test_pack_pairs_layout():
             np.testing.assert_array_equal(got[blk, p], blocks[blk][:, 2 * p:2 * p + 2])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HERE_PORTABLE, reason="this process already runs the portable kernels")
 def test_forced_portable_process():
     """This file's portable checks in a process that forces the portable kernels."""

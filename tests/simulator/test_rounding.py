@@ -545,6 +545,7 @@ def _digests(simd_on):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_simd_and_portable_builds_agree_for_every_mode():
     on, off = _digests(True), _digests(False)
     assert off.pop("simd") is False
@@ -610,6 +611,7 @@ def _profile_with_rounding(tmp_path, rounding):
     return path
 
 
+@pytest.mark.slow
 def test_half_down_profile_end_to_end(tmp_path):
     from mrq.hw_profile import load_profile
 

@@ -121,6 +121,7 @@ def test_dense_zero_point_split(seed, layout, xdt, wzp_kind, fill, rq, grouped):
         assert fast.has_u == 1  # the split path ran
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), layout=st.sampled_from(["NCHW", "NHWC"]),
        xdt=st.sampled_from([np.uint8, np.int8]), wzp_kind=st.sampled_from(["tensor", "channel"]),

@@ -16,7 +16,16 @@ pytestmark = pytest.mark.skipif(not os.path.exists(KWS), reason="MLPerf Tiny mod
 
 
 def mrq(*args):
-    return subprocess.run([sys.executable, "-m", "mrq.cli", *args], capture_output=True, text=True)
+    """A real process: the first test runs requant and check through the entry point."""
+    return subprocess.run([sys.executable, "-m", "mrq.cli", *args], capture_output=True, text=True,
+                          check=False)
+
+
+def cli(*args):
+    """The other tests in this process (tests/cli_in_process.py): the same exit codes and
+    output, without an interpreter start and its imports per command."""
+    from cli_in_process import mrq_in_process
+    return mrq_in_process(*args)
 
 
 def test_requant_tflite_to_pow2_then_check_and_sim(tmp_path):
@@ -65,16 +74,16 @@ def test_resnet8_requant_to_nna_sym8_passes_check_and_softmax_runs_on_the_host(t
     `mrq check` with no edit to the profile; with Softmax in host_ops the lowered model places
     it on the host and the golden manifest says so."""
     out = tmp_path / "r8.onnx"
-    r = mrq("requant", RESNET8, "--profile", "nna-sym8", "-o", str(out))
+    r = cli("requant", RESNET8, "--profile", "nna-sym8", "-o", str(out))
     assert r.returncode == 0, r.stderr
-    r = mrq("check", str(out), "--profile", "nna-sym8", "-q")
+    r = cli("check", str(out), "--profile", "nna-sym8", "-q")
     assert r.returncode == 0, r.stdout + r.stderr
 
     host = _host_softmax_profile(tmp_path)
     out_h = tmp_path / "r8_host.onnx"
-    r = mrq("requant", RESNET8, "--profile", str(host), "-o", str(out_h))
+    r = cli("requant", RESNET8, "--profile", str(host), "-o", str(out_h))
     assert r.returncode == 0, r.stderr
-    assert mrq("check", str(out_h), "--profile", str(host), "-q").returncode == 0
+    assert cli("check", str(out_h), "--profile", str(host), "-q").returncode == 0
     from mrq.pipeline import Pipeline
     pipe = Pipeline(str(out_h), str(host), layout="native")
     host_steps = pipe.lowered.host_steps()
@@ -86,7 +95,7 @@ def test_resnet8_requant_to_nna_sym8_passes_check_and_softmax_runs_on_the_host(t
     rng = np.random.default_rng(1)
     np.savez(feeds, **{pipe.program.inputs[0].name: rng.normal(0, 1, (2, 32, 32, 3)).astype(np.float32)})
     gold = tmp_path / "golden"
-    r = mrq("golden", str(out_h), "--profile", str(host), "--inputs", str(feeds), "-o", str(gold))
+    r = cli("golden", str(out_h), "--profile", str(host), "--inputs", str(feeds), "-o", str(gold))
     assert r.returncode == 0, r.stderr
     manifest = json.loads((gold / "manifest.json").read_text())
     placements = {layer["kind"]: layer.get("placement") for layer in manifest["layers"]
@@ -101,7 +110,7 @@ def test_one_float_file_drives_the_tflite_model_and_its_requantized_variant(tmp_
     from mrq.errors import InputDataError
     from mrq.onnx_import import load_model
     out = tmp_path / "kws_sym8.onnx"
-    r = mrq("requant", KWS, "--profile", "nna-sym8", "-o", str(out))
+    r = cli("requant", KWS, "--profile", "nna-sym8", "-o", str(out))
     assert r.returncode == 0, r.stderr
     src, new = load_model(KWS), load_model(str(out))
     assert src.inputs == new.inputs
@@ -124,6 +133,6 @@ def test_one_float_file_drives_the_tflite_model_and_its_requantized_variant(tmp_
     # the command line refuses the old codes with exit 2 and one line
     feeds = tmp_path / "codes.npz"
     np.savez(feeds, **{name: codes})
-    r = mrq("sim", str(out), "--profile", "nna-sym8", "--inputs", str(feeds), "--out",
+    r = cli("sim", str(out), "--profile", "nna-sym8", "--inputs", str(feeds), "--out",
             str(tmp_path / "o.npz"), "--no-fidelity")
     assert r.returncode == 2 and "original grid" in r.stderr and "Traceback" not in r.stderr

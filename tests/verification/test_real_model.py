@@ -9,12 +9,12 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import load_real_model, real_inputs, run_cli
+from test_verify import flip, manifest
+
 from mrq.golden import load_golden, make_golden
 from mrq.testing import assert_matches_golden
 from mrq.verify import verify_dirs
-from test_verify import flip, manifest
 
 PROFILE = "tflite-int8"
 
@@ -29,7 +29,7 @@ def real(tmp_path_factory):
 
 
 def test_golden_set_covers_every_layer_and_verifies(real, tmp_path):
-    path, graph, feeds, d = real
+    path, _graph, _feeds, d = real
     m = manifest(d)
     kinds = {e["kind"] for e in m["layers"]}
     assert kinds & {"conv", "gemm"}
@@ -43,18 +43,49 @@ def test_golden_set_covers_every_layer_and_verifies(real, tmp_path):
     assert_matches_golden(path, PROFILE, str(d))
 
 
-def test_mutations_on_the_real_model_are_caught(real, tmp_path):
-    _, _, _, d = real
-    dump = shutil.copytree(d, tmp_path / "dump")
+def _mutations(d, rng):
+    """(tensor entry, format, flat index, bit) for a tensor of each role, then for eight other
+    tensors drawn at random; the formats take turns."""
     metas = manifest(d)["tensors"]
-    rng = np.random.default_rng(7)
     roles_seen = set()
     picks = [m for m in metas if m["role"] not in roles_seen and not roles_seen.add(m["role"])]
-    picks += [metas[i] for i in rng.choice(len(metas), size=min(8, len(metas)), replace=False)]
+    others = [m for m in metas if m not in picks]
+    picks += [others[i] for i in rng.choice(len(others), size=min(8, len(others)), replace=False)]
+    out = []
     for k, meta in enumerate(picks):
-        fmt = ("npy", "hex", "bin")[k % 3]
         flat = int(rng.integers(0, int(np.prod(meta["shape"]))))
         bit = int(rng.integers(0, 23 if meta["encoding"] == "ieee754-binary32" else meta["bits"]))
+        out.append((meta, ("npy", "hex", "bin")[k % 3], flat, bit))
+    return out
+
+
+@pytest.mark.slow
+def test_mutations_on_the_real_model_are_caught(real, tmp_path):
+    """Every mutation of :func:`_mutations` in one dump, so that one verify reads the whole set
+    (it checks each tensor on its own): each mutated tensor, and no other, is reported with one
+    differing element at its coordinates, and the first mismatch is the earliest of them."""
+    _, _, _, d = real
+    dump = shutil.copytree(d, tmp_path / "dump")
+    want = {}
+    for meta, fmt, flat, bit in _mutations(d, np.random.default_rng(7)):
+        flip(dump, meta, fmt, flat, bit)
+        want[meta["name"]] = tuple(int(c) for c in np.unravel_index(flat, meta["shape"]))
+    report = verify_dirs(str(d), str(dump))
+    bad = {c.name: c for c in report.checks if not c.ok}
+    assert set(bad) == set(want)
+    for name, index in want.items():
+        assert bad[name].n_diff == 1 and bad[name].first_index == index, name
+    fm = report.first_mismatch
+    assert fm is not None and fm.layer_index == min(c.layer_index for c in bad.values())
+
+
+@pytest.mark.long
+def test_mutations_on_the_real_model_are_caught_one_at_a_time(real, tmp_path):
+    """The same mutations one at a time (a verify of the whole set each): each is then the first
+    mismatch, and the restored dump verifies."""
+    _, _, _, d = real
+    dump = shutil.copytree(d, tmp_path / "dump")
+    for meta, fmt, flat, bit in _mutations(d, np.random.default_rng(7)):
         flip(dump, meta, fmt, flat, bit)
         fm = verify_dirs(str(d), str(dump)).first_mismatch
         assert fm is not None and fm.name == meta["name"] and fm.n_diff == 1
@@ -84,7 +115,7 @@ def test_layout_mistake_on_the_real_model(real, tmp_path):
 
 
 def test_check_and_compare_on_the_real_model(real, tmp_path):
-    path, graph, feeds, _ = real
+    path, _graph, feeds, _ = real
     np.savez(tmp_path / "in.npz", **feeds)
     r = run_cli("check", path, "--profile", PROFILE, "--inputs", tmp_path / "in.npz", "--json", tmp_path / "c.json")
     assert r.returncode in (0, 1) and "accumulators" in r.stdout

@@ -1,0 +1,65 @@
+"""Lowering of the float islands of mixed ONNX graphs (:mod:`mrq.onnx_import_float`): ORT's
+float32 CPU kernels, reproduced bit for bit, so only a profile whose ``runtime`` is
+``onnxruntime`` runs them; every other profile refuses the node in one line naming it and its
+ONNX op. Data movement of float tensors (``Reshape``/``Take``/``Transpose``) lowers as usual."""
+from __future__ import annotations
+
+from mrq.errors import UnsupportedOpError
+
+FLOAT_ISLAND_OPS = ("FloatBinary", "FloatUnary", "FloatConcat", "FloatMaxPool", "FloatSoftmax",
+                    "FloatGlobalAveragePool", "FloatReduceL2")
+
+
+def island_op_name(node) -> str:
+    """The profile-vocabulary name of a node (``host_ops``/``supported_ops`` keys): a float
+    island op's ONNX op (Sigmoid as the IR's ``Logistic``), any other node's own op."""
+    if node.op not in FLOAT_ISLAND_OPS:
+        return node.op
+    op = node.attrs.get("float_op", node.op.removeprefix("Float"))
+    return "Logistic" if op == "Sigmoid" else op
+
+
+class FloatOpsLowering:
+    def _require_ort_runtime(self, node) -> None:
+        if self.a.runtime != "onnxruntime":
+            op = island_op_name(node)
+            raise UnsupportedOpError(op, node.name, f"a float {op} between quantized regions is "
+                                     f"ONNX Runtime's float kernel, and profile {self.a.name!r} "
+                                     f"computes in integers (quantize it, use onnxruntime-cpu, or run it "
+                                     f"on the host: host_ops: {{{op}: onnxruntime-cpu}})")
+
+    def _FloatBinary(self, node):
+        self._require_ort_runtime(node)
+        inputs = [self.ensure_buffer(n, node) for n in node.inputs]
+        self.emit("float_binary", node, inputs, node.outputs, op=node.attrs["float_op"])
+
+    def _FloatUnary(self, node):
+        self._require_ort_runtime(node)
+        at = node.attrs
+        self.emit("float_unary", node, node.inputs, node.outputs, op=at["float_op"],
+                  alpha=float(at.get("alpha", 0.0)), beta=float(at.get("beta", 0.0)),
+                  lo=at.get("lo"), hi=at.get("hi"))
+
+    def _FloatConcat(self, node):
+        self._require_ort_runtime(node)
+        self.emit("concat", node, node.inputs, node.outputs, axis=int(node.attrs["axis"]))
+
+    def _FloatMaxPool(self, node):
+        self._require_ort_runtime(node)
+        at = node.attrs
+        self.emit("float_maxpool", node, node.inputs, node.outputs, layout=at.get("layout", "NCHW"),
+                  kernel=tuple(at["kernel"]), strides=tuple(at["strides"]), pads=tuple(at["pads"]),
+                  dilations=tuple(at.get("dilations", (1, 1))), ceil_mode=int(at.get("ceil_mode", 0)))
+
+    def _FloatSoftmax(self, node):
+        self._require_ort_runtime(node)
+        self.emit("float_softmax", node, node.inputs, node.outputs, axis=int(node.attrs["axis"]))
+
+    def _FloatGlobalAveragePool(self, node):
+        self._require_ort_runtime(node)
+        self.emit("float_global_avgpool", node, node.inputs, node.outputs,
+                  order=node.attrs.get("order", "mlas"))
+
+    def _FloatReduceL2(self, node):
+        self._require_ort_runtime(node)
+        self.emit("float_reduce_l2", node, node.inputs, node.outputs)
