@@ -51,10 +51,18 @@ def _same(got, want):
         got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]) for k in want)
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(argv, sig, delay, in_write_of=None):
     """Start ``argv``, send ``sig`` after ``delay`` s (or once a temporary shows up in
     ``in_write_of``); returns (returncode, stderr)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As an interactive shell starts a foreground job: SIGINT at its default disposition. A
+    # background job of a non-interactive shell (CI scripts started with `&`) inherits SIGINT
+    # ignored, and mrq rightly keeps ignoring it there, as nohup'd programs do.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     if in_write_of is not None:
         deadline = time.time() + 60
         while not temporaries(in_write_of) and proc.poll() is None and time.time() < deadline:
