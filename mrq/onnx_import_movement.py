@@ -115,20 +115,8 @@ def one_d_as_two_d(model: onnx.ModelProto) -> onnx.ModelProto:
             out = user.output[0]
         return None
 
-    candidates = [n for n in g.node if n.op_type in ("Conv", "MaxPool", "QLinearConv", "AveragePool")]
-    if not candidates:
-        return model
-    # Only ops whose input is (or may be) rank 3 are 1-D: a rank-3 weight on a rank-4 input is a
-    # malformed conv, which the importer's shape checks report naming the node.
-    ranks = _declared_ranks(model)
-
-    def one_d_input(n):
-        return ranks.get(n.input[0], 3) == 3
-
     plans = {}   # id(op) -> [op, Relu/Clip..., QuantizeLinear] or [MaxPool]
-    for n in candidates:
-        if not one_d_input(n):
-            continue
+    for n in g.node:
         if n.op_type == "Conv" and conv_weight(n) is not None:
             chain = chain_to_quantize(n)
             if chain is not None:
@@ -142,6 +130,12 @@ def one_d_as_two_d(model: onnx.ModelProto) -> onnx.ModelProto:
             chain = chain_to_quantize(n)
             if chain is not None:
                 plans[id(n)] = [n] + chain
+    if plans:
+        # Only ops whose input is (or may be) rank 3 are 1-D: a rank-3 weight on a rank-4 input is
+        # a malformed conv, which the importer's shape checks report naming the node. (Shape
+        # inference runs only for models that have such candidates.)
+        ranks = _declared_ranks(model)
+        plans = {key: nodes for key, nodes in plans.items() if ranks.get(nodes[0].input[0], 3) == 3}
     if not plans:
         return model
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
