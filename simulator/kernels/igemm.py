@@ -49,8 +49,10 @@ flattened); each range is owned by one thread, so results do not depend on the t
 Which kernel a dense (non-depthwise) NHWC step takes, for given input shapes: 1-3 positions of a
 1x1 stride-1 unpadded conv or gemm, the row kernel of :mod:`simulator.kernels.gemv`; else, on
 hosts with AMX-INT8 and one group without the zero-point split, the tile kernel of
-:mod:`simulator.kernels.amx_conv` (int8 inputs multiplied as they are, without the +128); else
-the VNNI kernel here; on the ``portable`` path (no AVX-512 VNNI) the int16 kernel of
+:mod:`simulator.kernels.amx_conv` (int8 inputs multiplied as they are, without the +128); else,
+for one group without the zero-point split and an NHWC output whose rows fill 8-position blocks
+(or a pointwise conv), the row kernel of :mod:`simulator.kernels.vnni_rows`; else the VNNI
+kernel here; on the ``portable`` path (no AVX-512 VNNI) the int16 kernel of
 :mod:`simulator.kernels.portable` instead of all three (int16 image and weights, no zero-point
 split). All compute the same bits (the tests compare each with the reference).
 """
@@ -61,7 +63,15 @@ import numpy as np
 from numba import njit, prange
 
 from simulator.capabilities import capabilities
-from simulator.kernels import amx, amx_conv, gemv, portable, simd
+from simulator.kernels import (
+    amx,
+    amx_conv,
+    gemv,
+    portable,
+    portable_gemv,
+    simd,
+    vnni_rows,
+)
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels.jitcache import specialised
 from simulator.kernels.simd import (
@@ -1043,6 +1053,10 @@ class ConvFast:
             # slack needed), skip the copy
             xp = In(0, (n_x,))
             calls = []
+        elif not self.vnni and portable_gemv.reads_input(self, n_img * oh_n * ow_n):
+            # a batch-1 fully connected layer on the portable path reads its 8-bit input itself
+            xp = In(0, (n_x,))
+            calls = []
         else:
             # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
             temps.append(((n_img * img + slack,), image_dtype))
@@ -1086,12 +1100,17 @@ class ConvFast:
                       self.wpk, biasp) + ep.arrays() + (flat, self.nchw, total)
             pkern = portable.kernels(ep.kind, ep.rnd)
             if total <= portable.MAX_ROWS:
-                calls.append(Call(pkern[2], common + (0, total), counted=True))
+                # a batch-1 fully connected layer: int8 weights (simulator.kernels.portable_gemv)
+                calls.append(portable_gemv.call(self, xp, flip, biasp, flat, total)
+                             or Call(pkern[2], common + (0, total), counted=True))
             elif parallel:
                 calls.append(Call(pkern[1], common + (n_blocks, min(n_blocks, threads * 4)),
                                   counted=True))
             else:
                 calls.append(Call(pkern[0], common + (0, n_blocks), counted=True))
+        elif self._rows_pay(ow_n):
+            calls.append(self._rows_call(xp, img, n_img, oh_n, ow_n, wp_n, taps, biasp, flat,
+                                         parallel, threads))
         else:
             n_blocks = (total + MR - 1) // MR
             common = (xp, img, wp_n, self.ctot, n_pix, ow_n, self.sh, self.sw, taps,
@@ -1109,6 +1128,36 @@ class ConvFast:
         """1x1, stride 1, no padding: the windows of consecutive positions are consecutive."""
         return (self.kh == 1 and self.kw == 1 and self.sh == 1 and self.sw == 1
                 and (self.pt, self.pl, self.pb, self.pr) == (0, 0, 0, 0))
+
+    def _rows_pay(self, ow_n):
+        """Whether the row kernel of :mod:`simulator.kernels.vnni_rows` takes this VNNI step:
+        its scope (one group as row runs, no zero-point split, NHWC), and rows that fill its
+        8-position blocks (at most 1/8 of the products wasted on a row's last block) unless
+        the positions form one long row (pointwise)."""
+        if not (self.vnni and self.run_mode and not self.has_u and not self.nchw):
+            return False
+        padded = -(-ow_n // vnni_rows.MR) * vnni_rows.MR
+        return self._pointwise() or 8 * padded <= 9 * ow_n
+
+    def _rows_call(self, xp, img, n_img, oh_n, ow_n, wp_n, taps, biasp, flat, parallel,
+                   threads):
+        """The :mod:`simulator.kernels.vnni_rows` call writing ``flat`` (NHWC output)."""
+        total = n_img * oh_n * ow_n
+        if self._pointwise():
+            # consecutive positions have consecutive windows: one long row
+            oh_n, ow_n, wp_n = 1, total, total
+        ep = self.ep
+        rows, rows_par = vnni_rows.kernels(ep.kind, ep.rnd)
+        key = ("koff", tuple(int(t) for t in taps), self.c4_n)
+        koff = self._geom.get(key)
+        if koff is None:
+            koff = self._geom[key] = vnni_rows.koff_table(taps, self.c4_n)
+        common = (xp, img, wp_n, self.ctot, oh_n, ow_n, self.sh, self.sw, koff, self.nbg,
+                  self.m_out, self.wpk, biasp) + ep.arrays() + (flat,)
+        n_blocks = -(-total // vnni_rows.MR)
+        if parallel and n_blocks > 1:
+            return Call(rows_par, common + (total, min(n_blocks, threads * 4)), counted=True)
+        return Call(rows, common + (0, total), counted=True)
 
     def _amx_pays(self):
         """Whether the AMX kernel is expected to beat the VNNI one: a tile product of fewer

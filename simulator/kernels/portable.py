@@ -26,8 +26,11 @@ meets one 64-byte weight vector.
 
 Positions are taken ``MR = 4`` at a time (half the VNNI kernel's 8): 4 accumulators of 16 int32
 lanes are 8 AVX2 registers, which leaves room for the weights and the broadcast. A step with at
-most :data:`MAX_ROWS` output positions (a fully connected layer at batch 1) takes them one at a
-time instead (``_rows``).
+most :data:`MAX_ROWS` output positions takes them one at a time instead (``_rows``), unless it is
+a fully connected layer whose weights fit int8: :mod:`simulator.kernels.portable_gemv` reads
+those as int8, half the bytes. (Compiled for AVX-512, this kernel's inner loop is nothing but
+weight loads and ``vpdpwssd`` with broadcast operands: 32 products per instruction, half of the
+VNNI kernels' ``vpdpbusd``; ``bench/portable_kernels.py`` measures both.)
 """
 from __future__ import annotations
 

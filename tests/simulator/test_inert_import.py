@@ -391,14 +391,15 @@ def _paths_run(tmp, path):
 
 def test_portable_path_runs_no_vnni_kernel(portable_run):
     used, _ = portable_run
-    # dense conv and gemm take the int16 kernel of simulator/kernels/portable.py (1-3 output
-    # positions one at a time); depthwise keeps its fused kernel, generated without VNNI
-    # instructions (test_jit_cache_follows_sources_and_kernel_path)
+    # dense conv and gemm take the int16 kernel of simulator/kernels/portable.py (a gemm of 1-3
+    # rows with int8 weights: simulator/kernels/portable_gemv.py); depthwise keeps its fused
+    # kernel, generated without VNNI instructions (test_jit_cache_follows_sources_and_kernel_path)
     for name in ("conv_dense", "conv_dense_u8", "gemm"):
         assert {"_blocks", "_blocks_par"} & set(used[name]), (name, used[name])
-    assert "_rows" in used["gemm_rows3"]
+    assert "rows_int8" in used["gemm_rows3"]
     flat = {k for v in used.values() for k in v}
-    assert not {"_vnni_blocks", "_vnni_par", "gemv_rows", "amx_range", "amx_par"} & flat
+    assert not {"_vnni_blocks", "_vnni_par", "rows", "rows_par", "gemv_rows", "amx_range",
+                "amx_par"} & flat
     assert used["conv_depthwise"] != ["general"]
 
 
@@ -414,7 +415,10 @@ def test_forced_path_matches_portable(tmp_path, host, portable_run, path):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     flat = {k for v in used.values() for k in v}
     if path == "vnni":
-        assert "_vnni_blocks" in used["conv_dense"] and "_vnni_blocks" in used["gemm"]
+        # the block kernel or the row kernel (simulator/kernels/vnni_rows.py: a gemm, and a
+        # conv whose rows fill its 8-position blocks)
+        vnni_kernels = {"_vnni_blocks", "_vnni_par", "rows", "rows_par"}
+        assert vnni_kernels & set(used["conv_dense"]) and vnni_kernels & set(used["gemm"])
         assert not {"amx_range", "amx_par"} & flat
     else:
         assert {"amx_range", "amx_par"} & set(used["conv_dense"])

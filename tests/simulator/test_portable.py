@@ -126,8 +126,8 @@ def test_dense_conv_matches_reference(seed):
                         strides=(sh, sw), pads=pads, dilations=(dh, dw), group=group,
                         layout=layout, requant=kw_rq, channel_axis=axis)
     assert fast is not None
-    assert {"simulator.kernels.portable._blocks", "simulator.kernels.portable._rows"} & set(
-        _kernel_names(fast, x))
+    assert {"simulator.kernels.portable._blocks", "simulator.kernels.portable._rows",
+            "simulator.kernels.portable_gemv.rows_int8"} & set(_kernel_names(fast, x))
     got, n_sat = fast.run(x)
     acc, ovf = conv_ref.conv2d_acc(x, w, wzp, bias, xzp, (sh, sw), pads, (dh, dw), group,
                                    layout, 32, "wrap")
@@ -181,8 +181,9 @@ def test_gemm_rows(rows, n_cols, depth):
     bias = rng.integers(-9999, 9999, n_cols).astype(np.int64)
     kw_rq, lo, hi = _requant(rng, "fixed", n_cols, "int8")
     fast = prepare_gemm(w, bias=bias, input_zero_point=-3, requant=kw_rq)
-    kernel = "_rows" if rows <= portable.MAX_ROWS else "_blocks"
-    assert f"simulator.kernels.portable.{kernel}" in _kernel_names(fast, a)
+    # 1-3 rows of int8 weights: simulator/kernels/portable_gemv.py (test_portable_gemv.py)
+    kernel = "portable_gemv.rows_int8" if rows <= portable.MAX_ROWS else "portable._blocks"
+    assert f"simulator.kernels.{kernel}" in _kernel_names(fast, a)
     got, n_sat = fast.run(a)
     acc, _ = gemm_ref.gemm_acc(a, w, 0, bias, -3, 32, "wrap")
     want, sat = _want(acc, kw_rq, lo, hi, -1)
@@ -274,13 +275,16 @@ def test_pack_pairs_layout():
 @pytest.mark.slow
 @pytest.mark.skipif(HERE_PORTABLE, reason="this process already runs the portable kernels")
 def test_forced_portable_process():
-    """This file's portable checks in a process that forces the portable kernels."""
+    """This file's and test_portable_gemv.py's portable checks in a process that forces the
+    portable kernels."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("SIMULATOR_KERNELS", "SIMULATOR_SIMD", "SIMULATOR_AMX",
                         "PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")}
     env["SIMULATOR_KERNELS"] = "portable"
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "-p", "no:randomly", "-x", __file__, "-k", "not forced"],
+                          "-p", "no:randomly", "-x", __file__,
+                          str(pathlib.Path(__file__).with_name("test_portable_gemv.py")),
+                          "-k", "not forced"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
                          check=False)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
