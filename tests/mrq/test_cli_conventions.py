@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_in_process import mrq_in_process
 
 import mrq
 from mrq.cli import build_parser
@@ -116,7 +117,7 @@ def test_quiet_given_before_a_profiles_subcommand_is_kept():
 
 def test_former_spellings_write_the_same_files(tmp_path, inputs):
     out, report = tmp_path / "o.npz", tmp_path / "r.json"
-    r = mrq_cli("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", inputs, "--out", out,
+    r = mrq_in_process("sim", DEMO_MODEL, "--profile", "onnxruntime-cpu", "--inputs", inputs, "--out", out,
                 "--report", report, "-q")
     assert r.returncode == 0, r.stderr
     assert out.is_file() and report.is_file()
@@ -226,10 +227,11 @@ def test_wheel_carries_profiles_schema_and_demo_model(tmp_path):
 
 
 def test_verbose_adds_debug_lines_and_quiet_does_not():
-    r = mrq_cli("profiles", "show", "nna-sym8", "-v")
+    # in this process: the log lines are what the command writes, not what an interpreter adds
+    r = mrq_in_process("profiles", "show", "nna-sym8", "-v")
     assert r.returncode == 0, r.stderr
     assert "debug: mrq profiles finished in" in r.stderr
-    r = mrq_cli("profiles", "show", "nna-sym8")
+    r = mrq_in_process("profiles", "show", "nna-sym8")
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 

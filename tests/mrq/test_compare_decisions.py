@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_in_process import mrq_in_process
 
 from mrq import compare as cmp
 from mrq.commands.common import finite
@@ -300,8 +301,11 @@ def test_cli_exit_1_on_a_failing_threshold_and_bad_input_is_one_line(broken_prof
     out = tmp_path / "r.html"
     for bad, needle in ((("--labels", tmp_path / "short.npy"), "4 labels for 6 input samples"),
                         (("--max-loss", "nan"), "--max-loss")):
-        r = _cli(DEMO_MODEL, "--profiles", "nna-sym8", "--inputs", tmp_path / "in.npz", *bad, "-o", out,
-                 "--json", tmp_path / "r.json", "--no-progress")
+        # in this process (tests/cli_in_process.py): no interpreter start per user error; the
+        # real process below is what records the command line in the provenance
+        r = mrq_in_process("compare", DEMO_MODEL, "--profiles", "nna-sym8", "--inputs",
+                           tmp_path / "in.npz", *bad, "-o", out, "--json", tmp_path / "r.json",
+                           "--no-progress")
         assert r.returncode == 2, (bad, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr

@@ -5,12 +5,12 @@ committed demo model, and the one-line refusal of an accumulator narrower than o
 from __future__ import annotations
 
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import yaml
+from cli_in_process import mrq_in_process
 from onnx import TensorProto, helper
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -197,9 +197,7 @@ def test_demo_model_at_16_bits(tmp_path):
 def test_accumulator_narrower_than_one_product_is_refused(tmp_path):
     from mrq.demo import DEMO_MODEL
     bad = _profile(tmp_path, "narrow", bits=16, act_bits=16)
-    r = subprocess.run([sys.executable, "-m", "mrq.cli", "requant", DEMO_MODEL, "--profile", bad,
-                        "-o", str(tmp_path / "out.onnx")], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       check=False)
+    r = mrq_in_process("requant", DEMO_MODEL, "--profile", bad, "-o", str(tmp_path / "out.onnx"))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "accumulator.bits" in lines[0] and "one product" in lines[0], r.stderr

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_in_process import mrq_in_process
 
 from mrq.demo import DEMO_MODEL, demo_inputs
 from mrq.golden import load_golden, make_golden
@@ -300,8 +299,7 @@ def test_cli_prints_the_diagnoses_and_manifest_has_provenance(golden, tmp_path):
     np.save(dump / "tensors" / f"{out_t.file}.npy", out)
     for ext in ("hex", "bin"):
         (dump / "tensors" / f"{out_t.file}.{ext}").unlink(missing_ok=True)
-    r = subprocess.run([sys.executable, "-m", "mrq.cli", "verify", path, "--actual", str(dump),
-                        "--json", str(tmp_path / "v.json")], capture_output=True, text=True, check=False)
+    r = mrq_in_process("verify", path, "--actual", str(dump), "--json", str(tmp_path / "v.json"))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "requantization fault" in r.stdout and "bit 4 of the 8-bit word" in r.stdout
     assert "the first differing element is computed from:" in r.stdout

@@ -10,6 +10,8 @@ epilogue kind directly, its hardware fast paths against the IR generated from th
 subprocess; and a ``half_down`` profile end to end. Values: exact ties (positive and negative),
 their float neighbours, random values, int64/int32 extremes and float specials.
 """
+import contextlib
+import io
 import json
 import math
 import os
@@ -530,19 +532,41 @@ _DIGEST_SCRIPT = textwrap.dedent("""
 def _env(simd_on):
     """The environment of a subprocess on the host's best kernel path (``simd_on``) or on the
     portable one."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("SIMULATOR_KERNELS", "SIMULATOR_SIMD", "SIMULATOR_AMX")}
+    env = {k: v for k, v in os.environ.items() if k not in _SWITCHES}
     if not simd_on:
         env["SIMULATOR_SIMD"] = "0"
     return env
 
 
-def _digests(simd_on):
-    env = _env(simd_on)
-    r = subprocess.run([sys.executable, "-c", _DIGEST_SCRIPT], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=1200)
+_SWITCHES = ("SIMULATOR_KERNELS", "SIMULATOR_SIMD", "SIMULATOR_AMX")
+
+
+def _in_this_process(script, *argv):
+    """``script``'s last stdout line (JSON), run here: when no kernel switch is set this process
+    is on the host's best path, as the child of ``_env(True)`` would be, so that child's
+    interpreter start and kernel loads are saved. The portable runs stay in a child (the path is
+    fixed per process)."""
+    out, saved = io.StringIO(), sys.argv
+    sys.argv = ["-c", *map(str, argv)]
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(script, "<script>", "exec"), {"__name__": "__main__"})  # noqa: S102
+    finally:
+        sys.argv = saved
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def _script(script, simd_on, *argv):
+    if simd_on and not any(k in os.environ for k in _SWITCHES):
+        return _in_this_process(script, *argv)
+    r = subprocess.run([sys.executable, "-c", script, *map(str, argv)], check=False, cwd=ROOT,
+                       env=_env(simd_on), capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _digests(simd_on):
+    return _script(_DIGEST_SCRIPT, simd_on)
 
 
 @pytest.mark.slow
@@ -590,11 +614,7 @@ _E2E_SCRIPT = textwrap.dedent("""
 
 
 def _e2e(profile_path, simd_on):
-    env = _env(simd_on)
-    r = subprocess.run([sys.executable, "-c", _E2E_SCRIPT, str(profile_path)], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return _script(_E2E_SCRIPT, simd_on, profile_path)
 
 
 def _profile_with_rounding(tmp_path, rounding):

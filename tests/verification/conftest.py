@@ -5,12 +5,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_in_process import mrq_in_process
 
 from mrq.ir import Graph, Node, QParams, Tensor
 
@@ -118,8 +117,8 @@ def real_models() -> list:
 
 def load_real_model():
     """(graph, path) of the first real model that loads and lowers, or pytest.skip."""
-    from mrq.lower import arithmetic_from_profile, lower
     from mrq.hw_profile import load_profile
+    from mrq.lower import arithmetic_from_profile, lower
     from mrq.onnx_import import load_model
     errors = []
     for path in real_models():
@@ -147,12 +146,12 @@ def real_inputs(graph, batch: int = 2, seed: int = 0) -> dict:
     return feeds
 
 
-def run_cli(*args, cwd=None):
-    """Run ``python -m mrq.cli`` in a subprocess; returns CompletedProcess."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "mrq.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd or ROOT, env=env, timeout=600)
+def run_cli(*args):
+    """``mrq ARGS`` in this process (tests/cli_in_process.py): the return code, stdout and stderr
+    a subprocess would give, without an interpreter start and imports per call. Nothing here
+    tests what only a process shows; the entry point, signals and exit codes set by the
+    interpreter are tested by real processes in tests/mrq/test_cli_*.py and test_entry.py."""
+    return mrq_in_process(*args)
 
 
 @pytest.fixture(scope="session")
