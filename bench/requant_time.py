@@ -16,6 +16,15 @@ Two measurements:
 
       python bench/requant_time.py --command [--profiles nna-sym8 nna-w4a8] [--threads 1]
 
+- ``--hashes OUT.json``: no timing; the sha256 of the written model and of its JSON report (less
+  the timing and the paths) for every profile on the QAT and the ORT-quantized MobileNetV2, all
+  in this process, written to OUT.json; ``--expect BASE.json`` exits 1 on any difference. Speed
+  work must leave every one unchanged: run it on the tree before the change (``PYTHONPATH``) and
+  after::
+
+      PYTHONPATH=/tmp/base python bench/requant_time.py --hashes /tmp/before.json
+      python bench/requant_time.py --hashes /tmp/after.json --expect /tmp/before.json
+
   ``--threads N`` runs the command with N BLAS, OpenMP and numba threads (default: the
   libraries' own choice). On a shared machine the CPU time is the steadier figure: idle threads
   that spin while they wait count as CPU time too, so compare it across thread settings.
@@ -42,6 +51,8 @@ sys.path.insert(0, HERE)
 import fashion_mnist
 
 PROFILES = ["nna-sym8", "nna-sym8-pow2", "nna-w4a8", "nna-w4a8-pow2", "nna-w4a4"]
+HASH_PROFILES = ["nna-sym8", "nna-sym8-pow2", "nna-w4a8", "nna-w4a4", "nna-sym8-acc16"]
+HASH_MODELS = ["fmnist_mnv2_qat_qdq.onnx", "fmnist_mnv2_ort_qdq.onnx"]
 
 # the command's top-level phases, as cProfile names them (file suffix, function)
 PHASES = [("mrq/requant.py", "requantize", "re-quantization passes"),
@@ -163,6 +174,56 @@ def function_mode(args):
     return 0
 
 
+def _report_digest(path):
+    """sha256 of the JSON report without what may change when nothing else does (time, paths)."""
+    import json
+    with open(path) as fh:
+        data = json.load(fh)
+    for key in ("seconds", "model", "output"):
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def hashes_mode(args):
+    import json
+
+    import mrq
+    from mrq.cli import main as cli_main
+    results = {}
+    with tempfile.TemporaryDirectory() as work:
+        calib = os.path.join(work, "calib.npz")
+        np.savez(calib, input=_calib(args.calib_images))
+        for model in HASH_MODELS:
+            for profile in args.profiles if args.profiles != PROFILES else HASH_PROFILES:
+                out = os.path.join(work, "out.onnx")
+                report = os.path.join(work, "out.json")
+                argv = ["requant", os.path.join(HERE, "models", model), "--profile", profile, "-o", out,
+                        "--calib", calib, "--json", report]
+                with open(os.devnull, "w") as sink:
+                    saved, sys.stdout = sys.stdout, sink
+                    try:
+                        code = cli_main(argv)
+                    finally:
+                        sys.stdout = saved
+                key = f"{model} {profile}"
+                results[key] = {"exit": code, "onnx": _sha256(out), "report": _report_digest(report)}
+                print(f"{key:<45} exit {code}  onnx {results[key]['onnx'][:16]}  "
+                      f"report {results[key]['report'][:16]}", flush=True)
+    print(f"(mrq from {os.path.dirname(mrq.__file__)})")
+    with open(args.hashes, "w") as fh:
+        json.dump(results, fh, indent=1, sort_keys=True)
+    if args.expect:
+        with open(args.expect) as fh:
+            expected = json.load(fh)
+        differ = [f"{k}: {what}" for k in sorted(set(expected) | set(results))
+                  for what in ("exit", "onnx", "report")
+                  if expected.get(k, {}).get(what) != results.get(k, {}).get(what)]
+        print("\n".join(["DIFFERENT from " + args.expect + ":"] + differ) if differ
+              else f"identical to {args.expect} ({len(results)} models)")
+        return 1 if differ else 0
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", default=os.path.join(HERE, "models", "fmnist_mnv2_qat_qdq.onnx"))
@@ -174,8 +235,12 @@ def main(argv=None):
                     help="with --command: BLAS/OpenMP/numba threads (0: the libraries' default)")
     ap.add_argument("--phases", action="store_true",
                     help="with --command: one more, profiled run per profile: CPU time per phase")
+    ap.add_argument("--hashes", metavar="OUT.json", help="hash every re-quantized model (see above)")
+    ap.add_argument("--expect", metavar="BASE.json", help="with --hashes: exit 1 unless identical to these")
     args = ap.parse_args(argv)
     args.model = os.path.abspath(args.model)
+    if args.hashes:
+        return hashes_mode(args)
     return command_mode(args) if args.command else function_mode(args)
 
 

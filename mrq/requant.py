@@ -29,6 +29,7 @@ from mrq.passes.explicit_clamps import explicit_clamps
 from mrq.passes.float_inputs import float_inputs
 from mrq.passes.multiplier_limits import multiplier_limits
 from mrq.passes.output_grids import output_grids, output_grids_hook
+from mrq.passes.scale_search import scale_search
 from mrq.passes.weight_correction import weight_correction, weight_correction_hook
 from mrq.passes.weight_grids import weight_grids
 
@@ -36,6 +37,8 @@ PASSES = [
     Pass("explicit_clamps", explicit_clamps, doc="keep every clamp the old grids implied (ReLU, ReLU6)"),
     Pass("float_inputs", float_inputs, doc="integer inputs on a rejected grid take real values instead"),
     Pass("activation_grids", activation_grids, doc="activations onto conforming grids (+ scale selection)"),
+    Pass("scale_search", scale_search, needs_calib=True, doc="opt-in (Options.output_error_scales): "
+         "activation clips chosen by the network output's error (coordinate descent on calibration data)"),
     Pass("activation_offsets", activation_offsets, needs_calib=True, doc="ReLU outputs on signed grids below "
          "8 bits shifted to use every code; the consumers' biases undo the shift"),
     Pass("weight_grids", weight_grids, doc="weights onto conforming grids (+ scale selection), round to nearest"),
@@ -57,7 +60,7 @@ PASSES = [
 PASS_NAMES = tuple(p.name for p in PASSES)
 
 # The methods: what a naive re-quantization (every tensor rounded onto its new grid) leaves out.
-METHOD_PASSES = frozenset({"activation_offsets", "accumulator_budget", "weight_correction", "offset_bias",
+METHOD_PASSES = frozenset({"scale_search", "activation_offsets", "accumulator_budget", "weight_correction", "offset_bias",
                            "error_folding", "output_grids"})
 
 

@@ -39,6 +39,9 @@ def register(sub):
     p.add_argument("--no-weight-correction", action="store_true", help="round weights to nearest (ablation)")
     p.add_argument("--no-error-folding", action="store_true", help="do not fold the expected error into biases")
     p.add_argument("--no-scale-selection", action="store_true", help="use the covering scale, no search")
+    p.add_argument("--output-error-scales", action="store_true",
+                   help="re-choose activation clips by the network output's error on calibration data "
+                        "(pass scale_search; slower; raises output SQNR, not always accuracy)")
     p.add_argument("--disable", nargs="+", default=[], metavar="PASS",
                    help="switch off passes by name (explicit_clamps, float_inputs, activation_grids, "
                         "weight_grids, multiplier_limits, bias_grids, weight_correction, error_folding)")
@@ -92,7 +95,8 @@ def run(args) -> int:
         if calibration.note(args.calib):
             log.info(calibration.note(args.calib))
     options = Options(weight_correction=not args.no_weight_correction, error_folding=not args.no_error_folding,
-                      scale_selection=not args.no_scale_selection, disabled=frozenset(args.disable))
+                      scale_selection=not args.no_scale_selection, disabled=frozenset(args.disable),
+                      output_error_scales=args.output_error_scales)
     search = _precision_search(args, graph, profile, calib)
     if search is not None:
         profile = search.profile    # the chosen per-layer formats are the profile from here on

@@ -63,12 +63,22 @@ def _eligible(graph: Graph, name: str, shared: set) -> tuple | None:
     return prod, consumers
 
 
+def _shared_grid_tensors(graph: Graph, ctx) -> set:
+    shared = {n.outputs[0] for n in graph.nodes if n.op in ctx.profile.ops.shared_grid}
+    return shared | {i for n in graph.nodes if n.op in ctx.profile.ops.shared_grid for i in n.inputs}
+
+
+def eligible_tensors(graph: Graph, ctx) -> set:
+    """The tensors this pass would shift (scale_search evaluates them on their shifted grid)."""
+    shared = _shared_grid_tensors(graph, ctx)
+    return {name for name in graph.tensors if _eligible(graph, name, shared) is not None}
+
+
 def activation_offsets(graph: Graph, ctx) -> Graph:
     if ctx.calib is None:
         return graph
     offsets = ctx.cache.setdefault("activation_offsets", {})
-    shared = {n.outputs[0] for n in graph.nodes if n.op in ctx.profile.ops.shared_grid}
-    shared |= {i for n in graph.nodes if n.op in ctx.profile.ops.shared_grid for i in n.inputs}
+    shared = _shared_grid_tensors(graph, ctx)
     for name in list(graph.tensors):
         found = _eligible(graph, name, shared)
         if found is None:

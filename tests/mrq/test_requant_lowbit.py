@@ -244,3 +244,47 @@ def test_class_bias_shifts_win_ties_for_the_class_that_is_right():
     assert np.mean(codes(shifts) == right) > np.mean(codes(np.zeros(2)) == right) + 0.2
     assert np.all(np.abs(shifts) <= 0.5)
     assert not np.any(class_bias_shifts(y, grid, codes(np.zeros(2))))
+
+
+def test_scale_search_lowers_the_network_output_error_and_passes_check(demo_graph, calib, full):
+    """The objective recomputed outside the pass: the network output's squared error against the
+    input model's on the search subset, for the graph right after activation_grids, falls when
+    scale_search re-chooses the 4-bit clips (activation_offsets off, so the searched grids are the
+    graph's own). In the pipeline (opt-in) it moves at least one grid, each move lowered the
+    error, and the model passes ``mrq check``; by default it does not run."""
+    import mrq.requant as requant_module
+    from mrq.commands.check import check_model
+    from mrq.passes.base import Context, RequantReport, run_passes
+    from mrq.passes.scale_search import SEARCH_SAMPLES, scale_search
+    options = Options(output_error_scales=True, disabled=frozenset({"activation_offsets"}))
+    ctx = Context(profile=resolve_profile(PROFILE), original=demo_graph, calib=calib, options=options,
+                  report=RequantReport(PROFILE))
+    upto = requant_module.PASSES[:requant_module.PASS_NAMES.index("activation_grids") + 1]
+    before = run_passes(demo_graph, upto, ctx)
+    after = scale_search(before.copy(), ctx)
+    subset = {k: v[:SEARCH_SAMPLES] for k, v in calib.items()}
+    target = _scores(demo_graph, subset)
+    err = lambda g: float(np.sum(np.square(_scores(g, subset) - target)))
+    assert err(after) < 0.9 * err(before)
+    new, report = requantize(demo_graph, PROFILE, calib, Options(output_error_scales=True))
+    moved = report.layer_errors["scale_search"]
+    assert moved and all(b > a for b, a in moved.values())
+    assert {c.tensor for c in report.changes if c.pass_name == "scale_search"} == set(moved)
+    assert check_model(new, PROFILE)[0] == []
+    assert "scale_search" in full[1].passes_skipped and "scale_search" not in full[1].layer_errors
+
+
+def test_cli_output_error_scales_switches_the_search_on(tmp_path):
+    """`mrq requant --output-error-scales` runs scale_search; without the flag it is listed as off."""
+    from tests.cli_in_process import mrq_in_process
+
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **demo_inputs(32))
+    common = ["requant", DEMO_MODEL, "--profile", "nna-w4a4", "--calib", calib]
+    on = mrq_in_process(*common, "--output-error-scales", "-o", tmp_path / "on.onnx")
+    off = mrq_in_process(*common, "-o", tmp_path / "off.onnx")
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    passes_on = next(line for line in on.stdout.splitlines() if line.startswith("passes:"))
+    passes_off = next(line for line in off.stdout.splitlines() if line.startswith("passes:"))
+    assert "scale_search" in passes_on.split("(off:")[0]
+    assert "scale_search" in passes_off.split("(off:")[1]

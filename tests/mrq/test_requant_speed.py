@@ -155,3 +155,27 @@ def test_channel_errors_match_numpy_per_channel_mse():
     for k in range(3):
         dq = (np.clip(np.rint(xd / scales[k]) + zps[k], qmins[k], qmaxs[k]) - zps[k]) * scales[k]
         np.testing.assert_allclose(got[k], np.square(dq - xd).mean(axis=(0, 2, 3)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("profile", ["nna-sym8", "nna-w4a8-pow2"])
+def test_input_model_float_pass_runs_once_per_requant(demo_graph, profile, monkeypatch):
+    """Every pass reads the input model's calibration activations from one shared float pass
+    (Context.original_env), and the per-layer passes share one sweep of the new model: a pass
+    that ran its own forward pass over the calibration set would double the re-quantization
+    time. Whole-model runs are counted (a pass may still run a few layers on its own)."""
+    runs = []
+    real_run = FloatReference.run
+
+    def counting_run(self, feeds, before_node=None, keep=None):
+        runs.append((self.g, before_node is not None))
+        return real_run(self, feeds, before_node=before_node, keep=keep)
+
+    monkeypatch.setattr(FloatReference, "run", counting_run)
+    _, report = requantize(demo_graph, profile, demo_inputs(32, seed=3))
+    whole = [(g, sweep) for g, sweep in runs if len(g.nodes) >= len(demo_graph.nodes)]
+    assert sum(1 for g, sweep in whole if g is demo_graph and not sweep) == 1, runs
+    assert "weight_correction" in report.passes_run
+    if profile == "nna-sym8":
+        assert [sweep for g, sweep in whole if g is not demo_graph] == [True], runs
+    # the shared pass also gives the end-to-end reference, so `mrq requant` runs no other
+    assert set(report.reference_outputs) == set(demo_graph.outputs)
