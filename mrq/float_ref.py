@@ -17,6 +17,7 @@ from mrq.float_ref_recurrent import RecurrentOpsReference
 from mrq.float_ref_dynamic import DynamicOpsReference
 from mrq.float_ref_islands import FloatIslandReference
 from mrq.float_ref_float import FloatOpsReference
+from mrq.float_ref_quant_extra import QuantExtraReference
 
 
 def _grid_clamp(x: np.ndarray, qp: QParams | None) -> np.ndarray:
@@ -160,7 +161,8 @@ def _clamp_bounds(clamp) -> tuple[float, float]:
 
 
 class FloatReference(ExtraOpsReference, MovementOpsReference, RecurrentOpsReference,
-                     DynamicOpsReference, FloatIslandReference, FloatOpsReference):
+                     DynamicOpsReference, FloatIslandReference, QuantExtraReference,
+                     FloatOpsReference):
     """Float execution of the IR (float64 unless ``dtype=np.float32``).
 
     ``fake_quant=False``: the float reference (grids clamp but do not round).

@@ -45,5 +45,53 @@ class FloatOpsReference:
     def _FloatGlobalAveragePool(self, node, x):
         return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
 
+    def _FloatMatMul(self, node, a, b):
+        at = node.attrs
+        a = np.swapaxes(a, -1, -2) if at.get("trans_a") and a.ndim > 1 else a
+        b = np.swapaxes(b, -1, -2) if at.get("trans_b") and b.ndim > 1 else b
+        return at.get("alpha", 1.0) * np.matmul(a, b)
+
+    def _FloatConv(self, node, x):
+        from mrq.float_ref import conv2d_nchw
+        at = node.attrs
+        return conv2d_nchw(x, at["weight"], at.get("bias"), at["strides"], at["pads"],
+                           at["dilations"], at["group"])
+
     def _FloatReduceL2(self, node, x):
         return np.sqrt((x * x).sum(axis=-1, keepdims=True))
+
+    # plain-number ops of mixed graphs (mrq/onnx_import_ml.py): exact functions of their inputs
+    def _FloatML(self, node, x):
+        at, op = node.attrs, node.attrs["float_op"]
+        if op in ("Imputer", "Scaler"):
+            stride = x.shape[0] if x.ndim == 1 else x.shape[1]
+            per = (lambda v: np.asarray(v, np.float64)[np.arange(x.size).reshape(x.shape) % stride]
+                   if np.size(v) == stride else np.asarray(v, np.float64).reshape(-1)[0])
+            if op == "Scaler":
+                return (x - per(at["offset"])) * per(at["scale"])
+            hit = np.isnan(x) if np.isnan(at["replaced"]) else x == at["replaced"]
+            return np.where(hit, per(at["values"]), x)
+        if op == "OneHotEncoder":
+            cats = np.asarray(at["cats"])
+            return (np.asarray(x)[..., None] == cats).astype(np.float64)
+        if op == "Lookup":
+            return np.asarray(at["table"])[np.asarray(x).astype(np.int64)]
+        return np.argmax(x, axis=at["axis"], keepdims=bool(at["keepdims"]))
+
+    def _FloatCast(self, node, x):
+        return np.trunc(x) if node.attrs["to"] != "float32" else x
+
+    # float math of transformers (mrq/onnx_import_math.py)
+    def _FloatMath(self, node, x):
+        with np.errstate(all="ignore"):
+            return {"Sqrt": np.sqrt, "Neg": np.negative, "Abs": np.abs, "Square": np.square,
+                    "Cube": lambda v: v * v * v,
+                    "FastGelu": lambda v: 0.5 * v * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (
+                        v + 0.044715 * v ** 3)))}[node.attrs["float_op"]](x)
+
+    def _FloatReduceMean(self, node, x):
+        return x.mean(axis=-1, keepdims=bool(node.attrs["keepdims"]))
+
+    def _FloatRmsNorm(self, node, x):
+        ms = (x * x).mean(axis=-1, keepdims=True)
+        return x / np.sqrt(ms + float(node.attrs["epsilon"])) * np.asarray(node.attrs["scale"], x.dtype)

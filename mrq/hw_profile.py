@@ -100,6 +100,10 @@ KNOWN_OPS = tuple(dict.fromkeys((
     "LSTM", "SVDF",   # TFLite recurrent ops (mrq/tflite_import_recurrent.py)
     "LayerNormalization",   # ORT float kernel (mrq/onnx_import_islands.py)
     "ReduceL2",   # ORT float kernel in mixed graphs (mrq/onnx_import_float.py)
+    # ai.onnx.ml preprocessing of plain numbers in mixed graphs (mrq/onnx_import_ml.py)
+    "Imputer", "Scaler", "OneHotEncoder", "ArrayFeatureExtractor",
+    # float math of transformers in mixed graphs (mrq/onnx_import_math.py)
+    "Sqrt", "Neg", "Abs", "Pow", "ReduceMean",
 ) + tuple(POINTWISE)))  # table ops of mrq/pointwise.py; some are TFLite ops too
 # ops.<field> -> the op type whose arithmetic it sets: required when that op is in
 # supported_ops, rejected otherwise.

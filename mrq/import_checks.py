@@ -264,7 +264,8 @@ def _check_onnx_node(node: onnx.NodeProto, init: dict, where: _Where) -> None:
     if op in ("QuantizeLinear", "DequantizeLinear") and len(ins) > 1:
         scale = _const_array(ins[1], init)
         data = _const_array(ins[0], init)
-        if scale is not None and scale.size > 1 and data is not None:
+        # (blocked scales: mrq/onnx_import_blocked.py checks their shape)
+        if scale is not None and scale.size > 1 and data is not None and not _int(node, "block_size", 0):
             axis = _int(node, "axis", 1)
             if not -data.ndim <= axis < data.ndim:
                 raise where.fail(f"axis {axis} is outside the {data.ndim} axes of {ins[0]!r}", name, op)

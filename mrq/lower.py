@@ -22,6 +22,9 @@ from mrq.lower_matmul import MatMulLowering
 from mrq.lower_dynamic import DynamicLowering
 from mrq.lower_islands import FloatIslandLowering
 from mrq.lower_float import FloatOpsLowering, island_op_name
+from mrq.lower_ml import ML_OP_NAMES, MlOpsLowering
+from mrq.lower_blocked import BlockedLowering
+from mrq.lower_runtime_quant import RuntimeQuantLowering
 from simulator.program import Program, TensorSpec
 from simulator.rounding import round_array
 from simulator.steps import make_step
@@ -120,14 +123,17 @@ IR_OP_NAMES = {
     "DynamicMatMul": {"MatMul", "Gemm"}, "MatMulInteger": {"MatMul", "Gemm"},
     "DynamicConv": {"Conv"},
     "DynamicQuantize": set(),
+    "BlockQuantize": set(), "BlockDequantize": set(),   # mrq/onnx_import_blocked.py
+    "QuantizeRuntime": set(), "FloatReduceMinMax": {"ReduceMin", "ReduceMax"},
     # float islands of ONNX Runtime (mrq/onnx_import_islands.py): a chain of Erf and scalar
     # Div/Mul/Add/Sub; LayerNormalization and a float-weight ConvTranspose use their ONNX names
     "ElementwiseChain": {"Div", "Mul", "Add", "Sub", "Erf"},
     # float islands of mixed graphs (mrq/onnx_import_float.py)
     "FloatBinary": {"Add", "Sub", "Mul", "Div", "PRelu"}, "FloatConcat": {"Concat"}, "FloatMaxPool": {"MaxPool"},
     "FloatSoftmax": {"Softmax"}, "FloatGlobalAveragePool": {"GlobalAveragePool"},
-    "FloatReduceL2": {"ReduceL2"},
+    "FloatReduceL2": {"ReduceL2"}, "FloatMatMul": {"MatMul"}, "FloatConv": {"Conv"},
     "FloatUnary": {"Sigmoid", "Tanh", "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish"},
+    **ML_OP_NAMES,   # ai.onnx.ml ops and casts of plain numbers (mrq/onnx_import_ml.py)
 }
 
 
@@ -149,7 +155,8 @@ class LoweredModel:
 
 
 class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLowering,
-               FloatIslandLowering, FloatOpsLowering):
+               FloatIslandLowering, FloatOpsLowering, MlOpsLowering, BlockedLowering,
+               RuntimeQuantLowering):
     def __init__(self, graph: Graph, arith: Arithmetic):
         self.g = graph
         self.a = arith
@@ -278,7 +285,7 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLow
                 # (the Transposes mrq.layout adds are the simulator's, not the model's)
                 names = IR_OP_NAMES.get(node.op, {node.op})
                 if names and not (names & self.a.supported_ops):
-                    raise UnsupportedOpError(node.op, node.name,
+                    raise UnsupportedOpError(island_op_name(node), node.name,
                                              f"profile {self.a.name!r} does not support it "
                                              f"(supported: {', '.join(sorted(self.a.supported_ops))})")
             if not self.lower_override(node):   # peer-runtime quirks (mrq/lower_extra.py)
@@ -376,7 +383,7 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLow
 
     def _Dequantize(self, node):
         qp = self.t(node.inputs[0]).qparams
-        self.emit("dequantize", node, node.inputs, node.outputs,
+        self.emit("dequantize", node, [self.ensure_buffer(n, node) for n in node.inputs], node.outputs,
                   scale=qp.scale.astype(np.float32), zero_point=qp.zero_point.astype(np.int64),
                   axis=qp.axis if qp.axis is not None else 1)
 
@@ -443,6 +450,8 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLow
                       out_dtype=storage_dtype(qy.dtype))
         sa, sb, sy = (np.float32(q.scale[0]) for q in (qa, qb, qy))
         mode = self._mode("add", node)
+        if node.op == "Sub" and mode != "fixed":
+            raise UnsupportedOpError("Sub", node.name, f"add arithmetic {mode!r} has no subtraction")
         if mode in ("ort_fma", "float"):
             extra = {"rounding": self.a.quantize_rounding} if mode == "float" else {}
             self.emit("add", node, [a, b], node.outputs, mode=mode, scale_a=sa, scale_b=sb, scale_out=sy,
@@ -464,6 +473,8 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLow
                 m_a, m_b, shift, clips = mul.fixed_add_multipliers(
                     ra, rb, self.a.multiplier_bits, self.a.shift_min, self.a.shift_max)
             self._note_clips(clips)
+            if node.op == "Sub":
+                m_b = -m_b   # a - b: the same datapath, the second product negated
             self.emit("add", node, [a, b], node.outputs, mode="fixed", multiplier_a=m_a, multiplier_b=m_b,
                       rq_mode="shift", rq_multiplier=np.ones(1, np.int64),
                       rq_shift=np.array([shift], np.int64), rq_rounding=self.a.rounding, **common)

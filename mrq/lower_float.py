@@ -7,12 +7,17 @@ from __future__ import annotations
 from mrq.errors import UnsupportedOpError
 
 FLOAT_ISLAND_OPS = ("FloatBinary", "FloatUnary", "FloatConcat", "FloatMaxPool", "FloatSoftmax",
-                    "FloatGlobalAveragePool", "FloatReduceL2")
+                    "FloatGlobalAveragePool", "FloatReduceL2", "FloatMatMul", "FloatConv")
 
 
 def island_op_name(node) -> str:
     """The profile-vocabulary name of a node (``host_ops``/``supported_ops`` keys): a float
     island op's ONNX op (Sigmoid as the IR's ``Logistic``), any other node's own op."""
+    if node.op in ("FloatML", "FloatCast", "FloatMath", "FloatReduceMean", "FloatRmsNorm"):
+        from mrq.lower_ml import ml_op_name
+        return ml_op_name(node)
+    if node.op == "FloatReduceMinMax":   # mrq/onnx_import_math.py
+        return "Reduce" + node.attrs["float_op"]
     if node.op not in FLOAT_ISLAND_OPS:
         return node.op
     op = node.attrs.get("float_op", node.op.removeprefix("Float"))
@@ -23,10 +28,13 @@ class FloatOpsLowering:
     def _require_ort_runtime(self, node) -> None:
         if self.a.runtime != "onnxruntime":
             op = island_op_name(node)
+            # an op the NPU runs in integers (Conv, MatMul) cannot also be a host op
+            on_npu = self.a.supported_ops is not None and op in self.a.supported_ops
+            hint = "quantize its output, or use onnxruntime-cpu" if on_npu else \
+                f"quantize it, use onnxruntime-cpu, or run it on the host: host_ops: {{{op}: onnxruntime-cpu}}"
             raise UnsupportedOpError(op, node.name, f"a float {op} between quantized regions is "
                                      f"ONNX Runtime's float kernel, and profile {self.a.name!r} "
-                                     f"computes in integers (quantize it, use onnxruntime-cpu, or run it "
-                                     f"on the host: host_ops: {{{op}: onnxruntime-cpu}})")
+                                     f"computes in integers ({hint})")
 
     def _FloatBinary(self, node):
         self._require_ort_runtime(node)
@@ -63,3 +71,20 @@ class FloatOpsLowering:
     def _FloatReduceL2(self, node):
         self._require_ort_runtime(node)
         self.emit("float_reduce_l2", node, node.inputs, node.outputs)
+
+    def _FloatMatMul(self, node):
+        self._require_ort_runtime(node)
+        at = node.attrs
+        inputs = [self.ensure_buffer(n, node) for n in node.inputs]
+        self.emit("float_matmul", node, inputs, node.outputs, trans_a=bool(at.get("trans_a", False)),
+                  trans_b=bool(at.get("trans_b", False)), alpha=float(at.get("alpha", 1.0)),
+                  packed_b=bool(at.get("packed_b", False)))
+
+    def _FloatConv(self, node):
+        self._require_ort_runtime(node)
+        at = node.attrs
+        inputs = [self.ensure_buffer(node.inputs[0], node)]   # a constant input is a buffer too
+        self.emit("float_conv", node, inputs, node.outputs, weight=at["weight"],
+                  bias=at.get("bias"), strides=tuple(at["strides"]), pads=tuple(at["pads"]),
+                  dilations=tuple(at["dilations"]), group=int(at["group"]),
+                  order=at.get("order", "mlas"))

@@ -16,8 +16,11 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
+from mrq import onnx_import_blocked as blocked
 from mrq import onnx_import_dynamic as dynamic
 from mrq import onnx_import_float as float_islands
+from mrq import onnx_import_ml as ml_ops
+from mrq import onnx_import_runtime_quant as runtime_quant
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.import_checks import (
     check_external_data,
@@ -26,7 +29,9 @@ from mrq.import_checks import (
     check_onnx_model,
 )
 from mrq.ir import Graph, Node, QParams, Tensor, dtype_range, storage_dtype
+from mrq.onnx_import_constfold import constant_output, fold_last
 from mrq.onnx_import_islands import HANDLERS as ISLAND_HANDLERS
+from mrq.onnx_import_islands import ort_dequantize_constant
 from mrq.onnx_import_movement import HANDLERS as MOVEMENT_HANDLERS
 from mrq.onnx_import_movement import (
     fold_constants,
@@ -47,7 +52,7 @@ QUANT_MARKERS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
                  "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
                  "DynamicQuantizeLSTM"}
 # Float ops that compute new values: they need a QuantizeLinear after them.
-COMPUTE_FLOAT_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "AveragePool", "GlobalAveragePool",
+COMPUTE_FLOAT_OPS = {"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "AveragePool", "GlobalAveragePool",
                      "Concat", "Softmax", "ConvTranspose", "ReduceMean"} | set(BY_ONNX)
 # Ops that only move or select values, so their output lives on their input's grid.
 GRID_PRESERVING_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool",
@@ -361,12 +366,6 @@ class _Importer:
                              f"onnxruntime.quantization.quantize_static")
         for node in g.node:
             dynamic.refuse_unsimulated(node)   # before the float ops that lead to it
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-                block = _attrs(node).get("block_size", 0)
-                if block:
-                    raise UnsupportedOpError(node.op_type, node.name or node.output[0],
-                                             f"blocked quantization (block_size={block}): "
-                                             f"per-tensor and per-axis grids only")
         for inp in g.input:
             if inp.name in self.init:
                 continue
@@ -381,6 +380,8 @@ class _Importer:
             if id(node) in self.done or node.op_type == "Constant":
                 continue
             if fold_constants(self, node):   # shape arithmetic on constants
+                continue
+            if ml_ops.handle(self, node):   # ai.onnx.ml preprocessing, casts of plain numbers
                 continue
             if float_islands.handle(self, node):   # ORT float kernels on float tensors
                 continue
@@ -408,6 +409,8 @@ class _Importer:
                 self._add_tensor(out, self.tensors[src].shape, "float32")
                 self._emit("Dequantize", "dequantize_" + out, [src], [out])
                 outputs.append(out)
+            elif out in self.consts or out in self.init:
+                outputs.append(constant_output(self, out))
             else:
                 raise ModelError(f"graph output {out!r} is computed in float outside any quantized op")
         if not outputs:
@@ -421,6 +424,8 @@ class _Importer:
         # model runs one sample at a time, as ONNX Runtime runs it (its input is declared batch 1)
         fixed = next((n for n in self.nodes if n.op == "Reshape" and n.attrs.get("shape")
                       and int(n.attrs["shape"][0]) > 0), None)
+        if getattr(self, "batch_fixed", None):
+            meta[BATCH_FIXED_KEY] = self.batch_fixed
         if fixed is not None:
             meta[BATCH_FIXED_KEY] = (f"Reshape node {fixed.name!r} has the constant target shape "
                                      f"{[int(d) for d in fixed.attrs['shape']]}")
@@ -436,6 +441,10 @@ class _Importer:
 
     # ------------------------------------------------------------------------- Q / DQ
     def _op_QuantizeLinear(self, node):
+        if blocked.block_size(node):
+            return blocked.quantize(self, node)
+        if runtime_quant.handles(self, node):   # a scale computed by float ops
+            return None
         x, out = node.input[0], node.output[0]
         axis = _attrs(node).get("axis", 1)
         qp = self._qparams(node, node.input[1], node.input[2] if len(node.input) > 2 else "", axis=axis)
@@ -449,6 +458,10 @@ class _Importer:
                 self._emit("Rescale", self._name(node), [src], [out])
         elif x in self.init:
             self.init[out] = _quantize_constant(np.asarray(self.init[x]), qp, node)
+        elif x in self.consts:   # a dequantized constant moved around: ORT's DQ, then this Q
+            codes, src_qp = self.consts[x]
+            self.init[out] = codes if src_qp.same_grid(qp) else _quantize_constant(
+                ort_dequantize_constant(codes, src_qp), qp, node)
         elif x in self.tensors and not self.tensors[x].is_quantized:
             self._add_tensor(out, self.tensors[x].shape, qp.dtype, qp)
             self._emit("Quantize", self._name(node), [x], [out])
@@ -457,6 +470,8 @@ class _Importer:
                              f"that mrq could not attach to a quantized op")
 
     def _op_DequantizeLinear(self, node):
+        if blocked.block_size(node):
+            return blocked.dequantize(self, node)
         q, out = node.input[0], node.output[0]
         axis = _attrs(node).get("axis", 1)
         if q in self.init:
@@ -552,6 +567,8 @@ class _Importer:
                 self._emit("Reshape", self._name(extra), [out], [extra.output[0]], shape=None)
         self._quantized_compute(node, out, qp, clamp,
                                 inputs=list(node.input[:2]) + [bias_add[1]] if bias_add else None)
+        if not any(n.op_type == "QuantizeLinear" for n in folded):
+            fold_last(self, out)   # an op on constants only (a detector's anchor grid)
 
     def _matmul_bias_add(self, node):
         """(Add node, bias name) when a MatMul of a constant weight feeds only an Add of an int32
@@ -596,7 +613,7 @@ class _Importer:
             elif op == "MatMul":   # ORT turns a 16-bit QDQ one into MatMulNBits, not SGEMM
                 extra = {**extra, "onnx_matmul": True}
             self._emit("Gemm", name, [x, w] + ([b] if b else []), [out], **extra)
-        elif op in ("Add", "Mul"):
+        elif op in ("Add", "Sub", "Mul"):
             a, b = (self._int_input(i, node) for i in ins[:2])
             self._emit(op, name, [a, b], [out], **extra)
         elif op == "AveragePool":

@@ -8,6 +8,10 @@ Each op becomes an IR op on float32 tensors (dtype ``float32``, no grid):
   DequantizeLinear view is dequantized as ORT does) and ``FloatUnary`` (Sigmoid, Tanh, Relu,
   Clip, LeakyRelu, HardSigmoid, HardSwish), ``FloatSoftmax``, ``FloatGlobalAveragePool``, ``FloatReduceL2``: ORT's
   float kernels and their summation orders, bit for bit (simulator/kernels/ort_eltwise.py);
+- ``FloatMatMul`` (MatMul, with the Transpose of the last two axes and the Mul/Div by a scalar
+  constant that ORT's optimizer fuses into it as ``FusedMatMul``) and ``FloatConv`` (a Conv whose
+  output no QuantizeLinear quantizes): MLAS SGEMM, bit for bit (simulator/kernels/ort_matmul.py,
+  ort_conv.py, ort_nchwc.py);
 - ``FloatConcat``, ``FloatMaxPool`` and pure data movement (``Reshape``, ``Transpose``, ``Take``
   for Slice/Split/Resize-nearest/Expand and the like): exact by construction.
 
@@ -22,6 +26,7 @@ import onnx
 
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.onnx_import_movement import static_shape
+from simulator.kernels.ort_nchwc import nchwc_variant
 
 BINARY = ("Add", "Sub", "Mul", "Div")
 UNARY = ("Sigmoid", "Tanh", "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish")
@@ -32,6 +37,8 @@ _COMMUTES = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool
 # ops ORT has no quantized kernel or QDQ fusion for: DequantizeLinear -> float op -> QuantizeLinear
 _FLOAT_ONLY = ("PRelu", "ReduceL2")
 _RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+# ops that are a float island whenever their output stays float (ORT has no QDQ group for them)
+_FLOAT_RESULT = ("MatMul", "Conv")
 
 
 def _attrs(node) -> dict:
@@ -57,7 +64,8 @@ def handle(imp, node) -> bool:
         return False
     # ops without an integer kernel in ORT run in float on a DequantizeLinear view too
     reads_float = any(is_float_tensor(imp, n) for n in node.input if n) or \
-        (op in _FLOAT_ONLY and node.input[0] in imp.alias) or _float_sub(imp, node)
+        (op in _FLOAT_ONLY and node.input[0] in imp.alias) or _float_sub(imp, node) or \
+        (op in _FLOAT_RESULT and _float_result(imp, node))
     if not reads_float:
         return False
     if op in _COMMUTES and _only_quantized(imp, node):
@@ -66,10 +74,25 @@ def handle(imp, node) -> bool:
     return True
 
 
+def _float_result(imp, node) -> bool:
+    """A MatMul/Conv of dequantized values whose output no QuantizeLinear quantizes: ORT runs it
+    as a float kernel (a QDQ group needs the Q)."""
+    if not any(n in imp.alias or n in imp.consts or is_float_tensor(imp, n) for n in node.input[:1]):
+        return False
+    weight = node.input[1] if len(node.input) > 1 else ""
+    if weight in imp.init and weight not in imp.consts and np.asarray(imp.init[weight]).dtype.kind == "f":
+        return True   # a float weight: ORT has no QDQ group to fuse, the op runs in float
+    return imp._follow_to_quantize(node)[0] is None
+
+
 def _float_sub(imp, node) -> bool:
-    """A QDQ Sub: ORT fuses no QDQ Sub into an integer kernel, so it runs DQ -> float Sub -> Q.
-    One by a scalar constant is left to mrq/onnx_import_islands.py (its 256-entry table)."""
+    """A Sub with a float operand: ORT runs DQ -> float Sub (-> Q). One by a scalar constant is
+    left to mrq/onnx_import_islands.py (its 256-entry table); one of two DequantizeLinear views
+    that only QuantizeLinear reads is the importer's quantized Sub (an NPU's integer Sub; ORT's
+    float kernel is its lowering under runtime onnxruntime, mrq/lower_tflite16.py)."""
     if node.op_type != "Sub" or not any(n in imp.alias for n in node.input):
+        return False
+    if all(n in imp.alias for n in node.input[:2]) and _only_quantized(imp, node):
         return False
     return not any(n in imp.init and np.asarray(imp.init[n]).size == 1 for n in node.input)
 
@@ -151,6 +174,9 @@ def float_movement(imp, node, fn) -> None:
     one IR ``Reshape`` (order kept) or ``Take`` (an index map) per output."""
     x = node.input[0]
     in_shape = static_shape(imp, x, node)
+    if in_shape[0] != 1:   # a first axis of fixed size: mrq's batch axis, which moves cannot span
+        raise UnsupportedOpError(node.op_type, _where(node), f"moving elements of a float tensor "
+                                 f"of shape {list(in_shape)} (its first axis is the batch)")
     size = int(np.prod(in_shape))
     outs = fn(np.arange(size, dtype=np.int64).reshape((1,) + tuple(in_shape[1:])))
     if len(outs) != len(node.output):
@@ -162,7 +188,9 @@ def float_movement(imp, node, fn) -> None:
             continue
         if sources.ndim == 0 or sources.shape[0] != 1:
             raise UnsupportedOpError(node.op_type, _where(node), "moving elements across the batch")
-        imp._add_tensor(o, (None,) + tuple(sources.shape[1:]), "float32")
+        # (int64 labels too: mrq/onnx_import_ml.py moves plain integer tensors here)
+        imp._add_tensor(o, (None,) + tuple(sources.shape[1:]),
+                        imp.tensors[x].dtype if x in imp.tensors else "float32")
         flat = sources.reshape(-1)
         step = name if len(node.output) == 1 else f"{name}:{k}"
         if flat.size == size and np.array_equal(flat, np.arange(size)):
@@ -315,3 +343,164 @@ HANDLERS = {**{op: _binary for op in BINARY}, **{op: _unary for op in UNARY},
             "Concat": _concat, "MaxPool": _maxpool, "Softmax": _softmax,
             "GlobalAveragePool": _global_average_pool, "PRelu": _binary,
             "ReduceL2": _reduce_l2, "Expand": _expand}
+
+
+def _producer(imp, name: str):
+    return next((n for n in imp.model.graph.node if name in n.output), None)
+
+
+def _last_two_transpose(imp, name: str):
+    """The Transpose producing ``name`` if it swaps only the last two axes and its output is no
+    graph output: ORT's MatmulTransposeFusion reads its input with ``transA``/``transB``."""
+    node = _producer(imp, name)
+    if node is None or node.op_type != "Transpose" or name in imp.graph_outputs:
+        return None
+    perm = _attrs(node).get("perm")
+    if perm is None:
+        return None
+    perm, rank = [int(v) for v in perm], len(perm)
+    swap = list(range(rank - 2)) + [rank - 1, rank - 2]
+    return node if rank >= 2 and perm == swap else None
+
+
+def _scalar_scale(imp, node, other_index: int | None = None):
+    """(scale as float32, index of the scaled operand) when ``node`` is a Mul or Div by a
+    one-element constant that does not broadcast the other operand (ORT's MatMulScaleFusion);
+    ``other_index`` fixes which operand is the scaled one."""
+    if node is None or node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+        return None
+    candidates = (1,) if node.op_type == "Div" else (0, 1)
+    for k in candidates:
+        scale_name, other = node.input[k], node.input[1 - k]
+        if other_index is not None and 1 - k != other_index:
+            continue
+        if scale_name not in imp.init or other in imp.init:
+            continue
+        value = np.asarray(imp.init[scale_name])
+        other_rank = _rank(imp, other)
+        if value.size != 1 or value.ndim > other_rank or value.dtype.kind not in "fiu":
+            continue
+        if value.dtype.kind in "iu" and float(np.float32(value.reshape(-1)[0])) != value.reshape(-1)[0]:
+            continue   # ORT fuses only a scale float32 holds exactly
+        scale = np.float32(value.reshape(-1)[0])
+        if node.op_type == "Div":
+            scale = np.float32(np.float32(1.0) / scale)
+        return scale, 1 - k
+    return None
+
+
+def _matmul(imp, node) -> None:
+    """A float MatMul as ORT runs it after its MatmulTransposeFusion and MatMulScaleFusion: a
+    Transpose of the last two axes before an operand becomes ``trans_a``/``trans_b`` (the
+    Transpose's input is read instead; the product is the same, the SGEMM kernel is not), a
+    scalar Mul/Div before an operand or after the product becomes ``alpha`` (applied inside the
+    SGEMM, one rounding fewer than a separate Mul)."""
+    operands, trans, alpha = list(node.input[:2]), [False, False], np.float32(1.0)
+    changed = True
+    while changed:   # ORT repeats its level-1 fusions until nothing changes
+        changed = False
+        for k in (0, 1):
+            transpose = _last_two_transpose(imp, operands[k])
+            if transpose is not None:
+                operands[k], trans[k], changed = transpose.input[0], not trans[k], True
+                continue
+            producer = _producer(imp, operands[k])
+            scaled = _scalar_scale(imp, producer)
+            if scaled is not None and _rank(imp, producer.input[scaled[1]]):   # not of a scalar
+                alpha = np.float32(alpha * scaled[0])
+                operands[k], changed = producer.input[scaled[1]], True
+    out_name = node.output[0]
+    users = imp.consumers.get(out_name, [])
+    if len(users) == 1 and out_name not in imp.graph_outputs:
+        scaled = _scalar_scale(imp, users[0])
+        if scaled is not None and users[0].input[scaled[1]] == out_name:
+            alpha = np.float32(alpha * scaled[0])
+            imp.done.add(id(users[0]))
+            out_name = users[0].output[0]
+    # a float initializer as B (not a DequantizeLinear, which runs at run time): ORT packs it
+    packed = operands[1] in imp.init and operands[1] not in imp.consts and \
+        np.asarray(imp.init[operands[1]]).ndim == 2
+    if operands[0] in imp.init and operands[0] not in imp.consts:
+        raise UnsupportedOpError("MatMul", _where(node), f"a constant left operand {operands[0]!r} "
+                                 f"(a run-time tensor times a weight is the supported form)")
+    a, b = (_float_input(imp, node, n) for n in operands)
+    shapes = [_operand_shape(imp, onnx_name, ir_name) for onnx_name, ir_name in zip(operands, (a, b))]
+    for k in (0, 1):
+        if trans[k] and len(shapes[k]) >= 2:
+            shapes[k][-2:] = shapes[k][-1:-3:-1]
+    sa, sb = shapes
+    if len(sb) == 1 and trans[0]:
+        raise UnsupportedOpError("MatMul", _where(node), "a transposed left operand times a vector")
+    left = [1] + sa if len(sa) == 1 else sa
+    right = sb + [1] if len(sb) == 1 else sb
+    if len(left) < 2 or len(right) < 2 or left[-1] != right[-2]:
+        raise ModelError(f"node {_where(node)!r} (MatMul): cannot multiply {sa} by {sb}")
+    try:
+        lead = np.broadcast_shapes(*(tuple(1 if d is None else d for d in s[:-2]) for s in (left, right)))
+    except ValueError:
+        raise ModelError(f"node {_where(node)!r} (MatMul): the leading dimensions of {sa} and {sb} "
+                         f"do not broadcast") from None
+    shape = list(lead) + ([left[-2]] if len(sa) > 1 else []) + ([right[-1]] if len(sb) > 1 else [])
+    out = imp._add_tensor(out_name, (None,) + tuple(shape[1:]) if shape else (), "float32")
+    imp._emit("FloatMatMul", imp._name(node), [a, b], [out], trans_a=trans[0], trans_b=trans[1],
+              alpha=float(alpha), packed_b=packed)
+
+
+def _operand_shape(imp, onnx_name: str, ir_name: str) -> list:
+    """The full shape of a MatMul operand (the ONNX one where known: the IR opens the first axis
+    as the batch, which a 2-D operand's rows are not), an open batch counted as 1."""
+    shape = imp.shapes.get(onnx_name)
+    if shape is None or any(d is None for d in shape[1:]):
+        shape = imp.tensors[ir_name].shape
+    return [1 if d in (None, 0) else int(d) for d in shape]
+
+
+def _rank(imp, name: str) -> int:
+    t = imp.tensors.get(name)
+    return 0 if t is None else len(t.shape)
+
+
+def _conv_weight(imp, node, name: str, what: str) -> np.ndarray:
+    from mrq.onnx_import_islands import float_constant
+    return np.ascontiguousarray(float_constant(imp, name, node, what), np.float32)
+
+
+def _conv(imp, node) -> None:
+    """A float Conv (2-D). ORT's NchwcTransformer gives one whose weight is a float initializer
+    its NCHWc kernel (simulator/kernels/ort_nchwc.py); a DequantizeLinear weight is computed at
+    run time, so the Conv stays MLAS's im2col + SGEMM (simulator/kernels/ort_conv.py)."""
+    from mrq import onnx_import_islands as islands
+    attrs = _attrs(node)
+    x = _float_input(imp, node, node.input[0])
+    weight = _conv_weight(imp, node, node.input[1], "weight")
+    if weight.ndim != 4:
+        raise UnsupportedOpError("Conv", _where(node), f"only 2-D convolution is supported (weight "
+                                 f"rank {weight.ndim})")
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        bias = _conv_weight(imp, node, node.input[2], "bias").reshape(-1)
+    geom = imp._conv_attrs(node, attrs, node.input[0], weight.shape)
+    if geom.pop("layout") != "NCHW":
+        raise UnsupportedOpError("Conv", _where(node), "channels_last")
+    in_shape = static_shape(imp, node.input[0], node)
+    from mrq.shapes import pool_out
+    dims = [pool_out(in_shape[2 + i], weight.shape[2 + i], geom["strides"][i], geom["pads"][i],
+                     geom["pads"][2 + i], geom["dilations"][i], 0) for i in range(2)]
+    if min(dims) < 1 or in_shape[1] != weight.shape[1] * geom["group"]:
+        raise ModelError(f"node {_where(node)!r} (Conv): weight {list(weight.shape)} and group "
+                         f"{geom['group']} do not fit input {list(in_shape)}")
+    native = node.input[1] in imp.init and node.input[1] not in imp.consts and \
+        (bias is None or node.input[2] in imp.init) and \
+        nchwc_variant(in_shape[1], weight.shape[0], weight.shape[2:], geom["pads"], geom["group"]) is not None
+    source = imp.tensors[imp.alias[node.input[0]]].qparams if node.input[0] in imp.alias else None
+    if native and source is not None and not source.per_channel and islands.ort_quantizes_weights(imp, node):
+        # DQ -> float-weight Conv -> Q: ORT's WeightBiasQuantization gives the weight and bias a
+        # DequantizeLinear of its own quantization; computed at run time, so no NCHWc either
+        weight, bias = islands.ort_weight_bias_quantization(weight, bias, float(source.scale[0]))
+        native = False
+    out = imp._add_tensor(node.output[0], (None, weight.shape[0], *dims), "float32")
+    imp._emit("FloatConv", imp._name(node), [x], [out], weight=weight, bias=bias,
+              order="nchwc" if native else "mlas", **geom)
+
+
+HANDLERS.update({"MatMul": _matmul, "Conv": _conv})

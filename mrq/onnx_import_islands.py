@@ -170,7 +170,7 @@ def ort_weight_bias_quantization(weight: np.ndarray, bias, x_scale: float) -> tu
     return w_dq, (b_q.astype(f32) * b_scale).astype(f32)
 
 
-def _ort_quantizes_weights(imp, node) -> bool:
+def ort_quantizes_weights(imp, node) -> bool:
     """Whether ORT's ``WeightBiasQuantization`` applies: the output reaches a QuantizeLinear
     through single-consumer Relu/Clip nodes only (``IsNoBranchPathToQuantizeLinear``); the bias,
     if any, a 1-D initializer."""
@@ -226,7 +226,7 @@ def _conv_transpose(imp, node) -> bool:
         raise ModelError(f"node {_name(node)!r} (ConvTranspose): output size {list(size)} from input "
                          f"{list(shape[2:])}, kernel {list(kernel)}, strides {list(strides)}, pads {list(pads)}")
     x = _integer_input(imp, node)
-    if _ort_quantizes_weights(imp, node):
+    if ort_quantizes_weights(imp, node):
         weight, bias = ort_weight_bias_quantization(weight, bias, float(imp.tensors[x].qparams.scale[0]))
     out = _float_output(imp, node, (None, weight.shape[1]) + size)
     imp._emit("ConvTranspose", imp._name(node), [x], [out], weight=weight, bias=bias,

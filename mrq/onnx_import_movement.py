@@ -25,6 +25,7 @@ Handlers ``(importer, node)`` for :class:`mrq.onnx_import._Importer`, looked up 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -278,35 +279,63 @@ def _check_out_shape(imp, node, out: str, shape: tuple) -> None:
 
 
 # ------------------------------------------------------------------------------ folding
+# ops that only move or copy elements: on the codes of a dequantized constant they give the
+# codes of the result on the same grid (ORT drops the DQ/Q pair around them, or computes the
+# same values in float)
+CODE_MOVEMENT = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Expand",
+                 "Slice", "Gather", "Tile", "Split")
+
+
 def fold_constants(imp, node) -> bool:
-    """Evaluate a node whose inputs are all constants (shape arithmetic) into ``imp.init``."""
+    """Evaluate a node whose inputs are all constants (shape arithmetic) into ``imp.init``;
+    data movement of a dequantized constant (per-tensor grid) into ``imp.consts``."""
     if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant") or not node.input:
         return False
-    ins = [i for i in node.input if i]
-    if not ins or not all(i in imp.init and i not in imp.consts for i in ins):
-        return False
-    from onnx.reference import ReferenceEvaluator
-    opset = max((o.version for o in imp.model.opset_import if o.domain in ("", "ai.onnx")), default=17)
     if node.domain not in ("", "ai.onnx"):
         return False
-    inputs = [onnx.helper.make_tensor_value_info(i, onnx.helper.np_dtype_to_tensor_dtype(
-        np.asarray(imp.init[i]).dtype), None) for i in dict.fromkeys(ins)]
-    outputs = [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
-               for o in node.output if o]
-    graph = onnx.helper.make_graph([node], "fold", inputs, outputs)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-    try:
-        values = ReferenceEvaluator(model).run(None, {i: np.asarray(imp.init[i]) for i in dict.fromkeys(ins)})
-    except Exception as exc:  # noqa: BLE001 - the reference evaluator raises whatever numpy does
-        raise _fail(node, f"cannot fold it on its constant inputs ({type(exc).__name__}: {exc})") from None
+    ins = [i for i in node.input if i]
+    if not ins:
+        return False
+    data = ins[0]
+    if node.op_type in CODE_MOVEMENT and data in imp.consts and imp.consts[data][1].axis is None \
+            and all(i in imp.init and i not in imp.consts for i in ins[1:]):
+        codes, qp = imp.consts[data]
+        values = _evaluate(imp, node, ins, {**{i: imp.init[i] for i in ins[1:]}, data: codes})
+        for o, v in zip([o for o in node.output if o], values):
+            imp.consts[o] = (np.asarray(v), qp)
+        return True
+    if not all(i in imp.init and i not in imp.consts for i in ins):
+        return False
+    values = _evaluate(imp, node, ins, {i: imp.init[i] for i in ins})
     for o, v in zip([o for o in node.output if o], values):
         imp.init[o] = np.asarray(v)
     return True
 
 
+def _evaluate(imp, node, ins: list, arrays: dict) -> list:
+    """``node`` on the constant ``arrays`` (by input name), by ONNX's reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+    opset = max((o.version for o in imp.model.opset_import if o.domain in ("", "ai.onnx")), default=17)
+    inputs = [onnx.helper.make_tensor_value_info(i, onnx.helper.np_dtype_to_tensor_dtype(
+        np.asarray(arrays[i]).dtype), None) for i in dict.fromkeys(ins)]
+    outputs = [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+               for o in node.output if o]
+    graph = onnx.helper.make_graph([node], "fold", inputs, outputs)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    try:
+        # log(0), casts of inf (T5's position buckets, masked later): values, not user errors
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return ReferenceEvaluator(model).run(None, {i: np.asarray(arrays[i]) for i in dict.fromkeys(ins)})
+    except Exception as exc:  # noqa: BLE001 - the reference evaluator raises whatever numpy does
+        raise _fail(node, f"cannot fold it on its constant inputs ({type(exc).__name__}: {exc})") from None
+
+
 def _shape_op(imp, node):
     x = node.input[0]
     shape = imp.shapes.get(x)
+    if x in imp.consts or x in imp.init:   # a folded constant: its own shape, whatever inference said
+        shape = np.shape(imp.consts[x][0] if x in imp.consts else imp.init[x])
     if shape is None and x in imp.alias:
         shape = imp.shapes.get(imp.alias[x])
     if shape is None or any(d is None for d in shape):

@@ -32,6 +32,9 @@ def grid_classes(graph: Graph, shared_ops=()) -> dict:
             if t is not None and t.qparams is not None and not t.is_const:
                 find(name)
         # a Resize on codes (ORT's QOperator kernel) interpolates codes: one grid in and out
+        first = graph.tensors.get(node.inputs[0]) if node.inputs else None
+        if first is None or first.qparams is None:
+            continue   # a float or plain-number tensor (mrq/onnx_import_float.py, _ml.py): no grid
         if node.op in GRID_SHARING_OPS or (node.op == "Resize" and node.attrs.get("on_codes")) or (
                 node.op == "Clamp" and graph.tensors[node.inputs[0]].qparams.same_grid(
                     graph.tensors[node.outputs[0]].qparams)):

@@ -28,15 +28,19 @@ import numpy as np
 from numba import njit
 
 from simulator.errors import KernelInputError
-from simulator.kernels.ort_convtranspose import sgemm_stride_k
+from simulator.kernels.ort_convtranspose import _SGEMM_STRIDE_K, sgemm_stride_k
 from simulator.primitives import f32_add, f32_mul, fma_f32
+
+_SGEMM_PACKED_STRIDE_K = 256   # MLAS_SGEMM_PACKED_STRIDEK (onnxruntime/core/mlas/lib/mlasi.h)
 
 
 @njit(cache=True)
-def _sgemm(a, b, out, stride_k, accumulate):
-    """``out (+)= a @ b`` as MLAS's SGEMM for a multi-row ``a``: per element FMA chains over K
-    slices of ``stride_k``, each slice's chain added to the running value. With ``accumulate``
-    the first slice adds to ``out`` too (``beta = 1``)."""
+def _sgemm(a, b, out, stride_k, accumulate, alpha):
+    """``out (+)= alpha * a @ b`` as MLAS's SGEMM for a multi-row ``a``: per element FMA chains
+    over K slices of ``stride_k``; the first slice's chain times ``alpha`` is the value (zero
+    mode), each later one is fused into it, ``fma(chain, alpha, value)`` (the AVX-512F kernel's
+    ``vmulps`` / ``vfmadd213ps``; with ``alpha = 1`` a plain addition). With ``accumulate`` the
+    first slice is fused into ``out`` too (``beta = 1``)."""
     rows, depth = a.shape
     cols = b.shape[1]
     for i in range(rows):
@@ -46,7 +50,10 @@ def _sgemm(a, b, out, stride_k, accumulate):
                 acc = np.float32(0.0)
                 for k in range(k0, min(depth, k0 + stride_k)):
                     acc = fma_f32(a[i, k], b[k, j], acc)
-                total = acc if (k0 == 0 and not accumulate) else f32_add(acc, total)
+                if k0 == 0 and not accumulate:
+                    total = f32_mul(acc, alpha)
+                else:
+                    total = fma_f32(acc, alpha, total)
             out[i, j] = total
 
 
@@ -108,29 +115,45 @@ def _dot_m1t(vec, rows, out, accumulate):
 
 def sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, *, accumulate: bool,
           stride_n: int | None = None, trans_b: bool = False, ldb: int | None = None,
-          ldc: int | None = None) -> None:
-    """MLAS's ``MlasSgemmOperation`` (``TransA`` no, ``alpha = 1``, ``beta`` 0 or 1 as
-    ``accumulate``) of ``a`` [M, K] and ``b`` [K, N] into ``out`` [M, N] in place. ``trans_b``,
-    ``ldb`` and ``ldc`` say how the caller stores B and C (they pick MLAS's one-row kernels);
-    ``stride_n`` is the N extent the K slice is chosen for (default N)."""
+          ldc: int | None = None, trans_a: bool = False, alpha: float = 1.0,
+          packed_b: bool = False) -> None:
+    """MLAS's ``MlasSgemmOperation`` (``beta`` 0 or 1 as ``accumulate``) of ``alpha``, ``a``
+    [M, K] and ``b`` [K, N] into ``out`` [M, N] in place. ``trans_a``, ``trans_b``, ``ldb`` and
+    ``ldc`` say how the caller stores A, B and C (they pick MLAS's one-row kernels and, for A, the
+    K slice); ``stride_n`` is the N extent the K slice is chosen for (default N). ``packed_b``:
+    B was packed ahead (ORT's PrePack of a constant MatMul weight), ``MlasSgemmPackedOperation``:
+    no one-row kernels, K slices of a fixed 256."""
     rows, cols = a.shape[0], b.shape[1]
     ldb = (a.shape[1] if trans_b else cols) if ldb is None else ldb
     ldc = cols if ldc is None else ldc
-    if rows == 1:
+    alpha = np.float32(alpha)
+    if packed_b:
+        _sgemm(np.ascontiguousarray(a), np.ascontiguousarray(b), out, _SGEMM_PACKED_STRIDE_K,
+               accumulate, alpha)
+    elif rows == 1 and not trans_a and alpha == 1:
         if trans_b:
             column = np.ascontiguousarray(out[0])
             _dot_m1t(np.ascontiguousarray(a[0]), np.ascontiguousarray(b.T), column, accumulate)
             out[0] = column
         else:
             _sgemm_m1(np.ascontiguousarray(a), np.ascontiguousarray(b), out, accumulate)
-    elif cols == 1 and ldb == 1 and ldc == 1:
+    elif cols == 1 and ldb == 1 and ldc == 1 and alpha == 1:
         # C and B are contiguous column vectors: MLAS transposes the product into a one-row one
+        # (a stored A^T is then the one-row kernel's plain B)
         column = np.ascontiguousarray(out[:, 0])
-        _dot_m1t(np.ascontiguousarray(b[:, 0]), np.ascontiguousarray(a), column, accumulate)
+        if trans_a:
+            row = column.reshape(1, -1)
+            _sgemm_m1(np.ascontiguousarray(b.T), np.ascontiguousarray(a.T), row, accumulate)
+            column = row[0]
+        else:
+            _dot_m1t(np.ascontiguousarray(b[:, 0]), np.ascontiguousarray(a), column, accumulate)
         out[:, 0] = column
     else:
-        _sgemm(np.ascontiguousarray(a), np.ascontiguousarray(b), out,
-               sgemm_stride_k(cols if stride_n is None else stride_n, a.shape[1]), accumulate)
+        n_extent = cols if stride_n is None else stride_n
+        # MLAS keeps its K slice where A is transposed through its panel and N < K
+        step = _SGEMM_STRIDE_K if trans_a and n_extent < a.shape[1] else \
+            sgemm_stride_k(n_extent, a.shape[1])
+        _sgemm(np.ascontiguousarray(a), np.ascontiguousarray(b), out, step, accumulate, alpha)
 
 
 @njit(cache=True)

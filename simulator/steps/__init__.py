@@ -18,7 +18,9 @@ _MODULES = ("constant", "quantize", "dequantize", "conv", "gemm", "add", "mul", 
             "dynamic_quantize", "matmul_integer", "scale_bias", "conv_integer", "layernorm_ort",
             "convtranspose_ort", "conv_ort", "gemm_ort", "float_binary", "float_unary",
             "float_maxpool", "float_softmax", "float_global_avgpool",
-            "float_reduce_l2")
+            "float_reduce_l2", "float_matmul", "float_conv", "float_ml", "cast", "float_math", "float_reduce_mean", "float_rms_norm",
+            "quantize_blocked", "dequantize_blocked", "quantize_runtime",
+            "float_reduce_minmax")
 
 for _name in _MODULES:
     import_module(f"simulator.steps.{_name}")

@@ -3,9 +3,10 @@ package (its ``expect`` cases: model, inputs, expected outputs), run through mrq
 the simulator under ``onnxruntime-cpu``.
 
 Every case ends one of two ways: the simulator's outputs equal the expected ones exactly, or the
-import refuses the model with a one-line user error (float8/float4/2-bit types, blocked
-quantization, and the ``_expanded`` DynamicQuantizeLinear cases, whose float ReduceMin/ReduceMax/
-Div/Round graph mrq does not run). No case may crash, and the set that must pass only grows.
+import refuses the model with a one-line user error (float8/float4/2-bit types). No case may
+crash, and the set that must pass only grows. Blocked quantization and the float graph of the
+``_expanded`` DynamicQuantizeLinear cases are also checked against ONNX Runtime below, on inputs
+the node tests do not cover (partial blocks, INT4 weights, ties, empty and huge ranges).
 
 The node tests give scales and zero points (and weights) as graph *inputs*; the simulator needs
 them fixed, so the test freezes them with ``import_onnx(..., constants=...)``. Left as inputs they
@@ -32,7 +33,7 @@ _CONST_SLOTS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2),
                 "QLinearConv": (1, 2, 3, 4, 5, 6, 7, 8), "QLinearMatMul": (1, 2, 3, 4, 5, 6, 7),
                 "ConvInteger": (1, 2, 3), "MatMulInteger": (1, 2, 3)}
 
-# Exact today (none of these may regress): 27 of the 45.
+# Exact today (none of these may regress): 33 of the 45.
 MUST_PASS = {
     "test_quantizelinear", "test_quantizelinear_axis", "test_quantizelinear_uint16",
     "test_quantizelinear_int16", "test_quantizelinear_int4", "test_quantizelinear_uint4",
@@ -45,6 +46,10 @@ MUST_PASS = {
     "test_qlinearmatmul_3D_uint8_float16", "test_qlinearmatmul_3D_int8_float32",
     "test_qlinearmatmul_3D_int8_float16", "test_dynamicquantizelinear",
     "test_dynamicquantizelinear_max_adjusted", "test_dynamicquantizelinear_min_adjusted",
+    "test_dequantizelinear_blocked", "test_quantizelinear_blocked_asymmetric",
+    "test_quantizelinear_blocked_symmetric", "test_dynamicquantizelinear_expanded",
+    "test_dynamicquantizelinear_max_adjusted_expanded",
+    "test_dynamicquantizelinear_min_adjusted_expanded",
 }
 
 
@@ -125,3 +130,83 @@ def test_integer_graph_input_takes_the_grid_of_its_dequantize():
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": codes})[0]
     assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def _ort(model, feeds):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in model.graph.output], sess.run(None, feeds)))
+
+
+def _blocked_model(w_scale_shape=(1, 4, 2), scale_input=False):
+    """Q -> DQ of an activation blocked by 3 along a 7-long axis (a partial last block), and a
+    constant INT4 weight blocked by 4 along a 6-long axis (folded at import) added to a float
+    input."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(0.01, 0.2, (1, 4, 3)).astype(np.float32)
+    zp = rng.integers(0, 256, (1, 4, 3)).astype(np.uint8)
+    w_codes = rng.integers(-8, 8, (1, 4, 6))
+    w_scale = rng.uniform(0.01, 0.2, w_scale_shape).astype(np.float32)
+    w_zp = rng.integers(-8, 8, w_scale_shape)
+    inits = [numpy_helper.from_array(zp, "z"),
+             helper.make_tensor("w", TensorProto.INT4, [1, 4, 6], w_codes.reshape(-1).tolist()),
+             numpy_helper.from_array(w_scale, "ws"),
+             helper.make_tensor("wz", TensorProto.INT4, list(w_scale_shape), w_zp.reshape(-1).tolist())]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 7]),
+              helper.make_tensor_value_info("x2", TensorProto.FLOAT, [None, 4, 6])]
+    if scale_input:
+        inputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 4, 3]))
+    else:
+        inits.append(numpy_helper.from_array(scale, "s"))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=2, block_size=3),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=-1, block_size=3),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=2, block_size=4),
+             helper.make_node("Add", ["x2", "wd"], ["wf"])]
+    outputs = [helper.make_tensor_value_info("q", TensorProto.UINT8, [None, 4, 7]),
+               helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, 7]),
+               helper.make_tensor_value_info("wf", TensorProto.FLOAT, [None, 4, 6])]
+    graph = helper.make_graph(nodes, "blocked", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), scale, zp
+
+
+def test_blocked_quantization_equals_onnxruntime():
+    model, scale, zp = _blocked_model()
+    rng = np.random.default_rng(1)
+    # (batch 1: a blocked scale has the input's full shape, batch included, in ORT as in ONNX)
+    x = (rng.standard_normal((1, 4, 7)) * 20).astype(np.float32)   # beyond the range too
+    x[0, 0, :3] = (np.arange(3) + 0.5 - zp[0, 0, 0]) * scale[0, 0, 0]   # ties
+    x[0, 3, 6] = np.nan
+    feeds = {"x": x, "x2": rng.standard_normal((1, 4, 6)).astype(np.float32)}
+    got = Pipeline(import_onnx(model), "onnxruntime-cpu", "native").run(feeds).outputs
+    want = _ort(model, feeds)
+    for name in ("q", "y", "wf"):
+        assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
+
+
+def test_blocked_quantization_refusals_are_one_line():
+    model, _, _ = _blocked_model(w_scale_shape=(1, 4, 3))   # 6 / 4 needs 2 blocks, not 3
+    with pytest.raises(MrqError, match=r"blocked scale of shape \[1, 4, 3\].*block_size=4"):
+        import_onnx(model)
+    model, _, _ = _blocked_model(scale_input=True)   # a run-time scale
+    with pytest.raises(MrqError, match=r"graph input 's'.*constant"):
+        import_onnx(model)
+
+
+def test_expanded_dynamic_quantize_equals_onnxruntime():
+    """The float graph of the expanded DynamicQuantizeLinear (ReduceMin/ReduceMax, Min/Max with
+    0, Sub, Div, Clip, Round, Cast, QuantizeLinear with run-time parameters), including an
+    all-zero input (scale 0: IEEE 0/0 through Clip, Round and Cast) and one-signed ranges."""
+    model = CASES["test_dynamicquantizelinear_min_adjusted_expanded"].model
+    pipe = Pipeline(import_onnx(model), "onnxruntime-cpu", "native")
+    rng = np.random.default_rng(2)
+    for x in (rng.standard_normal((3, 4)), np.zeros((3, 4)), rng.uniform(1, 5, (3, 4)),
+              -rng.uniform(1, 5, (3, 4)), np.full((3, 4), 2.5), rng.standard_normal((3, 4)) * 1e30,
+              rng.standard_normal((3, 4)) * 1e-38):
+        feeds = {"x": x.astype(np.float32)}
+        got, want = pipe.run(feeds).outputs, _ort(model, feeds)
+        for name, w in want.items():
+            assert got[name].shape == w.shape and got[name].dtype == w.dtype
+            assert np.array_equal(got[name], w, equal_nan=True), (name, x.reshape(-1)[:3])

@@ -336,8 +336,9 @@ def _bad_models():
         ins = [x] + ([helper.make_tensor_value_info("s", TensorProto.FLOAT, [1])] if scale_input else [])
         return _model([q, d], ins, [y], inits, opset=21)
 
-    blocked = qdq(False, block=3, scale=np.full((1, 2), 0.1, np.float32))
-    blocked.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.full((1, 2), 3, np.uint8), "zp"))
+    # 4 / 3 needs ceil = 2 blocks (the last one partial, valid ONNX): one scale is too few
+    blocked = qdq(False, block=3, scale=np.full((1, 1), 0.1, np.float32))
+    blocked.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.full((1, 1), 3, np.uint8), "zp"))
     # three 4-bit codes need two bytes; one byte holds only two
     odd_int4 = TensorProto(name="w", data_type=TensorProto.INT4, dims=[3], raw_data=b"\x12")
     int4 = _model([helper.make_node("DequantizeLinear", ["xq", "s1"], ["y"]),

@@ -69,6 +69,8 @@ class OutputDiff:
 def diff_outputs(ort_out: dict, mrq_out: dict, n_examples: int = 8) -> list[OutputDiff]:
     diffs = []
     for name, a in ort_out.items():
+        if isinstance(a, list):   # ZipMap: ORT's list of {label: value}; mrq's [N, labels] array
+            a = np.asarray([list(d.values()) for d in a], np.float32)
         if name not in mrq_out:
             diffs.append(OutputDiff(name, a.size, a.size, "missing in mrq output"))
             continue

@@ -1,0 +1,56 @@
+"""``float_conv``: ONNX Runtime's float32 2-D Conv in a float island of a mixed graph, in one of
+the two summation orders its CPU provider uses: ``mlas`` (im2col + SGEMM, the ``conv_ort``
+kernel) or ``nchwc`` (the NCHWc kernels ORT's layout transformer substitutes for a Conv whose
+weight is a constant initializer)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from simulator.errors import ProgramError
+from simulator.kernels.ort_conv import conv_ort
+from simulator.kernels.ort_nchwc import conv_nchwc
+from simulator.steps.base import Params, register, stats
+
+ORDERS = {"mlas": conv_ort, "nchwc": conv_nchwc}
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class FloatConvParams(Params):
+    """``weight`` float32 [M, C/group, KH, KW] (ONNX layout), optional ``bias`` [M]; ``pads``
+    (top, left, bottom, right); ``order``: ``mlas`` or ``nchwc`` (ORT 1.32 on x86-64 with one
+    thread, simulator/kernels/ort_conv.py and ort_nchwc.py)."""
+
+    weight: Any
+    bias: Any = None
+    strides: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+    dilations: tuple = (1, 1)
+    group: int = 1
+    order: str = "mlas"
+
+    def check(self, where_: str) -> None:
+        w = np.asarray(self.weight)
+        if w.ndim != 4 or w.dtype != np.float32:
+            raise ProgramError(f"{where_}: 'weight' must be a 4-D float32 array [M, C/group, KH, KW]")
+        if int(self.group) < 1 or w.shape[0] % int(self.group):
+            raise ProgramError(f"{where_}: {w.shape[0]} filters do not split into {self.group} groups")
+        if self.bias is not None and np.asarray(self.bias).shape != (w.shape[0],):
+            raise ProgramError(f"{where_}: 'bias' must hold {w.shape[0]} values")
+        if len(tuple(self.strides)) != 2 or len(tuple(self.dilations)) != 2 or len(tuple(self.pads)) != 4:
+            raise ProgramError(f"{where_}: strides/dilations (2) and pads (4) values")
+        if min(tuple(self.strides) + tuple(self.dilations)) < 1 or min(self.pads) < 0:
+            raise ProgramError(f"{where_}: strides/dilations must be >= 1 and pads >= 0")
+        if self.order not in ORDERS:
+            raise ProgramError(f"{where_}: 'order' must be one of {sorted(ORDERS)}, got {self.order!r}")
+
+
+def execute_float_conv(step, p, x):
+    """Conv in float32."""
+    return (ORDERS[p.order](x, weight=p.weight, bias=p.bias, strides=p.strides, pads=p.pads,
+                            dilations=p.dilations, group=int(p.group)),), stats()
+
+
+KIND = register("float_conv", FloatConvParams, execute_float_conv)
