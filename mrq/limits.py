@@ -303,6 +303,8 @@ def _check_add(p, profile, add) -> None:
         if value is None:
             continue
         m = int(value)
+        if key == "multiplier_b" and m < 0 and "Sub" in (profile.supported_ops or ()):
+            m = -m   # a Sub: the datapath negates the second product, its multiplier is |m|
         if rq.arithmetic == "fixed_point":
             top = (1 << rq.multiplier_bits) - 1
             if not 0 <= m <= top:

@@ -359,12 +359,34 @@ class Tflite16Lowering(RecurrentLowering):
 
     def _Sub(self, node):
         if self._tfl() is None:
+            if self.a.add == "fixed":   # the add datapath with the second operand negated
+                return self._Add(node)
+            if self.a.runtime == "onnxruntime":   # no QDQ Sub fusion: DQ -> float Sub -> Q
+                return self._ort_float_sub(node)
             raise UnsupportedOpError("Sub", node.name, f"profile {self.a.name!r} has no "
-                                     f"subtraction arithmetic (only the LiteRT profiles do)")
+                                     f"subtraction arithmetic (LiteRT profiles and ops.add fixed do)")
         if self.t(node.inputs[0]).qparams.dtype == "int16":
             self._add_sub_16(node)
         elif not (self._tfl() == "xnnpack" and self._xnnpack_add(node, subtract=True)):
             self._tflite_add_sub(node, left_shift=20)
+
+    def _ort_float_sub(self, node) -> None:
+        """The steps of the float island ``Dequantize, Dequantize -> FloatBinary Sub -> Quantize``
+        that the same QDQ Sub imported as floats would lower to (mrq/lower_float.py)."""
+        reals = []
+        for i, name in enumerate(node.inputs[:2]):
+            qp = self.t(name).qparams
+            reals.append(f"{node.outputs[0]}__real{i}")
+            self.emit("dequantize", node, [self.ensure_buffer(name, node)], [reals[-1]],
+                      suffix=f"/dequantize{i}", scale=qp.scale.astype(np.float32),
+                      zero_point=qp.zero_point.astype(np.int64), axis=1)
+        diff, y_qp = f"{node.outputs[0]}__float", self.t(node.outputs[0]).qparams
+        self.emit("float_binary", node, reals, [diff], suffix="/sub", op="Sub")
+        lo, hi = self.out_range(y_qp, node.attrs.get("clamp"))
+        self.emit("quantize", node, [diff], node.outputs, scale=y_qp.scale.astype(np.float32),
+                  zero_point=y_qp.zero_point.astype(np.int64), axis=1,
+                  rounding=self.a.quantize_rounding, method=self.a.quantize_method,
+                  out_min=lo, out_max=hi, out_dtype=storage_dtype(y_qp.dtype))
 
     def _mul_16(self, node) -> None:
         """int16 MUL (``reference_integer_ops::MulElementwise``, both builds): ``MBQM((a - za) *

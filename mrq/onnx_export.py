@@ -26,8 +26,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.ir import Graph, Node, QParams, dtype_range, storage_dtype
-from mrq.onnx_import import CODE_GRIDS_KEY
 from mrq.onnx_export_islands import FloatIslandExport
+from mrq.onnx_import import CODE_GRIDS_KEY
 from mrq.pointwise import POINTWISE
 
 _ELEM = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8, "uint8": TensorProto.UINT8,
@@ -257,11 +257,10 @@ class _Exporter(FloatIslandExport):
 
     def _TransposeConv(self, node):
         """IR weight [C_out, C_in, kH, kW] (per-channel axis 0) written as ONNX's [C_in, C_out, kH,
-        kW] (axis 1); the output size as end pads and output_padding."""
+        kW] (axis 1); the output size as end pads and output_padding. A channels-last (TFLite)
+        one runs in NCHW between Transposes, as an NHWC Conv does."""
         at = node.attrs
-        if at.get("layout", "NCHW") != "NCHW":
-            raise UnsupportedOpError("TransposeConv", node.name, "only NCHW transposed convolutions "
-                                     "can be written as ONNX ConvTranspose")
+        layout = at.get("layout", "NCHW")
         w = self.g.tensors[node.inputs[1]]
         codes = np.ascontiguousarray(np.asarray(w.data).transpose(1, 0, 2, 3))
         dtype = self.code_dtype(node.inputs[1])
@@ -272,8 +271,10 @@ class _Exporter(FloatIslandExport):
         self.nodes.append(helper.make_node("DequantizeLinear", [src, s, z], [w_float],
                                            name=self.fresh("DQ_" + node.inputs[1]),
                                            **({"axis": 1} if qp.per_channel else {})))
-        ins = [self.float_view(node.inputs[0]), w_float] + [self.float_view(n) for n in node.inputs[2:3]]
-        in_hw = self.g.tensors[node.inputs[0]].shape[2:]
+        x = self.nchw(self.float_view(node.inputs[0]), layout, node.name)
+        ins = [x, w_float] + [self.float_view(n) for n in node.inputs[2:3]]
+        in_shape = self.g.tensors[node.inputs[0]].shape
+        in_hw = in_shape[1:3] if layout == "NHWC" else in_shape[2:]
         begin = [int(p) for p in at["pads"]]
         full = [(int(n) - 1) * int(st) + int(k) - b for n, st, k, b
                 in zip(in_hw, at["strides"], codes.shape[2:], begin)]   # size with no end pad
@@ -283,7 +284,40 @@ class _Exporter(FloatIslandExport):
         self.nodes.append(helper.make_node(
             "ConvTranspose", ins, [y], name=self.fresh(node.name), kernel_shape=list(codes.shape[2:]),
             strides=[int(v) for v in at["strides"]], pads=begin + end, output_padding=extra))
-        self.finish(node, y)
+        self.finish(node, y, to_nhwc=layout == "NHWC")
+
+    def _ResizeBilinear(self, node):
+        """TFLite's RESIZE_BILINEAR as ONNX linear Resize: ``align_corners`` and
+        ``half_pixel_centers`` are ONNX's coordinate modes of the same names (TF2 half-pixel
+        centres clamp a negative source position to 0, as ONNX's linear interpolation does),
+        neither is ``asymmetric``; channels-last runs in NCHW between Transposes."""
+        at = node.attrs
+        layout = at.get("layout", "NHWC")
+        in_shape = tuple(self.g.tensors[node.inputs[0]].shape)
+        if len(in_shape) != 4:
+            raise UnsupportedOpError("ResizeBilinear", node.name, "only a 4-D resize can be written")
+        if at.get("align_corners") and at.get("half_pixel_centers"):
+            raise UnsupportedOpError("ResizeBilinear", node.name, "align_corners with "
+                                     "half_pixel_centers has no ONNX coordinate mode")
+        coord = ("align_corners" if at.get("align_corners") else
+                 "half_pixel" if at.get("half_pixel_centers") else "asymmetric")
+        in_hw = in_shape[1:3] if layout == "NHWC" else in_shape[2:]
+        x = self.nchw(self.float_view(node.inputs[0]), layout, node.name)
+        y = self.fresh(node.name + "_y")
+        # scales, not sizes: sizes would fix the batch; ONNX derives the positions from
+        # f32(out / in) either way and the output size as floor(scale * in), in float32 (ORT's
+        # kernel, mrq) or double (ONNX shape inference): the scale is nudged up until both reach
+        # the size
+        scales = [np.float32(1.0), np.float32(1.0)]
+        for n, out in zip(in_hw, at["size"]):
+            s = np.float32(np.float32(out) / np.float32(n))
+            while min(int(np.float32(s * np.float32(n))), int(float(s) * int(n))) < int(out):
+                s = np.nextafter(s, np.float32(np.inf))
+            scales.append(s)
+        self.nodes.append(helper.make_node(
+            "Resize", [x, "", self.init(node.name + "_scales", np.array(scales, np.float32))], [y],
+            mode="linear", coordinate_transformation_mode=coord, name=self.fresh(node.name)))
+        self.finish(node, y, to_nhwc=layout == "NHWC")
 
     def _Resize(self, node):
         """Bilinear resize: the IR holds ORT's sample positions and weights, not the ONNX
@@ -329,6 +363,9 @@ class _Exporter(FloatIslandExport):
 
     def _Mul(self, node):
         self._binary(node, "Mul")
+
+    def _Sub(self, node):
+        self._binary(node, "Sub")
 
     def _Clamp(self, node):
         x = self.float_view(node.inputs[0])

@@ -16,14 +16,14 @@ from mrq.ir import Graph, QParams, Tensor
 def bias_scale(graph: Graph, node) -> np.ndarray:
     x_qp = graph.tensors[node.inputs[0]].qparams
     w_qp = graph.tensors[node.inputs[1]].qparams
-    n_out = graph.tensors[node.inputs[1]].data.shape[0 if node.op == "Conv" else 1]
+    n_out = graph.tensors[node.inputs[1]].data.shape[0 if node.op in ("Conv", "TransposeConv") else 1]
     w_scale = np.broadcast_to(w_qp.scale.astype(np.float32), (n_out,))
     # The same float32 product the lowering compares against (ORT's convention).
     return (np.float32(x_qp.scale[0]) * w_scale).astype(np.float32)
 
 
 def real_bias(graph: Graph, node) -> np.ndarray:
-    n_out = graph.tensors[node.inputs[1]].data.shape[0 if node.op == "Conv" else 1]
+    n_out = graph.tensors[node.inputs[1]].data.shape[0 if node.op in ("Conv", "TransposeConv") else 1]
     if len(node.inputs) < 3:
         return np.zeros(n_out)
     t = graph.tensors[node.inputs[2]]
@@ -59,7 +59,7 @@ def set_bias(graph: Graph, node, real: np.ndarray, profile) -> int:
 
 def bias_grids(graph: Graph, ctx) -> Graph:
     for node in graph.nodes:
-        if node.op not in ("Conv", "Gemm") or node.attrs.get("integer_output"):
+        if node.op not in ("Conv", "Gemm", "TransposeConv") or node.attrs.get("integer_output"):
             continue
         if len(node.inputs) < 3:
             continue

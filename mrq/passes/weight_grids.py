@@ -19,17 +19,22 @@ from mrq.passes.activation_grids import CLIP_FACTORS, signedness_flip
 ENERGY_SAMPLES = 64   # calibration images used for the per-column input energy
 
 
+# ops whose weights are [M, C, KH, KW] with output channels on axis 0
+_CHANNELS_FIRST = ("Conv", "TransposeConv")
+
+
 def weight_layout(node, w: np.ndarray) -> tuple[int, np.ndarray]:
-    """(channel axis, weights as [channels, K]) for a Conv ([M, C/g, KH, KW]) or Gemm ([K, N])."""
-    if node.op == "Conv":
+    """(channel axis, weights as [channels, K]) for a Conv ([M, C/g, KH, KW]), a TransposeConv
+    ([M, C, KH, KW]) or a Gemm ([K, N])."""
+    if node.op in _CHANNELS_FIRST:
         return 0, w.reshape(w.shape[0], -1)
     return 1, w.T
 
 
 def input_energy(node, graph: Graph, ctx, k: int) -> np.ndarray | None:
     """E[x_k^2] per weight column k (over the calibration inputs of the input model)."""
-    if ctx.calib is None:
-        return None
+    if ctx.calib is None or node.op == "TransposeConv":
+        return None   # a transposed conv's taps see the input unevenly: no per-column energy
     cache = ctx.cache.setdefault("input_energy", {})
     if node.name in cache:
         return cache[node.name]
@@ -62,7 +67,7 @@ def weight_grids(graph: Graph, ctx) -> Graph:
     formats = LayerFormats.of(graph, ctx.profile)
     select = ctx.options.scale_selection
     for node in graph.nodes:
-        if node.op not in ("Conv", "Gemm") or node.attrs.get("integer_output"):
+        if node.op not in ("Conv", "Gemm", "TransposeConv") or node.attrs.get("integer_output"):
             continue
         profile = formats.for_node(node.name)     # the layer's own weight format
         fmt = profile.weights
@@ -105,7 +110,7 @@ def _round_rows(rows: np.ndarray, qp: QParams) -> np.ndarray:
 
 
 def _restore_layout(node, codes_rows: np.ndarray, shape) -> np.ndarray:
-    if node.op == "Conv":
+    if node.op in _CHANNELS_FIRST:
         return codes_rows.reshape(shape)
     return np.ascontiguousarray(codes_rows.T)
 

@@ -25,7 +25,8 @@ class AddParams(OutBlock):
     multipliers/shifts in TFLite's sign convention, ``rq_rounding`` half_away (gemmlowp,
     default) or half_up (ruy)), ``fixed`` (``acc = (a - za) * multiplier_a + (b - zb) *
     multiplier_b`` exact, then the requantization block with ``rq_mode`` fixed | shift,
-    ``rq_multiplier`` default [1]). All modes: ``zero_point_a``, ``zero_point_b``,
+    ``rq_multiplier`` default [1]; a negative ``multiplier_b`` is a subtraction — how NNA
+    profiles run Sub in the add datapath). All modes: ``zero_point_a``, ``zero_point_b``,
     ``out_zero_point`` and the output block."""
 
     mode: str

@@ -300,8 +300,8 @@ MALFORMED = [
      "host_ops.Softmax", "no profile named 'tflite-int9' on the search path (did you mean "
      "'tflite-int8'?)", False),
     ("host-profile-lacks-op", "tflite-int8",
-     _chain(_remove_op("Sub"), _set("host_ops", {"Sub": "nna-sym8"})),
-     "host_ops.Sub", "does not support Sub (not in its supported_ops)", False),
+     _chain(_remove_op("Tanh"), _set("host_ops", {"Tanh": "nna-sym8"})),
+     "host_ops.Tanh", "does not support Tanh (not in its supported_ops)", False),
     ("pow2-exponents-leave-no-shift", "nna-sym8-pow2",
      _chain(_set("activations.scale.exponent_min", 0), _set("activations.scale.exponent_max", 0),
             _set("weights.scale.exponent_min", 0), _set("requant.shift_min", 1)),

@@ -45,8 +45,7 @@ def _calib(tmp_path, shape, count, seed=0) -> Path:
     return path
 
 
-@pytest.mark.parametrize("model, op, node", [
-    ("unet_convt.qdq.s8s8pc", "TransposeConv", "/up/ConvTranspose"),
+@pytest.mark.parametrize("model, op, node", [   # (nna-sym8 runs ConvTranspose since issue 13)
     ("mobilenetv3_block.qop.s8s8pc", "HardSigmoid", "HardSigmoid__inlfunc_HardSwish_HS_X"),
     ("vit_block.qop.u8s8", "LayerNormalization", "/ln1/LayerNormalization")])
 def test_nna_profile_refuses_an_op_it_lacks_in_one_line(tmp_path, model, op, node):
