@@ -39,6 +39,7 @@ from mrq.onnx_import_movement import (
     resize_linear_attrs,
     static_shape,
 )
+from mrq.onnx_nodes import node_attrs as _attrs
 from mrq.pointwise import BY_ONNX, ir_attrs
 from mrq.shapes import infer_shapes
 
@@ -202,10 +203,6 @@ def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         except Exception:  # noqa: BLE001, S112 - inference raises many types; the model stays usable
             continue
     return model
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _decode(v):

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 
 from mrq.errors import ModelError, UnsupportedOpError
+from mrq.onnx_nodes import node_attrs as _attrs
+from mrq.onnx_nodes import node_where as _where
 
 # code type -> (storage dtype, lowest code, highest code)
 _CODE_TYPES = {"int4": ("int8", -8, 7), "uint4": ("uint8", 0, 15), "int8": ("int8", -128, 127),
@@ -24,14 +26,6 @@ _CODE_TYPES = {"int4": ("int8", -8, 7), "uint4": ("uint8", 0, 15), "int8": ("int
 _ONNX_CODE_TYPES = {onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4",
                     onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
                     onnx.TensorProto.INT16: "int16", onnx.TensorProto.UINT16: "uint16"}
-
-
-def _where(node) -> str:
-    return node.name or node.output[0]
-
-
-def _attrs(node) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def block_size(node) -> int:

@@ -22,6 +22,8 @@ import onnx
 
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.ir import QParams
+from mrq.onnx_nodes import node_attrs as _attrs
+from mrq.onnx_nodes import node_where as _where
 
 _INT8 = {np.dtype("int8"): "int8", np.dtype("uint8"): "uint8"}
 _INTEGER_OPS = ("MatMulInteger", "ConvInteger")
@@ -38,14 +40,6 @@ def refuse_unsimulated(node) -> None:
     if node.op_type in _UNSIMULATED:
         raise UnsupportedOpError(node.op_type, _where(node), f"{_UNSIMULATED[node.op_type]} is not "
                                  f"simulated")
-
-
-def _where(node) -> str:
-    return node.name or node.output[0]
-
-
-def _attrs(node) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _users(imp, name: str) -> list:
@@ -284,7 +278,6 @@ def _dynamic_matmul(imp, node, x: str | None = None) -> None:
     imp._add_tensor(end, shape, "float32")
     attrs = {"clamp": clamp} if clamp is not None else {}
     imp._emit("DynamicMatMul", imp._name(node), inputs, [end], **attrs)
-
 
 
 def qlinear_matmul_nd(imp, node) -> None:

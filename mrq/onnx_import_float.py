@@ -22,10 +22,11 @@ Lowering (mrq/lower_float.py) runs these ops only under a profile whose runtime 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.onnx_import_movement import static_shape
+from mrq.onnx_nodes import node_attrs as _attrs
+from mrq.onnx_nodes import node_where as _where
 from simulator.kernels.ort_nchwc import nchwc_variant
 
 BINARY = ("Add", "Sub", "Mul", "Div")
@@ -39,14 +40,6 @@ _FLOAT_ONLY = ("PRelu", "ReduceL2")
 _RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 # ops that are a float island whenever their output stays float (ORT has no QDQ group for them)
 _FLOAT_RESULT = ("MatMul", "Conv")
-
-
-def _attrs(node) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _where(node) -> str:
-    return node.name or node.output[0]
 
 
 def is_float_tensor(imp, name: str) -> bool:

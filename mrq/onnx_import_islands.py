@@ -11,14 +11,10 @@ bias and weight constants are the float32 values ORT's DequantizeLinear gives th
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.onnx_import_movement import static_shape
-
-
-def _attrs(node) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+from mrq.onnx_nodes import node_attrs as _attrs
 
 
 def _name(node) -> str:

@@ -17,18 +17,12 @@ import numpy as np
 import onnx
 
 from mrq.errors import ModelError, UnsupportedOpError
+from mrq.onnx_nodes import node_attrs as _attrs
+from mrq.onnx_nodes import node_where as _where
 
 ML_DOMAIN = "ai.onnx.ml"
 _PLAIN_INT = ("int64", "int32")
 _MOVEMENT = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose")
-
-
-def _attrs(node) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _where(node) -> str:
-    return node.name or node.output[0]
 
 
 def is_plain(imp, name: str) -> bool:
