@@ -18,6 +18,11 @@ from __future__ import annotations
 
 import os
 
+# at module level, so that once main() runs its first line installs the handlers: a signal before
+# that lands in import-time code only (frames "in <module>"), where Python's own handler is the
+# only one a package without import-time side effects can have
+from mrq.interrupts import install_process_handlers
+
 # environment variable -> value, read by the libraries when they load
 IDLE_THREADS = {
     "OMP_WAIT_POLICY": "PASSIVE",           # libgomp (numba's "omp" threading layer)
@@ -32,7 +37,6 @@ def quiet_idle_threads(environ=os.environ) -> None:
 
 
 def main() -> int:
-    from mrq.interrupts import install_process_handlers
     install_process_handlers()
     quiet_idle_threads()
     from mrq.cli import main as cli_main

@@ -76,12 +76,13 @@ def _interrupt(argv, sig, delay, in_write_of=None):
 
 
 def python_startup_traceback(err):
-    """A KeyboardInterrupt traceback with no frame in mrq's own code: the signal landed while
-    the interpreter was still starting (site and its .pth hooks, runpy), before the first line of
-    mrq ran, where only Python's own handler exists."""
-    frames = re.findall(r'File "([^"]+)"', err)
+    """A KeyboardInterrupt traceback from before mrq's ``main`` ran: the signal landed while the
+    interpreter was still starting (site and its .pth hooks, runpy) or importing the entry
+    modules (every frame in mrq is module-level code, "in <module>"), where only Python's own
+    handler exists. Any frame of mrq inside a function means mrq's code was running: not this."""
+    frames = re.findall(r'File "([^"]+)", line \d+, in (\S+)', err)
     return (err.rstrip().endswith("KeyboardInterrupt") and bool(frames)
-            and not any(os.sep + "mrq" + os.sep in f for f in frames))
+            and all(func == "<module>" for path, func in frames if os.sep + "mrq" + os.sep in path))
 
 
 def _check(sig, code, err, out, want, label):
