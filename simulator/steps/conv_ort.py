@@ -27,17 +27,22 @@ class ConvOrtParams(Params):
     group: int = 1
 
     def check(self, where_: str) -> None:
-        w = np.asarray(self.weight)
-        if w.ndim != 4 or w.dtype != np.float32:
-            raise ProgramError(f"{where_}: 'weight' must be a 4-D float32 array [M, C/group, KH, KW]")
-        if int(self.group) < 1 or w.shape[0] % int(self.group):
-            raise ProgramError(f"{where_}: {w.shape[0]} filters do not split into {self.group} groups")
-        if self.bias is not None and np.asarray(self.bias).shape != (w.shape[0],):
-            raise ProgramError(f"{where_}: 'bias' must hold {w.shape[0]} values")
-        if len(tuple(self.strides)) != 2 or len(tuple(self.dilations)) != 2 or len(tuple(self.pads)) != 4:
-            raise ProgramError(f"{where_}: strides/dilations (2) and pads (4) values")
-        if min(tuple(self.strides) + tuple(self.dilations)) < 1 or min(self.pads) < 0:
-            raise ProgramError(f"{where_}: strides/dilations must be >= 1 and pads >= 0")
+        check_float_conv(self, where_)
+
+
+def check_float_conv(p, where_: str) -> None:
+    """The geometry a float32 ONNX Conv's parameters must have (``conv_ort`` and ``float_conv``)."""
+    w = np.asarray(p.weight)
+    if w.ndim != 4 or w.dtype != np.float32:
+        raise ProgramError(f"{where_}: 'weight' must be a 4-D float32 array [M, C/group, KH, KW]")
+    if int(p.group) < 1 or w.shape[0] % int(p.group):
+        raise ProgramError(f"{where_}: {w.shape[0]} filters do not split into {p.group} groups")
+    if p.bias is not None and np.asarray(p.bias).shape != (w.shape[0],):
+        raise ProgramError(f"{where_}: 'bias' must hold {w.shape[0]} values")
+    if len(tuple(p.strides)) != 2 or len(tuple(p.dilations)) != 2 or len(tuple(p.pads)) != 4:
+        raise ProgramError(f"{where_}: strides/dilations (2) and pads (4) values")
+    if min(tuple(p.strides) + tuple(p.dilations)) < 1 or min(p.pads) < 0:
+        raise ProgramError(f"{where_}: strides/dilations must be >= 1 and pads >= 0")
 
 
 def execute_conv_ort(step, p, x):

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from simulator.errors import KernelInputError, ProgramError
+from simulator.errors import KernelInputError
 from simulator.kernels import quant as quant_k
 from simulator.steps.base import Params, register, stats, where
-from simulator.steps.quantize_blocked import expand_blocks
+from simulator.steps.quantize_blocked import check_block_params, expand_blocks
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -24,13 +24,7 @@ class DequantizeBlockedParams(Params):
     block_size: int
 
     def check(self, where_: str) -> None:
-        if self.block_size < 1:
-            raise ProgramError(f"{where_}: block_size must be positive, got {self.block_size}")
-        if np.shape(self.scale) != np.shape(self.zero_point) or np.ndim(self.scale) == 0:
-            raise ProgramError(f"{where_}: scale and zero_point must be arrays of one shape")
-        if not -np.ndim(self.scale) <= self.axis < np.ndim(self.scale):
-            raise ProgramError(f"{where_}: axis {self.axis} is outside the parameters' "
-                               f"{np.ndim(self.scale)} axes")
+        check_block_params(self, where_)
 
 
 def execute_dequantize_blocked(step, p, x):

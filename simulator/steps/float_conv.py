@@ -7,12 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from simulator.errors import ProgramError
 from simulator.kernels.ort_conv import conv_ort
 from simulator.kernels.ort_nchwc import conv_nchwc
 from simulator.steps.base import Params, register, stats
+from simulator.steps.conv_ort import check_float_conv
 
 ORDERS = {"mlas": conv_ort, "nchwc": conv_nchwc}
 
@@ -32,17 +31,7 @@ class FloatConvParams(Params):
     order: str = "mlas"
 
     def check(self, where_: str) -> None:
-        w = np.asarray(self.weight)
-        if w.ndim != 4 or w.dtype != np.float32:
-            raise ProgramError(f"{where_}: 'weight' must be a 4-D float32 array [M, C/group, KH, KW]")
-        if int(self.group) < 1 or w.shape[0] % int(self.group):
-            raise ProgramError(f"{where_}: {w.shape[0]} filters do not split into {self.group} groups")
-        if self.bias is not None and np.asarray(self.bias).shape != (w.shape[0],):
-            raise ProgramError(f"{where_}: 'bias' must hold {w.shape[0]} values")
-        if len(tuple(self.strides)) != 2 or len(tuple(self.dilations)) != 2 or len(tuple(self.pads)) != 4:
-            raise ProgramError(f"{where_}: strides/dilations (2) and pads (4) values")
-        if min(tuple(self.strides) + tuple(self.dilations)) < 1 or min(self.pads) < 0:
-            raise ProgramError(f"{where_}: strides/dilations must be >= 1 and pads >= 0")
+        check_float_conv(self, where_)
         if self.order not in ORDERS:
             raise ProgramError(f"{where_}: 'order' must be one of {sorted(ORDERS)}, got {self.order!r}")
 

@@ -45,13 +45,19 @@ class QuantizeBlockedParams(OutBlock):
         if self.method not in METHODS:
             raise ProgramError(f"{where_}: method must be 'divide' or 'multiply', got "
                                f"{self.method!r}")
-        if self.block_size < 1:
-            raise ProgramError(f"{where_}: block_size must be positive, got {self.block_size}")
-        if np.shape(self.scale) != np.shape(self.zero_point) or np.ndim(self.scale) == 0:
-            raise ProgramError(f"{where_}: scale and zero_point must be arrays of one shape")
-        if not -np.ndim(self.scale) <= self.axis < np.ndim(self.scale):
-            raise ProgramError(f"{where_}: axis {self.axis} is outside the parameters' "
-                               f"{np.ndim(self.scale)} axes")
+        check_block_params(self, where_)
+
+
+def check_block_params(p, where_: str) -> None:
+    """What blocked scale and zero-point parameters must satisfy (``dequantize_blocked`` and
+    ``quantize_blocked``)."""
+    if p.block_size < 1:
+        raise ProgramError(f"{where_}: block_size must be positive, got {p.block_size}")
+    if np.shape(p.scale) != np.shape(p.zero_point) or np.ndim(p.scale) == 0:
+        raise ProgramError(f"{where_}: scale and zero_point must be arrays of one shape")
+    if not -np.ndim(p.scale) <= p.axis < np.ndim(p.scale):
+        raise ProgramError(f"{where_}: axis {p.axis} is outside the parameters' "
+                           f"{np.ndim(p.scale)} axes")
 
 
 def execute_quantize_blocked(step, p, x):
