@@ -12,6 +12,10 @@ inputs: N(0, 2)), write the ONNX QDQ file, read it back and check it (``mrq chec
 seed, plus the zoo's real inputs where it ships them, ``<model>.inputs.npz``) and report the
 SQNR of each output vs the input model's dequantized output.
 
+Integer LSTMs and SVDFs are unrolled into per-step ops the profile runs (pass
+``unroll_recurrent``); their rows also give the SQNR of the recurrent state after the sequence
+(final hidden and cell state, SVDF state buffer) vs the input model's, in memory.
+
 Status per model and profile: ``ok`` (written, 0 violations), ``check`` (written, violations),
 ``refused`` (one-line user error of the profile, e.g. an op it does not support: not
 applicable), ``error`` (anything else: a bug). With ``--extend-ops`` a refused model is re-run
@@ -160,7 +164,29 @@ def extended_profile(profile_name: str, graph, tmpdir: str) -> tuple:
     return path, added
 
 
-def requant_one(graph, ref_out: dict, profile, calib: dict, test: dict, onnx_path: str) -> dict:
+def recurrent_states(graph) -> list:
+    """The recurrent state tensors of the model's LSTM/SVDF nodes (their outputs after the first)."""
+    return [n for node in graph.nodes if node.op in ("LSTM", "Svdf") for n in node.outputs[1:]]
+
+
+def state_sqnr(graph, new, profile, test: dict, ref_states: dict) -> dict:
+    """SQNR of each recurrent state after the sequence (LSTM: final h and c; SVDF: its state
+    buffer) of the re-quantized model in memory (the ONNX round trip renames an SVDF state, a
+    Reshape) vs the input model's: the precision the unrolled state keeps on the profile's grid."""
+    from mrq.api import simulate
+    from mrq.metrics import sqnr_db
+    from mrq.passes.base import feeds_for_new_graph
+    trace = simulate(new, profile, feeds_for_new_graph(graph, new, test), fidelity=False, trace=True).trace
+    out = {}
+    for name, ref in ref_states.items():
+        t = new.tensors.get(name)
+        if name in trace and t is not None and t.qparams is not None:
+            out[name] = float(sqnr_db(ref, t.qparams.dequantize(trace[name]).reshape(ref.shape)))
+    return out
+
+
+def requant_one(graph, ref_out: dict, profile, calib: dict, test: dict, onnx_path: str,
+                ref_states: dict | None = None) -> dict:
     """``mrq requant``'s steps on one model: re-quantize, write, read back, check, simulate."""
     import onnx
 
@@ -181,10 +207,14 @@ def requant_one(graph, ref_out: dict, profile, calib: dict, test: dict, onnx_pat
     got = dequantized(written, sim.outputs)
     sqnr = {name: float(sqnr_db(ref_out[name], got[name].reshape(ref_out[name].shape)))
             for name in graph.outputs}
-    return {"status": "ok" if not violations else "check", "violations": violations[:5],
-            "n_violations": len(violations), "sqnr_db": sqnr,
-            "min_sqnr_db": min(sqnr.values()) if sqnr else None,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    result = {"status": "ok" if not violations else "check", "violations": violations[:5],
+              "n_violations": len(violations), "sqnr_db": sqnr,
+              "min_sqnr_db": min(sqnr.values()) if sqnr else None}
+    if ref_states:
+        states = state_sqnr(graph, new, profile, test, ref_states)
+        result.update(state_sqnr_db=states, min_state_sqnr_db=min(states.values()) if states else None)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
 
 
 def run_model(path: str, profiles: list, n_calib: int, n_test: int, extend_ops: bool, tmpdir: str) -> dict:
@@ -206,7 +236,10 @@ def run_model(path: str, profiles: list, n_calib: int, n_test: int, extend_ops: 
         if real is not None:
             test = {k: np.concatenate([test[k], real[k]]) for k in graph.inputs}
         row.update(calib=n_c, test=len(next(iter(test.values()))), real_test=real is not None)
-        ref_out = dequantized(graph, simulate(graph, REFERENCE, test, fidelity=False).outputs)
+        states = recurrent_states(graph)
+        ref = simulate(graph, REFERENCE, test, fidelity=False, trace=bool(states))
+        ref_out = dequantized(graph, ref.outputs)
+        ref_states = {n: graph.tensors[n].qparams.dequantize(ref.trace[n]) for n in states if n in ref.trace}
     except MrqError as err:
         row.update(simulates=False, reason=str(err).splitlines()[0])
         return row
@@ -215,13 +248,13 @@ def run_model(path: str, profiles: list, n_calib: int, n_test: int, extend_ops: 
     for profile in profiles:
         onnx_path = os.path.join(tmpdir, f"{stem}.{profile}.onnx")
         try:
-            result = requant_one(graph, ref_out, profile, calib, test, onnx_path)
+            result = requant_one(graph, ref_out, profile, calib, test, onnx_path, ref_states)
         except UnsupportedOpError as err:
             result = {"status": "refused", "reason": str(err).splitlines()[0]}
             if extend_ops:
                 ext, added = extended_profile(profile, graph, tmpdir)
                 try:
-                    result["plus_ops"] = dict(requant_one(graph, ref_out, ext, calib, test, onnx_path),
+                    result["plus_ops"] = dict(requant_one(graph, ref_out, ext, calib, test, onnx_path, ref_states),
                                               added=added)
                 except MrqError as err2:
                     result["plus_ops"] = {"status": "refused", "reason": str(err2).splitlines()[0],
@@ -292,6 +325,8 @@ def cell(result: dict) -> str:
     st = result["status"]
     if st == "ok":
         text = f"{_db(result['min_sqnr_db'])} dB"
+        if result.get("min_state_sqnr_db") is not None:
+            text += f" (recurrent states ≥ {_db(result['min_state_sqnr_db'])} dB)"
     elif st == "check":
         text = f"{_db(result['min_sqnr_db'])} dB, **{result['n_violations']} violation(s)**"
     elif st == "refused":

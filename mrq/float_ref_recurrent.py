@@ -7,7 +7,8 @@ reference: the LSTM and SVDF the integer kernels approximate, from the dequantiz
 projection ``h = clip(W_p h + b_p)``. ``Svdf``: one time step from a zero state: the newest memory
 slot of each filter is ``W_f x``, each filter dots its memory with its time weights, ``rank``
 filters sum per unit, plus the bias, then RELU (the only activation LiteRT runs it with).
-Only the first output (the sequence, or ``y``) is a float-reference value."""
+Only the first output (the sequence, or ``y``) is a float-reference value. The unrolled form of
+both (:mod:`mrq.passes.unroll_recurrent`) computes the same values from the same weights."""
 from __future__ import annotations
 
 import numpy as np

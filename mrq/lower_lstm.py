@@ -18,7 +18,8 @@ The parameters are derived as LiteRT's ``PopulateQuantizedLstmParams8x8_16`` and
   ``ResetVariableTensor``; every batch row is an independent sequence).
 
 Only the TFLite runtimes (``tflite-int8`` and ``litert-default``, which run the same builtin
-kernel: XNNPACK takes no LSTM) have this arithmetic; other profiles refuse the node.
+kernel: XNNPACK takes no LSTM) have this arithmetic; other profiles refuse the node (``mrq
+requant`` to them unrolls it first: :mod:`mrq.passes.unroll_recurrent`).
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ class RecurrentLowering:
         if self._tfl() is None:
             raise UnsupportedOpError("LSTM", node.name, f"profile {self.a.name!r} has no integer "
                                      f"LSTM arithmetic (only the TFLite runtimes: tflite-int8, "
-                                     f"litert-default)")
+                                     f"litert-default; `mrq requant` unrolls it into per-step ops)")
         self.emit("lstm_int8x8_16", node, node.inputs[:1], node.outputs,
                   **lstm_int8x8_16_params(self.g.tensors, node))
 
@@ -155,7 +156,7 @@ class RecurrentLowering:
         if self._tfl() is None:
             raise UnsupportedOpError("SVDF", node.name, f"profile {self.a.name!r} has no integer "
                                      f"SVDF arithmetic (only the TFLite runtimes: tflite-int8, "
-                                     f"litert-default)")
+                                     f"litert-default; `mrq requant` unrolls it into per-step ops)")
         self.emit("svdf_int8", node, node.inputs[:1], node.outputs,
                   **svdf_int8_params(self.g.tensors, node))
 

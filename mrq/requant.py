@@ -30,10 +30,14 @@ from mrq.passes.float_inputs import float_inputs
 from mrq.passes.multiplier_limits import multiplier_limits
 from mrq.passes.output_grids import output_grids, output_grids_hook
 from mrq.passes.scale_search import scale_search
+from mrq.passes.unroll_recurrent import unroll_graph, unroll_recurrent
 from mrq.passes.weight_correction import weight_correction, weight_correction_hook
 from mrq.passes.weight_grids import weight_grids
 
 PASSES = [
+    # structural: requantize() runs it first and its graph is the input model the others see
+    Pass("unroll_recurrent", unroll_recurrent, doc="LSTM/SVDF the profile does not run: unrolled into "
+         "per-step Gemm/Add/Mul/Logistic (tanh from Logistic where the profile has no Tanh)"),
     Pass("explicit_clamps", explicit_clamps, doc="keep every clamp the old grids implied (ReLU, ReLU6)"),
     Pass("float_inputs", float_inputs, doc="integer inputs on a rejected grid take real values instead"),
     Pass("activation_grids", activation_grids, doc="activations onto conforming grids (+ scale selection)"),
@@ -122,12 +126,20 @@ def requantize(graph: Graph, profile, calib: Optional[dict] = None, options: Opt
     options = options or Options()
     if not any(t.qparams is not None for t in graph.tensors.values()):
         raise ModelError("the model is not quantized")
-    check_supported(graph, profile)
     if calib is not None:
         calib = check_calibration(graph, calib)
     report = RequantReport(profile=profile.name)
+    if options.enabled("unroll_recurrent"):
+        graph, unrolled = unroll_graph(graph, profile, calib)
+        report.passes_run.append("unroll_recurrent")
+        if unrolled:
+            report.notes.append(f"unrolled into per-step ops: {', '.join(unrolled)}")
+    else:
+        report.passes_skipped.append("unroll_recurrent")
+    check_supported(graph, profile)
     ctx = Context(profile=profile, original=graph, calib=calib, options=options, report=report)
-    passes = [p for p in PASSES if not (p.needs_calib and calib is None and p.name in options.disabled)]
+    passes = [p for p in PASSES if p.name != "unroll_recurrent"
+              and not (p.needs_calib and calib is None and p.name in options.disabled)]
     new = run_passes(graph, passes, ctx)
     env = ctx.cache.get("original_env")
     if env is not None:

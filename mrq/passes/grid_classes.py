@@ -1,11 +1,12 @@
 """Tensors that must share one grid: the inputs and outputs of ops that move values without
-requantizing them (Reshape, Transpose, MaxPool, and a Clamp on one grid), and of the ops a
+requantizing them (Reshape, Transpose, MaxPool, Take, and a Clamp on one grid), and of the ops a
 profile lists in ``ops.shared_grid`` (e.g. Concat on hardware that concatenates raw codes)."""
 from __future__ import annotations
 
 from mrq.ir import Graph
 
-GRID_SHARING_OPS = ("Reshape", "Transpose", "MaxPool")
+# Take (slices, splits, tiles) copies codes too: its lowering has no rescale
+GRID_SHARING_OPS = ("Reshape", "Transpose", "MaxPool", "Take")
 
 
 def grid_classes(graph: Graph, shared_ops=()) -> dict:
