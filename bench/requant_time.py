@@ -16,6 +16,14 @@ Two measurements:
 
       python bench/requant_time.py --command [--profiles nna-sym8 nna-w4a8] [--threads 1]
 
+- ``--cold``: the first ``mrq requant`` on a fresh machine: every run gets empty
+  ``NUMBA_CACHE_DIR`` and ``MRQ_CACHE_DIR`` (every kernel compiles); wall and CPU time (user +
+  sys of the process and of any child it starts), then one more cold run in an instrumented
+  process: wall and CPU seconds per top-level phase, and every kernel compiled with its wall and
+  CPU seconds and the phase that asked for it::
+
+      python bench/requant_time.py --cold --runs 1 [--profiles nna-sym8]
+
 - ``--hashes OUT.json``: no timing; the sha256 of the written model and of its JSON report (less
   the timing and the paths) for every profile on the QAT and the ORT-quantized MobileNetV2, all
   in this process, written to OUT.json; ``--expect BASE.json`` exits 1 on any difference. Speed
@@ -156,6 +164,113 @@ def command_mode(args):
     return 0
 
 
+# the command under a numba compile listener and timers around its phases, as the console
+# script starts it; argv: report path, then the mrq arguments
+_COLD_SCRIPT = """
+import json, sys, time
+from mrq.entry import quiet_idle_threads
+quiet_idle_threads()
+from numba.core import event
+import resource
+import mrq.api, mrq.commands.check, mrq.commands.requant_warm, mrq.onnx_export, mrq.onnx_import, mrq.requant
+from mrq.cli import main
+
+phases = {}
+stack = ["start-up and the rest"]
+kernels = []
+
+
+def timed(module, name, what):
+    func = getattr(module, name)
+
+    def wrapper(*a, **k):
+        stack.append(what)
+        w0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return func(*a, **k)
+        finally:
+            stack.pop()
+            w, c = phases.get(what, (0.0, 0.0))
+            phases[what] = (w + time.perf_counter() - w0, c + time.process_time() - c0)
+    setattr(module, name, wrapper)
+
+
+for module, name, what in [(mrq.requant, "requantize", "re-quantization passes"),
+                           (mrq.api, "simulate", "end-to-end simulation (SQNR)"),
+                           (mrq.commands.check, "check_model", "check of the written model"),
+                           (mrq.onnx_import, "load_model", "model loading"),
+                           (mrq.onnx_export, "export_onnx", "ONNX export")]:
+    timed(module, name, what)
+timed(mrq.commands.requant_warm.CheckWarmUp, "wait", "waiting for the warm-up child")
+
+
+class Listener(event.Listener):
+    depth = 0
+
+    def on_start(self, ev):
+        self.depth += 1
+        if self.depth == 1:
+            self.t0 = (time.perf_counter(), time.thread_time())
+
+    def on_end(self, ev):
+        self.depth -= 1
+        if self.depth:
+            return
+        func = ev.data["dispatcher"].py_func
+        kernels.append((f"{func.__module__}.{func.__qualname__}".split("__k")[0], stack[-1],
+                        time.perf_counter() - self.t0[0], time.thread_time() - self.t0[1]))
+
+
+event.register("numba:compile", Listener())
+w0, c0 = time.perf_counter(), time.process_time()
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as fh:
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    json.dump({"exit": code, "wall": time.perf_counter() - w0, "cpu": time.process_time() - c0,
+               "child_cpu": child.ru_utime + child.ru_stime, "phases": phases, "kernels": kernels}, fh)
+"""
+
+
+def _cold_env(base_env, work):
+    cache = tempfile.mkdtemp(dir=work)
+    return dict(base_env, NUMBA_CACHE_DIR=os.path.join(cache, "numba"), MRQ_CACHE_DIR=os.path.join(cache, "mrq"))
+
+
+def cold_mode(args):
+    import json
+    env = _thread_env(args.threads)
+    with tempfile.TemporaryDirectory() as work:
+        calib = os.path.join(work, "calib.npz")
+        np.savez(calib, input=_calib(args.calib_images))
+        print(f"cold mrq requant {os.path.relpath(args.model, ROOT)}, {args.calib_images} calibration images, "
+              f"threads: {args.threads or 'default'}; empty JIT caches every run", flush=True)
+        for profile in args.profiles if args.profiles != PROFILES else ["nna-sym8"]:
+            out = os.path.join(work, f"out_{profile}.onnx")
+            argv = ["requant", args.model, "--profile", profile, "-o", out, "--calib", calib]
+            for _ in range(args.runs):  # --runs 0: the instrumented run only
+                load = os.getloadavg()[0]
+                wall, cpu = _run_command(argv, _cold_env(env, work))
+                print(f"{profile:<15} cold wall {wall:.2f} s  cpu {cpu:.2f} s  sha256 {_sha256(out)[:16]}  "
+                      f"load before/after {load:.1f}/{os.getloadavg()[0]:.1f}", flush=True)
+            report = os.path.join(work, "cold.json")
+            subprocess.run([sys.executable, "-c", _COLD_SCRIPT, report, *argv], env=_cold_env(env, work),
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            with open(report) as fh:
+                data = json.load(fh)
+            print(f"  instrumented cold run (from the end of start-up): wall {data['wall']:.2f} s, cpu "
+                  f"{data['cpu']:.2f} s, its warm-up child's cpu {data['child_cpu']:.2f} s, "
+                  f"load {os.getloadavg()[0]:.1f}")
+            print(f"    {'phase':<44} {'wall':>7} {'cpu':>7}")
+            for what, (w, c) in data["phases"].items():
+                print(f"    {what:<44} {w:7.2f} {c:7.2f}")
+            kernels = data["kernels"]
+            print(f"    {len(kernels)} kernel(s) compiled here, {sum(k[2] for k in kernels):.2f} s wall, "
+                  f"{sum(k[3] for k in kernels):.2f} s cpu:")
+            for name, phase, w, c in sorted(kernels, key=lambda k: -k[3]):
+                print(f"      {name:<70} {w:6.2f} {c:6.2f}  ({phase})")
+    return 0
+
+
 def function_mode(args):
     from mrq.onnx_import import load_model
     from mrq.requant import requantize
@@ -231,6 +346,8 @@ def main(argv=None):
     ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--profiles", nargs="+", default=PROFILES, help="e.g. nna-sym8-acc16 nna-sym8-acc18")
     ap.add_argument("--command", action="store_true", help="time the whole `mrq requant` command")
+    ap.add_argument("--cold", action="store_true",
+                    help="time the whole `mrq requant` command with empty JIT caches (see above)")
     ap.add_argument("--threads", type=int, default=0,
                     help="with --command: BLAS/OpenMP/numba threads (0: the libraries' default)")
     ap.add_argument("--phases", action="store_true",
@@ -241,6 +358,8 @@ def main(argv=None):
     args.model = os.path.abspath(args.model)
     if args.hashes:
         return hashes_mode(args)
+    if args.cold:
+        return cold_mode(args)
     return command_mode(args) if args.command else function_mode(args)
 
 

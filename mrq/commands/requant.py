@@ -43,7 +43,7 @@ def register(sub):
                    help="re-choose activation clips by the network output's error on calibration data "
                         "(pass scale_search; slower; raises output SQNR, not always accuracy)")
     p.add_argument("--disable", nargs="+", default=[], metavar="PASS",
-                   help="switch off passes by name (explicit_clamps, float_inputs, activation_grids, "
+                   help="switch off passes by name (unroll_recurrent, explicit_clamps, float_inputs, activation_grids, "
                         "weight_grids, multiplier_limits, bias_grids, weight_correction, error_folding)")
     add_constants(p)
     p.add_argument("--budget", metavar="SPEC",
@@ -61,18 +61,13 @@ CALIB_MAX_BYTES = 2 << 30
 
 
 def run(args) -> int:
-    import onnx
-
-    from mrq.api import resolve_profile, simulate
-    from mrq.commands.check import check_model
+    from mrq.api import resolve_profile
+    from mrq.commands.requant_warm import CheckWarmUp
     from mrq.datasets import DEFAULT_CALIB_LIMIT, read_calibration
     from mrq.errors import MrqError
-    from mrq.fileio import atomic_path, guard_paths, save_json
-    from mrq.metrics import sqnr_db
-    from mrq.onnx_export import export_onnx
+    from mrq.fileio import guard_paths
     from mrq.onnx_import import load_model
-    from mrq.passes.base import Options, feeds_for_new_graph
-    from mrq.requant import PASS_NAMES, requantize
+    from mrq.requant import PASS_NAMES
 
     guard_paths([args.model, args.profile, args.calib, args.float_model, args.constants,
                  *args.freeze], outputs=[args.output],
@@ -94,6 +89,29 @@ def run(args) -> int:
         calib = calibration.arrays
         if calibration.note(args.calib):
             log.info(calibration.note(args.calib))
+    # the check's kernels compile in a child while the passes run (mrq/commands/requant_warm.py);
+    # with --budget the profile is only known after the search
+    warming = CheckWarmUp.start(None if args.budget else model, args.profile, profile, calib)
+    try:
+        return _requantize_and_check(args, graph, profile, calib, warming)
+    finally:
+        warming.stop()
+
+
+def _requantize_and_check(args, graph, profile, calib, warming) -> int:
+    import onnx
+
+    from mrq.api import simulate
+    from mrq.commands.check import check_model
+    from mrq.commands.requant_warm import check_threads
+    from mrq.errors import MrqError
+    from mrq.fileio import atomic_path, save_json
+    from mrq.metrics import sqnr_db
+    from mrq.onnx_export import export_onnx
+    from mrq.onnx_import import load_model
+    from mrq.passes.base import Options, feeds_for_new_graph
+    from mrq.requant import requantize
+
     options = Options(weight_correction=not args.no_weight_correction, error_folding=not args.no_error_folding,
                       scale_selection=not args.no_scale_selection, disabled=frozenset(args.disable),
                       output_error_scales=args.output_error_scales)
@@ -114,7 +132,9 @@ def run(args) -> int:
         old_out = report.reference_outputs
         if set(old_out) != set(graph.outputs):  # no calibration sweep ran (all passes off)
             old_out = FloatReference(graph, fake_quant=True).run(calib)
-        sim = simulate(new, profile, feeds_for_new_graph(graph, new, calib), fidelity=False)
+        warming.wait()
+        sim = simulate(new, profile, feeds_for_new_graph(graph, new, calib), fidelity=False,
+                       threads=check_threads(profile))
         sqnr = {}
         for name in new.outputs:
             qp = new.tensors[name].qparams
