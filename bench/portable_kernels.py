@@ -4,10 +4,12 @@
 
 Each case is one fast step (``prepare_conv`` / ``prepare_gemm``) whose kernel calls are looped
 inside one jitted function (no Python between calls); the figure is the best time per step over
-many short windows, so a loaded machine's preemptions drop out. Cases: ResNet-8's 16->16 3x3
-conv at 32x32 (batch 16), KWS-like 64->64 1x1 conv (batch 16), AD01's 640->128 and 128->640
-fully connected layers at batch 256 and at batch 1 (weights reused from the cache), with the
-models' fp32 requantization. Prints GMAC/s per case: compare runs with ``SIMULATOR_KERNELS=portable`` and ``vnni``.
+many short windows, so a loaded machine's preemptions drop out, followed by the time of each
+call alone (the int16 image prepass, the dense kernel). Cases: ResNet-8's convolutions (3->16,
+16->16 and 32->32 3x3, 16->32 1x1 stride 2; batch 16), a KWS-like 64->64 1x1 conv (batch 16),
+AD01's 640->128 and 128->640 fully connected layers at batch 256 and at batch 1 (weights reused
+from the cache), with the models' fp32 requantization. Prints GMAC/s per case: compare runs with
+``SIMULATOR_KERNELS=portable`` and ``vnni``.
 """
 from __future__ import annotations
 
@@ -28,15 +30,17 @@ def _rq(rng, n_out):
             "rq_rounding": "half_even", "out_zero_point": -3, "out_dtype": "int8"}
 
 
-def _case_conv(rng, batch, hw, cin, cout, k, pad):
+def _case_conv(rng, batch, hw, cin, cout, k, pad, stride=1):
     from simulator.kernels.conv import prepare_conv
 
     w = rng.integers(-127, 128, (cout, cin, k, k)).astype(np.int8)
     rq = _rq(rng, cout)
     fast = prepare_conv(w, bias=rng.integers(-999, 999, cout), input_zero_point=-128,
-                        pads=(pad,) * 4, layout="NHWC", requant=rq, channel_axis=3)
+                        strides=(stride, stride), pads=(pad,) * 4, layout="NHWC", requant=rq,
+                        channel_axis=3)
     x = rng.integers(-128, 128, (batch, hw, hw, cin)).astype(np.int8)
-    return fast, x, batch * hw * hw * cout * cin * k * k
+    out_hw = (hw + 2 * pad - k) // stride + 1
+    return fast, x, batch * out_hw * out_hw * cout * cin * k * k
 
 
 def _case_gemm(rng, rows, depth, cols):
@@ -83,12 +87,16 @@ def main(argv=None):
     import numba
 
     from simulator.capabilities import capabilities
+    from simulator.launch import Launch
 
     numba.set_num_threads(1)
     clock = time.process_time if args.cpu else time.perf_counter
     rng = np.random.default_rng(0)
     cases = {
+        "resnet8 conv 3->16 3x3 32x32 b16": _case_conv(rng, 16, 32, 3, 16, 3, 1),
         "resnet8 conv 16->16 3x3 32x32 b16": _case_conv(rng, 16, 32, 16, 16, 3, 1),
+        "resnet8 conv 32->32 3x3 16x16 b16": _case_conv(rng, 16, 16, 32, 32, 3, 1),
+        "resnet8 conv 16->32 1x1 /2 32x32 b16": _case_conv(rng, 16, 32, 16, 32, 1, 0, 2),
         "conv 64->64 1x1 25x5 b16": _case_conv(rng, 16, 5, 64, 64, 1, 0),
         "ad01 fc 640->128 b256": _case_gemm(rng, 256, 640, 128),
         "ad01 fc 128->640 b256": _case_gemm(rng, 256, 128, 640),
@@ -99,14 +107,22 @@ def main(argv=None):
     print(f"kernels: {capabilities().kernels}")
     for name, (fast, x, macs) in cases.items():
         launch, _ = fast.launch(x.shape, x.dtype)
-        loop, largs = _looped(launch, x)
-        loop(1, *largs)
-        t0 = time.perf_counter()
-        loop(3, *largs)
-        n = max(1, int(0.002 / max((time.perf_counter() - t0) / 3, 1e-9)))
-        best = min(_window(loop, largs, n, clock) for _ in range(args.windows))
-        kern = ",".join(c.fn.py_func.__name__ for c in launch.calls)
-        print(f"{name:36s} {best * 1e6:10.2f} us  {macs / best / 1e9:7.1f} GMAC/s  [{kern}]")
+        best = _best(launch, x, clock, args.windows)
+        parts = [_best(Launch(launch.temps, (call,), launch.outputs), x, clock, args.windows)
+                 for call in launch.calls] if len(launch.calls) > 1 else [best]
+        calls = ", ".join(f"{c.fn.py_func.__name__} {t * 1e6:.1f}"
+                          for c, t in zip(launch.calls, parts))
+        print(f"{name:38s} {best * 1e6:10.2f} us  {macs / best / 1e9:7.1f} GMAC/s  [{calls}]")
+
+
+def _best(launch, x, clock, windows):
+    """Best seconds per run of ``launch`` on ``x`` over ``windows`` windows of ~2 ms."""
+    loop, largs = _looped(launch, x)
+    loop(1, *largs)
+    t0 = time.perf_counter()
+    loop(3, *largs)
+    n = max(1, int(0.002 / max((time.perf_counter() - t0) / 3, 1e-9)))
+    return min(_window(loop, largs, n, clock) for _ in range(windows))
 
 
 def _window(loop, largs, n, clock):

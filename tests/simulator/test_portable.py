@@ -139,6 +139,39 @@ def test_dense_conv_matches_reference(seed):
 
 
 @in_child
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_narrow_target_blocks(layout):
+    """The dense kernel as targets without AVX-512 compile it (4-position tiles; this host's
+    takes 8): the same launch with that kernel gives the reference's bits (groups, strides,
+    padding, a partial last tile, saturating corners)."""
+    from simulator.kernels.jitcache import specialised
+    from simulator.launch import Call, Launch
+
+    rng = np.random.default_rng(11)
+    x = _input(rng, np.int8, (2, 6, 6, 9), "corners")  # 2 groups of 3 input channels
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    w, wzp = _weights(rng, (34, 3, 3, 2), "uint8")  # 17 output channels a group: 2 blocks
+    kw_rq, lo, hi = _requant(rng, "fixed", 34, "int8")
+    bias = rng.integers(-3000, 3000, 34).astype(np.int64)
+    axis = 1 if layout == "NCHW" else 3
+    fast = prepare_conv(w, weight_zero_point=wzp, bias=bias, input_zero_point=-7,
+                        strides=(1, 2), pads=(1, 0, 2, 1), group=2, layout=layout,
+                        requant=kw_rq, channel_axis=axis)
+    launch, _ = fast.launch(x.shape, x.dtype)
+    narrow = specialised(portable._make_kernels, fast.ep.kind, fast.ep.rnd, False)[0]
+    calls = tuple(Call(narrow, c.args, c.counted) if c.fn.py_func.__name__ == "_blocks" else c
+                  for c in launch.calls)
+    assert narrow in [c.fn for c in calls]  # (on such a target the launch's own kernel)
+    (got,), n_sat = Launch(launch.temps, calls, launch.outputs).execute((x,))
+    acc, _ = conv_ref.conv2d_acc(x, w, wzp, bias, -7, (1, 2), (1, 0, 2, 1), (1, 1), 2, layout,
+                                 32, "wrap")
+    want, sat = _want(acc, kw_rq, lo, hi, axis)
+    np.testing.assert_array_equal(got, want)
+    assert n_sat == sat
+
+
+@in_child
 @pytest.mark.parametrize("rows", [3, 6])
 @pytest.mark.parametrize("sign", [-1, 1])
 def test_largest_accumulator(sign, rows):

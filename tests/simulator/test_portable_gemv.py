@@ -116,16 +116,73 @@ def test_wide_weights_take_the_int16_kernel():
            kernel="_rows")
 
 
-def test_pack_int8_layout():
-    """Full groups of 4 blocks interleave per (k4, pair); the remaining blocks keep their
-    order."""
-    nbg, c4_n = 6, 3
+@in_child
+@pytest.mark.parametrize("n_cols", [8, 40, 72, 130])
+def test_narrow_target_kernel(n_cols):
+    """The kernel as targets without AVX-512 compile it (groups of ``GROUP`` blocks, 4
+    accumulators), run here on its own weight layout: full groups, remaining pairs, an odd
+    block count, int8 and uint8 inputs at their extremes."""
+    from simulator.kernels.jitcache import specialised
+
+    rng = np.random.default_rng(n_cols)
+    depth = 100
+    for xdt in (np.int8, np.uint8):
+        info = np.iinfo(xdt)
+        a = rng.integers(info.min, info.max, (2, depth), endpoint=True).astype(xdt)
+        a[0, 1::2] = info.max
+        w = rng.integers(-128, 128, (depth, n_cols)).astype(np.int8)
+        w[::3] = rng.choice(np.array([-128, 127], np.int8), w[::3].shape)
+        bias = rng.integers(-2000, 2000, n_cols).astype(np.int64)
+        xzp = int(rng.integers(info.min, info.max + 1))
+        kw = _requant(rng, "fixed", n_cols)
+        fast = prepare_gemm(w, bias=bias, input_zero_point=xzp, requant=kw)
+        launch, _ = fast.launch(a.shape, a.dtype)
+        (call,) = [c for c in launch.calls if c.fn.py_func.__name__ == "rows_int8"]
+        conv = fast.conv
+        w8 = portable_gemv.pack_int8(conv.wpk, conv.nbg, conv.c4_n, portable_gemv.GROUP)
+        kern = specialised(portable_gemv._make_kernels, conv.ep.kind, conv.ep.rnd, False)
+        out = np.empty(2 * n_cols, np.int8)
+        args = list(call.args)
+        args[0], args[6], args[-2] = a.reshape(-1), w8, out
+        n_sat = kern(*args)
+        acc, _ = gemm_ref.gemm_acc(a, w, 0, bias, xzp, 32, "wrap")
+        want, sat = quant_ref.requantize(acc, "fixed", kw["rq_multiplier"], kw["rq_shift"],
+                                         "half_away", kw["out_zero_point"], -128, 127, "int8", -1)
+        np.testing.assert_array_equal(out.reshape(2, n_cols), want)
+        assert n_sat == sat
+
+
+@pytest.mark.parametrize("group", [portable_gemv.GROUP, portable_gemv.GROUP_WIDE])
+@pytest.mark.parametrize("nbg", [5, 6, 9])
+def test_pack_int8_layout(group, nbg):
+    """Blocks pair up into 16-bit words (low byte: even block + 128, high byte: odd block; an
+    odd count gets a zero partner); full groups of ``group / 2`` pairs interleave per (k4,
+    pair step), the remaining pairs keep their order."""
+    c4_n = 3
     wpk16 = (np.arange(nbg * c4_n * 64) % 251 - 125).astype(np.int16)
-    got = portable_gemv.pack_int8(wpk16, nbg, c4_n)
-    assert got.dtype == np.int8 and got.size == wpk16.size
-    blocks = wpk16.reshape(nbg, c4_n, 2, 32)
-    head = got[:4 * c4_n * 64].reshape(c4_n, 2, 4, 32)
-    for blk in range(4):
-        np.testing.assert_array_equal(head[:, :, blk], blocks[blk])
-    np.testing.assert_array_equal(got[4 * c4_n * 64:].reshape(2, c4_n, 2, 32), blocks[4:])
+    got = portable_gemv.pack_int8(wpk16, nbg, c4_n, group)
+    assert got.dtype == np.uint8
+    blocks = wpk16.reshape(nbg, c4_n, 2, 32).astype(np.int64)
+    blocks = np.concatenate([blocks, np.zeros((nbg % 2,) + blocks.shape[1:], np.int64)])
+    n_pairs = len(blocks) // 2
+    words = got.reshape(-1, 2).astype(np.int64)
+    low, high = words[:, 0] - 128, np.where(words[:, 1] > 127, words[:, 1] - 256, words[:, 1])
+    pairs = group // 2
+    full = n_pairs // pairs * pairs
+    at = 0
+    for g in range(full // pairs):
+        for k4 in range(c4_n):
+            for p in range(2):
+                for q in range(pairs):
+                    pair = g * pairs + q
+                    np.testing.assert_array_equal(low[at:at + 32], blocks[2 * pair, k4, p])
+                    np.testing.assert_array_equal(high[at:at + 32], blocks[2 * pair + 1, k4, p])
+                    at += 32
+    for pair in range(full, n_pairs):
+        for k4 in range(c4_n):
+            for p in range(2):
+                np.testing.assert_array_equal(low[at:at + 32], blocks[2 * pair, k4, p])
+                np.testing.assert_array_equal(high[at:at + 32], blocks[2 * pair + 1, k4, p])
+                at += 32
+    assert at == len(low)
     assert portable_gemv.fits(wpk16) and not portable_gemv.fits(wpk16 * 2)
