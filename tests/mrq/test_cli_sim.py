@@ -51,7 +51,8 @@ def test_integer_inputs_are_taken_as_codes(tmp_path):
     codes = float_out.trace[q_name]
     path, out = tmp_path / "codes.npz", tmp_path / "o.npz"
     np.savez(path, input=codes)
-    r = mrq("sim", DEMO_MODEL, "--profile", "tflite-int8", "--inputs", str(path), "--out", str(out), "-q")
+    # in this process: how inputs are read is the command's code (the entry point is run above)
+    r = cli("sim", DEMO_MODEL, "--profile", "tflite-int8", "--inputs", str(path), "--out", str(out), "-q")
     assert r.returncode == 0, r.stderr
     with np.load(out) as data:
         np.testing.assert_array_equal(data["logits"], float_out.outputs["logits"])
@@ -74,7 +75,8 @@ def test_missing_and_corrupt_model(tmp_path, inputs):
                            "--out", str(out)), out, "nope.onnx", "no such file")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x12\x34not a model\xff")
-    _assert_user_error(mrq("sim", str(bad), "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out)),
+    # in this process: the entry point's user-error exit is the missing model's case above
+    _assert_user_error(cli("sim", str(bad), "--profile", "nna-sym8", "--inputs", str(inputs), "--out", str(out)),
                        out, "bad.onnx")
 
 
