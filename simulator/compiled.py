@@ -34,6 +34,7 @@ import numpy as np
 from numba.core.dispatcher import Dispatcher
 from numba.core.errors import NumbaError
 
+from simulator import fusion
 from simulator.capabilities import ensure_started
 from simulator.errors import KernelInputError, SimulatorError
 from simulator.kernels import sources_digest
@@ -108,6 +109,7 @@ def _body(program, input_specs, src, body):
         specs[inp.name] = spec(*input_specs[inp.name])
     n_steps = len(program.steps)
     body.append(f"    sat = np.zeros({n_steps}, np.int64)")
+    held = fusion.Held(program)
     for k, (step, _kind, _params) in enumerate(_plan(program)):
         in_specs = [specs[name] for name in step.inputs]
         try:
@@ -119,6 +121,7 @@ def _body(program, input_specs, src, body):
                                f" {[(list(s.shape), s.dtype.name) for s in in_specs]}")
         if len(launch.outputs) != len(step.outputs):
             raise _Unsupported(f"step {step.name!r}: launch outputs do not match")
+        launch = fusion.refine(launch)
 
         def expr(arg, k=k, step=step):
             if isinstance(arg, In):
@@ -132,11 +135,16 @@ def _body(program, input_specs, src, body):
         for j, (shape, dtype) in enumerate(launch.temps):
             dims = ", ".join(str(int(d)) for d in shape)
             body.append(f"    t{k}_{j} = np.empty(({dims},), np.{np.dtype(dtype).name})")
-        for call in launch.calls:
+
+        def render(call, expr=expr, step=step):
             if not isinstance(call.fn, Dispatcher):
                 raise _Unsupported(f"step {step.name!r}: {call.fn!r} is not a jitted kernel")
-            fn = src.global_for(call.fn, "K", src.kernels)
-            text = f"{fn}({', '.join(expr(a) for a in call.args)})"
+            return src.global_for(call.fn, "K", src.kernels), [expr(a) for a in call.args]
+
+        # a conv whose only reader is an add may be held back and fused into it (fusion)
+        for call in held.calls(k, step, launch, render, body):
+            fn, args = render(call)
+            text = f"{fn}({', '.join(args)})"
             body.append(f"    sat[{k}] += {text}" if call.counted else f"    {text}")
         out_specs = launch.output_specs(in_specs)
         for j, (name, out) in enumerate(zip(step.outputs, launch.outputs)):

@@ -35,8 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from simulator.errors import KernelInputError
-from simulator.launch import Call, In, Launch, Tmp
-from simulator.kernels import simd
+from simulator.kernels import add_i32, simd
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels.epilogue import store16
 from simulator.kernels.jitcache import specialised
@@ -49,9 +48,9 @@ from simulator.kernels.quant import (
     quantize_value_divide,
     requant_one,
     requant_params,
-    requantize,
     rounding_code,
 )
+from simulator.launch import Call, In, Launch, Tmp
 from simulator.primitives import (
     ROUNDING_CODES,
     f32_add,
@@ -59,8 +58,6 @@ from simulator.primitives import (
     f32_mul,
     fma_f32,
     int_to_f32,
-    multiply_by_quantized_multiplier,
-    round_float,
     round_up,
     sign_cmp,
 )
@@ -435,6 +432,9 @@ class AddFixed:
         self.vec_params = (np.int32(self.za), np.int32(self.zb), np.int32(m_a), np.int32(m_b),
                            np.int64(self.mult), np.int64(self.shift), np.int64(p.zp),
                            np.int64(p.out_min), np.int64(p.out_max))
+        self.lean_params = add_i32.params(self.za, self.zb, m_a, m_b, self.mult,
+                                          max(self.shift, 1), p.zp, p.out_min, p.out_max,
+                                          p.rnd)
         self._launches = {}
 
     def run(self, a, b):
@@ -461,6 +461,10 @@ class AddFixed:
                 and acc_bound < 2**31:
             # the sum fits int32: 16 lanes, fused epilogue; when the product by the multiplier
             # fits int32 too (XNNPACK-style adds: multiplier 1, shift ~20), all in int32 lanes
+            if add_i32.applies(self.rnd, self.shift, acc_bound * abs(self.mult)):
+                # the rounding as an offset, the zero points folded into one constant
+                serial, parallel = add_i32.kernels(self.rnd)
+                return _same_shape_launch(shape, self.dtype, serial, parallel, self.lean_params)
             if acc_bound * abs(self.mult) < 2**31 and self.shift <= 30:
                 kind = ep_k.EP_INT_P32
             else:
@@ -685,14 +689,14 @@ def clamp(x, *, out_min, out_max):
 
 
 __all__ = [
-    "add_ort_fma",
-    "add_tflite",
     "add_fixed",
     "add_float",
-    "mul_acc",
-    "rescale_float",
-    "clamp",
-    "ort_input0_is_span_scalar",
+    "add_ort_fma",
+    "add_tflite",
     "broadcast_pair",
+    "clamp",
     "f32_div",
+    "mul_acc",
+    "ort_input0_is_span_scalar",
+    "rescale_float",
 ]
