@@ -18,6 +18,12 @@ Per model it reports, as the median over the rounds (and the range of the per-ro
 Each engine is warmed up first; a round runs each engine for at least ~0.2 s (batch 1: a loop of
 calls, time per call) and keeps its per-call time.
 
+``--omp-wait active`` runs with ``OMP_WAIT_POLICY=ACTIVE`` (idle OpenMP workers spin instead of
+sleeping, the simulator's default ``PASSIVE``; an explicit ``OMP_WAIT_POLICY`` in the environment
+also wins). On the AMD EPYC KVM guest of issue 18 a sleeping worker's vCPU halts and, woken for
+a 0.2 ms chunk, seems to share a host core with the waking one: AD01's two 128-row halves took
+430 us against 357 us on one thread (0.82x), with spinning workers 214 us (1.68x; load 11).
+
 The first line printed names the simulator's kernel path and the CPU numba generates code for.
 Per host class (docs/performance.md): ``SIMULATOR_KERNELS=portable`` runs the portable kernels on
 any host; with ``NUMBA_CPU_NAME=haswell`` and ``NUMBA_CPU_FEATURES`` (a Haswell feature list) the
@@ -134,14 +140,19 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", default=None)
     ap.add_argument("--models", default=",".join(zoo.MODELS))
+    ap.add_argument("--omp-wait", choices=("passive", "active"), default=None,
+                    help="OMP_WAIT_POLICY for this run (default: the simulator's, PASSIVE)")
     ap.add_argument("--cpu", action="store_true",
                     help="time per call in process CPU time (1-thread ratios on a loaded machine; "
                          "the thread column is then meaningless and shown as -)")
     args = ap.parse_args(argv)
+    if args.omp_wait:
+        # read by libgomp when numba loads its threading layer, which has not happened yet
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait.upper()
     if args.cpu:
         _CLOCK[0] = time.process_time
     path = _kernel_path()
-    print(path)
+    print(f"{path}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
     results = {}
     for model in args.models.split(","):
         if not zoo.available(model):

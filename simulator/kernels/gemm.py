@@ -10,7 +10,13 @@ import numpy as np
 from numba import njit, prange
 
 from simulator.errors import AccumulatorOverflowError, KernelInputError
-from simulator.kernels.accum import ACC_SATURATE, ACC_WRAP, acc_limits, acc_mode_code, static_bound
+from simulator.kernels.accum import (
+    ACC_SATURATE,
+    ACC_WRAP,
+    acc_limits,
+    acc_mode_code,
+    static_bound,
+)
 from simulator.kernels.conv import prepare_conv
 from simulator.kernels.quant import check_int_array, per_channel
 from simulator.primitives import acc_add, wrap_bits
