@@ -174,3 +174,17 @@ def test_int16_activations_become_the_profiles_8_bits(tmp_path, capsys):
     acts = {written.tensors[o].dtype for n in written.nodes for o in n.outputs
             if written.tensors[o].qparams is not None}
     assert acts == {"int8"}
+
+
+@pytest.mark.parametrize("model", ["tfmicro/mnist_lstm_int8.tflite", "tfmicro/keyword_scrambled.tflite"])
+def test_recurrent_zoo_models_requantize_unrolled_and_pass_check(tmp_path, capsys, model):
+    """The zoo's integer LSTM and SVDF models on an NNA profile that runs neither: the pass
+    unroll_recurrent writes them as per-step ops the profile has, and the result passes check."""
+    out = tmp_path / "rq.onnx"
+    code, _, err = mrq(capsys, "requant", os.path.join(ZOO, model), "--profile", "nna-sym8", "-o", out)
+    assert code == 0, err
+    code, _, err = mrq(capsys, "check", out, "--profile", "nna-sym8")
+    assert code == 0, err
+    import onnx
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert not ops & {"LSTM", "Svdf"} and ops & {"Gemm", "MatMul", "QLinearMatMul"}, ops
