@@ -21,7 +21,7 @@ import os
 # at module level, so that once main() runs its first line installs the handlers: a signal before
 # that lands in import-time code only (frames "in <module>"), where Python's own handler is the
 # only one a package without import-time side effects can have
-from mrq.interrupts import install_process_handlers
+from mrq.interrupts import exit_interrupted, install_process_handlers
 
 # environment variable -> value, read by the libraries when they load
 IDLE_THREADS = {
@@ -37,7 +37,10 @@ def quiet_idle_threads(environ=os.environ) -> None:
 
 
 def main() -> int:
-    install_process_handlers()
+    try:
+        install_process_handlers()
+    except KeyboardInterrupt:   # Ctrl-C while the handlers go in: end as they would have
+        exit_interrupted()
     quiet_idle_threads()
     from mrq.cli import main as cli_main
     return cli_main()

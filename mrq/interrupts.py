@@ -37,7 +37,7 @@ def _on_signal(signum, frame):
 
 def exit_interrupted() -> None:
     """Remove this process's discardable temporaries, run the registered clean-ups and exit 130."""
-    import shutil   # here, not at the top: installing the handlers must not wait for its imports
+    import shutil  # here, not at the top: installing the handlers must not wait for its imports
     for path in list(_DISCARDABLE):
         try:
             if os.path.isdir(path) and not os.path.islink(path):
@@ -109,6 +109,7 @@ def install_sigterm() -> None:
 
 
 def install_process_handlers() -> None:
-    """For a process that *is* mrq (the console script, ``python -m mrq``): SIGINT too."""
-    install_sigterm()
+    """For a process that *is* mrq (the console script, ``python -m mrq``): SIGINT too, first
+    (until it is in, a Ctrl-C is Python's KeyboardInterrupt, which ``mrq.entry.main`` ends)."""
     _install(signal.SIGINT, (signal.default_int_handler, signal.SIG_DFL))
+    install_sigterm()
