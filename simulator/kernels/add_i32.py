@@ -142,6 +142,15 @@ def add_lanes(av, bv, ka_v, kb_v, kc_v, shift, half_v, mask_v, one_v, lo_r, hi_r
     return simd.vadd_i32(r, zp_v), k
 
 
+@njit(cache=True, inline="always")
+def lane_constants(ka, kb, kc, shift, zp, lo, hi):
+    """The lane constants :func:`add_lanes` takes after its two operands, in its order:
+    ``(ka_v, kb_v, kc_v, shift, half_v, mask_v, one_v, lo_r, hi_r, zp_v)``."""
+    return (simd.vsplat_i32(ka), simd.vsplat_i32(kb), simd.vsplat_i32(kc), shift,
+            simd.vsplat_i32(np.int32(1 << (shift - 1))), simd.vsplat_i32(np.int32((1 << shift) - 1)),
+            simd.vsplat_i32(np.int32(1)), lo - zp, hi - zp, simd.vsplat_i32(np.int32(zp)))
+
+
 def _make_kernels(rnd):
     @njit(cache=True, inline="always")
     def _one(av, bv, ka_v, kb_v, kc_v, shift, half_v, mask_v, one_v, lo_r, hi_r, zp_v, n):
@@ -150,15 +159,8 @@ def _make_kernels(rnd):
 
     @njit(cache=True)
     def add_range(a1, b1, ka, kb, kc, shift, zp, lo, hi, out, i0, i1):
-        ka_v = simd.vsplat_i32(ka)
-        kb_v = simd.vsplat_i32(kb)
-        kc_v = simd.vsplat_i32(kc)
-        one_v = simd.vsplat_i32(np.int32(1))
-        half_v = simd.vsplat_i32(np.int32(1 << (shift - 1)))
-        mask_v = simd.vsplat_i32(np.int32((1 << shift) - 1))
-        lo_r = lo - zp
-        hi_r = hi - zp
-        zp_v = simd.vsplat_i32(np.int32(zp))
+        ka_v, kb_v, kc_v, _, half_v, mask_v, one_v, lo_r, hi_r, zp_v = lane_constants(
+            ka, kb, kc, shift, zp, lo, hi)
         cnt = 0
         n_full = (i1 - i0) // 16
         for t in range(n_full):
@@ -194,6 +196,6 @@ def _make_kernels(rnd):
     return add_range, add_par
 
 
-__all__ = ["ROUNDINGS", "add_lanes", "applies", "kernels", "params", "round_lanes", "rounding_of",
+__all__ = ["ROUNDINGS", "add_lanes", "applies", "kernels", "lane_constants", "params", "round_lanes", "rounding_of",
            "veq_mask_i32",
            "vlt_mask_i32", "vsra_i32", "wrap32"]

@@ -229,16 +229,7 @@ def _make_kernels(kind, rnd, bounded, add_rnd):
         """:func:`rows` whose codes go through the add with ``res`` (same flat index) into
         ``out``; returns ``conv saturations + add saturations * 2**32``."""
         scratch = np.empty(MR * LANES, dtype=np.int32)
-        kr_v = simd.vsplat_i32(k_res)
-        kv_v = simd.vsplat_i32(k_conv)
-        kc_v = simd.vsplat_i32(kc)
-        one_v = simd.vsplat_i32(np.int32(1))
-        half_v = simd.vsplat_i32(np.int32(1 << (ashift - 1)))
-        mask_v = simd.vsplat_i32(np.int32((1 << ashift) - 1))
-        alo_r = alo - azp
-        ahi_r = ahi - azp
-        azp_v = simd.vsplat_i32(np.int32(azp))
-        ad = (kr_v, kv_v, kc_v, ashift, half_v, mask_v, one_v, alo_r, ahi_r, azp_v)
+        ad = add_i32.lane_constants(k_res, k_conv, kc, ashift, azp, alo, ahi)
         ps = sw * ctot
         rstep = sh * wp_n * ctot
         wblk = koff.shape[0] * 64
