@@ -18,11 +18,13 @@ Per model it reports, as the median over the rounds (and the range of the per-ro
 Each engine is warmed up first; a round runs each engine for at least ~0.2 s (batch 1: a loop of
 calls, time per call) and keeps its per-call time.
 
-``--omp-wait active`` runs with ``OMP_WAIT_POLICY=ACTIVE`` (idle OpenMP workers spin instead of
-sleeping, the simulator's default ``PASSIVE``; an explicit ``OMP_WAIT_POLICY`` in the environment
-also wins). On the AMD EPYC KVM guest of issue 18 a sleeping worker's vCPU halts and, woken for
-a 0.2 ms chunk, seems to share a host core with the waking one: AD01's two 128-row halves took
-430 us against 357 us on one thread (0.82x), with spinning workers 214 us (1.68x; load 11).
+``--omp-wait passive|active`` runs with that ``OMP_WAIT_POLICY`` alone (``passive``: idle OpenMP
+workers sleep at once; ``active``: they spin) instead of the simulator's default
+(``simulator.capabilities.OMP_IDLE``: passive after a ~0.2 ms spin); an explicit
+``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` in the environment also wins. On the AMD EPYC KVM guest
+of issue 18 a sleeping worker's vCPU halts and, woken for a 0.2 ms chunk, seems to share a host
+core with the waking one: AD01's two 128-row halves took 430 us against 357 us on one thread
+(0.82x, ``passive``), with spinning workers 214 us (1.68x; load 11).
 
 The first line printed names the simulator's kernel path and the CPU numba generates code for.
 Per host class (docs/performance.md): ``SIMULATOR_KERNELS=portable`` runs the portable kernels on
@@ -40,6 +42,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zoo
+
+from simulator.capabilities import set_omp_idle_defaults
 
 # --cpu: process CPU time instead of wall-clock time (a loaded machine deschedules the process
 # at random; CPU time does not count that, but cannot show a thread speed-up)
@@ -141,7 +145,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--models", default=",".join(zoo.MODELS))
     ap.add_argument("--omp-wait", choices=("passive", "active"), default=None,
-                    help="OMP_WAIT_POLICY for this run (default: the simulator's, PASSIVE)")
+                    help="OMP_WAIT_POLICY for this run, without a spin count (default: the "
+                         "simulator's, simulator.capabilities.OMP_IDLE)")
     ap.add_argument("--cpu", action="store_true",
                     help="time per call in process CPU time (1-thread ratios on a loaded machine; "
                          "the thread column is then meaningless and shown as -)")
@@ -149,10 +154,12 @@ def main(argv=None):
     if args.omp_wait:
         # read by libgomp when numba loads its threading layer, which has not happened yet
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait.upper()
+    set_omp_idle_defaults()
     if args.cpu:
         _CLOCK[0] = time.process_time
     path = _kernel_path()
-    print(f"{path}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}")
+    print(f"{path}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')},"
+          f" GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'the policy default')}")
     results = {}
     for model in args.models.split(","):
         if not zoo.available(model):

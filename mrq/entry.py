@@ -7,13 +7,13 @@ installs only the SIGTERM handler, because it also runs inside other programs (t
 notebooks) whose Ctrl-C is theirs.
 
 Before numpy loads, the process also asks idle worker threads to sleep instead of spinning
-(:data:`IDLE_THREADS`): OpenBLAS's pool and numba's OpenMP pool each spin for a while after a
+(:data:`IDLE_THREADS`, and numba's OpenMP pool's ``simulator.capabilities.OMP_IDLE``, which
+spins only ~0.2 ms): OpenBLAS's pool and numba's OpenMP pool each spin for a while after a
 parallel region, and a command such as ``mrq requant`` alternates BLAS products and parallel
 kernels, so one pool's spinning threads take the cores the other's threads are waiting for
-(``mrq requant`` of the QAT MobileNetV2 on 2 cores: 11.9 s of CPU with spinning, 7.0 s
-without, for the same work; ``bench/requant_time.py --command``). Waking a sleeping thread costs
-microseconds, and the parallel regions are milliseconds long. How idle threads wait never
-changes a result; a value the user set wins."""
+(``mrq requant`` of the QAT MobileNetV2 on 2 cores: 11.9 s of CPU with the libraries' default
+spinning, 7.0 s without, for the same work; ``bench/requant_time.py --command``). How idle
+threads wait never changes a result; a value the user set wins."""
 from __future__ import annotations
 
 import os
@@ -23,17 +23,21 @@ import os
 # only one a package without import-time side effects can have
 from mrq.interrupts import exit_interrupted, install_process_handlers
 
-# environment variable -> value, read by the libraries when they load
+# environment variable -> value, read by OpenBLAS when it loads; numba's OpenMP pool has its own
+# pair (simulator.capabilities.OMP_IDLE), set with it
 IDLE_THREADS = {
-    "OMP_WAIT_POLICY": "PASSIVE",           # libgomp (numba's "omp" threading layer)
-    "OPENBLAS_THREAD_TIMEOUT": "4",         # OpenBLAS: spin 2**4 cycles, not 2**28, then sleep
+    "OPENBLAS_THREAD_TIMEOUT": "4",         # spin 2**4 cycles, not 2**28, then sleep
 }
 
 
 def quiet_idle_threads(environ=os.environ) -> None:
-    """Set the :data:`IDLE_THREADS` defaults in ``environ`` where the user has not."""
+    """Set the :data:`IDLE_THREADS` and OpenMP defaults in ``environ`` where the user has not."""
+    # imports no numpy: cheap before main()
+    from simulator.capabilities import set_omp_idle_defaults
+
     for name, value in IDLE_THREADS.items():
         environ.setdefault(name, value)
+    set_omp_idle_defaults(environ)
 
 
 def main() -> int:

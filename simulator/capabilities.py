@@ -252,26 +252,41 @@ def jit_variant() -> str:
     return "vnni" if _vnni()[0] else "portable"
 
 
+# How numba's OpenMP workers (libgomp, numba's threading layer here) wait between parallel
+# regions. libgomp's default spins ~3 ms after each region: on a shared machine the spinning
+# threads compete with the one doing the work and a parallel step took 10-50 ms instead of
+# microseconds (measured). Never spinning (PASSIVE alone) makes every region wake a sleeping
+# worker, which on the KVM guests of issue 18 costs about as much as a 0.2 ms half-batch (AD01 at
+# batch 256 ran slower on 2 threads than on 1). So: passive, after a short spin (GOMP_SPINCOUNT
+# overrides the policy's spin count; 20,000 spins are ~0.2 ms, about one run's gap between two
+# batches), and no spin at all when there are more workers than CPUs (PASSIVE's throttled count).
+OMP_IDLE = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "20000"}
+
+
+def set_omp_idle_defaults(environ=os.environ) -> None:
+    """Put :data:`OMP_IDLE` into ``environ`` unless the user set either variable (the pair is
+    one choice: a user's ``OMP_WAIT_POLICY=ACTIVE`` must not get our spin count)."""
+    if not any(name in environ for name in OMP_IDLE):
+        environ.update(OMP_IDLE)
+
+
 _STARTED = []
 
 
 def ensure_started() -> None:
     """Process set-up before the first parallel kernel; once per process, cheap after that.
 
-    GNU OpenMP (numba's threading layer here) keeps idle worker threads spinning for a while
-    after each parallel region. On a shared machine the spinning threads compete with the one
-    doing the work and a parallel step can take 10-50 ms instead of microseconds (measured);
-    passive waiting only costs a futex wake-up per region. libgomp reads ``OMP_WAIT_POLICY``
-    once, when numba loads its threading layer (the first parallel kernel compiled or loaded
-    from the cache, or the first ``numba.get_num_threads``), so this must run before that. An
-    explicit setting is kept. Code that calls kernel wrappers directly, without
-    :func:`simulator.run.run`, may call this first; results do not depend on it.
+    libgomp reads :data:`OMP_IDLE` once, when numba loads its threading layer (the first
+    parallel kernel compiled or loaded from the cache, or the first ``numba.get_num_threads``),
+    so this must run before that. An explicit setting is kept. Code that calls kernel wrappers
+    directly, without :func:`simulator.run.run`, may call this first; results do not depend on
+    it.
     """
     if _STARTED:
         return
     _STARTED.append(True)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_omp_idle_defaults()
 
 
-__all__ = ["PATHS", "Capabilities", "capabilities", "ensure_started", "jit_variant",
-           "target_features"]
+__all__ = ["OMP_IDLE", "PATHS", "Capabilities", "capabilities", "ensure_started", "jit_variant",
+           "set_omp_idle_defaults", "target_features"]

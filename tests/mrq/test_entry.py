@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 from mrq.entry import IDLE_THREADS, quiet_idle_threads
+from simulator.capabilities import OMP_IDLE
 
 _PROBE = """
 import os, sys
 import mrq.cli, mrq.entry
 def probe():
-    print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+    print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"),
+          os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
           "numpy" in sys.modules, "numba" in sys.modules)
     return 0
 mrq.cli.main = probe
@@ -19,16 +21,21 @@ sys.exit(mrq.entry.main())
 
 
 def test_idle_thread_defaults_fill_only_what_the_user_left_unset():
-    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    # the OpenMP pair is one choice: a user's ACTIVE policy must not get our short spin count
+    for mine in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "0"}):
+        env = dict(mine)
+        quiet_idle_threads(env)
+        assert env == {**mine, "OPENBLAS_THREAD_TIMEOUT": IDLE_THREADS["OPENBLAS_THREAD_TIMEOUT"]}
+    env = {"OPENBLAS_THREAD_TIMEOUT": "0"}
     quiet_idle_threads(env)
-    assert env == {"OMP_WAIT_POLICY": "ACTIVE",
-                   "OPENBLAS_THREAD_TIMEOUT": IDLE_THREADS["OPENBLAS_THREAD_TIMEOUT"]}
+    assert env == {"OPENBLAS_THREAD_TIMEOUT": "0", **OMP_IDLE}
 
 
 def test_entry_point_sets_them_before_numpy_loads():
-    env = {k: v for k, v in os.environ.items() if k not in IDLE_THREADS}
+    env = {k: v for k, v in os.environ.items() if k not in IDLE_THREADS and k not in OMP_IDLE}
     r = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [IDLE_THREADS["OMP_WAIT_POLICY"], IDLE_THREADS["OPENBLAS_THREAD_TIMEOUT"],
+    assert r.stdout.split() == [OMP_IDLE["OMP_WAIT_POLICY"], OMP_IDLE["GOMP_SPINCOUNT"],
+                                IDLE_THREADS["OPENBLAS_THREAD_TIMEOUT"],
                                 "False", "False"]

@@ -42,14 +42,23 @@ def mrq_cli_argv() -> list[str]:
     return [sys.executable, "-m", "mrq.cli"]  # the console script's target, not installed
 
 
-def simulate_cli(model_path, feeds: dict[str, np.ndarray], workdir=None) -> dict[str, np.ndarray]:
-    """`mrq sim MODEL --profile onnxruntime-cpu --inputs IN.npz --out OUT.npz` in a subprocess."""
+def simulate_cli(model_path, feeds: dict[str, np.ndarray], workdir=None,
+                 in_process=False) -> dict[str, np.ndarray]:
+    """`mrq sim MODEL --profile onnxruntime-cpu --inputs IN.npz --out OUT.npz` in a subprocess, or
+    through ``mrq.cli.main`` in this process (``in_process``: the same command line and files,
+    without the 2 s of interpreter start and imports)."""
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         inp, out = Path(d) / "in.npz", Path(d) / "out.npz"
         np.savez(inp, **feeds)
-        argv = mrq_cli_argv() + ["sim", str(model_path), "--profile", PROFILE,
-                                 "--inputs", str(inp), "--out", str(out)]
-        p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+        args = ["sim", str(model_path), "--profile", PROFILE, "--inputs", str(inp), "--out", str(out)]
+        if in_process:
+            from cli_in_process import mrq_in_process  # tests/ is on pytest's path
+
+            p = mrq_in_process(*args)
+            argv = ["mrq (in-process)"] + args
+        else:
+            argv = mrq_cli_argv() + args
+            p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} -> exit {p.returncode}\n{p.stderr[-3000:]}")
         with np.load(out) as z:

@@ -6,7 +6,6 @@ docs peer_arithmetic.md §1.8), and one intra-op thread."""
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx

@@ -6,7 +6,7 @@
   of the package tree or in the numba cache directory (listing and mtimes before/after), and
   makes no ``ctypes`` library load or ``find_library`` call from simulator or mrq code (the way
   ``arch_prctl`` and ``mallopt`` are reached). The numba threading layer is not started either,
-  and ``OMP_WAIT_POLICY`` is set on the first run, keeping an explicit value.
+  and ``OMP_WAIT_POLICY``/``GOMP_SPINCOUNT`` are set on the first run, keeping an explicit value.
 - JIT cache (simulator/kernels/jitcache.py): in a copy of the package, a probe kernel that inlines
   a function of ``simulator/primitives.py`` and uses ``simd.vmadd16_i32`` (code generation reads
   the gate) compiles once per kernel path, is served from the cache on the next run, compiles
@@ -38,7 +38,7 @@ from simulator.errors import SimulatorError  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 _SWITCHES = ("SIMULATOR_KERNELS", "SIMULATOR_SIMD", "SIMULATOR_AMX", "OMP_WAIT_POLICY",
-             "NUMBA_CACHE_DIR")
+             "GOMP_SPINCOUNT", "NUMBA_CACHE_DIR")
 
 
 def _env(**extra):
@@ -186,11 +186,13 @@ _OMP_PROBE = textwrap.dedent("""
     import simulator.run
     assert "OMP_WAIT_POLICY" not in os.environ or os.environ["OMP_WAIT_POLICY"] == sys.argv[1]
     simulator.run.set_threads(1)
-    print(os.environ.get("OMP_WAIT_POLICY"))
+    print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"))
 """)
 
 
-@pytest.mark.parametrize("preset,want", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+@pytest.mark.parametrize("preset,want", [
+    (None, " ".join(caps_mod.OMP_IDLE[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"))),
+    ("ACTIVE", "ACTIVE None")])     # a user's policy gets no spin count of ours
 def test_wait_policy_set_on_first_use_and_explicit_value_kept(preset, want):
     env = _env(OMP_WAIT_POLICY=preset)
     out = _run(["-c", _OMP_PROBE, preset or "-"], env, ROOT)

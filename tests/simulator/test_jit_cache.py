@@ -1,9 +1,9 @@
 """The simulator's on-disk JIT cache (simulator/kernels/jitcache.py) and ``mrq cache``:
 
 - every kernel the demo and a compiled ``mrq sim`` need has a process-independent cache key: with
-  an empty cache, a second process compiles nothing and a third adds no file (a closure whose
-  cache key pickles something per-process, such as a factory-made intrinsic, recompiles in every
-  process and writes a new index entry each time);
+  an empty cache, a second process compiles nothing and adds no file (a closure whose cache key
+  pickles something per-process, such as a factory-made intrinsic, recompiles in every process
+  and writes a new index entry each time);
 - old source digests are pruned to the most recent few, never the current one;
 - processes that start together on an empty cache all succeed with identical outputs, and
   what they left is a cache the next process compiles nothing from (numba writes its index and
@@ -59,7 +59,7 @@ def test_cold_cache_shared_by_concurrent_processes_then_nothing_recompiles(tmp_p
     """One cold compile serves both cache checks (each cold compile costs tens of seconds of CPU):
     ``racers`` processes start together on the empty cache, one more compiles nothing from what
     they left; then the demo and the whole-program path compile what the racers did not need,
-    and a second and a third process of each compile nothing and add no file."""
+    and a second process of each compiles nothing and adds no file."""
     env = _env(tmp_path)
     feeds = tmp_path / "in.npz"
     np.savez(feeds, **demo_inputs(5))
@@ -97,7 +97,7 @@ def test_cold_cache_shared_by_concurrent_processes_then_nothing_recompiles(tmp_p
             ("sim", DEMO_MODEL, "--profile", "tflite-int8", "--inputs", str(feeds8), "-o",
              str(tmp_path / "out.npz"), "--no-fidelity", "--compile", "yes", "-v")]
     counts, files = [], []
-    for attempt in range(3):
+    for attempt in range(2):
         n, names = 0, []
         for args in runs:
             r = _mrq(env, *args)
@@ -108,9 +108,9 @@ def test_cold_cache_shared_by_concurrent_processes_then_nothing_recompiles(tmp_p
         files.append((_files(tmp_path / "nb"), _files(tmp_path / "mrq")))
     assert counts[0][0] > 0, "the first run should have compiled (were its kernels cached?)"
     assert counts[1][0] == 0, f"recompiled in a second process: {counts[1][1]}"
-    assert counts[2][0] == 0, f"recompiled in a third process: {counts[2][1]}"
-    assert files[2] == files[1], f"cache files grew on the third run: {files}"
-    assert files[1][0] > 0 and files[1][1] > 0
+    # a per-process cache key also shows as a new index entry or object file: none may appear
+    assert files[1] == files[0], f"cache files grew on the second run: {files}"
+    assert files[0][0] > 0 and files[0][1] > 0
 
 
 def _fake_entry(root, name, age_s, now):
