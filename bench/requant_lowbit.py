@@ -24,6 +24,16 @@ under onnxruntime-cpu.
     python bench/requant_lowbit.py [--test-images 10000] [--profiles nna-w4a4 nna-w4a8]
                                    [--json out.json] [--markdown out.md]
 
+``--oracle``: where the loss is. For each conv/gemm layer, the full method under a scratch copy
+of the profile whose only change is that layer's output activations at ``--oracle-bits`` (a
+``layers:`` override by name; the first layer's override also covers the graph input, which
+its Quantize belongs to), ranked by the accuracy gained over the unchanged profile on
+``--held-out`` training images that are not calibration images (the test set is left alone for
+choices; ``--test-images`` is not used)::
+
+    python bench/requant_lowbit.py --oracle --profiles nna-w4a4 [--held-out 6000] [--oracle-bits 8]
+                                   [--layers 'stem*' 'last*']   (globs on layer names; default all)
+
 Needs Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist).
 """
 from __future__ import annotations
@@ -32,6 +42,8 @@ import argparse
 import os
 import sys
 import time
+
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -77,9 +89,15 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--profiles", nargs="+", default=PROFILES)
     ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    ap.add_argument("--oracle", action="store_true", help="per-layer activation-bits oracle on held-out data")
+    ap.add_argument("--oracle-bits", type=int, default=8)
+    ap.add_argument("--held-out", type=int, default=6000)
+    ap.add_argument("--layers", nargs="+", default=["*"], help="--oracle: only these layers (globs)")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args(argv)
+    if args.oracle:
+        return oracle(args)
 
     calib_images, images, labels = fashion_mnist.calibration_and_test(args.calib_images, args.test_images)
 
@@ -124,6 +142,71 @@ def main(argv=None) -> int:
     if args.markdown:
         save_text(args.markdown, table + "\n")
     return 0
+
+
+def held_out(calib_images: int, n: int, seed: int = 0):
+    """``n`` training images (and labels) drawn (seed 1) from those the calibration draw of
+    fashion_mnist.calibration_and_test (seed ``seed``) left out."""
+    train_x, train_y = fashion_mnist.load("train")
+    calib_idx = np.random.default_rng(seed).choice(len(train_x), calib_images, replace=False)
+    rest = np.setdiff1d(np.arange(len(train_x)), calib_idx)
+    idx = np.random.default_rng(1).choice(rest, n, replace=False)
+    return fashion_mnist.to_float(train_x[idx]), train_y[idx].astype(np.int64)
+
+
+def oracle(args) -> int:
+    import fnmatch
+    import tempfile
+
+    calib_images, _, _ = fashion_mnist.calibration_and_test(args.calib_images, 1)
+    images, labels = held_out(args.calib_images, args.held_out)
+    graph = load_model(MODEL)
+    calib = {graph.inputs[0]: calib_images}
+    layers = [n.name for n in graph.nodes if n.op in ("Conv", "Gemm")
+              and any(fnmatch.fnmatchcase(n.name, pattern) for pattern in args.layers)]
+    if not layers:
+        raise SystemExit(f"--layers {' '.join(args.layers)}: no conv/gemm layer matches")
+    results = {"held_out_images": args.held_out, "oracle_bits": args.oracle_bits, "profiles": {}}
+    lines = []
+    for profile in args.profiles:
+        resolved = resolve_profile(profile)
+        text = _profile_text(resolved)
+        base_new, _ = requantize(graph, profile, calib, Options())
+        base = accuracy(base_new, profile, images, labels)
+        print(f"{profile:<10} {'(unchanged)':<24} {base:6.2f}%", file=sys.stderr, flush=True)
+        rows = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for layer in layers:
+                scratch = os.path.join(tmp, "oracle.yaml")
+                save_text(scratch, text.replace(f"name: {resolved.name}", f"name: {resolved.name}-oracle", 1) +
+                          f"\nlayers:\n  - name: \"{layer}\"\n    activations: {{bits: {args.oracle_bits}}}\n")
+                new, _ = requantize(graph, scratch, calib, Options())
+                acc = accuracy(new, scratch, images, labels)
+                rows[layer] = acc
+                print(f"{profile:<10} {layer:<24} {acc:6.2f}% ({acc - base:+.2f})", file=sys.stderr, flush=True)
+        results["profiles"][profile] = {"unchanged": base, "layers": rows}
+        lines += [(f"{profile}: held-out accuracy {base:.2f}% ({args.held_out} training images outside the "
+                   f"calibration set); one layer's output at {args.oracle_bits} bits:"), "",
+                  "| layer | accuracy | gain |", "|---|---|---|"]
+        lines += [f"| {layer} | {acc:.2f} | {acc - base:+.2f} |"
+                  for layer, acc in sorted(rows.items(), key=lambda kv: -kv[1])]
+        lines.append("")
+    table = "\n".join(lines)
+    print(table)
+    if args.json:
+        save_json(args.json, results)
+    if args.markdown:
+        save_text(args.markdown, table + "\n")
+    return 0
+
+
+def _profile_text(profile) -> str:
+    """The YAML text of a loaded profile, which the oracle's scratch copies extend."""
+    with open(profile.source, encoding="utf-8") as f:
+        text = f.read()
+    if "\nlayers:" in text:
+        raise SystemExit(f"--oracle: {profile.name} already has layer overrides; give a profile without them")
+    return text
 
 
 if __name__ == "__main__":
