@@ -14,9 +14,16 @@ preemptions drop out):
   summed over the ten layers;
 - ``program``: the compiled program's function (:mod:`simulator.compiled`) looped in a jitted
   function: the layers plus their glue (output allocations, calls);
+- ``fn(x)``: that function called from Python through numba's dispatcher (adds the type
+  resolution of the argument, unboxing it, boxing the returned array and counters);
 - ``run``: :meth:`CompiledProgram.run` from Python, as ``bench/paired.py`` times it (adds the
-  input checks, the dispatch into numba, boxing the outputs and the result object);
+  input checks and the result object; it calls the compiled version's entry point instead of
+  the dispatcher);
 - LiteRT ``BUILTIN_REF`` per inference, and the ratios ``REF / run`` and ``REF / read``.
+
+The differences ``fn(x) - program`` and ``run - fn(x)`` are the call's two parts (the Python
+side also evicts some of the kernels' state between calls, which only ``run`` and ``fn(x)``
+pay).
 
     SIMULATOR_KERNELS=portable python bench/ad01_floor.py
 """
@@ -163,6 +170,7 @@ def main():
 
     program_loop(1, x)
     program_s = _best(lambda n: program_loop(n, x), 200)
+    fn_s = _best(lambda n: [fn(x) for _ in range(n)], 200)
     run_s = _best(lambda n: [compiled.run(bound) for _ in range(n)], 200)
     ref = zoo.litert("ad01", 1, reference=True)
     ref_s = _best(lambda n: [ref() for _ in range(n)], 20)
@@ -170,8 +178,11 @@ def main():
 
     print(f"kernels: {capabilities().kernels}; AD01 weights: {len(w) / 1024:.0f} KiB")
     for name, sec in (("read (floor)", read_s), ("madd (floor)", madd_s), ("layers", layers_s),
-                      ("program", program_s), ("run", run_s), ("LiteRT BUILTIN_REF", ref_s)):
+                      ("program", program_s), ("fn(x)", fn_s), ("run", run_s),
+                      ("LiteRT BUILTIN_REF", ref_s)):
         print(f"{name:20s} {sec * 1e6:8.2f} us")
+    print(f"call: {(run_s - program_s) * 1e6:.2f} us (dispatch and boxing"
+          f" {(fn_s - program_s) * 1e6:.2f}, run's Python {(run_s - fn_s) * 1e6:.2f})")
     print(f"REF / run: {ref_s / run_s:.1f}x; REF / read: {ref_s / read_s:.1f}x")
 
 

@@ -39,11 +39,13 @@ from simulator.capabilities import ensure_started
 from simulator.errors import KernelInputError, SimulatorError
 from simulator.kernels import sources_digest
 from simulator.kernels.jitcache import _describe
+from simulator.kernels.portable_glue import c_view, stack_array
 from simulator.launch import In, Tmp
 from simulator.run import RunResult, _check_feeds, _plan
 from simulator.steps import params_of, spec, step_launch
 
 _LAST_REASON = [""]
+_new = object.__new__
 
 
 def last_reason() -> str:
@@ -95,20 +97,32 @@ def _view(expr, shape):
     if shape is None:
         return expr
     dims = ", ".join(str(int(d)) for d in shape)
-    return f"{expr}.reshape(({dims},))"
+    return f"c_view({expr}, ({dims},))"
 
 
-def _body(program, input_specs, src, body):
+# intermediates no program output aliases live in the function's stack frame, up to this many
+# bytes per function (a heap allocation and free cost ~50 ns each: a tenth of a small layer)
+STACK_TEMP_BYTES = 16384
+
+
+def _body(program, input_specs, src, body, stack_sat=False):
     """Append the launches of every step to ``body`` (lines of a function whose inputs are
     ``x0, x1, ...`` with ``input_specs``: name -> (shape, dtype)); return ``(output
-    expressions, {buffer: spec})``. Raises :class:`_Unsupported`."""
+    expressions, {buffer: spec})``. Raises :class:`_Unsupported`. ``stack_sat``: the counters
+    ``sat`` in the stack frame (when the function does not return the array)."""
     var = {}   # buffer name -> python expression
     specs = {}  # buffer name -> spec array
+    aliases = {}  # buffer name -> the temporaries it may be a view of
+    temps = []  # (line index in body, temporary, shape, dtype)
     for i, inp in enumerate(program.inputs):
         var[inp.name] = f"x{i}"
         specs[inp.name] = spec(*input_specs[inp.name])
     n_steps = len(program.steps)
-    body.append(f"    sat = np.zeros({n_steps}, np.int64)")
+    if stack_sat:
+        body.append(f"    sat = stack_array({max(n_steps, 1)}, np.int64)")
+        body.append("    sat[:] = 0")
+    else:
+        body.append(f"    sat = np.zeros({n_steps}, np.int64)")
     held = fusion.Held(program)
     for k, (step, _kind, _params) in enumerate(_plan(program)):
         in_specs = [specs[name] for name in step.inputs]
@@ -134,6 +148,7 @@ def _body(program, input_specs, src, body):
 
         for j, (shape, dtype) in enumerate(launch.temps):
             dims = ", ".join(str(int(d)) for d in shape)
+            temps.append((len(body), f"t{k}_{j}", tuple(int(d) for d in shape), np.dtype(dtype)))
             body.append(f"    t{k}_{j} = np.empty(({dims},), np.{np.dtype(dtype).name})")
 
         def render(call, expr=expr, step=step):
@@ -151,6 +166,9 @@ def _body(program, input_specs, src, body):
             vname = f"b{k}_{j}"
             body.append(f"    {vname} = {expr(out)}")
             var[name] = vname
+            aliases[name] = ({f"t{k}_{out.index}"} if isinstance(out, Tmp) else
+                             aliases.get(step.inputs[out.index], set()) if isinstance(out, In)
+                             else set())
             specs[name] = spec(*out_specs[j])
     outs = []
     for o in program.outputs:
@@ -159,7 +177,56 @@ def _body(program, input_specs, src, body):
         if specs[o.name].dtype.name != o.dtype:
             raise _Unsupported(f"program output {o.name!r} has dtype {specs[o.name].dtype.name}")
         outs.append(var[o.name])
+    _stack_temps(body, temps, set().union(*(aliases.get(o.name, set()) for o in program.outputs)))
     return outs, specs
+
+
+def _stack_temps(body, temps, escaping):
+    """Rewrite the declarations of temporaries outside ``escaping`` (the program outputs'
+    aliases) as stack arrays, in program order while :data:`STACK_TEMP_BYTES` lasts."""
+    left = STACK_TEMP_BYTES
+    for line, name, shape, dtype in temps:
+        size = int(np.prod(shape, dtype=np.int64))
+        if name in escaping or size * dtype.itemsize > left or size == 0:
+            continue
+        left -= size * dtype.itemsize
+        dims = ", ".join(str(d) for d in shape)
+        array = f"stack_array({size}, np.{dtype.name})"
+        body[line] = f"    {name} = {array if len(shape) == 1 else f'c_view({array}, ({dims},))'}"
+
+
+def _input_checks(program, feeds, prefix):
+    """Lines raising ``ValueError`` unless argument ``<prefix><i>`` has the shape of its feed
+    and C strides (numpy's rule: dimensions of extent 1 have any). :meth:`CompiledProgram.run`
+    calls the compiled version's entry point, which trusts its arguments; on this error it
+    takes the checked call instead."""
+    lines = []
+    for i, inp in enumerate(program.inputs):
+        arr = feeds[inp.name]
+        shape = tuple(int(d) for d in arr.shape)
+        if not shape:
+            continue
+        conds = [f"{prefix}{i}.shape != ({''.join(f'{d}, ' for d in shape)})"]
+        if 0 not in shape:
+            step = arr.dtype.itemsize
+            for j in reversed(range(len(shape))):
+                if shape[j] > 1:
+                    conds.append(f"{prefix}{i}.strides[{j}] != {step}")
+                step *= shape[j]
+        lines.append(f"    if {' or '.join(conds)}:")
+        lines.append(f"        raise ValueError('input {i}: not the compiled shape or not C-contiguous')")
+    return lines
+
+
+def _returned(outs):
+    """Source of what the generated function returns for its outputs ``outs``: the one array,
+    or the tuple of several (a tuple around one array costs its boxing and an index)."""
+    return outs[0] if len(outs) == 1 else "(" + "".join(o + ", " for o in outs) + ")"
+
+
+def _counts(name, n):
+    """Source of the tuple of the ``n`` elements of the array ``name``."""
+    return "(" + "".join(f"{name}[{i}], " for i in range(n)) + ")"
 
 
 def _with_threads(threads, fn, *args):
@@ -177,9 +244,12 @@ def _generate(program, feeds):
     """``(source, src)`` of one function running the whole batch; raises :class:`_Unsupported`."""
     src = _Source()
     input_specs = {name: (arr.shape, arr.dtype) for name, arr in feeds.items()}
-    body = []
-    outs, _ = _body(program, input_specs, src, body)
-    body.append(f"    return ({''.join(o + ', ' for o in outs)}), sat")
+    body = _input_checks(program, feeds, "x")
+    outs, _ = _body(program, input_specs, src, body, stack_sat=True)
+    # the counters are in the function's frame and leave it as a tuple of ints (boxing
+    # counts that are mostly 0 is cheaper than boxing an array)
+    n_steps = len(program.steps)
+    body.append(f"    return {_returned(outs)}, {_counts('sat', n_steps)}")
     args = ", ".join(f"x{i}" for i in range(len(program.inputs)))
     source = f"import numpy as np\n\n\ndef program({args}):\n" + "\n".join(body) + "\n"
     return source, src
@@ -193,14 +263,46 @@ CHUNK_MIN_ROWS = 8
 _AXIS_FIELDS = ("axis", "axes", "channel_axis", "perm")
 
 
-def _chunking(batch, threads):
-    """``(rows per chunk, full chunks, rows of the last, shorter chunk or 0)`` or ``None``."""
-    n = min(threads, batch // CHUNK_MIN_ROWS)
-    if threads < 2 or n < 2:
-        return None
+# a batch whose largest step touches more than CACHE_BYTES (inputs, outputs, scratch) per
+# thread is also cut into blocks of about BLOCK_BYTES that run through the whole program one
+# after the other: each step then reads what the previous one wrote from the core's L2 cache
+# instead of memory (ResNet-8 at batch 256, 1 thread: 22.5-29 -> 18.9 ms; AD01, whose steps are
+# small but whose weights each block would read again, stays whole)
+CACHE_BYTES = 1 << 20
+BLOCK_BYTES = 512 << 10
+
+
+def _chunking(batch, threads, row_bytes=0):
+    """``(rows per chunk, full chunks, rows of the last, shorter chunk or 0)`` or ``None``;
+    ``row_bytes``: the most bytes a step touches per row (:func:`_live_bytes`)."""
+    n = max(1, min(threads, batch // CHUNK_MIN_ROWS))
     rows = -(-batch // n)
+    if row_bytes * rows > CACHE_BYTES:
+        block = max(CHUNK_MIN_ROWS, 1 << (max(1, BLOCK_BYTES // row_bytes).bit_length() - 1))
+        # the same number of blocks for every thread
+        rows = -(-batch // (n * max(1, rows // block)))
+    if rows >= batch:
+        return None
     full = batch // rows
     return rows, full, batch - full * rows
+
+
+def _live_bytes(program, input_specs):
+    """The most bytes one step reads, writes or uses as scratch for inputs ``input_specs``
+    (name -> (shape, dtype)), with the launches built for the current thread count."""
+    specs = {name: spec(shape, dtype) for name, (shape, dtype) in input_specs.items()}
+    most = 0
+    for step, _kind, _params in _plan(program):
+        in_specs = [specs[name] for name in step.inputs]
+        launch = step_launch(step, in_specs)
+        if launch is None:
+            raise _Unsupported(f"step {step.name!r} ({step.kind}) has no launch")
+        outs = [spec(*s) for s in launch.output_specs(in_specs)]
+        specs.update(zip(step.outputs, outs))
+        scratch = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                      for shape, dtype in launch.temps)
+        most = max(most, sum(a.nbytes for a in in_specs + outs) + scratch)
+    return most
 
 
 def _along_batch(step, rank):
@@ -243,15 +345,20 @@ def _generate_chunked(program, feeds, threads):
     rows and runs each range through the whole program on its own thread (``prange``), the
     launches built for one thread; ``None`` when the program is not split (see
     :func:`_separable`). One fork per run instead of one per parallel step, and no step waits
-    for the slowest thread of the previous one."""
+    for the slowest thread of the previous one. A batch too large for the cache is cut into
+    more chunks than threads (:data:`CACHE_BYTES`), run in turn."""
     batches = {int(arr.shape[0]) for arr in feeds.values() if arr.ndim >= 1}
     if len(batches) != 1:
         return None
     (batch,) = batches
-    plan = _chunking(batch, threads)
-    if plan is None:
+    if batch < 2 * CHUNK_MIN_ROWS:
         return None
     try:
+        specs = {name: (arr.shape, arr.dtype) for name, arr in feeds.items()}
+        row_bytes = -(-_with_threads(1, _live_bytes, program, specs) // max(batch, 1))
+        plan = _chunking(batch, threads, row_bytes)
+        if plan is None:
+            return None
         return _chunked_source(program, feeds, threads, batch, plan)
     except _Unsupported:
         return None  # e.g. a step without a launch at the chunk's shape: not split
@@ -290,12 +397,13 @@ def _chunked_source(program, feeds, threads, batch, plan):
     n_chunks = full + (1 if tail else 0)
     n_steps = len(program.steps)
     args = ", ".join(f"f{i}" for i in range(len(names)))
-    lines = [f"def program({args}):"]
+    lines = [f"def program({args}):"] + _input_checks(program, feeds, "f")
     for j, s in enumerate(out_specs):
         dims = ", ".join(str(int(d)) for d in (batch,) + tuple(s.shape[1:]))
         lines.append(f"    o{j} = np.empty(({dims},), np.{s.dtype.name})")
     lines.append(f"    sats = np.zeros(({n_chunks}, {n_steps}), np.int64)")
-    lines.append(f"    for c in prange({n_chunks}):")
+    # one thread: the blocks run one after the other (no parallel region)
+    lines.append(f"    for c in {'prange' if threads > 1 else 'range'}({n_chunks}):")
     call_args = "".join(f"f{i}, " for i in range(len(names)))
     for c, n in enumerate(chunk_sizes):
         cond = (f"if c < {full}:" if c == 0 else "else:") if tail else "if True:"
@@ -306,7 +414,9 @@ def _chunked_source(program, feeds, threads, batch, plan):
             lines.append(f"            o{j}[start:start + {n}] = outs{c}[{j}]")
         lines.append(f"            sats[c] = sat{c}")
     outs = "".join(f"o{j}, " for j in range(len(out_specs)))
-    lines.append(f"    return ({outs}), sats.sum(axis=0)")
+    lines.append("    sat = sats.sum(axis=0)")
+    lines.append(f"    return {_returned([f'o{j}' for j in range(len(out_specs))])}, "
+                 f"{_counts('sat', n_steps)}")
     source = ("import numpy as np\nfrom numba import njit, prange\n\n\n"
               + "\n\n\n".join(fns) + "\n\n\n" + "\n".join(lines) + "\n")
     return source, src, n_chunks
@@ -401,6 +511,7 @@ def _jit(source, src, parallel=False, probe=False):
     module.__file__ = path if on_disk else f"<{name}>"
     module.__dict__.update(src.consts)
     module.__dict__.update(src.kernels)
+    module.__dict__.update(c_view=c_view, stack_array=stack_array)
     module.__dict__["CACHE"] = on_disk  # the chunk functions' decorator argument
     # numba re-imports the module by name when it loads a cached function
     sys.modules[name] = module
@@ -414,16 +525,19 @@ class _StepStats(Mapping):
     """``{step name: {"acc_overflow": 0, "out_saturated": n}}`` built on first use: at batch 1
     building 10-20 small dicts per run cost about a tenth of a small model's run."""
 
+    __slots__ = ("_dict", "_names", "_sat")
+
     def __init__(self, names, sat):
         self._names = names
         self._sat = sat
-        self._dict = None
 
     def _get(self):
-        if self._dict is None:
+        try:
+            return self._dict
+        except AttributeError:  # the first use
             self._dict = {name: {"acc_overflow": 0, "out_saturated": int(n)}
                           for name, n in zip(self._names, self._sat)}
-        return self._dict
+            return self._dict
 
     def __getitem__(self, key):
         return self._get()[key]
@@ -448,6 +562,18 @@ class CompiledProgram:
         # (name, shape, dtype number): comparing dtype numbers costs a tenth of comparing dtypes
         self._checks = [(name, tuple(input_specs[name][0]), np.dtype(input_specs[name][1]).num)
                         for name in self._names]
+        # a one-input program's fast path in run: (name, dtype, ndim); the dtype compared by
+        # identity (numpy's built-in dtypes are singletons), the shape and strides checked by
+        # the generated function (_input_checks); any other feed takes the checks above.
+        # Armed (``_one``: plus the callable) once the function is compiled.
+        self._single = None
+        if len(self._checks) == 1:
+            name, shape, _num = self._checks[0]
+            dtype = np.dtype(input_specs[name][1])
+            canonical = np.dtype(dtype.type) if dtype.isnative else dtype
+            self._single = (name, canonical, len(shape))
+        self._one = None
+        self._out0 = program.outputs[0].name if len(program.outputs) == 1 else None
         self._step_names = [s.name for s in program.steps]
         self._out_names = [s.name for s in program.outputs]
 
@@ -461,6 +587,50 @@ class CompiledProgram:
         return True
 
     def run(self, feeds) -> RunResult:
+        # at batch 1 this method is a third of a small model's time: every line counts
+        # (tests/simulator/test_compiled_call.py; bench/ad01_floor.py measures it)
+        one = self._one
+        got = None
+        if one is not None:
+            try:
+                arr = feeds[one[0]]
+                if len(feeds) == 1 and arr.dtype is one[1] and arr.ndim == one[2]:
+                    # not an array: the entry point raises TypeError; another shape or not
+                    # C-contiguous: the function raises ValueError before any step
+                    got = one[3](arr)
+            except (KeyError, AttributeError, TypeError, ValueError):
+                pass  # the checked call names the problem, or copies the array
+        if got is None:
+            got = self._call_checked(feeds)
+        outs, sat = got
+        # the dataclass __init__ (default factories) cost ~1.5 us, dict(zip(...)) ~0.2 us;
+        # plain attribute stores (reading result.__dict__ would build the dict: +0.1 us)
+        result = _new(RunResult)
+        result.outputs = ({self._out0: outs} if self._out0 is not None
+                          else dict(zip(self._out_names, outs)))
+        result.trace = {}
+        stats = result.stats = _new(_StepStats)  # without __init__: two slots
+        stats._names = self._step_names
+        stats._sat = sat
+        return result
+
+    def _call_checked(self, feeds):
+        """The function's result on ``feeds``, checked; then :meth:`run`'s fast path is set
+        up for a one-input program: an array of the dtype and dimension count goes straight to
+        the compiled version's entry point (the dispatcher's type resolution, ~70 ns, is for
+        arrays that could need another version; the function checks shape and strides). For
+        8-bit inputs only: a wider one could be misaligned, which the dispatcher types
+        apart (and would compile another version for)."""
+        out = self.fn(*self._arrays(feeds))
+        if self._one is None and self._single is not None and self._single[1].itemsize == 1:
+            overloads = list(self.fn.overloads.values())
+            if len(overloads) == 1:
+                self._one = self._single + (overloads[0].entry_point,)
+        return out
+
+    def _arrays(self, feeds):
+        """The function's arguments from ``feeds``, checked (a user error names the
+        problem)."""
         arrays = []
         try:
             if len(feeds) != len(self._names):
@@ -480,13 +650,7 @@ class CompiledProgram:
                         f"input {name!r}: this compiled program takes shape {list(shape)}, got"
                         f" {list(feeds[name].shape)}") from None
             raise
-        outs, sat = self.fn(*arrays)
-        # the dataclass __init__ (default factories) cost ~1.5 us, a tenth of a small model
-        result = object.__new__(RunResult)
-        result.outputs = dict(zip(self._out_names, outs))
-        result.trace = {}
-        result.stats = _StepStats(self._step_names, sat)
-        return result
+        return arrays
 
 
 def compiled_on_disk(program, feeds) -> bool | None:
@@ -497,7 +661,7 @@ def compiled_on_disk(program, feeds) -> bool | None:
         source, src, chunks = _source_for(program, feeds, numba.get_num_threads())
     except _Unsupported:
         return None
-    fn = _jit(source, src, parallel=chunks > 1, probe=True)
+    fn = _jit(source, src, parallel=chunks > 1 and numba.get_num_threads() > 1, probe=True)
     if fn is None:
         return False
     cache_file = getattr(getattr(fn, "_cache", None), "_cache_file", None)
@@ -521,7 +685,9 @@ def compile_program(program, feeds, threads=None) -> CompiledProgram | None:
     ``threads`` (default: numba's current count): with 2 or more and a batch of at least
     ``CHUNK_MIN_ROWS`` rows per thread, the batch is split into one range of rows per thread,
     each run through the whole program on its own thread, when every buffer keeps the batch as
-    its leading axis (:func:`_separable`); otherwise the steps' own kernels use the threads."""
+    its leading axis (:func:`_separable`); otherwise the steps' own kernels use the threads.
+    Such a batch is cut into blocks of rows that fit the cache when its steps do not
+    (:data:`CACHE_BYTES`), on one thread too."""
     ensure_started()
     _LAST_REASON[0] = ""
     _check_feeds(program, feeds)
@@ -531,7 +697,7 @@ def compile_program(program, feeds, threads=None) -> CompiledProgram | None:
     except _Unsupported as err:
         _LAST_REASON[0] = str(err)
         return None
-    fn = _jit(source, src, parallel=chunks > 1)
+    fn = _jit(source, src, parallel=chunks > 1 and threads > 1)
     specs = {name: (tuple(arr.shape), arr.dtype) for name, arr in feeds.items()}
     compiled = CompiledProgram(program, specs, fn, source)
     compiled.chunks = chunks

@@ -5,7 +5,8 @@ it can swap a kernel for a cheaper one whose preconditions the program's constan
 one step's kernel finish the next step's work:
 
 - :func:`refine`: a ``vnni_rows`` conv with the ``fp32`` half-to-even epilogue whose products
-  are bounded (:func:`simulator.kernels.rows_fused.fp32_bounded`) runs the bounded epilogue;
+  are bounded (:func:`simulator.kernels.rows_fused.fp32_bounded`) runs the bounded epilogue,
+  narrowed to int8 by a saturating store when it clamps to the whole int8 range;
 - :func:`fused_add`: a ``vnni_rows`` conv whose output feeds only a lean fixed-point add
   (:mod:`simulator.kernels.add_i32`) computes the add in its epilogue; the program then never
   stores the conv's output (:func:`holds` says which convs to hold back until their add).
@@ -15,32 +16,16 @@ why); tests/simulator/test_compiled_fusion.py compares compiled programs with th
 """
 from __future__ import annotations
 
+import numpy as np
+
 from simulator.kernels import add_i32, rows_fused, vnni_rows
 from simulator.kernels import epilogue as ep_k
-from simulator.launch import Call, In
+from simulator.launch import Call, In, Tmp
 from simulator.rounding import CODES
 
 # positions in the vnni_rows.rows arguments
 _KOFF, _NBG, _M_OUT, _WPK, _BIASP, _MF = 8, 9, 10, 11, 12, 13
-_OUT = 21
-
-
-def _closure(fn):
-    py = getattr(fn, "py_func", None)
-    if py is None or py.__closure__ is None:
-        return {}
-    return dict(zip(py.__code__.co_freevars, (c.cell_contents for c in py.__closure__)))
-
-
-def _rows_spec(call):
-    """``(kind, rnd)`` when ``call`` is the serial ``vnni_rows.rows`` kernel, else ``None``."""
-    py = getattr(call.fn, "py_func", None)
-    if py is None or py.__module__ != vnni_rows.__name__ or py.__name__ != "rows":
-        return None
-    cells = _closure(call.fn)
-    if "kind" not in cells or "rnd" not in cells:
-        return None
-    return int(cells["kind"]), int(cells["rnd"])
+_LO, _HI, _OUT = 19, 20, 21
 
 
 def _bounded(call, kind, rnd):
@@ -51,24 +36,31 @@ def _bounded(call, kind, rnd):
                                    int(a[_KOFF].shape[0]), int(a[_M_OUT]))
 
 
+def _int8_range_out(launch, call):
+    """Whether the rows ``call`` clamps to [-128, 127] and writes an int8 scratch buffer of
+    ``launch`` (its codes can be narrowed with saturation: ``rows_fused`` ``store_i8``)."""
+    a = call.args
+    out = a[_OUT]
+    if not isinstance(out, Tmp) or np.dtype(launch.temps[out.index][1]) != np.int8:
+        return False
+    return int(a[_LO]) == -128 and int(a[_HI]) == 127
+
+
 def refine(launch):
-    """``launch`` with its ``vnni_rows`` call on the bounded epilogue where that applies."""
+    """``launch`` with its ``vnni_rows`` call on the bounded epilogue where that applies (with
+    the saturating int8 store when it clamps to the whole int8 range)."""
     calls = list(launch.calls)
     changed = False
     for i, call in enumerate(calls):
-        spec = _rows_spec(call)
+        spec = vnni_rows.spec_of(call.fn)
         if spec is not None and _bounded(call, *spec):
-            rows, _ = rows_fused.kernels(spec[0], spec[1], True, -1)
+            rows, _ = rows_fused.kernels(spec[0], spec[1], True, -1,
+                                         _int8_range_out(launch, call))
             calls[i] = Call(rows, call.args, call.counted)
             changed = True
     if not changed:
         return launch
     return type(launch)(launch.temps, tuple(calls), launch.outputs)
-
-
-def _lean_add_rnd(call):
-    """The rounding of a serial lean add call (:mod:`simulator.kernels.add_i32`), or ``None``."""
-    return add_i32.rounding_of(call.fn)
 
 
 def holds(launch, n_consumers, consumer_kind, is_program_output):
@@ -86,7 +78,7 @@ def holds(launch, n_consumers, consumer_kind, is_program_output):
 
 def _conv_spec(call):
     """``(kind, rnd, bounded)`` of a serial rows call (plain or bounded), else ``None``."""
-    spec = _rows_spec(call)
+    spec = vnni_rows.spec_of(call.fn)
     if spec is not None:
         return spec[0], spec[1], False
     if getattr(getattr(call.fn, "py_func", None), "__name__", "") != "rows":
@@ -103,7 +95,7 @@ def fused_add(conv_call, add_launch, conv_input):
     if len(add_launch.calls) != 1:
         return None
     add_call = add_launch.calls[0]
-    add_rnd = _lean_add_rnd(add_call)
+    add_rnd = add_i32.rounding_of(add_call.fn)
     spec = _conv_spec(conv_call)
     if add_rnd is None or spec is None:
         return None

@@ -31,7 +31,6 @@ import numpy as np
 from numba import njit, prange
 
 from simulator.errors import KernelInputError
-from simulator.launch import Call, In, Launch, Tmp, cast_copy
 from simulator.kernels.quant import (
     PARALLEL_MIN_ELEMENTS,
     check_int_array,
@@ -40,6 +39,7 @@ from simulator.kernels.quant import (
     dtype_range,
     rounding_code,
 )
+from simulator.launch import Call, In, Launch, Tmp
 from simulator.primitives import (
     ROUNDING_CODES,
     f32_add,
@@ -299,7 +299,7 @@ def _avgpool_nhwc_rows(x, kh, kw, sh, sw, pt, pl, include_pad, mode, s_in, z_in,
                        rnd, out_min, out_max, out, r0, r1):
     """:func:`_avgpool_kernel` on NHWC data for output rows ``[r0, r1)`` (image-major): the
     window sums are vectorized over channels, each channel summed in window order."""
-    n_img, height, width, n_ch = x.shape
+    _, height, width, n_ch = x.shape
     oh_n, ow_n = out.shape[1], out.shape[2]
     acc = np.zeros(n_ch, dtype=np.int64)
     acc32 = np.zeros(n_ch, dtype=np.int32)
@@ -451,7 +451,6 @@ def _avgpool(x, layout, kernel, strides, pads, ceil_mode, count_include_pad, mod
     z_in = int(zero_point_in) if code != AVG_TFLITE_RAW else 0
     if layout == "NHWC":
         out_shape = (int(x.shape[0]), oh, ow, int(x.shape[3]))
-        size = out_shape[0] * oh * ow * out_shape[3]
         args = (In(0), kh, kw, sh, sw, pt, pl, include_pad, code, s_in, np.int64(z_in), s_out,
                 np.int64(zero_point_out), rnd, np.int64(out_min_i), np.int64(out_max_i), Tmp(0))
         n_rows = out_shape[0] * oh
@@ -460,8 +459,9 @@ def _avgpool(x, layout, kernel, strides, pads, ceil_mode, count_include_pad, mod
             call = Call(_avgpool_nhwc_par, args + (min(n_rows, 4 * threads),), counted=True)
         else:
             call = Call(_avgpool_nhwc_rows, args + (0, n_rows), counted=True)
-        return Launch(((out_shape, "int64"), (out_shape, dt.name)),
-                      (call, Call(cast_copy, (Tmp(0, (size,)), Tmp(1, (size,))))), (Tmp(1),))
+        # the kernel stores each code in the output's dtype itself (every mode's values lie in
+        # its range: clamped codes, or the int64 averages of 'fixed'); no int64 copy to cast
+        return Launch(((out_shape, dt.name),), (call,), (Tmp(0),))
     if launch_only:
         return None
     out = np.empty((xn.shape[0], xn.shape[1], oh, ow), dtype=np.int64)

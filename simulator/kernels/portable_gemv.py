@@ -182,9 +182,17 @@ def vstore_u16x32(typingctx, dst, di, src, si, flip):
     return types.none(dst, di, src, si, flip), codegen
 
 
+def scratch_fits(c4_n, group) -> bool:
+    """Whether the scratch of a step with ``c4_n`` 4-channel steps fits :data:`STACK_I32`
+    (then ``rows_int8`` runs it, else ``rows_int8_heap``)."""
+    return 2 * c4_n + 2 * group * LANES <= STACK_I32
+
+
 def kernels(kind, rnd):
-    """The ``rows_int8`` kernel for an epilogue kind and rounding mode (Python ints); the
-    accumulator count follows the target's vector registers
+    """``(rows_int8, rows_int8_heap)`` for an epilogue kind and rounding mode (Python ints):
+    the scratch on the stack or allocated (:func:`scratch_fits`, chosen when the launch is
+    built: a branch between them in one kernel made numba count references to every array
+    argument); the accumulator count follows the target's vector registers
     (:func:`simulator.kernels.portable.wide_target`)."""
     return specialised(_make_kernels, int(kind), int(rnd), wide_target())
 
@@ -234,11 +242,13 @@ def _make_kernels(kind, rnd, wide):
         vstore(xu, at, vsub_i32(vsub_i32(acc_w, vshl_i32(acc_h, 8)), corr))
         vstore(xu, at + 16, acc_h)
 
-    @njit(cache=True)
+    @njit(cache=True, inline="always")
     def _rows(xp, flip, ctot, c4_n, nbg, m_out, w8, biasp, mf, mi, s1, s2, zpf, zp, lo, hi,
               out, n_rows, xu):
         """:func:`rows_int8` with its scratch ``xu``: the row's channel pairs (``2 * c4_n``
-        int32), then the word and high sums of one group."""
+        int32), then the word and high sums of one group. Inlined into both kernels: a call
+        would make the caller count references to each of its 8 array arguments (16 calls of
+        ``NRT_incref`` / ``NRT_decref``, ~35 ns per layer)."""
         cnt = 0
         n_pairs = (nbg + 1) // 2
         pairs = group // 2
@@ -319,27 +329,25 @@ def _make_kernels(kind, rnd, wide):
         return cnt
 
     @njit(cache=True)
-    def _rows_heap(xp, flip, ctot, c4_n, nbg, m_out, w8, biasp, mf, mi, s1, s2, zpf, zp, lo, hi,
-                   out, n_rows):
-        xu = np.empty(2 * c4_n + 2 * group * LANES, dtype=np.int32)
-        return _rows(xp, flip, ctot, c4_n, nbg, m_out, w8, biasp, mf, mi, s1, s2, zpf, zp, lo,
-                     hi, out, n_rows, xu)
-
-    @njit(cache=True)
     def rows_int8(xp, flip, ctot, c4_n, nbg, m_out, w8, biasp, mf, mi, s1, s2, zpf, zp, lo, hi,
                   out, n_rows):
         """Rows ``[0, n_rows)`` of ``xp`` (``ctot`` elements apart): the int16 image, or the
         8-bit input read with ``flip`` (:func:`vstore_u16x32`); returns the saturation
-        count."""
-        if 2 * c4_n + 2 * group * LANES > STACK_I32:
-            # the allocation in a function of its own: numba surrounds a function that
-            # allocates with reference counting of every array argument
-            return _rows_heap(xp, flip, ctot, c4_n, nbg, m_out, w8, biasp, mf, mi, s1, s2, zpf,
-                              zp, lo, hi, out, n_rows)
+        count. The scratch is on the stack: only for steps where :func:`scratch_fits`
+        (:func:`call` chooses; a check here, even one that raises, brings the reference
+        counting back: +30 ns per call)."""
         return _rows(xp, flip, ctot, c4_n, nbg, m_out, w8, biasp, mf, mi, s1, s2, zpf, zp, lo,
                      hi, out, n_rows, stack_i32(STACK_I32))
 
-    return (rows_int8,)
+    @njit(cache=True)
+    def rows_int8_heap(xp, flip, ctot, c4_n, nbg, m_out, w8, biasp, mf, mi, s1, s2, zpf, zp, lo,
+                       hi, out, n_rows):
+        """:func:`rows_int8` with its scratch allocated (a step with more input channels)."""
+        xu = np.empty(2 * c4_n + 2 * group * LANES, dtype=np.int32)
+        return _rows(xp, flip, ctot, c4_n, nbg, m_out, w8, biasp, mf, mi, s1, s2, zpf, zp, lo,
+                     hi, out, n_rows, xu)
+
+    return (rows_int8, rows_int8_heap)
 
 
 def _weights(fast):
@@ -378,8 +386,11 @@ def call(fast, xp, flip, biasp, flat, total):
     ep = fast.ep
     args = (xp, flip, fast.ctot, fast.c4_n, fast.nbg, fast.m_out, _weights(fast),
             biasp) + ep.arrays() + (flat, total)
-    return Call(kernels(ep.kind, ep.rnd), args, counted=True)
+    stack, heap = kernels(ep.kind, ep.rnd)
+    return Call(stack if scratch_fits(fast.c4_n, group_for(wide_target())) else heap, args,
+                counted=True)
 
 
 __all__ = ["GROUP", "GROUP_WIDE", "MAX_ROWS", "applies", "call", "fits", "group_for",
-           "kernels", "pack_int8", "reads_input", "stack_i32", "vhigh_s8", "vstore_u16x32"]
+           "kernels", "pack_int8", "reads_input", "scratch_fits", "stack_i32", "vhigh_s8",
+           "vstore_u16x32"]

@@ -35,6 +35,7 @@ from numba import njit, prange
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels import simd
 from simulator.kernels.jitcache import specialised
+from simulator.kernels.portable_glue import stack_array
 from simulator.kernels.simd import vbcast4, vdpbusd, vload, vload_i32, vstore
 
 MR = 8
@@ -43,7 +44,18 @@ LANES = 16
 
 def kernels(kind, rnd):
     """``(rows, rows_par)`` specialised for an epilogue kind and rounding mode (Python ints)."""
-    return specialised(_make_kernels, int(kind), int(rnd))
+    got = specialised(_make_kernels, int(kind), int(rnd))
+    _SPECS[got[0]] = (int(kind), int(rnd))
+    return got
+
+
+# serial kernel -> (kind, rnd): how simulator.fusion recognises the calls it may rewrite
+_SPECS = {}
+
+
+def spec_of(fn):
+    """``(kind, rnd)`` of a serial :func:`kernels` kernel (``rows``), else ``None``."""
+    return _SPECS.get(fn)
 
 
 def koff_table(taps, c4_n):
@@ -60,7 +72,8 @@ def _make_kernels(kind, rnd):
         ``row // oh_n``, output row ``row % oh_n``; column ``p % ow_n``) into flat NHWC
         ``out``; returns the saturation count."""
         nk = koff.shape[0]
-        scratch = np.empty(MR * LANES, dtype=np.int32)
+        # in the frame, not a heap allocation and free per call (~50 ns each)
+        scratch = stack_array(128, np.int32)  # MR * LANES
         ps = sw * ctot
         rstep = sh * wp_n * ctot
         wblk = nk * 64
@@ -144,4 +157,4 @@ def _make_kernels(kind, rnd):
     return rows, rows_par
 
 
-__all__ = ["MR", "kernels", "koff_table"]
+__all__ = ["MR", "kernels", "koff_table", "spec_of"]

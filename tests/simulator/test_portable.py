@@ -308,8 +308,8 @@ def test_pack_pairs_layout():
 @pytest.mark.slow
 @pytest.mark.skipif(HERE_PORTABLE, reason="this process already runs the portable kernels")
 def test_forced_portable_process():
-    """This file's and test_portable_gemv.py's portable checks in a process that forces the
-    portable kernels."""
+    """This file's, test_portable_gemv.py's and test_compiled_call.py's checks in a process that
+    forces the portable kernels."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("SIMULATOR_KERNELS", "SIMULATOR_SIMD", "SIMULATOR_AMX",
                         "PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")}
@@ -317,6 +317,7 @@ def test_forced_portable_process():
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-p", "no:randomly", "-x", __file__,
                           str(pathlib.Path(__file__).with_name("test_portable_gemv.py")),
+                          str(pathlib.Path(__file__).with_name("test_compiled_call.py")),
                           "-k", "not forced"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
                          check=False)

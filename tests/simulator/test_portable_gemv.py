@@ -52,7 +52,7 @@ def _check(a, w, wzp, bias, xzp, kw, kernel="rows_int8"):
     launch, _ = fast.launch(a.shape, a.dtype)
     names = [c.fn.py_func.__name__ for c in launch.calls]
     assert kernel in names
-    if kernel == "rows_int8":  # whole 4-channel steps: the 8-bit input read as it is
+    if kernel.startswith("rows_int8"):  # whole 4-channel steps: the 8-bit input read as it is
         assert ("_prepass_images" in names) == (a.shape[1] % 4 != 0)
     got, n_sat = fast.run(a)
     acc, ovf = gemm_ref.gemm_acc(a, w, wzp, bias, xzp, 32, "wrap")
@@ -92,7 +92,8 @@ def test_largest_accumulator(depth):
     """``x - xzp = 255`` against ``w = -128`` over ``depth`` channels plus the bias is
     ``-(2**31 - 1)``, the static bound's limit (``255 * 128 * 65793 = 2**31 - 129``): column 0
     reaches it, column 1 holds ``255 * 127`` per product, column 2 alternates. 65792 channels:
-    the input read directly; 65793: the int16 image."""
+    the input read directly; 65793: the int16 image. Both too deep for the scratch on the
+    stack: the kernel that allocates it."""
     w = np.empty((depth, 3), np.int8)
     w[:, 0] = -128
     w[:, 1] = 127
@@ -100,9 +101,28 @@ def test_largest_accumulator(depth):
     a = np.full((1, depth), 127, np.int8)
     edge = 2**31 - 1 - 255 * 128 * depth
     bias = np.array([-edge, edge, 0], np.int64)
-    acc = _check(a, w, 0, bias, -128, _requant(np.random.default_rng(5), "double_q31", 3))
+    acc = _check(a, w, 0, bias, -128, _requant(np.random.default_rng(5), "double_q31", 3),
+                 kernel="rows_int8_heap")
     assert int(acc[0, 0]) == -(2**31 - 1)
     assert int(acc[0, 1]) == 255 * 127 * depth + edge
+
+
+@in_child
+@pytest.mark.parametrize("extra", [0, 1])
+def test_scratch_on_the_stack_up_to_its_size(extra):
+    """The deepest step whose scratch fits the stack runs ``rows_int8``; one 4-channel step
+    more runs ``rows_int8_heap``; both exact."""
+    from simulator.kernels.portable import wide_target
+
+    group = portable_gemv.group_for(wide_target())
+    c4_n = (portable_gemv.STACK_I32 - 2 * group * portable_gemv.LANES) // 2 + extra
+    assert portable_gemv.scratch_fits(c4_n, group) == (extra == 0)
+    rng = np.random.default_rng(11 + extra)
+    a = rng.integers(-128, 128, (2, 4 * c4_n)).astype(np.int8)
+    a[1] = 127
+    w = rng.integers(-128, 128, (4 * c4_n, 24)).astype(np.int8)
+    _check(a, w, 0, rng.integers(-99, 99, 24), -5, _requant(rng, "fixed", 24),
+           kernel="rows_int8" if extra == 0 else "rows_int8_heap")
 
 
 @in_child
@@ -140,7 +160,7 @@ def test_narrow_target_kernel(n_cols):
         (call,) = [c for c in launch.calls if c.fn.py_func.__name__ == "rows_int8"]
         conv = fast.conv
         w8 = portable_gemv.pack_int8(conv.wpk, conv.nbg, conv.c4_n, portable_gemv.GROUP)
-        kern = specialised(portable_gemv._make_kernels, conv.ep.kind, conv.ep.rnd, False)
+        kern = specialised(portable_gemv._make_kernels, conv.ep.kind, conv.ep.rnd, False)[0]
         out = np.empty(2 * n_cols, np.int8)
         args = list(call.args)
         args[0], args[6], args[-2] = a.reshape(-1), w8, out
