@@ -263,11 +263,13 @@ CHUNK_MIN_ROWS = 8
 _AXIS_FIELDS = ("axis", "axes", "channel_axis", "perm")
 
 
-# a batch whose largest step touches more than CACHE_BYTES (inputs, outputs, scratch) per
-# thread is also cut into blocks of about BLOCK_BYTES that run through the whole program one
-# after the other: each step then reads what the previous one wrote from the core's L2 cache
-# instead of memory (ResNet-8 at batch 256, 1 thread: 22.5-29 -> 18.9 ms; AD01, whose steps are
-# small but whose weights each block would read again, stays whole)
+# on one thread, a batch whose largest step touches more than CACHE_BYTES (inputs, outputs,
+# scratch) is cut into blocks of about BLOCK_BYTES that run through the whole program one after
+# the other: each step then reads what the previous one wrote from the core's L2 cache instead
+# of memory (batch 256: ResNet-8 19.8 -> 18.0 ms, MobileNetV2 QAT 50 -> 35 ms; AD01, whose steps
+# are small but whose weights each block would read again, stays whole). Not on two threads:
+# there the same blocks made the MobileNetV2s slower (ORT-quantized 16-18 -> 21-24 ms; AMD EPYC
+# KVM guest, bench/paired.py), so each thread runs its one range of rows as before
 CACHE_BYTES = 1 << 20
 BLOCK_BYTES = 512 << 10
 
@@ -277,10 +279,9 @@ def _chunking(batch, threads, row_bytes=0):
     ``row_bytes``: the most bytes a step touches per row (:func:`_live_bytes`)."""
     n = max(1, min(threads, batch // CHUNK_MIN_ROWS))
     rows = -(-batch // n)
-    if row_bytes * rows > CACHE_BYTES:
+    if n == 1 and row_bytes * rows > CACHE_BYTES:
         block = max(CHUNK_MIN_ROWS, 1 << (max(1, BLOCK_BYTES // row_bytes).bit_length() - 1))
-        # the same number of blocks for every thread
-        rows = -(-batch // (n * max(1, rows // block)))
+        rows = -(-batch // max(1, rows // block))
     if rows >= batch:
         return None
     full = batch // rows

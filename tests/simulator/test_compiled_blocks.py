@@ -1,6 +1,6 @@
 """simulator.compiled: a batch whose steps do not fit the cache is cut into blocks of rows that
-run through the whole program one after the other (one thread: a plain loop; more: ``prange``
-over more blocks than threads). The plan (:func:`simulator.compiled._chunking`) on the sizes of
+run through the whole program one after the other, on one thread (a plain loop; on more,
+each thread runs one range of rows). The plan (:func:`simulator.compiled._chunking`) on the sizes of
 the bench models, and the blocked programs' bits (outputs and per-step saturation counters)
 against the step-by-step interpreter, with saturating rows in every block. Blocking only slices rows, whatever the kernels: the file passes with
 SIMULATOR_KERNELS=portable as well."""
@@ -32,14 +32,14 @@ def _fc(n_in=24, n_out=20):
 
 @pytest.mark.parametrize("batch,threads,row_bytes,plan", [
     # ResNet-8 / KWS / MobileNetV2 at batch 256 (their largest step's bytes per row): blocks of
-    # 8 rows on one thread and on two (32 blocks, 16 per thread)
-    (256, 1, 67649, (8, 32, 0)), (256, 2, 67649, (8, 32, 0)), (256, 1, 36097, (8, 32, 0)),
+    # 8 rows on one thread; on two, one half per thread (blocks made two threads slower)
+    (256, 1, 67649, (8, 32, 0)), (256, 2, 67649, (128, 2, 0)), (256, 1, 36097, (8, 32, 0)),
     (256, 1, 129089, (8, 32, 0)),
     # steps that fit (AD01: 1.5 KiB per row): whole on one thread, one half per thread on two
     (256, 1, 1537, None), (256, 2, 1537, (128, 2, 0)),
-    # smaller rows: about a power of two of them per block (300 // 32 = 9 blocks), the same
-    # number of blocks per thread; a shorter last block
-    (300, 1, 10000, (34, 8, 28)), (300, 2, 10000, (38, 7, 34)),
+    # smaller rows: about a power of two of them per block (300 // 32 = 9 blocks); a shorter
+    # last block
+    (300, 1, 10000, (34, 8, 28)), (300, 2, 10000, (150, 2, 0)),
     # rows larger than a block: still about CHUNK_MIN_ROWS per block
     (100, 1, 1 << 20, (9, 11, 1)),
     # threads without blocks: CHUNK_MIN_ROWS rows per thread at least, as before
