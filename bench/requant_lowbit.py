@@ -135,13 +135,7 @@ def main(argv=None) -> int:
     if FULL in args.rows:
         secs = [results["profiles"][p][FULL]["requant_seconds"] for p in args.profiles]
         lines.append("| re-quantization time, full (s) | " + " | ".join(f"{s:.2f}" for s in secs) + " |")
-    table = "\n".join(lines)
-    print(table)
-    if args.json:
-        save_json(args.json, results)
-    if args.markdown:
-        save_text(args.markdown, table + "\n")
-    return 0
+    return _emit(args, results, lines)
 
 
 def held_out(calib_images: int, n: int, seed: int = 0):
@@ -191,6 +185,11 @@ def oracle(args) -> int:
         lines += [f"| {layer} | {acc:.2f} | {acc - base:+.2f} |"
                   for layer, acc in sorted(rows.items(), key=lambda kv: -kv[1])]
         lines.append("")
+    return _emit(args, results, lines)
+
+
+def _emit(args, results, lines) -> int:
+    """Print the table; write ``--json`` and ``--markdown`` where asked."""
     table = "\n".join(lines)
     print(table)
     if args.json:

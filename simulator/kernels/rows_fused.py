@@ -61,6 +61,15 @@ def fp32_bounded(wpk, biasp, mf, nbg, nk, m_out) -> bool:
     return bool(np.all(acc * np.abs(mf[:m_out].astype(np.float64)) < _F_LIMIT * (1 - 2**-20)))
 
 
+def _rne_i32(builder, f):
+    """16 float32 lanes to int32, rounded half to even (``vcvtps2dq`` with rounding operand 8,
+    {rn-sae}: whatever MXCSR says)."""
+    cvt = ir.FunctionType(_VT, [_FT, _VT, ir.IntType(16), _I32])
+    fn = cgutils.get_or_insert_function(builder.module, cvt, "llvm.x86.avx512.mask.cvtps2dq.512")
+    return builder.call(fn, [f, ir.Constant(_VT, [0] * 16), ir.Constant(ir.IntType(16), -1),
+                             ir.Constant(_I32, 8)])
+
+
 @intrinsic
 def ep16_fp32_rne_bounded(typingctx, acc, m, zp, lo, hi, n):
     """``fp32`` half-to-even requantization of 16 accumulators with ``|f32(acc) * m| < 2**30``:
@@ -70,13 +79,7 @@ def ep16_fp32_rne_bounded(typingctx, acc, m, zp, lo, hi, n):
         acc_v, m_v = args[0], args[1]
         zp_, lo_, hi_, n_ = (simd._i64(context, builder, a, t)
                              for a, t in zip(args[2:6], sig.args[2:6]))
-        f = builder.fmul(builder.sitofp(acc_v, _FT), m_v)
-        cvt = ir.FunctionType(_VT, [_FT, _VT, ir.IntType(16), _I32])
-        fn = cgutils.get_or_insert_function(builder.module, cvt,
-                                            "llvm.x86.avx512.mask.cvtps2dq.512")
-        # rounding operand 8: {rn-sae}, round to nearest even whatever MXCSR says
-        r = builder.call(fn, [f, ir.Constant(_VT, [0] * 16), ir.Constant(ir.IntType(16), -1),
-                              ir.Constant(_I32, 8)])
+        r = _rne_i32(builder, builder.fmul(builder.sitofp(acc_v, _FT), m_v))
         lo_i = simd._splat(builder, builder.trunc(builder.sub(lo_, zp_), _I32), _VT)
         hi_i = simd._splat(builder, builder.trunc(builder.sub(hi_, zp_), _I32), _VT)
         q = simd._clamp_i(builder, r, lo_i, hi_i)
@@ -97,12 +100,7 @@ def ep16_fp32_rne_store_i8(typingctx, acc, m, zp, n, out, o):
         acc_v, m_v = args[0], args[1]
         zp_ = builder.trunc(simd._i64(context, builder, args[2], sig.args[2]), _I32)
         n_ = simd._i64(context, builder, args[3], sig.args[3])
-        f = builder.fmul(builder.sitofp(acc_v, _FT), m_v)
-        cvt = ir.FunctionType(_VT, [_FT, _VT, ir.IntType(16), _I32])
-        fn = cgutils.get_or_insert_function(builder.module, cvt,
-                                            "llvm.x86.avx512.mask.cvtps2dq.512")
-        r = builder.call(fn, [f, ir.Constant(_VT, [0] * 16), ir.Constant(ir.IntType(16), -1),
-                              ir.Constant(_I32, 8)])
+        r = _rne_i32(builder, builder.fmul(builder.sitofp(acc_v, _FT), m_v))
         t = builder.add(r, simd._splat(builder, zp_, _VT))
         u = builder.add(t, ir.Constant(_VT, [128] * 16))
         over = builder.icmp_unsigned(">", u, ir.Constant(_VT, [255] * 16))
