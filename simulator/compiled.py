@@ -276,7 +276,7 @@ BLOCK_BYTES = 512 << 10
 
 def _chunking(batch, threads, row_bytes=0):
     """``(rows per chunk, full chunks, rows of the last, shorter chunk or 0)`` or ``None``;
-    ``row_bytes``: the most bytes a step touches per row (:func:`_live_bytes`)."""
+    ``row_bytes``: the most bytes a step touches per row (:func:`_spec_pass`)."""
     n = max(1, min(threads, batch // CHUNK_MIN_ROWS))
     rows = -(-batch // n)
     if n == 1 and row_bytes * rows > CACHE_BYTES:
@@ -286,24 +286,6 @@ def _chunking(batch, threads, row_bytes=0):
         return None
     full = batch // rows
     return rows, full, batch - full * rows
-
-
-def _live_bytes(program, input_specs):
-    """The most bytes one step reads, writes or uses as scratch for inputs ``input_specs``
-    (name -> (shape, dtype)), with the launches built for the current thread count."""
-    specs = {name: spec(shape, dtype) for name, (shape, dtype) in input_specs.items()}
-    most = 0
-    for step, _kind, _params in _plan(program):
-        in_specs = [specs[name] for name in step.inputs]
-        launch = step_launch(step, in_specs)
-        if launch is None:
-            raise _Unsupported(f"step {step.name!r} ({step.kind}) has no launch")
-        outs = [spec(*s) for s in launch.output_specs(in_specs)]
-        specs.update(zip(step.outputs, outs))
-        scratch = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-                      for shape, dtype in launch.temps)
-        most = max(most, sum(a.nbytes for a in in_specs + outs) + scratch)
-    return most
 
 
 def _along_batch(step, rank):
@@ -356,16 +338,19 @@ def _generate_chunked(program, feeds, threads):
         return None
     try:
         specs = {name: (arr.shape, arr.dtype) for name, arr in feeds.items()}
-        row_bytes = -(-_with_threads(1, _live_bytes, program, specs) // max(batch, 1))
-        plan = _chunking(batch, threads, row_bytes)
+        full_specs = {}
+        most = _with_threads(1, _spec_pass, program, specs, full_specs)
+        plan = _chunking(batch, threads, -(-most // max(batch, 1)))
         if plan is None:
             return None
-        return _chunked_source(program, feeds, threads, batch, plan)
+        return _chunked_source(program, feeds, threads, batch, plan, full_specs)
     except _Unsupported:
         return None  # e.g. a step without a launch at the chunk's shape: not split
 
 
-def _chunked_source(program, feeds, threads, batch, plan):
+def _chunked_source(program, feeds, threads, batch, plan, full_specs):
+    """The chunked source; ``full_specs``: every buffer's spec at the whole batch
+    (:func:`_spec_pass`)."""
     rows, full, tail = plan
     src = _Source()
     names = [inp.name for inp in program.inputs]
@@ -388,10 +373,7 @@ def _chunked_source(program, feeds, threads, batch, plan):
         args = "".join(f"f{i}, " for i in range(len(names)))
         fns.append(f"@njit(cache=CACHE)\ndef chunk{c}({args}start):\n" + "\n".join(body))
         specs_by_batch[n] = specs
-    if batch not in specs_by_batch:
-        full_specs = {}
-        _with_threads(threads, _spec_pass, program, specs_at(batch), full_specs)
-        specs_by_batch[batch] = full_specs
+    specs_by_batch.setdefault(batch, full_specs)
     if not _separable(program, specs_by_batch):
         return None
     out_specs = [specs_by_batch[rows][o.name] for o in program.outputs]
@@ -424,17 +406,23 @@ def _chunked_source(program, feeds, threads, batch, plan):
 
 
 def _spec_pass(program, input_specs, specs):
-    """Fill ``specs`` with every buffer's spec for inputs ``input_specs`` (the launches' output
-    specs; nothing is generated)."""
+    """Fill ``specs`` with every buffer's spec for inputs ``input_specs`` (name -> (shape,
+    dtype); the launches' output specs, built for the current thread count; nothing is
+    generated) and return the most bytes one step reads, writes or uses as scratch."""
     for name, (shape, dtype) in input_specs.items():
         specs[name] = spec(shape, dtype)
+    most = 0
     for step, _kind, _params in _plan(program):
         in_specs = [specs[name] for name in step.inputs]
         launch = step_launch(step, in_specs)
         if launch is None:
             raise _Unsupported(f"step {step.name!r} ({step.kind}) has no launch")
-        for name, s in zip(step.outputs, launch.output_specs(in_specs)):
-            specs[name] = spec(*s)
+        outs = [spec(*s) for s in launch.output_specs(in_specs)]
+        specs.update(zip(step.outputs, outs))
+        scratch = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                      for shape, dtype in launch.temps)
+        most = max(most, sum(a.nbytes for a in in_specs + outs) + scratch)
+    return most
 
 
 def _digest(source, src):

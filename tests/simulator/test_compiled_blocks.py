@@ -7,27 +7,13 @@ SIMULATOR_KERNELS=portable as well."""
 import numpy as np
 import pytest
 
+# one gemm with per-channel fp32 requantization: the cheapest program with a counted kernel
+# (blocking does not look at kernels, only at buffer sizes)
+from test_compiled import _assert_results_equal, _fc, _int8
+
 import simulator.compiled as compiled_mod
 from simulator.compiled import compile_program, last_reason
-from simulator.program import Program, Step, TensorSpec
 from simulator.run import run
-
-
-def _int8(rng, shape):
-    return rng.integers(-128, 128, shape).astype(np.int8)
-
-
-def _fc(n_in=24, n_out=20):
-    """One gemm with per-channel fp32 requantization: the cheapest program with a counted
-    kernel (blocking does not look at kernels, only at buffer sizes)."""
-    rng = np.random.default_rng(5)
-    steps = (Step("gemm", "fc", ("x",), ("y",), {
-        "weight": _int8(rng, (n_in, n_out)), "bias": rng.integers(-2000, 2000, n_out),
-        "input_zero_point": 3, "out_zero_point": -2, "rq_mode": "fp32",
-        "rq_multiplier": rng.uniform(2e-3, 9e-3, n_out).astype(np.float32),
-        "out_dtype": "int8"}),)
-    return Program((TensorSpec("x", "int8", (None, n_in)),),
-                   (TensorSpec("y", "int8", (None, n_out)),), steps)
 
 
 @pytest.mark.parametrize("batch,threads,row_bytes,plan", [
@@ -54,7 +40,7 @@ def test_chunking_plan(batch, threads, row_bytes, plan):
 
 def test_live_bytes_counts_the_largest_step():
     program = _fc()
-    sizes = [compiled_mod._live_bytes(program, {"x": ((b, 24), np.dtype(np.int8))})
+    sizes = [compiled_mod._spec_pass(program, {"x": ((b, 24), np.dtype(np.int8))}, {})
              for b in (1, 8, 64)]
     # at least the step's input and output, and growing with the batch
     assert all(s >= b * (24 + 20) for s, b in zip(sizes, (1, 8, 64)))
@@ -69,12 +55,7 @@ def _check(program, compiled, batch):
         x[-1] = -128 if seed % 2 else 127
         feeds = {"x": x}
         want = run(program, feeds, threads=1, compile="no")
-        got = compiled.run(feeds)
-        assert list(got.outputs) == list(want.outputs)
-        for name in want.outputs:
-            assert got.outputs[name].shape == want.outputs[name].shape
-            np.testing.assert_array_equal(got.outputs[name], want.outputs[name], err_msg=name)
-        assert dict(got.stats) == dict(want.stats)
+        _assert_results_equal(compiled.run(feeds), want)
         saturated += want.stats["fc"]["out_saturated"]
     assert saturated  # the counters were exercised
 

@@ -8,6 +8,7 @@ partial 8-position block; random inputs and every input at each extreme, saturat
 The kernel is VNNI code (the portable path has no row kernel to refine)."""
 import numpy as np
 import pytest
+from test_compiled_fusion import _feeds  # the same two inputs, x and v
 
 from simulator.program import Program, Step, TensorSpec
 
@@ -53,16 +54,6 @@ def _program():
                        TensorSpec("yb", "int8", (None, 16, 16, 16)),
                        TensorSpec("yc", "int8", (None, 5, 5, 16))), steps)
     return program, params
-
-
-def _feeds(seed, fill=None):
-    rng = np.random.default_rng(seed)
-    feeds = {"x": rng.integers(-128, 128, (1, 16, 16, 16)).astype(np.int8),
-             "v": rng.integers(-128, 128, (1, 5, 5, 16)).astype(np.int8)}
-    if fill is not None:
-        for arr in feeds.values():
-            arr[...] = fill
-    return feeds
 
 
 def test_store_i8_matches_reference_and_interpreter():
