@@ -1,7 +1,8 @@
 """Compare a model under several hardware profiles (``mrq compare``), as a decision.
 
 The input model as given is simulated bit-exactly under its own runtime (the *baseline*:
-``onnxruntime-cpu`` for ONNX, ``litert-default`` for TFLite, or ``baseline=``), and every
+the ONNX Runtime profile of this host class for ONNX, ``litert-default`` for TFLite, or
+``baseline=``), and every
 profile's model (re-quantized where needed, see :func:`requantize_for_profile`) on the same
 inputs, read once, batch by batch; every statistic accumulates over batches, so memory follows
 the batch size. Measured against the baseline and the float reference of the *input* model:
@@ -729,10 +730,12 @@ def _output_row(graph, rows):
 
 def default_baseline(model) -> str:
     """The runtime an input model's own accuracy is measured in: ONNX Runtime for ONNX models,
-    LiteRT's default (XNNPACK) interpreter for TFLite models; both simulated bit-exactly."""
+    LiteRT's default (XNNPACK) interpreter for TFLite models; both simulated bit-exactly (ONNX
+    Runtime with the kernels it runs on this host class)."""
     if isinstance(model, str) and model.lower().endswith(".tflite"):
         return "litert-default"
-    return "onnxruntime-cpu"
+    from mrq.hw_profile import onnxruntime_profile_for_host
+    return onnxruntime_profile_for_host()
 
 
 def check_labels(labels, n: int) -> np.ndarray:

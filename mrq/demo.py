@@ -4,7 +4,8 @@ A small CNN (conv, depthwise conv, residual add, max pool, global average pool, 
 by ONNX Runtime's quantize_static ships in ``mrq/data``. The demo simulates it bit-exactly under
 two hardware profiles, prints each layer's fidelity against the float reference, shows where the
 two profiles' integer outputs differ, and, when onnxruntime is installed, checks the
-``onnxruntime-cpu`` simulation against ONNX Runtime itself.
+simulation under this host's ONNX Runtime profile (``onnxruntime-cpu``, ``onnxruntime-cpu-avx2``,
+...: :func:`mrq.hw_profile.onnxruntime_profile_for_host`) against ONNX Runtime itself.
 
 On a fresh machine (empty JIT cache) most of the demo's time is compiling kernels, and each
 profile needs its own specialisations. numba compiles under one process-wide lock, so while
@@ -22,6 +23,7 @@ import sys
 import numpy as np
 
 from mrq.api import simulate
+from mrq.hw_profile import onnxruntime_profile_for_host
 from mrq.metrics import format_table
 
 DEMO_MODEL = os.path.join(os.path.dirname(__file__), "data", "demo_cnn.onnx")
@@ -70,7 +72,12 @@ def _start_warm_up(profiles):
         return None
 
 
-def run_demo(profiles=("onnxruntime-cpu", "tflite-int8")) -> int:
+def run_demo(profiles=None) -> int:
+    """Simulate the demo model under ``profiles`` (default: the ONNX Runtime profile of this
+    host class, then tflite-int8); the ONNX Runtime profile's outputs are checked against ONNX
+    Runtime itself."""
+    if profiles is None:
+        profiles = (onnxruntime_profile_for_host(), "tflite-int8")
     warming = _start_warm_up(list(profiles[1:]))
     try:
         return _run_demo(profiles, warming)
@@ -85,9 +92,10 @@ def _run_demo(profiles, warming) -> int:
     print(f"model: {DEMO_MODEL}\ninput: 8 random images 3x16x16 (seed 0)\n")
     results = {}
     ort_out = None
+    ort_profile = onnxruntime_profile_for_host()   # what ORT computes on this host
     for i, profile in enumerate(profiles):
         if i == 1 and warming is not None:
-            if "onnxruntime-cpu" in profiles:  # this process's own work first, while it waits
+            if ort_profile in profiles:  # this process's own work first, while it waits
                 ort_out = _ort_outputs(feeds)
             # the later profiles' kernels are (being) compiled by the child: loading them beats
             # compiling them again; a failed child only means this process compiles them
@@ -110,16 +118,20 @@ def _run_demo(profiles, warming) -> int:
             diff = np.abs(x.astype(np.int64) - y.astype(np.int64))
             print(f"   {row.layer:<24} {int(np.count_nonzero(diff)):6d}/{diff.size:<6d} differ, max {int(diff.max())} LSB")
         print()
-    if "onnxruntime-cpu" in results:
+    other_ort = [p for p in results if p.startswith("onnxruntime-cpu") and p != ort_profile]
+    if other_ort and ort_profile not in results:
+        print(f"ONNX Runtime runs {ort_profile}'s kernels on this host, not {other_ort[0]}'s: "
+              f"skipping the check against ONNX Runtime")
+    if ort_profile in results:
         if ort_out is None:
             ort_out = _ort_outputs(feeds)
         if ort_out is None:
             print("onnxruntime is not installed: skipping the check against ONNX Runtime")
         else:
-            sim_out = results["onnxruntime-cpu"].outputs
+            sim_out = results[ort_profile].outputs
             mismatches = sum(int(np.count_nonzero(sim_out[k] != v)) for k, v in ort_out.items())
             total = sum(v.size for v in ort_out.values())
-            print(f"== onnxruntime-cpu simulation vs ONNX Runtime {__import__('onnxruntime').__version__}: "
+            print(f"== {ort_profile} simulation vs ONNX Runtime {__import__('onnxruntime').__version__}: "
                   f"{mismatches} of {total} output elements differ")
             if mismatches:
                 return 1

@@ -34,7 +34,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import yaml
@@ -52,7 +52,8 @@ __all__ = [
     "ROUNDING_MODES", "OVERFLOW_MODES", "SCALE_FORMS", "GRANULARITIES", "REQUANT_ARITHMETIC",
     "ZERO_POINT_PLACEMENTS", "MULTIPLIER_PRECISIONS", "ADD_MODES", "RQ_MODES", "MUL_MODES",
     "AVGPOOL_MODES", "GLOBAL_AVGPOOL_MODES", "QUANTIZE_METHODS", "RESCALE_MODES",
-    "SOFTMAX_MODES", "BIAS_ORDERS", "PRODUCT_ORDERS", "KNOWN_OPS", "OP_FIELDS", "ROLES",
+    "SOFTMAX_MODES", "BIAS_ORDERS", "PRODUCT_ORDERS", "PAIR_SUMS", "RUNTIME_ISAS",
+    "onnxruntime_profile_for_host", "KNOWN_OPS", "OP_FIELDS", "ROLES",
     "PROFILE_PATH_ENV", "LayerOverride", "LAYER_OPS", "LAYER_POSITIONS", "LAYER_ROLES",
 ]
 
@@ -80,7 +81,15 @@ SOFTMAX_MODES = ("float",)
 BIAS_SCALES = ("input_times_weight",)
 # The accumulation order the simulator implements (docs/PROGRAM.md, accumulator block).
 BIAS_ORDERS = ("first",)
-PRODUCT_ORDERS = ("channel_row_col",)
+# row_col_channel (ONNX Runtime's NHWC im2col order) only decides which products form the pairs
+# of pair_sums saturate_int16, the one place the simulator implements it.
+PRODUCT_ORDERS = ("channel_row_col", "row_col_channel")
+# How the products of an unsigned 8-bit activation and a signed 8-bit weight reach the
+# accumulator: exact, or two at a time with each pair sum saturated to int16 first (x86
+# ``vpmaddubsw``: ONNX Runtime's u8s8 kernels on AVX2 and AVX-512 hosts without VNNI).
+PAIR_SUMS = ("exact", "saturate_int16")
+# ONNX Runtime's MLAS float kernels: AVX-512F hosts or AVX2/FMA3 hosts (runtime onnxruntime only).
+RUNTIME_ISAS = ("avx512f", "fma3")
 # What the re-quantizer promises about accumulator overflow (mrq/passes/accumulator_budget.py):
 # proof = no partial sum can leave the width for inputs in the calibration range (mrq check
 # counts a possible overflow as a violation); measured = a saturating accumulator may clamp where
@@ -275,16 +284,28 @@ class AccumulatorFormat:
     (simulator ``acc_bits`` / ``acc_overflow``).
 
     ``bias`` and ``product_order`` state the order of the additions, which decides the result
-    only under ``overflow: saturate | error`` (a wrapping sum does not depend on it). Each has
-    the one value the simulator implements: ``bias: first`` (the accumulator starts at the
-    bias) and ``product_order: channel_row_col`` (conv products by input channel, then kernel
-    row, then kernel column; gemm products by k)."""
+    only under ``overflow: saturate | error`` (a wrapping sum does not depend on it), and
+    ``product_order`` also which products form the pairs of ``pair_sums``. The simulator
+    implements ``bias: first`` (the accumulator starts at the bias) and ``product_order:
+    channel_row_col`` (conv products by input channel, then kernel row, then kernel column;
+    gemm products by k), and ``row_col_channel`` (kernel row, kernel column, input channel:
+    ONNX Runtime's NHWC im2col) only as the pairing order of ``pair_sums``.
+
+    ``pair_sums``: ``exact``, or ``saturate_int16``: a dot product of unsigned 8-bit
+    activations and signed 8-bit weights adds its products to the accumulator two at a time,
+    each pair sum of raw codes saturated to int16 first (x86 ``vpmaddubsw``; the zero points
+    are applied exactly afterwards): products ``2j`` and ``2j + 1`` in ``product_order``
+    ``row_col_channel``, per group, an odd last one alone, padding at the input zero point.
+    ONNX Runtime's rules only (runtime onnxruntime): its depthwise, ConvInteger and
+    float-kept convs are exact (mrq/lower.py ``pair_sums``). Other operand types are
+    exact."""
 
     bits: int
     overflow: str
     bias: str = "first"
     product_order: str = "channel_row_col"
     guarantee: str = "proof"
+    pair_sums: str = "exact"   # see PAIR_SUMS
 
     @property
     def dtype(self) -> str:
@@ -441,6 +462,8 @@ class HwProfile:
     host_profiles: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
     # Per-layer formats (``layers:``) in file order; resolved by :meth:`for_layer` only.
     layers: tuple = ()
+    # runtime onnxruntime: the MLAS float kernels it reproduces (RUNTIME_ISAS); "" otherwise
+    runtime_isa: str = ""
 
     # --- helpers for the lowering ------------------------------------------------------------
     def tensor_format(self, role: str) -> TensorFormat:
@@ -532,10 +555,12 @@ class HwProfile:
         acc = self.accumulator
         return {
             "name": self.name, "description": self.description, "runtime": self.runtime,
+            **({"runtime_isa": self.runtime_isa} if self.runtime_isa else {}),
             "activations": tensor(self.activations), "weights": tensor(self.weights),
             "bias": {"bits": self.bias.bits, "scale": self.bias.scale},
             "accumulator": {"bits": acc.bits, "overflow": acc.overflow, "bias": acc.bias,
-                            "product_order": acc.product_order, "guarantee": acc.guarantee},
+                            "product_order": acc.product_order, "guarantee": acc.guarantee,
+                            "pair_sums": acc.pair_sums},
             "requant": requant, "ops": ops, "supported_ops": list(self.supported_ops),
             "host_ops": dict(self.host_ops),
             **({"layers": [_layer_dict(e, tensor) for e in self.layers]} if self.layers else {}),
@@ -1033,7 +1058,8 @@ def _parse_layer(ctx: _Ctx, entry: Any, index: int, raw: dict, base: dict) -> La
 
 def _parse_accumulator(ctx: _Ctx, value: Any) -> AccumulatorFormat:
     f = "accumulator"
-    m = _mapping(ctx, value, f, ("bits", "overflow", "bias", "product_order", "guarantee"))
+    m = _mapping(ctx, value, f, ("bits", "overflow", "bias", "product_order", "guarantee",
+                                 "pair_sums"))
     bits = ctx.check(_int, ctx, m, "bits", f, *ACC_BITS)
     overflow = ctx.check(_enum, ctx, m, "overflow", f, OVERFLOW_MODES)
     order = ctx.check(_enum, ctx, m, "bias", f, BIAS_ORDERS, required=False,
@@ -1042,17 +1068,33 @@ def _parse_accumulator(ctx: _Ctx, value: Any) -> AccumulatorFormat:
                           "at the bias, then adds the products)")
     products = ctx.check(_enum, ctx, m, "product_order", f, PRODUCT_ORDERS, required=False,
                          default=PRODUCT_ORDERS[0],
-                         why=" (the simulator implements only this order: conv products by "
-                             "input channel, kernel row, kernel column; gemm products by k)")
+                         why=" (conv products by input channel, kernel row, kernel column, or by "
+                             "kernel row, kernel column, input channel; gemm products by k)")
     guarantee = ctx.check(_enum, ctx, m, "guarantee", f, ACC_GUARANTEES, required=False,
                           default=ACC_GUARANTEES[0])
     if _ok(overflow, guarantee) and guarantee == "measured" and overflow != "saturate":
         ctx.report(_join(f, "guarantee"), f"'measured' trades a rare clamped partial sum for accuracy, "
                    f"which needs overflow: saturate (a {overflow} overflow is not a small error); "
                    f"got 'measured'")
-    if not _ok(bits, overflow, order, products, guarantee):
+    pairs = ctx.check(_enum, ctx, m, "pair_sums", f, PAIR_SUMS, required=False,
+                      default=PAIR_SUMS[0])
+    if _ok(pairs, products, overflow):
+        saturating = pairs == "saturate_int16"
+        if saturating and products != "row_col_channel":
+            ctx.report(_join(f, "product_order"), "must be row_col_channel with pair_sums "
+                       "saturate_int16: the pairs are adjacent products in ONNX Runtime's NHWC "
+                       f"im2col order, the one order the simulator pairs in; got {products!r}")
+        elif not saturating and products == "row_col_channel":
+            ctx.report(_join(f, "product_order"), "row_col_channel decides only which products "
+                       "form the pairs of pair_sums saturate_int16 (the simulator saturates "
+                       "and checks partial sums in channel_row_col order); got "
+                       "'row_col_channel' with pair_sums exact")
+        if saturating and overflow != "wrap":
+            ctx.report(_join(f, "pair_sums"), "'saturate_int16' is simulated on a wrapping "
+                       f"accumulator (ONNX Runtime's int32 adds wrap); got overflow {overflow!r}")
+    if not _ok(bits, overflow, order, products, guarantee, pairs):
         raise _Invalid()
-    return AccumulatorFormat(bits, overflow, order, products, guarantee)
+    return AccumulatorFormat(bits, overflow, order, products, guarantee, pairs)
 
 
 def _parse_bias(ctx: _Ctx, value: Any, acc: Any) -> BiasFormat:
@@ -1327,7 +1369,7 @@ def _check_reachable_shifts(ctx: _Ctx, acts: Any, wts: Any, rq: Any, supported: 
 
 TOP_REQUIRED = ("name", "description", "activations", "weights", "bias", "accumulator",
                 "requant", "ops", "supported_ops")
-TOP_OPTIONAL = ("runtime", "host_ops", "layers")
+TOP_OPTIONAL = ("runtime", "runtime_isa", "host_ops", "layers")
 
 
 def _parse_profile(ctx: _Ctx, data: Any, resolve_refs: bool = True) -> HwProfile:
@@ -1338,6 +1380,16 @@ def _parse_profile(ctx: _Ctx, data: Any, resolve_refs: bool = True) -> HwProfile
     runtime = ctx.check(
         _enum, ctx, m, "runtime", "", RUNTIMES, required=False, default="generic",
         why=" (the peer runtime whose kernel-specific arithmetic this profile reproduces)")
+    runtime_isa = ctx.check(
+        _enum, ctx, m, "runtime_isa", "", RUNTIME_ISAS, required=False, default="",
+        why=" (the x86 float kernels ONNX Runtime's MLAS runs: AVX-512F or AVX2/FMA3 hosts)")
+    if runtime_isa and runtime != "onnxruntime":
+        if "runtime_isa" in m:
+            ctx.report("runtime_isa", f"selects ONNX Runtime's float kernels and needs runtime: "
+                                      f"onnxruntime; got runtime {runtime!r}")
+        runtime_isa = _BAD
+    elif runtime == "onnxruntime" and _ok(runtime_isa) and not runtime_isa:
+        runtime_isa = RUNTIME_ISAS[0]
 
     name = m.get("name", _BAD)
     if name is not _BAD and (not isinstance(name, str) or not NAME_RE.match(name)):
@@ -1373,6 +1425,18 @@ def _parse_profile(ctx: _Ctx, data: Any, resolve_refs: bool = True) -> HwProfile
             ctx.report("accumulator.guarantee", f"'measured' would change nothing: a sum of "
                        f"{need}-bit products leaves {acc.bits} bits only after 2**{acc.bits - need} "
                        f"of them, more than any conv or gemm has; use proof (the default)")
+        if acc.pair_sums == "saturate_int16" and _ok(runtime) and runtime != "onnxruntime":
+            ctx.report("accumulator.pair_sums", "'saturate_int16' reproduces ONNX Runtime's "
+                       "u8s8 kernels (which ops pair, in which order) and needs runtime: "
+                       f"onnxruntime; got runtime {runtime!r}")
+        elif acc.pair_sums == "saturate_int16" and not (
+                acts.bits == 8 and acts.signed in (False, None)
+                and wts.bits == 8 and wts.signed in (True, None)):
+            ctx.report("accumulator.pair_sums", "'saturate_int16' changes only dot products of "
+                       "unsigned 8-bit activations and signed 8-bit weights, which this profile "
+                       f"does not allow (activations {acts.bits}-bit "
+                       f"{_signed_word(acts.signed)}, weights {wts.bits}-bit "
+                       f"{_signed_word(wts.signed)}); use exact (the default)")
     if _ok(rq, acc) and rq.arithmetic == "double_q31" and acc.bits > DOUBLE_Q31_ACC_BITS:
         ctx.report("requant.arithmetic",
                    f"double_q31 requantizes a {DOUBLE_Q31_ACC_BITS}-bit accumulator (the "
@@ -1396,7 +1460,7 @@ def _parse_profile(ctx: _Ctx, data: Any, resolve_refs: bool = True) -> HwProfile
     if ctx.problems:
         raise _Invalid()
     return HwProfile(name, desc.strip(), acts, wts, bias, acc, rq, ops, supported, ctx.path,
-                     runtime, host, host_profiles, layers)
+                     runtime, host, host_profiles, layers, runtime_isa)
 
 
 def _check_duplicate_keys(ctx: _Ctx, node: yaml.Node, prefix: str = "",
@@ -1548,3 +1612,24 @@ def iter_profiles() -> Iterable[HwProfile]:
     """All profiles found by name, loaded, sorted by name."""
     for _, p in _list_names():
         yield load_profile(p)
+
+
+# ORT's shipped profiles by what MLAS dispatches to (onnxruntime/core/mlas/lib/platform.cpp):
+# u8s8 products are exact on VNNI (AVX-512 VNNI, AVX-VNNI) and AMX hosts and pair-saturated
+# on the other x86-64 hosts; the float kernels are AVX-512F ones where the host has AVX-512F.
+_ORT_HOST_PROFILES = {(True, "avx512f"): "onnxruntime-cpu",
+                      (False, "avx512f"): "onnxruntime-cpu-avx512",
+                      (True, "fma3"): "onnxruntime-cpu-avxvnni",
+                      (False, "fma3"): "onnxruntime-cpu-avx2"}
+
+
+def onnxruntime_profile_for_host(features: Mapping[str, bool] | None = None) -> str:
+    """The name of the shipped profile that reproduces ONNX Runtime's x86-64 CPU kernels on
+    this host (or on a host with ``features``, LLVM's CPU feature names): which u8s8 dot
+    products MLAS saturates and which float kernels it runs differ between host classes."""
+    if features is None:
+        from simulator.capabilities import target_features
+        features = target_features()
+    exact = any(features.get(f) for f in ("avx512vnni", "avxvnni", "amx-int8"))
+    isa = "avx512f" if features.get("avx512f") else "fma3"
+    return _ORT_HOST_PROFILES[exact, isa]

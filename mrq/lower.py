@@ -57,6 +57,10 @@ class Arithmetic:
     # ((op type, 'float' | profile name, that profile's Arithmetic or None), ...)
     host_ops: tuple = ()
     runtime: str = "generic"      # generic | tflite-reference | xnnpack
+    # runtime onnxruntime: the MLAS float kernel set (simulator.kernels.ort_eltwise.ORT_ISAS)
+    runtime_isa: str = ""
+    # accumulator.pair_sums: exact | saturate_int16 (u8 x s8 pair sums saturated to int16)
+    pair_sums: str = "exact"
 
     def host_arithmetic(self, op_type: str) -> Optional[tuple]:
         """``(how, arithmetic)`` for a host op (``arithmetic`` None for ``float``), else None."""
@@ -92,6 +96,8 @@ def arithmetic_from_profile(profile) -> Arithmetic:
         host_ops=tuple((op, how, _host_arithmetic(profile, op))
                        for op, how in sorted(dict(host).items())),
         runtime=getattr(profile, "runtime", "generic"),
+        runtime_isa=getattr(profile, "runtime_isa", ""),
+        pair_sums=getattr(profile.accumulator, "pair_sums", "exact"),
     )
 
 
@@ -168,6 +174,30 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLow
     # ------------------------------------------------------------------ shared blocks
     def acc_block(self) -> dict:
         return {"acc_bits": self.a.acc_bits, "acc_overflow": self.a.acc_overflow}
+
+    def pair_sums(self, a_dtype: str, b_dtype: str, depthwise: bool = False,
+                  float_op: bool = False) -> str:
+        """The step's ``pair_sums`` for a product of ``a_dtype`` activations and ``b_dtype``
+        weights: the profile's, for uint8 x int8, else ``exact``. ONNX Runtime runs a
+        depthwise QLinearConv (one input and one output channel per group, one weight zero
+        point) with kernels that widen to int16 first (MlasConvDepthwise, ConvSym's depthwise
+        kernel), and a ``float_op`` (:meth:`ort_keeps_float`) in float32: exact there."""
+        if (a_dtype, b_dtype) != ("uint8", "int8") or depthwise or float_op:
+            return "exact"
+        return self.a.pair_sums
+
+    def ort_keeps_float(self, node) -> bool:
+        """ONNX Runtime fuses DQ -> Conv/MatMul -> Relu/Clip -> Q into its integer kernel only
+        when its ReluQuantFusion / ClipQuantFusion first drop the clamp as one Q already holds:
+        ORT 1.32 drops it when the clamp's bounds quantize (RNE, plus the zero point) to the
+        output type's limits or beyond (measured at the ties, tests/mrq/test_pair_sums_ort.py).
+        Otherwise it runs the float op (FusedConv, MLAS SGEMM): float32 sums, never
+        pair-saturated."""
+        clamp = node.attrs.get("clamp")
+        if clamp is None:
+            return False
+        qp = self.t(node.outputs[0]).qparams
+        return self.out_range(qp, clamp) != (qp.qmin, qp.qmax)
 
     def quantize_real(self, value: float, qp: QParams) -> int:
         """The code the profile's quantizer gives a real value (clamp bounds of Relu/Clip)."""
@@ -414,13 +444,24 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLow
                       weight_zero_point=np.ascontiguousarray(wzp),
                       bias=np.ascontiguousarray(self._bias_codes(node, x_qp, w_qp, n_out)),
                       input_zero_point=int(x_qp.zero_point[0]), **self.acc_block())
+        dtypes = (str(x_qp.dtype), str(w_qp.dtype))
         if kind == "conv":
             params.update(strides=node.attrs["strides"], pads=node.attrs["pads"],
                           dilations=node.attrs["dilations"], group=node.attrs["group"],
                           layout=node.attrs.get("layout", "NCHW"))
             channel_axis = 1 if params["layout"] == "NCHW" else 3
+            # ORT's depthwise kernels take one weight zero point: with per-channel ones that
+            # differ, ORT 1.32 runs the groups through QGEMM instead (measured)
+            depthwise = (w.data.shape[1] == 1 and w.data.shape[0] == int(node.attrs["group"])
+                         and bool(np.all(wzp == wzp[0])))
+            # ONNX ConvInteger (integer_output) multiplies with the weight as MLAS's A operand,
+            # an s8 x u8 kernel that widens first: exact (measured, tests/mrq/test_pair_sums_ort.py)
+            params.update(pair_sums="exact" if node.attrs.get("integer_output")
+                          else self.pair_sums(*dtypes, depthwise=depthwise,
+                                              float_op=self.ort_keeps_float(node)))
         else:
             channel_axis = -1
+            params.update(pair_sums=self.pair_sums(*dtypes, float_op=self.ort_keeps_float(node)))
         if node.attrs.get("integer_output"):
             params.update(rq_mode="none", out_dtype="int32", channel_axis=channel_axis,
                           out_min=-(2**31), out_max=2**31 - 1, out_zero_point=0,

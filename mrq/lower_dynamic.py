@@ -25,7 +25,8 @@ class DynamicLowering:
     def _MatMulInteger(self, node):
         self._check_dynamic(node)
         inputs = [self.ensure_buffer(n, node) for n in node.inputs]
-        self.emit("matmul_integer", node, inputs, node.outputs)
+        self.emit("matmul_integer", node, inputs, node.outputs,
+                  pair_sums=self.pair_sums(*(self.t(n).dtype for n in node.inputs[:2])))
 
     def _const_buffer(self, node, suffix: str, value: np.ndarray) -> str:
         name = f"{node.name}/{suffix}"
@@ -53,7 +54,10 @@ class DynamicLowering:
         else:
             b_codes, b_scale, b_zp = self._dynamic_codes(node, b.name, "b")
         acc = f"{node.name}/acc"
-        self.emit("matmul_integer", node, (a_codes, b_codes, a_zp, b_zp), (acc,), suffix="/matmul")
+        # A's codes are DynamicQuantizeLinear's uint8; B's are the constant's, or uint8 too
+        b_dtype = str(np.dtype(b.data.dtype)) if b.is_const else "uint8"
+        self.emit("matmul_integer", node, (a_codes, b_codes, a_zp, b_zp), (acc,), suffix="/matmul",
+                  pair_sums=self.pair_sums("uint8", b_dtype))
         bias = None
         if len(node.inputs) > 2:
             bias = np.ascontiguousarray(np.asarray(self.t(node.inputs[2]).data, np.float32).reshape(-1))

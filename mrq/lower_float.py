@@ -5,6 +5,8 @@ ONNX op. Data movement of float tensors (``Reshape``/``Take``/``Transpose``) low
 from __future__ import annotations
 
 from mrq.errors import UnsupportedOpError
+from simulator.kernels.ort_eltwise import ORT_ISAS
+from simulator.kernels.ort_nchwc import BLOCKS, nchwc_variant
 
 FLOAT_ISLAND_OPS = ("FloatBinary", "FloatUnary", "FloatConcat", "FloatMaxPool", "FloatSoftmax",
                     "FloatGlobalAveragePool", "FloatReduceL2", "FloatMatMul", "FloatConv")
@@ -36,6 +38,12 @@ class FloatOpsLowering:
                                      f"ONNX Runtime's float kernel, and profile {self.a.name!r} "
                                      f"computes in integers ({hint})")
 
+    def ort_isa(self) -> str:
+        """The MLAS float kernel set ORT runs on the profile's host class (``runtime_isa``; the
+        profile loader gives every ``runtime: onnxruntime`` profile one, ``avx512f`` by default,
+        and only such profiles lower float islands)."""
+        return self.a.runtime_isa or ORT_ISAS[0]
+
     def _FloatBinary(self, node):
         self._require_ort_runtime(node)
         inputs = [self.ensure_buffer(n, node) for n in node.inputs]
@@ -61,12 +69,16 @@ class FloatOpsLowering:
 
     def _FloatSoftmax(self, node):
         self._require_ort_runtime(node)
-        self.emit("float_softmax", node, node.inputs, node.outputs, axis=int(node.attrs["axis"]))
+        self.emit("float_softmax", node, node.inputs, node.outputs, axis=int(node.attrs["axis"]),
+                  isa=self.ort_isa())
 
     def _FloatGlobalAveragePool(self, node):
         self._require_ort_runtime(node)
-        self.emit("float_global_avgpool", node, node.inputs, node.outputs,
-                  order=node.attrs.get("order", "mlas"))
+        order = node.attrs.get("order", "mlas")
+        # the import marks NCHWc where some host's channel block divides the channels
+        if order == "nchwc" and self.g.tensors[node.inputs[0]].shape[1] % BLOCKS[self.ort_isa()]:
+            order = "mlas"
+        self.emit("float_global_avgpool", node, node.inputs, node.outputs, order=order)
 
     def _FloatReduceL2(self, node):
         self._require_ort_runtime(node)
@@ -84,7 +96,14 @@ class FloatOpsLowering:
         self._require_ort_runtime(node)
         at = node.attrs
         inputs = [self.ensure_buffer(node.inputs[0], node)]   # a constant input is a buffer too
-        self.emit("float_conv", node, inputs, node.outputs, weight=at["weight"],
+        order, isa = at.get("order", "mlas"), self.ort_isa()
+        weight = at["weight"]
+        # the import marks NCHWc where some host's channel block allows it; on this profile's
+        # host ORT may leave the Conv to MLAS's im2col path
+        if order == "nchwc" and nchwc_variant(weight.shape[1] * int(at["group"]), weight.shape[0],
+                                              weight.shape[2:], tuple(at["pads"]), int(at["group"]),
+                                              BLOCKS[isa]) is None:
+            order = "mlas"
+        self.emit("float_conv", node, inputs, node.outputs, weight=weight,
                   bias=at.get("bias"), strides=tuple(at["strides"]), pads=tuple(at["pads"]),
-                  dilations=tuple(at["dilations"]), group=int(at["group"]),
-                  order=at.get("order", "mlas"))
+                  dilations=tuple(at["dilations"]), group=int(at["group"]), order=order, isa=isa)

@@ -21,5 +21,6 @@ class MatMulLowering:
         ort = mul.ort_multiplier(qa.scale[0], np.asarray(qb.scale, np.float32), qy.scale[0])
         self.emit("matmul", node, [a, b], node.outputs, zero_point_a=int(qa.zero_point[0]),
                   zero_point_b=int(qb.zero_point[0]), **self.acc_block(),
+                  pair_sums=self.pair_sums(str(qa.dtype), str(qb.dtype)),
                   paired_batch=int(node.attrs.get("paired_batch", 0)),
                   **self.requant_block(real, qy, node.attrs.get("clamp"), -1, ort))

@@ -5,7 +5,10 @@ and the QuantizeLinear the IR ``Quantize`` node (or the chain's own output grid)
 A ConvTranspose is written with the float weights the importer holds, which are already the ones
 ORT's WeightBiasQuantization made; ORT (and mrq re-importing the file) re-quantize them once more,
 so that file's ConvTranspose can differ from the one simulated before export by the second
-rounding of the weights. Mixed into the exporter of :mod:`mrq.onnx_export`.
+rounding of the weights. A float-weight Conv or Gemm that ORT fuses into its integer kernel is
+no island: it is imported as the integer Conv/Gemm of ORT's own int8/int32 constants
+(mrq/onnx_import_float.py) and written back by :mod:`mrq.onnx_export` as that QDQ Conv/Gemm,
+which ORT runs code for code as the original. Mixed into the exporter of :mod:`mrq.onnx_export`.
 """
 from __future__ import annotations
 

@@ -17,6 +17,14 @@ Each op becomes an IR op on float32 tensors (dtype ``float32``, no grid):
 
 A float op whose output goes only to QuantizeLinear and that commutes with quantization (Relu,
 MaxPool, Reshape, ...) is left to the importer, which quantizes first as ORT's optimizer does.
+
+A Conv or Gemm between a per-tensor DequantizeLinear and a QuantizeLinear with a float
+initializer weight or bias is first rewritten as ORT's WeightBiasQuantization rewrites it (int8
+weight, int32 bias, as DequantizeLinear constants; mrq/onnx_import_islands.py computes them);
+where ORT's QDQ fusion then makes a QLinearConv/QGemm of the group, it is the importer's integer
+Conv/Gemm (whose sums follow the profile, accumulator.pair_sums included); an unfused Conv is a
+``FloatConv`` of the dequantized constants, an unfused Gemm refused (mrq has no float Gemm).
+
 Lowering (mrq/lower_float.py) runs these ops only under a profile whose runtime is ORT.
 """
 from __future__ import annotations
@@ -27,7 +35,7 @@ from mrq.errors import ModelError, UnsupportedOpError
 from mrq.onnx_import_movement import static_shape
 from mrq.onnx_nodes import node_attrs as _attrs
 from mrq.onnx_nodes import node_where as _where
-from simulator.kernels.ort_nchwc import nchwc_variant
+from simulator.kernels.ort_nchwc import BLOCKS, nchwc_variant
 
 BINARY = ("Add", "Sub", "Mul", "Div")
 UNARY = ("Sigmoid", "Tanh", "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish")
@@ -53,8 +61,12 @@ def handle(imp, node) -> bool:
     """Import ``node`` as a float island op if it reads a plain float tensor and is one this
     module simulates; False leaves it to the importer (which refuses what nobody handles)."""
     op = node.op_type
+    if op == "Gemm":
+        return _ort_quantized_gemm(imp, node)
     if op not in HANDLERS:
         return False
+    if op == "Conv" and _ort_quantized_bias(imp, node):
+        return True
     # ops without an integer kernel in ORT run in float on a DequantizeLinear view too
     reads_float = any(is_float_tensor(imp, n) for n in node.input if n) or \
         (op in _FLOAT_ONLY and node.input[0] in imp.alias) or _float_sub(imp, node) or \
@@ -285,12 +297,16 @@ def _global_average_pool(imp, node) -> None:
               order="nchwc" if _ort_nchwc_global_pool(imp, node, shape) else "mlas")
 
 
-NCHWC_BLOCK = 16   # MlasNchwcGetBlockSize() on an AVX-512F host (8 on AVX2)
+# MlasNchwcGetBlockSize() is 16 on an AVX-512F host and 8 on an AVX2 one: the import marks
+# what ORT runs in NCHWc on some host (the smallest block) and lowering narrows that to the
+# profile's runtime_isa (mrq/lower_float.py), so one imported graph serves every ORT profile
+NCHWC_BLOCK = min(BLOCKS.values())
 
 
 def _ort_nchwc_global_pool(imp, node, shape) -> bool:
     """Whether ORT's NchwcTransformer (optimization level ALL) gives this GlobalAveragePool its
-    NCHWc kernel: a 4-D input of a multiple of 16 channels with no producer node left in NCHW,
+    NCHWc kernel on some host: a 4-D input of a multiple of the smallest block's channels
+    (:data:`NCHWC_BLOCK`; lowering checks the profile's) with no producer node left in NCHW,
     i.e. a graph input or the output of a float MaxPool/AveragePool it converted too (chains of
     NCHWc elementwise ops in between are not followed: the MLAS order is assumed)."""
     if len(shape) != 4 or shape[1] is None or shape[1] % NCHWC_BLOCK:
@@ -460,11 +476,13 @@ def _conv_weight(imp, node, name: str, what: str) -> np.ndarray:
 
 def _conv(imp, node) -> None:
     """A float Conv (2-D). ORT's NchwcTransformer gives one whose weight is a float initializer
-    its NCHWc kernel (simulator/kernels/ort_nchwc.py); a DequantizeLinear weight is computed at
-    run time, so the Conv stays MLAS's im2col + SGEMM (simulator/kernels/ort_conv.py)."""
+    its NCHWc kernel (simulator/kernels/ort_nchwc.py) where the host's channel block allows (the
+    order is ``nchwc`` if some host's does; lowering decides); a DequantizeLinear weight is computed at
+    run time, so the Conv stays MLAS's im2col + SGEMM (simulator/kernels/ort_conv.py). Between
+    DequantizeLinear and QuantizeLinear a float weight is ORT's WeightBiasQuantization's first:
+    the integer Conv where ORT fuses the group, else a float Conv of its dequantized constants."""
     from mrq import onnx_import_islands as islands
     attrs = _attrs(node)
-    x = _float_input(imp, node, node.input[0])
     weight = _conv_weight(imp, node, node.input[1], "weight")
     if weight.ndim != 4:
         raise UnsupportedOpError("Conv", _where(node), f"only 2-D convolution is supported (weight "
@@ -482,18 +500,207 @@ def _conv(imp, node) -> None:
     if min(dims) < 1 or in_shape[1] != weight.shape[1] * geom["group"]:
         raise ModelError(f"node {_where(node)!r} (Conv): weight {list(weight.shape)} and group "
                          f"{geom['group']} do not fit input {list(in_shape)}")
-    native = node.input[1] in imp.init and node.input[1] not in imp.consts and \
-        (bias is None or node.input[2] in imp.init) and \
-        nchwc_variant(in_shape[1], weight.shape[0], weight.shape[2:], geom["pads"], geom["group"]) is not None
+    constant = node.input[1] in imp.init and node.input[1] not in imp.consts and \
+        (bias is None or node.input[2] in imp.init)
+    native = constant and nchwc_variant(in_shape[1], weight.shape[0], weight.shape[2:], geom["pads"],
+                                        geom["group"], NCHWC_BLOCK) is not None
     source = imp.tensors[imp.alias[node.input[0]]].qparams if node.input[0] in imp.alias else None
-    if native and source is not None and not source.per_channel and islands.ort_quantizes_weights(imp, node):
+    # WeightBiasQuantization (a level-1 QDQ transform) does not depend on the NCHWc kernels
+    # (level 3): a grouped Conv without them has its weight quantized too. A blocked
+    # DequantizeLinear's output is held as a float constant, but it is no float initializer to
+    # ORT: WeightBiasQuantization leaves a blocked weight alone
+    blocked = any(n.op_type == "DequantizeLinear" and node.input[1] in n.output for n in imp.model.graph.node)
+    if constant and not blocked and source is not None and not source.per_channel \
+            and islands.ort_quantizes_weights(imp, node):
         # DQ -> float-weight Conv -> Q: ORT's WeightBiasQuantization gives the weight and bias a
-        # DequantizeLinear of its own quantization; computed at run time, so no NCHWc either
-        weight, bias = islands.ort_weight_bias_quantization(weight, bias, float(source.scale[0]))
+        # DequantizeLinear of its own int8/int32 quantization
+        codes = islands.ort_weight_bias_codes(weight, bias, float(source.scale[0]))
+        if _ort_fuses_group(imp, node, source):
+            # ... and its QDQ fusion makes that group a QLinearConv: the importer's integer
+            # Conv, whose sums follow the profile (accumulator.pair_sums)
+            from mrq.ir import QParams
+            constants = {1: (codes.weight_codes, QParams([codes.weight_scale], [codes.weight_zp], "int8"))}
+            if codes.bias_codes is not None:
+                constants[2] = (codes.bias_codes, QParams([codes.bias_scale], [0], "int32"))
+            imp._float_op(_with_dequantized_constants(imp, node, constants))
+            return
+        # ... left unfused, the weight is dequantized at run time: a float Conv, no NCHWc
+        weight, bias = codes.dequantized()
         native = False
+    x = _float_input(imp, node, node.input[0])
     out = imp._add_tensor(node.output[0], (None, weight.shape[0], *dims), "float32")
     imp._emit("FloatConv", imp._name(node), [x], [out], weight=weight, bias=bias,
               order="nchwc" if native else "mlas", **geom)
+
+
+def _with_dequantized_constants(imp, node, constants: dict):
+    """A copy of ``node`` whose inputs ``{index: (codes, QParams)}`` are DequantizeLinear
+    constants of those codes, as ORT's WeightBiasQuantization rewrites the graph: the codes join
+    the importer's dequantized constants under fresh names."""
+    import onnx
+    base = node.name or node.output[0]
+    rewritten = onnx.NodeProto()
+    rewritten.CopyFrom(node)
+    for index, (codes, qp) in sorted(constants.items()):
+        name = f"{base}__ort_{('weight', 'bias')[index - 1]}_dq"
+        while name in imp.onnx_names or name in imp.consts or name in imp.init:
+            name += "_"
+        imp.onnx_names.add(name)
+        imp.consts[name] = (codes, qp)
+        rewritten.input[index] = name
+    return rewritten
+
+
+def _ort_quantized_bias(imp, node) -> bool:
+    """DQ -> Conv (DequantizeLinear weight, float initializer bias) -> Q, as ORT's quantizer
+    writes with ``QuantizeBias: False``: WeightBiasQuantization quantizes the bias alone on
+    ``f32(x_scale * w_scale)`` (per output channel with a per-channel weight on axis 0), then
+    the group is the QDQ Conv that graph is (a QLinearConv where ORT fuses it, else a float Conv
+    of the dequantized constants). False (the importer's refusal of a float bias) otherwise."""
+    from mrq.ir import QParams
+    from mrq.onnx_import_islands import ort_bias_codes, ort_quantizes_weights
+    if len(node.input) < 3 or not node.input[2] or node.input[1] not in imp.consts \
+            or node.input[2] not in imp.init or node.input[0] not in imp.alias:
+        return False
+    bias = np.asarray(imp.init[node.input[2]])
+    codes, w_qp = imp.consts[node.input[1]]
+    source = imp.tensors[imp.alias[node.input[0]]].qparams
+    if bias.dtype != np.float32 or bias.ndim != 1 or source is None or source.per_channel \
+            or w_qp.dtype not in ("int8", "uint8") or not ort_quantizes_weights(imp, node):
+        return False
+    if w_qp.per_channel and (w_qp.axis % codes.ndim != 0 or w_qp.scale.size != bias.size):
+        return False   # WeightBiasQuantization wants a per-channel scale on axis 0, one per bias
+    scale = (np.float32(source.scale[0]) * w_qp.scale.astype(np.float32)).astype(np.float32)
+    bias_qp = QParams(scale, np.zeros(scale.size, np.int64), "int32", axis=0 if scale.size > 1 else None)
+    rewritten = _with_dequantized_constants(imp, node, {2: (ort_bias_codes(bias, scale), bias_qp)})
+    if _ort_fuses_group(imp, node, source, w_qp.dtype):
+        imp._float_op(rewritten)
+    else:
+        _conv(imp, rewritten)
+    return True
+
+
+def _ort_quantized_gemm(imp, node) -> bool:
+    """DQ -> Gemm (float initializer weight, or a DequantizeLinear weight with a float bias)
+    -> Q: WeightBiasQuantization quantizes the float constants as for a Conv (a per-channel
+    weight on the output axis: 1, or 0 with ``transB``) and ORT's QDQ fusion makes a QGemm of
+    the group when its types and clamps allow (as for a Conv; ORT's Gemm selector asks no more
+    here); that group is imported as the QDQ Gemm it is. False (the importer's refusal of a
+    float Gemm) otherwise: mrq has no float Gemm."""
+    from mrq.ir import QParams
+    from mrq.onnx_import_islands import (
+        ort_bias_codes,
+        ort_quantizes_weights,
+        ort_weight_bias_codes,
+    )
+    if len(node.input) < 2 or node.input[0] not in imp.alias or not ort_quantizes_weights(imp, node):
+        return False
+    source = imp.tensors[imp.alias[node.input[0]]].qparams
+    if source is None or source.per_channel:
+        return False
+    weight = node.input[1]
+    # ort_quantizes_weights: no bias, or a 1-D initializer
+    bias = np.asarray(imp.init[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
+    if bias is not None and bias.dtype != np.float32:
+        return False
+    blocked = any(n.op_type == "DequantizeLinear" and weight in n.output for n in imp.model.graph.node)
+    constants = {}
+    if weight in imp.init and weight not in imp.consts and not blocked:
+        value = np.asarray(imp.init[weight])
+        if value.dtype != np.float32:
+            return False
+        codes = ort_weight_bias_codes(value, bias, float(source.scale[0]))
+        constants[1] = (codes.weight_codes, QParams([codes.weight_scale], [codes.weight_zp], "int8"))
+        if codes.bias_codes is not None:
+            constants[2] = (codes.bias_codes, QParams([codes.bias_scale], [0], "int32"))
+        w_dtype = "int8"
+    elif weight in imp.consts and bias is not None:
+        codes, w_qp = imp.consts[weight]
+        out_axis = 0 if _attrs(node).get("transB", 0) else 1
+        if w_qp.dtype not in ("int8", "uint8") or codes.ndim != 2 or \
+                (w_qp.per_channel and (w_qp.axis % 2 != out_axis or w_qp.scale.size != bias.size)):
+            return False
+        scale = (np.float32(source.scale[0]) * w_qp.scale.astype(np.float32)).astype(np.float32)
+        constants[2] = (ort_bias_codes(bias, scale),
+                        QParams(scale, np.zeros(scale.size, np.int64), "int32", axis=0 if scale.size > 1 else None))
+        w_dtype = w_qp.dtype
+    else:
+        return False
+    if not _ort_fuses_group(imp, node, source, w_dtype):
+        return False
+    imp._float_op(_with_dequantized_constants(imp, node, constants))
+    return True
+
+
+def _cvt_i32(value: np.float32) -> int:
+    """C++ ``static_cast<int32_t>`` of a float on x86-64: truncation, -2**31 outside the range."""
+    from mrq.onnx_import_islands import ort_cast_to_int32
+    return int(ort_cast_to_int32(np.float32(value)))
+
+
+def _clip_bounds(imp, node) -> tuple:
+    """``GetClipConstantMinMax``: a Relu's (0, float max), a Clip's attributes or constant
+    inputs, float32 lowest/max where absent."""
+    f32 = np.float32
+    lo, hi = f32(np.finfo(f32).min), f32(np.finfo(f32).max)
+    if node.op_type == "Relu":
+        return f32(0.0), hi
+    c_lo, c_hi = imp._clamp_bounds(node)
+    return (lo if c_lo is None else f32(c_lo)), (hi if c_hi is None else f32(c_hi))
+
+
+def _ort_drops_clamp(node, bounds, scale, zp: int, qmin: int, qmax: int) -> bool:
+    """Whether ORT's level-1 ReluQuantFusion / ClipQuantFusion removes a Relu/Clip right
+    before an 8-bit QuantizeLinear: a Relu when the zero point is the lowest code, a Clip whose
+    range covers the grid's to within float32 epsilon (float32 arithmetic)."""
+    f32 = np.float32
+    if node.op_type == "Relu":
+        return zp == qmin
+    lower, upper = f32(scale * f32(qmin - zp)), f32(scale * f32(qmax - zp))
+    eps = np.finfo(f32).eps
+    return not (eps < f32(bounds[0] - lower) or eps < f32(upper - bounds[1]))
+
+
+def _ort_clamp_made_redundant(node, bounds, scale, zp: int, qmin: int, qmax: int) -> bool:
+    """``IsClipMadeRedundantByQ`` (qdq_util.cc), the QDQ selector's test of the one Relu/Clip it
+    lets sit between the op and Q: a Relu when the zero point is the lowest code, a Clip whose
+    bounds, quantized (``static_cast<int32_t>(rint(bound / scale)) + zp``), cover the grid."""
+    if node.op_type == "Relu":
+        return zp == qmin
+    f32 = np.float32
+    with np.errstate(over="ignore"):
+        q_lo = _cvt_i32(np.rint(f32(bounds[0] / scale))) + zp
+        q_hi = _cvt_i32(np.rint(f32(bounds[1] / scale))) + zp
+    return q_lo <= qmin and q_hi >= qmax
+
+
+def _ort_fuses_group(imp, node, source, weight_dtype: str = "int8") -> bool:
+    """Whether ORT's QDQ transformer (ConvNodeGroupSelector / GemmNodeGroupSelector,
+    qdq_selectors.cc) fuses the DQ -> Conv/Gemm -> [Relu/Clip ...] -> Q that
+    WeightBiasQuantization made into a QLinearConv/QGemm: the input and output types the same
+    8-bit one (int8 activations, with int8 weights, as the session option
+    ``session.qdqisint8allowed`` allows, which mrq's ORT sessions set), a per-tensor output
+    grid, and every Relu/Clip in between one that the level-1 fusions drop or (the last one
+    left) one that Q makes redundant. Otherwise ORT runs the float op (FusedConv, Gemm)."""
+    quant, _, chain = imp._follow_to_quantize(node)
+    if quant is None:
+        return False
+    has_zp = len(quant.input) > 2 and bool(quant.input[2])
+    qp = imp._qparams(quant, quant.input[1], quant.input[2] if has_zp else "", axis=_attrs(quant).get("axis", 1))
+    if qp.per_channel or qp.dtype != source.dtype or qp.dtype not in ("int8", "uint8"):
+        return False
+    if source.dtype == "int8" and weight_dtype != "int8":
+        return False   # int8 activations need int8 weights
+    scale, zp = np.float32(qp.scale[0]), int(qp.zero_point[0])
+    clamps = [n for n in chain if n.op_type in ("Relu", "Clip")]
+    # the level-1 fusions read Q's zero point input; without one they leave the clamp be
+    while has_zp and clamps and _ort_drops_clamp(clamps[-1], _clip_bounds(imp, clamps[-1]), scale, zp,
+                                                 qp.qmin, qp.qmax):
+        clamps.pop()
+    if not clamps:
+        return True
+    return len(clamps) == 1 and _ort_clamp_made_redundant(clamps[0], _clip_bounds(imp, clamps[0]), scale, zp,
+                                                          qp.qmin, qp.qmax)
 
 
 HANDLERS.update({"MatMul": _matmul, "Conv": _conv})

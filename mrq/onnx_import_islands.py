@@ -10,9 +10,12 @@ bias and weight constants are the float32 values ORT's DequantizeLinear gives th
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import numpy as np
 
 from mrq.errors import ModelError, UnsupportedOpError
+from mrq.ir import QParams
 from mrq.onnx_import_movement import static_shape
 from mrq.onnx_nodes import node_attrs as _attrs
 
@@ -143,27 +146,67 @@ def _round_half_even(v):
     return np.rint(np.float32(v)).astype(np.float32)
 
 
-def ort_weight_bias_quantization(weight: np.ndarray, bias, x_scale: float) -> tuple:
-    """The float weight and bias ORT's ``WeightBiasQuantization`` graph transform
+def ort_cast_to_int32(values) -> np.ndarray:
+    """ORT's Cast of float32 values to int32 on x86-64 (``cvttps2dq``): truncation, and the
+    "integer indefinite" -2**31 for NaN and for every value outside the int32 range, large
+    positive ones included (measured: a bias quotient of 1e14 folds to -2147483648)."""
+    v = np.asarray(values, np.float32)
+    inside = np.isfinite(v) & (v >= np.float32(-2.0 ** 31)) & (v < np.float32(2.0 ** 31))
+    return np.where(inside, np.trunc(np.where(inside, v, 0)).astype(np.int64), -2 ** 31).astype(np.int32)
+
+
+class OrtWeightBias(NamedTuple):
+    """The constants ORT's ``WeightBiasQuantization`` makes: an int8 weight on a per-tensor
+    grid (``weight_scale``, ``weight_zp``) and an int32 bias on ``bias_scale`` (zero point 0),
+    None without a bias."""
+    weight_codes: np.ndarray
+    weight_scale: np.float32
+    weight_zp: int
+    bias_codes: Optional[np.ndarray]
+    bias_scale: np.float32
+
+    def dequantized(self) -> tuple:
+        """(weight, bias or None) as ORT's DequantizeLinear gives them to a float kernel."""
+        w = ort_dequantize_constant(self.weight_codes, QParams([self.weight_scale], [self.weight_zp], "int8"))
+        if self.bias_codes is None:
+            return w, None
+        return w, ort_dequantize_constant(self.bias_codes, QParams([self.bias_scale], [0], "int32"))
+
+
+def ort_weight_bias_codes(weight: np.ndarray, bias, x_scale: float) -> OrtWeightBias:
+    """The int8 weight and int32 bias ORT's ``WeightBiasQuantization`` graph transform
     (onnxruntime/core/optimizer/qdq_transformer/weight_bias_quantization.cc) gives a float-weight
-    Conv/ConvTranspose/Gemm between a per-tensor DequantizeLinear and a QuantizeLinear: the
-    weight quantized to int8 with ``GetQuantizationParameter`` (core/util/qmath.h: range
-    widened to include 0, ``scale = (max - min) / 255``, ``zp = RNE(clamp(-128 - min / scale))``)
-    and dequantized again; the bias ``DQ(int32(Round(b / f32(x_scale * w_scale))))``. All
-    float32, as ORT's constant folding computes them."""
+    Conv/ConvTranspose/Gemm between a per-tensor DequantizeLinear and a QuantizeLinear, as its
+    constant folding computes them (all float32): the weight with ``GetQuantizationParameter``
+    (core/util/qmath.h: range widened to include 0, ``scale = (max - min) / 255``,
+    ``zp = RNE(clamp(-128 - min / scale))``) and QuantizeLinear (``RNE(w / scale) + zp``,
+    saturated); the bias ``Cast<int32>(Round(b / f32(x_scale * w_scale)))``."""
     f32 = np.float32
     w = np.asarray(weight, f32)
     lo, hi = min(f32(w.min()), f32(0.0)), max(f32(w.max()), f32(0.0))
     scale = f32(1.0) if hi == lo else f32(f32(hi - lo) / f32(255.0))
     zp_real = f32(f32(-128.0) - f32(lo / scale))
     zp = int(_round_half_even(min(f32(127.0), max(f32(-128.0), zp_real))))
-    q = np.clip(np.rint((w / scale).astype(f32)).astype(np.int64) + zp, -128, 127)
-    w_dq = ((q - zp).astype(f32) * scale).astype(f32)
-    if bias is None:
-        return w_dq, None
+    q = np.clip(np.rint((w / scale).astype(f32)).astype(np.int64) + zp, -128, 127).astype(np.int8)
     b_scale = f32(f32(x_scale) * scale)
-    b_q = np.rint((np.asarray(bias, f32) / b_scale).astype(f32)).astype(np.int64).astype(np.int32)
-    return w_dq, (b_q.astype(f32) * b_scale).astype(f32)
+    return OrtWeightBias(q, scale, zp, None if bias is None else ort_bias_codes(bias, b_scale), b_scale)
+
+
+def ort_bias_codes(bias, bias_scale) -> np.ndarray:
+    """WeightBiasQuantization's int32 bias: ``Cast<int32>(Round(f32(b / bias_scale)))``, float32
+    division, rounding half to even; ``bias_scale`` (``f32(x_scale * w_scale)``) one value or
+    one per output channel."""
+    f32 = np.float32
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        quotient = (np.asarray(bias, f32) / np.asarray(bias_scale, f32)).astype(f32)
+    return ort_cast_to_int32(np.rint(quotient))
+
+
+def ort_weight_bias_quantization(weight: np.ndarray, bias, x_scale: float) -> tuple:
+    """The float weight and bias that ORT's ``WeightBiasQuantization`` leaves a Conv it does
+    not fuse into an integer kernel (and a ConvTranspose): :func:`ort_weight_bias_codes`
+    dequantized."""
+    return ort_weight_bias_codes(weight, bias, x_scale).dequantized()
 
 
 def ort_quantizes_weights(imp, node) -> bool:

@@ -11,11 +11,13 @@ def register(sub):
     p = add_command(sub, "demo", help="simulate a built-in example model under two profiles",
                     description="Simulate the small CNN shipped in mrq/data under each profile, print "
                     "every layer's fidelity against the float reference and where the profiles' "
-                    "integer results differ; with onnxruntime installed, check the onnxruntime-cpu "
-                    "simulation against ONNX Runtime.", examples=EXAMPLES)
-    p.add_argument("--profiles", nargs="+", default=["onnxruntime-cpu", "tflite-int8"],
-                   metavar="PROFILE", help="profile names or YAML paths (default: onnxruntime-cpu "
-                   "tflite-int8)")
+                    "integer results differ; with onnxruntime installed, check the simulation under "
+                    "this host's ONNX Runtime profile (onnxruntime-cpu on AVX-512 VNNI hosts, "
+                    "onnxruntime-cpu-avx2 on AVX2 hosts, ...) against ONNX Runtime.",
+                    examples=EXAMPLES)
+    p.add_argument("--profiles", nargs="+", default=None,
+                   metavar="PROFILE", help="profile names or YAML paths (default: this host's "
+                   "ONNX Runtime profile, then tflite-int8)")
     p.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from simulator.kernels.pair_sums import check_pair_sums, pair_excess
 from simulator.kernels.quant import KernelInputError, check_int_array, quantize
 
 _U8_MAX = np.float32(255.0)
@@ -80,11 +81,13 @@ def _matmul_int_2d(a, b, za, zb, out):
             out[m, n] = acc
 
 
-def matmul_integer(a: np.ndarray, b: np.ndarray, zero_point_a, zero_point_b) -> np.ndarray:
+def matmul_integer(a: np.ndarray, b: np.ndarray, zero_point_a, zero_point_b,
+                   pair_sums: str = "exact") -> np.ndarray:
     """ONNX ``MatMulInteger`` as ORT computes it: numpy matmul broadcasting of the leading
     dimensions (a 1-D operand promoted as numpy does), ``zero_point_a`` a scalar,
     ``zero_point_b`` a scalar or one per column of ``b``; the int32 result wraps as MLAS's
-    int32 accumulator does."""
+    int32 accumulator does. ``pair_sums`` ``saturate_int16`` (uint8 ``a``, int8 ``b``): plus
+    :func:`simulator.kernels.pair_sums.pair_excess` of each 2-D product (MLAS without VNNI)."""
     check_int_array("matmul_integer input a", a, ("int8", "uint8"))
     check_int_array("matmul_integer input b", b, ("int8", "uint8"))
     za = np.asarray(zero_point_a).reshape(-1)
@@ -109,9 +112,12 @@ def matmul_integer(a: np.ndarray, b: np.ndarray, zero_point_a, zero_point_b) -> 
     a_b = np.broadcast_to(a2, lead + a2.shape[-2:])
     b_b = np.broadcast_to(b2, lead + b2.shape[-2:])
     out = np.empty(lead + (a2.shape[-2], n_cols), np.int64)
+    paired = check_pair_sums(pair_sums) != "exact"
     for idx in np.ndindex(*lead):
-        _matmul_int_2d(np.ascontiguousarray(a_b[idx]), np.ascontiguousarray(b_b[idx]),
-                       np.int64(za[0]), zb_cols, out[idx])
+        a_i, b_i = np.ascontiguousarray(a_b[idx]), np.ascontiguousarray(b_b[idx])
+        _matmul_int_2d(a_i, b_i, np.int64(za[0]), zb_cols, out[idx])
+        if paired:
+            out[idx] += pair_excess(a_i, b_i)
     if a.ndim == 1:
         out = out[..., 0, :]
     if b.ndim == 1:

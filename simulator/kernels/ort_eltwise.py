@@ -150,23 +150,43 @@ def maxpool(x, *, layout, kernel, strides, pads, dilations, ceil_mode) -> np.nda
             y = np.maximum(y, tap)
     return np.ascontiguousarray(np.moveaxis(y, 1, 3) if layout == "NHWC" else y)
 
-# onnxruntime/core/mlas/lib/compute.cpp (MlasExpConstants) as MlasComputeSumExpF32KernelAvx512F
-# uses them (x86_64/TransKernelAvx512F.S): its lower clamp is LowerRange, not LowerRangeSumExp
-_EXP_LOWER = _F32(-103.9720840454)
+# The x86-64 float kernel sets of ONNX Runtime's MLAS a profile's ``runtime_isa`` names
+# (onnxruntime/core/mlas/lib/platform.cpp): AVX-512F hosts run the *Avx512F kernels, AVX2/FMA3
+# hosts the *Fma3/*Avx ones. Their softmax kernels differ (below) and so does the NCHWc channel
+# block (simulator/kernels/ort_nchwc.py); their SGEMM order is the same.
+ORT_ISAS = ("avx512f", "fma3")
+
+
+def check_isa(isa: str) -> str:
+    """``isa`` if it names one of :data:`ORT_ISAS`, else a KernelInputError."""
+    if isa not in ORT_ISAS:
+        raise KernelInputError(f"ONNX Runtime kernel set {isa!r} is not one of {ORT_ISAS}")
+    return isa
+
+
+# onnxruntime/core/mlas/lib/compute.cpp (MlasExpConstants). The AVX-512F sum-exp kernel
+# (x86_64/TransKernelAvx512F.S) clamps at LowerRange; the FMA3 one (TransKernelFma3.S) at
+# LowerRangeSumExp, where round(x / ln2) >= -127 keeps its bit-built 2^m a float (2^-127 -> 0)
+_EXP_LOWER = {"avx512f": _F32(-103.9720840454), "fma3": _F32(-88.3762626647949)}
 _EXP_ROUNDING_BIAS = _F32(12582912.0)                    # MLAS_ROUNDING_BIAS_MAGIC, 1.5 * 2^23
 _EXP_LOG2_RECIPROCAL = _F32(1.44269504088896341)
 _EXP_LOG2_HIGH = _F32(-6.93145752e-1)
 _EXP_LOG2_LOW = _F32(-1.42860677e-6)
 _EXP_POLY = np.array([float.fromhex(h) for h in ("0x1.694000p-10", "0x1.125edcp-7", "0x1.555b5ap-5",
                                                  "0x1.555450p-3", "0x1.fffff6p-2")], _F32)
-_LANES = 16   # one zmm register of float32
+_EXP_MAXIMUM_EXPONENT = np.int32(0x3F800000)             # 127 << 23, the bits of 1.0f
+_LANES = {"avx512f": 16, "fma3": 8}                      # float32 lanes of a zmm / ymm register
 
 
-def _sum_exp_terms(v) -> np.ndarray:
-    """exp of the max-shifted values as the AVX-512F kernel computes each lane: clamp, range
-    reduction by FMAs, the degree-6 polynomial by FMAs, ``vscalefps`` by 2^m."""
-    v = np.maximum(_EXP_LOWER, v)
-    m = fma(v, _EXP_LOG2_RECIPROCAL, _EXP_ROUNDING_BIAS) - _EXP_ROUNDING_BIAS
+def _sum_exp_terms(v, isa: str = "avx512f") -> np.ndarray:
+    """exp of the max-shifted values as the sum-exp kernel computes each lane: clamp, range
+    reduction by FMAs, the degree-6 polynomial by FMAs, then the scaling by 2^m: AVX-512F
+    ``vscalefps`` (one rounding, gradual underflow); FMA3 multiplies by 2^m built from the
+    rounding-biased value's bits (``vpslld 23``, ``vpaddd 127 << 23``), so m = -127 gives the
+    bits of 0.0f and the lane is 0."""
+    v = np.maximum(_EXP_LOWER[check_isa(isa)], v)
+    biased = fma(v, _EXP_LOG2_RECIPROCAL, _EXP_ROUNDING_BIAS)
+    m = biased - _EXP_ROUNDING_BIAS
     v = fma(m, _EXP_LOG2_HIGH, v)
     v = fma(m, _EXP_LOG2_LOW, v)
     p = np.full_like(v, _EXP_POLY[0])
@@ -174,30 +194,46 @@ def _sum_exp_terms(v) -> np.ndarray:
         p = fma(p, v, coef)
     p = fma(p, v, _F32(1.0))
     p = fma(p, v, _F32(1.0))
+    if isa == "fma3":
+        # int32 lane arithmetic wraps, as vpslld/vpaddd do
+        bits = (biased.view(np.int32).astype(np.int64) << 23) + int(_EXP_MAXIMUM_EXPONENT)
+        scale = ((bits + 2**31) % 2**32 - 2**31).astype(np.int32).view(_F32)
+        return (p * scale).astype(_F32)
     return np.ldexp(p, m.astype(np.int32)).astype(_F32)   # vscalefps: one rounding
 
 
-def softmax(x, axis: int) -> np.ndarray:
-    """ORT's float Softmax (opset 13 semantics: one row per position of the other axes) on an
-    AVX-512F host, ``MlasComputeSoftmax``: per row the maximum, the exps of ``x + (-max)`` summed
-    lane-wise over 16-element chunks in order (zero-filled tail), the 16 lanes reduced as
-    ``vextractf64x4/vaddps/vhaddps/vhaddps/vaddss`` do, then each exp times ``1.0f / sum``."""
+def _reduce_lanes(acc) -> np.ndarray:
+    """The horizontal sum of a row's lane accumulators (last axis, 16 or 8 lanes) in the
+    kernels' order: AVX-512F first adds the two 256-bit halves (``vextractf64x4``/``vaddps``);
+    then both kernels' two ``vhaddps`` sum pairs within each 128-bit half and the final
+    ``vaddss`` adds the halves: ``((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))``."""
+    s = acc[:, 8:] + acc[:, :8] if acc.shape[1] == 16 else acc
+    h = np.stack([s[:, 0] + s[:, 1], s[:, 2] + s[:, 3], s[:, 4] + s[:, 5], s[:, 6] + s[:, 7]], 1)
+    return (h[:, 0] + h[:, 1]) + (h[:, 2] + h[:, 3])
+
+
+def softmax(x, axis: int, isa: str = "avx512f") -> np.ndarray:
+    """ORT's float Softmax (opset 13 semantics: one row per position of the other axes),
+    ``MlasComputeSoftmax`` with the ``isa`` kernel set: per row the maximum, the exps of
+    ``x + (-max)`` (:func:`_sum_exp_terms`) summed lane-wise over 16-element (AVX-512F) or
+    8-element (FMA3: the 24-element loop adds its three vectors in order into one accumulator)
+    chunks in order with a zero-filled tail, the lanes reduced by :func:`_reduce_lanes`, then
+    each exp times ``1.0f / sum``."""
+    lanes = _LANES[check_isa(isa)]
     x = np.asarray(x, _F32)
     moved = np.moveaxis(x, axis, -1)
     rows = np.ascontiguousarray(moved).reshape(-1, moved.shape[-1])
     d = rows.shape[1]
     with np.errstate(all="ignore"):
         neg_max = -rows.max(axis=1, keepdims=True)
-        e = _sum_exp_terms(rows + neg_max)
-        chunks = -(-d // _LANES)
-        padded = np.zeros((rows.shape[0], chunks * _LANES), _F32)
+        e = _sum_exp_terms(rows + neg_max, isa)
+        chunks = -(-d // lanes)
+        padded = np.zeros((rows.shape[0], chunks * lanes), _F32)
         padded[:, :d] = e
-        acc = np.zeros((rows.shape[0], _LANES), _F32)
+        acc = np.zeros((rows.shape[0], lanes), _F32)
         for k in range(chunks):
-            acc = acc + padded[:, k * _LANES:(k + 1) * _LANES]
-        s = acc[:, 8:] + acc[:, :8]                         # 8 lanes
-        h = np.stack([s[:, 0] + s[:, 1], s[:, 2] + s[:, 3], s[:, 4] + s[:, 5], s[:, 6] + s[:, 7]], 1)
-        total = (h[:, 0] + h[:, 1]) + (h[:, 2] + h[:, 3])
+            acc = acc + padded[:, k * lanes:(k + 1) * lanes]
+        total = _reduce_lanes(acc)
         scale = (_F32(1.0) / total).astype(_F32)
         y = (e * scale[:, None]).astype(_F32)
     return np.ascontiguousarray(np.moveaxis(y.reshape(moved.shape), -1, axis))

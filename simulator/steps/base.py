@@ -25,6 +25,7 @@ import numpy as np
 
 from simulator.errors import ProgramError, SimulatorError
 from simulator.kernels import quant as quant_k
+from simulator.kernels.pair_sums import PAIR_SUMS
 from simulator.program import Step
 
 LAYOUT_CHANNEL_AXIS = {"NCHW": 1, "NHWC": 3}
@@ -221,6 +222,27 @@ class AccBlock(Params):
         return {"acc_bits": self.acc_bits, "acc_overflow": self.acc_overflow}
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PairSumsBlock(Params):
+    """``pair_sums``: ``exact``, or ``saturate_int16``: the uint8 input codes times the int8
+    weight codes are summed two at a time (K elements 2j and 2j+1; conv K in the order kernel
+    row, kernel column, input channel of each group, padding holding ``input_zero_point``),
+    each pair sum of the raw codes saturated to int16 before it joins the accumulator (x86
+    ``vpmaddubsw``, ONNX Runtime's MLAS without VNNI); the zero points are taken exactly. The
+    step then needs a uint8 input, int8 weights and ``acc_overflow`` ``wrap``, and runs the
+    plain kernel (simulator/kernels/pair_sums.py), never the fast ones."""
+
+    pair_sums: str = "exact"
+
+    def check_pair_sums(self, where: str) -> None:
+        if self.pair_sums not in PAIR_SUMS:
+            raise ProgramError(f"{where}: unknown pair_sums {self.pair_sums!r}; expected "
+                               + ", ".join(map(repr, PAIR_SUMS)))
+        if self.pair_sums != "exact" and getattr(self, "acc_overflow", "wrap") != "wrap":
+            raise ProgramError(f"{where}: pair_sums {self.pair_sums!r} needs acc_overflow "
+                               f"'wrap' (MLAS's int32 adds wrap)")
+
+
 def check_layout(layout, where: str) -> str:
     if layout not in LAYOUT_CHANNEL_AXIS:
         raise ProgramError(f"{where}: layout must be 'NCHW' or 'NHWC', got {layout!r}")
@@ -354,6 +376,6 @@ def spec(shape, dtype):
     return np.empty(tuple(int(d) for d in shape), dtype=dtype)
 
 
-__all__ = ["AccBlock", "KINDS", "LAYOUT_CHANNEL_AXIS", "OutBlock", "Params", "RequantBlock",
-           "StepKind", "check_layout", "execute_step", "make_step", "params_of",
+__all__ = ["AccBlock", "KINDS", "LAYOUT_CHANNEL_AXIS", "OutBlock", "PairSumsBlock", "Params",
+           "RequantBlock", "StepKind", "check_layout", "execute_step", "make_step", "params_of",
            "prepared", "register", "spec", "stats", "step_launch", "where"]

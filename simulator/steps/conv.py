@@ -5,17 +5,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from simulator.kernels import conv as conv_k
+from simulator.kernels import pair_sums as pair_k
 from simulator.kernels import quant as quant_k
-from simulator.steps.base import (AccBlock, RequantBlock, check_layout, prepared, register,
-                                  stats, where)
+from simulator.steps.base import (
+    AccBlock,
+    PairSumsBlock,
+    RequantBlock,
+    check_layout,
+    prepared,
+    register,
+    stats,
+    where,
+)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class ConvParams(AccBlock, RequantBlock):
+class ConvParams(AccBlock, PairSumsBlock, RequantBlock):
     """2-D convolution of int x (``layout`` NCHW or NHWC) with int ``weight`` [M, C/group, KH,
     KW] (always OIHW): ``acc = bias + sum (x - input_zero_point) * (w - weight_zero_point)``
-    in the accumulator block's order and width, then the requantization block
-    (``channel_axis`` = the layout's channel axis)."""
+    in the accumulator block's order and width (``pair_sums``: see the pair-sums block), then
+    the requantization block (``channel_axis`` = the layout's channel axis)."""
 
     weight: Any
     weight_zero_point: Any = 0
@@ -29,6 +38,7 @@ class ConvParams(AccBlock, RequantBlock):
 
     def check(self, where_: str) -> None:
         check_layout(self.layout, where_)
+        self.check_pair_sums(where_)
         RequantBlock.check(self, where_)
 
     def geometry(self) -> dict:
@@ -39,6 +49,8 @@ class ConvParams(AccBlock, RequantBlock):
 
 
 def _build(step, p):
+    if p.pair_sums != "exact":
+        return None   # the fast kernels sum exactly: the plain kernel runs this step
     rq = p.requant_kwargs(where(step))
     axis = rq.pop("channel_axis")
     return conv_k.prepare_conv(p.weight, requant=rq, channel_axis=axis, **p.geometry())
@@ -51,7 +63,8 @@ def execute_conv(step, p, x):
         res = fast.run(x)
         if res is not None:
             return (res[0],), stats(0, res[1])
-    acc, n_ovf = conv_k.conv2d_acc(x, p.weight, **p.geometry())
+    accumulate = conv_k.conv2d_acc if p.pair_sums == "exact" else pair_k.conv2d_acc_pairs
+    acc, n_ovf = accumulate(x, p.weight, **p.geometry())
     out, n_sat = quant_k.requantize(acc, **p.requant_kwargs(where(step)))
     return (out,), stats(n_ovf, n_sat)
 

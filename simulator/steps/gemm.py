@@ -5,16 +5,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from simulator.kernels import gemm as gemm_k
+from simulator.kernels import pair_sums as pair_k
 from simulator.kernels import quant as quant_k
-from simulator.steps.base import AccBlock, RequantBlock, prepared, register, stats, where
+from simulator.steps.base import (
+    AccBlock,
+    PairSumsBlock,
+    RequantBlock,
+    prepared,
+    register,
+    stats,
+    where,
+)
 from simulator.steps.conv import fast_launch
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class GemmParams(AccBlock, RequantBlock):
+class GemmParams(AccBlock, PairSumsBlock, RequantBlock):
     """``acc = bias + sum_k (a - input_zero_point) * (weight[k, n] - weight_zero_point[n])``
-    (int ``weight`` [K, N]) in the accumulator block's width, then the requantization block
-    along the last axis."""
+    (int ``weight`` [K, N]) in the accumulator block's width (``pair_sums``: see the pair-sums
+    block), then the requantization block along the last axis."""
 
     weight: Any
     weight_zero_point: Any = 0
@@ -25,8 +34,14 @@ class GemmParams(AccBlock, RequantBlock):
         return dict(weight_zero_point=self.weight_zero_point, bias=self.bias,
                     input_zero_point=self.input_zero_point, **self.acc_kwargs())
 
+    def check(self, where_: str) -> None:
+        self.check_pair_sums(where_)
+        RequantBlock.check(self, where_)
+
 
 def _build(step, p):
+    if p.pair_sums != "exact":
+        return None   # the fast kernels sum exactly: the plain kernel runs this step
     rq = p.requant_kwargs(where(step))
     axis = rq.pop("channel_axis")
     return gemm_k.prepare_gemm(p.weight, requant=rq, channel_axis=axis, **p.operands())
@@ -39,7 +54,8 @@ def execute_gemm(step, p, a):
         res = fast.run(a)
         if res is not None:
             return (res[0],), stats(0, res[1])
-    acc, n_ovf = gemm_k.gemm_acc(a, p.weight, **p.operands())
+    accumulate = gemm_k.gemm_acc if p.pair_sums == "exact" else pair_k.gemm_acc_pairs
+    acc, n_ovf = accumulate(a, p.weight, **p.operands())
     out, n_sat = quant_k.requantize(acc, **p.requant_kwargs(where(step)))
     return (out,), stats(n_ovf, n_sat)
 

@@ -25,6 +25,7 @@ from mrq.compare import (
     wilson_interval,
 )
 from mrq.demo import DEMO_MODEL, demo_inputs
+from tests.ort_host import ORT_PROFILE
 
 Z = 1.959963984540054
 ROOT_PROFILES = Path(__file__).resolve().parents[2] / "hw_profiles"
@@ -145,7 +146,7 @@ def decided(broken_profile):
     from mrq.pipeline import Pipeline, resolve_profile
     feeds = {k: 2 * v for k, v in demo_inputs(N).items()}
     graph = load_model(DEMO_MODEL)
-    base = np.argmax(Pipeline(graph, "onnxruntime-cpu").run(feeds).outputs["logits"], axis=1)
+    base = np.argmax(Pipeline(graph, ORT_PROFILE).run(feeds).outputs["logits"], axis=1)
     prof = resolve_profile(broken_profile)
     hook = cmp.requantize_for_profile(graph, prof)
     new = np.argmax(Pipeline(hook.graph, prof).run(feeds).outputs["logits"], axis=1)
@@ -160,7 +161,7 @@ def decided(broken_profile):
     expected = PairedCounts(both=len(both_right), base_only=n_dis, new_only=0,
                             neither=N - len(both_right) - n_dis)
     source = _RecordingSource(feeds)
-    res = cmp.run_compare(DEMO_MODEL, ["onnxruntime-cpu", broken_profile], source, labels=labels,
+    res = cmp.run_compare(DEMO_MODEL, [ORT_PROFILE, broken_profile], source, labels=labels,
                           batch_size=6, progress=False, max_loss=0.5, argv=["compare", "demo"])
     # the inputs are read once, a batch at a time: memory follows the batch, not the data set
     assert source.requests == [6] and source.served == [6, 6, 4]
@@ -184,7 +185,7 @@ class _RecordingSource(cmp.ArraySource):
 def test_baseline_row_accuracy_change_and_verdicts(decided):
     res, expected, _ = decided
     base = res.baseline
-    assert base.role == "baseline" and base.profile == "onnxruntime-cpu" and not base.requantized
+    assert base.role == "baseline" and base.profile == ORT_PROFILE and not base.requantized
     assert base.accuracy == 0.5 and base.accuracy_ci == wilson_interval(N // 2, N)
     same, broken = res.profiles
     # the input model's own runtime as a profile: the same predictions, no change, PASS
@@ -217,7 +218,7 @@ def test_layer_rows_split_error_and_clamps_and_bias_headroom(decided):
     from mrq.accumulators import compute_accumulator
     from mrq.pipeline import Pipeline
     from simulator.kernels.quant import requantize
-    run = Pipeline(DEMO_MODEL, "onnxruntime-cpu", layout="native").run(feeds, trace=True)
+    run = Pipeline(DEMO_MODEL, ORT_PROFILE, layout="native").run(feeds, trace=True)
     step = next(s for s in run.program.steps if s.name == "stem_conv")
     p = dict(step.params)
     assert p["out_min"] == p["out_zero_point"] == -128 and p["out_max"] == 127
@@ -231,7 +232,7 @@ def test_layer_rows_split_error_and_clamps_and_bias_headroom(decided):
     assert all(math.isinf(r.sqnr_clipping) for r in base.layers)
     # bias headroom: largest |bias| code against the profile's bias width
     from mrq.pipeline import Pipeline
-    prog = Pipeline(DEMO_MODEL, "onnxruntime-cpu", layout="native").lowered.program
+    prog = Pipeline(DEMO_MODEL, ORT_PROFILE, layout="native").lowered.program
     step = next(s for s in prog.steps if s.name == "stem_conv")
     biggest = int(np.max(np.abs(np.asarray(dict(step.params)["bias"], np.int64))))
     assert rows["stem_conv"].bias_max_code == biggest and rows["stem_conv"].bias_bits == 32
@@ -268,7 +269,7 @@ def test_clamp_split_counts_against_an_independent_requantization():
 def test_report_html_json_and_provenance(decided, tmp_path):
     res, _, _ = decided
     html = cmp.render_html(res, png=b"\x89PNG\r\n\x1a\n")
-    for text in ("onnxruntime-cpu (input model)", "change vs input model", "Threshold: lose at most 0.5",
+    for text in (f"{ORT_PROFILE} (input model)", "change vs input model", "Threshold: lose at most 0.5",
                  "<td class='pass'", "<td class='fail'", "Per-layer differences between profiles",
                  "saturated at the storage range", "clamped by ReLU/ReLU6/Clip", "bias headroom",
                  "own error: clipping SQNR", "Provenance", "mrq compare demo", res.provenance["model_sha256"]):
@@ -278,7 +279,7 @@ def test_report_html_json_and_provenance(decided, tmp_path):
     assert d["profiles"][0]["verdict"] == PASS and d["profiles"][1]["verdict"] == FAIL
     prov = d["provenance"]
     assert prov["command"] == "mrq compare demo" and len(prov["model_sha256"]) == 64
-    assert [p["name"] for p in prov["profiles"]] == ["onnxruntime-cpu", "onnxruntime-cpu", "nna-acc16-wrap"]
+    assert [p["name"] for p in prov["profiles"]] == [ORT_PROFILE, ORT_PROFILE, "nna-acc16-wrap"]
     # the profile hash is of the content: the same profile hashes alike, another differs
     assert prov["profiles"][0]["sha256"] == prov["profiles"][1]["sha256"] != prov["profiles"][2]["sha256"]
     table = cmp.format_table(res)
@@ -360,8 +361,8 @@ def test_a_profile_equal_to_the_baseline_shares_its_run_with_the_same_numbers():
     run; it must report what a separate run of it reports (here against another baseline)."""
     feeds = {k: 2 * v for k, v in demo_inputs(4).items()}
     labels = np.array([1, 8, 8, 2])
-    shared = cmp.run_compare(DEMO_MODEL, ["onnxruntime-cpu"], feeds, labels=labels, progress=False).profiles[0]
-    alone = cmp.run_compare(DEMO_MODEL, ["onnxruntime-cpu"], feeds, labels=labels, progress=False,
+    shared = cmp.run_compare(DEMO_MODEL, [ORT_PROFILE], feeds, labels=labels, progress=False).profiles[0]
+    alone = cmp.run_compare(DEMO_MODEL, [ORT_PROFILE], feeds, labels=labels, progress=False,
                             baseline="tflite-int8").profiles[0]
     assert shared.seconds == 0.0 < alone.seconds and shared.accuracy == alone.accuracy
     assert [r.as_dict() for r in shared.layers] == [r.as_dict() for r in alone.layers]

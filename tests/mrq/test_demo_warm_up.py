@@ -2,8 +2,9 @@
 while it simulates the first profile (mrq/demo.py); what it prints never depends on that."""
 from mrq import demo
 from simulator.kernels import jitcache
+from tests.ort_host import ORT_PROFILE
 
-PROFILES = ("onnxruntime-cpu", "tflite-int8")
+PROFILES = (ORT_PROFILE, "tflite-int8")
 
 
 def _run(monkeypatch, capsys, cold):

@@ -25,7 +25,8 @@ PROFILE_DIR = REPO / "hw_profiles"
 SCHEMA_PATH = PROFILE_DIR / "schema.json"
 SHIPPED = ["litert-default", "nna-a16w8", "nna-sym8", "nna-sym8-acc16", "nna-sym8-acc18", "nna-sym8-acc20",
            "nna-sym8-pow2",
-           "nna-w4a4", "nna-w4a4-fl8", "nna-w4a8", "nna-w4a8-pow2", "onnxruntime-cpu", "tflite-int8"]
+           "nna-w4a4", "nna-w4a4-fl8", "nna-w4a8", "nna-w4a8-pow2", "onnxruntime-cpu",
+           "onnxruntime-cpu-avx2", "onnxruntime-cpu-avx512", "onnxruntime-cpu-avxvnni", "tflite-int8"]
 
 
 def _raw(name: str) -> dict:
@@ -274,7 +275,31 @@ MALFORMED = [
     ("acc-bias-order", "nna-sym8-acc20", _set("accumulator.bias", "last"), "accumulator.bias",
      "must be first (the simulator implements only this order", True),
     ("acc-product-order", "nna-sym8-acc20", _set("accumulator.product_order", "col_row_channel"),
-     "accumulator.product_order", "must be channel_row_col (the simulator implements only", True),
+     "accumulator.product_order", "must be one of channel_row_col, row_col_channel (conv products",
+     True),
+    ("acc-pair-sums", "onnxruntime-cpu", _set("accumulator.pair_sums", "saturate_int8"),
+     "accumulator.pair_sums", "must be one of exact, saturate_int16; got 'saturate_int8'", True),
+    ("runtime-isa", "onnxruntime-cpu", _set("runtime_isa", "avx2"), "runtime_isa",
+     "must be one of avx512f, fma3 (the x86 float kernels", True),
+    # checks JSON Schema cannot express (the loader is stricter)
+    ("acc-pair-sums-without-u8s8", "onnxruntime-cpu-avx2", _set("activations.signed", True),
+     "accumulator.pair_sums", "changes only dot products of unsigned 8-bit activations and "
+     "signed 8-bit weights, which this profile does not allow", False),
+    ("acc-pair-sums-without-ort", "nna-sym8",
+     _chain(_set("accumulator.pair_sums", "saturate_int16"),
+            _set("accumulator.product_order", "row_col_channel")),
+     "accumulator.pair_sums", "reproduces ONNX Runtime's u8s8 kernels (which ops pair, in which "
+     "order) and needs runtime: onnxruntime; got runtime 'generic'", False),
+    ("acc-pair-sums-order", "onnxruntime-cpu-avx2",
+     _set("accumulator.product_order", "channel_row_col"), "accumulator.product_order",
+     "must be row_col_channel with pair_sums saturate_int16", False),
+    ("acc-order-without-pair-sums", "onnxruntime-cpu", _set("accumulator.product_order",
+     "row_col_channel"), "accumulator.product_order", "decides only which products form the "
+     "pairs of pair_sums saturate_int16", False),
+    ("acc-pair-sums-saturating", "onnxruntime-cpu-avx2", _set("accumulator.overflow", "saturate"),
+     "accumulator.pair_sums", "is simulated on a wrapping accumulator", False),
+    ("runtime-isa-without-ort", "nna-sym8", _set("runtime_isa", "fma3"), "runtime_isa",
+     "needs runtime: onnxruntime; got runtime 'generic'", False),
     ("multiplier-1-shift-max-0", "nna-sym8",
      _chain(_set("requant.multiplier_bits", 1), _set("requant.shift_max", 0)),
      "requant.shift_max", "must be >= 1 for arithmetic fixed_point: with shift_max 0 no "
@@ -732,8 +757,10 @@ def test_schema_vocabulary_matches_loader():
     assert d["tensor"]["properties"]["bits"]["minimum"] == H.ACT_BITS[0]
     assert d["tensor"]["properties"]["bits"]["maximum"] == H.ACT_BITS[1]
     assert s["properties"]["runtime"]["enum"] == list(H.RUNTIMES)
+    assert s["properties"]["runtime_isa"]["enum"] == list(H.RUNTIME_ISAS)
+    assert acc["pair_sums"]["enum"] == list(H.PAIR_SUMS)
     assert set(s["required"]) == {f.name for f in dataclasses.fields(H.HwProfile)} - {
-        "source", "runtime", "host_ops", "host_profiles", "layers"}
+        "source", "runtime", "runtime_isa", "host_ops", "host_profiles", "layers"}
     assert set(s["properties"]) == set(H.TOP_REQUIRED) | set(H.TOP_OPTIONAL)
 
 
@@ -860,3 +887,24 @@ def test_check_tensor_bias():
 def test_check_tensor_unknown_role():
     with pytest.raises(ValueError):
         load_profile("nna-sym8").check_tensor("output", "int8", 0.1, 0)
+
+
+def test_onnxruntime_profiles_per_host_class():
+    """One shipped ORT profile per x86-64 host class MLAS tells apart; the host's own is one of
+    them, and each states the two facts that differ."""
+    host = {"avx2": True, "fma": True}
+    want = {(): ("onnxruntime-cpu-avx2", "saturate_int16", "fma3"),
+            ("avxvnni",): ("onnxruntime-cpu-avxvnni", "exact", "fma3"),
+            ("avx512f", "avx512bw"): ("onnxruntime-cpu-avx512", "saturate_int16", "avx512f"),
+            ("avx512f", "avx512bw", "avx512vnni"): ("onnxruntime-cpu", "exact", "avx512f"),
+            ("avx512f", "avx512bw", "avx512vnni", "amx-int8"): ("onnxruntime-cpu", "exact",
+                                                                 "avx512f")}
+    for extra, (name, pairs, isa) in want.items():
+        assert H.onnxruntime_profile_for_host({**host, **dict.fromkeys(extra, True)}) == name
+        prof = load_profile(name)
+        assert (prof.accumulator.pair_sums, prof.runtime_isa) == (pairs, isa)
+        assert prof.to_dict()["accumulator"]["pair_sums"] == pairs
+        assert prof.to_dict()["runtime_isa"] == isa
+    assert H.onnxruntime_profile_for_host() in {v[0] for v in want.values()}
+    assert load_profile("nna-sym8").runtime_isa == ""
+    assert "runtime_isa" not in load_profile("nna-sym8").to_dict()

@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from mrq.errors import MrqError
 from mrq.onnx_import import import_onnx
 from mrq.pipeline import Pipeline
+from tests.ort_host import ORT_PROFILE
 
 _MODULES = ("quantizelinear", "dequantizelinear", "qlinearconv", "qlinearmatmul", "convinteger",
             "matmulinteger", "dynamicquantizelinear")
@@ -84,7 +85,7 @@ def _run(case):
               if k < len(node.input) and node.input[k] in values}
     feeds = {k: _codes(v) for k, v in values.items() if k not in frozen}
     ir = import_onnx(case.model, case.name, constants=frozen)
-    outputs = Pipeline(ir, "onnxruntime-cpu", "native").run(feeds).outputs
+    outputs = Pipeline(ir, ORT_PROFILE, "native").run(feeds).outputs
     return [outputs[o.name] for o in graph.output], [_codes(_array(e)) for e in expected]
 
 
@@ -126,7 +127,7 @@ def test_integer_graph_input_takes_the_grid_of_its_dequantize():
                               "g", [x], [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     codes = np.array([[-128, -3, 0, 1, 127], [5, -7, 64, -64, 2]], np.int8)
-    got = Pipeline(import_onnx(model), "onnxruntime-cpu", "native").run({"x": codes}).outputs["y"]
+    got = Pipeline(import_onnx(model), ORT_PROFILE, "native").run({"x": codes}).outputs["y"]
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": codes})[0]
     assert got.dtype == np.float32 and np.array_equal(got, want)
@@ -180,7 +181,7 @@ def test_blocked_quantization_equals_onnxruntime():
     x[0, 0, :3] = (np.arange(3) + 0.5 - zp[0, 0, 0]) * scale[0, 0, 0]   # ties
     x[0, 3, 6] = np.nan
     feeds = {"x": x, "x2": rng.standard_normal((1, 4, 6)).astype(np.float32)}
-    got = Pipeline(import_onnx(model), "onnxruntime-cpu", "native").run(feeds).outputs
+    got = Pipeline(import_onnx(model), ORT_PROFILE, "native").run(feeds).outputs
     want = _ort(model, feeds)
     for name in ("q", "y", "wf"):
         assert got[name].dtype == want[name].dtype and np.array_equal(got[name], want[name]), name
@@ -200,7 +201,7 @@ def test_expanded_dynamic_quantize_equals_onnxruntime():
     0, Sub, Div, Clip, Round, Cast, QuantizeLinear with run-time parameters), including an
     all-zero input (scale 0: IEEE 0/0 through Clip, Round and Cast) and one-signed ranges."""
     model = CASES["test_dynamicquantizelinear_min_adjusted_expanded"].model
-    pipe = Pipeline(import_onnx(model), "onnxruntime-cpu", "native")
+    pipe = Pipeline(import_onnx(model), ORT_PROFILE, "native")
     rng = np.random.default_rng(2)
     for x in (rng.standard_normal((3, 4)), np.zeros((3, 4)), rng.uniform(1, 5, (3, 4)),
               -rng.uniform(1, 5, (3, 4)), np.full((3, 4), 2.5), rng.standard_normal((3, 4)) * 1e30,

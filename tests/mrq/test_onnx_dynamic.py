@@ -15,6 +15,7 @@ from mrq.onnx_import import import_onnx
 from mrq.pipeline import Pipeline
 from simulator.errors import SimulatorError
 from simulator.kernels import ort_dynamic
+from tests.ort_host import ORT_PROFILE
 from tests.parity.ort_runner import session_options
 from tests.reference import dynamic_ref
 
@@ -39,7 +40,7 @@ def _ort(model, feeds, fused=True):
 
 
 def _sim(model, feeds):
-    outputs = Pipeline(import_onnx(model), "onnxruntime-cpu", "native").run(feeds).outputs
+    outputs = Pipeline(import_onnx(model), ORT_PROFILE, "native").run(feeds).outputs
     return [outputs[o.name] for o in model.graph.output]
 
 
@@ -281,7 +282,7 @@ def test_mrq_sim_runs_a_dynamic_model(tmp_path, capfd):
     x = RNG.standard_normal((3, 12)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
     out = tmp_path / "out.npz"
-    code = cli.main(["sim", str(q_path), "--profile", "onnxruntime-cpu", "--inputs",
+    code = cli.main(["sim", str(q_path), "--profile", ORT_PROFILE, "--inputs",
                      str(tmp_path / "in.npz"), "-o", str(out)])
     assert code == 0, capfd.readouterr().err
     with np.load(out) as data:
@@ -366,7 +367,7 @@ def test_bad_quantized_models_are_one_line_errors(tmp_path, capfd, case):
                              if i.type.tensor_type.elem_type != TensorProto.FLOAT8E4M3FN else np.float32)
              for i in model.graph.input}
     np.savez(tmp_path / "in.npz", **feeds)
-    code = cli.main(["sim", str(path), "--profile", "onnxruntime-cpu", "--inputs",
+    code = cli.main(["sim", str(path), "--profile", ORT_PROFILE, "--inputs",
                      str(tmp_path / "in.npz"), "-o", str(out), "-q"])
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err

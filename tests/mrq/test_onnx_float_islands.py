@@ -14,13 +14,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mrq.api import simulate
 from mrq.errors import MrqError
+from mrq.hw_profile import load_profile
 from mrq.onnx_import import import_onnx
 from mrq.pipeline import Pipeline
+from simulator.errors import KernelInputError
 from simulator.kernels import ort_eltwise as E
+from tests.ort_host import ORT_PROFILE
 from tests.parity.ort_runner import session_options
 from tests.reference import float_island_ref as ref
 
 RNG = np.random.default_rng(20261207)
+# the MLAS float kernel set of the installed ORT on this host, as its profile names it
+ORT_ISA = load_profile(ORT_PROFILE).runtime_isa
 REPO = Path(__file__).resolve().parents[2]
 F32 = np.float32
 
@@ -95,16 +100,76 @@ def test_softmax_equals_ort(shape, axis):
         x = (RNG.standard_normal(shape) * scale).astype(F32)
         x.reshape(-1)[:3] = x.reshape(-1)[3]   # ties, several maxima
         want = _ort(_one_node("Softmax", [("x", shape)], {"axis": axis}), {"x": x})["y"]
-        _same_bits(E.softmax(x, axis), want)
+        _same_bits(E.softmax(x, axis, ORT_ISA), want)
 
 
-def test_softmax_row_sum_order():
-    """The vectorised lane order equals the scalar reference's, on rows of awkward lengths."""
-    for d in (1, 15, 16, 17, 47, 48, 49, 130):
+def _extreme_rows(d):
+    """Rows of length d: -inf entries, one huge maximum (everything else underflows), values
+    spread across the whole underflow range of both kernels, all equal, subnormal inputs."""
+    rows = np.zeros((6, d), F32)
+    rows[0] = RNG.standard_normal(d) * 50
+    rows[0, ::3] = -np.inf
+    rows[1] = -RNG.random(d) * 1e3
+    rows[1, d // 2] = 3e38
+    rows[2] = -RNG.random(d) * 110
+    rows[2, 0] = 0.0
+    rows[3] = 7.5
+    rows[4] = RNG.standard_normal(d) * 1e-40
+    rows[5] = np.linspace(-104.5, 0.0, d)
+    return rows
+
+
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 24, 25, 33, 130])
+def test_softmax_extreme_rows_equal_ort(d):
+    """Underflowing and infinite inputs on rows of the lengths where the lane loops change, under
+    this host's kernel set; both kernel sets against the scalar references."""
+    x = _extreme_rows(d)
+    want = _ort(_one_node("Softmax", [("x", x.shape)], {"axis": -1}), {"x": x})["y"]
+    _same_bits(E.softmax(x, -1, ORT_ISA), want)
+    for isa in E.ORT_ISAS:
+        for row in x[1:]:   # finite rows: the scalar references take finite shifted values
+            e = np.array([ref.sum_exp_term(F32(v - row.max()), isa) for v in row], F32)
+            total = ref.softmax_row_sum(e, isa)
+            _same_bits(E.softmax(row[None], -1, isa)[0], (e * (F32(1.0) / total)).astype(F32))
+
+
+@pytest.mark.parametrize("isa", E.ORT_ISAS)
+def test_softmax_row_sum_order(isa):
+    """The vectorised lane order equals the scalar reference's, on rows of awkward lengths
+    (FMA3: 8 lanes, its 24-element loop and the tails)."""
+    for d in (1, 7, 8, 9, 15, 16, 17, 23, 24, 25, 47, 48, 49, 130):
         x = (RNG.standard_normal((1, d)) * 30).astype(F32)
-        e = E._sum_exp_terms(x - x.max())
-        total = ref.softmax_row_sum(e[0])
-        _same_bits(E.softmax(x, -1), (e * (F32(1.0) / total)).astype(F32))
+        e = E._sum_exp_terms(x - x.max(), isa)
+        total = ref.softmax_row_sum(e[0], isa)
+        _same_bits(E.softmax(x, -1, isa), (e * (F32(1.0) / total)).astype(F32))
+
+
+@pytest.mark.parametrize("isa", E.ORT_ISAS)
+def test_sum_exp_terms_against_scalar_reference(isa):
+    """Each exp lane against the exact-rational scalar reference: random shifted inputs down to
+    past both clamps, the underflow corners (subnormal results; FMA3's 2^-127 that is 0) and
+    the clamps themselves."""
+    v = np.concatenate([-(RNG.random(2000) * 110).astype(F32),
+                        -np.abs(RNG.standard_normal(300)).astype(F32) * F32(0.01),
+                        np.array([0.0, -0.0, -1e-45, -0.5, -88.3762626647949, -88.37626, -88.3763,
+                                  -87.33654, -87.3365, -86.5, -87.0, -87.9, -88.0, -88.3,
+                                  -103.9720840454, -103.97208, -104.0, -200.0, -3.4e38], F32)])
+    got = E._sum_exp_terms(v, isa)
+    want = np.array([ref.sum_exp_term(t, isa) for t in v], F32)
+    _same_bits(got, want)
+    # both kernels reach the subnormal range; at m = -127 only FMA3 gives 0
+    assert ((got > 0) & (got < np.finfo(F32).tiny)).any()
+    assert (E._sum_exp_terms(np.array([-88.3], F32), isa)[0] == 0) == (isa == "fma3")
+
+
+def test_softmax_isa_is_checked():
+    """The kernel sets the simulator knows are the profile vocabulary's, each with its NCHWc
+    block; another name is refused."""
+    from mrq.hw_profile import RUNTIME_ISAS
+    from simulator.kernels.ort_nchwc import BLOCKS
+    assert tuple(RUNTIME_ISAS) == E.ORT_ISAS and set(BLOCKS) == set(E.ORT_ISAS)
+    with pytest.raises(KernelInputError):
+        E.softmax(np.zeros((1, 4), F32), -1, "avx2")
 
 
 @pytest.mark.parametrize("channels,order", [(12, "mlas"), (16, "nchwc"), (32, "nchwc")])
@@ -117,6 +182,45 @@ def test_global_average_pool_equals_ort(channels, order):
         _same_bits(got, ref.global_average_pool(x, order))
         want = _ort(_one_node("GlobalAveragePool", [("x", x.shape)]), {"x": x})["y"]
         _same_bits(got, want)
+
+
+def _gap_model(shape):
+    inits = [numpy_helper.from_array(F32(0.5), "s"), numpy_helper.from_array(np.uint8(128), "z")]
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "s", "z"], ["q"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                   helper.make_tensor_value_info("q", TensorProto.UINT8, None)], inits)
+
+
+@pytest.mark.parametrize("channels", [8, 12, 24])
+def test_global_average_pool_graph_follows_the_host_block(channels):
+    """ORT gives a graph-input GlobalAveragePool its NCHWc kernel when the channels are a
+    multiple of the host's block (16 with AVX-512F, 8 with AVX2/FMA3): through the pipeline under
+    this host's profile, bit for bit; the order each profile lowers to."""
+    from mrq.api import prepare
+    x = (RNG.standard_normal((2, channels, 7, 7)) * 100 + 3).astype(F32)
+    model = _gap_model(x.shape)
+    got = Pipeline(import_onnx(model), ORT_PROFILE, "native").run({"x": x}).outputs
+    _same_bits(got["y"], _ort(model, {"x": x})["y"])
+    for profile, block in (("onnxruntime-cpu", 16), ("onnxruntime-cpu-avx2", 8)):
+        (step,) = [s for s in prepare(import_onnx(model), profile, layout="native").program.steps
+                   if s.kind == "float_global_avgpool"]
+        assert step.params["order"] == ("mlas" if channels % block else "nchwc"), profile
+
+
+def test_softmax_step_takes_the_profile_isa():
+    from mrq.api import prepare
+    inits = [numpy_helper.from_array(F32(1 / 256), "s"), numpy_helper.from_array(np.uint8(0), "z")]
+    model = _model([helper.make_node("Softmax", ["x"], ["y"], axis=-1),
+                    helper.make_node("QuantizeLinear", ["y", "s", "z"], ["q"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 9])],
+                   [helper.make_tensor_value_info("q", TensorProto.UINT8, None)], inits)
+    for profile, isa in (("onnxruntime-cpu", "avx512f"), ("onnxruntime-cpu-avx2", "fma3"),
+                         ("onnxruntime-cpu-avx512", "avx512f"), ("onnxruntime-cpu-avxvnni", "fma3")):
+        (step,) = [s for s in prepare(import_onnx(model), profile, layout="native").program.steps
+                   if s.kind == "float_softmax"]
+        assert step.params["isa"] == isa, profile
 
 
 @pytest.mark.parametrize("kernel,strides,pads,ceil", [((3, 3), (1, 1), (1, 1, 1, 1), 0),
@@ -150,11 +254,11 @@ def test_quantize_dynamic_cnn_equals_ort(tmp_path):
             "FloatConcat", "FloatSoftmax", "FloatGlobalAveragePool", "Take"} <= ops
     for scale in (1.0, 30.0):
         x = (RNG.standard_normal((2, 3, 12, 12)) * scale).astype(F32)
-        got = Pipeline(import_onnx(model), "onnxruntime-cpu", "native").run({"x": x}).outputs
+        got = Pipeline(import_onnx(model), ORT_PROFILE, "native").run({"x": x}).outputs
         want = _ort(model, {"x": x})
         _same_bits(got["y"], want["y"])
     # the float reference of every island op runs too (mrq/float_ref_float.py)
-    sim = simulate(import_onnx(model), "onnxruntime-cpu", {"x": x}, fidelity=True)
+    sim = simulate(import_onnx(model), ORT_PROFILE, {"x": x}, fidelity=True)
     assert sim.outputs["y"].shape == (2, 7)
 
 
@@ -168,7 +272,7 @@ def test_integer_profiles_refuse_float_islands_in_one_line(tmp_path):
     inits = [numpy_helper.from_array(F32(1 / 255), "sc"), numpy_helper.from_array(np.uint8(0), "zp")]
     model = _model(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     feeds = {"x": RNG.standard_normal((3, 4)).astype(F32)}
-    got = Pipeline(import_onnx(model), "onnxruntime-cpu", "native").run(feeds).outputs
+    got = Pipeline(import_onnx(model), ORT_PROFILE, "native").run(feeds).outputs
     np.testing.assert_array_equal(got["y"], _ort(model, feeds)["y"])
     with pytest.raises(MrqError) as err:
         Pipeline(import_onnx(model), "nna-sym8", "native").run(feeds)
@@ -177,7 +281,7 @@ def test_integer_profiles_refuse_float_islands_in_one_line(tmp_path):
     text = (REPO / "hw_profiles" / "nna-sym8.yaml").read_text().replace("name: nna-sym8", "name: nna-host-sig") \
         .replace(" Logistic,", "")
     prof = tmp_path / "nna-host-sig.yaml"
-    prof.write_text(text + "\nhost_ops:\n  Logistic: onnxruntime-cpu\n")
+    prof.write_text(text + f"\nhost_ops:\n  Logistic: {ORT_PROFILE}\n")
     sim = simulate(import_onnx(model), str(prof), feeds, fidelity=False)
     np.testing.assert_array_equal(sim.outputs["y"], _ort(model, feeds)["y"])
     assert {sim.lowered.placement[s.name] for s in sim.lowered.program.steps
@@ -212,7 +316,7 @@ def test_prelu_on_dequantized_codes_then_l2_normalisation_equals_ort():
              numpy_helper.from_array(np.array([1, 36], np.int64), "shape")]
     model = _model(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits, 13)
     feeds = {"x": RNG.integers(0, 256, (1, 4, 3, 3)).astype(np.uint8)}
-    got = Pipeline(import_onnx(model), "onnxruntime-cpu", "native").run(feeds).outputs
+    got = Pipeline(import_onnx(model), ORT_PROFILE, "native").run(feeds).outputs
     _same_bits(got["y"], _ort(model, feeds)["y"])
 
 
@@ -232,5 +336,5 @@ def test_qdq_sub_runs_in_float_as_ort():
     model = _model(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits, 13)
     feeds = {"x": RNG.integers(0, 256, (3, 2, 8)).astype(np.uint8)}
     feeds["x"][0, 0, :4] = [0, 255, 120, 121]
-    got = Pipeline(import_onnx(model), "onnxruntime-cpu", "native").run(feeds).outputs
+    got = Pipeline(import_onnx(model), ORT_PROFILE, "native").run(feeds).outputs
     np.testing.assert_array_equal(got["y"], _ort(model, feeds)["y"])

@@ -20,6 +20,7 @@ from mrq.errors import UnsupportedOpError
 from mrq.ort_float import fma
 from simulator.kernels.ort_convtranspose import convtranspose_ort
 from simulator.kernels.ort_layernorm import layernorm_ort
+from tests.ort_host import ORT_PROFILE
 from tests.parity.ort_runner import run_ort
 
 F32 = np.float32
@@ -153,7 +154,7 @@ def _assert_matches_ort(tmp_path, model, dtype=np.uint8, seed=0, extra=()):
     rng = np.random.default_rng(seed)
     for x in [*_code_feeds(shape, dtype, rng), *extra]:
         want = run_ort(path, {"x": x})["y"]
-        got = simulate(str(path), "onnxruntime-cpu", {"x": x}, fidelity=False).outputs["y"]
+        got = simulate(str(path), ORT_PROFILE, {"x": x}, fidelity=False).outputs["y"]
         assert got.dtype == want.dtype and got.shape == want.shape
         bad = int((got != want).sum())
         assert bad == 0, f"{bad}/{want.size} codes differ from ORT"
@@ -270,7 +271,7 @@ def test_npu_profiles_refuse_ort_float_islands(tmp_path):
     # an NPU profile that runs it on the host with ORT's arithmetic gets ORT's codes
     text = (REPO / "hw_profiles" / "nna-sym8.yaml").read_text().replace("name: nna-sym8", "name: nna-host-ln")
     prof = tmp_path / "nna-host-ln.yaml"
-    prof.write_text(text + "\nhost_ops:\n  LayerNormalization: onnxruntime-cpu\n")
+    prof.write_text(text + f"\nhost_ops:\n  LayerNormalization: {ORT_PROFILE}\n")
     x = np.random.default_rng(2).integers(-128, 128, (1, 4, 16)).astype(np.int8)
     got = simulate(str(path), str(prof), {"x": x}, fidelity=False)
     assert np.array_equal(got.outputs["y"], run_ort(path, {"x": x})["y"])
@@ -279,4 +280,4 @@ def test_npu_profiles_refuse_ort_float_islands(tmp_path):
     # the op is known to the profile vocabulary: the ORT profile lists it
     from mrq.hw_profile import KNOWN_OPS, load_profile
     assert "LayerNormalization" in KNOWN_OPS
-    assert "LayerNormalization" in load_profile("onnxruntime-cpu").supported_ops
+    assert "LayerNormalization" in load_profile(ORT_PROFILE).supported_ops

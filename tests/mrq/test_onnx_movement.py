@@ -20,6 +20,7 @@ from mrq.api import simulate
 from mrq.errors import ModelError, UnsupportedOpError
 from mrq.onnx_import import import_onnx
 from mrq.onnx_import_movement import linear_axis, nearest_index
+from tests.ort_host import ORT_PROFILE
 from tests.parity.ort_runner import run_ort
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def _assert_exact(tmp_path, model, seed=0):
     # a model with a fixed batch of 1 (shape arithmetic folded at import) runs item by item
     for x in ([batch] if shape[0] == 0 else np.split(batch, 3)):
         ref = run_ort(path, {"x": x})
-        got = simulate(str(path), "onnxruntime-cpu", {"x": x}, fidelity=False).outputs
+        got = simulate(str(path), ORT_PROFILE, {"x": x}, fidelity=False).outputs
         for name, want in ref.items():
             assert got[name].dtype == want.dtype and got[name].shape == want.shape, name
             bad = int((got[name] != want).sum())
@@ -220,7 +221,7 @@ def test_conv_transpose_is_within_one_code_of_orts_float_kernel(tmp_path, dtype,
     onnx.save(model, str(path))
     x = (rng.standard_normal((1, 4, 6, 6)) * 3).astype(np.float32)
     ref = run_ort(path, {"x": x})["q0"].astype(int)
-    got = simulate(str(path), "onnxruntime-cpu", {"x": x}, fidelity=False).outputs["q0"].astype(int)
+    got = simulate(str(path), ORT_PROFILE, {"x": x}, fidelity=False).outputs["q0"].astype(int)
     assert got.shape == ref.shape == (1, 3, 12, 12)
     assert np.abs(got - ref).max() <= 1 and (got != ref).mean() < 0.02
 
@@ -278,7 +279,7 @@ def test_real_model_outputs_and_intermediates_match_ort(tmp_path, name):
     onnx.save(probe, str(tmp_path / "probe.onnx"))
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     x = (np.random.default_rng(9).standard_normal(shape) * 2).astype(np.float32)
-    sim = simulate(str(path), "onnxruntime-cpu", {"input": x}, fidelity=False, trace=True)
+    sim = simulate(str(path), ORT_PROFILE, {"input": x}, fidelity=False, trace=True)
     ref = run_ort(path, {"input": x})
     for out, want in ref.items():
         assert np.array_equal(sim.outputs[out], want) and sim.outputs[out].dtype == want.dtype, out
@@ -319,7 +320,7 @@ def test_cli_constants_and_freeze_fix_parameter_inputs(tmp_path, capsys):
     np.savez(tmp_path / "c.npz", s_out=np.float32(0.05))
     np.save(tmp_path / "s.npy", np.float32(0.05))
     want = run_ort(path, {"x": x, "s_out": np.array(0.05, np.float32)})["y"]
-    sim = ("sim", path, "--profile", "onnxruntime-cpu", "--inputs", tmp_path / "in.npz")
+    sim = ("sim", path, "--profile", ORT_PROFILE, "--inputs", tmp_path / "in.npz")
     for k, extra in enumerate((["--constants", tmp_path / "c.npz"], ["--freeze", f"s_out={tmp_path / 's.npy'}"])):
         out = tmp_path / f"out{k}.npz"
         assert _mrq(*sim, "-o", out, "--no-fidelity", "-q", *extra) == 0, capsys.readouterr().err
@@ -423,7 +424,7 @@ def test_activation_matmul_matches_ort(tmp_path, dtype, qop):
         feeds = {"a": (rng.standard_normal((1, 4, 16, 8)) * scale).astype(np.float32),
                  "b": (rng.standard_normal((1, 4, 8, 16)) * scale).astype(np.float32)}
         want = run_ort(path, feeds)["y"]
-        got = simulate(str(path), "onnxruntime-cpu", feeds, fidelity=False).outputs["y"]
+        got = simulate(str(path), ORT_PROFILE, feeds, fidelity=False).outputs["y"]
         assert got.dtype == want.dtype and np.array_equal(got, want)
 
 

@@ -21,6 +21,7 @@ ort = pytest.importorskip("onnxruntime")
 from mrq.api import prepare, simulate
 from mrq.errors import UnsupportedOpError
 from simulator.kernels.ort_conv import conv_ort, gemm_ort
+from tests.ort_host import ORT_PROFILE
 from tests.parity.ort_runner import run_ort, session_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,7 +158,7 @@ def test_qdq16_node_matches_ort(tmp_path, op, act, per_channel):
     feeds_by_kind = _qdq16_model(op, act, per_channel, path)
     for kind, codes in feeds_by_kind.items():
         ref = run_ort(path, {"x": codes})["y"]
-        got = simulate(str(path), "onnxruntime-cpu", {"x": codes}, fidelity=False).outputs["y"]
+        got = simulate(str(path), ORT_PROFILE, {"x": codes}, fidelity=False).outputs["y"]
         assert got.dtype == ref.dtype, kind
         np.testing.assert_array_equal(got, ref, err_msg=f"{op} {act} {kind}")
 
@@ -168,7 +169,7 @@ def test_qdq16_matmul_that_ort_rewrites_to_matmulnbits_is_refused(tmp_path):
     path = tmp_path / "m.onnx"
     codes = _qdq16_model("MatMul", "int16", True, path)["random"]
     with pytest.raises(UnsupportedOpError, match="MatMulNBits"):
-        simulate(str(path), "onnxruntime-cpu", {"x": codes}, fidelity=False)
+        simulate(str(path), ORT_PROFILE, {"x": codes}, fidelity=False)
 
 
 def test_committed_qdq16_cnn_matches_ort_with_float_islands():
@@ -176,7 +177,7 @@ def test_committed_qdq16_cnn_matches_ort_with_float_islands():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((1, 3, 16, 16)) * 2).astype(F32)
     ref = run_ort(path, {"input": x})
-    sim = simulate(str(path), "onnxruntime-cpu", {"input": x}, fidelity=False)
+    sim = simulate(str(path), ORT_PROFILE, {"input": x}, fidelity=False)
     for name, value in ref.items():
         np.testing.assert_array_equal(sim.outputs[name], value)
     kinds = {s.kind for s in sim.lowered.program.steps}

@@ -23,6 +23,7 @@ from mrq.api import simulate
 from mrq.errors import MrqError, UnsupportedOpError
 from mrq.ir import QParams
 from mrq.onnx_import import _quantize_constant
+from tests.ort_host import ORT_PROFILE
 from tests.parity.ort_runner import run_ort
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +130,7 @@ def test_weights_quantized_by_the_graph_match_ort(tmp_path, per_channel):
     path = _conv_with_runtime_weight_quant(tmp_path, per_channel)
     x = (np.random.default_rng(1).standard_normal((2, 3, 6, 6)) * 4).astype(np.float32)
     x[1] = 100.0   # a saturated input
-    _assert_same(run_ort(path, {"x": x}), simulate(str(path), "onnxruntime-cpu", {"x": x},
+    _assert_same(run_ort(path, {"x": x}), simulate(str(path), ORT_PROFILE, {"x": x},
                                                      fidelity=False).outputs)
 
 
@@ -149,7 +150,7 @@ def _cast_model(tmp_path, to) -> Path:
 def test_cast_to_the_same_type_is_an_identity(tmp_path):
     path = _cast_model(tmp_path, TP.UINT8)
     x = (np.random.default_rng(2).standard_normal((3, 4, 5)) * 3).astype(np.float32)
-    _assert_same(run_ort(path, {"x": x}), simulate(str(path), "onnxruntime-cpu", {"x": x},
+    _assert_same(run_ort(path, {"x": x}), simulate(str(path), ORT_PROFILE, {"x": x},
                                                      fidelity=False).outputs)
 
 
@@ -161,7 +162,7 @@ def test_cast_changing_the_type_is_one_clear_error(tmp_path):
                  [helper.make_tensor_value_info("y", TP.INT32, None)],
                  [_c(np.float32(0.03), "s"), _c(np.uint8(73), "z")])
     with pytest.raises(UnsupportedOpError, match="'Cast' at node 'the_cast'.*int32"):
-        simulate(str(path), "onnxruntime-cpu", {"x": np.zeros((1, 4), np.float32)},
+        simulate(str(path), ORT_PROFILE, {"x": np.zeros((1, 4), np.float32)},
                  fidelity=False)
 
 
@@ -183,7 +184,7 @@ def test_reshape_target_from_shape_arithmetic(tmp_path):
                  [helper.make_tensor_value_info("aq", TP.INT8, None),
                   helper.make_tensor_value_info("bq", TP.INT8, None)], inits)
     x = (np.random.default_rng(4).standard_normal((1, 4, 6, 4)) * 3).astype(np.float32)
-    _assert_same(run_ort(path, {"x": x}), simulate(str(path), "onnxruntime-cpu", {"x": x},
+    _assert_same(run_ort(path, {"x": x}), simulate(str(path), ORT_PROFILE, {"x": x},
                                                      fidelity=False).outputs)
 
 
@@ -231,7 +232,7 @@ def test_1d_conv_and_pools_run_as_2d(tmp_path, opset, per_channel):
     rng = np.random.default_rng(9)
     for x in (rng.standard_normal((1, 3, 23)) * 3, np.full((1, 3, 23), 50.0)):
         x = x.astype(np.float32)
-        _assert_same(run_ort(path, {"x": x}), simulate(str(path), "onnxruntime-cpu", {"x": x},
+        _assert_same(run_ort(path, {"x": x}), simulate(str(path), ORT_PROFILE, {"x": x},
                                                          fidelity=False).outputs)
 
 
@@ -250,7 +251,7 @@ def test_qlinearconv_1d_runs_as_2d(tmp_path):
                  [helper.make_tensor_value_info("y", TP.FLOAT, None),
                   helper.make_tensor_value_info("yq", TP.UINT8, None)], inits, opset=13)
     x = (rng.standard_normal((1, 3, 19)) * 4).astype(np.float32)
-    _assert_same(run_ort(path, {"x": x}), simulate(str(path), "onnxruntime-cpu", {"x": x},
+    _assert_same(run_ort(path, {"x": x}), simulate(str(path), ORT_PROFILE, {"x": x},
                                                      fidelity=False).outputs)
 
 
@@ -277,7 +278,7 @@ def test_concat_of_codes_on_one_grid(tmp_path):
     rng = np.random.default_rng(10)
     feeds = {"a": (rng.standard_normal((1, 8, 4, 4)) * 4).astype(np.float32),
              "b": (rng.standard_normal((1, 8, 2, 2)) * 4).astype(np.float32)}
-    _assert_same(run_ort(path, feeds), simulate(str(path), "onnxruntime-cpu", feeds,
+    _assert_same(run_ort(path, feeds), simulate(str(path), ORT_PROFILE, feeds,
                                                 fidelity=False).outputs)
 
 
@@ -285,4 +286,4 @@ def test_concat_of_codes_on_two_grids_is_refused(tmp_path):
     path = _concat_codes_model(tmp_path, same_grid=False)
     feeds = {"a": np.zeros((1, 8, 4, 4), np.float32), "b": np.zeros((1, 8, 2, 2), np.float32)}
     with pytest.raises(MrqError, match="the_concat"):
-        simulate(str(path), "onnxruntime-cpu", feeds, fidelity=False)
+        simulate(str(path), ORT_PROFILE, feeds, fidelity=False)

@@ -8,6 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.ort_host import ORT_PROFILE
+
 ort = pytest.importorskip("onnxruntime")
 
 
@@ -28,8 +30,12 @@ def _float_model(alpha):
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, \
-        quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -49,11 +55,11 @@ def quantized(tmp_path_factory):
 
 def test_leaky_relu_is_a_table_and_bit_exact_against_onnxruntime(quantized):
     from mrq.api import prepare, simulate
-    lowered = prepare(str(quantized), "onnxruntime-cpu", layout="native")
+    lowered = prepare(str(quantized), ORT_PROFILE, layout="native")
     assert [s.kind for s in lowered.program.steps].count("lut") == 1
     rng = np.random.default_rng(7)
     x = (rng.normal(0, 1.5, (16, 3, 8, 8))).astype(np.float32)
-    got = simulate(str(quantized), "onnxruntime-cpu", {"x": x}, fidelity=False).outputs["y"]
+    got = simulate(str(quantized), ORT_PROFILE, {"x": x}, fidelity=False).outputs["y"]
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     want = ort.InferenceSession(str(quantized), so, providers=["CPUExecutionProvider"]).run(
@@ -67,13 +73,13 @@ def test_leaky_relu_table_follows_the_profile_quantizer(quantized):
     to even: the tables are each profile's own."""
     from mrq.api import prepare
     tables = {}
-    for name in ("onnxruntime-cpu", "nna-sym8"):
+    for name in (ORT_PROFILE, "nna-sym8"):
         steps = prepare(str(quantized), name, layout="native").program.steps
         (lut,) = [s for s in steps if s.kind == "lut"]
         tables[name] = np.asarray(lut.params["table"])
-    assert tables["onnxruntime-cpu"].shape == (256,)
+    assert tables[ORT_PROFILE].shape == (256,)
     # negative inputs are scaled by alpha: the table is monotone and not the identity
-    assert np.all(np.diff(tables["onnxruntime-cpu"].astype(np.int64)) >= 0)
+    assert np.all(np.diff(tables[ORT_PROFILE].astype(np.int64)) >= 0)
 
 
 def test_leaky_relu_survives_requant_and_export(quantized, tmp_path):

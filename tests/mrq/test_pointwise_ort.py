@@ -16,6 +16,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.ort_host import ORT_PROFILE
+
 ort = pytest.importorskip("onnxruntime")
 
 F32 = np.float32
@@ -127,7 +129,7 @@ def test_every_code_matches_onnxruntime(op_key, dtype, form, tmp_path):
     feeds = {f"x{k}": codes for k in range(len(pairs))}
     session = _ort_session(path)
     want = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-    got = simulate(str(path), "onnxruntime-cpu", feeds, fidelity=False).outputs
+    got = simulate(str(path), ORT_PROFILE, feeds, fidelity=False).outputs
     for k, pair in enumerate(pairs):
         assert got[f"y{k}"].dtype == want[f"y{k}"].dtype
         bad = np.flatnonzero(got[f"y{k}"] != want[f"y{k}"])
@@ -187,7 +189,7 @@ def test_mixed_chain_sim_cli_matches_onnxruntime(act_type, tmp_path):
     x = np.random.default_rng(5).normal(0, 2.0, (8, 3, 8, 8)).astype(F32)
     np.savez(tmp_path / "in.npz", x=x)
     out = tmp_path / "out.npz"
-    assert main(["sim", str(path), "--profile", "onnxruntime-cpu", "--inputs",
+    assert main(["sim", str(path), "--profile", ORT_PROFILE, "--inputs",
                  str(tmp_path / "in.npz"), "-o", str(out), "-q"]) == 0
     session = _ort_session(path)
     (name,) = [o.name for o in session.get_outputs()]
@@ -295,7 +297,7 @@ def test_import_export_round_trip_runs_on_onnxruntime(tmp_path):
     codes = np.arange(-128, 128).astype(np.int8).reshape(1, 256)
     feeds = {i.name: codes for i in model.graph.input}
     want = _ort_session(out).run(None, feeds)
-    got = simulate(str(src), "onnxruntime-cpu", feeds, fidelity=False).outputs
+    got = simulate(str(src), ORT_PROFILE, feeds, fidelity=False).outputs
     for k, name in enumerate(o.name for o in model.graph.output):
         assert np.array_equal(got[name], want[k])
     for form in ("qdq", "qop"):
@@ -341,5 +343,5 @@ def test_softmax_matches_onnxruntime(dtype, form, tmp_path):
         path = tmp_path / f"softmax_{axis}.onnx"
         onnx.save(_softmax_model(dtype, form, x_grid, y_grid, axis), str(path))
         want = _ort_session(path).run(None, {"x": x})[0]
-        got = simulate(str(path), "onnxruntime-cpu", {"x": x}, fidelity=False).outputs["y"]
+        got = simulate(str(path), ORT_PROFILE, {"x": x}, fidelity=False).outputs["y"]
         assert int(np.count_nonzero(got != want)) == 0, (x_grid, y_grid, axis)

@@ -145,12 +145,12 @@ def _probe(profile, graph) -> tuple:
     # an 8-bit Add whose scale ratio (300) XNNPACK refuses: runtime xnnpack then runs the
     # profile's ops.add, which the model's own adds (all taken by XNNPACK) never reach
     h.update(_add_probe(profile).encode())
+    h.update(_float_softmax_probe(profile).encode())
     return tuple(lines), h.hexdigest()
 
 
 def _add_probe(profile) -> str:
     from mrq.ir import Graph, Node, QParams, Tensor
-    from mrq.lower import arithmetic_from_profile, lower
 
     def qp(scale, zp):
         return QParams(np.array([scale], np.float32), np.array([zp], np.int64), "uint8")
@@ -159,6 +159,23 @@ def _add_probe(profile) -> str:
                "b": Tensor("b", (None, 8), "uint8", qp(0.01, 120)),
                "y": Tensor("y", (None, 8), "uint8", qp(0.003, 130))}
     g = Graph(tensors, [Node("Add", "probe_add", ["a", "b"], ["y"], {})], ["a", "b"], ["y"])
+    return _steps_digest(profile, g)
+
+
+def _float_softmax_probe(profile) -> str:
+    """A float Softmax island (runtime onnxruntime: MLAS's float kernels, which runtime_isa
+    selects; the model's own Softmax is ORT's table-driven QLinearSoftmax)."""
+    from mrq.ir import Graph, Node, Tensor
+
+    tensors = {n: Tensor(n, (None, 20), "float32", None) for n in ("x", "y")}
+    g = Graph(tensors, [Node("FloatSoftmax", "probe_softmax", ["x"], ["y"], {"axis": -1})],
+              ["x"], ["y"])
+    return _steps_digest(profile, g)
+
+
+def _steps_digest(profile, g) -> str:
+    """The digest of ``g``'s lowered steps under ``profile``, or the lowering's error."""
+    from mrq.lower import arithmetic_from_profile, lower
     try:
         steps = lower(g, arithmetic_from_profile(profile)).program.steps
     except MrqError as err:

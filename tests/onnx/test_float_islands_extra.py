@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mrq.api import simulate
 from mrq.errors import MrqError
+from tests.ort_host import ORT_PROFILE
 from tests.parity.compare import diff_outputs
 from tests.parity.ort_runner import session_options
 
@@ -50,7 +51,7 @@ def _ort(model, feeds):
     return dict(zip(names, sess.run(names, feeds)))
 
 
-def _mrq(model, feeds, tmp_path, profile="onnxruntime-cpu"):
+def _mrq(model, feeds, tmp_path, profile=ORT_PROFILE):
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     return simulate(str(path), profile, feeds, fidelity=False).outputs
@@ -259,7 +260,7 @@ def test_unsupported_forms_are_one_line_errors(tmp_path, build, words):
     onnx.save(build(), str(path))
     from tests.cli_in_process import mrq_in_process
     res = mrq_in_process("sim", path, "--profile", "nna-sym8" if words[0] == "Imputer" else
-                         "onnxruntime-cpu", "--inputs", _feeds_file(tmp_path), "-o",
+                         ORT_PROFILE, "--inputs", _feeds_file(tmp_path), "-o",
                          tmp_path / "o.npz")
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
@@ -485,6 +486,6 @@ def test_requant_refuses_plain_number_ops_in_one_line(tmp_path):
     from tests.cli_in_process import mrq_in_process
     path = tmp_path / "m.onnx"
     onnx.save(_imputer_model({"imputed_value_floats": [1.0], "replaced_value_float": 0.0}), str(path))
-    res = mrq_in_process("requant", path, "--profile", "onnxruntime-cpu", "-o", tmp_path / "o.onnx")
+    res = mrq_in_process("requant", path, "--profile", ORT_PROFILE, "-o", tmp_path / "o.onnx")
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "'Imputer" in lines[0], res.stderr

@@ -14,6 +14,7 @@ from mrq.errors import MrqError
 from mrq.onnx_import import import_onnx
 from mrq.pipeline import Pipeline
 from simulator.kernels.ort_matmul import matmul_ort
+from tests.ort_host import ORT_PROFILE
 from tests.parity.ort_runner import session_options
 
 RNG = np.random.default_rng(20261207)
@@ -46,7 +47,7 @@ def _mismatches(got, want) -> int:
 
 
 def _run_both(model, feeds):
-    got = Pipeline(import_onnx(model), "onnxruntime-cpu", "native").run(feeds).outputs
+    got = Pipeline(import_onnx(model), ORT_PROFILE, "native").run(feeds).outputs
     want = _ort(model, feeds)
     return {k: _mismatches(got[k], want[k]) for k in want}
 
@@ -60,6 +61,8 @@ def _perm_last_two(rank):
     ((1, 3, 32, 40), (1, 3, 32, 50), True, False, ("Mul", 0.17677669)),   # attention scores
     ((1, 2, 24, 90), (1, 2, 90, 90), False, True, None),                  # attention @ V^T
     ((1, 1, 4, 300), (1, 3, 300, 6), False, False, ("Div", 8.0)),          # broadcast, K slices
+    ((1, 2, 5, 300), (1, 2, 300, 4), False, False, ("Mul", 0.3)),          # K slices fused by alpha
+    ((1, 300, 5), (1, 300, 4), True, False, ("Mul", 0.3)),                 # slices of 128 fused by alpha
     ((1, 5, 9), (9, 7), False, False, None),                               # folded into one SGEMM
     ((1, 300, 4), (1, 300, 6), True, False, None),                         # transposed A, N < K
     ((1, 1, 9), (1, 9, 1), False, False, None),                            # one row / one column
@@ -155,7 +158,9 @@ def _sgemm_reference(a, b, alpha, stride_k):
 def test_sgemm_order_against_a_plain_reference(trans_a, stride_k):
     """[3, 300] @ [300, 5] with alpha: MLAS widens its K slice to the whole depth when N < K,
     except where A is transposed through its panel (slices of 128); the replica equals the
-    order written out with exact rationals, and both differ from a plain float32 dot product."""
+    order written out with exact rationals, and both differ from a plain float32 dot product
+    (each product rounded, summed in order, then times alpha). Not ``a @ b``: numpy's BLAS picks
+    its own kernel by host, and on an AVX2 host OpenBLAS's is the same FMA chain as MLAS's."""
     a = (RNG.standard_normal((3, 300)) * 4).astype(F32)
     b = (RNG.standard_normal((300, 5)) * 4).astype(F32)
     alpha = F32(0.3)
@@ -163,7 +168,10 @@ def test_sgemm_order_against_a_plain_reference(trans_a, stride_k):
     got = matmul_ort(given, b, trans_a=trans_a, alpha=alpha)
     want = _sgemm_reference(a, b, alpha, stride_k)
     assert _mismatches(got, want) == 0
-    assert _mismatches(got, (a @ b) * alpha) > 0
+    plain = np.zeros((3, 5), F32)
+    for t in range(300):
+        plain = plain + a[:, t:t + 1] * b[t:t + 1, :]
+    assert _mismatches(got, plain * alpha) > 0
 
 
 # ------------------------------------------------------------------ Conv
@@ -176,8 +184,10 @@ def test_sgemm_order_against_a_plain_reference(trans_a, stride_k):
 ])
 def test_float_conv_with_float_weight_equals_ort(c, m, k, stride, pad, dil, group):
     """DQ -> Conv (float initializer weight and bias) -> Q: ORT quantizes the weight and bias
-    itself (WeightBiasQuantization) and runs MLAS's im2col order; DQ -> Conv as a float output:
-    its NCHWc kernels on the float weight."""
+    itself (WeightBiasQuantization) and runs a QLinearConv, whose u8 x s8 sums the profile's
+    accumulator.pair_sums describes (tests/onnx/test_weight_bias_quantization.py: both profiles
+    against integer references); DQ -> Conv as a float output: its NCHWc kernels on the float
+    weight."""
     w = RNG.standard_normal((m, c // group, k, k)).astype(F32)
     inits = [numpy_helper.from_array(F32(0.05), "xs"), numpy_helper.from_array(np.uint8(128), "xz"),
              numpy_helper.from_array(w, "w"), numpy_helper.from_array(RNG.standard_normal(m).astype(F32), "b"),
@@ -189,7 +199,7 @@ def test_float_conv_with_float_weight_equals_ort(c, m, k, stride, pad, dil, grou
     x = _vi("x", TensorProto.UINT8, [1, c, 11, 9])
     feeds = {"x": RNG.integers(0, 256, (1, c, 11, 9), dtype=np.uint8)}
     model = _model(nodes, [x], [_vi("q", TensorProto.UINT8, None)], inits)
-    assert _conv_order(model) == "mlas"
+    assert [n.op for n in import_onnx(model).nodes] == ["Conv"]   # the integer conv ORT runs
     assert _run_both(model, feeds) == {"q": 0}
     plain = _model(nodes[:2], [x], [_vi("y", TensorProto.FLOAT, None)], inits)
     assert _conv_order(plain) == "nchwc"
@@ -237,6 +247,103 @@ def test_float_matmul_with_a_float_weight_equals_ort(rows, depth):
     island = _model([helper.make_node("DequantizeLinear", ["x", "qs"], ["a"])] + list(model.graph.node),
                     [_vi("x", TensorProto.UINT8, [rows, depth])], [_vi("q", TensorProto.UINT8, None)], inits)
     assert _run_both(island, {"x": RNG.integers(0, 256, (rows, depth), dtype=np.uint8)}) == {"q": 0}
+
+
+# ------------------------------------------------------------------ NCHWc channel blocks
+NCHWC_CASES = [   # c, m, k, stride, pad, dil, group
+    (3, 8, 3, 1, 1, 1, 1),      # NCHW input kernel on both hosts
+    (12, 24, 3, 1, 1, 1, 1),    # NCHW with blocks of 16, NCHWc (padded to 16) with blocks of 8
+    (20, 16, 3, 2, 1, 1, 1),    # NCHWc, channels padded to the block
+    (16, 16, 3, 1, 1, 1, 2),    # two groups of 8: NCHWc only with blocks of 8 (else im2col)
+    (48, 24, 3, 2, 0, 1, 3),    # three groups of 16 in, 8 out: NCHWc only with blocks of 8
+    (16, 16, 3, 1, 1, 1, 16),   # depthwise
+    (24, 16, 1, 1, 0, 1, 1),    # pointwise
+]
+
+
+def _float_conv_model(c, m, k, stride, pad, dil, group, rng):
+    w = rng.standard_normal((m, c // group, k, k)).astype(F32)
+    inits = [numpy_helper.from_array(F32(0.05), "xs"), numpy_helper.from_array(np.uint8(128), "xz"),
+             numpy_helper.from_array(w, "w"), numpy_helper.from_array(rng.standard_normal(m).astype(F32), "b")]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"]),
+             helper.make_node("Conv", ["xf", "w", "b"], ["y"], kernel_shape=[k, k], strides=[stride] * 2,
+                              pads=[pad] * 4, dilations=[dil] * 2, group=group)]
+    return _model(nodes, [_vi("x", TensorProto.UINT8, [1, c, 11, 9])], [_vi("y", TensorProto.FLOAT, None)],
+                  inits)
+
+
+@pytest.mark.parametrize("c,m,k,stride,pad,dil,group", NCHWC_CASES)
+def test_float_conv_nchwc_equals_ort(c, m, k, stride, pad, dil, group):
+    """A float-weight Conv after ORT's NchwcTransformer, whose channel block is the host's (16
+    with AVX-512F, 8 with AVX2/FMA3): under this host's profile, bit for bit."""
+    model = _float_conv_model(c, m, k, stride, pad, dil, group, RNG)
+    assert _conv_order(model) == "nchwc"   # on some host; lowering decides for the profile
+    feeds = {"x": RNG.integers(0, 256, (1, c, 11, 9), dtype=np.uint8)}
+    assert _run_both(model, feeds) == {"y": 0}
+
+
+def test_nchwc_order_and_block_follow_the_profile():
+    """The profile's runtime_isa picks the block: two groups of 8 channels are NCHWc with
+    blocks of 8 (onnxruntime-cpu-avx2) and im2col + SGEMM with blocks of 16 (onnxruntime-cpu)."""
+    from mrq.api import prepare
+    for case, want in (((16, 16, 3, 1, 1, 1, 2), {"onnxruntime-cpu": ("mlas", "avx512f"),
+                                                   "onnxruntime-cpu-avx2": ("nchwc", "fma3")}),
+                       ((12, 24, 3, 1, 1, 1, 1), {"onnxruntime-cpu": ("nchwc", "avx512f"),
+                                                   "onnxruntime-cpu-avx2": ("nchwc", "fma3")})):
+        model = _float_conv_model(*case, np.random.default_rng(0))
+        for profile, (order, isa) in want.items():
+            (step,) = [s for s in prepare(import_onnx(model), profile, layout="native").program.steps
+                       if s.kind == "float_conv"]
+            assert (step.params["order"], step.params["isa"]) == (order, isa), (case, profile)
+
+
+@pytest.mark.parametrize("c,m,group", [(12, 12, 3), (16, 16, 2), (6, 4, 2)])
+def test_grouped_float_weight_conv_before_q_has_orts_quantized_weight(c, m, group):
+    """ORT's WeightBiasQuantization (a QDQ transform) quantizes the float weight and bias of a
+    DQ -> Conv -> Q whether or not a NCHWc kernel exists for the grouping (ORT runs a
+    QLinearConv): the imported integer Conv carries the int8 weight and int32 bias."""
+    from mrq.onnx_import_islands import ort_weight_bias_codes
+    rng = np.random.default_rng(c)
+    w = rng.standard_normal((m, c // group, 3, 3)).astype(F32)
+    b = rng.standard_normal(m).astype(F32)
+    inits = [numpy_helper.from_array(F32(0.05), "xs"), numpy_helper.from_array(np.uint8(128), "xz"),
+             numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+             numpy_helper.from_array(F32(0.03), "ys"), numpy_helper.from_array(np.uint8(128), "yz")]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"]),
+             helper.make_node("Conv", ["xf", "w", "b"], ["y"], kernel_shape=[3, 3], pads=[1] * 4, group=group),
+             helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["q"])]
+    model = _model(nodes, [_vi("x", TensorProto.UINT8, [1, c, 11, 9])], [_vi("q", TensorProto.UINT8, None)], inits)
+    graph = import_onnx(model)
+    (conv,) = [n for n in graph.nodes if n.op == "Conv"]
+    assert conv.attrs["group"] == group
+    want = ort_weight_bias_codes(w, b, 0.05)
+    weight, bias = (graph.tensors[t] for t in conv.inputs[1:])
+    assert np.array_equal(weight.data, want.weight_codes) and np.array_equal(bias.data, want.bias_codes)
+    assert weight.qparams.scale[0] == want.weight_scale and bias.qparams.scale[0] == want.bias_scale
+    feeds = {"x": rng.integers(0, 256, (1, c, 11, 9), dtype=np.uint8)}
+    assert _run_both(model, feeds) == {"q": 0}
+
+
+@pytest.mark.parametrize("block", [16, 8])
+def test_nchwc_kernel_against_scalar_reference(block):
+    """conv_nchwc against the segment order written out with exact-rational FMAs, for both
+    channel blocks: random values, huge ones (products near the float32 top) and tiny ones
+    (subnormal products)."""
+    from simulator.kernels.ort_nchwc import conv_nchwc, nchwc_variant
+    from tests.reference import float_island_ref as ref
+    rng = np.random.default_rng(block)
+    for c, m, k, stride, pad, dil, group in NCHWC_CASES[1:]:
+        if nchwc_variant(c, m, (k, k), (pad,) * 4, group, block) is None:
+            continue
+        m = min(m, 8 if group == 1 else m)
+        for scale in (1.0, 1e15, 1e-21):
+            x = (rng.standard_normal((1, c, 4, 3)) * scale).astype(F32)
+            w = (rng.standard_normal((m, c // group, k, k)) * scale).astype(F32)
+            b = rng.standard_normal(m).astype(F32)
+            geo = dict(strides=(stride,) * 2, pads=(pad,) * 4, dilations=(dil,) * 2, group=group)
+            got = conv_nchwc(x, weight=w, bias=b, block=block, **geo)
+            want = ref.conv_nchwc(x, w, b, geo["strides"], geo["pads"], geo["dilations"], group, block)
+            assert _mismatches(got, want) == 0, (c, m, k, group, scale)
 
 
 # ------------------------------------------------------------------ errors

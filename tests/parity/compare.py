@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from mrq.hw_profile import onnxruntime_profile_for_host
+
 REPO = Path(__file__).resolve().parents[2]
-PROFILE = "onnxruntime-cpu"
+PROFILE = onnxruntime_profile_for_host()   # ORT's kernels on this host class
 
 
 def api_available() -> bool:
@@ -44,7 +46,7 @@ def mrq_cli_argv() -> list[str]:
 
 def simulate_cli(model_path, feeds: dict[str, np.ndarray], workdir=None,
                  in_process=False) -> dict[str, np.ndarray]:
-    """`mrq sim MODEL --profile onnxruntime-cpu --inputs IN.npz --out OUT.npz` in a subprocess, or
+    """`mrq sim MODEL --profile PROFILE --inputs IN.npz --out OUT.npz` in a subprocess, or
     through ``mrq.cli.main`` in this process (``in_process``: the same command line and files,
     without the 2 s of interpreter start and imports)."""
     with tempfile.TemporaryDirectory(dir=workdir) as d:

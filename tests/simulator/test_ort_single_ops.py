@@ -22,8 +22,10 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
+from mrq.hw_profile import load_profile  # noqa: E402
 from simulator.program import Program, Step, TensorSpec  # noqa: E402
 from simulator.run import run  # noqa: E402
+from tests.ort_host import ORT_PROFILE  # noqa: E402
 
 f32 = np.float32
 TALLY = Counter()
@@ -330,6 +332,14 @@ CONV_CASES = [  # (c_in, c_out, group, kernel, strides, pads, dilations, hw)
     (6, 4, 2, (1, 3), (1, 2), (0, 1, 0, 1), (1, 2), (7, 12)),  # grouped
     (16, 5, 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), (5, 5)),  # pointwise
 ]
+# how this host's MLAS sums u8 x s8 products (hw_profiles/onnxruntime-cpu*.yaml)
+HOST_PAIR_SUMS = load_profile(ORT_PROFILE).accumulator.pair_sums
+
+
+def _pair_sums(act, wt, depthwise=False):
+    """The ``pair_sums`` parameter mrq's lowering gives this product on this host: the
+    profile's for u8 x s8, except ORT's depthwise QLinearConv (its kernels widen first)."""
+    return HOST_PAIR_SUMS if (act, wt) == ("uint8", "int8") and not depthwise else "exact"
 
 
 @pytest.mark.parametrize("act,wt", [("uint8", "uint8"), ("uint8", "int8"), ("int8", "int8")])
@@ -365,7 +375,8 @@ def test_qlinear_conv(act, wt, case, per_channel, pow2):
               "pads": pads, "dilations": dilations, "group": group, "acc_bits": 32,
               "acc_overflow": "wrap", "rq_mode": "fp32", "rq_multiplier": mult,
               "rq_rounding": "half_even", "out_zero_point": zy, "out_min": lo, "out_max": hi,
-              "out_dtype": act, "channel_axis": 1}
+              "out_dtype": act, "channel_axis": 1,
+              "pair_sums": _pair_sums(act, wt, depthwise=c_in == c_out == group)}
     _check("QLinearConv", _run_program("conv", params, {"x": x}, act), want)
 
 
@@ -396,7 +407,7 @@ def test_qlinear_matmul(act, wt, per_column):
                   "acc_bits": 32, "acc_overflow": "wrap", "rq_mode": "fp32",
                   "rq_multiplier": np.array([f32(f32(sa * s) / sy) for s in sb], np.float32),
                   "rq_rounding": "half_even", "out_zero_point": zy, "out_min": lo,
-                  "out_max": hi, "out_dtype": act}
+                  "out_max": hi, "out_dtype": act, "pair_sums": _pair_sums(act, wt)}
         _check("QLinearMatMul", _run_program("gemm", params, {"a": a}, act), want)
 
 
@@ -422,7 +433,7 @@ def test_conv_integer_and_matmul_integer(act, wt):
                     [_tensor("b", b), _scalar("za", act, zx), _scalar("zb", wt, zw)])
     want = sess.run(None, {"a": a})[0]
     params = {"weight": b, "weight_zero_point": np.array([zw]), "input_zero_point": zx,
-              "rq_mode": "none", "out_dtype": "int32"}
+              "rq_mode": "none", "out_dtype": "int32", "pair_sums": _pair_sums(act, wt)}
     _check("MatMulInteger", _run_program("gemm", params, {"a": a}, "int32"), want)
 
 
