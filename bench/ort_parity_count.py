@@ -1,6 +1,8 @@
 """ONNX Runtime parity count: generate N random quantized CNNs (tests/parity/zoo.py), run each on
 random inputs with ONNX Runtime (CPU EP, default optimizations, session.qdqisint8allowed=1, one
-thread) and with `mrq sim --profile onnxruntime-cpu`, and count mismatching output elements.
+thread) and with `mrq sim --profile P`, P this host's ORT profile (onnxruntime-cpu on AVX-512
+VNNI hosts, onnxruntime-cpu-avx2 on AVX2 hosts; --profile to choose), and count mismatching
+output elements.
 
     python bench/ort_parity_count.py                # 150 models, in-process mrq.api
     python bench/ort_parity_count.py --cli          # every model through the `mrq sim` CLI
@@ -39,9 +41,12 @@ def main(argv=None) -> int:
     ap.add_argument("-j", "--processes", type=int, default=1, help="for model generation")
     ap.add_argument("--cli", action="store_true", help="run mrq through the CLI subprocess")
     ap.add_argument("--no-mrq", action="store_true", help="ORT side only")
+    ap.add_argument("--profile", default=compare.PROFILE,
+                    help=f"the profile mrq simulates under (default: this host's, {compare.PROFILE})")
     ap.add_argument("--inventory", action="store_true", help="print ORT optimized-graph ops")
     ap.add_argument("-v", "--verbose", action="store_true", help="details for every failure")
     a = ap.parse_args(argv)
+    compare.PROFILE = a.profile   # simulate_api and simulate_cli read it
 
     tmp = None
     if a.out_dir is None:
