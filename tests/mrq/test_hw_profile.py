@@ -759,6 +759,9 @@ def test_schema_vocabulary_matches_loader():
     assert s["properties"]["runtime"]["enum"] == list(H.RUNTIMES)
     assert s["properties"]["runtime_isa"]["enum"] == list(H.RUNTIME_ISAS)
     assert acc["pair_sums"]["enum"] == list(H.PAIR_SUMS)
+    # the simulator keeps its own copy (it never imports mrq): the step parameter's values
+    from simulator.kernels.pair_sums import PAIR_SUMS as STEP_PAIR_SUMS
+    assert H.PAIR_SUMS == STEP_PAIR_SUMS
     assert set(s["required"]) == {f.name for f in dataclasses.fields(H.HwProfile)} - {
         "source", "runtime", "runtime_isa", "host_ops", "host_profiles", "layers"}
     assert set(s["properties"]) == set(H.TOP_REQUIRED) | set(H.TOP_OPTIONAL)
