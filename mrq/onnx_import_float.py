@@ -509,7 +509,7 @@ def _conv(imp, node) -> None:
     # (level 3): a grouped Conv without them has its weight quantized too. A blocked
     # DequantizeLinear's output is held as a float constant, but it is no float initializer to
     # ORT: WeightBiasQuantization leaves a blocked weight alone
-    blocked = any(n.op_type == "DequantizeLinear" and node.input[1] in n.output for n in imp.model.graph.node)
+    blocked = _blocked_weight(imp, node.input[1])
     if constant and not blocked and source is not None and not source.per_channel \
             and islands.ort_quantizes_weights(imp, node):
         # DQ -> float-weight Conv -> Q: ORT's WeightBiasQuantization gives the weight and bias a
@@ -518,11 +518,7 @@ def _conv(imp, node) -> None:
         if _ort_fuses_group(imp, node, source):
             # ... and its QDQ fusion makes that group a QLinearConv: the importer's integer
             # Conv, whose sums follow the profile (accumulator.pair_sums)
-            from mrq.ir import QParams
-            constants = {1: (codes.weight_codes, QParams([codes.weight_scale], [codes.weight_zp], "int8"))}
-            if codes.bias_codes is not None:
-                constants[2] = (codes.bias_codes, QParams([codes.bias_scale], [0], "int32"))
-            imp._float_op(_with_dequantized_constants(imp, node, constants))
+            imp._float_op(_with_dequantized_constants(imp, node, _wbq_constants(codes)))
             return
         # ... left unfused, the weight is dequantized at run time: a float Conv, no NCHWc
         weight, bias = codes.dequantized()
@@ -551,14 +547,40 @@ def _with_dequantized_constants(imp, node, constants: dict):
     return rewritten
 
 
+def _blocked_weight(imp, name: str) -> bool:
+    """Whether ``name`` is a blocked DequantizeLinear's output: the importer holds it as a float
+    constant, but to ORT it is no float initializer (WeightBiasQuantization leaves it alone)."""
+    return any(n.op_type == "DequantizeLinear" and name in n.output for n in imp.model.graph.node)
+
+
+def _wbq_constants(codes) -> dict:
+    """``{input index: (codes, QParams)}`` of WeightBiasQuantization's int8 weight and (if any)
+    int32 bias (:func:`mrq.onnx_import_islands.ort_weight_bias_codes`)."""
+    from mrq.ir import QParams
+    constants = {1: (codes.weight_codes, QParams([codes.weight_scale], [codes.weight_zp], "int8"))}
+    if codes.bias_codes is not None:
+        constants[2] = (codes.bias_codes, QParams([codes.bias_scale], [0], "int32"))
+    return constants
+
+
+def _bias_constant(bias, source, w_qp) -> tuple:
+    """WeightBiasQuantization's int32 codes of a float ``bias`` beside a quantized weight, on
+    ``f32(x_scale * w_scale)`` (one scale per output channel with a per-channel weight), with
+    their QParams."""
+    from mrq.ir import QParams
+    from mrq.onnx_import_islands import ort_bias_codes
+    scale = (np.float32(source.scale[0]) * w_qp.scale.astype(np.float32)).astype(np.float32)
+    return ort_bias_codes(bias, scale), QParams(scale, np.zeros(scale.size, np.int64), "int32",
+                                                axis=0 if scale.size > 1 else None)
+
+
 def _ort_quantized_bias(imp, node) -> bool:
     """DQ -> Conv (DequantizeLinear weight, float initializer bias) -> Q, as ORT's quantizer
     writes with ``QuantizeBias: False``: WeightBiasQuantization quantizes the bias alone on
     ``f32(x_scale * w_scale)`` (per output channel with a per-channel weight on axis 0), then
     the group is the QDQ Conv that graph is (a QLinearConv where ORT fuses it, else a float Conv
     of the dequantized constants). False (the importer's refusal of a float bias) otherwise."""
-    from mrq.ir import QParams
-    from mrq.onnx_import_islands import ort_bias_codes, ort_quantizes_weights
+    from mrq.onnx_import_islands import ort_quantizes_weights
     if len(node.input) < 3 or not node.input[2] or node.input[1] not in imp.consts \
             or node.input[2] not in imp.init or node.input[0] not in imp.alias:
         return False
@@ -570,9 +592,7 @@ def _ort_quantized_bias(imp, node) -> bool:
         return False
     if w_qp.per_channel and (w_qp.axis % codes.ndim != 0 or w_qp.scale.size != bias.size):
         return False   # WeightBiasQuantization wants a per-channel scale on axis 0, one per bias
-    scale = (np.float32(source.scale[0]) * w_qp.scale.astype(np.float32)).astype(np.float32)
-    bias_qp = QParams(scale, np.zeros(scale.size, np.int64), "int32", axis=0 if scale.size > 1 else None)
-    rewritten = _with_dequantized_constants(imp, node, {2: (ort_bias_codes(bias, scale), bias_qp)})
+    rewritten = _with_dequantized_constants(imp, node, {2: _bias_constant(bias, source, w_qp)})
     if _ort_fuses_group(imp, node, source, w_qp.dtype):
         imp._float_op(rewritten)
     else:
@@ -587,9 +607,7 @@ def _ort_quantized_gemm(imp, node) -> bool:
     the group when its types and clamps allow (as for a Conv; ORT's Gemm selector asks no more
     here); that group is imported as the QDQ Gemm it is. False (the importer's refusal of a
     float Gemm) otherwise: mrq has no float Gemm."""
-    from mrq.ir import QParams
     from mrq.onnx_import_islands import (
-        ort_bias_codes,
         ort_quantizes_weights,
         ort_weight_bias_codes,
     )
@@ -603,16 +621,11 @@ def _ort_quantized_gemm(imp, node) -> bool:
     bias = np.asarray(imp.init[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
     if bias is not None and bias.dtype != np.float32:
         return False
-    blocked = any(n.op_type == "DequantizeLinear" and weight in n.output for n in imp.model.graph.node)
-    constants = {}
-    if weight in imp.init and weight not in imp.consts and not blocked:
+    if weight in imp.init and weight not in imp.consts and not _blocked_weight(imp, weight):
         value = np.asarray(imp.init[weight])
         if value.dtype != np.float32:
             return False
-        codes = ort_weight_bias_codes(value, bias, float(source.scale[0]))
-        constants[1] = (codes.weight_codes, QParams([codes.weight_scale], [codes.weight_zp], "int8"))
-        if codes.bias_codes is not None:
-            constants[2] = (codes.bias_codes, QParams([codes.bias_scale], [0], "int32"))
+        constants = _wbq_constants(ort_weight_bias_codes(value, bias, float(source.scale[0])))
         w_dtype = "int8"
     elif weight in imp.consts and bias is not None:
         codes, w_qp = imp.consts[weight]
@@ -620,9 +633,7 @@ def _ort_quantized_gemm(imp, node) -> bool:
         if w_qp.dtype not in ("int8", "uint8") or codes.ndim != 2 or \
                 (w_qp.per_channel and (w_qp.axis % 2 != out_axis or w_qp.scale.size != bias.size)):
             return False
-        scale = (np.float32(source.scale[0]) * w_qp.scale.astype(np.float32)).astype(np.float32)
-        constants[2] = (ort_bias_codes(bias, scale),
-                        QParams(scale, np.zeros(scale.size, np.int64), "int32", axis=0 if scale.size > 1 else None))
+        constants = {2: _bias_constant(bias, source, w_qp)}
         w_dtype = w_qp.dtype
     else:
         return False
