@@ -187,17 +187,10 @@ class _Lowerer(ExtraOpsLowering, MovementOpsLowering, MatMulLowering, DynamicLow
         return self.a.pair_sums
 
     def ort_keeps_float(self, node) -> bool:
-        """ONNX Runtime fuses DQ -> Conv/MatMul -> Relu/Clip -> Q into its integer kernel only
-        when its ReluQuantFusion / ClipQuantFusion first drop the clamp as one Q already holds:
-        ORT 1.32 drops it when the clamp's bounds quantize (RNE, plus the zero point) to the
-        output type's limits or beyond (measured at the ties, tests/mrq/test_pair_sums_ort.py).
-        Otherwise it runs the float op (FusedConv, MLAS SGEMM): float32 sums, never
-        pair-saturated."""
-        clamp = node.attrs.get("clamp")
-        if clamp is None:
-            return False
-        qp = self.t(node.outputs[0]).qparams
-        return self.out_range(qp, clamp) != (qp.qmin, qp.qmax)
+        """Whether ONNX Runtime runs this op in float (FusedConv, MLAS SGEMM: float32 sums,
+        never pair-saturated) with its Relu/Clip after it, instead of fusing an integer kernel:
+        the importer's mark (:mod:`mrq.ort_qdq_fusion`)."""
+        return bool(node.attrs.get("ort_float", False))
 
     def quantize_real(self, value: float, qp: QParams) -> int:
         """The code the profile's quantizer gives a real value (clamp bounds of Relu/Clip)."""

@@ -40,6 +40,7 @@ from mrq.onnx_import_movement import (
     static_shape,
 )
 from mrq.onnx_nodes import node_attrs as _attrs
+from mrq.ort_qdq_fusion import clamp_chain, ort_fuses_clamps
 from mrq.pointwise import BY_ONNX, ir_attrs
 from mrq.shapes import infer_shapes
 
@@ -558,12 +559,16 @@ class _Importer:
         for n in folded + [quant]:
             self.done.add(id(n))
         clamp = _merge_clamps(clamps)
+        ort_float = op in ("Conv", "MatMul", "Gemm") and not ort_fuses_clamps(
+            clamp_chain(folded, self._clamp_bounds), qp.scale[0], int(qp.zero_point[0]), qp.qmin,
+            qp.qmax, len(quant.input) > 2 and bool(quant.input[2]))
         for extra in folded:
             if extra.op_type == "QuantizeLinear":   # duplicate Q nodes of the same tensor
                 self._add_tensor(extra.output[0], self._shape(out), qp.dtype, qp)
                 self._emit("Reshape", self._name(extra), [out], [extra.output[0]], shape=None)
         self._quantized_compute(node, out, qp, clamp,
-                                inputs=list(node.input[:2]) + [bias_add[1]] if bias_add else None)
+                                inputs=list(node.input[:2]) + [bias_add[1]] if bias_add else None,
+                                ort_float=ort_float)
         if not any(n.op_type == "QuantizeLinear" for n in folded):
             fold_last(self, out)   # an op on constants only (a detector's anchor grid)
 
@@ -583,13 +588,17 @@ class _Importer:
             return None
         return users[0], others[0]
 
-    def _quantized_compute(self, node, out, qp, clamp, inputs=None):
-        """Emit the IR op for a float compute op (QDQ) with integer inputs and output grid qp."""
+    def _quantized_compute(self, node, out, qp, clamp, inputs=None, ort_float=False):
+        """Emit the IR op for a float compute op (QDQ) with integer inputs and output grid qp.
+        ``ort_float``: ONNX Runtime runs the op in float with its clamps after it instead of
+        fusing an integer kernel (:mod:`mrq.ort_qdq_fusion`; lowering reads the mark)."""
         op = node.op_type
         attrs = _attrs(node)
         name = self._name(node)
         ins = list(node.input) if inputs is None else inputs
         extra = {"clamp": clamp} if clamp is not None else {}
+        if ort_float:
+            extra["ort_float"] = True
         out_shape = self._shape(node.output[0]) or self._shape(out)
         self._add_tensor(out, out_shape, qp.dtype, qp)
         if op == "Conv":

@@ -35,6 +35,7 @@ from mrq.errors import ModelError, UnsupportedOpError
 from mrq.onnx_import_movement import static_shape
 from mrq.onnx_nodes import node_attrs as _attrs
 from mrq.onnx_nodes import node_where as _where
+from mrq.ort_qdq_fusion import clamp_chain, ort_fuses_clamps
 from simulator.kernels.ort_nchwc import BLOCKS, nchwc_variant
 
 BINARY = ("Add", "Sub", "Mul", "Div")
@@ -643,56 +644,15 @@ def _ort_quantized_gemm(imp, node) -> bool:
     return True
 
 
-def _cvt_i32(value: np.float32) -> int:
-    """C++ ``static_cast<int32_t>`` of a float on x86-64: truncation, -2**31 outside the range."""
-    from mrq.onnx_import_islands import ort_cast_to_int32
-    return int(ort_cast_to_int32(np.float32(value)))
-
-
-def _clip_bounds(imp, node) -> tuple:
-    """``GetClipConstantMinMax``: a Relu's (0, float max), a Clip's attributes or constant
-    inputs, float32 lowest/max where absent."""
-    f32 = np.float32
-    lo, hi = f32(np.finfo(f32).min), f32(np.finfo(f32).max)
-    if node.op_type == "Relu":
-        return f32(0.0), hi
-    c_lo, c_hi = imp._clamp_bounds(node)
-    return (lo if c_lo is None else f32(c_lo)), (hi if c_hi is None else f32(c_hi))
-
-
-def _ort_drops_clamp(node, bounds, scale, zp: int, qmin: int, qmax: int) -> bool:
-    """Whether ORT's level-1 ReluQuantFusion / ClipQuantFusion removes a Relu/Clip right
-    before an 8-bit QuantizeLinear: a Relu when the zero point is the lowest code, a Clip whose
-    range covers the grid's to within float32 epsilon (float32 arithmetic)."""
-    f32 = np.float32
-    if node.op_type == "Relu":
-        return zp == qmin
-    lower, upper = f32(scale * f32(qmin - zp)), f32(scale * f32(qmax - zp))
-    eps = np.finfo(f32).eps
-    return not (eps < f32(bounds[0] - lower) or eps < f32(upper - bounds[1]))
-
-
-def _ort_clamp_made_redundant(node, bounds, scale, zp: int, qmin: int, qmax: int) -> bool:
-    """``IsClipMadeRedundantByQ`` (qdq_util.cc), the QDQ selector's test of the one Relu/Clip it
-    lets sit between the op and Q: a Relu when the zero point is the lowest code, a Clip whose
-    bounds, quantized (``static_cast<int32_t>(rint(bound / scale)) + zp``), cover the grid."""
-    if node.op_type == "Relu":
-        return zp == qmin
-    f32 = np.float32
-    with np.errstate(over="ignore"):
-        q_lo = _cvt_i32(np.rint(f32(bounds[0] / scale))) + zp
-        q_hi = _cvt_i32(np.rint(f32(bounds[1] / scale))) + zp
-    return q_lo <= qmin and q_hi >= qmax
-
-
 def _ort_fuses_group(imp, node, source, weight_dtype: str = "int8") -> bool:
     """Whether ORT's QDQ transformer (ConvNodeGroupSelector / GemmNodeGroupSelector,
     qdq_selectors.cc) fuses the DQ -> Conv/Gemm -> [Relu/Clip ...] -> Q that
     WeightBiasQuantization made into a QLinearConv/QGemm: the input and output types the same
     8-bit one (int8 activations, with int8 weights, as the session option
     ``session.qdqisint8allowed`` allows, which mrq's ORT sessions set), a per-tensor output
-    grid, and every Relu/Clip in between one that the level-1 fusions drop or (the last one
-    left) one that Q makes redundant. Otherwise ORT runs the float op (FusedConv, Gemm)."""
+    grid, and Relu/Clip nodes in between that ORT removes or lets stay
+    (:func:`mrq.ort_qdq_fusion.ort_fuses_clamps`). Otherwise ORT runs the float op (FusedConv,
+    Gemm)."""
     quant, _, chain = imp._follow_to_quantize(node)
     if quant is None:
         return False
@@ -702,16 +662,8 @@ def _ort_fuses_group(imp, node, source, weight_dtype: str = "int8") -> bool:
         return False
     if source.dtype == "int8" and weight_dtype != "int8":
         return False   # int8 activations need int8 weights
-    scale, zp = np.float32(qp.scale[0]), int(qp.zero_point[0])
-    clamps = [n for n in chain if n.op_type in ("Relu", "Clip")]
-    # the level-1 fusions read Q's zero point input; without one they leave the clamp be
-    while has_zp and clamps and _ort_drops_clamp(clamps[-1], _clip_bounds(imp, clamps[-1]), scale, zp,
-                                                 qp.qmin, qp.qmax):
-        clamps.pop()
-    if not clamps:
-        return True
-    return len(clamps) == 1 and _ort_clamp_made_redundant(clamps[0], _clip_bounds(imp, clamps[0]), scale, zp,
-                                                          qp.qmin, qp.qmax)
+    return ort_fuses_clamps(clamp_chain(chain, imp._clamp_bounds), qp.scale[0], int(qp.zero_point[0]),
+                            qp.qmin, qp.qmax, has_zp)
 
 
 HANDLERS.update({"MatMul": _matmul, "Conv": _conv})

@@ -167,23 +167,51 @@ def test_qlinear_matmul_equals_ort(b_dtype):
 def test_a_clamp_ort_keeps_in_float_keeps_the_sums_exact(clamp, zero_point, fused):
     """DQ -> Conv -> Relu/Clip -> Q: ORT drops a clamp Q already holds and fuses a QLinearConv
     (pair sums); otherwise it runs the float Conv + clamp, whose sums never saturate
-    (mrq/lower.py ort_keeps_float)."""
+    (mrq/ort_qdq_fusion.py, the importer's ``ort_float`` mark)."""
+    _check_clamp_chain([clamp], zero_point, fused)
+
+
+@pytest.mark.parametrize("chain,zero_point,fused", [
+    # FuseReluClip merges a Relu into the Clip after it; the Clip alone is then made
+    # redundant by Q (RNE(254.51) = 255), though not dropped by ClipQuantFusion (not within eps)
+    ([None, (0.0, 203.61)], 0, True),
+    ([None, (0.0, 203.6)], 0, False),      # RNE(254.5) = 254: the merged Clip is not redundant
+    ([None, (-5.0, 203.61)], 3, False),    # merged to Clip(0, ...): 0 quantizes to code 3
+    # no Clip-Clip fusion: ClipQuantFusion keeps the last (not within eps), two clamps stay
+    ([(0.0, 1000.0), (0.0, 203.61)], 0, False),
+    # the last Clip reaches past the grid: dropped, then the first is made redundant by Q
+    ([(0.0, 203.61), (0.0, 1000.0)], 0, True),
+    ([(0.0, 203.61), None], 0, True),      # ReluQuantFusion drops the Relu (zero point 0)
+    ([(-5.0, 1000.0), None], 3, False),    # a Relu Q does not hold: two clamps stay
+    ([None, None], 0, True),
+])
+def test_clamp_chains_follow_orts_fusions(chain, zero_point, fused):
+    """Chains of Relu/Clip between the Conv and Q: ORT's FuseReluClip, ReluQuantFusion /
+    ClipQuantFusion and the QDQ selector's one-clamp rule decide together whether the Conv is
+    an integer kernel (pair sums) or a float one."""
+    _check_clamp_chain(chain, zero_point, fused)
+
+
+def _check_clamp_chain(chain, zero_point, fused):
+    """``chain``: Relu (None) or Clip (lo, hi) nodes between the Conv and Q, in order."""
     rng = np.random.default_rng(4)
     x = rng.uniform(3.0, 4.0, (1, 8, 6, 6)).astype(np.float32)   # codes near 255
     w = rng.choice(np.array([-128, 127], np.int8), (16, 8, 3, 3))
     inits = {"s": np.array(4.0 / 255, np.float32), "z": np.array(0, np.uint8), "w": w,
              "ws": np.array(0.01, np.float32), "wz": np.array(0, np.int8),
              "s2": np.array(0.8, np.float32), "z2": np.array(zero_point, np.uint8)}
-    if clamp is None:
-        act = helper.make_node("Relu", ["c"], ["r"])
-    else:
-        act = helper.make_node("Clip", ["c", "lo", "hi"], ["r"])
-        inits.update(lo=np.array(clamp[0], np.float32), hi=np.array(clamp[1], np.float32))
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
              helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"]),
-             helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1]), act,
-             helper.make_node("QuantizeLinear", ["r", "s2", "z2"], ["y"])]
+             helper.make_node("Conv", ["xd", "wd"], ["c0"], pads=[1, 1, 1, 1])]
+    for i, clamp in enumerate(chain):
+        if clamp is None:
+            nodes.append(helper.make_node("Relu", [f"c{i}"], [f"c{i + 1}"]))
+        else:
+            nodes.append(helper.make_node("Clip", [f"c{i}", f"lo{i}", f"hi{i}"], [f"c{i + 1}"]))
+            inits.update({f"lo{i}": np.array(clamp[0], np.float32),
+                          f"hi{i}": np.array(clamp[1], np.float32)})
+    nodes.append(helper.make_node("QuantizeLinear", [f"c{len(chain)}", "s2", "z2"], ["y"]))
     model = helper.make_model(helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
         [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
