@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from simulator.errors import KernelInputError
+from simulator.kernels.accum import acc_limits
 
 PAIR_SUMS = ("exact", "saturate_int16")
 INT16_MIN = -32768
@@ -140,11 +141,10 @@ def add_excess(exact: np.ndarray, excess: np.ndarray, acc_bits: int) -> tuple:
     """``(acc, n_ovf)``: the exact int64 accumulator plus the pair excess, wrapped to
     ``acc_bits`` (MLAS's int32 adds wrap), and how many elements the wrap changed."""
     total = exact.astype(np.int64) + excess
+    lo, hi = acc_limits(acc_bits)
     if acc_bits >= 64:
         return total, 0
-    lo = -(1 << (acc_bits - 1))
-    span = np.int64(1) << np.int64(acc_bits)
-    wrapped = (total - lo) % span + lo
+    wrapped = (total - lo) % (np.int64(hi) - lo + 1) + lo
     return wrapped, int(np.count_nonzero(wrapped != total))
 
 
