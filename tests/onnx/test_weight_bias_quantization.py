@@ -247,6 +247,11 @@ FUSION_CASES = {   # name: _conv_model keywords
     "clip_within_half_a_step_no_q_zero_point": dict(q_zp=False, mids=[("Clip", -0.01, 255 * 0.03 - 0.01)]),
     "relu_then_clip": dict(yz=0, mids=[("Relu", None, None), ("Clip", -1.0, 100.0)]),
     "clip_then_relu_zp_mid": dict(mids=[("Clip", -100.0, 100.0), ("Relu", None, None)]),
+    # FuseReluClip makes one Clip(0, 7.64) of the two: not within eps of the grid's 7.65, but Q
+    # makes it redundant (RNE(254.67) = 255)
+    "relu_then_clip_redundant_by_q": dict(yz=0, mids=[("Relu", None, None), ("Clip", -1.0, 7.64)]),
+    "relu_then_clip_zp_mid": dict(mids=[("Relu", None, None), ("Clip", -1.0, 100.0)]),
+    "clip_then_clip_redundant_by_q": dict(yz=0, mids=[("Clip", -100.0, 100.0), ("Clip", -1.0, 7.64)]),
 }
 
 
