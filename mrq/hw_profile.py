@@ -27,11 +27,13 @@ Vocabulary (see docs/PROGRAM.md for what the simulator does with it):
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -236,7 +238,7 @@ class TensorFormat:
         return tuple(out)
 
     def _check_dtype(self, dtype) -> str:
-        name = np.dtype(dtype).name
+        name = _dtype_name(dtype)
         if name not in self.dtypes():
             raise ValueError(f"{self.role}: dtype {name!r} not allowed by the profile "
                              f"(allowed: {', '.join(self.dtypes())})")
@@ -579,10 +581,11 @@ class HwProfile:
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
         out: list[str] = []
-        dname = np.dtype(dtype).name
+        dname = _dtype_name(dtype)
         scale_arr = np.asarray(scale, dtype=np.float64).reshape(-1)
         zp_raw = np.asarray(zero_point).reshape(-1)
-        if zp_raw.size and not np.issubdtype(zp_raw.dtype, np.integer):
+        # dtype kinds i/u: exactly the subtypes of np.integer
+        if zp_raw.size and zp_raw.dtype.kind not in "iu":
             if not np.all(np.isfinite(zp_raw.astype(np.float64))) or \
                     np.any(zp_raw.astype(np.float64) != np.round(zp_raw.astype(np.float64))):
                 out.append(f"{role}: zero point must be an integer, got {_fmt_vals(zp_raw)}")
@@ -599,20 +602,21 @@ class HwProfile:
             if dname not in self.bias.dtypes():
                 out.append(f"bias: dtype {dname} not allowed (allowed: "
                            f"{', '.join(self.bias.dtypes())})")
-            if zp.size and np.any(zp != 0):
+            if zp.size and (zp != 0).any():
                 out.append(f"bias: zero point must be 0, got {_fmt_vals(zp)}")
             out += _check_values("bias", values, *self.bias.qmin_qmax(), f"{self.bias.bits}-bit")
             return out
 
         fmt = self.tensor_format(role)
-        dtype_ok = dname in fmt.dtypes()
+        allowed = fmt.dtypes()
+        dtype_ok = dname in allowed
         if not dtype_ok:
             out.append(f"{role}: dtype {dname} not allowed (profile: {fmt.bits}-bit, "
-                       f"{_signed_word(fmt.signed)}; allowed: {', '.join(fmt.dtypes())})")
+                       f"{_signed_word(fmt.signed)}; allowed: {', '.join(allowed)})")
 
-        # granularity
-        n_scale = len(np.unique(scale_arr)) if scale_arr.size else 0
-        n_zp = len(np.unique(zp)) if zp.size else 0
+        # granularity (one value is one distinct value, whatever it is)
+        n_scale = scale_arr.size if scale_arr.size <= 1 else len(np.unique(scale_arr))
+        n_zp = zp.size if zp.size <= 1 else len(np.unique(zp))
         if fmt.granularity == "per_tensor" and n_scale > 1:
             out.append(f"{role}: per-channel scale ({n_scale} distinct values"
                        f"{'' if axis is None else f' on axis {axis}'}) but the profile allows "
@@ -627,13 +631,13 @@ class HwProfile:
         if dtype_ok and zp.size:
             lo, hi = fmt.qmin_qmax(dname, narrow=False)
             bad = (zp < lo) | (zp > hi)
-            if np.any(bad):
+            if bad.any():
                 out.append(f"{role}: zero point {_fmt_vals(zp[bad])} outside the {fmt.bits}-bit "
                            f"{dname} range [{lo}, {hi}]{_where(bad)}")
             if fmt.symmetric:
                 want = fmt.symmetric_zero_point(dname)
                 bad = zp != want
-                if np.any(bad):
+                if bad.any():
                     out.append(f"{role}: zero point {_fmt_vals(zp[bad])}{_where(bad)} but the "
                                f"profile is symmetric (zero point must be {want} for {dname})")
 
@@ -660,6 +664,25 @@ def _layer_dict(entry: LayerOverride, tensor) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # check_tensor helpers
+
+
+_DTYPE_NAMES: dict = {}
+
+
+def _dtype_name(dtype) -> str:
+    """``np.dtype(dtype).name``, memoised for hashable specs (a few microseconds each, and
+    check_tensor runs per tensor). Equal specs are equal dtypes, which have one name."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):
+        pass
+    name = np.dtype(dtype).name
+    try:
+        if len(_DTYPE_NAMES) < 256:
+            _DTYPE_NAMES[dtype] = name
+    except TypeError:
+        pass
+    return name
 
 
 def _signed_word(signed: bool | None) -> str:
@@ -713,21 +736,22 @@ def _check_scales(role: str, s: np.ndarray, fmt: ScaleFormat) -> list[str]:
         return []
     out = []
     bad = ~np.isfinite(s) | (s <= 0)
-    if np.any(bad):
+    if bad.any():
         out.append(f"{role}: scale must be positive and finite, got "
                    f"{_fmt_vals(s[bad])}{_where(bad)}")
     good = ~bad
-    vals = [float(x) for x in s]
-    exps = np.array([math.frexp(x)[1] - 1 if g else 0 for x, g in zip(vals, good)])
+    vals = s.tolist()
+    flags = good.tolist()
+    exps = np.array([math.frexp(x)[1] - 1 if g else 0 for x, g in zip(vals, flags)])
     if fmt.form == "pow2":
-        badp = np.array([g and math.frexp(x)[0] != 0.5 for x, g in zip(vals, good)])
-        if np.any(badp):
+        badp = np.array([g and math.frexp(x)[0] != 0.5 for x, g in zip(vals, flags)])
+        if badp.any():
             out.append(f"{role}: scale {_fmt_vals(s[badp])}{_where(badp)} is not an exact power "
                        f"of two (profile scale form pow2)")
     elif fmt.form == "fixed_point":
-        nb = np.array([_significant_bits(x) if g else 0 for x, g in zip(vals, good)])
+        nb = np.array([_significant_bits(x) if g else 0 for x, g in zip(vals, flags)])
         badm = nb > fmt.mantissa_bits
-        if np.any(badm):
+        if badm.any():
             out.append(f"{role}: scale {_fmt_vals(s[badm])}{_where(badm)} needs "
                        f"{int(nb[badm].max())} mantissa bits; the profile allows "
                        f"{fmt.mantissa_bits} (scale form fixed_point: m * 2**e, "
@@ -735,7 +759,7 @@ def _check_scales(role: str, s: np.ndarray, fmt: ScaleFormat) -> list[str]:
     lo = fmt.exponent_min if fmt.exponent_min is not None else -10**9
     hi = fmt.exponent_max if fmt.exponent_max is not None else 10**9
     bade = good & ((exps < lo) | (exps > hi))
-    if np.any(bade):
+    if bade.any():
         rng = (f"[{'-inf' if fmt.exponent_min is None else fmt.exponent_min}, "
                f"{'inf' if fmt.exponent_max is None else fmt.exponent_max}]")
         out.append(f"{role}: scale {_fmt_vals(s[bade])}{_where(bade)} has exponent "
@@ -1524,6 +1548,32 @@ def load_profile(name_or_path: str | os.PathLike) -> HwProfile:
     return _load(_resolve(name_or_path))
 
 
+# text -> (root node, document) of the profile texts that parsed: the parse (PyYAML's
+# pure-Python composer, for the line numbers of problems) is most of a load, and a process loads
+# the same few profiles again and again (every prepare, simulate and command by name)
+_PARSED: dict = {}
+_PARSED_MAX = 64
+_PARSED_MAX_CHARS = 1 << 16
+_PARSED_LOCK = threading.Lock()
+
+
+def _parse_yaml(text: str):
+    """``safe_yaml.load_with_node(text)``, remembered for the texts that parse (a text that
+    fails is parsed again, with the same error). The node tree is only read (line numbers); the
+    document is handed out as a deep copy, so no load sees another load's objects."""
+    with _PARSED_LOCK:
+        hit = _PARSED.get(text)
+    if hit is None:
+        hit = safe_yaml.load_with_node(text)
+        if len(text) <= _PARSED_MAX_CHARS:
+            with _PARSED_LOCK:
+                if len(_PARSED) >= _PARSED_MAX:
+                    del _PARSED[next(iter(_PARSED))]
+                _PARSED[text] = hit
+    root, data = hit
+    return root, copy.deepcopy(data)
+
+
 def _load(path: Path, resolve_refs: bool = True) -> HwProfile:
     spath = str(path)
     try:
@@ -1542,7 +1592,7 @@ def _load(path: Path, resolve_refs: bool = True) -> HwProfile:
         raise HwProfileError(spath, "<file>", f"not UTF-8 text ({e.reason} at byte "
                                               f"{e.start})") from None
     try:
-        root, data = safe_yaml.load_with_node(text)
+        root, data = _parse_yaml(text)
     except safe_yaml.YamlLimitError as e:
         raise HwProfileError(spath, "<document>", str(e)) from None
     except yaml.YAMLError as e:

@@ -259,15 +259,16 @@ def zoo_models(tmp_path_factory):
     sys.path.insert(0, str(REPO / "tests"))
     from parity import zoo
     cases = zoo.generate_shared(tmp_path_factory, ZOO_COUNT, 20261126)
-    return [(c.name, str(c.path), c.make_inputs) for c in cases]
+    # each imported once for both profiles (read-only: prepare and to_nhwc copy, as for the
+    # committed models)
+    return [(c.name, load_model(str(c.path)), c.make_inputs) for c in cases]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", ["onnxruntime-cpu", "nna-sym8"])
 def test_generated_models(zoo_models, profile):
     converted = 0
-    for _, path, make_inputs in zoo_models:
-        g = load_model(path)
+    for _, g, make_inputs in zoo_models:
         new = to_nhwc(g)
         converted += any(n.attrs.get("layout") == "NHWC" for n in new.nodes)
         # random inputs, then inputs on the grid and on rounding ties

@@ -277,7 +277,9 @@ def test_temporary_of_a_killed_run_is_swept_by_the_next_run(files, tmp_path):
     proc.communicate(timeout=60)
     assert not out.exists()
     assert len(temporaries(tmp_path)) == 1       # stranded, as after a crash
-    r = mrq("sim", files["model"], "--profile", "onnxruntime-cpu", "--inputs", files["inputs"],
+    # the next run in this process: the sweep goes by whether the temporary's process is alive
+    # (mrq/fileio.py sweep_stale), once per folder and process, and this folder is new here
+    r = cli("sim", files["model"], "--profile", "onnxruntime-cpu", "--inputs", files["inputs"],
             "--out", tmp_path / "other.npz", "-q")
     assert r.returncode == 0, r.stderr
     assert temporaries(tmp_path) == []
