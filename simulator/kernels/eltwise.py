@@ -131,6 +131,16 @@ def ort_qladd_constant(r_first, z_first, r_second, z_second, z_out):
     return np.float32(np.float64(int_to_f32(z_out)) - np.float64(inner))
 
 
+def _qladd_constant(r_first, z_first, r_second, z_second, z_out):
+    """:func:`ort_qladd_constant` run by the Python interpreter: the same IEEE operations on NumPy
+    scalars (the primitives' ``py_func``), hence the same float32. A launch needs this one
+    scalar per step; compiling the numba function for it cost ~0.4 s of a cold start."""
+    fma, i2f, mul = fma_f32.py_func, int_to_f32.py_func, f32_mul.py_func
+    with np.errstate(all="ignore"):
+        inner = fma(r_first, i2f(z_first), mul(r_second, i2f(z_second)))
+        return np.float32(np.float64(i2f(z_out)) - np.float64(inner))
+
+
 @njit(cache=True)
 def _add_ort_fma_range(a1, b1, r_a, r_b, k_const, swapped, out_min, out_max, out, i0, i1):
     """Elements ``[i0, i1)``, 16 lanes at a time with IEEE fused multiply-adds
@@ -234,11 +244,11 @@ def _add_ort_fma(a, b, *, scale_a, scale_b, scale_out, zero_point_a, zero_point_
     r_b = np.float32(s_b / s_c)
     swapped = ort_input0_is_span_scalar(a.shape, b.shape)
     if swapped:
-        k_const = ort_qladd_constant(r_b, int(zero_point_b), r_a, int(zero_point_a),
-                                     int(zero_point_out))
+        k_const = _qladd_constant(r_b, int(zero_point_b), r_a, int(zero_point_a),
+                                  int(zero_point_out))
     else:
-        k_const = ort_qladd_constant(r_a, int(zero_point_a), r_b, int(zero_point_b),
-                                     int(zero_point_out))
+        k_const = _qladd_constant(r_a, int(zero_point_a), r_b, int(zero_point_b),
+                                  int(zero_point_out))
     flat_params = (np.float32(r_a), np.float32(r_b), np.float32(k_const), swapped,
                    np.int64(out_min), np.int64(out_max))
     if a.shape != b.shape:

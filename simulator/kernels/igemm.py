@@ -110,71 +110,94 @@ def _u(i):
 @njit(cache=True)
 def _prepass_images(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
                     n0, n1):
-    """Fill images ``[n0, n1)`` of ``xp`` (flat uint8 [N, Hp, Wp, Ctot]) from the contiguous
-    4-D ``x``: ``u = x + flip`` inside, ``padval`` in the spatial padding, 0 in the channel
-    padding."""
-    if nchw:
-        height = x.shape[2]
-        width = x.shape[3]
+    """Fill images ``[n0, n1)`` of ``xp`` (flat uint8 or int16 [N, Hp, Wp, Ctot]) from the
+    contiguous input ``x``: ``u = x + flip`` inside, ``padval`` in the spatial padding, 0 in the
+    channel padding. ``x`` is 4-D (NCHW when ``nchw``, else NHWC), or flat with ``nchw`` the
+    int64 array ``[is_nchw, height, width]`` (what ``ConvFast`` passes: numba compiles only the
+    branch of the ``x.ndim`` test that the argument types select, and a 4-D reshape costs
+    ~0.4 s of compile time).
+
+    Written for compile time (the former version, a loop nest per layout and per padding
+    region, took ~1.8 s): both layouts run one strided copy nest (element ``(h, w, channel
+    k)`` is ``x1[h * s_h + w * s_w + k * s_c]``), and an NHWC image without channel padding is
+    copied as one channel of ``width * C`` elements, whose rows take the contiguous loop; the
+    spatial padding is one fill loop over the gaps between interior row runs (the rows above,
+    the right columns of a row with the left columns of the next, the rows below)."""
+    if x.ndim == 1:
+        is_nchw = nchw[0] != 0
+        height = nchw[1]
+        width = nchw[2]
+        x1 = x
     else:
-        height = x.shape[1]
-        width = x.shape[2]
-    x1 = x.reshape(-1)
-    img = hp_n * wp_n * ctot
+        is_nchw = nchw
+        if nchw:
+            height = x.shape[2]
+            width = x.shape[3]
+        else:
+            height = x.shape[1]
+            width = x.shape[2]
+        x1 = x.reshape(-1)
     ximg = height * width * n_groups * cg
-    pad8 = np.uint8(padval)
+    img = hp_n * wp_n * ctot
     row = wp_n * ctot
+    pad8 = np.uint8(padval)
+    if is_nchw:
+        s_h = width
+        s_w = 1
+        s_c = height * width
+    elif cgp == cg:  # one channel of width * C elements per row
+        width = width * ctot
+        pl = pl * ctot
+        n_groups = 1
+        cg = 1
+        cgp = 1
+        ctot = 1
+        s_h = width
+        s_w = 1
+        s_c = 0
+    else:
+        s_h = width * n_groups * cg
+        s_w = n_groups * cg
+        s_c = 1
+    run = width * ctot
     for n in range(n0, n1):
         ib = n * img
         xb = n * ximg
-        # spatial padding: full rows above and below, then the left/right columns
-        for hh in range(hp_n):
-            if hh < pt or hh >= pt + height:
-                for i in range(row):
-                    xp[_u(ib + hh * row + i)] = pad8
-            else:
-                for i in range(pl * ctot):
-                    xp[_u(ib + hh * row + i)] = pad8
-                for i in range((pl + width) * ctot, row):
-                    xp[_u(ib + hh * row + i)] = pad8
-        if nchw:
-            for h in range(height):
-                ob = ib + (h + pt) * row + pl * ctot
-                for g in range(n_groups):
-                    for c in range(cg):
-                        xs = xb + ((g * cg + c) * height + h) * width
-                        o = ob + g * cgp + c
+        s = ib
+        for h in range(height + 1):
+            e = ib + (pt + h) * row + pl * ctot if h < height else ib + img
+            for i in range(s, e):
+                xp[np.uint64(i)] = pad8
+            s = e + run
+        for h in range(height):
+            ob = ib + (h + pt) * row + pl * ctot
+            for g in range(n_groups):
+                for c in range(cg):
+                    xs = xb + h * s_h + (g * cg + c) * s_c
+                    o = ob + g * cgp + c
+                    if ctot == 1:  # contiguous (s_w is 1)
                         for w in range(width):
-                            xp[_u(o + w * ctot)] = np.uint8(np.int64(x1[_u(xs + w)]) + flip)
-                if cgp != cg:
-                    for w in range(width):
-                        for g in range(n_groups):
-                            for c in range(cg, cgp):
-                                xp[_u(ob + w * ctot + g * cgp + c)] = 0
-        elif cgp == cg:
-            run = width * ctot
-            for h in range(height):
-                ob = ib + (h + pt) * row + pl * ctot
-                xs = xb + h * run
-                for i in range(run):
-                    xp[_u(ob + i)] = np.uint8(np.int64(x1[_u(xs + i)]) + flip)
-        else:
-            for h in range(height):
+                            xp[np.uint64(o + w)] = np.uint8(
+                                np.int64(x1[np.uint64(xs + w)]) + flip)
+                    elif s_w == 1:  # NCHW: a contiguous input row, strided stores
+                        for w in range(width):
+                            xp[np.uint64(o + w * ctot)] = np.uint8(
+                                np.int64(x1[np.uint64(xs + w)]) + flip)
+                    else:
+                        for w in range(width):
+                            xp[np.uint64(o + w * ctot)] = np.uint8(
+                                np.int64(x1[np.uint64(xs + w * s_w)]) + flip)
+            if cgp != cg:
                 for w in range(width):
-                    ob = ib + (h + pt) * row + (pl + w) * ctot
-                    xs = xb + (h * width + w) * n_groups * cg
                     for g in range(n_groups):
-                        for c in range(cg):
-                            xp[_u(ob + g * cgp + c)] = np.uint8(
-                                np.int64(x1[_u(xs + g * cg + c)]) + flip)
                         for c in range(cg, cgp):
-                            xp[_u(ob + g * cgp + c)] = 0
+                            xp[np.uint64(ob + w * ctot + g * cgp + c)] = 0
 
 
 @njit(cache=True, parallel=True)
 def _prepass_par(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
-                 n_chunks):
-    n_img = x.shape[0]
+                 n_img, n_chunks):
+    """``_prepass_images`` of ``n_img`` images in ``n_chunks`` ranges in parallel."""
     for ch in prange(n_chunks):
         _prepass_images(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
                         ch * n_img // n_chunks, (ch + 1) * n_img // n_chunks)
@@ -1018,7 +1041,6 @@ class ConvFast:
         parallel = threads > 1 and macs >= PARALLEL_MIN_MACS
         ep = self.ep
         kern = kernels(ep.kind, ep.rnd)
-        x_in = In(0, in_view)
         n_x = n_img * height * width * n_in
         if self.nchw:
             out_dims = (n_img, self.m_out, oh_n, ow_n)
@@ -1061,10 +1083,12 @@ class ConvFast:
             # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
             temps.append(((n_img * img + slack,), image_dtype))
             xp = Tmp(1)
-            args = (x_in, self.nchw, self.pt, self.pl, hp_n, wp_n, self.group, self.cg,
+            # the flat input with [layout, height, width]: see _prepass_images
+            lay = np.array([int(self.nchw), height, width], dtype=np.int64)
+            args = (In(0, (n_x,)), lay, self.pt, self.pl, hp_n, wp_n, self.group, self.cg,
                     self.cgp, self.ctot, flip, uzp, xp)
             if parallel and n_img > 1:
-                calls = [Call(_prepass_par, args + (min(n_img, threads),))]
+                calls = [Call(_prepass_par, args + (n_img, min(n_img, threads)))]
             else:
                 calls = [Call(_prepass_images, args + (0, n_img))]
         biasp = self._biasp_for(flip)

@@ -475,9 +475,10 @@ def _avgpool(x, layout, kernel, strides, pads, ceil_mode, count_include_pad, mod
 # global average pool
 # --------------------------------------------------------------------------------------------
 @njit(cache=True)
-def _plane_sums(x2, out):
-    """``out[i] = sum(x2[i])`` in int64 for the rows of a 2-D integer array (int32 partial sums
-    of at most 2**23 elements, exact for 8/16-bit inputs)."""
+def _plane_sums(x2, offset, out):
+    """``out[i] = sum(x2[i]) - offset`` in int64 for the rows of a 2-D integer array (int32
+    partial sums of at most 2**23 elements, exact for 8/16-bit inputs). The offset is taken
+    off here rather than by a kernel of its own: one compilation fewer."""
     width = x2.shape[1]
     for i in range(x2.shape[0]):
         row = x2[i]
@@ -487,12 +488,13 @@ def _plane_sums(x2, out):
             for j in range(j0, min(width, j0 + (1 << 15))):
                 part += np.int32(row[j])
             total += part
-        out[i] = total
+        out[i] = total - offset
 
 
 @njit(cache=True)
-def _pixel_sums(x3, out):
-    """``out[n, c] = sum_p x3[n, p, c]`` in int64 (channel-last), vectorized over channels."""
+def _pixel_sums(x3, offset, out):
+    """``out[n, c] = sum_p x3[n, p, c] - offset`` in int64 (channel-last), vectorized over
+    channels."""
     n_img, n_pix, n_ch = x3.shape
     part = np.zeros(n_ch, dtype=np.int32)
     for n in range(n_img):
@@ -506,6 +508,8 @@ def _pixel_sums(x3, out):
                     part[c] += np.int32(x3[n, p, c])
             for c in range(n_ch):
                 out[n, c] += part[c]
+        for c in range(n_ch):
+            out[n, c] -= offset
 
 
 def global_sum(x, *, layout="NCHW", input_zero_point=0):
@@ -525,18 +529,15 @@ def global_sum_launch(x, *, layout="NCHW", input_zero_point=0):
         raise KernelInputError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
     if layout == "NCHW":
         n_img, n_ch, height, width = (int(d) for d in x.shape)
-        call = Call(_plane_sums, (In(0, (n_img * n_ch, height * width)), Tmp(0, (n_img * n_ch,))))
-        shape = (n_img, n_ch, 1, 1)
     else:
         n_img, height, width, n_ch = (int(d) for d in x.shape)
-        call = Call(_pixel_sums, (In(0, (n_img, height * width, n_ch)), Tmp(0, (n_img, n_ch))))
-        shape = (n_img, 1, 1, n_ch)
     offset = np.int64(input_zero_point) * np.int64(height * width)
-    return Launch(((shape, "int64"),),
-                  (call, Call(_subtract, (Tmp(0, (n_img * n_ch,)), offset))), (Tmp(0),))
-
-
-@njit(cache=True)
-def _subtract(values, offset):
-    for i in range(values.shape[0]):
-        values[i] -= offset
+    if layout == "NCHW":
+        call = Call(_plane_sums, (In(0, (n_img * n_ch, height * width)), offset,
+                                  Tmp(0, (n_img * n_ch,))))
+        shape = (n_img, n_ch, 1, 1)
+    else:
+        call = Call(_pixel_sums, (In(0, (n_img, height * width, n_ch)), offset,
+                                  Tmp(0, (n_img, n_ch))))
+        shape = (n_img, 1, 1, n_ch)
+    return Launch(((shape, "int64"),), (call,), (Tmp(0),))
