@@ -35,7 +35,7 @@ from numba.core.dispatcher import Dispatcher
 from numba.core.errors import NumbaError
 
 from simulator import fusion
-from simulator.capabilities import ensure_started
+from simulator.capabilities import capabilities, ensure_started
 from simulator.errors import KernelInputError, SimulatorError
 from simulator.kernels import sources_digest
 from simulator.kernels.jitcache import _describe
@@ -263,25 +263,29 @@ CHUNK_MIN_ROWS = 8
 _AXIS_FIELDS = ("axis", "axes", "channel_axis", "perm")
 
 
-# on one thread, a batch whose largest step touches more than CACHE_BYTES (inputs, outputs,
-# scratch) is cut into blocks of about BLOCK_BYTES that run through the whole program one after
-# the other: each step then reads what the previous one wrote from the core's L2 cache instead
-# of memory (batch 256: ResNet-8 19.8 -> 18.0 ms, MobileNetV2 QAT 50 -> 35 ms; AD01, whose steps
-# are small but whose weights each block would read again, stays whole). Not on two threads:
-# there the same blocks made the MobileNetV2s slower (ORT-quantized 16-18 -> 21-24 ms; AMD EPYC
-# KVM guest, bench/paired.py), so each thread runs its one range of rows as before
+# a batch whose largest step touches more than CACHE_BYTES (inputs, outputs, scratch) per
+# thread is cut into blocks of about BLOCK_BYTES that run through the whole program one after the
+# other: each step then reads what the previous one wrote from the core's L2 cache instead of
+# memory (batch 256, one thread: ResNet-8 19.8 -> 18.0 ms, MobileNetV2 QAT 50 -> 35 ms; AD01,
+# whose steps are small but whose weights each block would read again, stays whole). On two
+# threads each thread runs its range of rows in such blocks on the portable kernels (AVX2 host,
+# bench/paired.py 1 -> 2 threads: KWS 1.42 -> 1.86x, MobileNetV2 QAT 1.62 -> 2.02x, ORT-quantized
+# 1.63 -> 1.75x), but one range whole on the VNNI kernels, where the blocks made the MobileNetV2s
+# slower (ORT-quantized 16-18 -> 21-24 ms, AVX-512 VNNI host)
 CACHE_BYTES = 1 << 20
 BLOCK_BYTES = 512 << 10
 
 
-def _chunking(batch, threads, row_bytes=0):
+def _chunking(batch, threads, row_bytes=0, blocks_on_threads=False):
     """``(rows per chunk, full chunks, rows of the last, shorter chunk or 0)`` or ``None``;
-    ``row_bytes``: the most bytes a step touches per row (:func:`_spec_pass`)."""
+    ``row_bytes``: the most bytes a step touches per row (:func:`_spec_pass`). With more than one
+    thread, a chunk is a thread's range of rows, or with ``blocks_on_threads`` a block of it
+    (``prange`` hands each thread a contiguous run of chunks)."""
     n = max(1, min(threads, batch // CHUNK_MIN_ROWS))
     rows = -(-batch // n)
-    if n == 1 and row_bytes * rows > CACHE_BYTES:
+    if (n == 1 or blocks_on_threads) and row_bytes * rows > CACHE_BYTES:
         block = max(CHUNK_MIN_ROWS, 1 << (max(1, BLOCK_BYTES // row_bytes).bit_length() - 1))
-        rows = -(-batch // max(1, rows // block))
+        rows = -(-rows // max(1, rows // block))
     if rows >= batch:
         return None
     full = batch // rows
@@ -340,7 +344,8 @@ def _generate_chunked(program, feeds, threads):
         specs = {name: (arr.shape, arr.dtype) for name, arr in feeds.items()}
         full_specs = {}
         most = _with_threads(1, _spec_pass, program, specs, full_specs)
-        plan = _chunking(batch, threads, -(-most // max(batch, 1)))
+        plan = _chunking(batch, threads, -(-most // max(batch, 1)),
+                         blocks_on_threads=capabilities().kernels == "portable")
         if plan is None:
             return None
         return _chunked_source(program, feeds, threads, batch, plan, full_specs)

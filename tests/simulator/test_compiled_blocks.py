@@ -1,6 +1,6 @@
 """simulator.compiled: a batch whose steps do not fit the cache is cut into blocks of rows that
 run through the whole program one after the other, on one thread (a plain loop; on more,
-each thread runs one range of rows). The plan (:func:`simulator.compiled._chunking`) on the sizes of
+each thread runs one range of rows, in blocks on the portable kernels). The plan (:func:`simulator.compiled._chunking`) on the sizes of
 the bench models, and the blocked programs' bits (outputs and per-step saturation counters)
 against the step-by-step interpreter, with saturating rows in every block. Blocking only slices rows, whatever the kernels: the file passes with
 SIMULATOR_KERNELS=portable as well."""
@@ -36,6 +36,17 @@ def test_chunking_plan(batch, threads, row_bytes, plan):
     if plan is not None:
         rows, full, tail = plan
         assert full * rows + tail == batch and 0 <= tail < rows
+
+
+@pytest.mark.parametrize("batch,threads,row_bytes,plan", [
+    # on the portable kernels each thread's half runs in blocks (prange hands each thread 16)
+    (256, 2, 67649, (8, 32, 0)), (256, 2, 129089, (8, 32, 0)),
+    (256, 2, 1537, (128, 2, 0)),      # AD01's steps fit: one half per thread, as without
+    (300, 2, 10000, (38, 7, 34)),     # 4 chunks per thread, the last one shorter
+    (256, 1, 67649, (8, 32, 0)),      # one thread: as without the flag
+])
+def test_chunking_plan_with_blocks_on_threads(batch, threads, row_bytes, plan):
+    assert compiled_mod._chunking(batch, threads, row_bytes, blocks_on_threads=True) == plan
 
 
 def test_live_bytes_counts_the_largest_step():
