@@ -23,7 +23,6 @@ import time
 import numpy as np
 import pytest
 
-from mrq.demo import DEMO_MODEL, demo_inputs
 from simulator.kernels import jitcache
 
 _COUNT = re.compile(r"compiled (\d+) kernel\(s\)")
@@ -53,19 +52,59 @@ def _compiles(stderr):
     return (int(m.group(1)) if m else 0), _NAMED.findall(stderr)
 
 
+def _small_model(path):
+    """A QDQ conv -> relu -> global average pool -> gemm of int8 symmetric codes: a few of the
+    demo's kernel families at a fraction of its compile time (the racers compile it twice over,
+    the whole-program path once more)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    inits = {"s_in": f32(0.05), "s_c": f32(0.04), "s_g": f32(0.02), "s_y": f32(0.1), "zp": np.int8(0),
+             "w": rng.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8),
+             "s_w": np.full(8, 0.01, f32), "zp_w": np.zeros(8, np.int8),
+             "b": rng.integers(-500, 500, 8).astype(np.int32), "s_b": np.full(8, 0.0005, f32),
+             "zp_b": np.zeros(8, np.int32),
+             "g": rng.integers(-127, 128, (8, 4)).astype(np.int8), "s_gw": f32(0.01)}
+    node = helper.make_node
+    nodes = [node("QuantizeLinear", ["x", "s_in", "zp"], ["xq"]),
+             node("DequantizeLinear", ["xq", "s_in", "zp"], ["xd"]),
+             node("DequantizeLinear", ["w", "s_w", "zp_w"], ["wd"], axis=0),
+             node("DequantizeLinear", ["b", "s_b", "zp_b"], ["bd"], axis=0),
+             node("Conv", ["xd", "wd", "bd"], ["c"], pads=[1, 1, 1, 1]),
+             node("Relu", ["c"], ["r"]),
+             node("QuantizeLinear", ["r", "s_c", "zp"], ["cq"]),
+             node("DequantizeLinear", ["cq", "s_c", "zp"], ["cd"]),
+             node("GlobalAveragePool", ["cd"], ["p"]),
+             node("QuantizeLinear", ["p", "s_g", "zp"], ["pq"]),
+             node("DequantizeLinear", ["pq", "s_g", "zp"], ["pd"]),
+             node("Flatten", ["pd"], ["fl"]),
+             node("DequantizeLinear", ["g", "s_gw", "zp"], ["gd"]),
+             node("MatMul", ["fl", "gd"], ["m"]),
+             node("QuantizeLinear", ["m", "s_y", "zp"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, None)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    import onnx
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("racers", [2, pytest.param(4, marks=pytest.mark.long)])
 def test_cold_cache_shared_by_concurrent_processes_then_nothing_recompiles(tmp_path, racers):
     """One cold compile serves both cache checks (each cold compile costs tens of seconds of CPU):
-    ``racers`` processes start together on the empty cache, one more compiles nothing from what
-    they left; then the demo and the whole-program path compile what the racers did not need,
+    ``racers`` processes start together on the empty cache (a small model: each racer compiles
+    all of it), one more compiles nothing from what they left; then the demo under three
+    profiles and the whole-program path (the small model) compile what the racers did not need,
     and a second process of each compiles nothing and adds no file."""
     env = _env(tmp_path)
+    model = tmp_path / "small.onnx"
+    _small_model(model)
     feeds = tmp_path / "in.npz"
-    np.savez(feeds, **demo_inputs(5))
+    np.savez(feeds, x=np.random.default_rng(5).standard_normal((5, 3, 8, 8)).astype(np.float32))
 
     def argv(i, *extra):
-        return [sys.executable, "-m", "mrq", "sim", str(DEMO_MODEL), "--profile", "nna-sym8",
+        return [sys.executable, "-m", "mrq", "sim", str(model), "--profile", "nna-sym8",
                 "--inputs", str(feeds), "-o", str(tmp_path / f"out{i}.npz"), "--no-fidelity", *extra]
 
     procs = [subprocess.Popen(argv(i), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -92,9 +131,9 @@ def test_cold_cache_shared_by_concurrent_processes_then_nothing_recompiles(tmp_p
     # other profiles (fp32 and Q31 requantization) and the whole-program path
     # (simulator/compiled.py, its own cache folder): none of it was compiled above
     feeds8 = tmp_path / "in8.npz"
-    np.savez(feeds8, **demo_inputs(8))
+    np.savez(feeds8, x=np.random.default_rng(8).standard_normal((8, 3, 8, 8)).astype(np.float32))
     runs = [("demo", "-v", "--profiles", "onnxruntime-cpu", "nna-sym8", "tflite-int8"),
-            ("sim", DEMO_MODEL, "--profile", "tflite-int8", "--inputs", str(feeds8), "-o",
+            ("sim", str(model), "--profile", "tflite-int8", "--inputs", str(feeds8), "-o",
              str(tmp_path / "out.npz"), "--no-fidelity", "--compile", "yes", "-v")]
     counts, files = [], []
     for attempt in range(2):
