@@ -26,8 +26,8 @@ from numba import njit, prange
 
 from simulator.errors import KernelInputError
 from simulator.kernels import epilogue as ep_k
-from simulator.kernels.jitcache import specialised
 from simulator.kernels import simd
+from simulator.kernels.jitcache import specialised
 from simulator.launch import Call, In, Launch, Tmp, cast_copy
 from simulator.primitives import (
     INT64_MAX,
