@@ -124,17 +124,11 @@ def ort_input0_is_span_scalar(shape_a, shape_b) -> bool:
 # --------------------------------------------------------------------------------------------
 # add: ort_fma
 # --------------------------------------------------------------------------------------------
-@njit(cache=True)
 def ort_qladd_constant(r_first, z_first, r_second, z_second, z_out):
-    """``f32(f32(zC) - fma(r1, f32(z1), f32(r2 * f32(z2))))``: MLAS's ``VectorFixedPart``."""
-    inner = fma_f32(r_first, int_to_f32(z_first), f32_mul(r_second, int_to_f32(z_second)))
-    return np.float32(np.float64(int_to_f32(z_out)) - np.float64(inner))
-
-
-def _qladd_constant(r_first, z_first, r_second, z_second, z_out):
-    """:func:`ort_qladd_constant` run by the Python interpreter: the same IEEE operations on NumPy
-    scalars (the primitives' ``py_func``), hence the same float32. A launch needs this one
-    scalar per step; compiling the numba function for it cost ~0.4 s of a cold start."""
+    """``f32(f32(zC) - fma(r1, f32(z1), f32(r2 * f32(z2))))``: MLAS's ``VectorFixedPart``, one
+    scalar per step, computed when the launch is built by the Python interpreter on NumPy
+    scalars through the primitives' ``py_func`` (the same IEEE operations as the compiled
+    primitives, hence the same float32; compiling it cost ~0.4 s of a cold start)."""
     fma, i2f, mul = fma_f32.py_func, int_to_f32.py_func, f32_mul.py_func
     with np.errstate(all="ignore"):
         inner = fma(r_first, i2f(z_first), mul(r_second, i2f(z_second)))
@@ -244,10 +238,10 @@ def _add_ort_fma(a, b, *, scale_a, scale_b, scale_out, zero_point_a, zero_point_
     r_b = np.float32(s_b / s_c)
     swapped = ort_input0_is_span_scalar(a.shape, b.shape)
     if swapped:
-        k_const = _qladd_constant(r_b, int(zero_point_b), r_a, int(zero_point_a),
+        k_const = ort_qladd_constant(r_b, int(zero_point_b), r_a, int(zero_point_a),
                                   int(zero_point_out))
     else:
-        k_const = _qladd_constant(r_a, int(zero_point_a), r_b, int(zero_point_b),
+        k_const = ort_qladd_constant(r_a, int(zero_point_a), r_b, int(zero_point_b),
                                   int(zero_point_out))
     flat_params = (np.float32(r_a), np.float32(r_b), np.float32(k_const), swapped,
                    np.int64(out_min), np.int64(out_max))

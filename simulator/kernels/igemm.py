@@ -108,14 +108,12 @@ def _u(i):
 
 
 @njit(cache=True)
-def _prepass_images(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
+def _prepass_images(x1, layout, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
                     n0, n1):
-    """Fill images ``[n0, n1)`` of ``xp`` (flat uint8 or int16 [N, Hp, Wp, Ctot]) from the
-    contiguous input ``x``: ``u = x + flip`` inside, ``padval`` in the spatial padding, 0 in the
-    channel padding. ``x`` is 4-D (NCHW when ``nchw``, else NHWC), or flat with ``nchw`` the
-    int64 array ``[is_nchw, height, width]`` (what ``ConvFast`` passes: numba compiles only the
-    branch of the ``x.ndim`` test that the argument types select, and a 4-D reshape costs
-    ~0.4 s of compile time).
+    """Fill images ``[n0, n1)`` of ``xp`` (flat uint8 or int16 [N, Hp, Wp, Ctot]) from the flat
+    contiguous input ``x1`` (NCHW or NHWC): ``u = x + flip`` inside, ``padval`` in the spatial
+    padding, 0 in the channel padding. ``layout``: int64 ``[is_nchw, height, width]`` (a flat
+    input: a 4-D reshape cost ~0.4 s of compile time).
 
     Written for compile time (the former version, a loop nest per layout and per padding
     region, took ~1.8 s): both layouts run one strided copy nest (element ``(h, w, channel
@@ -123,20 +121,9 @@ def _prepass_images(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, 
     copied as one channel of ``width * C`` elements, whose rows take the contiguous loop; the
     spatial padding is one fill loop over the gaps between interior row runs (the rows above,
     the right columns of a row with the left columns of the next, the rows below)."""
-    if x.ndim == 1:
-        is_nchw = nchw[0] != 0
-        height = nchw[1]
-        width = nchw[2]
-        x1 = x
-    else:
-        is_nchw = nchw
-        if nchw:
-            height = x.shape[2]
-            width = x.shape[3]
-        else:
-            height = x.shape[1]
-            width = x.shape[2]
-        x1 = x.reshape(-1)
+    is_nchw = layout[0] != 0
+    height = layout[1]
+    width = layout[2]
     ximg = height * width * n_groups * cg
     img = hp_n * wp_n * ctot
     row = wp_n * ctot
@@ -195,11 +182,11 @@ def _prepass_images(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, 
 
 
 @njit(cache=True, parallel=True)
-def _prepass_par(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
+def _prepass_par(x1, layout, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
                  n_img, n_chunks):
     """``_prepass_images`` of ``n_img`` images in ``n_chunks`` ranges in parallel."""
     for ch in prange(n_chunks):
-        _prepass_images(x, nchw, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
+        _prepass_images(x1, layout, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp,
                         ch * n_img // n_chunks, (ch + 1) * n_img // n_chunks)
 
 
@@ -1083,9 +1070,8 @@ class ConvFast:
             # + slack: the row runs read up to 3 bytes, depthwise up to 15 bytes past the end
             temps.append(((n_img * img + slack,), image_dtype))
             xp = Tmp(1)
-            # the flat input with [layout, height, width]: see _prepass_images
-            lay = np.array([int(self.nchw), height, width], dtype=np.int64)
-            args = (In(0, (n_x,)), lay, self.pt, self.pl, hp_n, wp_n, self.group, self.cg,
+            layout = np.array([int(self.nchw), height, width], dtype=np.int64)
+            args = (In(0, (n_x,)), layout, self.pt, self.pl, hp_n, wp_n, self.group, self.cg,
                     self.cgp, self.ctot, flip, uzp, xp)
             if parallel and n_img > 1:
                 calls = [Call(_prepass_par, args + (n_img, min(n_img, threads)))]

@@ -56,6 +56,7 @@ def _small_model(path):
     """A QDQ conv -> relu -> global average pool -> gemm of int8 symmetric codes: a few of the
     demo's kernel families at a fraction of its compile time (the racers compile it twice over,
     the whole-program path once more)."""
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
     f32 = np.float32
@@ -85,7 +86,6 @@ def _small_model(path):
         nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.INT8, None)],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    import onnx
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 

@@ -36,15 +36,15 @@ def test_prepass_matches_reference(dtype, nchw, geo):
     hp_n, wp_n = pt + h + pb, pl + w + pr
     want = _reference(x, nchw, pt, pl, pb, pr, n_groups, cg, cgp, flip, padval, dtype)
     img = hp_n * wp_n * ctot
-    flat = (x.reshape(-1), np.array([int(nchw), h, w], np.int64))  # what ConvFast passes
-    for (xin, lay), parallel in [((x, nchw), False), (flat, False), (flat, True)]:
+    x1, layout = x.reshape(-1), np.array([int(nchw), h, w], np.int64)  # what ConvFast passes
+    for parallel in (False, True):
         xp = np.full(n * img + 16, 77, dtype=dtype)
-        args = (lay, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp)
+        args = (layout, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp)
         if parallel:
-            ig._prepass_par(xin, *args, n, 2)
+            ig._prepass_par(x1, *args, n, 2)
         else:
-            ig._prepass_images(xin, *args, 0, 1)
-            ig._prepass_images(xin, *args, 1, n)
+            ig._prepass_images(x1, *args, 0, 1)
+            ig._prepass_images(x1, *args, 1, n)
         np.testing.assert_array_equal(xp[:n * img], want)
         assert (xp[n * img:] == 77).all()
 
@@ -68,14 +68,23 @@ def test_dequantize_matches_formula(shape, axis, per_axis):
 
 
 def test_qladd_constant_in_python_matches_numba():
-    """The launch-time QLinearAdd constant computed by the interpreter equals the numba one."""
+    """The launch-time QLinearAdd constant, computed by the interpreter through the primitives'
+    Python functions, equals the same formula compiled by numba from the primitives."""
+    from numba import njit
+
     from simulator.kernels import eltwise
+    from simulator.primitives import f32_mul, fma_f32, int_to_f32
+
+    @njit
+    def compiled(r_first, z_first, r_second, z_second, z_out):
+        inner = fma_f32(r_first, int_to_f32(z_first), f32_mul(r_second, int_to_f32(z_second)))
+        return np.float32(np.float64(int_to_f32(z_out)) - np.float64(inner))
 
     rng = np.random.default_rng(2)
     for _ in range(3000):
         r1, r2 = (np.float32(v) for v in np.exp(rng.uniform(-12, 6, 2)))
         z1, z2, zc = (int(v) for v in rng.integers(-300, 300, 3))
-        want = eltwise.ort_qladd_constant(r1, z1, r2, z2, zc)
-        got = eltwise._qladd_constant(r1, z1, r2, z2, zc)
+        want = compiled(r1, z1, r2, z2, zc)
+        got = eltwise.ort_qladd_constant(r1, z1, r2, z2, zc)
         assert isinstance(got, np.float32)
         assert np.float32(got).view(np.int32) == np.float32(want).view(np.int32), (r1, z1, r2, z2, zc)

@@ -268,8 +268,9 @@ def _depthwise_nhwc_padded(seed, c, height, width, stride):
     oh_n, ow_n, hp_n, wp_n, taps = geo
     img = hp_n * wp_n * fast.ctot
     xp = np.empty(3 * img + 16, dtype=np.uint8)
-    ig._prepass_images(x, False, fast.pt, fast.pl, hp_n, wp_n, fast.group, fast.cg, fast.cgp,
-                       fast.ctot, 128, fast.xzp + 128, xp, 0, 3)
+    layout = np.array([0, height, width], np.int64)   # NHWC
+    ig._prepass_images(x.reshape(-1), layout, fast.pt, fast.pl, hp_n, wp_n, fast.group, fast.cg,
+                       fast.cgp, fast.ctot, 128, fast.xzp + 128, xp, 0, 3)
     return fast, one, ig.kernels(fast.ep.kind, fast.ep.rnd), geo, img, xp
 
 
