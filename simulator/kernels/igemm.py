@@ -38,8 +38,8 @@ inside int32):
 The gemm ``a[R, K] @ w[K, N]`` runs as a 1x1 convolution over an ``R x 1`` image. Depthwise
 convolutions (one input channel per group, one output channel per group) use portable kernels
 with int32 weights (any ``w - wzp`` that fits int32): NHWC vectorized over channels (a 3x3
-kernel whose weights fit int16 runs 4 adjacent output positions at a time with ``vpmaddwd``
-products, see ``_dw_range``), NCHW
+kernel with adjacent columns whose weights fit int16 runs 4 adjacent output positions at a time
+with ``vpmaddwd`` products, see ``_dw3_rows``; any other kernel ``_dw_range``'s tap loop), NCHW
 (``DW_PLANES``) one channel plane at a time, vectorized over output positions (``_dwp_range``:
 ``x - xzp`` in int32 phase planes, no uint8 prepass, contiguous NCHW output).
 
@@ -398,22 +398,14 @@ def _make_kernels(kind, rnd):
         """Depthwise output positions ``[p0, p1)``: 16 channels at a time, the taps accumulated in
         one int32 vector per output position (wrapping products and sums, exact by the module
         docstring's argument); ``w32`` is [taps, C rounded up to 16] int32. Returns the
-        saturation count.
+        saturation count. Any kernel size, stride and dilation; the NHWC 3x3 kernels with
+        adjacent columns (MobileNet, DS-CNN) run in ``_dw3_rows`` instead.
 
         The positions are walked one output row segment at a time (a row of one image inside
-        ``[p0, p1)``), with the 16-channel block outside the positions so that the weight, bias
-        and requantization vectors stay in registers. A 3x3 kernel with dilation 1 along the
-        row (MobileNet) computes 4 horizontally adjacent positions per iteration; at strides 1
-        and 2 the input vectors their windows share are loaded once."""
+        ``[p0, p1)``), with the 16-channel block outside the positions so that the bias and
+        requantization vectors stay in registers."""
         n_taps = taps.shape[0]
         cpad = (n_ch + LANES - 1) // LANES * LANES
-        # the 3x3 path multiplies with int16 weights (vpmaddwd): every w - wzp must fit int16
-        k3 = n_taps == 9 and kw_n == 3 and dw == 1
-        if k3:
-            for i in range(w32.shape[0]):
-                if w32[i] < -32768 or w32[i] > 32767:
-                    k3 = False
-                    break
         cnt = 0
         cs = n_ch  # column stride of the padded image (its channel count)
         ps = sw * cs  # input step between horizontally adjacent output positions
@@ -441,110 +433,19 @@ def _make_kernels(kind, rnd):
                 s1v = simd.vload_i64(s1, c0)
                 s2v = simd.vload_i64(s2, c0)
                 ob = orow + c0 * ost
-                ow = ow0
-                if k3:
-                    w0 = vload_i32(w32, c0)
-                    w1 = vload_i32(w32, cpad + c0)
-                    w2 = vload_i32(w32, 2 * cpad + c0)
-                    w3 = vload_i32(w32, 3 * cpad + c0)
-                    w4 = vload_i32(w32, 4 * cpad + c0)
-                    w5 = vload_i32(w32, 5 * cpad + c0)
-                    w6 = vload_i32(w32, 6 * cpad + c0)
-                    w7 = vload_i32(w32, 7 * cpad + c0)
-                    w8 = vload_i32(w32, 8 * cpad + c0)
-                    r0 = rb + c0 + taps[0]
-                    r1 = rb + c0 + taps[3]
-                    r2 = rb + c0 + taps[6]
-                    # 4 positions at a time; the stride and the store kind are literals in
-                    # each branch so that LLVM merges the loads two windows share and drops
-                    # the partial-store code
-                    full = nch == LANES and not nchw_out
-                    if sw == 1 and full:
-                        while ow + 4 <= ow1:
-                            a = ow * cs
-                            q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 1, w0, w1,
-                                                    w2, w3, w4, w5, w6, w7, w8, bv)
-                            cnt += _ep_store4(out, ob + ow * opx, opx, ost, q0, q1, q2, q3, mfv,
-                                              miv, s1v, s2v, zpf, zp, lo, hi, nch, True)
-                            ow += 4
-                    elif sw == 2 and full:
-                        while ow + 4 <= ow1:
-                            a = ow * ps
-                            q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 2, w0, w1,
-                                                    w2, w3, w4, w5, w6, w7, w8, bv)
-                            cnt += _ep_store4(out, ob + ow * opx, opx, ost, q0, q1, q2, q3, mfv,
-                                              miv, s1v, s2v, zpf, zp, lo, hi, nch, True)
-                            ow += 4
-                    elif sw == 1:
-                        while ow + 4 <= ow1:
-                            a = ow * cs
-                            q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 1, w0, w1,
-                                                    w2, w3, w4, w5, w6, w7, w8, bv)
-                            cnt += _ep_store4(out, ob + ow * opx, opx, ost, q0, q1, q2, q3, mfv,
-                                              miv, s1v, s2v, zpf, zp, lo, hi, nch, False)
-                            ow += 4
-                    elif sw == 2:
-                        while ow + 4 <= ow1:
-                            a = ow * ps
-                            q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 2, w0, w1,
-                                                    w2, w3, w4, w5, w6, w7, w8, bv)
-                            cnt += _ep_store4(out, ob + ow * opx, opx, ost, q0, q1, q2, q3, mfv,
-                                              miv, s1v, s2v, zpf, zp, lo, hi, nch, False)
-                            ow += 4
-                    while ow < ow1:
-                        a = ow * ps
-                        acc = vmadd16_i32(bv, vload_u8_i32(xp, r0 + a), w0)
-                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r0 + a + cs), w1)
-                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r0 + a + 2 * cs), w2)
-                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r1 + a), w3)
-                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r1 + a + cs), w4)
-                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r1 + a + 2 * cs), w5)
-                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r2 + a), w6)
-                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r2 + a + cs), w7)
-                        acc = vmadd16_i32(acc, vload_u8_i32(xp, r2 + a + 2 * cs), w8)
-                        codes, k = ep_k._ep16_vec(kind, rnd, acc, mfv, miv, s1v, s2v, zpf, zp,
-                                                  lo, hi, nch)
-                        cnt += k
-                        ep_k.store16(out, ob + ow * opx, ost, codes, nch)
-                        ow += 1
-                else:
-                    base = rb + c0
-                    while ow < ow1:
-                        a = base + ow * ps
-                        acc = bv
-                        for t in range(n_taps):
-                            acc = vmadd_i32(acc, vload_u8_i32(xp, a + taps[t]),
-                                            vload_i32(w32, t * cpad + c0))
-                        codes, k = ep_k._ep16_vec(kind, rnd, acc, mfv, miv, s1v, s2v, zpf, zp,
-                                                  lo, hi, nch)
-                        cnt += k
-                        ep_k.store16(out, ob + ow * opx, ost, codes, nch)
-                        ow += 1
+                base = rb + c0
+                for ow in range(ow0, ow1):
+                    a = base + ow * ps
+                    acc = bv
+                    for t in range(n_taps):
+                        acc = vmadd_i32(acc, vload_u8_i32(xp, a + taps[t]),
+                                        vload_i32(w32, t * cpad + c0))
+                    codes, k = ep_k._ep16_vec(kind, rnd, acc, mfv, miv, s1v, s2v, zpf, zp,
+                                              lo, hi, nch)
+                    cnt += k
+                    ep_k.store16(out, ob + ow * opx, ost, codes, nch)
             gp += ow1 - ow0
         return cnt
-
-    @njit(cache=True, inline="always")
-    def _ep_store4(out, o, opx, ost, q0, q1, q2, q3, mfv, miv, s1v, s2v, zpf, zp, lo, hi, nch,
-                   full):
-        """Requantize and store the accumulators of 4 horizontally adjacent positions (output
-        element ``o + k * opx`` for channel lane 0 of position ``k``, lanes ``ost`` apart);
-        ``full`` (a literal at the call sites): 16 channels, ``ost == 1``. Returns the saturation
-        count."""
-        c0, k0 = ep_k._ep16_vec(kind, rnd, q0, mfv, miv, s1v, s2v, zpf, zp, lo, hi, nch)
-        c1, k1 = ep_k._ep16_vec(kind, rnd, q1, mfv, miv, s1v, s2v, zpf, zp, lo, hi, nch)
-        c2, k2 = ep_k._ep16_vec(kind, rnd, q2, mfv, miv, s1v, s2v, zpf, zp, lo, hi, nch)
-        c3, k3 = ep_k._ep16_vec(kind, rnd, q3, mfv, miv, s1v, s2v, zpf, zp, lo, hi, nch)
-        if full:
-            simd.vstore_codes(out, o, c0)
-            simd.vstore_codes(out, o + opx, c1)
-            simd.vstore_codes(out, o + 2 * opx, c2)
-            simd.vstore_codes(out, o + 3 * opx, c3)
-        else:
-            ep_k.store16(out, o, ost, c0, nch)
-            ep_k.store16(out, o + opx, ost, c1, nch)
-            ep_k.store16(out, o + 2 * opx, ost, c2, nch)
-            ep_k.store16(out, o + 3 * opx, ost, c3, nch)
-        return k0 + k1 + k2 + k3
 
     @njit(cache=True, parallel=True)
     def _dw_par(xp, img, wp_n, n_ch, n_pix, ow_n, sh, sw, taps, kw_n, dw, w32, biasp, mf, mi,
@@ -560,22 +461,25 @@ def _make_kernels(kind, rnd):
     @njit(cache=True)
     def _dw3_rows(xp, img, wp_n, n_ch, oh_n, ow_n, sh, sw, taps, w32, biasp, mf, mi, s1, s2,
                   zpf, zp, lo, hi, out, row0, row1):
-        """NHWC 3x3 depthwise (dilation 1, every ``w - wzp`` in int16, NHWC output) on output
-        rows ``[row0, row1)`` (row ``r`` = image ``r // oh_n``, output row ``r % oh_n``);
-        returns the saturation count. Same arithmetic as ``_dw_range``'s 3x3 path, with the
-        16-channel block as the outer loop: a block's weights, bias and requantization vectors
-        are loaded once per call instead of once per row, and a row's positions go 4, then 2,
-        then 1 at a time (narrow rows such as KWS's 5 columns were dominated by the per-row
-        set-up and the single-position tail)."""
+        """NHWC 3x3 depthwise (column dilation 1, every ``w - wzp`` in int16, NHWC output) on
+        output rows ``[row0, row1)`` (row ``r`` = image ``r // oh_n``, output row ``r % oh_n``);
+        returns the saturation count. The 16-channel block is the outer loop: a block's
+        weights, bias and requantization vectors are loaded once per call instead of once per
+        row. A row's accumulators are computed 4, then 2, then 1 positions at a time (narrow
+        rows such as KWS's 5 columns were dominated by the per-row set-up and the single-position
+        tail) into a row buffer, which one loop then requantizes and stores: one copy of the
+        epilogue instead of one per accumulator variable (each inlined copy cost ~0.5 s of
+        compilation per requantization kind, and the buffer round trip is two L1 accesses per
+        16 outputs)."""
         cpad = (n_ch + LANES - 1) // LANES * LANES
         cs = n_ch
         ps = sw * cs
         t1 = taps[3]
         t2 = taps[6]
+        racc = np.empty(ow_n * LANES + 4 * LANES, dtype=np.int32)
         cnt = 0
         for c0 in range(0, n_ch, LANES):
             nch = min(LANES, n_ch - c0)
-            full = nch == LANES
             bv = vload_i32(biasp, c0)
             mfv = simd.vload_f32(mf, c0)
             miv = simd.vload_i64(mi, c0)
@@ -596,60 +500,54 @@ def _make_kernels(kind, rnd):
                 r0 = n * img + oh * sh * wp_n * cs + c0 + taps[0]
                 r1 = r0 + t1
                 r2 = r0 + t2
-                ob = row * ow_n * n_ch + c0
                 ow = 0
-                # the stride is a literal in each branch (see _dw_row3x4): the two branches
-                # differ only in it, written out because a shared inlined helper measured 1.5-4x
-                # slower on narrow rows
-                if sw == 1 and full:
+                # the stride is a literal in each branch: the loads two windows share then
+                # have one address and LLVM keeps one of each
+                if sw == 1:
                     while ow + 4 <= ow_n:
                         a = ow * cs
                         q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 1, w0, w1, w2,
                                                 w3, w4, w5, w6, w7, w8, bv)
-                        cnt += _ep_store4(out, ob + ow * n_ch, n_ch, 1, q0, q1, q2, q3, mfv, miv,
-                                          s1v, s2v, zpf, zp, lo, hi, nch, True)
+                        vstore(racc, ow * LANES, q0)
+                        vstore(racc, ow * LANES + LANES, q1)
+                        vstore(racc, ow * LANES + 2 * LANES, q2)
+                        vstore(racc, ow * LANES + 3 * LANES, q3)
                         ow += 4
                     if ow + 2 <= ow_n:
                         a = ow * cs
                         q0, q1 = _dw3x2(xp, r0 + a, r1 + a, r2 + a, cs, 1, w0, w1, w2, w3, w4,
                                         w5, w6, w7, w8, bv)
-                        c_0, k_0 = ep_k._ep16_vec(kind, rnd, q0, mfv, miv, s1v, s2v, zpf, zp,
-                                                  lo, hi, nch)
-                        c_1, k_1 = ep_k._ep16_vec(kind, rnd, q1, mfv, miv, s1v, s2v, zpf, zp,
-                                                  lo, hi, nch)
-                        simd.vstore_codes(out, ob + ow * n_ch, c_0)
-                        simd.vstore_codes(out, ob + (ow + 1) * n_ch, c_1)
-                        cnt += k_0 + k_1
+                        vstore(racc, ow * LANES, q0)
+                        vstore(racc, ow * LANES + LANES, q1)
                         ow += 2
-                elif sw == 2 and full:
+                elif sw == 2:
                     while ow + 4 <= ow_n:
                         a = ow * ps
                         q0, q1, q2, q3 = _dw3x4(xp, r0 + a, r1 + a, r2 + a, cs, 2, w0, w1, w2,
                                                 w3, w4, w5, w6, w7, w8, bv)
-                        cnt += _ep_store4(out, ob + ow * n_ch, n_ch, 1, q0, q1, q2, q3, mfv, miv,
-                                          s1v, s2v, zpf, zp, lo, hi, nch, True)
+                        vstore(racc, ow * LANES, q0)
+                        vstore(racc, ow * LANES + LANES, q1)
+                        vstore(racc, ow * LANES + 2 * LANES, q2)
+                        vstore(racc, ow * LANES + 3 * LANES, q3)
                         ow += 4
                     if ow + 2 <= ow_n:
                         a = ow * ps
                         q0, q1 = _dw3x2(xp, r0 + a, r1 + a, r2 + a, cs, 2, w0, w1, w2, w3, w4,
                                         w5, w6, w7, w8, bv)
-                        c_0, k_0 = ep_k._ep16_vec(kind, rnd, q0, mfv, miv, s1v, s2v, zpf, zp,
-                                                  lo, hi, nch)
-                        c_1, k_1 = ep_k._ep16_vec(kind, rnd, q1, mfv, miv, s1v, s2v, zpf, zp,
-                                                  lo, hi, nch)
-                        simd.vstore_codes(out, ob + ow * n_ch, c_0)
-                        simd.vstore_codes(out, ob + (ow + 1) * n_ch, c_1)
-                        cnt += k_0 + k_1
+                        vstore(racc, ow * LANES, q0)
+                        vstore(racc, ow * LANES + LANES, q1)
                         ow += 2
                 while ow < ow_n:
                     a = ow * ps
-                    q = _dw3x1(xp, r0 + a, r1 + a, r2 + a, cs, w0, w1, w2, w3, w4, w5, w6, w7,
-                               w8, bv)
-                    codes, k = ep_k._ep16_vec(kind, rnd, q, mfv, miv, s1v, s2v, zpf, zp, lo, hi,
-                                              nch)
+                    vstore(racc, ow * LANES, _dw3x1(xp, r0 + a, r1 + a, r2 + a, cs, w0, w1, w2,
+                                                    w3, w4, w5, w6, w7, w8, bv))
+                    ow += 1
+                ob = row * ow_n * n_ch + c0
+                for ow in range(ow_n):
+                    codes, k = ep_k._ep16_vec(kind, rnd, vload_i32(racc, ow * LANES), mfv, miv,
+                                              s1v, s2v, zpf, zp, lo, hi, nch)
                     cnt += k
                     ep_k.store16(out, ob + ow * n_ch, 1, codes, nch)
-                    ow += 1
                 oh += 1
                 if oh == oh_n:
                     oh = 0
@@ -829,8 +727,9 @@ class ConvFast:
             self.wtab = np.ascontiguousarray(ws64.reshape(-1)).astype(np.int32)
             # bias fits int32 whenever the bound check passes (|bias| <= limit < 2**31)
             self.bias32 = np.clip(self.bias, -(2**31), _INT32_LIMIT).astype(np.int32)
-            # the row kernel's 3x3 case: vpmaddwd needs every w - wzp in int16
-            self.dw3 = (kh_n == 3 and kw_n == 3 and self.dw == 1 and self.dh == 1
+            # the row kernel's 3x3 case (any row dilation: its rows are taps 0, 3 and 6):
+            # vpmaddwd needs every w - wzp in int16
+            self.dw3 = (kh_n == 3 and kw_n == 3 and self.dw == 1
                         and int(ws64.min()) >= -32768 and int(ws64.max()) <= 32767)
             self._geom = {}
             return

@@ -251,6 +251,20 @@ def test_depthwise_nhwc_3x3(rq, xdt):
             assert int(fast.w32.max()) > 32767
 
 
+@pytest.mark.parametrize("rq", RQ[:2])
+def test_depthwise_nhwc_3x3_dilated(rq):
+    """Row dilation runs in the 3x3 row kernel (its three rows are taps 0, 3 and 6, wherever
+    they are); column dilation in the general tap loop. Both against the reference, at strides
+    1 and 2, on a partial channel block."""
+    rng = np.random.default_rng(23)
+    for (dh, dw), row_kernel in (((2, 1), True), ((3, 1), True), ((1, 2), False), ((2, 2), False)):
+        for stride in (1, 2):
+            x = _input(rng, np.int8, (2, 13, 11, 20), "random")
+            w, wzp = _weights(rng, (20, 1, 3, 3), "channel")
+            fast = _check(rng, x, w, wzp, "NHWC", 20, (stride, stride), (2, 1, 1, 2), (dh, dw), rq)
+            assert fast.dw3 == row_kernel
+
+
 def _depthwise_nhwc_padded(seed, c, height, width, stride):
     """A 3-image NHWC 3x3 depthwise case: the prepared conv, its ``run`` result, its kernels, the
     geometry and the padded uint8 image the kernels read."""
