@@ -255,76 +255,79 @@ def _make_kernels(kind, rnd, wide):
         n_full = n_pairs // pairs
         n_k2 = 2 * c4_n
         sc = n_k2
+        n_tail = n_pairs - n_full * pairs
         for r in range(n_rows):
             usum = _widen_row(xp, r * ctot, flip, 4 * c4_n, xu)
             corr = vsplat_i32(usum * 128)
             o = r * m_out
             wb = 0
-            for grp in range(n_full):
-                a0 = vzero()
-                a1 = vzero()
-                a2 = vzero()
-                a3 = vzero()
-                h0 = vzero()
-                h1 = vzero()
-                h2 = vzero()
-                h3 = vzero()
-                if wide:
-                    # 4 block pairs: one broadcast feeds 8 multiply-adds, 8 independent chains
-                    for k2 in range(n_k2):
-                        xv = vbcast4(xu, k2)
-                        w = vload(w8, wb)
-                        a0 = vmaddwd(a0, xv, w)
-                        h0 = vmaddwd(h0, xv, vhigh_s8(w))
-                        w = vload(w8, wb + 64)
-                        a1 = vmaddwd(a1, xv, w)
-                        h1 = vmaddwd(h1, xv, vhigh_s8(w))
-                        w = vload(w8, wb + 128)
-                        a2 = vmaddwd(a2, xv, w)
-                        h2 = vmaddwd(h2, xv, vhigh_s8(w))
-                        w = vload(w8, wb + 192)
-                        a3 = vmaddwd(a3, xv, w)
-                        h3 = vmaddwd(h3, xv, vhigh_s8(w))
-                        wb += 256
-                    _split(xu, sc + 64, a2, h2, corr)
-                    _split(xu, sc + 96, a3, h3, corr)
+            # the full groups, then the block pairs left over; each step's sums go to xu and
+            # one inlined epilogue after the branch requantizes them (one copy of it to compile)
+            for step in range(n_full + n_tail):
+                if step < n_full:
+                    a0 = vzero()
+                    a1 = vzero()
+                    a2 = vzero()
+                    a3 = vzero()
+                    h0 = vzero()
+                    h1 = vzero()
+                    h2 = vzero()
+                    h3 = vzero()
+                    if wide:
+                        # 4 block pairs: one broadcast feeds 8 multiply-adds, 8 independent chains
+                        for k2 in range(n_k2):
+                            xv = vbcast4(xu, k2)
+                            w = vload(w8, wb)
+                            a0 = vmaddwd(a0, xv, w)
+                            h0 = vmaddwd(h0, xv, vhigh_s8(w))
+                            w = vload(w8, wb + 64)
+                            a1 = vmaddwd(a1, xv, w)
+                            h1 = vmaddwd(h1, xv, vhigh_s8(w))
+                            w = vload(w8, wb + 128)
+                            a2 = vmaddwd(a2, xv, w)
+                            h2 = vmaddwd(h2, xv, vhigh_s8(w))
+                            w = vload(w8, wb + 192)
+                            a3 = vmaddwd(a3, xv, w)
+                            h3 = vmaddwd(h3, xv, vhigh_s8(w))
+                            wb += 256
+                        _split(xu, sc + 64, a2, h2, corr)
+                        _split(xu, sc + 96, a3, h3, corr)
+                    else:
+                        for k2 in range(n_k2):
+                            xv = vbcast4(xu, k2)
+                            w = vload(w8, wb)
+                            a0 = vmaddwd(a0, xv, w)
+                            h0 = vmaddwd(h0, xv, vhigh_s8(w))
+                            w = vload(w8, wb + 64)
+                            a1 = vmaddwd(a1, xv, w)
+                            h1 = vmaddwd(h1, xv, vhigh_s8(w))
+                            wb += 128
+                    _split(xu, sc, a0, h0, corr)
+                    _split(xu, sc + 32, a1, h1, corr)
+                    nb0 = step * group
+                    nb1 = min(nbg, nb0 + group)
                 else:
-                    for k2 in range(n_k2):
-                        xv = vbcast4(xu, k2)
+                    # even and odd pair steps in separate chains, so no multiply-add waits
+                    pair = n_full * pairs + (step - n_full)
+                    a0 = vzero()
+                    h0 = vzero()
+                    a1 = vzero()
+                    h1 = vzero()
+                    for k4 in range(c4_n):
                         w = vload(w8, wb)
+                        xv = vbcast4(xu, 2 * k4)
                         a0 = vmaddwd(a0, xv, w)
                         h0 = vmaddwd(h0, xv, vhigh_s8(w))
                         w = vload(w8, wb + 64)
+                        xv = vbcast4(xu, 2 * k4 + 1)
                         a1 = vmaddwd(a1, xv, w)
                         h1 = vmaddwd(h1, xv, vhigh_s8(w))
                         wb += 128
-                _split(xu, sc, a0, h0, corr)
-                _split(xu, sc + 32, a1, h1, corr)
-                # one inlined epilogue in a loop, as in simulator.kernels.gemv (a branch around
-                # a second call site kept numba's reference counts in the loop: 2.5x slower)
-                nb0 = grp * group
-                for nb in range(nb0, min(nbg, nb0 + group)):
+                    _split(xu, sc, vadd_i32(a0, a1), vadd_i32(h0, h1), corr)
+                    nb0 = 2 * pair
+                    nb1 = min(nbg, nb0 + 2)
+                for nb in range(nb0, nb1):
                     cnt += _finish(out, o, vload_i32(xu, sc + 16 * (nb - nb0)), nb, m_out,
-                                   biasp, mf, mi, s1, s2, zpf, zp, lo, hi)
-            for pair in range(n_full * pairs, n_pairs):
-                # even and odd pair steps in separate chains, so no multiply-add waits
-                a0 = vzero()
-                h0 = vzero()
-                a1 = vzero()
-                h1 = vzero()
-                for k4 in range(c4_n):
-                    w = vload(w8, wb)
-                    xv = vbcast4(xu, 2 * k4)
-                    a0 = vmaddwd(a0, xv, w)
-                    h0 = vmaddwd(h0, xv, vhigh_s8(w))
-                    w = vload(w8, wb + 64)
-                    xv = vbcast4(xu, 2 * k4 + 1)
-                    a1 = vmaddwd(a1, xv, w)
-                    h1 = vmaddwd(h1, xv, vhigh_s8(w))
-                    wb += 128
-                _split(xu, sc, vadd_i32(a0, a1), vadd_i32(h0, h1), corr)
-                for nb in range(2 * pair, min(nbg, 2 * pair + 2)):
-                    cnt += _finish(out, o, vload_i32(xu, sc + 16 * (nb - 2 * pair)), nb, m_out,
                                    biasp, mf, mi, s1, s2, zpf, zp, lo, hi)
         return cnt
 
