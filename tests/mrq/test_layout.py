@@ -280,15 +280,26 @@ def test_generated_models(zoo_models, profile):
 @pytest.mark.parametrize("include_pad", [0, 1])
 def test_avgpool_kernel_nhwc_equals_nchw(mode, include_pad):
     """Regression: the NHWC ``fixed`` kernel subtracted ``z_in * kh * kw`` under
-    count_include_pad although clipped windows sum fewer taps (the NCHW kernel and PROGRAM.md
-    sum ``x - z_in`` over the taps inside the image)."""
+    count_include_pad although clipped windows sum fewer taps (PROGRAM.md sums ``x - z_in`` over
+    the taps inside the image). Both layouts against the reference (NCHW runs the NHWC kernel on
+    a transposed copy)."""
     from simulator.kernels import pool as pool_k
+    from tests.reference import pool_ref
     rng = np.random.default_rng(3)
     x = rng.integers(-128, 128, (2, 5, 7, 6)).astype(np.int8)
+    geo = ((3, 3), (2, 2), (0, 1, 1, 0), False, include_pad)
     kw = {"kernel": (3, 3), "strides": (2, 2), "pads": (0, 1, 1, 0),
           "count_include_pad": include_pad, "mode": mode, "zero_point_in": -37, "scale_in": 0.05,
           "scale_out": 0.04, "zero_point_out": 3, "rq_rounding": "half_up", "out_dtype": np.int8}
+    if mode == "fixed":
+        want, want_sat = pool_ref.avgpool_fixed_avg(x, *geo, -37, "half_up"), 0
+    elif mode == "tflite_raw":
+        want, want_sat = pool_ref.avgpool_tflite(x, *geo, -128, 127, "int8")
+    else:
+        want, want_sat = pool_ref.avgpool_ort_float(x, *geo, np.float32(0.05), -37,
+                                                    np.float32(0.04), 3, -128, 127, "int8")
     a, sa = pool_k.avgpool(x, layout="NCHW", **kw)
     b, sb = pool_k.avgpool(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), layout="NHWC", **kw)
-    np.testing.assert_array_equal(a, b.transpose(0, 3, 1, 2))
-    assert sa == sb
+    np.testing.assert_array_equal(a, want)
+    np.testing.assert_array_equal(b.transpose(0, 3, 1, 2), want)
+    assert sa == sb == want_sat
