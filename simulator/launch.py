@@ -44,11 +44,28 @@ class Call:
     counted: bool = False
 
 
+def _read_only(arg):
+    """A read-only view of an array argument (the array itself stays writable)."""
+    if isinstance(arg, np.ndarray) and arg.flags.writeable:
+        arg = arg.view()
+        arg.flags.writeable = False
+    return arg
+
+
 @dataclass(frozen=True)
 class Launch:
     temps: tuple    # ((shape, dtype name), ...) allocated with np.empty per run
     calls: tuple    # (Call, ...) in order
     outputs: tuple  # (In | Tmp, ...) the step outputs
+
+    def __post_init__(self):
+        # Array arguments are the launch's constants (weights, tables, requantization vectors).
+        # A compiled program holds them as numba globals, which numba types as read-only
+        # arrays; passed writable from here, every kernel would be compiled twice, once per
+        # flag (81 s of a cold test suite's compilation). Read-only views give both runners
+        # one type, and a kernel that wrote to a constant would fail to compile.
+        object.__setattr__(self, "calls", tuple(
+            Call(c.fn, tuple(_read_only(a) for a in c.args), c.counted) for c in self.calls))
 
     def execute(self, inputs):
         """``(outputs, n_saturated)`` for C-contiguous ``inputs``."""
