@@ -78,7 +78,8 @@ class _Source:
         """Python source for an argument value, with the numba type the interpreter's call
         gives it (a Python int is int64, a numpy scalar keeps its type)."""
         if isinstance(value, (bool, np.bool_)):
-            return "True" if value else "False"
+            # a bare True would be typed Literal[bool] and compile the kernel once more
+            return "np.bool_(True)" if value else "np.bool_(False)"
         if isinstance(value, int):
             return f"np.int64({int(value)})"
         if isinstance(value, np.integer):

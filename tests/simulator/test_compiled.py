@@ -359,3 +359,34 @@ def test_switch_probe_writes_nothing_and_prices_a_cold_compile(tmp_path, monkeyp
         run(again, feeds, threads=1)
     assert run_mod.switch_status(again, feeds, 1)["switch_at"] == 3 + int(
         np.ceil(run_mod.COMPILED_LOAD_S / run_mod.STEP_PYTHON_S))
+
+
+def test_compiled_program_calls_the_interpreters_kernel_specialisations(tmp_path, monkeypatch):
+    """A launch's constant arrays reach its kernels as read-only views, the type numba gives a
+    compiled program's globals: compiling the program adds no kernel specialisation the
+    interpreter did not already use (with writable arrays every kernel was compiled twice)."""
+    import gc
+
+    from numba.core.registry import CPUDispatcher
+
+    from simulator.launch import Call, In, Launch
+
+    weights = np.arange(4, dtype=np.int32)
+    launch = Launch((), (Call(len, (In(0), weights)),), (In(0),))
+    assert not launch.calls[0].args[1].flags.writeable
+    assert weights.flags.writeable and np.shares_memory(launch.calls[0].args[1], weights)
+
+    monkeypatch.setenv("MRQ_CACHE_DIR", str(tmp_path))   # the program compiles, not loads
+    program = _net("double_q31")
+    feeds = {"x": _int8(np.random.default_rng(5), (2, 8, 8, 3))}
+    want = run(program, feeds, compile="no", threads=1)
+    before = {id(d): set(d.signatures) for d in gc.get_objects() if isinstance(d, CPUDispatcher)}
+    compiled = compile_program(program, feeds, threads=1)
+    assert compiled is not None, last_reason()
+    got = compiled.run(feeds)
+    np.testing.assert_array_equal(got.outputs["y"], want.outputs["y"])
+    kernels = [v for k, v in compiled.fn.py_func.__globals__.items()
+               if k.startswith("K") and isinstance(v, CPUDispatcher)]
+    assert kernels
+    added = {k.py_func.__qualname__: set(k.signatures) - before.get(id(k), set()) for k in kernels}
+    assert not any(added.values()), added
