@@ -239,10 +239,10 @@ def _add_ort_fma(a, b, *, scale_a, scale_b, scale_out, zero_point_a, zero_point_
     swapped = ort_input0_is_span_scalar(a.shape, b.shape)
     if swapped:
         k_const = ort_qladd_constant(r_b, int(zero_point_b), r_a, int(zero_point_a),
-                                  int(zero_point_out))
+                                     int(zero_point_out))
     else:
         k_const = ort_qladd_constant(r_a, int(zero_point_a), r_b, int(zero_point_b),
-                                  int(zero_point_out))
+                                     int(zero_point_out))
     flat_params = (np.float32(r_a), np.float32(r_b), np.float32(k_const), swapped,
                    np.int64(out_min), np.int64(out_max))
     if a.shape != b.shape:

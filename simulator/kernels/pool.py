@@ -398,33 +398,27 @@ def _avgpool(x, layout, kernel, strides, pads, ceil_mode, count_include_pad, mod
     else:
         s_in, s_out = np.float32(1.0), np.float32(1.0)
     z_in = int(zero_point_in) if code != AVG_TFLITE_RAW else 0
-    if layout == "NHWC":
-        out_shape = (int(x.shape[0]), oh, ow, int(x.shape[3]))
-        args = (In(0), kh, kw, sh, sw, pt, pl, include_pad, code, s_in, np.int64(z_in), s_out,
-                np.int64(zero_point_out), rnd, np.int64(out_min_i), np.int64(out_max_i), Tmp(0))
-        n_rows = out_shape[0] * oh
-        threads = numba.get_num_threads()
-        if threads > 1 and x.size >= PARALLEL_MIN_ELEMENTS and n_rows > 1:
-            call = Call(_avgpool_nhwc_par, args + (min(n_rows, 4 * threads),), counted=True)
-        else:
-            call = Call(_avgpool_nhwc_rows, args + (0, n_rows), counted=True)
-        # the kernel stores each code in the output's dtype itself (every mode's values lie in
-        # its range: clamped codes, or the int64 averages of 'fixed'); no int64 copy to cast
-        return Launch(((out_shape, dt.name),), (call,), (Tmp(0),))
-    if launch_only:
+    if layout == "NCHW" and launch_only:
         return None
-    # NCHW: the NHWC kernel on a transposed copy, so the per-window arithmetic is written once
-    # (a parallel NCHW kernel of its own cost ~6 s of compilation per dtype pair)
-    xh = np.ascontiguousarray(xn.transpose(0, 2, 3, 1))
-    out = np.empty((xh.shape[0], oh, ow, xh.shape[3]), dtype=dt)
-    args = (xh, kh, kw, sh, sw, pt, pl, include_pad, code, s_in, np.int64(z_in), s_out,
-            np.int64(zero_point_out), rnd, np.int64(out_min_i), np.int64(out_max_i), out)
-    n_rows = out.shape[0] * oh
+    # NCHW runs the NHWC kernel on a transposed copy, so the per-window arithmetic and its
+    # launch are written once (a parallel NCHW kernel of its own cost ~6 s of compilation per
+    # dtype pair)
+    n_ch = x.shape[3] if layout == "NHWC" else x.shape[1]
+    out_shape = (int(x.shape[0]), oh, ow, int(n_ch))
+    args = (In(0), kh, kw, sh, sw, pt, pl, include_pad, code, s_in, np.int64(z_in), s_out,
+            np.int64(zero_point_out), rnd, np.int64(out_min_i), np.int64(out_max_i), Tmp(0))
+    n_rows = out_shape[0] * oh
     threads = numba.get_num_threads()
     if threads > 1 and x.size >= PARALLEL_MIN_ELEMENTS and n_rows > 1:
-        n_sat = _avgpool_nhwc_par(*args, min(n_rows, 4 * threads))
+        call = Call(_avgpool_nhwc_par, args + (min(n_rows, 4 * threads),), counted=True)
     else:
-        n_sat = _avgpool_nhwc_rows(*args, 0, n_rows)
+        call = Call(_avgpool_nhwc_rows, args + (0, n_rows), counted=True)
+    # the kernel stores each code in the output's dtype itself (every mode's values lie in
+    # its range: clamped codes, or the int64 averages of 'fixed'); no int64 copy to cast
+    launch = Launch(((out_shape, dt.name),), (call,), (Tmp(0),))
+    if layout == "NHWC":
+        return launch
+    (out,), n_sat = launch.execute((np.ascontiguousarray(xn.transpose(0, 2, 3, 1)),))
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), int(n_sat)
 
 
@@ -486,15 +480,12 @@ def global_sum_launch(x, *, layout="NCHW", input_zero_point=0):
         raise KernelInputError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
     if layout == "NCHW":
         n_img, n_ch, height, width = (int(d) for d in x.shape)
+        sums, view, out_view, shape = (_plane_sums, (n_img * n_ch, height * width),
+                                       (n_img * n_ch,), (n_img, n_ch, 1, 1))
     else:
         n_img, height, width, n_ch = (int(d) for d in x.shape)
+        sums, view, out_view, shape = (_pixel_sums, (n_img, height * width, n_ch),
+                                       (n_img, n_ch), (n_img, 1, 1, n_ch))
     offset = np.int64(input_zero_point) * np.int64(height * width)
-    if layout == "NCHW":
-        call = Call(_plane_sums, (In(0, (n_img * n_ch, height * width)), offset,
-                                  Tmp(0, (n_img * n_ch,))))
-        shape = (n_img, n_ch, 1, 1)
-    else:
-        call = Call(_pixel_sums, (In(0, (n_img, height * width, n_ch)), offset,
-                                  Tmp(0, (n_img, n_ch))))
-        shape = (n_img, 1, 1, n_ch)
+    call = Call(sums, (In(0, view), offset, Tmp(0, out_view)))
     return Launch(((shape, "int64"),), (call,), (Tmp(0),))
