@@ -13,7 +13,14 @@ parallel region, and a command such as ``mrq requant`` alternates BLAS products 
 kernels, so one pool's spinning threads take the cores the other's threads are waiting for
 (``mrq requant`` of the QAT MobileNetV2 on 2 cores: 11.9 s of CPU with the libraries' default
 spinning, 7.0 s without, for the same work; ``bench/requant_time.py --command``). How idle
-threads wait never changes a result; a value the user set wins."""
+threads wait never changes a result; a value the user set wins.
+
+When the command has returned, the process ends through :func:`finish`: the exit handlers run
+(logging, temporary files, child processes), the standard streams are flushed, and then the
+process exits without the interpreter's finalization, which frees every module and every
+compiled kernel one object at a time and took 0.4-0.6 s of each command on a 2-core AMD EPYC
+(Zen 3) host (a warm ``mrq demo``: 1.9 s, 1.4 s without it). Every file mrq writes is closed
+before the command returns (outputs are written atomically), so nothing is left to flush."""
 from __future__ import annotations
 
 import os
@@ -47,4 +54,24 @@ def main() -> int:
         exit_interrupted()
     quiet_idle_threads()
     from mrq.cli import main as cli_main
-    return cli_main()
+    return finish(cli_main())
+
+
+def finish(code: int) -> int:
+    """End the process with exit ``code`` now (module docstring), or return ``code`` for the
+    normal exit when another thread still runs (the interpreter would wait for it) or a
+    standard stream cannot be flushed (the normal exit reports that as it always did)."""
+    import atexit
+    import sys
+    import threading
+
+    if threading.active_count() > 1:
+        return code
+    atexit._run_exitfuncs()
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        return code
+    os._exit(code)
