@@ -8,17 +8,15 @@ simulation under this host's ONNX Runtime profile (``onnxruntime-cpu``, ``onnxru
 ...: :func:`mrq.hw_profile.onnxruntime_profile_for_host`) against ONNX Runtime itself.
 
 On a fresh machine (empty JIT cache) most of the demo's time is compiling kernels, and each
-profile needs its own specialisations. numba compiles under one process-wide lock, so while
-this process simulates the first profile, a child process (:func:`warm_up`) simulates the
-others the same way, and their kernels land in the shared on-disk cache: on two cores the
-first run takes about the time of the first profile, not of all of them. The child's output is
-thrown away; the results printed are always this process's own.
+profile needs its own specialisations. numba compiles under one process-wide lock, so a child
+process (:func:`mrq.warm_up.precompile`) compiles the kernels of every profile's program from
+the last one back while this process simulates the profiles in order, until the two meet: on
+two cores the compilation takes about half as long. The child's output is thrown away; the
+results printed are always this process's own.
 """
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 
@@ -47,29 +45,13 @@ def _ort_outputs(feeds: dict):
     return dict(zip(names, sess.run(names, feeds)))
 
 
-def warm_up(profiles) -> None:
-    """Simulate the demo under ``profiles`` exactly as :func:`run_demo` does, printing nothing:
-    fills the JIT cache with those profiles' kernels."""
-    for profile in profiles:
-        simulate(DEMO_MODEL, profile, demo_inputs(), trace=True)
-
-
 def _start_warm_up(profiles):
-    """A child process running :func:`warm_up` of ``profiles`` when kernels will be compiled
-    (cold cache, something to warm), else None."""
-    from simulator.kernels import jitcache
+    """The child compiling the kernels of the demo under ``profiles`` (:mod:`mrq.warm_up`), or
+    ``None`` (a warm cache, or nothing to compile)."""
+    from mrq.warm_up import input_spec, start_precompile
 
-    if not profiles or not jitcache.is_cold():
-        return None
-    code = "import sys; from mrq.demo import warm_up; warm_up(sys.argv[1:])"
-    # the start-up probe (simulator/run.py) times this process's first step, not the child's
-    env = {k: v for k, v in os.environ.items() if k != "SIMULATOR_FIRST_STEP_FILE"}
-    try:
-        return subprocess.Popen([sys.executable, "-c", code, *profiles], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    except OSError:  # no child process: this process compiles everything itself
-        return None
+    spec = input_spec({name: (a.shape, a.dtype) for name, a in demo_inputs().items()})
+    return start_precompile([(DEMO_MODEL, profile, "native", spec) for profile in profiles])
 
 
 def run_demo(profiles=None) -> int:
@@ -78,29 +60,19 @@ def run_demo(profiles=None) -> int:
     Runtime itself."""
     if profiles is None:
         profiles = (onnxruntime_profile_for_host(), "tflite-int8")
-    warming = _start_warm_up(list(profiles[1:]))
-    try:
-        return _run_demo(profiles, warming)
-    finally:
-        if warming is not None and warming.poll() is None:  # interrupted or failed early
-            warming.kill()
-            warming.wait()
+    from mrq.warm_up import stop_child_after
+
+    with stop_child_after(_start_warm_up(list(profiles))):
+        return _run_demo(profiles)
 
 
-def _run_demo(profiles, warming) -> int:
+def _run_demo(profiles) -> int:
     feeds = demo_inputs()
     print(f"model: {DEMO_MODEL}\ninput: 8 random images 3x16x16 (seed 0)\n")
     results = {}
     ort_out = None
     ort_profile = onnxruntime_profile_for_host()   # what ORT computes on this host
-    for i, profile in enumerate(profiles):
-        if i == 1 and warming is not None:
-            if ort_profile in profiles:  # this process's own work first, while it waits
-                ort_out = _ort_outputs(feeds)
-            # the later profiles' kernels are (being) compiled by the child: loading them beats
-            # compiling them again; a failed child only means this process compiles them
-            sys.stdout.flush()
-            warming.wait()
+    for profile in profiles:
         res = simulate(DEMO_MODEL, profile, feeds, trace=True)
         results[profile] = res
         print(format_table(res.layers, title=f"== {profile}: per-layer fidelity vs the float reference"))

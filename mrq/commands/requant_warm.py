@@ -33,9 +33,7 @@ whole calibration batch would keep this process waiting for nothing.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 
@@ -48,14 +46,9 @@ def check_threads(profile) -> int | None:
     return 1 if profile.accumulator.overflow == "wrap" else None
 
 
-def _input_spec(calib: dict) -> dict:
-    """Input name -> [dtype, shape] of the calibration arrays."""
-    return {name: [np.asarray(a).dtype.str, list(np.shape(a))] for name, a in calib.items()}
-
-
 def warm_up(model: str, profile: str, inputs: dict) -> None:
     """Simulate ``model`` naively re-quantized to ``profile`` on zeros as ``mrq requant``'s
-    check simulates it; ``inputs``: :func:`_input_spec` of the calibration data. Fills the JIT
+    check simulates it; ``inputs``: :func:`mrq.warm_up.input_spec` of the calibration data. Fills the JIT
     cache with the kernels of that check."""
     from mrq.api import resolve_profile, simulate
     from mrq.onnx_import import load_model
@@ -84,20 +77,14 @@ class CheckWarmUp:
         ``profile`` as resolved."""
         if calib is None or not isinstance(model, str) or check_threads(profile) != 1:
             return cls(None)
-        from simulator.kernels import jitcache
+        from mrq.warm_up import cache_is_cold, input_spec, start_child
 
-        if not jitcache.is_cold():
+        if not cache_is_cold():
             return cls(None)
         code = ("import json, sys; from mrq.commands.requant_warm import warm_up; "
                 "warm_up(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))")
-        # the start-up probe (simulator/run.py) times this process's first step, not the child's
-        env = {k: v for k, v in os.environ.items() if k != "SIMULATOR_FIRST_STEP_FILE"}
-        try:
-            return cls(subprocess.Popen(
-                [sys.executable, "-c", code, model, profile_arg, json.dumps(_input_spec(calib))], env=env,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        except OSError:  # no child process: this process compiles everything itself
-            return cls(None)
+        spec = input_spec({name: (np.shape(a), np.asarray(a).dtype) for name, a in calib.items()})
+        return cls(start_child(code, model, profile_arg, json.dumps(spec)))
 
     def wait(self) -> None:
         """Until the child is done: its kernels are (being) compiled, and loading them beats
@@ -108,7 +95,7 @@ class CheckWarmUp:
 
     def stop(self) -> None:
         """Kill a child still running (the command failed or was interrupted before its check)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        from mrq.warm_up import stop_child
+
+        stop_child(self.process)
         self.process = None

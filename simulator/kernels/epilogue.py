@@ -104,6 +104,10 @@ def _finish(ep):
         if max(abs(int(b)) for b in bounds) >= 2**22:
             return None
     ep.mf, ep.mi, ep.s1, ep.s2 = (_pad16(a) for a in (ep.mf, ep.mi, ep.s1, ep.s2))
+    # read-only, as a launch passes its constants (simulator/launch.py): the interpreter's own
+    # calls then have the launches' argument types, and each kernel compiles once for both
+    for arr in (ep.mf, ep.mi, ep.s1, ep.s2):
+        arr.flags.writeable = False
     return ep
 
 

@@ -12,6 +12,7 @@ from cli_in_process import mrq_in_process
 from mrq.commands import requant_warm
 from mrq.demo import DEMO_MODEL, demo_inputs
 from mrq.hw_profile import load_profile
+from mrq.warm_up import input_spec
 from simulator.kernels import jitcache
 
 PROFILE = "nna-w4a8"
@@ -68,7 +69,8 @@ def calib(tmp_path_factory):
 
 
 def test_the_childs_warm_up_resolves_every_kernel_the_check_runs(tmp_path, calib):
-    spec = requant_warm._input_spec(dict(np.load(calib, allow_pickle=False)))
+    with np.load(calib, allow_pickle=False) as z:
+        spec = input_spec({name: (z[name].shape, z[name].dtype) for name in z.files})
     r = subprocess.run([sys.executable, "-c", _SCRIPT, DEMO_MODEL, PROFILE, str(calib),
                         str(tmp_path / "out.onnx"), json.dumps(spec)],
                        capture_output=True, text=True, check=False)
