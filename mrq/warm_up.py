@@ -68,6 +68,27 @@ def input_spec(specs: dict) -> dict:
             for name, (shape, dtype) in specs.items()}
 
 
+# fewer kernels than this, and a child costs the command more than it saves: each process's
+# compiles run ~20-40% slower while the other compiles too (2-core AMD EPYC host), and with two
+# or three kernels the two processes meet on the first one they both compile (MLPerf Tiny AD01,
+# 2 kernels: a cold mrq sim took 3.2 s alone, 3.9-4.2 s with a child)
+MIN_CHILD_KERNELS = 4
+
+
+def worth_a_child(program, feeds: dict) -> bool:
+    """Whether ``program`` run on inputs like ``feeds`` (name -> (shape, dtype)) has enough
+    kernels to compile (:data:`MIN_CHILD_KERNELS`) for a child to pay off."""
+    from simulator.errors import SimulatorError
+    from simulator.precompile import kernel_signatures
+    from simulator.steps import spec
+
+    try:
+        specs = {name: spec(shape, dtype) for name, (shape, dtype) in feeds.items()}
+        return len(kernel_signatures(program, specs)) >= MIN_CHILD_KERNELS
+    except (SimulatorError, TypeError, ValueError, KeyError, IndexError):
+        return False   # a malformed program: its run says what is wrong
+
+
 def start_precompile(jobs: list, threads: int | None = None) -> subprocess.Popen | None:
     """A child running :func:`precompile` of ``jobs`` (``[(model path, profile as given,
     layout, input_spec), ...]``) with ``threads`` numba threads (``None``: the default, as the
@@ -100,5 +121,5 @@ def precompile(jobs: list, threads: int | None = None) -> tuple[int, int]:
     return compile_last_first(signatures)
 
 
-__all__ = ["cache_is_cold", "input_spec", "precompile", "start_child", "start_precompile",
-           "stop_child", "stop_child_after"]
+__all__ = ["MIN_CHILD_KERNELS", "cache_is_cold", "input_spec", "precompile", "start_child",
+           "start_precompile", "stop_child", "stop_child_after", "worth_a_child"]

@@ -155,15 +155,18 @@ def _start_warm_up(args, model, pipe, source):
     """On a cold JIT cache, a child compiling the program's kernels for this run's first batch
     from the last step back while this process runs it (:mod:`mrq.warm_up`); else ``None``."""
     from mrq.errors import InputDataError
-    from mrq.warm_up import input_spec, start_precompile
+    from mrq.warm_up import cache_is_cold, input_spec, start_precompile, worth_a_child
 
-    if not isinstance(model, str):
-        return None   # a graph built here (frozen constants, a cut TFLite model)
+    if not isinstance(model, str) or not cache_is_cold():
+        return None   # a graph built here (frozen constants, a cut TFLite model); a warm cache
     try:
         bound = source.bound_to([spec.name for spec in pipe.program.inputs])
     except InputDataError:
         return None   # the run says what is wrong
     rows = min(args.batch_size, source.num_samples)
+    first = {spec.name: ((rows, *spec.shape[1:]), spec.dtype) for spec in pipe.program.inputs}
+    if not worth_a_child(pipe.program, first):
+        return None
     spec = input_spec({name: ((rows, *bound.shapes[name]), bound.dtypes[name])
                        for name in bound.shapes})
     return start_precompile([(model, args.profile, pipe.layout, spec)], args.threads)

@@ -120,12 +120,22 @@ def test_cold_sim_starts_a_child_for_its_first_batch_and_writes_the_same(tmp_pat
         assert r.returncode == 0, r.stderr
         with np.load(out, allow_pickle=False) as z:
             outs[cold] = {k: z[k] for k in z.files}
-    (jobs, threads, child), (no_jobs, _, none) = started
+    (jobs, threads, child), = started                  # the warm run started none
     assert [tuple(job[:3]) for job in jobs] == [(DEMO_MODEL, "tflite-int8", "native")]
     assert jobs[0][3] == {"input": [np.dtype(np.float32).str, [2, 3, 16, 16]]}
     assert threads == 1
     assert child is not None and child.returncode is not None   # ended with the command
     assert json.loads(child.args[-2])[0][1] == "tflite-int8"
-    assert none is None                                         # warm cache: no child
     assert outs[True].keys() == outs[False].keys()
     assert all(np.array_equal(outs[True][k], outs[False][k]) for k in outs[True])
+
+
+def test_a_child_only_for_programs_with_enough_kernels():
+    def first_batch(model, profile):
+        pipe = Pipeline(model, profile, "native")
+        return pipe.program, {s.name: ((1, *s.shape[1:]), s.dtype) for s in pipe.program.inputs}
+
+    assert warm_up.worth_a_child(*first_batch(DEMO_MODEL, "tflite-int8"))
+    # MLPerf Tiny AD01: two kernels, which the command compiles faster alone
+    assert not warm_up.worth_a_child(*first_batch(os.path.join(MLPERF, "ad01_int8.tflite"),
+                                                  "litert-default"))
