@@ -48,8 +48,10 @@ def _ort_outputs(feeds: dict):
 def _start_warm_up(profiles):
     """The child compiling the kernels of the demo under ``profiles`` (:mod:`mrq.warm_up`), or
     ``None`` (a warm cache, or nothing to compile)."""
-    from mrq.warm_up import input_spec, start_precompile
+    from mrq.warm_up import cache_is_cold, input_spec, start_precompile
 
+    if not profiles or not cache_is_cold():
+        return None
     spec = input_spec({name: (a.shape, a.dtype) for name, a in demo_inputs().items()})
     return start_precompile([(DEMO_MODEL, profile, "native", spec) for profile in profiles])
 

@@ -92,8 +92,9 @@ def worth_a_child(program, feeds: dict) -> bool:
 def start_precompile(jobs: list, threads: int | None = None) -> subprocess.Popen | None:
     """A child running :func:`precompile` of ``jobs`` (``[(model path, profile as given,
     layout, input_spec), ...]``) with ``threads`` numba threads (``None``: the default, as the
-    command), when the simulator's cache is cold; else ``None``."""
-    if not jobs or not cache_is_cold():
+    command), or ``None``. The caller asks :func:`cache_is_cold` first: by the time it has
+    lowered the model, the helpers that lowering compiles may have left files in the cache."""
+    if not jobs:
         return None
     code = ("import json, sys; from mrq.warm_up import precompile; "
             "precompile(json.loads(sys.argv[1]), json.loads(sys.argv[2]))")

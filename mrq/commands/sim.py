@@ -78,7 +78,7 @@ def run(args) -> int:
     from mrq.fileio import guard_paths, save_json, stream_npz
     from mrq.metrics import format_table
     from mrq.pipeline import Pipeline
-    from mrq.warm_up import stop_child_after
+    from mrq.warm_up import cache_is_cold, stop_child_after
 
     guard_paths([args.model, args.profile, args.inputs, args.labels, args.constants, *args.freeze],
                 outputs=[args.output],
@@ -95,8 +95,9 @@ def run(args) -> int:
             raise InputDataError(f"{args.inputs}: no samples (the leading dimension is 0)")
         labels = open_labels(args.labels, source.num_samples) if args.labels else None
         model = _model(args)
+        cold = cache_is_cold()   # before lowering, which may compile a helper or two
         pipe = Pipeline(model, args.profile, layout="nhwc" if args.no_fidelity else "native")
-        warming = _start_warm_up(args, model, pipe, source)
+        warming = _start_warm_up(args, model, pipe, source) if cold else None
         t0 = time.perf_counter()
         with stop_child_after(warming), stream_npz(args.output) as writer:
             def sink(outputs, trace):
@@ -152,13 +153,14 @@ def run(args) -> int:
 
 
 def _start_warm_up(args, model, pipe, source):
-    """On a cold JIT cache, a child compiling the program's kernels for this run's first batch
-    from the last step back while this process runs it (:mod:`mrq.warm_up`); else ``None``."""
+    """For a run on a cold JIT cache: a child compiling the program's kernels for this run's
+    first batch from the last step back while this process runs it (:mod:`mrq.warm_up`), or
+    ``None``."""
     from mrq.errors import InputDataError
-    from mrq.warm_up import cache_is_cold, input_spec, start_precompile, worth_a_child
+    from mrq.warm_up import input_spec, start_precompile, worth_a_child
 
-    if not isinstance(model, str) or not cache_is_cold():
-        return None   # a graph built here (frozen constants, a cut TFLite model); a warm cache
+    if not isinstance(model, str):
+        return None   # a graph built here (frozen constants, a cut TFLite model)
     try:
         bound = source.bound_to([spec.name for spec in pipe.program.inputs])
     except InputDataError:
