@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from mrq.entry import IDLE_THREADS, quiet_idle_threads
 from simulator.capabilities import OMP_IDLE
 
@@ -60,22 +62,16 @@ sys.exit(mrq.entry.main())
 """
 
 
-def test_finish_runs_exit_handlers_flushes_and_keeps_the_code(tmp_path):
+@pytest.mark.parametrize("threads,code,stdout,finalised", [
+    # the interpreter's finalization (what costs 0.4-0.6 s after a command) does not run
+    ("none", 3, "unflushed line", False),
+    # another thread still runs: the normal exit, which waits for it
+    ("thread", 0, "unflushed line thread done", True)])
+def test_finish_runs_exit_handlers_flushes_and_keeps_the_code(tmp_path, threads, code, stdout,
+                                                             finalised):
     out = tmp_path / "handler.txt"
-    r = subprocess.run([sys.executable, "-c", _FINISH, str(out), "none", "3"], capture_output=True,
-                       text=True, check=False)
-    assert r.returncode == 3
-    assert r.stdout == "unflushed line"
+    r = subprocess.run([sys.executable, "-c", _FINISH, str(out), threads, str(code)],
+                       capture_output=True, text=True, check=False)
+    assert (r.returncode, r.stdout) == (code, stdout)
     assert out.read_text() == "exit handler ran"
-    # the interpreter's finalization (what costs 0.4-0.6 s after a command) did not run
-    assert "finalised" not in r.stderr
-
-
-def test_finish_leaves_the_normal_exit_to_a_process_with_other_threads(tmp_path):
-    out = tmp_path / "handler.txt"
-    r = subprocess.run([sys.executable, "-c", _FINISH, str(out), "thread", "0"], capture_output=True,
-                       text=True, check=False)
-    assert r.returncode == 0
-    assert r.stdout == "unflushed line thread done"
-    assert out.read_text() == "exit handler ran"
-    assert "finalised" in r.stderr
+    assert ("finalised" in r.stderr) == finalised
