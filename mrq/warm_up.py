@@ -31,9 +31,19 @@ def cache_is_cold() -> bool:
     return jitcache.is_cold()
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # not Linux
+        return os.cpu_count() or 1
+
+
 def start_child(code: str, *args: str) -> subprocess.Popen | None:
     """``python -c code *args`` in the background with no input or output, or ``None`` when no
-    process can be started."""
+    process can be started or this process may use only one CPU (the child would take turns
+    with the command instead of working beside it)."""
+    if _usable_cpus() < 2:
+        return None
     # the start-up probe (simulator/run.py) times the command's first step, not the child's
     env = {k: v for k, v in os.environ.items() if k != "SIMULATOR_FIRST_STEP_FILE"}
     try:

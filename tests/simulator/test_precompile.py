@@ -139,3 +139,8 @@ def test_a_child_only_for_programs_with_enough_kernels():
     # MLPerf Tiny AD01: two kernels, which the command compiles faster alone
     assert not warm_up.worth_a_child(*first_batch(os.path.join(MLPERF, "ad01_int8.tflite"),
                                                   "litert-default"))
+
+
+def test_no_child_on_a_single_cpu(monkeypatch):
+    monkeypatch.setattr(warm_up, "_usable_cpus", lambda: 1)
+    assert warm_up.start_child("pass") is None
