@@ -184,16 +184,69 @@ def parse_hex(text: str, bits: int, signed: bool, is_float: bool = False):
 
     Comments (``//``, ``/* */``), blank lines and ``_`` separators are ignored; several words per
     line are accepted. Words with x/z digits are unknown (mask True, value 0). A word longer than
-    ``bits`` is read as two's complement at its own width (4 bits per digit) when ``signed``."""
+    ``bits`` is read as two's complement at its own width (4 bits per digit) when ``signed``.
+
+    The words are converted with array arithmetic (a dump of a data set has millions of words;
+    one Python ``int()`` each took seconds per million); :func:`parse_hex_words` is the same
+    conversion one word at a time, which the tests hold it to."""
+    words = hex_file_words(text)
+    if not words:
+        return parse_hex_words(words, bits, signed, is_float)
+    try:
+        raw = np.array(words, dtype="S16")
+    except UnicodeEncodeError:
+        return parse_hex_words(words, bits, signed, is_float)   # not ASCII: not hex either
+    if max(map(len, words)) > 16:
+        return parse_hex_words(words, bits, signed, is_float)   # reports the too-wide word
+    chars = raw.view(np.uint8).reshape(len(words), 16)
+    nibbles = _NIBBLE[chars]
+    unknown = (nibbles == _UNKNOWN).any(axis=1)
+    digit = nibbles < 16
+    n_digits = digit.sum(axis=1)
+    bad = ~unknown & ((nibbles == _BAD).any(axis=1) | (n_digits == 0))
+    too_wide = ~unknown & ~bad & (n_digits > 8) if is_float else np.zeros(len(words), bool)
+    if bad.any() or too_wide.any():
+        i = int(np.flatnonzero(bad | too_wide)[0])
+        if bad[i]:
+            raise InputDataError(f"not a hex word: {words[i].replace('_', '')[:40]!r} (element {i})")
+        raise InputDataError(f"a hex word of {int(n_digits[i])} digits is wider than the 32 bits "
+                             f"of a float (element {i})")
+    value = np.zeros(len(words), np.uint64)
+    for col in range(16):   # digits left to right; separators and padding are skipped
+        value = np.where(digit[:, col], (value << np.uint64(4)) | nibbles[:, col], value)
+    value[unknown] = 0
+    if is_float:
+        return value.astype(np.uint32).view(np.float32), unknown
+    if signed:
+        width = np.maximum(bits, 4 * n_digits).astype(np.uint64)
+        negative = (value >> (width - np.uint64(1))) & np.uint64(1)
+        # two's complement at the word's width; at 64 bits the int64 view already is
+        wrap = np.where(width >= 64, np.uint64(0), np.uint64(1) << np.minimum(width, np.uint64(63)))
+        value = value - negative * wrap
+    return value.view(np.int64), unknown
+
+
+# ASCII byte -> hex digit value; the separator '_' and the padding NUL are skipped
+_NIBBLE = np.full(256, 255, np.uint8)
+_UNKNOWN, _BAD, _SKIP = 254, 255, 16
+for _i, _c in enumerate("0123456789abcdef"):
+    _NIBBLE[ord(_c)] = _NIBBLE[ord(_c.upper())] = _i
+for _c in "xXzZ?":
+    _NIBBLE[ord(_c)] = _UNKNOWN
+_NIBBLE[ord("_")] = _NIBBLE[0] = _SKIP
+
+
+def hex_file_words(text: str) -> list[str]:
+    """The words of a $readmemh file: comments removed, split on whitespace."""
     text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    words = []
-    for line in text.splitlines():
-        line = line.split("//", 1)[0].strip()
-        if not line:
-            continue
-        if line.startswith("@"):
-            raise InputDataError("hex files with @address lines are not supported")
-        words.extend(line.split())
+    text = re.sub(r"//[^\n]*", "", text)
+    if re.search(r"^[^\S\n]*@", text, flags=re.M):
+        raise InputDataError("hex files with @address lines are not supported")
+    return text.split()
+
+
+def parse_hex_words(words: list, bits: int, signed: bool, is_float: bool = False):
+    """:func:`parse_hex` of the file's words (:func:`hex_file_words`), one word at a time."""
     values = np.zeros(len(words), np.float32 if is_float else np.int64)
     unknown = np.zeros(len(words), bool)
     for i, w in enumerate(words):
@@ -203,17 +256,19 @@ def parse_hex(text: str, bits: int, signed: bool, is_float: bool = False):
             continue
         if len(w) > 16:   # wider than any tensor (64 bits): also keeps int() off huge words
             raise InputDataError(f"a hex word of {len(w)} digits is wider than 64 bits (element {i})")
-        try:
-            v = int(w, 16)
-        except ValueError:
-            raise InputDataError(f"not a hex word: {w[:40]!r} (element {i})") from None
+        if not re.fullmatch(r"[0-9a-fA-F]+", w):
+            raise InputDataError(f"not a hex word: {w[:40]!r} (element {i})")
+        v = int(w, 16)
         if is_float:
+            if len(w) > 8:
+                raise InputDataError(f"a hex word of {len(w)} digits is wider than the 32 bits "
+                                     f"of a float (element {i})")
             values[i] = np.array([v], np.uint32).view(np.float32)[0]
             continue
-        width = max(bits, 4 * len(w)) if len(w) * 4 > bits else bits
+        width = max(bits, 4 * len(w))
         if signed and v >= 1 << (width - 1):
             v -= 1 << width
-        values[i] = v
+        values[i] = v if v < 1 << 63 else v - (1 << 64)   # unsigned 64-bit words: the int64 bits
     return values, unknown
 
 

@@ -109,6 +109,35 @@ def test_parse_hex_accepts_comments_underscores_and_marks_x():
     assert vals.tolist() == [-1, 127]
 
 
+def _parsed(parse, *args):
+    try:
+        values, unknown = parse(*args)
+    except MrqError as err:
+        return str(err)
+    return values.dtype, values.tobytes(), unknown.tolist()
+
+
+# words as an RTL dump writes them, and the ways a hand-edited or corrupted one goes wrong
+_HEX_WORD = st.one_of(
+    st.text("0123456789abcdefABCDEF", min_size=1, max_size=17),
+    st.text("0123456789abcdef_", min_size=1, max_size=8),
+    st.text("0123456789abcdefxzXZ?_g-+", min_size=1, max_size=18),
+    st.sampled_from(["ffffffffffffffff", "8000000000000000", "7fffffffffffffff", "_", "é1"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=st.lists(_HEX_WORD, max_size=12), bits=st.sampled_from([4, 8, 16, 24, 32, 48, 64]),
+       signed=st.booleans(), is_float=st.booleans())
+def test_parse_hex_equals_its_word_by_word_reference(words, bits, signed, is_float):
+    from mrq.golden import hex_file_words, parse_hex_words
+    text = "// dump\n" + "\n".join(" ".join(words[i:i + 3]) for i in range(0, len(words), 3))
+    if is_float:
+        bits = 32
+    assert hex_file_words(text) == words
+    assert _parsed(parse_hex, text, bits, signed, is_float) == \
+        _parsed(lambda *a: parse_hex_words(words, *a), bits, signed, is_float)
+
+
 def test_accumulators_are_the_values_before_requantization(demo_golden):
     """Requantizing each golden accumulator with the golden parameters gives the golden output,
     and the accumulator equals an independent integer convolution of the golden input."""
