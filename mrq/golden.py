@@ -190,15 +190,14 @@ def parse_hex(text: str, bits: int, signed: bool, is_float: bool = False):
     one Python ``int()`` each took seconds per million); :func:`parse_hex_words` is the same
     conversion one word at a time, which the tests hold it to."""
     words = hex_file_words(text)
-    if not words:
-        return parse_hex_words(words, bits, signed, is_float)
+    longest = max(map(len, words), default=0)
+    if not words or longest > 16:
+        return parse_hex_words(words, bits, signed, is_float)   # reports the too-wide word
     try:
-        raw = np.array(words, dtype="S16")
+        raw = np.array(words, dtype=f"S{longest}")
     except UnicodeEncodeError:
         return parse_hex_words(words, bits, signed, is_float)   # not ASCII: not hex either
-    if max(map(len, words)) > 16:
-        return parse_hex_words(words, bits, signed, is_float)   # reports the too-wide word
-    chars = raw.view(np.uint8).reshape(len(words), 16)
+    chars = raw.view(np.uint8).reshape(len(words), longest)
     nibbles = _NIBBLE[chars]
     unknown = (nibbles == _UNKNOWN).any(axis=1)
     digit = nibbles < 16
@@ -212,7 +211,7 @@ def parse_hex(text: str, bits: int, signed: bool, is_float: bool = False):
         raise InputDataError(f"a hex word of {int(n_digits[i])} digits is wider than the 32 bits "
                              f"of a float (element {i})")
     value = np.zeros(len(words), np.uint64)
-    for col in range(16):   # digits left to right; separators and padding are skipped
+    for col in range(longest):   # digits left to right; separators and padding are skipped
         value = np.where(digit[:, col], (value << np.uint64(4)) | nibbles[:, col], value)
     value[unknown] = 0
     if is_float:
