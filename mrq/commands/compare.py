@@ -59,6 +59,7 @@ def run(args) -> int:
     from mrq.errors import InputDataError, MrqError
     from mrq.fileio import guard_paths, save_json
     from mrq.onnx_import import load_model
+    from mrq.warm_up import cache_is_cold, stop_child_after
 
     guard_paths([args.model, *args.profiles, args.inputs, args.labels, args.calib, args.baseline],
                 text_outputs=[args.output, args.json])
@@ -69,6 +70,7 @@ def run(args) -> int:
         raise InputDataError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_loss is not None and not (math.isfinite(args.max_loss) and 0 <= args.max_loss <= 100):
         raise InputDataError(f"--max-loss must be a number of accuracy points in 0..100, got {args.max_loss}")
+    cold = cache_is_cold()   # before anything compiles a helper
     graph = load_model(args.model)
     with open_inputs(args.inputs) as source:
         source = source.bound_to(list(graph.inputs))
@@ -86,16 +88,34 @@ def run(args) -> int:
                 calib = check_calibration(graph, calib)
             except InputDataError as exc:
                 raise InputDataError(f"{args.calib}: {exc}") from None
-        result = run_compare(args.model, args.profiles, source, labels=labels, batch_size=args.batch_size,
-                             progress=not (args.no_progress or args.quiet), calib=calib,
-                             baseline=args.baseline, max_loss=args.max_loss,
-                             argv=getattr(args, "argv", None), graph=graph)
+        warming = _start_warm_up(args, source) if cold else None
+        with stop_child_after(warming):
+            result = run_compare(args.model, args.profiles, source, labels=labels,
+                                 batch_size=args.batch_size,
+                                 progress=not (args.no_progress or args.quiet), calib=calib,
+                                 baseline=args.baseline, max_loss=args.max_loss,
+                                 argv=getattr(args, "argv", None), graph=graph)
     print(format_table(result))
     write_report(result, args.output)
     print(f"wrote {args.output}")
     if args.json:
         save_json(args.json, finite(result.as_dict()))
     return 0 if result.ok else 1
+
+
+def _start_warm_up(args, source):
+    """For a comparison on a cold JIT cache: a child compiling every profile's program for the
+    first batch, from the last kernel back, while this process simulates the profiles in order
+    (:mod:`mrq.warm_up`). It lowers the model file under each profile: where the comparison
+    re-quantizes the model first, the programs have the same steps and formats, hence mostly
+    the same kernels; a kernel it compiles for nothing costs CPU, never a result."""
+    from mrq.warm_up import input_spec, start_precompile
+
+    rows = min(args.batch_size, source.num_samples)
+    spec = input_spec({name: ((rows, *source.shapes[name]), source.dtypes[name])
+                       for name in source.shapes})
+    profiles = list(args.profiles) + ([args.baseline] if args.baseline else [])
+    return start_precompile([(args.model, profile, "native", spec) for profile in profiles])
 
 
 def _check_inputs(path: str, source, graph) -> None:

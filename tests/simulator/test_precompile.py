@@ -4,6 +4,7 @@ compiles them leaves cache entries the run loads; the child works from the last 
 stops where the run has been; ``mrq sim`` and ``mrq demo`` print the same with or without it."""
 import json
 import os
+import re
 
 import numba
 import numpy as np
@@ -144,3 +145,35 @@ def test_a_child_only_for_programs_with_enough_kernels():
 def test_no_child_on_a_single_cpu(monkeypatch):
     monkeypatch.setattr(warm_up, "_usable_cpus", lambda: 1)
     assert warm_up.start_child("pass") is None
+
+
+def test_cold_compare_starts_one_child_for_every_profile_and_reports_the_same(tmp_path, monkeypatch):
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, input=demo_inputs(batch=6, seed=4)["input"])
+    started = []
+    start = warm_up.start_precompile
+
+    def spy(jobs, threads=None):
+        child = start(jobs, threads)
+        started.append((jobs, child))
+        return child
+
+    monkeypatch.setattr(warm_up, "start_precompile", spy)
+    reports = {}
+    for cold in (True, False):
+        monkeypatch.setattr(jitcache, "is_cold", lambda cold=cold: cold)
+        out = tmp_path / f"rep_{cold}.json"
+        r = mrq_in_process("compare", DEMO_MODEL, "--profiles", "tflite-int8", "nna-sym8",
+                           "--inputs", inputs, "--batch-size", "4", "-o", tmp_path / f"r_{cold}.html",
+                           "--json", out, "-q")
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(out.read_text())
+        for row in rep["profiles"] + [rep["baseline"]]:   # less what the clock says
+            row.pop("seconds")
+            row["note"] = re.sub(r"[0-9.]+ s\b", "", row["note"])
+        reports[cold] = (rep["profiles"], rep["baseline"])
+    (jobs, child), = started                            # the warm run started none
+    assert [tuple(job[1:3]) for job in jobs] == [("tflite-int8", "native"), ("nna-sym8", "native")]
+    assert jobs[0][3] == {"input": [np.dtype(np.float32).str, [4, 3, 16, 16]]}
+    assert child is not None and child.returncode is not None
+    assert reports[True] == reports[False]
