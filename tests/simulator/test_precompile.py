@@ -100,10 +100,15 @@ def test_precompile_on_a_warm_cache_compiles_nothing():
     assert warm_up.precompile(jobs)[0] == 0
 
 
-def test_cold_sim_starts_a_child_for_its_first_batch_and_writes_the_same(tmp_path, monkeypatch):
-    inputs = tmp_path / "in.npz"
-    np.savez(inputs, input=demo_inputs(batch=5, seed=2)["input"])
-    started = []
+class _Started(list):
+    """A list that can carry the fixture's ``cold`` switch."""
+
+
+@pytest.fixture
+def children(monkeypatch):
+    """``(jobs, threads, child)`` of every cold-start child started; ``cold(flag)`` declares the
+    JIT cache cold or warm."""
+    started = _Started()
     start = warm_up.start_precompile
 
     def spy(jobs, threads=None):
@@ -112,16 +117,34 @@ def test_cold_sim_starts_a_child_for_its_first_batch_and_writes_the_same(tmp_pat
         return child
 
     monkeypatch.setattr(warm_up, "start_precompile", spy)
-    outs = {}
+    started.cold = lambda flag: monkeypatch.setattr(jitcache, "is_cold", lambda: flag)
+    return started
+
+
+def _cold_then_warm(children, argv, read):
+    """``read(tag)`` after ``mrq *argv(tag)`` with the JIT cache declared cold (tag True), then
+    warm (tag False)."""
+    got = {}
     for cold in (True, False):
-        monkeypatch.setattr(jitcache, "is_cold", lambda cold=cold: cold)
-        out = tmp_path / f"out_{cold}.npz"
-        r = mrq_in_process("sim", DEMO_MODEL, "--profile", "tflite-int8", "--inputs", inputs,
-                           "-o", out, "--batch-size", "2", "--threads", "1", "-q")
+        children.cold(cold)
+        r = mrq_in_process(*argv(cold))
         assert r.returncode == 0, r.stderr
-        with np.load(out, allow_pickle=False) as z:
-            outs[cold] = {k: z[k] for k in z.files}
-    (jobs, threads, child), = started                  # the warm run started none
+        got[cold] = read(cold)
+    return got
+
+
+def test_cold_sim_starts_a_child_for_its_first_batch_and_writes_the_same(tmp_path, children):
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, input=demo_inputs(batch=5, seed=2)["input"])
+
+    def read(tag):
+        with np.load(tmp_path / f"out_{tag}.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    outs = _cold_then_warm(children, lambda tag: (
+        "sim", DEMO_MODEL, "--profile", "tflite-int8", "--inputs", inputs, "-o",
+        tmp_path / f"out_{tag}.npz", "--batch-size", "2", "--threads", "1", "-q"), read)
+    (jobs, threads, child), = children                 # the warm run started none
     assert [tuple(job[:3]) for job in jobs] == [(DEMO_MODEL, "tflite-int8", "native")]
     assert jobs[0][3] == {"input": [np.dtype(np.float32).str, [2, 3, 16, 16]]}
     assert threads == 1
@@ -147,32 +170,22 @@ def test_no_child_on_a_single_cpu(monkeypatch):
     assert warm_up.start_child("pass") is None
 
 
-def test_cold_compare_starts_one_child_for_every_profile_and_reports_the_same(tmp_path, monkeypatch):
+def test_cold_compare_starts_one_child_for_every_profile_and_reports_the_same(tmp_path, children):
     inputs = tmp_path / "in.npz"
     np.savez(inputs, input=demo_inputs(batch=6, seed=4)["input"])
-    started = []
-    start = warm_up.start_precompile
 
-    def spy(jobs, threads=None):
-        child = start(jobs, threads)
-        started.append((jobs, child))
-        return child
-
-    monkeypatch.setattr(warm_up, "start_precompile", spy)
-    reports = {}
-    for cold in (True, False):
-        monkeypatch.setattr(jitcache, "is_cold", lambda cold=cold: cold)
-        out = tmp_path / f"rep_{cold}.json"
-        r = mrq_in_process("compare", DEMO_MODEL, "--profiles", "tflite-int8", "nna-sym8",
-                           "--inputs", inputs, "--batch-size", "4", "-o", tmp_path / f"r_{cold}.html",
-                           "--json", out, "-q")
-        assert r.returncode == 0, r.stderr
-        rep = json.loads(out.read_text())
+    def read(tag):
+        rep = json.loads((tmp_path / f"rep_{tag}.json").read_text())
         for row in rep["profiles"] + [rep["baseline"]]:   # less what the clock says
             row.pop("seconds")
             row["note"] = re.sub(r"[0-9.]+ s\b", "", row["note"])
-        reports[cold] = (rep["profiles"], rep["baseline"])
-    (jobs, child), = started                            # the warm run started none
+        return rep["profiles"], rep["baseline"]
+
+    reports = _cold_then_warm(children, lambda tag: (
+        "compare", DEMO_MODEL, "--profiles", "tflite-int8", "nna-sym8", "--inputs", inputs,
+        "--batch-size", "4", "-o", tmp_path / f"r_{tag}.html", "--json", tmp_path / f"rep_{tag}.json",
+        "-q"), read)
+    (jobs, _, child), = children                        # the warm run started none
     assert [tuple(job[1:3]) for job in jobs] == [("tflite-int8", "native"), ("nna-sym8", "native")]
     assert jobs[0][3] == {"input": [np.dtype(np.float32).str, [4, 3, 16, 16]]}
     assert child is not None and child.returncode is not None
