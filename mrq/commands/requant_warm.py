@@ -48,8 +48,8 @@ def check_threads(profile) -> int | None:
 
 def warm_up(model: str, profile: str, inputs: dict) -> None:
     """Simulate ``model`` naively re-quantized to ``profile`` on zeros as ``mrq requant``'s
-    check simulates it; ``inputs``: :func:`mrq.warm_up.input_spec` of the calibration data. Fills the JIT
-    cache with the kernels of that check."""
+    check simulates it; ``inputs``: :func:`mrq.warm_up.input_spec` of the calibration data.
+    Fills the JIT cache with the kernels of that check."""
     from mrq.api import resolve_profile, simulate
     from mrq.onnx_import import load_model
     from mrq.passes.base import feeds_for_new_graph
