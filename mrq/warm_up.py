@@ -121,7 +121,7 @@ def precompile(jobs: list, threads: int | None = None) -> tuple[int, int]:
     if threads is not None:
         from simulator.run import set_threads
         set_threads(threads)
-    signatures, seen = [], set()
+    signatures = {}   # (dispatcher, types) -> None: job order, each once
     for model, profile, layout, spec in jobs:
         feeds = {name: np.zeros(shape, dtype) for name, (dtype, shape) in spec.items()}
         try:
@@ -129,11 +129,8 @@ def precompile(jobs: list, threads: int | None = None) -> tuple[int, int]:
             listed = kernel_signatures(program, bound)
         except Exception:   # noqa: BLE001 - the command reports it; the other jobs still count
             continue
-        for fn, sig in listed:
-            if (fn, sig) not in seen:
-                seen.add((fn, sig))
-                signatures.append((fn, sig))
-    return compile_last_first(signatures)
+        signatures.update(dict.fromkeys(listed))
+    return compile_last_first(list(signatures))
 
 
 __all__ = ["MIN_CHILD_KERNELS", "cache_is_cold", "input_spec", "precompile", "start_child",

@@ -40,6 +40,7 @@ from simulator.errors import KernelInputError, SimulatorError
 from simulator.kernels import sources_digest
 from simulator.kernels.jitcache import _describe
 from simulator.kernels.portable_glue import c_view, stack_array
+from simulator.precompile import step_launches
 from simulator.launch import In, Tmp
 from simulator.run import RunResult, _check_feeds, _plan
 from simulator.steps import params_of, spec, step_launch
@@ -418,13 +419,10 @@ def _spec_pass(program, input_specs, specs):
     for name, (shape, dtype) in input_specs.items():
         specs[name] = spec(shape, dtype)
     most = 0
-    for step, _kind, _params in _plan(program):
-        in_specs = [specs[name] for name in step.inputs]
-        launch = step_launch(step, in_specs)
+    for step, in_specs, launch in step_launches(program, specs):
         if launch is None:
             raise _Unsupported(f"step {step.name!r} ({step.kind}) has no launch")
-        outs = [spec(*s) for s in launch.output_specs(in_specs)]
-        specs.update(zip(step.outputs, outs))
+        outs = [specs[name] for name in step.outputs]
         scratch = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
                       for shape, dtype in launch.temps)
         most = max(most, sum(a.nbytes for a in in_specs + outs) + scratch)

@@ -39,30 +39,36 @@ def _arg_type(fn, arg, in_specs, temps):
     return fn.typeof_pyval(arg)
 
 
+def step_launches(program, specs: dict):
+    """``(step, input specs, launch)`` of each step of ``program`` in order, for buffers
+    ``specs`` (name -> spec array, holding the program's inputs); each launch's output specs are
+    added to ``specs`` before it is yielded. A step without a launch (``None``) is the last."""
+    from simulator.run import _plan
+
+    for step, _kind, _params in _plan(program):
+        in_specs = [specs[name] for name in step.inputs]
+        launch = step_launch(step, in_specs)
+        if launch is not None:
+            specs.update(zip(step.outputs, (spec(*s) for s in launch.output_specs(in_specs))))
+        yield step, in_specs, launch
+        if launch is None:
+            return
+
+
 def kernel_signatures(program, feeds: dict) -> list:
     """``[(dispatcher, argument types), ...]`` of the launches of ``program`` for inputs like
     ``feeds`` (name -> array, or anything with ``shape`` and ``dtype``), in program order,
     each signature once; built for the current thread count, as the run builds them."""
-    from simulator.run import _plan
-
     specs = {name: spec(arr.shape, arr.dtype) for name, arr in feeds.items()}
-    found, seen = [], set()
-    for step, _kind, _params in _plan(program):
-        if any(name not in specs for name in step.inputs):
-            break
-        in_specs = [specs[name] for name in step.inputs]
-        launch = step_launch(step, in_specs)
+    found = {}
+    for _step, in_specs, launch in step_launches(program, specs):
         if launch is None:
             break
-        specs.update(zip(step.outputs, (spec(*s) for s in launch.output_specs(in_specs))))
         for call in launch.calls:
-            if not isinstance(call.fn, Dispatcher):
-                continue
-            sig = tuple(_arg_type(call.fn, a, in_specs, launch.temps) for a in call.args)
-            if (call.fn, sig) not in seen:
-                seen.add((call.fn, sig))
-                found.append((call.fn, sig))
-    return found
+            if isinstance(call.fn, Dispatcher):
+                sig = tuple(_arg_type(call.fn, a, in_specs, launch.temps) for a in call.args)
+                found.setdefault((call.fn, sig), None)
+    return list(found)
 
 
 def compile_last_first(signatures) -> tuple[int, int]:
@@ -81,4 +87,4 @@ def compile_last_first(signatures) -> tuple[int, int]:
     return compiled, 0
 
 
-__all__ = ["compile_last_first", "kernel_signatures"]
+__all__ = ["compile_last_first", "kernel_signatures", "step_launches"]
