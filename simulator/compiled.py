@@ -39,7 +39,7 @@ from simulator.capabilities import capabilities, ensure_started
 from simulator.errors import KernelInputError, SimulatorError
 from simulator.kernels import sources_digest
 from simulator.kernels.jitcache import _describe
-from simulator.kernels.portable_glue import c_view, stack_array
+from simulator.kernels.portable_glue import c_view, read_only, stack_array
 from simulator.precompile import step_launches
 from simulator.launch import In, Tmp
 from simulator.run import RunResult, _check_feeds, _plan
@@ -139,9 +139,11 @@ def _body(program, input_specs, src, body, stack_sat=False):
             raise _Unsupported(f"step {step.name!r}: launch outputs do not match")
         launch = fusion.refine(launch)
 
-        def expr(arg, k=k, step=step):
+        def expr(arg, k=k, step=step, read=True):
             if isinstance(arg, In):
-                return _view(var[step.inputs[arg.index]], arg.shape)
+                # read-only, as the interpreter passes them (Launch.execute)
+                view = _view(var[step.inputs[arg.index]], arg.shape)
+                return f"read_only({view})" if read else view
             if isinstance(arg, Tmp):
                 return _view(f"t{k}_{arg.index}", arg.shape)
             if isinstance(arg, Dispatcher):
@@ -166,7 +168,7 @@ def _body(program, input_specs, src, body, stack_sat=False):
         out_specs = launch.output_specs(in_specs)
         for j, (name, out) in enumerate(zip(step.outputs, launch.outputs)):
             vname = f"b{k}_{j}"
-            body.append(f"    {vname} = {expr(out)}")
+            body.append(f"    {vname} = {expr(out, read=False)}")
             var[name] = vname
             aliases[name] = ({f"t{k}_{out.index}"} if isinstance(out, Tmp) else
                              aliases.get(step.inputs[out.index], set()) if isinstance(out, In)
@@ -504,7 +506,7 @@ def _jit(source, src, parallel=False, probe=False):
     module.__file__ = path if on_disk else f"<{name}>"
     module.__dict__.update(src.consts)
     module.__dict__.update(src.kernels)
-    module.__dict__.update(c_view=c_view, stack_array=stack_array)
+    module.__dict__.update(c_view=c_view, read_only=read_only, stack_array=stack_array)
     module.__dict__["CACHE"] = on_disk  # the chunk functions' decorator argument
     # numba re-imports the module by name when it loads a cached function
     sys.modules[name] = module

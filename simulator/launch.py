@@ -70,10 +70,16 @@ class Launch:
     def execute(self, inputs):
         """``(outputs, n_saturated)`` for C-contiguous ``inputs``."""
         temps = [np.empty(shape, dtype=dtype) for shape, dtype in self.temps]
+        # Kernels read their inputs and never write them: passed read-only, as compiled
+        # programs pass them too (simulator.compiled), each kernel has one type per dtype
+        # whether its operand is an activation or a constant (an add of either compiled twice or
+        # three times: 83 s of a cold test suite's compilation), and a kernel that wrote to an
+        # input would fail to compile.
+        read = [_read_only(x) for x in inputs]
 
-        def resolve(arg):
+        def resolve(arg, ins):
             if isinstance(arg, In):
-                arr = inputs[arg.index]
+                arr = ins[arg.index]
             elif isinstance(arg, Tmp):
                 arr = temps[arg.index]
             else:
@@ -82,10 +88,11 @@ class Launch:
 
         n_sat = 0
         for call in self.calls:
-            res = call.fn(*[resolve(a) for a in call.args])
+            res = call.fn(*[resolve(a, read) for a in call.args])
             if call.counted:
                 n_sat += int(res)
-        return tuple(resolve(o) for o in self.outputs), n_sat
+        # outputs that are views of an input keep the input's flags
+        return tuple(resolve(o, inputs) for o in self.outputs), n_sat
 
     def then(self, other):
         """This launch followed by ``other``, whose input 0 is this launch's (single) output."""

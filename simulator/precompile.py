@@ -26,8 +26,8 @@ from simulator.steps import spec, step_launch
 
 
 def _arg_type(fn, arg, in_specs, temps):
-    """The numba type ``fn`` sees for ``arg`` when :meth:`Launch.execute` passes it: inputs and
-    scratch buffers are writable C-contiguous arrays, the rest is passed as it is."""
+    """The numba type ``fn`` sees for ``arg`` when :meth:`Launch.execute` passes it: inputs are
+    read-only and scratch buffers writable C-contiguous arrays, the rest is passed as it is."""
     if isinstance(arg, (In, Tmp)):
         if isinstance(arg, In):
             base = in_specs[arg.index]
@@ -35,7 +35,9 @@ def _arg_type(fn, arg, in_specs, temps):
         else:
             shape, dtype = temps[arg.index]
         ndim = len(shape if arg.shape is None else arg.shape)
-        return fn.typeof_pyval(np.empty((0,) * ndim, dtype=dtype))
+        like = np.empty((0,) * ndim, dtype=dtype)
+        like.flags.writeable = not isinstance(arg, In)
+        return fn.typeof_pyval(like)
     return fn.typeof_pyval(arg)
 
 

@@ -9,7 +9,10 @@ allocation and a free (~50 ns), and each ``.reshape`` of a contiguous array call
   intermediates that no program output aliases; the caller bounds their size);
 - :func:`c_view`: ``a.reshape(shape)`` for a C-contiguous ``a`` as a new header over the same
   data (strides computed inline, the element count checked); any other array is reshaped by
-  numba as before.
+  numba as before;
+- :func:`read_only`: the same array typed read-only, as :meth:`simulator.launch.Launch.execute`
+  passes a step's inputs, so that the program calls the kernel specialisations the interpreter
+  calls.
 """
 from __future__ import annotations
 
@@ -79,6 +82,32 @@ def _c_view(typingctx, a, shape):
     return retty(a, shape), codegen
 
 
+@intrinsic
+def _read_only(typingctx, a):
+    if not isinstance(a, types.Array):
+        return None
+    retty = a.copy(readonly=True)
+
+    def codegen(context, builder, sig, args):
+        # writable and read-only arrays share one data model: the same value, typed otherwise
+        return impl_ret_borrowed(context, builder, retty, args[0])
+    return retty(a), codegen
+
+
+def read_only(a):
+    """``a``, read-only; compiled: the same array typed read-only, at no cost."""
+    view = np.asarray(a).view()
+    view.flags.writeable = False
+    return view
+
+
+@overload(read_only)
+def _read_only_overload(a):
+    if isinstance(a, types.Array):
+        return lambda a: _read_only(a)
+    return None
+
+
 def c_view(a, shape):
     """``a.reshape(shape)``; compiled: a free view for a C-contiguous ``a`` (module
     docstring)."""
@@ -102,4 +131,4 @@ def _c_view_overload(a, shape):
     return fallback
 
 
-__all__ = ["c_view", "stack_array"]
+__all__ = ["c_view", "read_only", "stack_array"]
