@@ -40,8 +40,8 @@ from simulator.errors import KernelInputError, SimulatorError
 from simulator.kernels import sources_digest
 from simulator.kernels.jitcache import _describe
 from simulator.kernels.portable_glue import c_view, read_only, stack_array
-from simulator.precompile import step_launches
 from simulator.launch import In, Tmp
+from simulator.precompile import step_launches
 from simulator.run import RunResult, _check_feeds, _plan
 from simulator.steps import params_of, spec, step_launch
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from simulator.kernels.portable_glue import read_only
+
 
 @dataclass(frozen=True)
 class In:
@@ -46,10 +48,7 @@ class Call:
 
 def _read_only(arg):
     """A read-only view of an array argument (the array itself stays writable)."""
-    if isinstance(arg, np.ndarray) and arg.flags.writeable:
-        arg = arg.view()
-        arg.flags.writeable = False
-    return arg
+    return read_only(arg) if isinstance(arg, np.ndarray) else arg
 
 
 @dataclass(frozen=True)

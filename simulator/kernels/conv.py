@@ -24,6 +24,7 @@ from simulator.kernels.accum import (
 )
 from simulator.kernels.epilogue import prepare as ep_prepare
 from simulator.kernels.igemm import ConvFast
+from simulator.kernels.portable_glue import read_only
 from simulator.kernels.quant import check_int_array, per_channel, requant_params
 from simulator.primitives import acc_add, wrap_bits
 
@@ -191,7 +192,8 @@ def _conv_narrow(xs, ws, b, group, sh, sw, dh, dw, lo, hi, acc_bits, mode, out):
     n_risky = int(np.count_nonzero(risky))
     if 4 * n_risky > risky.size:
         # most elements need the replay: the plane-wise kernel (vectorized rows) is faster
-        return int(_conv_checked(xs, ws, b, group, sh, sw, dh, dw, np.int64(lo), np.int64(hi),
+        return int(_conv_checked(read_only(xs), read_only(ws), read_only(b), group, sh, sw, dh,
+                                 dw, np.int64(lo), np.int64(hi),
                                  np.int64(acc_bits), np.int64(mode), out))
     out[...] = _conv_exact(xs, ws, b, group, sh, sw, dh, dw, oh_n, ow_n)
     if n_risky == 0:

@@ -39,6 +39,7 @@ from simulator.kernels import add_i32, simd
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels.epilogue import store16
 from simulator.kernels.jitcache import specialised
+from simulator.kernels.portable_glue import read_only
 from simulator.kernels.quant import (
     PARALLEL_MIN_ELEMENTS,
     RQ_FIXED,
@@ -82,9 +83,10 @@ def _tail16(a1, b1, i, n):
 
 
 def broadcast_pair(a, b):
-    """Broadcast ``a`` and ``b`` (numpy rules) to contiguous flat arrays: (a1, b1, shape)."""
+    """Broadcast ``a`` and ``b`` (numpy rules) to contiguous flat arrays: (a1, b1, shape), both
+    read-only (:func:`read_only`), as launches pass a step's inputs."""
     if a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous:
-        return a.reshape(-1), b.reshape(-1), a.shape  # views: no copy
+        return read_only(a.reshape(-1)), read_only(b.reshape(-1)), a.shape  # views: no copy
     try:
         shape = np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
@@ -93,7 +95,7 @@ def broadcast_pair(a, b):
         ) from None
     a1 = np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1)
     b1 = np.ascontiguousarray(np.broadcast_to(b, shape)).reshape(-1)
-    return a1, b1, shape
+    return read_only(a1), read_only(b1), shape
 
 
 def ort_input0_is_span_scalar(shape_a, shape_b) -> bool:

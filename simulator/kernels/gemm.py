@@ -18,6 +18,7 @@ from simulator.kernels.accum import (
     static_bound,
 )
 from simulator.kernels.conv import prepare_conv
+from simulator.kernels.portable_glue import read_only
 from simulator.kernels.quant import check_int_array, per_channel
 from simulator.primitives import acc_add, wrap_bits
 
@@ -149,7 +150,8 @@ def gemm_acc(a, weight, *, weight_zero_point=0, bias=None, input_zero_point=0, a
         n_risky = int(np.count_nonzero(risky))
         n_ovf = 0
         if 4 * n_risky > risky.size:  # mostly risky: the row-wise kernel (vectorized) is faster
-            n_ovf = int(_gemm_checked(a2, w_s, b, np.int64(lo), np.int64(hi), np.int64(acc_bits),
+            n_ovf = int(_gemm_checked(read_only(a2), read_only(w_s), read_only(b), np.int64(lo),
+                                      np.int64(hi), np.int64(acc_bits),
                                       np.int64(mode), out))
         elif n_risky:
             _gemm_fast(a2, w_s, b, out)

@@ -95,8 +95,13 @@ def _read_only(typingctx, a):
 
 
 def read_only(a):
-    """``a``, read-only; compiled: the same array typed read-only, at no cost."""
-    view = np.asarray(a).view()
+    """A read-only view of the array ``a`` (``a`` itself when it is read-only already, and
+    ``a`` stays writable); compiled: the same array typed read-only, at no cost. Kernels get
+    the arrays they only read this way from every caller, so that each has one specialisation
+    per dtype and layout instead of one per combination of flags."""
+    if not a.flags.writeable:
+        return a
+    view = a.view()
     view.flags.writeable = False
     return view
 

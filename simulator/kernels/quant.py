@@ -28,6 +28,7 @@ from simulator.errors import KernelInputError
 from simulator.kernels import epilogue as ep_k
 from simulator.kernels import simd
 from simulator.kernels.jitcache import specialised
+from simulator.kernels.portable_glue import read_only
 from simulator.launch import Call, In, Launch, Tmp, cast_copy
 from simulator.primitives import (
     INT64_MAX,
@@ -505,7 +506,8 @@ def requantize_with(acc, p, outer, n_ch, inner):
             n_sat = items(acc2, n_ch, *ep.arrays(), out2, 0, shape2[0])
     else:
         out64 = np.empty((outer, n_ch, inner), dtype=np.int64)
-        n_sat = _requant_kernel(acc3, p.mode, p.mult_f, p.mult_i, p.shifts, p.rnd,
+        n_sat = _requant_kernel(read_only(acc3), p.mode, read_only(p.mult_f),
+                                read_only(p.mult_i), read_only(p.shifts), p.rnd,
                                 np.int64(p.zp), np.int64(p.out_min), np.int64(p.out_max), out64)
         out3[...] = out64
     return out3.reshape(acc.shape), int(n_sat)
