@@ -23,6 +23,7 @@ import pytest
 
 from simulator.kernels import portable_gemv
 from simulator.kernels.gemm import prepare_gemm
+from simulator.kernels.portable_glue import read_only
 from tests.reference import gemm_ref, quant_ref
 
 in_child = pytest.mark.portable_child
@@ -163,7 +164,7 @@ def test_narrow_target_kernel(n_cols):
         kern = specialised(portable_gemv._make_kernels, conv.ep.kind, conv.ep.rnd, False)[0]
         out = np.empty(2 * n_cols, np.int8)
         args = list(call.args)
-        args[0], args[6], args[-2] = a.reshape(-1), w8, out
+        args[0], args[6], args[-2] = read_only(a.reshape(-1)), read_only(w8), out
         n_sat = kern(*args)
         acc, _ = gemm_ref.gemm_acc(a, w, 0, bias, xzp, 32, "wrap")
         want, sat = quant_ref.requantize(acc, "fixed", kw["rq_multiplier"], kw["rq_shift"],

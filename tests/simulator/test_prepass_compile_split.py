@@ -6,6 +6,7 @@ import pytest
 
 from simulator.kernels import igemm as ig
 from simulator.kernels import quant
+from simulator.kernels.portable_glue import read_only
 
 
 def _reference(x, nchw, pt, pl, pb, pr, n_groups, cg, cgp, flip, padval, dtype):
@@ -36,7 +37,8 @@ def test_prepass_matches_reference(dtype, nchw, geo):
     hp_n, wp_n = pt + h + pb, pl + w + pr
     want = _reference(x, nchw, pt, pl, pb, pr, n_groups, cg, cgp, flip, padval, dtype)
     img = hp_n * wp_n * ctot
-    x1, layout = x.reshape(-1), np.array([int(nchw), h, w], np.int64)  # what ConvFast passes
+    # what ConvFast's launch passes: its input and constants read-only
+    x1, layout = read_only(x.reshape(-1)), read_only(np.array([int(nchw), h, w], np.int64))
     for parallel in (False, True):
         xp = np.full(n * img + 16, 77, dtype=dtype)
         args = (layout, pt, pl, hp_n, wp_n, n_groups, cg, cgp, ctot, flip, padval, xp)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st  # noqa: E402
 from simulator.kernels import gemv, igemm, simd  # noqa: E402
 from simulator.kernels.conv import prepare_conv  # noqa: E402
 from simulator.kernels.gemm import prepare_gemm  # noqa: E402
+from simulator.kernels.portable_glue import read_only  # noqa: E402
 from tests.reference import conv_ref, gemm_ref, quant_ref  # noqa: E402
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
@@ -297,9 +298,10 @@ def test_depthwise_nhwc_3x3_row_ranges(stride):
     n_rows = 3 * oh_n
     for n_chunks in (1, 2, 5, n_rows):
         out = np.empty_like(one[0])
-        n_sat = kern[7](xp, img, wp_n, fast.ctot, oh_n, ow_n, fast.sh, fast.sw, taps, fast.w32,
-                        fast._biasp_for(128), *fast.ep.arrays(), out.reshape(-1), n_rows,
-                        n_chunks)
+        # the constants read-only, as the launch passes them
+        n_sat = kern[7](xp, img, wp_n, fast.ctot, oh_n, ow_n, fast.sh, fast.sw, read_only(taps),
+                        read_only(fast.w32), read_only(fast._biasp_for(128)), *fast.ep.arrays(),
+                        out.reshape(-1), n_rows, n_chunks)
         np.testing.assert_array_equal(out, one[0])
         assert n_sat == one[1]
 
