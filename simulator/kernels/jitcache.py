@@ -33,6 +33,14 @@ simulator source files; :func:`install` (run when :mod:`simulator.kernels` is im
 first in numba's list of locators, in memory. ``NUMBA_CACHE_LOCATOR_CLASSES``, numba's own
 override of that list, bypasses it (and with it the protection above).
 
+Concurrent misses: processes that start on a cold cache together (a sweep's workers on one
+machine, ``mrq``'s cold-start child and its command, test workers) used to compile the same
+kernel signature side by side. On a miss, a process now takes that signature's lock file
+(``locks/`` beside the index files, ``flock``) before compiling and keeps it until the result is
+saved; a process that finds it held waits, then loads what was saved (or compiles after
+:data:`COMPILE_WAIT_S`). Kernels call other kernels but never their callers, so lock waits
+cannot form a cycle.
+
 Closure kernels: numba keys a closure's cache entry on a pickle of its closure cells. A cell
 holding another jitted function pickles with that dispatcher's per-process UUID, so the key
 changes in every process and such kernels (all the ``*_par`` drivers that call a specialised
@@ -51,10 +59,15 @@ import shutil
 import sys
 import time
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no compile locks, concurrent processes may compile twice
+    fcntl = None
 import numba
+import numba.core.event
 import numpy as np
 from numba.core import caching
-from numba.core.caching import FunctionCache
+from numba.core.caching import Cache, FunctionCache
 from numba.core.dispatcher import Dispatcher
 from numba.core.extending import _Intrinsic
 
@@ -282,13 +295,124 @@ def _uses_locator(dispatcher) -> bool:
     return isinstance(getattr(impl, "locator", None), _SimulatorLocator)
 
 
+# How long a process waits for another one's compilation of the same kernel signature before
+# compiling it itself (a duplicate, never a wrong result): longer than any kernel's compile on a
+# loaded machine, short enough that a stuck holder does not stall a run for long.
+COMPILE_WAIT_S = 180.0
+_LOCK_POLL_S = 0.02
+_HELD = {}   # id(cache) -> {str(signature): lock file descriptor}
+
+
+def _lock_path(cache, sig, target_context) -> str:
+    key = repr(cache._index_key(sig, target_context.codegen())).encode()
+    return os.path.join(cache._cache_path, "locks",
+                        f"{cache._impl.filename_base}-{hashlib.sha256(key).hexdigest()[:24]}.lock")
+
+
+def _acquire(cache, sig, target_context):
+    """The open, exclusively locked lock file of ``cache``'s signature ``sig``, once no other
+    process holds it (or after :data:`COMPILE_WAIT_S`: then ``None``, as when the cache
+    directory cannot be written)."""
+    try:
+        cache._impl.locator.ensure_cache_path()
+        path = _lock_path(cache, sig, target_context)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return None
+    deadline = time.monotonic() + COMPILE_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(_LOCK_POLL_S)
+        except OSError:
+            break
+    os.close(fd)
+    return None
+
+
+def _release(cache, sig=None) -> None:
+    """Unlock ``cache``'s lock of ``sig`` (all of its locks when ``sig`` is None)."""
+    held = _HELD.get(id(cache))
+    if not held:
+        return
+    for key in ([str(sig)] if sig is not None else list(held)):
+        fd = held.pop(key, None)
+        if fd is not None:
+            os.close(fd)   # closing the descriptor releases its flock
+    if not held:
+        _HELD.pop(id(cache), None)
+
+
+def _load_or_lock(load):
+    """numba's ``Cache.load_overload``, extended for simulator kernels: on a miss, take the
+    signature's lock file before compiling; if another process held it, it was compiling the
+    same kernel, so load what it saved instead of compiling a second copy. The lock is kept
+    through this process's compilation and released when the result is saved (or the
+    compilation fails)."""
+    @functools.wraps(load)
+    def load_overload(self, sig, target_context):
+        got = load(self, sig, target_context)
+        if got is not None or not isinstance(getattr(self._impl, "locator", None), _SimulatorLocator):
+            return got
+        fd = _acquire(self, sig, target_context)
+        if fd is None:
+            return None
+        got = load(self, sig, target_context)
+        if got is not None:
+            os.close(fd)
+            return got
+        _HELD.setdefault(id(self), {})[str(sig)] = fd
+        return None
+    load_overload.mrq_locking = True
+    return load_overload
+
+
+def _save_and_unlock(save):
+    @functools.wraps(save)
+    def save_overload(self, sig, data):
+        try:
+            return save(self, sig, data)
+        finally:
+            _release(self, sig)
+    return save_overload
+
+
+class _CompileFailures(numba.core.event.Listener):
+    """Releases a dispatcher's compile locks when its compilation raised (nothing is saved)."""
+
+    def on_start(self, event):
+        pass
+
+    def on_end(self, event):
+        # numba's Event.is_failed answers the opposite question (numba 0.68): read the details
+        if getattr(event, "_exc_details", None) is not None:
+            cache = getattr((event.data or {}).get("dispatcher"), "_cache", None)
+            if cache is not None:
+                _release(cache)
+
+
+def _install_compile_locks() -> None:
+    if fcntl is None or getattr(Cache.load_overload, "mrq_locking", False):
+        return
+    Cache.load_overload = _load_or_lock(Cache.load_overload)
+    Cache.save_overload = _save_and_unlock(Cache.save_overload)
+    numba.core.event.register("numba:compile", _CompileFailures())
+
+
 def install() -> None:
     """Make numba ask :class:`_SimulatorLocator` first (idempotent), and move the caches of
     simulator functions defined before this call (a module such as ``simulator.primitives``
-    imported on its own first) to it. In memory only."""
+    imported on its own first) to it; processes that miss the same kernel signature at once
+    compile it once (:func:`_load_or_lock`). In memory only."""
     classes = _CacheImplBase._locator_classes
     if _SimulatorLocator not in classes:
         classes.insert(0, _SimulatorLocator)
+    _install_compile_locks()
     for name, module in list(sys.modules.items()):
         if module is None or not (name == "simulator" or name.startswith("simulator.")):
             continue

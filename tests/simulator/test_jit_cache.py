@@ -234,3 +234,79 @@ def test_specialisations_never_share_a_symbol_name():
     assert len(set(here)) == len(here), here
     assert sorted(here) == sorted(again)
     assert all("__k" in name for name in here)
+
+
+_WAITER = """
+import sys, time
+import numpy as np
+from simulator.kernels import eltwise
+a = np.arange(64, dtype=np.uint16)
+print("calling", flush=True)
+t0 = time.perf_counter()
+eltwise.add_float(a, a, scale_a=0.5, scale_b=0.25, scale_out=1.0, zero_point_a=3,
+                  zero_point_b=0, zero_point_out=7, out_min=0, out_max=65535, out_dtype="uint16")
+k = eltwise._add_float_kernel
+print(time.perf_counter() - t0, sum(k.stats.cache_hits.values()),
+      sum(k.stats.cache_misses.values()), flush=True)
+"""
+
+
+def test_a_process_that_misses_a_kernel_another_is_compiling_waits_and_loads_it(tmp_path,
+                                                                                monkeypatch):
+    """Two processes missing the same kernel signature compile it once: the second waits on the
+    signature's lock file and loads what the first saved (workers of a sweep on one machine,
+    the cold-start child and its command, xdist workers all start on the same kernels)."""
+    import fcntl
+
+    import numba
+
+    from simulator.kernels import eltwise
+    env = _env(tmp_path)
+    kernel = eltwise._add_float_kernel
+    ro = np.arange(64, dtype=np.uint16)
+    ro.flags.writeable = False
+    sig = tuple(kernel.typeof_pyval(v) for v in (
+        ro, ro, np.float32(0.5), np.int64(3), np.float32(0.25), np.int64(0), np.float32(1.0),
+        np.int64(7), np.int64(0), np.int64(0), np.int64(65535), np.empty(64, np.int64)))
+    # this process's kernel, pointed at the test's cache directory
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path / "nb"))
+    jitcache.cache_root.cache_clear()
+    try:
+        from numba.core.caching import FunctionCache
+        cache = FunctionCache(kernel.py_func)
+        lock = jitcache._lock_path(cache, sig, kernel.targetctx)
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)   # "another process is compiling it"
+        child = subprocess.Popen([sys.executable, "-c", _WAITER], env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert child.stdout.readline().strip() == "calling"
+            time.sleep(3.0)
+            assert child.poll() is None
+            # compile and save it here, as the holder would (not waiting on our own lock)
+            monkeypatch.setattr(jitcache, "COMPILE_WAIT_S", 0.0)
+            kernel_here = numba.njit(cache=True)(kernel.py_func)
+            kernel_here._cache = cache
+            kernel_here.compile(sig)
+            assert sum(kernel_here.stats.cache_misses.values()) == 1
+        finally:
+            os.close(fd)
+        out, err = child.communicate(timeout=300)
+    finally:
+        jitcache.cache_root.cache_clear()
+    assert child.returncode == 0, err
+    waited, hits, misses = out.split()
+    # it waited for the lock, then loaded the kernel instead of compiling a second copy
+    assert float(waited) >= 2.5 and (int(hits), int(misses)) == (1, 0), out
+
+
+def test_a_failed_compilation_releases_its_lock():
+    """A compilation that raises saves nothing: its lock must not stay held (another process
+    would wait for COMPILE_WAIT_S)."""
+    from numba.core.errors import TypingError
+
+    from simulator.kernels import eltwise
+    with pytest.raises(TypingError):
+        eltwise._add_float_kernel("not", "arrays", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+    assert not jitcache._HELD
