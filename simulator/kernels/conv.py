@@ -186,14 +186,14 @@ def _conv_narrow(xs, ws, b, group, sh, sw, dh, dw, lo, hi, acc_bits, mode, out):
     replayed addition by addition in the reference order (c, kh, kw). Fills ``out``; returns the
     overflow count."""
     oh_n, ow_n = out.shape[2], out.shape[3]
-    bound = _conv_exact(np.abs(xs), np.abs(ws), np.abs(b), group, sh, sw, dh, dw, oh_n, ow_n)
+    abs_xs, abs_ws, abs_b = (read_only(np.abs(v)) for v in (xs, ws, b))
+    bound = _conv_exact(abs_xs, abs_ws, abs_b, group, sh, sw, dh, dw, oh_n, ow_n)
     # lo = -(hi + 1): a bound <= hi keeps every partial sum inside [lo, hi]
     risky = bound > hi
     n_risky = int(np.count_nonzero(risky))
     if 4 * n_risky > risky.size:
         # most elements need the replay: the plane-wise kernel (vectorized rows) is faster
-        return int(_conv_checked(read_only(xs), read_only(ws), read_only(b), group, sh, sw, dh,
-                                 dw, np.int64(lo), np.int64(hi),
+        return int(_conv_checked(xs, ws, b, group, sh, sw, dh, dw, np.int64(lo), np.int64(hi),
                                  np.int64(acc_bits), np.int64(mode), out))
     out[...] = _conv_exact(xs, ws, b, group, sh, sw, dh, dw, oh_n, ow_n)
     if n_risky == 0:
@@ -301,6 +301,8 @@ def conv2d_acc(x, weight, *, weight_zero_point=0, bias=None, input_zero_point=0,
     xs[:, :, pt:pt + height, pl:pl + width] = xn.astype(np.int32) - np.int32(xzp)
     xs = np.ascontiguousarray(xs[:, :, :hp, :wp])
     ws = np.ascontiguousarray(weight.astype(np.int64) - wzp[:, None, None, None]).astype(np.int32)
+    # read-only, as launches pass kernel inputs: one specialisation of each kernel below
+    xs, ws, b = read_only(xs), read_only(ws), read_only(b)
 
     out = np.empty((n_batch, n_out, oh_n, ow_n), dtype=np.int64)
     x_absmax = int(np.abs(xs).max()) if xs.size else 0

@@ -134,6 +134,8 @@ def gemm_acc(a, weight, *, weight_zero_point=0, bias=None, input_zero_point=0, a
     lead = a.shape[:-1]
     a2 = np.ascontiguousarray(a.reshape(-1, depth).astype(np.int32) - np.int32(input_zero_point))
     w_s = np.ascontiguousarray(weight.astype(np.int64) - wzp[None, :]).astype(np.int32)
+    # read-only, as launches pass kernel inputs: one specialisation of each kernel below
+    a2, w_s, b = read_only(a2), read_only(w_s), read_only(b)
     out = np.empty((a2.shape[0], n_cols), dtype=np.int64)
     x_absmax = int(np.abs(a2).max()) if a2.size else 0
     abs_w = np.abs(w_s.astype(np.int64)).sum(axis=0)
@@ -145,13 +147,12 @@ def gemm_acc(a, weight, *, weight_zero_point=0, bias=None, input_zero_point=0, a
         # whose bound fits the range cannot overflow in any order and keep the exact sum; only
         # the others are replayed addition by addition in k order.
         bound = np.empty_like(out)
-        _gemm_fast(np.abs(a2), np.abs(w_s), np.abs(b), bound)
+        _gemm_fast(*(read_only(np.abs(v)) for v in (a2, w_s, b)), bound)
         risky = bound > hi
         n_risky = int(np.count_nonzero(risky))
         n_ovf = 0
         if 4 * n_risky > risky.size:  # mostly risky: the row-wise kernel (vectorized) is faster
-            n_ovf = int(_gemm_checked(read_only(a2), read_only(w_s), read_only(b), np.int64(lo),
-                                      np.int64(hi), np.int64(acc_bits),
+            n_ovf = int(_gemm_checked(a2, w_s, b, np.int64(lo), np.int64(hi), np.int64(acc_bits),
                                       np.int64(mode), out))
         elif n_risky:
             _gemm_fast(a2, w_s, b, out)

@@ -289,8 +289,8 @@ class _SimulatorLocator(caching._CacheLocator):
         return cls(py_func, py_file)
 
 
-def _uses_locator(dispatcher) -> bool:
-    cache = getattr(dispatcher, "_cache", None)
+def _is_simulator_cache(cache) -> bool:
+    """Whether numba's ``cache`` of some function stores it under :class:`_SimulatorLocator`."""
     impl = getattr(cache, "_impl", None)
     return isinstance(getattr(impl, "locator", None), _SimulatorLocator)
 
@@ -357,7 +357,7 @@ def _load_or_lock(load):
     @functools.wraps(load)
     def load_overload(self, sig, target_context):
         got = load(self, sig, target_context)
-        if got is not None or not isinstance(getattr(self._impl, "locator", None), _SimulatorLocator):
+        if got is not None or not _is_simulator_cache(self):
             return got
         fd = _acquire(self, sig, target_context)
         if fd is None:
@@ -418,7 +418,7 @@ def install() -> None:
             continue
         for value in list(vars(module).values()):
             if (isinstance(value, Dispatcher) and isinstance(value._cache, FunctionCache)
-                    and not _uses_locator(value) and _in_package(inspect.getfile(value.py_func))):
+                    and not _is_simulator_cache(value._cache) and _in_package(inspect.getfile(value.py_func))):
                 value.enable_caching()
 
 
